@@ -1,0 +1,150 @@
+//! JWT verification at the upgrade, and minting for development (`floodgate token`).
+//!
+//! The user a connection belongs to is the token's `sub`; the client never names it.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::config::JwtKey;
+use crate::error::Error;
+
+/// The claims floodgate reads. `exp` and `sub` are required; `nbf` is checked when present.
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nbf: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iat: Option<u64>,
+}
+
+/// Why a token was refused. The text is sent to the client in the 401 challenge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AuthError {
+    Missing,
+    Malformed,
+    BadSignature,
+    Expired,
+    NotYetValid,
+    MissingClaim,
+    BadSubject,
+}
+
+impl AuthError {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing token",
+            AuthError::Malformed => "malformed token",
+            AuthError::BadSignature => "bad signature",
+            AuthError::Expired => "token expired",
+            AuthError::NotYetValid => "token not yet valid",
+            AuthError::MissingClaim => "missing required claim (sub, exp)",
+            AuthError::BadSubject => "sub must be 1 to 255 bytes",
+        }
+    }
+}
+
+/// Checks tokens against one configured key.
+pub(crate) struct Verifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl Verifier {
+    pub(crate) fn new(key: &JwtKey, leeway: Duration) -> Result<Verifier, Error> {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| Error::Key {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })
+        };
+        let bad_pem = |path: &std::path::Path, e: jsonwebtoken::errors::Error| Error::Key {
+            path: path.display().to_string(),
+            reason: format!("not a usable PEM public key: {e}"),
+        };
+        let (key, alg) = match key {
+            JwtKey::Hs256(secret) => (DecodingKey::from_secret(secret), Algorithm::HS256),
+            JwtKey::Rs256(path) => (
+                DecodingKey::from_rsa_pem(&read(path)?).map_err(|e| bad_pem(path, e))?,
+                Algorithm::RS256,
+            ),
+            JwtKey::Es256(path) => (
+                DecodingKey::from_ec_pem(&read(path)?).map_err(|e| bad_pem(path, e))?,
+                Algorithm::ES256,
+            ),
+        };
+        let mut validation = Validation::new(alg);
+        validation.leeway = leeway.as_secs();
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.validate_aud = false;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Ok(Verifier { key, validation })
+    }
+
+    /// Returns the user id (`sub`) of a valid token.
+    pub(crate) fn verify(&self, token: Option<&str>) -> Result<Box<[u8]>, AuthError> {
+        let token = token.ok_or(AuthError::Missing)?;
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| {
+            match e.kind() {
+                ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => AuthError::BadSignature,
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                ErrorKind::MissingRequiredClaim(_) => AuthError::MissingClaim,
+                _ => AuthError::Malformed,
+            }
+        })?;
+        let sub = data.claims.sub;
+        if sub.is_empty() || sub.len() > 255 {
+            return Err(AuthError::BadSubject);
+        }
+        Ok(sub.into_bytes().into_boxed_slice())
+    }
+}
+
+/// Mints an HS256 token for `user`, valid from now for `ttl`.
+pub fn mint_hs256(secret: &[u8], user: &str, ttl: Duration) -> Result<String, Error> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let claims = Claims {
+        sub: user.to_owned(),
+        exp: now + ttl.as_secs(),
+        nbf: None,
+        iat: Some(now),
+    };
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret))
+        .map_err(|e| Error::Key {
+            path: "<secret>".into(),
+            reason: e.to_string(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn verifier() -> Verifier {
+        Verifier::new(&JwtKey::Hs256(SECRET.to_vec()), Duration::from_secs(5)).unwrap()
+    }
+
+    #[test]
+    fn minted_tokens_verify_to_their_subject() {
+        let t = mint_hs256(SECRET, "alice", Duration::from_secs(60)).unwrap();
+        assert_eq!(&*verifier().verify(Some(&t)).unwrap(), b"alice");
+    }
+
+    #[test]
+    fn wrong_secret_missing_and_garbage_are_refused() {
+        let t = mint_hs256(b"another-secret-another-secret-xx", "alice", Duration::from_secs(60)).unwrap();
+        assert_eq!(verifier().verify(Some(&t)), Err(AuthError::BadSignature));
+        assert_eq!(verifier().verify(None), Err(AuthError::Missing));
+        assert_eq!(verifier().verify(Some("not-a-jwt")), Err(AuthError::Malformed));
+    }
+}

@@ -1,0 +1,403 @@
+//! Configuration: one validated [`Config`], built by [`GatewayBuilder`](crate::GatewayBuilder)
+//! or from [`Settings`] layers (file, environment, flags).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::ConfigError;
+
+/// Where JWT signatures are checked against.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) enum JwtKey {
+    /// HS256 with a shared secret.
+    Hs256(Vec<u8>),
+    /// RS256 with a PEM public key file.
+    Rs256(PathBuf),
+    /// ES256 with a PEM public key file.
+    Es256(PathBuf),
+}
+
+impl std::fmt::Debug for JwtKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JwtKey::Hs256(_) => f.write_str("Hs256(<secret>)"),
+            JwtKey::Rs256(p) => write!(f, "Rs256({})", p.display()),
+            JwtKey::Es256(p) => write!(f, "Es256({})", p.display()),
+        }
+    }
+}
+
+/// The smallest HS256 secret accepted, in bytes (RFC 7518 section 3.2: at least 256 bits).
+pub const MIN_HS256_SECRET: usize = 32;
+
+/// A complete, validated configuration. Obtain one through
+/// [`Gateway::builder`](crate::Gateway::builder); defaults are documented on each setter.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub bind: SocketAddr,
+    pub jwt: JwtKey,
+    pub jwt_leeway: Duration,
+    pub shards: usize,
+    pub ring_capacity: usize,
+    pub max_event_bytes: usize,
+    pub max_batch_events: usize,
+    pub max_batch_delay: Duration,
+    pub max_outbound_bytes: usize,
+    pub max_connections: usize,
+    pub max_connections_per_user: usize,
+    pub max_frame_size: usize,
+    pub max_message_size: usize,
+    pub read_buffer_size: usize,
+    pub handshake_timeout: Duration,
+    pub ping_interval: Duration,
+    pub pong_timeout: Duration,
+    pub close_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    pub echo: bool,
+    pub max_offline_users: usize,
+}
+
+impl Config {
+    pub(crate) fn defaults(jwt: JwtKey) -> Config {
+        Config {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            jwt,
+            jwt_leeway: Duration::from_secs(30),
+            shards: 0,
+            ring_capacity: 1 << 20,
+            max_event_bytes: 64 << 10,
+            max_batch_events: 1024,
+            max_batch_delay: Duration::ZERO,
+            max_outbound_bytes: 8 << 20,
+            max_connections: 100_000,
+            max_connections_per_user: 64,
+            max_frame_size: 64 << 10,
+            max_message_size: 1 << 20,
+            read_buffer_size: 4096,
+            handshake_timeout: Duration::from_secs(5),
+            ping_interval: Duration::from_secs(25),
+            pong_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(5),
+            echo: false,
+            max_offline_users: 1_000_000,
+        }
+    }
+
+    /// The number of reactor shards after resolving `0` to the number of cores.
+    pub(crate) fn shard_count(&self) -> usize {
+        if self.shards == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            self.shards
+        }
+    }
+
+    /// Checks every setting and every pair that must agree. The first problem found is returned,
+    /// naming the setting to change.
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        fn err(setting: &'static str, reason: impl Into<String>) -> ConfigError {
+            ConfigError::new(setting, reason)
+        }
+        if let JwtKey::Hs256(secret) = &self.jwt {
+            if secret.len() < MIN_HS256_SECRET {
+                return Err(err(
+                    "jwt_hs256_secret",
+                    format!(
+                        "must be at least {MIN_HS256_SECRET} bytes (got {})",
+                        secret.len()
+                    ),
+                ));
+            }
+        }
+        if self.jwt_leeway > Duration::from_secs(600) {
+            return Err(err("jwt_leeway", "must be at most 10m"));
+        }
+        if self.shards > 256 {
+            return Err(err("shards", "must be 0 (one per core) to 256"));
+        }
+        if !self.ring_capacity.is_power_of_two()
+            || !(4096..=1 << 30).contains(&self.ring_capacity)
+        {
+            return Err(err(
+                "ring_capacity",
+                format!(
+                    "must be a power of two from 4096 to 1073741824 bytes (got {})",
+                    self.ring_capacity
+                ),
+            ));
+        }
+        let event_limit = self.ring_capacity / 4 - crate::emitter::RECORD_OVERHEAD;
+        if self.max_event_bytes < 256 || self.max_event_bytes > event_limit {
+            return Err(err(
+                "max_event_bytes",
+                format!(
+                    "must be from 256 to {event_limit} bytes with ring_capacity = {} (a quarter of \
+                     the ring less record overhead); got {}",
+                    self.ring_capacity, self.max_event_bytes
+                ),
+            ));
+        }
+        if !(1..=65536).contains(&self.max_batch_events) {
+            return Err(err("max_batch_events", "must be from 1 to 65536"));
+        }
+        if self.max_batch_delay > Duration::from_secs(1) {
+            return Err(err("max_batch_delay", "must be at most 1s (0 = flush every pass)"));
+        }
+        if self.max_batch_events == 1 && !self.max_batch_delay.is_zero() {
+            return Err(err(
+                "max_batch_delay",
+                "conflicts with max_batch_events = 1: every event is flushed at once, so a delay \
+                 would never apply; set max_batch_delay = 0 or raise max_batch_events",
+            ));
+        }
+        // One frame is the body plus the `{"seq":N,` prefix and a header: keep room for two.
+        if self.max_outbound_bytes < 2 * (self.max_event_bytes + 64) {
+            return Err(err(
+                "max_outbound_bytes",
+                format!(
+                    "must be at least twice max_event_bytes + 64 ({} bytes) so any event fits",
+                    2 * (self.max_event_bytes + 64)
+                ),
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(err("max_connections", "must be at least 1"));
+        }
+        if self.max_connections_per_user == 0 || self.max_connections_per_user > self.max_connections
+        {
+            return Err(err(
+                "max_connections_per_user",
+                "must be from 1 to max_connections",
+            ));
+        }
+        if self.max_frame_size < 125 {
+            return Err(err("max_frame_size", "must be at least 125 bytes"));
+        }
+        if self.max_message_size < self.max_frame_size {
+            return Err(err(
+                "max_message_size",
+                "must be at least max_frame_size (a message is one or more frames)",
+            ));
+        }
+        if !(1024..=1 << 20).contains(&self.read_buffer_size) {
+            return Err(err("read_buffer_size", "must be from 1024 to 1048576 bytes"));
+        }
+        for (name, d) in [
+            ("handshake_timeout", self.handshake_timeout),
+            ("pong_timeout", self.pong_timeout),
+            ("close_timeout", self.close_timeout),
+            ("shutdown_timeout", self.shutdown_timeout),
+        ] {
+            if d.is_zero() || d > Duration::from_secs(600) {
+                return Err(err(name, "must be more than 0 and at most 10m"));
+            }
+        }
+        if !self.ping_interval.is_zero() && self.ping_interval < Duration::from_secs(1) {
+            return Err(err("ping_interval", "must be 0 (no pings) or at least 1s"));
+        }
+        if self.max_offline_users == 0 {
+            return Err(err("max_offline_users", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// A partial configuration: one layer of settings as read from a TOML file, `FLOODGATE_*`
+/// environment variables or `floodgate serve` flags. Unset fields leave the value below alone.
+/// Apply with [`GatewayBuilder::settings`](crate::GatewayBuilder::settings).
+///
+/// Durations are written like `25s`, `1500ms` or `2m`; sizes are plain byte counts.
+#[derive(Debug, Clone, Default, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Settings {
+    /// Address to listen on for WebSocket and HTTP [default: 127.0.0.1:8080]
+    #[arg(long, env = "FLOODGATE_BIND", value_name = "ADDR")]
+    pub bind: Option<SocketAddr>,
+    /// HS256 shared secret (at least 32 bytes) that client JWTs are signed with. If no key is
+    /// configured, `serve` generates a dev secret and prints it
+    #[arg(long, env = "FLOODGATE_JWT_HS256_SECRET", value_name = "SECRET", hide_env_values = true)]
+    pub jwt_hs256_secret: Option<String>,
+    /// RS256 public key (PEM file) that client JWTs are checked against
+    #[arg(long, env = "FLOODGATE_JWT_RS256_PUBLIC_KEY", value_name = "PEM")]
+    pub jwt_rs256_public_key: Option<PathBuf>,
+    /// ES256 public key (PEM file) that client JWTs are checked against
+    #[arg(long, env = "FLOODGATE_JWT_ES256_PUBLIC_KEY", value_name = "PEM")]
+    pub jwt_es256_public_key: Option<PathBuf>,
+    /// Clock skew tolerated on `exp` and `nbf` [default: 30s]
+    #[arg(long, env = "FLOODGATE_JWT_LEEWAY", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[serde(default, with = "humantime_serde")]
+    pub jwt_leeway: Option<Duration>,
+    /// Reactor threads; a user's connections all live on the shard its id hashes to. 0 = one per
+    /// core [default: 0]
+    #[arg(long, env = "FLOODGATE_SHARDS", value_name = "N")]
+    pub shards: Option<usize>,
+    /// Bytes of each emitter-to-shard ring (power of two) [default: 1048576]
+    #[arg(long, env = "FLOODGATE_RING_CAPACITY", value_name = "BYTES")]
+    pub ring_capacity: Option<usize>,
+    /// Largest encoded event accepted by `emit` [default: 65536]
+    #[arg(long, env = "FLOODGATE_MAX_EVENT_BYTES", value_name = "BYTES")]
+    pub max_event_bytes: Option<usize>,
+    /// A connection's pending frames are written once this many are queued [default: 1024]
+    #[arg(long, env = "FLOODGATE_MAX_BATCH_EVENTS", value_name = "N")]
+    pub max_batch_events: Option<usize>,
+    /// ...or once the oldest pending frame is this old; 0 = write at the end of every reactor
+    /// pass [default: 0]
+    #[arg(long, env = "FLOODGATE_MAX_BATCH_DELAY", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[serde(default, with = "humantime_serde")]
+    pub max_batch_delay: Option<Duration>,
+    /// Per-connection cap on unsent bytes; a connection over it is a slow consumer and is closed
+    /// with code 4008 [default: 8388608]
+    #[arg(long, env = "FLOODGATE_MAX_OUTBOUND_BYTES", value_name = "BYTES")]
+    pub max_outbound_bytes: Option<usize>,
+    /// Open WebSocket connections allowed in total [default: 100000]
+    #[arg(long, env = "FLOODGATE_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Open WebSocket connections allowed per user [default: 64]
+    #[arg(long, env = "FLOODGATE_MAX_CONNECTIONS_PER_USER", value_name = "N")]
+    pub max_connections_per_user: Option<usize>,
+    /// Largest inbound frame payload [default: 65536]
+    #[arg(long, env = "FLOODGATE_MAX_FRAME_SIZE", value_name = "BYTES")]
+    pub max_frame_size: Option<usize>,
+    /// Largest inbound message (all its frames) [default: 1048576]
+    #[arg(long, env = "FLOODGATE_MAX_MESSAGE_SIZE", value_name = "BYTES")]
+    pub max_message_size: Option<usize>,
+    /// Per-connection read buffer; small keeps idle connections cheap [default: 4096]
+    #[arg(long, env = "FLOODGATE_READ_BUFFER_SIZE", value_name = "BYTES")]
+    pub read_buffer_size: Option<usize>,
+    /// Time a client has to complete its HTTP upgrade request [default: 5s]
+    #[arg(long, env = "FLOODGATE_HANDSHAKE_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[serde(default, with = "humantime_serde")]
+    pub handshake_timeout: Option<Duration>,
+    /// Interval between server pings; 0 = never ping [default: 25s]
+    #[arg(long, env = "FLOODGATE_PING_INTERVAL", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[serde(default, with = "humantime_serde")]
+    pub ping_interval: Option<Duration>,
+    /// A connection that does not answer a ping within this time is closed (1011) [default: 10s]
+    #[arg(long, env = "FLOODGATE_PONG_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[serde(default, with = "humantime_serde")]
+    pub pong_timeout: Option<Duration>,
+    /// After sending a close frame, how long to wait for the client's before dropping the socket
+    /// [default: 5s]
+    #[arg(long, env = "FLOODGATE_CLOSE_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[serde(default, with = "humantime_serde")]
+    pub close_timeout: Option<Duration>,
+    /// On shutdown, how long to keep flushing queued events before giving up (and reporting what
+    /// was not delivered) [default: 5s]
+    #[arg(long, env = "FLOODGATE_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[serde(default, with = "humantime_serde")]
+    pub shutdown_timeout: Option<Duration>,
+    /// Serve an unauthenticated echo endpoint at /echo (for protocol conformance tests)
+    /// [default: false]
+    #[arg(long, env = "FLOODGATE_ECHO", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub echo: Option<bool>,
+    /// Users with no open connection whose sequence counters are kept; past this, counters of
+    /// offline users are dropped and their `seq` restarts at 1 [default: 1000000]
+    #[arg(long, env = "FLOODGATE_MAX_OFFLINE_USERS", value_name = "N")]
+    pub max_offline_users: Option<usize>,
+}
+
+impl Settings {
+    /// Reads a TOML file whose keys are the setting names above.
+    pub fn from_toml_file(path: &std::path::Path) -> Result<Settings, crate::Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| crate::Error::ConfigFile {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        toml::from_str(&text).map_err(|e| crate::Error::ConfigFile {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Layers `over` on top of `self`: every field set in `over` wins.
+    pub fn overlay(mut self, over: Settings) -> Settings {
+        macro_rules! take {
+            ($($f:ident),*) => { $( if over.$f.is_some() { self.$f = over.$f; } )* };
+        }
+        take!(
+            bind,
+            jwt_hs256_secret,
+            jwt_rs256_public_key,
+            jwt_es256_public_key,
+            jwt_leeway,
+            shards,
+            ring_capacity,
+            max_event_bytes,
+            max_batch_events,
+            max_batch_delay,
+            max_outbound_bytes,
+            max_connections,
+            max_connections_per_user,
+            max_frame_size,
+            max_message_size,
+            read_buffer_size,
+            handshake_timeout,
+            ping_interval,
+            pong_timeout,
+            close_timeout,
+            shutdown_timeout,
+            echo,
+            max_offline_users
+        );
+        self
+    }
+
+    /// True when any JWT key is set.
+    pub fn has_jwt_key(&self) -> bool {
+        self.jwt_hs256_secret.is_some()
+            || self.jwt_rs256_public_key.is_some()
+            || self.jwt_es256_public_key.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> Config {
+        Config::defaults(JwtKey::Hs256(vec![7; 32]))
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        valid().validate().unwrap();
+    }
+
+    #[test]
+    fn settings_parse_from_toml_with_durations() {
+        let s: Settings = toml::from_str(
+            "bind = \"127.0.0.1:9000\"\nmax_batch_delay = \"2ms\"\nping_interval = \"1m\"\necho = true\n",
+        )
+        .unwrap();
+        assert_eq!(s.max_batch_delay, Some(Duration::from_millis(2)));
+        assert_eq!(s.ping_interval, Some(Duration::from_secs(60)));
+        assert_eq!(s.echo, Some(true));
+    }
+
+    #[test]
+    fn unknown_toml_keys_are_rejected() {
+        let e = toml::from_str::<Settings>("max_batch_size = 3\n").unwrap_err();
+        assert!(e.to_string().contains("max_batch_size"), "{e}");
+    }
+
+    #[test]
+    fn overlay_takes_set_fields_only() {
+        let base = Settings {
+            shards: Some(2),
+            echo: Some(true),
+            ..Default::default()
+        };
+        let top = Settings {
+            shards: Some(4),
+            ..Default::default()
+        };
+        let s = base.overlay(top);
+        assert_eq!(s.shards, Some(4));
+        assert_eq!(s.echo, Some(true));
+    }
+}

@@ -1,0 +1,193 @@
+//! The HTTP/1.1 side of a connection, before any upgrade: parsing the request head and building
+//! responses. Pure functions over bytes; the reactor owns the socket.
+
+/// The largest request head accepted; past it the client gets 431.
+pub(crate) const MAX_HEAD_BYTES: usize = 8 * 1024;
+const MAX_HEADERS: usize = 32;
+
+/// What the request asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// `/ws`: the authenticated event stream.
+    Events,
+    /// `/echo`: the conformance echo endpoint.
+    Echo,
+    /// `/healthz`.
+    Health,
+    /// `/metrics`.
+    Metrics,
+    /// Anything else.
+    NotFound,
+}
+
+/// A parsed request head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Request {
+    pub route: Route,
+    pub is_get: bool,
+    /// `Sec-WebSocket-Key`, when the request is a valid WebSocket upgrade (RFC 6455 4.2.1).
+    pub upgrade_key: Option<String>,
+    /// The request asked to upgrade but a version other than 13.
+    pub bad_version: bool,
+    /// The bearer token from `Authorization: Bearer` or the `token` query parameter.
+    pub token: Option<String>,
+    /// Bytes of the head, including the final blank line; anything after is the client's first
+    /// WebSocket bytes.
+    pub head_len: usize,
+}
+
+/// Why a request head could not be parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HeadError {
+    /// Not HTTP/1.1 syntax, or too many headers.
+    Malformed,
+    /// Longer than [`MAX_HEAD_BYTES`].
+    TooLarge,
+}
+
+/// Parses the head at the start of `buf`. `Ok(None)` means more bytes are needed.
+pub(crate) fn parse(buf: &[u8]) -> Result<Option<Request>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => return Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(HeadError::Malformed),
+    };
+    if head_len > MAX_HEAD_BYTES {
+        return Err(HeadError::TooLarge);
+    }
+    let target = req.path.unwrap_or("/");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let route = match path {
+        "/ws" => Route::Events,
+        "/echo" => Route::Echo,
+        "/healthz" => Route::Health,
+        "/metrics" => Route::Metrics,
+        _ => Route::NotFound,
+    };
+    let header = |name: &str| {
+        req.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+            .map(str::trim)
+    };
+    let has_token = |name: &str, token: &str| {
+        req.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .filter_map(|h| std::str::from_utf8(h.value).ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    let is_get = req.method == Some("GET");
+    let wants_upgrade = has_token("upgrade", "websocket") && has_token("connection", "upgrade");
+    let version_ok = header("sec-websocket-version") == Some("13");
+    let key = header("sec-websocket-key").filter(|k| k.len() == 24 && k.ends_with("=="));
+    let upgrade_key = (is_get && wants_upgrade && version_ok && req.version == Some(1))
+        .then(|| key.map(str::to_owned))
+        .flatten();
+    let bearer = header("authorization").and_then(|v| {
+        let (scheme, rest) = v.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim().to_owned())
+    });
+    let query_token = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("token="))
+        .map(str::to_owned);
+    Ok(Some(Request {
+        route,
+        is_get,
+        upgrade_key,
+        bad_version: wants_upgrade && !version_ok,
+        token: bearer.or(query_token).filter(|t| !t.is_empty()),
+        head_len,
+    }))
+}
+
+/// `101 Switching Protocols` for a valid upgrade request with `key`.
+pub(crate) fn switching_protocols(key: &str) -> Vec<u8> {
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {accept}\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// A complete response that ends the connection.
+pub(crate) fn response(status: u16, reason: &str, extra_headers: &str, content_type: &str, body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Connection: close\r\n{extra_headers}\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// `401 Unauthorized` with an RFC 6750 challenge; `why` is safe to show (it names the token
+/// problem, never the key).
+pub(crate) fn unauthorized(why: &str) -> Vec<u8> {
+    let header = format!(
+        "WWW-Authenticate: Bearer error=\"invalid_token\", error_description=\"{why}\"\r\n"
+    );
+    response(401, "Unauthorized", &header, "text/plain", &format!("unauthorized: {why}\n"))
+}
+
+/// A plain-text error response.
+pub(crate) fn error(status: u16, reason: &str, body: &str) -> Vec<u8> {
+    response(status, reason, "", "text/plain", body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UPGRADE: &str = "GET /ws?token=abc.def.ghi HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+        Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+        Sec-WebSocket-Version: 13\r\n\r\n";
+
+    #[test]
+    fn parses_an_upgrade_with_query_token() {
+        let req = parse(UPGRADE.as_bytes()).unwrap().unwrap();
+        assert_eq!(req.route, Route::Events);
+        assert_eq!(req.upgrade_key.as_deref(), Some("dGhlIHNhbXBsZSBub25jZQ=="));
+        assert_eq!(req.token.as_deref(), Some("abc.def.ghi"));
+        assert_eq!(req.head_len, UPGRADE.len());
+    }
+
+    #[test]
+    fn bearer_header_wins_over_query() {
+        let text = UPGRADE.replace("Host: x\r\n", "Host: x\r\nAuthorization: Bearer hdr.tok.en\r\n");
+        let req = parse(text.as_bytes()).unwrap().unwrap();
+        assert_eq!(req.token.as_deref(), Some("hdr.tok.en"));
+    }
+
+    #[test]
+    fn partial_heads_wait_and_oversized_heads_fail() {
+        assert_eq!(parse(&UPGRADE.as_bytes()[..30]), Ok(None));
+        let mut big = b"GET /ws HTTP/1.1\r\nX: ".to_vec();
+        big.resize(MAX_HEAD_BYTES + 10, b'a');
+        assert_eq!(parse(&big), Err(HeadError::TooLarge));
+        assert_eq!(parse(b"\x00\x01 nonsense\r\n\r\n"), Err(HeadError::Malformed));
+    }
+
+    #[test]
+    fn non_upgrades_and_wrong_versions_have_no_key() {
+        let req = parse(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap().unwrap();
+        assert_eq!(req.route, Route::Health);
+        assert!(req.upgrade_key.is_none());
+        let v8 = UPGRADE.replace("Version: 13", "Version: 8");
+        let req = parse(v8.as_bytes()).unwrap().unwrap();
+        assert!(req.upgrade_key.is_none());
+        assert!(req.bad_version);
+    }
+
+    #[test]
+    fn accept_key_matches_rfc_example() {
+        let resp = String::from_utf8(switching_protocols("dGhlIHNhbXBsZSBub25jZQ==")).unwrap();
+        assert!(resp.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+    }
+}

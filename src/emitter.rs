@@ -1,0 +1,202 @@
+//! The producer side: [`Emitter`], one per producing thread.
+//!
+//! # Record layout
+//! Each event becomes one ring record: `ts` (u64 LE, unix ns), `user_len` (u8), the user id
+//! bytes, then the frame body (see [`Event`]). The reactor parses it with
+//! [`crate::core::Record::parse`].
+
+use std::cell::Cell;
+use std::hash::BuildHasher;
+use std::marker::PhantomData;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::error::EmitError;
+use crate::event::{Event, EventType, NoData};
+use crate::gateway::Shared;
+use crate::ring::{self, Producer, PushError};
+
+/// Ring bytes a record needs beyond its body, at most: ring header (8), `ts` (8), `user_len` (1),
+/// a 255-byte user id and 8-byte alignment padding.
+pub(crate) const RECORD_OVERHEAD: usize = 8 + 8 + 1 + 255 + 8;
+
+/// The longest user id, in bytes.
+pub const MAX_USER_LEN: usize = 255;
+
+/// The shard that owns `user`'s connections and sequence. Emitters and the acceptor must agree.
+pub(crate) fn shard_of(user: &[u8], shards: usize) -> usize {
+    if shards == 1 {
+        return 0;
+    }
+    // A fixed seed: the mapping only has to be stable within the process.
+    let h = foldhash::fast::FixedState::with_seed(0x9e37_79b9_7f4a_7c15).hash_one(user);
+    (h % shards as u64) as usize
+}
+
+/// Unix time in nanoseconds (vDSO `clock_gettime`, no syscall).
+pub(crate) fn unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Emits events for users. Create one per producing thread with
+/// [`Gateway::emitter`](crate::Gateway::emitter): it is `Send` but neither `Sync` nor `Clone`,
+/// because it owns the producer end of one single-producer ring per reactor shard.
+///
+/// Emitting never blocks, never takes a lock, makes no syscall (unless the target reactor is
+/// parked, when it wakes it once) and, once its buffer has grown to the largest event, allocates
+/// nothing.
+pub struct Emitter {
+    /// One ring per shard, indexed by shard.
+    producers: Box<[Producer]>,
+    shared: Arc<Shared>,
+    /// Reused encoding buffer.
+    scratch: Vec<u8>,
+    _not_sync: PhantomData<Cell<()>>,
+}
+
+impl Emitter {
+    pub(crate) fn new(shared: Arc<Shared>) -> Emitter {
+        let producers = shared
+            .shards
+            .iter()
+            .map(|shard| {
+                let (p, c) = ring::channel(shared.ring_capacity);
+                shard.add_ring(c);
+                p
+            })
+            .collect();
+        Emitter {
+            producers,
+            shared,
+            scratch: Vec::with_capacity(1024),
+            _not_sync: PhantomData,
+        }
+    }
+
+    /// Emits `event` to every live connection of `user`. The event is stamped with the current
+    /// time; the reactor assigns its `seq`.
+    ///
+    /// On error the event is handed back inside [`EmitError`], and nothing was queued.
+    pub fn emit<'a, D: Serialize + ?Sized>(
+        &mut self,
+        user: &str,
+        event: Event<'a, D>,
+    ) -> Result<(), EmitError<Event<'a, D>>> {
+        if user.is_empty() || user.len() > MAX_USER_LEN {
+            return Err(EmitError::InvalidUser(event));
+        }
+        if !event.event_type().is_valid() {
+            return Err(EmitError::InvalidType(event));
+        }
+        let ts = unix_ns();
+        self.scratch.clear();
+        if event.encode_body(ts, &mut self.scratch).is_err() {
+            return Err(EmitError::Unserializable(event));
+        }
+        if self.scratch.len() > self.shared.max_event_bytes {
+            return Err(EmitError::TooLarge(event));
+        }
+        let shard = shard_of(user.as_bytes(), self.producers.len());
+        let mut head = [0u8; 9];
+        head[..8].copy_from_slice(&ts.to_le_bytes());
+        head[8] = user.len() as u8;
+        match self.producers[shard].push(&[&head, user.as_bytes(), &self.scratch]) {
+            Ok(()) => {
+                self.shared.shards[shard].parker.unpark();
+                Ok(())
+            }
+            Err(PushError::Full) => {
+                // Relaxed: an independent statistic, on the cold path only.
+                self.shared.registry.rejected_full.fetch_add(1, Ordering::Relaxed);
+                Err(EmitError::Full(event))
+            }
+            Err(PushError::Closed) => Err(EmitError::Closed(event)),
+            Err(PushError::TooLarge) => Err(EmitError::TooLarge(event)),
+        }
+    }
+
+    /// Emits `agent_started` for `run_id`.
+    pub fn agent_started<'a>(
+        &mut self,
+        user: &str,
+        run_id: &'a str,
+    ) -> Result<(), EmitError<Event<'a, NoData>>> {
+        self.emit(user, Event::agent_started(run_id))
+    }
+
+    /// Emits `agent_thinking` for `run_id` with `data` (for example `{"delta": "..."}`).
+    pub fn agent_thinking<'a, D: Serialize + ?Sized>(
+        &mut self,
+        user: &str,
+        run_id: &'a str,
+        data: &'a D,
+    ) -> Result<(), EmitError<Event<'a, D>>> {
+        self.emit(user, Event::with(EventType::AgentThinking, run_id, data))
+    }
+
+    /// Emits `tool_executing` for `run_id` with `data` (for example the tool and its arguments).
+    pub fn tool_executing<'a, D: Serialize + ?Sized>(
+        &mut self,
+        user: &str,
+        run_id: &'a str,
+        data: &'a D,
+    ) -> Result<(), EmitError<Event<'a, D>>> {
+        self.emit(user, Event::with(EventType::ToolExecuting, run_id, data))
+    }
+
+    /// Emits `tool_completed` for `run_id` with `data` (for example the tool's result).
+    pub fn tool_completed<'a, D: Serialize + ?Sized>(
+        &mut self,
+        user: &str,
+        run_id: &'a str,
+        data: &'a D,
+    ) -> Result<(), EmitError<Event<'a, D>>> {
+        self.emit(user, Event::with(EventType::ToolCompleted, run_id, data))
+    }
+
+    /// Emits `agent_completed` for `run_id` with `data` (for example the final answer).
+    pub fn agent_completed<'a, D: Serialize + ?Sized>(
+        &mut self,
+        user: &str,
+        run_id: &'a str,
+        data: &'a D,
+    ) -> Result<(), EmitError<Event<'a, D>>> {
+        self.emit(user, Event::with(EventType::AgentCompleted, run_id, data))
+    }
+}
+
+impl std::fmt::Debug for Emitter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Emitter")
+            .field("shards", &self.producers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_mapping_is_stable_and_spread() {
+        assert_eq!(shard_of(b"anyone", 1), 0);
+        let a = shard_of(b"u1", 4);
+        assert_eq!(a, shard_of(b"u1", 4));
+        let used: std::collections::HashSet<_> =
+            (0..64).map(|i| shard_of(format!("u{i}").as_bytes(), 4)).collect();
+        assert_eq!(used.len(), 4, "64 users should land on all 4 shards");
+    }
+
+    #[test]
+    fn emitter_is_send_not_sync_not_clone() {
+        fn assert_send<T: Send>() {}
+        assert_send::<Emitter>();
+        // Not Sync / not Clone are enforced by PhantomData<Cell<()>> and the absence of an impl;
+        // a compile-fail check lives in the crate docs (see lib.rs).
+    }
+}

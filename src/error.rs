@@ -1,0 +1,148 @@
+//! Errors. Hot-path errors ([`EmitError`]) allocate nothing and hand the event back; edge errors
+//! are gathered into [`Error`], each variant saying whether it is fatal.
+
+use std::io;
+use std::net::SocketAddr;
+
+/// Why [`Emitter::emit`](crate::Emitter::emit) did not accept an event. The event is handed back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EmitError<T> {
+    /// The ring to the user's reactor shard is full: the reactor is behind. Nothing was queued.
+    /// Retry later (for example after `crossbeam_utils::Backoff::snooze`), or shed the event.
+    #[error("ring to the reactor is full; retry later")]
+    Full(T),
+    /// The gateway has shut down; the event was not accepted and never will be.
+    #[error("the gateway has shut down")]
+    Closed(T),
+    /// The encoded event is larger than `max_event_bytes`.
+    #[error("the encoded event is larger than max_event_bytes")]
+    TooLarge(T),
+    /// The user id is empty or longer than 255 bytes.
+    #[error("the user id is empty or longer than 255 bytes")]
+    InvalidUser(T),
+    /// A custom event type name is empty, too long or has characters outside `[A-Za-z0-9_.:-]`.
+    #[error("invalid event type name")]
+    InvalidType(T),
+    /// The event's data failed to serialize (its `Serialize` impl returned an error).
+    #[error("the event's data failed to serialize")]
+    Unserializable(T),
+}
+
+impl<T> EmitError<T> {
+    /// The event that was not accepted.
+    pub fn into_inner(self) -> T {
+        match self {
+            EmitError::Full(t)
+            | EmitError::Closed(t)
+            | EmitError::TooLarge(t)
+            | EmitError::InvalidUser(t)
+            | EmitError::InvalidType(t)
+            | EmitError::Unserializable(t) => t,
+        }
+    }
+
+    /// True only for [`EmitError::Full`]: the same event may succeed later. Every other variant
+    /// will fail again for the same event.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, EmitError::Full(_))
+    }
+}
+
+/// An invalid or conflicting setting. `setting` names it exactly as the builder method, the
+/// config file key and the `serve` flag (with `-` for `_`) do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid setting `{setting}`: {reason}")]
+pub struct ConfigError {
+    /// The setting at fault (for a conflict, the one to change).
+    pub setting: &'static str,
+    /// What is wrong and what is accepted.
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(setting: &'static str, reason: impl Into<String>) -> Self {
+        ConfigError {
+            setting,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Every error outside the per-event path.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A setting is invalid or conflicts with another. Fatal: fix the configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The listening socket could not be bound. Fatal.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// A JWT key could not be read or parsed. Fatal.
+    #[error("JWT key `{path}`: {reason}")]
+    Key {
+        /// The key file (or `<secret>`).
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A reactor thread panicked. Fatal for the gateway; the message is the panic payload.
+    #[error("reactor thread panicked: {0}")]
+    ReactorPanicked(String),
+    /// Any other I/O error at the edge (creating the poller, spawning threads). Fatal.
+    #[error("I/O error: {0}")]
+    Io(#[from] io::Error),
+    /// Reading or parsing a configuration file failed. Fatal.
+    #[error("config file `{path}`: {reason}")]
+    ConfigFile {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+impl Error {
+    /// Whether the operation that returned this error can never succeed as configured.
+    /// Every variant is currently fatal; the method exists so callers need not match on variants
+    /// (later variants, such as a transient back-end outage, will return `false`).
+    pub fn is_fatal(&self) -> bool {
+        match self {
+            Error::Config(_)
+            | Error::Bind { .. }
+            | Error::Key { .. }
+            | Error::ReactorPanicked(_)
+            | Error::Io(_)
+            | Error::ConfigFile { .. } => true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emit_errors_hand_the_value_back() {
+        let e = EmitError::Full(5u32);
+        assert!(e.is_retryable());
+        assert_eq!(e.into_inner(), 5);
+        assert!(!EmitError::Closed(1).is_retryable());
+        assert_eq!(EmitError::TooLarge("x").into_inner(), "x");
+    }
+
+    #[test]
+    fn config_error_names_the_setting() {
+        let e: Error = ConfigError::new("max_batch_events", "must be at least 1").into();
+        assert!(e.is_fatal());
+        assert_eq!(
+            e.to_string(),
+            "invalid setting `max_batch_events`: must be at least 1"
+        );
+    }
+}

@@ -1,0 +1,249 @@
+//! Events and their wire encoding.
+//!
+//! An [`Event`] borrows everything it carries, so building one allocates nothing and handing it
+//! back in an error ([`EmitError::Full`](crate::EmitError::Full)) is free. The emitter encodes it
+//! on the emitting thread, into a reused buffer, as the *body* of the JSON frame: every member
+//! except `seq`, which the reactor assigns and writes in front (see [`crate::core::frame`]).
+
+use serde::Serialize;
+use std::io::Write;
+
+/// The longest accepted event type name, in bytes.
+pub const MAX_TYPE_LEN: usize = 64;
+
+/// The type of an event: the five agent lifecycle types, or a custom name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType<'a> {
+    /// `agent_started`: a run began.
+    AgentStarted,
+    /// `agent_thinking`: the agent produced intermediate output (often a text delta).
+    AgentThinking,
+    /// `tool_executing`: the agent called a tool.
+    ToolExecuting,
+    /// `tool_completed`: a tool call returned.
+    ToolCompleted,
+    /// `agent_completed`: a run finished.
+    AgentCompleted,
+    /// Any other type. The name must be 1 to [`MAX_TYPE_LEN`] bytes of `[A-Za-z0-9_.:-]`.
+    Custom(&'a str),
+}
+
+impl<'a> EventType<'a> {
+    /// The name written in the frame's `type` member.
+    pub fn as_str(&self) -> &'a str {
+        match self {
+            EventType::AgentStarted => "agent_started",
+            EventType::AgentThinking => "agent_thinking",
+            EventType::ToolExecuting => "tool_executing",
+            EventType::ToolCompleted => "tool_completed",
+            EventType::AgentCompleted => "agent_completed",
+            EventType::Custom(name) => name,
+        }
+    }
+
+    /// Whether the name is acceptable (always true for the built-in types).
+    pub fn is_valid(&self) -> bool {
+        match self {
+            EventType::Custom(name) => {
+                !name.is_empty()
+                    && name.len() <= MAX_TYPE_LEN
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+            }
+            _ => true,
+        }
+    }
+}
+
+/// Marker for an event without a `data` member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct NoData;
+
+/// One event for one user. Cheap to build: it only borrows.
+///
+/// ```
+/// use floodgate::Event;
+/// let data = serde_json::json!({"tool": "search", "query": "rust mio"});
+/// let ev = Event::tool_executing("run-1", &data).thread("t-9");
+/// assert_eq!(ev.event_type().as_str(), "tool_executing");
+/// ```
+#[derive(Debug)]
+pub struct Event<'a, D: ?Sized = NoData> {
+    kind: EventType<'a>,
+    run_id: Option<&'a str>,
+    thread_id: Option<&'a str>,
+    data: Option<&'a D>,
+}
+
+// Manual impls: `D` itself need not be Clone/Copy, only the reference is copied.
+impl<D: ?Sized> Clone for Event<'_, D> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<D: ?Sized> Copy for Event<'_, D> {}
+
+impl<'a> Event<'a, NoData> {
+    /// An event of the given type with no run, thread or data.
+    pub fn new(kind: EventType<'a>) -> Self {
+        Event {
+            kind,
+            run_id: None,
+            thread_id: None,
+            data: None,
+        }
+    }
+
+    /// `agent_started` for a run.
+    pub fn agent_started(run_id: &'a str) -> Self {
+        Event::new(EventType::AgentStarted).run(run_id)
+    }
+}
+
+impl<'a, D: ?Sized> Event<'a, D> {
+    /// A custom event type with data.
+    pub fn custom(name: &'a str, data: &'a D) -> Self {
+        Event {
+            kind: EventType::Custom(name),
+            run_id: None,
+            thread_id: None,
+            data: Some(data),
+        }
+    }
+
+    /// `agent_thinking` for a run, with data (for example `{"delta": "..."}`).
+    pub fn agent_thinking(run_id: &'a str, data: &'a D) -> Self {
+        Event::with(EventType::AgentThinking, run_id, data)
+    }
+
+    /// `tool_executing` for a run, with data (for example the tool name and arguments).
+    pub fn tool_executing(run_id: &'a str, data: &'a D) -> Self {
+        Event::with(EventType::ToolExecuting, run_id, data)
+    }
+
+    /// `tool_completed` for a run, with data (for example the tool's result).
+    pub fn tool_completed(run_id: &'a str, data: &'a D) -> Self {
+        Event::with(EventType::ToolCompleted, run_id, data)
+    }
+
+    /// `agent_completed` for a run, with data (for example the final answer).
+    pub fn agent_completed(run_id: &'a str, data: &'a D) -> Self {
+        Event::with(EventType::AgentCompleted, run_id, data)
+    }
+
+    /// An event of any type for a run, with data.
+    pub fn with(kind: EventType<'a>, run_id: &'a str, data: &'a D) -> Self {
+        Event {
+            kind,
+            run_id: Some(run_id),
+            thread_id: None,
+            data: Some(data),
+        }
+    }
+
+    /// Sets `run_id`.
+    pub fn run(mut self, run_id: &'a str) -> Self {
+        self.run_id = Some(run_id);
+        self
+    }
+
+    /// Sets `thread_id`.
+    pub fn thread(mut self, thread_id: &'a str) -> Self {
+        self.thread_id = Some(thread_id);
+        self
+    }
+
+    /// The event's type.
+    pub fn event_type(&self) -> EventType<'a> {
+        self.kind
+    }
+
+    /// The event's `run_id`, if any.
+    pub fn run_id(&self) -> Option<&'a str> {
+        self.run_id
+    }
+
+    /// The event's `thread_id`, if any.
+    pub fn thread_id(&self) -> Option<&'a str> {
+        self.thread_id
+    }
+
+    /// The event's data, if any.
+    pub fn data(&self) -> Option<&'a D> {
+        self.data
+    }
+}
+
+impl<D: Serialize + ?Sized> Event<'_, D> {
+    /// Appends the frame body for this event to `out`: the JSON object's members after `seq`,
+    /// then the closing brace, i.e. `"type":"..","ts":N[,"run_id":".."][,"thread_id":".."][,"data":..]}`.
+    ///
+    /// Fails only if `data`'s `Serialize` impl fails; `out` may then hold a partial body.
+    pub(crate) fn encode_body(&self, ts_unix_ns: u64, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        out.extend_from_slice(b"\"type\":");
+        write_json_str(out, self.kind.as_str())?;
+        out.extend_from_slice(b",\"ts\":");
+        out.extend_from_slice(itoa::Buffer::new().format(ts_unix_ns).as_bytes());
+        if let Some(run) = self.run_id {
+            out.extend_from_slice(b",\"run_id\":");
+            write_json_str(out, run)?;
+        }
+        if let Some(thread) = self.thread_id {
+            out.extend_from_slice(b",\"thread_id\":");
+            write_json_str(out, thread)?;
+        }
+        if let Some(data) = self.data {
+            out.extend_from_slice(b",\"data\":");
+            serde_json::to_writer(&mut *out, data)?;
+        }
+        out.write_all(b"}").map_err(serde_json::Error::io)
+    }
+}
+
+fn write_json_str(out: &mut Vec<u8>, s: &str) -> serde_json::Result<()> {
+    serde_json::to_writer(out, s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body<D: Serialize + ?Sized>(ev: Event<'_, D>) -> String {
+        let mut out = Vec::new();
+        ev.encode_body(42, &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn body_completes_a_json_object_after_seq() {
+        let data = serde_json::json!({"delta": "he said \"hi\"\n"});
+        let text = body(Event::agent_thinking("r1", &data).thread("t1"));
+        let full = format!("{{\"seq\":7,{text}");
+        let v: serde_json::Value = serde_json::from_str(&full).unwrap();
+        assert_eq!(v["seq"], 7);
+        assert_eq!(v["type"], "agent_thinking");
+        assert_eq!(v["ts"], 42);
+        assert_eq!(v["run_id"], "r1");
+        assert_eq!(v["thread_id"], "t1");
+        assert_eq!(v["data"]["delta"], "he said \"hi\"\n");
+    }
+
+    #[test]
+    fn absent_members_are_omitted() {
+        let text = body(Event::new(EventType::Custom("ping.me")));
+        assert_eq!(text, r#""type":"ping.me","ts":42}"#);
+        let text = body(Event::agent_started("r"));
+        assert_eq!(text, r#""type":"agent_started","ts":42,"run_id":"r"}"#);
+    }
+
+    #[test]
+    fn custom_type_names_are_checked() {
+        assert!(EventType::Custom("progress").is_valid());
+        assert!(EventType::Custom("a.b:c-d_e").is_valid());
+        assert!(!EventType::Custom("").is_valid());
+        assert!(!EventType::Custom("has space").is_valid());
+        assert!(!EventType::Custom("quote\"").is_valid());
+        assert!(!EventType::Custom(&"x".repeat(MAX_TYPE_LEN + 1)).is_valid());
+    }
+}

@@ -1,0 +1,362 @@
+//! [`Gateway`] and its one builder.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::auth::Verifier;
+use crate::config::{Config, JwtKey, Settings};
+use crate::core::CoreConfig;
+use crate::emitter::Emitter;
+use crate::error::{ConfigError, Error};
+use crate::metrics::{MetricsSnapshot, Registry};
+use crate::reactor::{self, Cmd, Common, ReactorConfig, Shard, ShardHandle, ShardReport};
+
+/// What emitters share with the reactors.
+pub(crate) struct Shared {
+    pub shards: Box<[ShardHandle]>,
+    pub registry: Arc<Registry>,
+    pub ring_capacity: usize,
+    pub max_event_bytes: usize,
+}
+
+/// A running gateway: a listening socket, one reactor thread per shard, and the rings from its
+/// emitters. Build one with [`Gateway::builder`]; stop it with [`Gateway::shutdown`] (dropping
+/// it does the same, ignoring the report).
+pub struct Gateway {
+    shared: Arc<Shared>,
+    common: Arc<Common>,
+    threads: Vec<JoinHandle<ShardReport>>,
+    local_addr: SocketAddr,
+}
+
+/// What [`Gateway::shutdown`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ShutdownReport {
+    /// Events still in rings when shutdown began, routed before the connections were closed.
+    pub drained_from_rings: u64,
+    /// Events accepted by `emit` that did not reach a socket: queued on a connection that did
+    /// not drain within `shutdown_timeout`, or whose connection was already closing. Zero when
+    /// every client read everything.
+    pub undelivered: u64,
+    /// Counters at the end.
+    pub metrics: MetricsSnapshot,
+}
+
+impl Gateway {
+    /// The one way to configure and start a gateway.
+    pub fn builder() -> GatewayBuilder {
+        GatewayBuilder::default()
+    }
+
+    /// A new emitter for one producing thread. Cheap enough to create per thread, not per event:
+    /// it allocates one ring per shard (`ring_capacity` bytes each).
+    pub fn emitter(&self) -> Emitter {
+        Emitter::new(self.shared.clone())
+    }
+
+    /// The address the gateway listens on (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A sum of every shard's counters as last published (at most one reactor pass old).
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.shared.registry.snapshot()
+    }
+
+    /// Stops the gateway: stops accepting, routes every event already accepted into a ring,
+    /// sends close 1001 to every client after its events, flushes for up to `shutdown_timeout`,
+    /// then joins every thread. Emitters still alive get [`EmitError::Closed`](crate::EmitError)
+    /// from then on.
+    pub fn shutdown(mut self) -> Result<ShutdownReport, Error> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<ShutdownReport, Error> {
+        for shard in self.shared.shards.iter() {
+            shard.send(Cmd::Shutdown);
+        }
+        let mut report = ShutdownReport::default();
+        let mut panic = None;
+        for t in self.threads.drain(..) {
+            match t.join() {
+                Ok(r) => {
+                    report.drained_from_rings += r.drained_at_shutdown;
+                    report.undelivered += r.undelivered;
+                }
+                Err(p) => {
+                    let msg = p
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".into());
+                    panic = Some(msg);
+                }
+            }
+        }
+        report.metrics = self.metrics();
+        let _ = &self.common;
+        match panic {
+            Some(msg) => Err(Error::ReactorPanicked(msg)),
+            None => Ok(report),
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            let _ = self.stop();
+        }
+    }
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("local_addr", &self.local_addr)
+            .field("shards", &self.shared.shards.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures a [`Gateway`]. Every setter only records its value; [`build`](Self::build)
+/// checks them all (and every pair that must agree) and returns the first problem as
+/// [`Error::Config`], naming the setting.
+#[derive(Debug, Clone)]
+pub struct GatewayBuilder {
+    bind: Result<SocketAddr, String>,
+    keys: Vec<(&'static str, JwtKey)>,
+    cfg: Config,
+}
+
+impl Default for GatewayBuilder {
+    fn default() -> Self {
+        GatewayBuilder {
+            bind: Ok(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            keys: Vec::new(),
+            // Replaced by the single configured key in `build`.
+            cfg: Config::defaults(JwtKey::Hs256(Vec::new())),
+        }
+    }
+}
+
+macro_rules! setters {
+    ($( $(#[$doc:meta])* $name:ident : $ty:ty ),* $(,)?) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(mut self, value: $ty) -> Self {
+                self.cfg.$name = value;
+                self
+            }
+        )*
+    };
+}
+
+impl GatewayBuilder {
+    /// Address to listen on, as `IP:port` (port 0 picks a free one) [default `127.0.0.1:8080`].
+    pub fn bind(mut self, addr: impl AsRef<str>) -> Self {
+        let text = addr.as_ref();
+        self.bind = text.parse().map_err(|_| text.to_owned());
+        self
+    }
+
+    /// Checks client JWTs with HS256 and this shared secret (at least 32 bytes).
+    /// Exactly one JWT key must be configured.
+    pub fn jwt_hs256_secret(mut self, secret: impl AsRef<[u8]>) -> Self {
+        self.keys
+            .push(("jwt_hs256_secret", JwtKey::Hs256(secret.as_ref().to_vec())));
+        self
+    }
+
+    /// Checks client JWTs with RS256 and the PEM public key in this file.
+    pub fn jwt_rs256_public_key(mut self, pem_file: impl Into<PathBuf>) -> Self {
+        self.keys
+            .push(("jwt_rs256_public_key", JwtKey::Rs256(pem_file.into())));
+        self
+    }
+
+    /// Checks client JWTs with ES256 and the PEM public key in this file.
+    pub fn jwt_es256_public_key(mut self, pem_file: impl Into<PathBuf>) -> Self {
+        self.keys
+            .push(("jwt_es256_public_key", JwtKey::Es256(pem_file.into())));
+        self
+    }
+
+    setters! {
+        /// Clock skew tolerated on `exp` and `nbf` [default 30 s, at most 10 min].
+        jwt_leeway: Duration,
+        /// Reactor threads; 0 = one per core [default 0, at most 256].
+        shards: usize,
+        /// Bytes of each emitter-to-shard ring, a power of two from 4 KiB to 1 GiB [default 1 MiB].
+        ring_capacity: usize,
+        /// Largest encoded event `emit` accepts [default 64 KiB; at most a quarter of
+        /// `ring_capacity` less 280 bytes].
+        max_event_bytes: usize,
+        /// Write a connection's queued frames once this many are pending [default 1024, 1 to 65536].
+        max_batch_events: usize,
+        /// ...or once the oldest is this old; zero writes at the end of every reactor pass
+        /// [default 0, at most 1 s; must be 0 when `max_batch_events` is 1].
+        max_batch_delay: Duration,
+        /// Per-connection cap on unsent bytes; over it the connection is closed as a slow
+        /// consumer (4008) [default 8 MiB; at least 2 x (`max_event_bytes` + 64)].
+        max_outbound_bytes: usize,
+        /// Open WebSocket connections in total; more get HTTP 503 [default 100 000].
+        max_connections: usize,
+        /// Open WebSocket connections per user; more get HTTP 429 [default 64].
+        max_connections_per_user: usize,
+        /// Largest inbound frame payload [default 64 KiB, at least 125].
+        max_frame_size: usize,
+        /// Largest inbound message [default 1 MiB, at least `max_frame_size`].
+        max_message_size: usize,
+        /// Per-connection WebSocket read buffer [default 4 KiB, 1 KiB to 1 MiB].
+        read_buffer_size: usize,
+        /// Time allowed for the HTTP upgrade request [default 5 s].
+        handshake_timeout: Duration,
+        /// Interval between server pings; zero disables them [default 25 s, else at least 1 s].
+        ping_interval: Duration,
+        /// Close (4010) a connection whose pong is this late [default 10 s].
+        pong_timeout: Duration,
+        /// Wait this long for the client's close frame after sending ours [default 5 s].
+        close_timeout: Duration,
+        /// How long `shutdown` keeps flushing before reporting what was not delivered [default 5 s].
+        shutdown_timeout: Duration,
+        /// Serve the unauthenticated `/echo` endpoint for conformance tests [default false].
+        echo: bool,
+        /// Sequence counters kept for users without connections; past this they are dropped and
+        /// such a user's `seq` restarts at 1 [default 1 000 000].
+        max_offline_users: usize,
+    }
+
+    /// Applies one layer of [`Settings`] (from a file, the environment or flags): each field that
+    /// is set replaces the current value.
+    pub fn settings(mut self, s: Settings) -> Self {
+        if let Some(v) = s.bind {
+            self.bind = Ok(v);
+        }
+        if let Some(v) = s.jwt_hs256_secret {
+            self = self.jwt_hs256_secret(v);
+        }
+        if let Some(v) = s.jwt_rs256_public_key {
+            self = self.jwt_rs256_public_key(v);
+        }
+        if let Some(v) = s.jwt_es256_public_key {
+            self = self.jwt_es256_public_key(v);
+        }
+        macro_rules! apply {
+            ($($f:ident),*) => { $( if let Some(v) = s.$f { self.cfg.$f = v; } )* };
+        }
+        apply!(
+            jwt_leeway,
+            shards,
+            ring_capacity,
+            max_event_bytes,
+            max_batch_events,
+            max_batch_delay,
+            max_outbound_bytes,
+            max_connections,
+            max_connections_per_user,
+            max_frame_size,
+            max_message_size,
+            read_buffer_size,
+            handshake_timeout,
+            ping_interval,
+            pong_timeout,
+            close_timeout,
+            shutdown_timeout,
+            echo,
+            max_offline_users
+        );
+        self
+    }
+
+    /// Validates the configuration without starting anything.
+    pub fn validate(&self) -> Result<(), Error> {
+        self.resolved().map(|_| ())
+    }
+
+    fn resolved(&self) -> Result<Config, Error> {
+        let mut cfg = self.cfg.clone();
+        cfg.bind = self
+            .bind
+            .clone()
+            .map_err(|text| ConfigError::new("bind", format!("`{text}` is not an IP:port address")))?;
+        match self.keys.as_slice() {
+            [] => {
+                return Err(ConfigError::new(
+                    "jwt_hs256_secret",
+                    "no JWT key configured: set exactly one of jwt_hs256_secret, \
+                     jwt_rs256_public_key or jwt_es256_public_key",
+                )
+                .into())
+            }
+            [(_, key)] => cfg.jwt = key.clone(),
+            [(first, _), (second, _), ..] => {
+                return Err(ConfigError::new(
+                    second,
+                    format!("conflicts with {first}: configure exactly one JWT key"),
+                )
+                .into())
+            }
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Validates everything, binds the listener and starts the reactor threads.
+    pub fn build(self) -> Result<Gateway, Error> {
+        let cfg = self.resolved()?;
+        let verifier = Verifier::new(&cfg.jwt, cfg.jwt_leeway)?;
+        let (listener, local_addr) =
+            reactor::bind(cfg.bind).map_err(|source| Error::Bind { addr: cfg.bind, source })?;
+        let n = cfg.shard_count();
+        let mut polls = Vec::with_capacity(n);
+        let mut handles = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (poll, handle, rx) = reactor::prepare()?;
+            polls.push((poll, rx));
+            handles.push(handle);
+        }
+        let registry = Arc::new(Registry::new(n));
+        let common = Arc::new(Common {
+            peers: handles.into_boxed_slice(),
+            verifier,
+            registry: registry.clone(),
+            open: AtomicUsize::new(0),
+        });
+        let rcfg = ReactorConfig {
+            echo: cfg.echo,
+            max_connections: cfg.max_connections,
+            handshake_timeout: cfg.handshake_timeout,
+            shutdown_timeout: cfg.shutdown_timeout,
+            core: CoreConfig::from_config(&cfg),
+        };
+        let mut listener = Some(listener);
+        let mut threads = Vec::with_capacity(n);
+        for (i, (poll, rx)) in polls.into_iter().enumerate() {
+            let shard = Shard::new(i, poll, rx, common.clone(), rcfg.clone(), listener.take())?;
+            let t = std::thread::Builder::new()
+                .name(format!("floodgate-reactor-{i}"))
+                .spawn(move || shard.run())?;
+            threads.push(t);
+        }
+        // Emitters reach the shards through the same handles the reactors use among themselves.
+        let shared = Arc::new(Shared {
+            shards: common.peers.clone(),
+            registry,
+            ring_capacity: cfg.ring_capacity,
+            max_event_bytes: cfg.max_event_bytes,
+        });
+        Ok(Gateway {
+            shared,
+            common,
+            threads,
+            local_addr,
+        })
+    }
+}

@@ -1,0 +1,4 @@
+//! The `floodgate` command: `serve`, `token` and `bench`. See `floodgate --help`.
+fn main() -> std::process::ExitCode {
+    floodgate::cli::main()
+}

@@ -1,0 +1,278 @@
+//! Counters. Each reactor shard keeps plain counters ([`Stats`]) and publishes them once per pass
+//! into its own cache-padded block of atomics ([`Published`]); readers (the `/metrics` endpoint,
+//! [`Gateway::metrics`](crate::Gateway::metrics), the bench) sum the blocks. No atomic
+//! read-modify-write happens per event.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crossbeam_utils::CachePadded;
+
+/// Upper bounds (microseconds) of the emit-to-queued latency buckets; the last bucket is +Inf.
+pub(crate) const LATENCY_BOUNDS_US: [u64; 12] =
+    [10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 50_000, 250_000];
+const LAT_BUCKETS: usize = LATENCY_BOUNDS_US.len() + 1;
+/// Upper bounds of the frames-per-write buckets; the last bucket is +Inf.
+pub(crate) const BATCH_BOUNDS: [u64; 9] = [1, 2, 4, 8, 16, 32, 64, 256, 1024];
+const BATCH_BUCKETS: usize = BATCH_BOUNDS.len() + 1;
+
+macro_rules! counters {
+    ($( $(#[$doc:meta])* $name:ident ),* $(,)?) => {
+        /// One shard's counters, written only by that shard's thread.
+        #[derive(Debug, Clone, Default, PartialEq, Eq)]
+        pub struct Stats {
+            $( $(#[$doc])* pub $name: u64, )*
+            /// Histogram of emit-to-queued latency (see `LATENCY_BOUNDS_US`).
+            pub latency_buckets: [u64; LAT_BUCKETS],
+            /// Histogram of event frames per socket write (see `BATCH_BOUNDS`).
+            pub batch_buckets: [u64; BATCH_BUCKETS],
+        }
+
+        /// The published copy of a [`Stats`].
+        #[derive(Default)]
+        pub(crate) struct Published {
+            $( $name: AtomicU64, )*
+            latency_buckets: [AtomicU64; LAT_BUCKETS],
+            batch_buckets: [AtomicU64; BATCH_BUCKETS],
+        }
+
+        impl Published {
+            /// Copies `s` in. Relaxed: each value is independent and monotonic (or a gauge);
+            /// readers need no ordering between them.
+            pub(crate) fn publish(&self, s: &Stats) {
+                $( self.$name.store(s.$name, Ordering::Relaxed); )*
+                for (a, v) in self.latency_buckets.iter().zip(&s.latency_buckets) {
+                    a.store(*v, Ordering::Relaxed);
+                }
+                for (a, v) in self.batch_buckets.iter().zip(&s.batch_buckets) {
+                    a.store(*v, Ordering::Relaxed);
+                }
+            }
+
+            /// Adds the published values to `into`. Relaxed: see `publish`.
+            pub(crate) fn add_to(&self, into: &mut Stats) {
+                $( into.$name += self.$name.load(Ordering::Relaxed); )*
+                for (v, a) in into.latency_buckets.iter_mut().zip(&self.latency_buckets) {
+                    *v += a.load(Ordering::Relaxed);
+                }
+                for (v, a) in into.batch_buckets.iter_mut().zip(&self.batch_buckets) {
+                    *v += a.load(Ordering::Relaxed);
+                }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Open WebSocket connections (gauge).
+    connections_open,
+    /// WebSocket upgrades completed.
+    connections_accepted,
+    /// Requests refused with 401.
+    rejected_auth,
+    /// Requests refused for a connection limit (503 total, 429 per user).
+    rejected_limit,
+    /// Requests refused as malformed, wrong method, wrong path or timed out.
+    rejected_bad_request,
+    /// Connections closed as slow consumers (4008).
+    closed_slow_consumer,
+    /// Connections closed for not answering a ping (4010).
+    closed_pong_timeout,
+    /// Events taken from the rings.
+    events_received,
+    /// Event frames fully written to a socket.
+    events_delivered,
+    /// Event frames for a user with no open connection (nobody to deliver to).
+    events_no_listener,
+    /// Event frames dropped: connection over its outbound cap, closing, or gone with frames unsent.
+    events_dropped,
+    /// Bytes written to sockets.
+    bytes_written,
+    /// `write` calls on sockets.
+    write_syscalls,
+    /// Event frames handed to `write` calls that wrote something (for frames per write).
+    frames_written,
+    /// Messages received from clients (ignored on `/ws` in protocol v1).
+    client_messages,
+    /// Reactor passes.
+    passes,
+}
+
+impl Stats {
+    /// Records one emit-to-queued latency.
+    #[inline]
+    pub(crate) fn record_latency_ns(&mut self, ns: u64) {
+        let us = ns / 1_000;
+        let i = LATENCY_BOUNDS_US
+            .iter()
+            .position(|b| us <= *b)
+            .unwrap_or(LAT_BUCKETS - 1);
+        self.latency_buckets[i] += 1;
+    }
+
+    /// Records one socket write that carried `frames` event frames.
+    #[inline]
+    pub(crate) fn record_batch(&mut self, frames: u64) {
+        let i = BATCH_BOUNDS
+            .iter()
+            .position(|b| frames <= *b)
+            .unwrap_or(BATCH_BUCKETS - 1);
+        self.batch_buckets[i] += 1;
+    }
+}
+
+/// A point-in-time sum of every shard's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetricsSnapshot {
+    /// The summed counters.
+    pub stats: Stats,
+    /// Events refused by emitters because a ring was full ([`EmitError::Full`](crate::EmitError)).
+    pub events_rejected_full: u64,
+}
+
+impl MetricsSnapshot {
+    /// Average event frames per socket write that carried any.
+    pub fn frames_per_write(&self) -> f64 {
+        let writes: u64 = self.stats.batch_buckets.iter().sum();
+        if writes == 0 {
+            0.0
+        } else {
+            self.stats.frames_written as f64 / writes as f64
+        }
+    }
+
+    /// Renders the Prometheus text exposition format (version 0.0.4).
+    pub fn to_prometheus(&self) -> String {
+        use std::fmt::Write;
+        let s = &self.stats;
+        let mut out = String::with_capacity(4096);
+        let mut metric = |name: &str, kind: &str, help: &str, lines: &[(&str, u64)]| {
+            let _ = writeln!(out, "# HELP floodgate_{name} {help}\n# TYPE floodgate_{name} {kind}");
+            for (labels, v) in lines {
+                let _ = writeln!(out, "floodgate_{name}{labels} {v}");
+            }
+        };
+        metric("connections", "gauge", "Open WebSocket connections.", &[("", s.connections_open)]);
+        metric("connections_accepted_total", "counter", "WebSocket upgrades completed.", &[("", s.connections_accepted)]);
+        metric(
+            "connections_rejected_total",
+            "counter",
+            "Requests refused before upgrade, by reason.",
+            &[
+                ("{reason=\"auth\"}", s.rejected_auth),
+                ("{reason=\"limit\"}", s.rejected_limit),
+                ("{reason=\"bad_request\"}", s.rejected_bad_request),
+            ],
+        );
+        metric(
+            "connections_closed_total",
+            "counter",
+            "Connections closed by the server for misbehaviour, by reason.",
+            &[
+                ("{reason=\"slow_consumer\"}", s.closed_slow_consumer),
+                ("{reason=\"pong_timeout\"}", s.closed_pong_timeout),
+            ],
+        );
+        metric("events_emitted_total", "counter", "Events taken from emitter rings by reactors.", &[("", s.events_received)]);
+        metric("events_delivered_total", "counter", "Event frames fully written to a socket.", &[("", s.events_delivered)]);
+        metric(
+            "events_dropped_total",
+            "counter",
+            "Events not delivered, by reason.",
+            &[
+                ("{reason=\"no_listener\"}", s.events_no_listener),
+                ("{reason=\"connection\"}", s.events_dropped),
+                ("{reason=\"ring_full\"}", self.events_rejected_full),
+            ],
+        );
+        metric("bytes_written_total", "counter", "Bytes written to sockets.", &[("", s.bytes_written)]);
+        metric("write_syscalls_total", "counter", "write(2) calls on sockets.", &[("", s.write_syscalls)]);
+        metric("client_messages_total", "counter", "Data messages received from clients.", &[("", s.client_messages)]);
+        metric("reactor_passes_total", "counter", "Reactor loop passes.", &[("", s.passes)]);
+        let _ = writeln!(
+            out,
+            "# HELP floodgate_batch_frames Event frames per socket write.\n# TYPE floodgate_batch_frames histogram"
+        );
+        histogram(&mut out, "batch_frames", &BATCH_BOUNDS.map(|b| b as f64), &s.batch_buckets, s.frames_written as f64);
+        let _ = writeln!(
+            out,
+            "# HELP floodgate_queue_latency_seconds Emit to queued-for-write latency.\n# TYPE floodgate_queue_latency_seconds histogram"
+        );
+        histogram(
+            &mut out,
+            "queue_latency_seconds",
+            &LATENCY_BOUNDS_US.map(|b| b as f64 / 1e6),
+            &s.latency_buckets,
+            f64::NAN,
+        );
+        out
+    }
+}
+
+fn histogram(out: &mut String, name: &str, bounds: &[f64], buckets: &[u64], sum: f64) {
+    use std::fmt::Write;
+    let mut cum = 0;
+    for (b, n) in bounds.iter().zip(buckets) {
+        cum += n;
+        let _ = writeln!(out, "floodgate_{name}_bucket{{le=\"{b}\"}} {cum}");
+    }
+    cum += buckets[bounds.len()];
+    let _ = writeln!(out, "floodgate_{name}_bucket{{le=\"+Inf\"}} {cum}");
+    if !sum.is_nan() {
+        let _ = writeln!(out, "floodgate_{name}_sum {sum}");
+    }
+    let _ = writeln!(out, "floodgate_{name}_count {cum}");
+}
+
+/// The per-shard published blocks of one gateway.
+pub(crate) struct Registry {
+    pub shards: Box<[CachePadded<Published>]>,
+    /// Emit calls refused with `Full`. Touched only on that (cold) path.
+    pub rejected_full: AtomicU64,
+}
+
+impl Registry {
+    pub(crate) fn new(shards: usize) -> Self {
+        Registry {
+            shards: (0..shards).map(|_| CachePadded::new(Published::default())).collect(),
+            rejected_full: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn snapshot(&self) -> MetricsSnapshot {
+        let mut snap = MetricsSnapshot::default();
+        for s in self.shards.iter() {
+            s.add_to(&mut snap.stats);
+        }
+        // Relaxed: an independent counter.
+        snap.events_rejected_full = self.rejected_full.load(Ordering::Relaxed);
+        snap
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_and_sum_across_shards() {
+        let reg = Registry::new(2);
+        let mut a = Stats::default();
+        a.events_received = 3;
+        a.frames_written = 10;
+        a.record_batch(10);
+        a.record_latency_ns(30_000);
+        reg.shards[0].publish(&a);
+        let mut b = Stats::default();
+        b.events_received = 4;
+        b.frames_written = 2;
+        b.record_batch(2);
+        reg.shards[1].publish(&b);
+        let snap = reg.snapshot();
+        assert_eq!(snap.stats.events_received, 7);
+        assert_eq!(snap.frames_per_write(), 6.0);
+        let text = snap.to_prometheus();
+        assert!(text.contains("floodgate_events_emitted_total 7\n"), "{text}");
+        assert!(text.contains("floodgate_queue_latency_seconds_bucket{le=\"0.00005\"} 1\n"), "{text}");
+        assert!(text.contains("floodgate_batch_frames_bucket{le=\"+Inf\"} 2\n"), "{text}");
+    }
+}

@@ -1,0 +1,636 @@
+//! The I/O driver: one mio reactor thread per shard. This is the only module that imports mio
+//! or owns sockets; every decision is delegated to the sans-IO [`Core`].
+//!
+//! One pass: poll (parked only after checking every ring, see [`Parker`]), read sockets into the
+//! core, take commands (new rings, handed-off connections, shutdown), drain every ring in
+//! bounded chunks into the core, write each connection the core says is due with one `write`
+//! (looping only on a partial write), then run timers every [`TICK`].
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use crossbeam_utils::CachePadded;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+
+use crate::auth::Verifier;
+use crate::core::handshake::{self, HeadError, Route};
+use crate::core::{ConnId, ConnKind, Core, CoreConfig, CLOSE_GOING_AWAY};
+use crate::emitter::{shard_of, unix_ns};
+use crate::metrics::Registry;
+use crate::ring::Consumer;
+
+/// Timer resolution for pings, pong and close timeouts and handshake deadlines.
+const TICK: Duration = Duration::from_millis(100);
+/// Records taken from one ring before the reactor looks at full batches again.
+const DRAIN_CHUNK: usize = 1024;
+/// Records taken from one ring per pass at most, so one busy producer cannot starve sockets.
+const DRAIN_BUDGET: usize = 16 * 1024;
+/// Reads from one socket per pass at most (the rest waits for the next pass).
+const READS_PER_PASS: usize = 8;
+/// Connections in the HTTP phase per shard at most; more are refused at accept.
+const MAX_HANDSHAKES: usize = 4096;
+
+const WAKER: Token = Token(usize::MAX - 1);
+const LISTENER: Token = Token(usize::MAX - 2);
+/// Tokens at or above this (and below LISTENER) are handshakes; below are connections.
+const HANDSHAKE_BASE: usize = 1 << 40;
+
+/// Lets emitters wake a parked reactor without a syscall per event.
+///
+/// The reactor sets `sleeping`, then checks every ring, then polls. An emitter publishes its
+/// record, then checks `sleeping` and, only if set, clears it and wakes the poller. With all four
+/// accesses SeqCst (the ring's `head` store and `has_pending` load included) one of the two sees
+/// the other: no lost wake-up. Loom checks this protocol (`ring::loom_tests`).
+pub(crate) struct Parker {
+    sleeping: CachePadded<AtomicBool>,
+    waker: Waker,
+}
+
+impl Parker {
+    /// Called by an emitter after publishing a record.
+    #[inline]
+    pub(crate) fn unpark(&self) {
+        // SeqCst: see the type docs. The load first keeps the common case (reactor awake) to a
+        // read of a shared cache line.
+        if self.sleeping.load(Ordering::SeqCst) && self.sleeping.swap(false, Ordering::SeqCst) {
+            let _ = self.waker.wake();
+        }
+    }
+
+    /// Wakes the reactor whatever it is doing (for commands; not per event).
+    fn wake(&self) {
+        let _ = self.waker.wake();
+    }
+}
+
+/// A message to a shard.
+pub(crate) enum Cmd {
+    /// A new emitter's ring.
+    AddRing(Consumer),
+    /// An authenticated connection whose user lives on this shard.
+    Adopt {
+        stream: TcpStream,
+        kind: ConnKind,
+        response: Vec<u8>,
+        early: Vec<u8>,
+    },
+    /// Deliver what was accepted, close every connection with 1001, and stop.
+    Shutdown,
+}
+
+/// How to reach a shard from other threads.
+#[derive(Clone)]
+pub(crate) struct ShardHandle {
+    pub parker: Arc<Parker>,
+    tx: Sender<Cmd>,
+}
+
+impl ShardHandle {
+    pub(crate) fn add_ring(&self, c: Consumer) {
+        // If the shard is gone the consumer is dropped, which closes the ring: the emitter's
+        // pushes then fail with Closed.
+        let _ = self.tx.send(Cmd::AddRing(c));
+        self.parker.wake();
+    }
+
+    pub(crate) fn send(&self, cmd: Cmd) {
+        let _ = self.tx.send(cmd);
+        self.parker.wake();
+    }
+}
+
+/// What a shard reports when it stops.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct ShardReport {
+    /// Events accepted before shutdown that did not reach a socket: queued on a connection that
+    /// did not drain before it closed, or dropped for a connection that was already closing.
+    pub undelivered: u64,
+    /// Records drained from rings during shutdown.
+    pub drained_at_shutdown: u64,
+}
+
+/// Settings the reactor itself needs (the core has the rest).
+#[derive(Clone)]
+pub(crate) struct ReactorConfig {
+    pub echo: bool,
+    pub max_connections: usize,
+    pub handshake_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    pub core: CoreConfig,
+}
+
+/// State every shard shares.
+pub(crate) struct Common {
+    pub peers: Box<[ShardHandle]>,
+    pub verifier: Verifier,
+    pub registry: Arc<Registry>,
+    /// Open connections across all shards (for `max_connections`).
+    pub open: AtomicUsize,
+}
+
+struct Handshake {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    deadline: Instant,
+}
+
+/// Creates a shard's poller, waker and command channel.
+pub(crate) fn prepare() -> io::Result<(Poll, ShardHandle, Receiver<Cmd>)> {
+    let poll = Poll::new()?;
+    let waker = Waker::new(poll.registry(), WAKER)?;
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let parker = Arc::new(Parker {
+        sleeping: CachePadded::new(AtomicBool::new(false)),
+        waker,
+    });
+    Ok((poll, ShardHandle { parker, tx }, rx))
+}
+
+pub(crate) struct Shard {
+    index: usize,
+    poll: Poll,
+    rx: Receiver<Cmd>,
+    common: Arc<Common>,
+    cfg: ReactorConfig,
+    core: Core,
+    sockets: Vec<Option<TcpStream>>,
+    rings: Vec<Consumer>,
+    listener: Option<TcpListener>,
+    handshakes: Slab<Handshake>,
+    read_buf: Box<[u8]>,
+    /// Connections to read again next pass (read budget ran out).
+    reread: Vec<ConnId>,
+    /// Connections that reported WRITABLE this pass.
+    writable: Vec<ConnId>,
+    /// Connections whose socket failed or hit EOF.
+    dead: Vec<ConnId>,
+    scratch: Vec<ConnId>,
+    report: ShardReport,
+    shutdown_deadline: Option<Instant>,
+    /// `events_dropped` when shutdown began.
+    dropped_before_shutdown: u64,
+}
+
+impl Shard {
+    pub(crate) fn new(
+        index: usize,
+        poll: Poll,
+        rx: Receiver<Cmd>,
+        common: Arc<Common>,
+        cfg: ReactorConfig,
+        mut listener: Option<TcpListener>,
+    ) -> io::Result<Shard> {
+        if let Some(l) = listener.as_mut() {
+            poll.registry().register(l, LISTENER, Interest::READABLE)?;
+        }
+        Ok(Shard {
+            index,
+            poll,
+            rx,
+            core: Core::new(cfg.core.clone()),
+            common,
+            cfg,
+            sockets: Vec::new(),
+            rings: Vec::new(),
+            listener,
+            handshakes: Slab::new(),
+            read_buf: vec![0u8; 64 * 1024].into_boxed_slice(),
+            reread: Vec::new(),
+            writable: Vec::new(),
+            dead: Vec::new(),
+            scratch: Vec::new(),
+            report: ShardReport::default(),
+            shutdown_deadline: None,
+            dropped_before_shutdown: 0,
+        })
+    }
+
+    fn parker(&self) -> &Parker {
+        &self.common.peers[self.index].parker
+    }
+
+    /// Runs until shutdown completes.
+    pub(crate) fn run(mut self) -> ShardReport {
+        let mut events = Events::with_capacity(1024);
+        let mut next_tick = Instant::now() + TICK;
+        loop {
+            let now = Instant::now();
+            let mut timeout = next_tick.saturating_duration_since(now);
+            if let Some(d) = self.core.next_batch_deadline() {
+                timeout = timeout.min(d.saturating_duration_since(now));
+            }
+            let has_work = |s: &Self| {
+                !s.reread.is_empty() || !s.rx.is_empty() || s.rings.iter().any(Consumer::has_pending)
+            };
+            let mut parked = false;
+            if has_work(&self) {
+                timeout = Duration::ZERO;
+            } else {
+                // Park protocol (see `Parker`): announce, re-check, then sleep.
+                // SeqCst: pairs with the emitter's publish-then-check in `Parker::unpark`.
+                self.parker().sleeping.store(true, Ordering::SeqCst);
+                parked = true;
+                if has_work(&self) {
+                    timeout = Duration::ZERO;
+                }
+            }
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::error!(shard = self.index, error = %e, "poll failed; shard stopping");
+                    break;
+                }
+            }
+            if parked {
+                // SeqCst: see above.
+                self.parker().sleeping.store(false, Ordering::SeqCst);
+            }
+            let now = Instant::now();
+            let now_ns = unix_ns();
+            self.core.stats.passes += 1;
+
+            for ev in events.iter() {
+                match ev.token() {
+                    WAKER => {}
+                    LISTENER => self.accept(now),
+                    Token(t) if t >= HANDSHAKE_BASE => self.handshake_readable(t - HANDSHAKE_BASE, now),
+                    Token(id) => {
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            self.read_conn(id, now);
+                        }
+                        if ev.is_writable() {
+                            self.writable.push(id);
+                        }
+                    }
+                }
+            }
+            for id in std::mem::take(&mut self.reread) {
+                if self.sockets.get(id).is_some_and(Option::is_some) {
+                    self.read_conn(id, now);
+                }
+            }
+            while let Ok(cmd) = self.rx.try_recv() {
+                self.command(cmd, now, now_ns);
+            }
+            self.drain_rings(now, now_ns);
+
+            let mut due = std::mem::take(&mut self.scratch);
+            self.core.take_writable(now, true, &mut due);
+            due.append(&mut self.writable);
+            due.sort_unstable();
+            due.dedup();
+            for &id in &due {
+                self.flush(id);
+            }
+            due.clear();
+            self.scratch = due;
+
+            if now >= next_tick {
+                next_tick = now + TICK;
+                self.core.tick(now);
+                self.expire_handshakes(now);
+                if let Some(deadline) = self.shutdown_deadline {
+                    if now >= deadline {
+                        for id in self.core.conn_ids() {
+                            self.dead.push(id);
+                        }
+                    }
+                }
+                // Timers may have queued pings or closes.
+                let mut due = std::mem::take(&mut self.scratch);
+                self.core.take_writable(now, false, &mut due);
+                for &id in &due {
+                    self.flush(id);
+                }
+                due.clear();
+                self.scratch = due;
+            }
+            self.reap();
+            self.common.registry.shards[self.index].publish(&self.core.stats);
+            if self.shutdown_deadline.is_some() && self.core.connection_count() == 0 {
+                break;
+            }
+        }
+        self.common.registry.shards[self.index].publish(&self.core.stats);
+        self.report.undelivered = self.core.stats.events_dropped - self.dropped_before_shutdown;
+        self.report
+    }
+
+    fn drain_rings(&mut self, now: Instant, now_ns: u64) {
+        let mut due = std::mem::take(&mut self.scratch);
+        for i in 0..self.rings.len() {
+            let mut taken = 0;
+            while taken < DRAIN_BUDGET {
+                let core = &mut self.core;
+                let n = self.rings[i].drain(DRAIN_CHUNK, |rec| core.route(rec, now, now_ns));
+                taken += n;
+                // Connections whose batch filled up are written between chunks.
+                self.core.take_writable(now, false, &mut due);
+                for &id in &due {
+                    self.flush(id);
+                }
+                due.clear();
+                if n < DRAIN_CHUNK {
+                    break;
+                }
+            }
+        }
+        self.scratch = due;
+        self.rings.retain(|r| !r.is_finished());
+    }
+
+    fn command(&mut self, cmd: Cmd, now: Instant, now_ns: u64) {
+        match cmd {
+            Cmd::AddRing(c) if self.shutdown_deadline.is_some() => {
+                let core = &mut self.core;
+                self.report.drained_at_shutdown += c.close_and_drain(|rec| core.route(rec, now, now_ns)) as u64;
+            }
+            Cmd::AddRing(c) => self.rings.push(c),
+            Cmd::Adopt { stream, kind, response, early } => self.adopt(stream, kind, &response, &early, now),
+            Cmd::Shutdown => self.begin_shutdown(now, now_ns),
+        }
+    }
+
+    fn begin_shutdown(&mut self, now: Instant, now_ns: u64) {
+        if self.shutdown_deadline.is_some() {
+            return;
+        }
+        self.shutdown_deadline = Some(now + self.cfg.shutdown_timeout);
+        self.dropped_before_shutdown = self.core.stats.events_dropped;
+        if let Some(mut l) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        for (_, mut hs) in std::mem::take(&mut self.handshakes) {
+            let _ = self.poll.registry().deregister(&mut hs.stream);
+        }
+        // Everything accepted into a ring is routed before the close frames are queued.
+        let core = &mut self.core;
+        for ring in self.rings.drain(..) {
+            self.report.drained_at_shutdown += ring.close_and_drain(|rec| core.route(rec, now, now_ns)) as u64;
+        }
+        self.core.close_all(CLOSE_GOING_AWAY, "server shutting down", now);
+    }
+
+    fn accept(&mut self, now: Instant) {
+        loop {
+            let Some(listener) = self.listener.as_ref() else { return };
+            match listener.accept() {
+                Ok((mut stream, _peer)) => {
+                    if self.handshakes.len() >= MAX_HANDSHAKES {
+                        self.core.stats.rejected_limit += 1;
+                        continue; // dropped: closes the socket
+                    }
+                    let _ = stream.set_nodelay(true);
+                    let entry = self.handshakes.vacant_entry();
+                    let token = Token(HANDSHAKE_BASE + entry.key());
+                    if self.poll.registry().register(&mut stream, token, Interest::READABLE).is_err() {
+                        continue;
+                    }
+                    let key = entry.key();
+                    entry.insert(Handshake {
+                        stream,
+                        buf: Vec::with_capacity(1024),
+                        deadline: now + self.cfg.handshake_timeout,
+                    });
+                    // The request may already be there (edge-triggered: no event would follow).
+                    self.handshake_readable(key, now);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and friends: log and try again on the next readiness event.
+                    tracing::warn!(error = %e, "accept failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn handshake_readable(&mut self, key: usize, now: Instant) {
+        let Some(hs) = self.handshakes.get_mut(key) else { return };
+        let mut chunk = [0u8; 2048];
+        let parsed = loop {
+            match hs.stream.read(&mut chunk) {
+                Ok(0) => break Err(None),
+                Ok(n) => {
+                    hs.buf.extend_from_slice(&chunk[..n]);
+                    match handshake::parse(&hs.buf) {
+                        Ok(Some(req)) => break Ok(req),
+                        Ok(None) => continue,
+                        Err(HeadError::TooLarge) => {
+                            break Err(Some(handshake::error(431, "Request Header Fields Too Large", "request head too large\n")))
+                        }
+                        Err(HeadError::Malformed) => break Err(Some(handshake::error(400, "Bad Request", "malformed request\n"))),
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break Err(None),
+            }
+        };
+        let mut hs = self.handshakes.remove(key);
+        let _ = self.poll.registry().deregister(&mut hs.stream);
+        let req = match parsed {
+            Ok(req) => req,
+            Err(resp) => {
+                self.core.stats.rejected_bad_request += 1;
+                if let Some(resp) = resp {
+                    let _ = hs.stream.write(&resp);
+                }
+                return;
+            }
+        };
+        let early = hs.buf[req.head_len..].to_vec();
+        let reject = |stream: &mut TcpStream, resp: Vec<u8>| {
+            let _ = stream.write(&resp);
+        };
+        if !req.is_get {
+            self.core.stats.rejected_bad_request += 1;
+            return reject(&mut hs.stream, handshake::response(405, "Method Not Allowed", "Allow: GET\r\n", "text/plain", "only GET\n"));
+        }
+        let kind = match req.route {
+            Route::Health => return reject(&mut hs.stream, handshake::response(200, "OK", "", "text/plain", "ok\n")),
+            Route::Metrics => {
+                let body = self.common.registry.snapshot().to_prometheus();
+                return reject(
+                    &mut hs.stream,
+                    handshake::response(200, "OK", "", "text/plain; version=0.0.4", &body),
+                );
+            }
+            Route::NotFound => {
+                self.core.stats.rejected_bad_request += 1;
+                return reject(&mut hs.stream, handshake::error(404, "Not Found", "not found\n"));
+            }
+            Route::Echo if !self.cfg.echo => {
+                self.core.stats.rejected_bad_request += 1;
+                return reject(&mut hs.stream, handshake::error(404, "Not Found", "echo endpoint disabled\n"));
+            }
+            Route::Echo => ConnKind::Echo,
+            Route::Events => ConnKind::User(Box::default()),
+        };
+        let Some(ws_key) = req.upgrade_key.as_deref() else {
+            self.core.stats.rejected_bad_request += 1;
+            let resp = if req.bad_version {
+                handshake::response(426, "Upgrade Required", "Sec-WebSocket-Version: 13\r\n", "text/plain", "WebSocket version 13 only\n")
+            } else {
+                handshake::response(426, "Upgrade Required", "Upgrade: websocket\r\nConnection: Upgrade\r\n", "text/plain", "WebSocket upgrade required\n")
+            };
+            return reject(&mut hs.stream, resp);
+        };
+        let kind = match kind {
+            ConnKind::Echo => ConnKind::Echo,
+            ConnKind::User(_) => match self.common.verifier.verify(req.token.as_deref()) {
+                Ok(user) => ConnKind::User(user),
+                Err(why) => {
+                    self.core.stats.rejected_auth += 1;
+                    return reject(&mut hs.stream, handshake::unauthorized(why.as_str()));
+                }
+            },
+        };
+        // Relaxed: a limit, not a synchronisation point; a brief overshoot by concurrent shards
+        // is corrected by the check itself.
+        if self.common.open.fetch_add(1, Ordering::Relaxed) >= self.cfg.max_connections {
+            self.common.open.fetch_sub(1, Ordering::Relaxed);
+            self.core.stats.rejected_limit += 1;
+            return reject(&mut hs.stream, handshake::error(503, "Service Unavailable", "connection limit reached\n"));
+        }
+        let response = handshake::switching_protocols(ws_key);
+        let home = match &kind {
+            ConnKind::User(user) => shard_of(user, self.common.peers.len()),
+            ConnKind::Echo => self.index,
+        };
+        if home == self.index {
+            self.adopt(hs.stream, kind, &response, &early, now);
+        } else {
+            self.common.peers[home].send(Cmd::Adopt {
+                stream: hs.stream,
+                kind,
+                response,
+                early,
+            });
+        }
+    }
+
+    fn expire_handshakes(&mut self, now: Instant) {
+        let expired: Vec<usize> = self
+            .handshakes
+            .iter()
+            .filter(|(_, h)| now >= h.deadline)
+            .map(|(k, _)| k)
+            .collect();
+        for k in expired {
+            let mut hs = self.handshakes.remove(k);
+            let _ = self.poll.registry().deregister(&mut hs.stream);
+            self.core.stats.rejected_bad_request += 1;
+            let _ = hs.stream.write(&handshake::error(408, "Request Timeout", "handshake timeout\n"));
+        }
+    }
+
+    fn adopt(&mut self, mut stream: TcpStream, kind: ConnKind, response: &[u8], early: &[u8], now: Instant) {
+        if self.shutdown_deadline.is_some() {
+            self.common.open.fetch_sub(1, Ordering::Relaxed);
+            let _ = stream.write(&handshake::error(503, "Service Unavailable", "shutting down\n"));
+            return;
+        }
+        let id = match self.core.adopt(kind, response, early, now) {
+            Ok(id) => id,
+            Err(_) => {
+                // Relaxed: see `handshake_readable`.
+                self.common.open.fetch_sub(1, Ordering::Relaxed);
+                let _ = stream.write(&handshake::error(429, "Too Many Requests", "too many connections for this user\n"));
+                return;
+            }
+        };
+        if self
+            .poll
+            .registry()
+            .register(&mut stream, Token(id), Interest::READABLE | Interest::WRITABLE)
+            .is_err()
+        {
+            self.core.remove(id);
+            self.common.open.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        if self.sockets.len() <= id {
+            self.sockets.resize_with(id + 1, || None);
+        }
+        self.sockets[id] = Some(stream);
+        // Write the 101 now, and read anything that arrived before registration.
+        self.flush(id);
+        self.read_conn(id, now);
+    }
+
+    fn read_conn(&mut self, id: ConnId, now: Instant) {
+        let Some(Some(stream)) = self.sockets.get_mut(id) else { return };
+        for _ in 0..READS_PER_PASS {
+            match stream.read(&mut self.read_buf) {
+                Ok(0) => {
+                    self.dead.push(id);
+                    return;
+                }
+                Ok(n) => self.core.on_input(id, &self.read_buf[..n], now),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.dead.push(id);
+                    return;
+                }
+            }
+        }
+        self.reread.push(id);
+    }
+
+    /// Writes `id`'s queued bytes: one `write` call, more only after a partial write.
+    fn flush(&mut self, id: ConnId) {
+        let Some(Some(stream)) = self.sockets.get_mut(id) else { return };
+        loop {
+            let out = self.core.conn(id).out();
+            if out.is_empty() {
+                break;
+            }
+            match stream.write(out) {
+                Ok(n) => self.core.on_written(id, n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.core.stats.write_syscalls += 1;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.dead.push(id);
+                    return;
+                }
+            }
+        }
+        if self.core.conn(id).is_done() {
+            self.dead.push(id);
+        }
+    }
+
+    /// Closes and forgets finished or failed connections.
+    fn reap(&mut self) {
+        if self.dead.is_empty() {
+            return;
+        }
+        self.dead.sort_unstable();
+        self.dead.dedup();
+        for id in std::mem::take(&mut self.dead) {
+            let Some(mut stream) = self.sockets.get_mut(id).and_then(Option::take) else { continue };
+            let _ = self.poll.registry().deregister(&mut stream);
+            self.core.remove(id);
+            // Relaxed: see `handshake_readable`.
+            self.common.open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The address a listener actually bound (for port 0).
+pub(crate) fn bind(addr: SocketAddr) -> io::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr)?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}

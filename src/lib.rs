@@ -32,6 +32,8 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 mod auth;
+mod bench;
+mod client;
 mod config;
 mod core;
 mod emitter;
@@ -42,6 +44,7 @@ mod metrics;
 mod reactor;
 mod ring;
 
+/// The `floodgate` command line (used by the binary; not a stable API).
 #[doc(hidden)]
 pub mod cli;
 

@@ -1,0 +1,663 @@
+//! `floodgate bench`: an embedded gateway on 127.0.0.1, real WebSocket clients over loopback,
+//! producer threads emitting realistic agent events, and a verified, honest report.
+//!
+//! Producer `p` of `P` emits events `k = p, p + P, ...` below `E`; event `k` goes to user
+//! `u{k % C}`. Each event's data carries its target (`to`), its producer (`p`), that producer's
+//! per-user counter (`n`) and, with `--rate`, the time it was scheduled (`sched`). Each client
+//! checks every frame: gapless `seq` from 1, `to` equal to its own user, `n` increasing by one
+//! per producer, and latency from `sched` (open loop, so coordinated omission is corrected) or
+//! from `ts`. Every 64th frame is also fully parsed with simd-json and cross-checked.
+
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use serde::Serialize;
+
+use crate::client::{self, FrameReader, Kind};
+use crate::emitter::unix_ns;
+use crate::{EmitError, Event, EventType, Gateway};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub connections: usize,
+    pub events: u64,
+    pub producers: usize,
+    pub payload_bytes: usize,
+    /// Events per second in total; 0 = as fast as possible.
+    pub rate: u64,
+    pub shards: usize,
+    pub client_threads: usize,
+    pub max_batch_events: usize,
+    pub max_batch_delay: Duration,
+    /// Give up when no event arrives for this long.
+    pub stall_timeout: Duration,
+    pub progress: bool,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions {
+            connections: 64,
+            events: 2_000_000,
+            producers: 1,
+            payload_bytes: 150,
+            rate: 0,
+            shards: 1,
+            client_threads: 1,
+            max_batch_events: 1024,
+            max_batch_delay: Duration::ZERO,
+            stall_timeout: Duration::from_secs(10),
+            progress: true,
+        }
+    }
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Latency {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+/// The result. Field names are a stable interface (`--json`): later versions add, never rename.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub events_per_sec: f64,
+    pub mb_per_sec: f64,
+    pub events: u64,
+    pub received: u64,
+    pub lost: u64,
+    pub misrouted: u64,
+    pub order_errors: u64,
+    pub duplicates: u64,
+    pub frames_per_write: f64,
+    pub latency_us: Latency,
+    /// Whether latency is measured from the scheduled send time (open loop) or the emit time.
+    pub latency_from: &'static str,
+    pub elapsed_sec: f64,
+    pub cpu_seconds: f64,
+    pub reactor_cpu_seconds: f64,
+    pub connections: usize,
+    pub producers: usize,
+    pub shards: usize,
+    pub rate: u64,
+    pub payload_bytes: usize,
+    pub ring_full_retries: u64,
+    pub write_syscalls: u64,
+    pub bytes_received: u64,
+}
+
+impl BenchReport {
+    /// True when every event arrived exactly once, in order, at the right client.
+    pub fn is_clean(&self) -> bool {
+        self.lost == 0 && self.misrouted == 0 && self.order_errors == 0 && self.duplicates == 0
+    }
+
+    /// The human-readable summary.
+    pub fn to_text(&self) -> String {
+        let l = &self.latency_us;
+        format!(
+            "floodgate bench: {} events to {} connections, {} producer(s), {} shard(s), rate {}\n\
+             delivered      {:>12.0} events/s   {:.1} MB/s   ({} events in {:.3} s)\n\
+             latency (us)   p50 {:.0}  p90 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}   (from {} time)\n\
+             correctness    lost {}  misrouted {}  out-of-order {}  duplicates {}\n\
+             batching       {:.1} frames per write syscall ({} writes)\n\
+             cpu            {:.2} s process, {:.2} s reactor threads; ring-full retries {}\n",
+            self.events,
+            self.connections,
+            self.producers,
+            self.shards,
+            if self.rate == 0 { "max".to_string() } else { format!("{}/s", self.rate) },
+            self.events_per_sec,
+            self.mb_per_sec,
+            self.received,
+            self.elapsed_sec,
+            l.p50,
+            l.p90,
+            l.p99,
+            l.p999,
+            l.max,
+            self.latency_from,
+            self.lost,
+            self.misrouted,
+            self.order_errors,
+            self.duplicates,
+            self.frames_per_write,
+            self.write_syscalls,
+            self.cpu_seconds,
+            self.reactor_cpu_seconds,
+            self.ring_full_retries,
+        )
+    }
+}
+
+/// The data of every bench event. Field order is fixed (serde follows declaration order), which
+/// the client's fast scanner relies on; the simd-json cross-check does not.
+#[derive(Serialize)]
+struct Payload<'a> {
+    to: u32,
+    p: u32,
+    n: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sched: Option<u64>,
+    text: &'a str,
+}
+
+const TYPES: [EventType<'static>; 5] = [
+    EventType::AgentStarted,
+    EventType::AgentThinking,
+    EventType::ToolExecuting,
+    EventType::ToolCompleted,
+    EventType::AgentCompleted,
+];
+
+/// Runs the bench. Errors are setup failures; a run that lost events still returns a report.
+pub fn run(opts: &BenchOptions) -> Result<BenchReport, crate::Error> {
+    validate(opts)?;
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).map_err(|e| crate::Error::Io(io::Error::other(e)))?;
+    let gw = Gateway::builder()
+        .bind("127.0.0.1:0")
+        .jwt_hs256_secret(secret)
+        .shards(opts.shards)
+        .max_batch_events(opts.max_batch_events)
+        .max_batch_delay(opts.max_batch_delay)
+        .max_connections_per_user(4)
+        .build()?;
+    let addr = gw.local_addr();
+
+    // Expected events per user.
+    let c = opts.connections as u64;
+    let expected: Vec<u64> = (0..c).map(|i| opts.events / c + u64::from(i < opts.events % c)).collect();
+
+    // Connect every client before any event is emitted (a client that saw its 101 receives
+    // every event emitted after it).
+    let mut clients = Vec::with_capacity(opts.connections);
+    for i in 0..opts.connections {
+        let token = crate::auth::mint_hs256(&secret, &format!("u{i}"), Duration::from_secs(3600))?;
+        let (stream, early) = client::connect(
+            addr,
+            "/ws",
+            &format!("Authorization: Bearer {token}\r\n"),
+            Duration::from_secs(5),
+        )
+        .map_err(crate::Error::Io)?;
+        stream.set_nonblocking(true)?;
+        clients.push(ClientConn::new(i as u32, TcpStream::from_std(stream), early, expected[i], opts.producers));
+    }
+
+    let received = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let start_ns = Arc::new(AtomicU64::new(0));
+    let cpu0 = process_cpu_seconds();
+    let reactor_cpu0 = reactor_cpu_seconds();
+
+    // Client threads, each with a share of the connections.
+    let threads = opts.client_threads.clamp(1, opts.connections);
+    let mut shares: Vec<Vec<ClientConn>> = (0..threads).map(|_| Vec::new()).collect();
+    for (i, cl) in clients.into_iter().enumerate() {
+        shares[i % threads].push(cl);
+    }
+    let stall = opts.stall_timeout;
+    let client_handles: Vec<_> = shares
+        .into_iter()
+        .enumerate()
+        .map(|(t, share)| {
+            let (received, stop) = (received.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name(format!("bench-client-{t}"))
+                .spawn(move || client_loop(share, &received, &stop, stall))
+        })
+        .collect::<Result<_, _>>()?;
+
+    // Producers.
+    let t0 = Instant::now();
+    start_ns.store(unix_ns(), Ordering::Relaxed);
+    let full_retries = Arc::new(AtomicU64::new(0));
+    let producer_handles: Vec<_> = (0..opts.producers)
+        .map(|p| {
+            let mut em = gw.emitter();
+            let (opts, stop, full_retries) = (opts.clone(), stop.clone(), full_retries.clone());
+            std::thread::Builder::new()
+                .name(format!("bench-producer-{p}"))
+                .spawn(move || produce(&mut em, p, &opts, t0, &stop, &full_retries))
+        })
+        .collect::<Result<_, _>>()?;
+
+    // Progress until every client is done (or stalled).
+    let total: u64 = expected.iter().sum();
+    let bar = opts.progress.then(|| {
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {pos}/{len} events  {per_sec}  [{elapsed}]")
+                .expect("valid template"),
+        );
+        bar
+    });
+    let mut results = Vec::new();
+    let mut pending = client_handles;
+    while !pending.is_empty() {
+        std::thread::sleep(Duration::from_millis(100));
+        if let Some(bar) = &bar {
+            bar.set_position(received.load(Ordering::Relaxed));
+        }
+        let (done, rest): (Vec<_>, Vec<_>) = pending.into_iter().partition(|h| h.is_finished());
+        pending = rest;
+        for h in done {
+            results.push(h.join().map_err(|_| crate::Error::ReactorPanicked("bench client panicked".into()))?);
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    stop.store(true, Ordering::Relaxed);
+    for h in producer_handles {
+        h.join().map_err(|_| crate::Error::ReactorPanicked("bench producer panicked".into()))?;
+    }
+    let cpu = process_cpu_seconds() - cpu0;
+    let reactor_cpu = reactor_cpu_seconds() - reactor_cpu0;
+    let metrics = gw.metrics();
+    gw.shutdown()?;
+
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds");
+    let (mut got, mut misrouted, mut order_errors, mut duplicates, mut bytes, mut lost) = (0, 0, 0, 0, 0, 0);
+    let mut last_rx_ns = 0;
+    for r in &results {
+        hist.add(&r.hist).expect("same bounds");
+        got += r.received;
+        misrouted += r.misrouted;
+        order_errors += r.order_errors;
+        duplicates += r.duplicates;
+        bytes += r.bytes;
+        lost += r.lost;
+        last_rx_ns = last_rx_ns.max(r.last_rx_ns);
+    }
+    let elapsed = if last_rx_ns > 0 {
+        (last_rx_ns.saturating_sub(start_ns.load(Ordering::Relaxed))) as f64 / 1e9
+    } else {
+        t0.elapsed().as_secs_f64()
+    };
+    let q = |p: f64| hist.value_at_quantile(p) as f64 / 1e3;
+    Ok(BenchReport {
+        events_per_sec: got as f64 / elapsed.max(1e-9),
+        mb_per_sec: bytes as f64 / 1e6 / elapsed.max(1e-9),
+        events: opts.events,
+        received: got,
+        lost,
+        misrouted,
+        order_errors,
+        duplicates,
+        frames_per_write: if metrics.stats.write_syscalls == 0 {
+            0.0
+        } else {
+            metrics.stats.frames_written as f64 / metrics.stats.write_syscalls as f64
+        },
+        latency_us: Latency {
+            p50: q(0.5),
+            p90: q(0.9),
+            p99: q(0.99),
+            p999: q(0.999),
+            max: hist.max() as f64 / 1e3,
+        },
+        latency_from: if opts.rate > 0 { "scheduled" } else { "emit" },
+        elapsed_sec: elapsed,
+        cpu_seconds: cpu,
+        reactor_cpu_seconds: reactor_cpu,
+        connections: opts.connections,
+        producers: opts.producers,
+        shards: opts.shards,
+        rate: opts.rate,
+        payload_bytes: opts.payload_bytes,
+        ring_full_retries: full_retries.load(Ordering::Relaxed),
+        write_syscalls: metrics.stats.write_syscalls,
+        bytes_received: bytes,
+    })
+}
+
+fn validate(o: &BenchOptions) -> Result<(), crate::Error> {
+    use crate::error::ConfigError;
+    let bad = |s: &'static str, r: &str| Err(ConfigError::new(s, r.to_owned()).into());
+    if o.connections == 0 || o.connections > 50_000 {
+        return bad("connections", "must be from 1 to 50000");
+    }
+    if o.events == 0 {
+        return bad("events", "must be at least 1");
+    }
+    if o.producers == 0 || o.producers > 64 {
+        return bad("producers", "must be from 1 to 64");
+    }
+    if !(100..=60_000).contains(&o.payload_bytes) {
+        return bad("payload-bytes", "must be from 100 to 60000");
+    }
+    if o.client_threads == 0 || o.client_threads > 64 {
+        return bad("client-threads", "must be from 1 to 64");
+    }
+    Ok(())
+}
+
+fn produce(em: &mut crate::Emitter, p: usize, o: &BenchOptions, t0: Instant, stop: &AtomicBool, full: &AtomicU64) {
+    let users = o.connections as u64;
+    let producers = o.producers as u64;
+    let mut per_user = vec![0u64; o.connections];
+    let run_ids: Vec<String> = (0..o.connections).map(|i| format!("run-{i:04}")).collect();
+    let users_str: Vec<String> = (0..o.connections).map(|i| format!("u{i}")).collect();
+    // Pad the text so the whole frame is about `payload_bytes`.
+    let overhead = 126usize; // seq, type, ts, run_id and the data members other than text
+    let text = "x".repeat(o.payload_bytes.saturating_sub(overhead).max(8));
+    let interval_ns = if o.rate == 0 { 0.0 } else { 1e9 * producers as f64 / o.rate as f64 };
+    let mut j = 0u64;
+    let mut k = p as u64;
+    while k < o.events {
+        let user = (k % users) as usize;
+        per_user[user] += 1;
+        let sched = if o.rate > 0 {
+            let due = t0 + Duration::from_nanos((j as f64 * interval_ns) as u64);
+            let now = Instant::now();
+            if due > now {
+                spin_until(due);
+            }
+            Some(unix_ns() - Instant::now().saturating_duration_since(due).as_nanos() as u64)
+        } else {
+            None
+        };
+        let data = Payload { to: user as u32, p: p as u32, n: per_user[user], sched, text: &text };
+        let ev = Event::with(TYPES[(k % 5) as usize], &run_ids[user], &data);
+        let backoff = crossbeam_utils::Backoff::new();
+        loop {
+            match em.emit(&users_str[user], ev) {
+                Ok(()) => break,
+                Err(EmitError::Full(_)) => {
+                    full.fetch_add(1, Ordering::Relaxed);
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    if backoff.is_completed() {
+                        std::thread::sleep(Duration::from_micros(50));
+                    } else {
+                        backoff.snooze();
+                    }
+                }
+                Err(e) => panic!("bench emit failed: {e}"),
+            }
+        }
+        j += 1;
+        k += producers;
+    }
+}
+
+/// Sleeps most of the way, then spins, so open-loop sends leave close to their schedule.
+fn spin_until(due: Instant) {
+    loop {
+        let now = Instant::now();
+        if now >= due {
+            return;
+        }
+        let left = due - now;
+        if left > Duration::from_micros(200) {
+            std::thread::sleep(left - Duration::from_micros(100));
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+struct ClientConn {
+    stream: TcpStream,
+    reader: FrameReader,
+    v: Verify,
+}
+
+/// What one client has seen.
+struct Verify {
+    user: u32,
+    expected: u64,
+    received: u64,
+    last_seq: u64,
+    last_n: Vec<u64>,
+    misrouted: u64,
+    order_errors: u64,
+    duplicates: u64,
+    bytes: u64,
+    closed: bool,
+}
+
+impl ClientConn {
+    fn new(user: u32, stream: TcpStream, early: Vec<u8>, expected: u64, producers: usize) -> Self {
+        ClientConn {
+            stream,
+            reader: FrameReader::new(early),
+            v: Verify {
+            user,
+            expected,
+            received: 0,
+            last_seq: 0,
+            last_n: vec![0; producers],
+            misrouted: 0,
+            order_errors: 0,
+            duplicates: 0,
+            bytes: 0,
+            closed: false,
+            },
+        }
+    }
+}
+
+impl Verify {
+    fn done(&self) -> bool {
+        self.closed || self.received >= self.expected
+    }
+}
+
+struct ClientResult {
+    hist: Histogram<u64>,
+    received: u64,
+    misrouted: u64,
+    order_errors: u64,
+    duplicates: u64,
+    bytes: u64,
+    lost: u64,
+    last_rx_ns: u64,
+}
+
+fn client_loop(mut conns: Vec<ClientConn>, received: &AtomicU64, _stop: &AtomicBool, stall: Duration) -> ClientResult {
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds");
+    let mut poll = Poll::new().expect("poll");
+    for (i, c) in conns.iter_mut().enumerate() {
+        poll.registry()
+            .register(&mut c.stream, Token(i), Interest::READABLE)
+            .expect("register");
+    }
+    let mut events = Events::with_capacity(1024);
+    let mut remaining = conns.iter().filter(|c| !c.v.done()).count();
+    let mut last_progress = Instant::now();
+    let mut last_rx_ns = 0;
+    let mut sample = 0u32;
+    let mut scratch = Vec::new();
+    let mut ready: Vec<usize> = (0..conns.len()).collect(); // early bytes may hold frames
+    while remaining > 0 {
+        if ready.is_empty() {
+            if poll.poll(&mut events, Some(Duration::from_millis(100))).is_err() {
+                continue;
+            }
+            ready.extend(events.iter().map(|e| e.token().0));
+        }
+        if ready.is_empty() {
+            if last_progress.elapsed() > stall {
+                break;
+            }
+            continue;
+        }
+        for i in std::mem::take(&mut ready) {
+            let ClientConn { stream, reader, v: c } = &mut conns[i];
+            if c.done() {
+                continue;
+            }
+            loop {
+                let n = match reader.fill(stream) {
+                    Ok(0) => {
+                        c.closed = true;
+                        break;
+                    }
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => {
+                        c.closed = true;
+                        break;
+                    }
+                };
+                let now_ns = unix_ns();
+                let before = c.received;
+                let mut pongs = Vec::new();
+                let res = reader.frames(|kind, payload| match kind {
+                    Kind::Text => {
+                        c.bytes += payload.len() as u64;
+                        check_frame(c, payload, now_ns, &mut hist, &mut sample, &mut scratch);
+                    }
+                    Kind::Ping => pongs.push(client::client_frame(Kind::Pong, payload)),
+                    Kind::Close => c.closed = true,
+                    _ => c.order_errors += 1,
+                });
+                for p in pongs {
+                    let _ = stream.write_all(&p);
+                }
+                if res.is_err() {
+                    c.closed = true;
+                }
+                if c.received > before {
+                    received.fetch_add(c.received - before, Ordering::Relaxed);
+                    last_rx_ns = now_ns;
+                    last_progress = Instant::now();
+                }
+                if n == 0 || c.done() {
+                    break;
+                }
+            }
+            if c.done() {
+                remaining -= 1;
+            }
+        }
+        if last_progress.elapsed() > stall {
+            break;
+        }
+    }
+    let mut r = ClientResult {
+        hist,
+        received: 0,
+        misrouted: 0,
+        order_errors: 0,
+        duplicates: 0,
+        bytes: 0,
+        lost: 0,
+        last_rx_ns,
+    };
+    for c in conns.iter().map(|c| &c.v) {
+        r.received += c.received;
+        r.misrouted += c.misrouted;
+        r.order_errors += c.order_errors;
+        r.duplicates += c.duplicates;
+        r.bytes += c.bytes;
+        r.lost += c.expected.saturating_sub(c.received);
+    }
+    r
+}
+
+/// Reads the unsigned integer right after `key` in `hay`.
+fn int_after(hay: &[u8], key: &[u8]) -> Option<u64> {
+    let at = memchr::memmem::find(hay, key)? + key.len();
+    let digits = hay[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 {
+        return None;
+    }
+    std::str::from_utf8(&hay[at..at + digits]).ok()?.parse().ok()
+}
+
+fn check_frame(c: &mut Verify, payload: &[u8], now_ns: u64, hist: &mut Histogram<u64>, sample: &mut u32, scratch: &mut Vec<u8>) {
+    let seq = int_after(payload, b"{\"seq\":").unwrap_or(0);
+    if seq <= c.last_seq {
+        c.duplicates += 1;
+        return;
+    }
+    if seq != c.last_seq + 1 {
+        c.order_errors += 1;
+    }
+    c.last_seq = seq;
+    c.received += 1;
+    let to = int_after(payload, b"\"data\":{\"to\":");
+    if to != Some(u64::from(c.user)) {
+        c.misrouted += 1;
+        return;
+    }
+    let p = int_after(payload, b",\"p\":").unwrap_or(u64::MAX) as usize;
+    let n = int_after(payload, b",\"n\":").unwrap_or(0);
+    match c.last_n.get_mut(p) {
+        Some(last) if n == *last + 1 => *last = n,
+        Some(last) => {
+            c.order_errors += 1;
+            *last = n;
+        }
+        None => c.order_errors += 1,
+    }
+    let from = int_after(payload, b",\"sched\":").or_else(|| int_after(payload, b",\"ts\":")).unwrap_or(now_ns);
+    let _ = hist.record(now_ns.saturating_sub(from).max(1));
+    *sample = sample.wrapping_add(1);
+    if *sample % 64 == 0 && !full_parse_agrees(payload, seq, c.user, scratch) {
+        c.order_errors += 1;
+    }
+}
+
+/// Parses the whole frame with simd-json and checks it against what the scanner read.
+fn full_parse_agrees(payload: &[u8], seq: u64, user: u32, scratch: &mut Vec<u8>) -> bool {
+    use simd_json::prelude::*;
+    scratch.clear();
+    scratch.extend_from_slice(payload);
+    let Ok(v) = simd_json::to_borrowed_value(scratch) else { return false };
+    let seq_ok = v.get("seq").and_then(|s| s.as_u64()) == Some(seq);
+    let to_ok = v.get("data").and_then(|d| d.get("to")).and_then(|t| t.as_u64()) == Some(u64::from(user));
+    let typed = v.get("type").and_then(|t| t.as_str()).is_some_and(|t| TYPES.iter().any(|x| x.as_str() == t));
+    seq_ok && to_ok && typed && v.get("ts").and_then(|t| t.as_u64()).is_some()
+}
+
+/// User + system CPU seconds of this process.
+fn process_cpu_seconds() -> f64 {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: `ru` is a valid, writable rusage; getrusage only writes it.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr()) };
+    if rc != 0 {
+        return 0.0;
+    }
+    // SAFETY: getrusage returned 0, so it initialised the struct (and it was zeroed before).
+    let ru = unsafe { ru.assume_init() };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// CPU seconds of this process's reactor threads, from /proc (Linux only; 0 elsewhere).
+fn reactor_cpu_seconds() -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else { return 0.0 };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut total = 0.0;
+    for task in dir.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with("floodgate-react") {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // Fields after the parenthesised name: state is field 3; utime 14, stime 15.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        total += (ticks(11) + ticks(12)) / hz;
+    }
+    total
+}

@@ -1,0 +1,266 @@
+//! The `floodgate` command line. Not a stable API: the binary is its only user.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::bench::{self, BenchOptions};
+use crate::{Error, Gateway, Settings};
+
+/// floodgate: per-user events from application threads onto WebSocket connections.
+#[derive(Parser, Debug)]
+#[command(name = "floodgate", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a standalone gateway until SIGINT/SIGTERM.
+    ///
+    /// Settings come from built-in defaults, then --config FILE (TOML, keys as below with `_`),
+    /// then FLOODGATE_* environment variables, then flags. With no JWT key configured, a dev
+    /// secret is generated, saved for `floodgate token`, and printed.
+    Serve(ServeArgs),
+    /// Mint a development JWT (HS256) for a user.
+    Token(TokenArgs),
+    /// Benchmark an embedded gateway with real WebSocket clients over loopback, verifying that
+    /// every client receives exactly its own events, in order.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// TOML file with settings (same names as the flags, with `_` for `-`).
+    #[arg(long, env = "FLOODGATE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    settings: Settings,
+}
+
+#[derive(Args, Debug)]
+struct TokenArgs {
+    /// The user id (`sub` claim).
+    #[arg(long)]
+    user: String,
+    /// How long the token is valid.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    /// HS256 secret; defaults to the config file's, then the saved dev secret of `serve`.
+    #[arg(long, env = "FLOODGATE_JWT_HS256_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// TOML config file to read `jwt_hs256_secret` from.
+    #[arg(long, env = "FLOODGATE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    /// WebSocket clients, one user each.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Events to emit in total, round-robin over the users.
+    #[arg(long, default_value_t = 2_000_000)]
+    events: u64,
+    /// Producer threads, each with its own emitter.
+    #[arg(long, default_value_t = 1)]
+    producers: usize,
+    /// Approximate size of each event frame in bytes.
+    #[arg(long, default_value_t = 150)]
+    payload_bytes: usize,
+    /// Events per second in total, open loop (latency measured from each event's scheduled
+    /// time); 0 = as fast as possible.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Reactor shards of the embedded gateway.
+    #[arg(long, default_value_t = 1)]
+    shards: usize,
+    /// Client threads receiving and verifying.
+    #[arg(long, default_value_t = 1)]
+    client_threads: usize,
+    /// The gateway's max_batch_events.
+    #[arg(long, default_value_t = 1024)]
+    max_batch_events: usize,
+    /// The gateway's max_batch_delay (e.g. 0, 500us, 2ms).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    max_batch_delay: Duration,
+    /// Print one JSON line instead of the text report.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs the command line and returns the process exit code: 0 success, 1 a failed run (lost
+/// or misrouted events), 2 usage or configuration errors.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FLOODGATE_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let result = match cli.command {
+        Command::Serve(a) => serve(a),
+        Command::Token(a) => token(a),
+        Command::Bench(a) => run_bench(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("floodgate: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn layered(config: Option<&Path>, flags: Settings) -> Result<Settings, Error> {
+    let file = match config {
+        Some(path) => Settings::from_toml_file(path)?,
+        None => Settings::default(),
+    };
+    Ok(file.overlay(flags))
+}
+
+/// Where `serve` keeps a generated dev secret, so `token` can sign for it.
+fn dev_secret_path() -> PathBuf {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("floodgate").join("dev-secret")
+}
+
+fn load_or_create_dev_secret() -> Result<String, Error> {
+    let path = dev_secret_path();
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        let s = s.trim().to_owned();
+        if s.len() >= crate::MIN_HS256_SECRET {
+            return Ok(s);
+        }
+    }
+    let mut raw = [0u8; 32];
+    getrandom::fill(&mut raw).map_err(|e| Error::Io(std::io::Error::other(e)))?;
+    let secret: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    write_private(&path, &secret)?;
+    Ok(secret)
+}
+
+fn write_private(path: &Path, text: &str) -> Result<(), Error> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+fn serve(a: ServeArgs) -> Result<ExitCode, Error> {
+    let mut settings = layered(a.config.as_deref(), a.settings)?;
+    if !settings.has_jwt_key() {
+        let secret = load_or_create_dev_secret()?;
+        eprintln!(
+            "floodgate: no JWT key configured; using the dev secret saved in {}\n  \
+             secret: {secret}\n  mint a token: floodgate token --user u1",
+            dev_secret_path().display()
+        );
+        settings.jwt_hs256_secret = Some(secret);
+    }
+    let gw = Gateway::builder().settings(settings).build()?;
+    eprintln!(
+        "floodgate: listening on ws://{}/ws  (health: /healthz, metrics: /metrics)",
+        gw.local_addr()
+    );
+    let term = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, term.clone())?;
+    }
+    while !term.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("floodgate: shutting down");
+    let report = gw.shutdown()?;
+    eprintln!(
+        "floodgate: stopped; {} events drained from rings at shutdown, {} undelivered",
+        report.drained_from_rings, report.undelivered
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn token(a: TokenArgs) -> Result<ExitCode, Error> {
+    let secret = match a.secret {
+        Some(s) => s,
+        None => {
+            let from_file = match &a.config {
+                Some(p) => Settings::from_toml_file(p)?.jwt_hs256_secret,
+                None => None,
+            };
+            match from_file {
+                Some(s) => s,
+                None => std::fs::read_to_string(dev_secret_path())
+                    .map(|s| s.trim().to_owned())
+                    .map_err(|_| {
+                        Error::Config(crate::ConfigError::new(
+                            "jwt_hs256_secret",
+                            format!(
+                                "no secret given (--secret, FLOODGATE_JWT_HS256_SECRET or --config) and \
+                                 no dev secret saved at {} (run `floodgate serve` once)",
+                                dev_secret_path().display()
+                            ),
+                        ))
+                    })?,
+            }
+        }
+    };
+    if secret.len() < crate::MIN_HS256_SECRET {
+        return Err(crate::ConfigError::new(
+            "jwt_hs256_secret",
+            format!("must be at least {} bytes", crate::MIN_HS256_SECRET),
+        )
+        .into());
+    }
+    if a.user.is_empty() || a.user.len() > crate::MAX_USER_LEN {
+        return Err(crate::ConfigError::new("user", "must be 1 to 255 bytes").into());
+    }
+    println!("{}", crate::mint_hs256(secret.as_bytes(), &a.user, a.ttl)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_bench(a: BenchArgs) -> Result<ExitCode, Error> {
+    let opts = BenchOptions {
+        connections: a.connections,
+        events: a.events,
+        producers: a.producers,
+        payload_bytes: a.payload_bytes,
+        rate: a.rate,
+        shards: a.shards,
+        client_threads: a.client_threads,
+        max_batch_events: a.max_batch_events,
+        max_batch_delay: a.max_batch_delay,
+        progress: !a.json,
+        ..BenchOptions::default()
+    };
+    let report = bench::run(&opts)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report).expect("report serializes"));
+    } else {
+        print!("{}", report.to_text());
+    }
+    if report.is_clean() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("floodgate bench: FAILED: events were lost, misrouted, duplicated or out of order");
+        Ok(ExitCode::from(1))
+    }
+}

@@ -1,0 +1,193 @@
+//! A lean WebSocket client for the bench (and later the load harness): a blocking RFC 6455
+//! handshake, then frames decoded straight out of a read buffer with tungstenite's header parser,
+//! so receiving a frame allocates nothing.
+
+use std::io::{self, Cursor, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+use tungstenite::protocol::frame::{Frame, FrameHeader};
+
+/// Opens a TCP connection to `addr` and upgrades it with `GET target`. `extra_headers` is
+/// inserted verbatim (each line ending in `\r\n`). Returns the stream (blocking mode) and any
+/// bytes the server sent after its 101 response.
+pub(crate) fn connect(
+    addr: SocketAddr,
+    target: &str,
+    extra_headers: &str,
+    timeout: Duration,
+) -> io::Result<(TcpStream, Vec<u8>)> {
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(timeout))?;
+    let mut nonce = [0u8; 16];
+    getrandom::fill(&mut nonce).map_err(io::Error::other)?;
+    let key = base64_16(&nonce);
+    let request = format!(
+        "GET {target} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra_headers}\r\n"
+    );
+    stream.write_all(request.as_bytes())?;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "server closed during handshake"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut resp = httparse::Response::new(&mut headers);
+        match resp.parse(&buf) {
+            Ok(httparse::Status::Complete(head)) => {
+                if resp.code != Some(101) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::ConnectionRefused,
+                        format!("upgrade refused: HTTP {}", resp.code.unwrap_or(0)),
+                    ));
+                }
+                let expected = tungstenite::handshake::derive_accept_key(key.as_bytes());
+                let ok = resp.headers.iter().any(|h| {
+                    h.name.eq_ignore_ascii_case("sec-websocket-accept") && h.value == expected.as_bytes()
+                });
+                if !ok {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, "bad Sec-WebSocket-Accept"));
+                }
+                stream.set_read_timeout(None)?;
+                return Ok((stream, buf[head..].to_vec()));
+            }
+            Ok(httparse::Status::Partial) if buf.len() < 16 * 1024 => continue,
+            _ => return Err(io::Error::new(io::ErrorKind::InvalidData, "bad handshake response")),
+        }
+    }
+}
+
+fn base64_16(bytes: &[u8; 16]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(24);
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A frame as seen by the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Text,
+    Binary,
+    Continuation,
+    Ping,
+    Pong,
+    Close,
+}
+
+/// Decodes server frames from bytes read off a socket.
+pub(crate) struct FrameReader {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl FrameReader {
+    pub(crate) fn new(initial: Vec<u8>) -> Self {
+        FrameReader { buf: initial, start: 0 }
+    }
+
+    /// Reads once from `src` into the buffer. Returns the bytes read (0 = EOF).
+    pub(crate) fn fill(&mut self, src: &mut impl Read) -> io::Result<usize> {
+        if self.start > 0 && self.start * 2 >= self.buf.len() {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        let len = self.buf.len();
+        if self.buf.capacity() - len < 32 * 1024 {
+            self.buf.reserve(64 * 1024);
+        }
+        self.buf.resize(self.buf.capacity(), 0);
+        let r = src.read(&mut self.buf[len..]);
+        self.buf.truncate(len + *r.as_ref().unwrap_or(&0));
+        r
+    }
+
+    /// Calls `f` for every complete frame buffered. A masked or malformed server frame is an
+    /// error (RFC 6455 5.1: servers never mask).
+    pub(crate) fn frames(&mut self, mut f: impl FnMut(Kind, &[u8])) -> io::Result<()> {
+        loop {
+            let mut cur = Cursor::new(&self.buf[self.start..]);
+            let (hdr, len) = match FrameHeader::parse(&mut cur) {
+                Ok(Some(h)) => h,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
+            };
+            let at = self.start + cur.position() as usize;
+            let len = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+            if self.buf.len() - at < len {
+                return Ok(());
+            }
+            if hdr.mask.is_some() || hdr.rsv1 || hdr.rsv2 || hdr.rsv3 {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "masked or reserved-bit frame from server"));
+            }
+            let kind = match hdr.opcode {
+                OpCode::Data(Data::Text) => Kind::Text,
+                OpCode::Data(Data::Binary) => Kind::Binary,
+                OpCode::Data(Data::Continue) => Kind::Continuation,
+                OpCode::Control(Control::Ping) => Kind::Ping,
+                OpCode::Control(Control::Pong) => Kind::Pong,
+                OpCode::Control(Control::Close) => Kind::Close,
+                _ => return Err(io::Error::new(io::ErrorKind::InvalidData, "reserved opcode")),
+            };
+            f(kind, &self.buf[at..at + len]);
+            self.start = at + len;
+        }
+    }
+}
+
+/// A masked client frame (pong or close) ready to write.
+pub(crate) fn client_frame(kind: Kind, payload: &[u8]) -> Vec<u8> {
+    let mut frame = match kind {
+        Kind::Pong => Frame::pong(payload.to_vec()),
+        Kind::Close => Frame::message(payload.to_vec(), OpCode::Control(Control::Close), true),
+        _ => Frame::message(payload.to_vec(), OpCode::Data(Data::Text), true),
+    };
+    let mut mask = [0u8; 4];
+    let _ = getrandom::fill(&mut mask);
+    frame.header_mut().mask = Some(mask);
+    let mut out = Vec::with_capacity(payload.len() + 14);
+    frame.format(&mut out).expect("writing to a Vec");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc_example_nonce() {
+        assert_eq!(base64_16(b"the sample nonce"), "dGhlIHNhbXBsZSBub25jZQ==");
+    }
+
+    #[test]
+    fn reader_yields_whole_frames_across_fills() {
+        let mut bytes = Vec::new();
+        let (p, n) = crate::core::frame::event_prefix(1, 3);
+        bytes.extend_from_slice(&p[..n]);
+        bytes.extend_from_slice(b"\"a\"");
+        bytes.extend_from_slice(&[0x89, 0x00]);
+        let mut r = FrameReader::new(Vec::new());
+        let mut seen = Vec::new();
+        for piece in bytes.chunks(3) {
+            r.fill(&mut &piece[..]).unwrap();
+            r.frames(|k, p| seen.push((k, p.to_vec()))).unwrap();
+        }
+        assert_eq!(seen, vec![(Kind::Text, b"{\"seq\":1,\"a\"".to_vec()), (Kind::Ping, vec![])]);
+    }
+}

@@ -482,6 +482,7 @@ fn client_loop(mut conns: Vec<ClientConn>, received: &AtomicU64, _stop: &AtomicB
     let mut last_rx_ns = 0;
     let mut sample = 0u32;
     let mut scratch = Vec::new();
+    let scanner = Scanner::new();
     let mut ready: Vec<usize> = (0..conns.len()).collect(); // early bytes may hold frames
     while remaining > 0 {
         if ready.is_empty() {
@@ -521,7 +522,7 @@ fn client_loop(mut conns: Vec<ClientConn>, received: &AtomicU64, _stop: &AtomicB
                 let res = reader.frames(|kind, payload| match kind {
                     Kind::Text => {
                         c.bytes += payload.len() as u64;
-                        check_frame(c, payload, now_ns, &mut hist, &mut sample, &mut scratch);
+                        check_frame(c, &scanner, payload, now_ns, &mut hist, &mut sample, &mut scratch);
                     }
                     Kind::Ping => pongs.push(client::client_frame(Kind::Pong, payload)),
                     Kind::Close => c.closed = true,
@@ -571,46 +572,103 @@ fn client_loop(mut conns: Vec<ClientConn>, received: &AtomicU64, _stop: &AtomicB
     r
 }
 
-/// Reads the unsigned integer right after `key` in `hay`.
-fn int_after(hay: &[u8], key: &[u8]) -> Option<u64> {
-    let at = memchr::memmem::find(hay, key)? + key.len();
-    let digits = hay[at..].iter().take_while(|b| b.is_ascii_digit()).count();
-    if digits == 0 {
-        return None;
+/// Reads the unsigned integer at the start of `b`; returns it and the digits consumed.
+fn uint(b: &[u8]) -> Option<(u64, usize)> {
+    let mut v: u64 = 0;
+    let mut n = 0;
+    for &d in b.iter().take(20) {
+        if !d.is_ascii_digit() {
+            break;
+        }
+        v = v.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+        n += 1;
     }
-    std::str::from_utf8(&hay[at..at + digits]).ok()?.parse().ok()
+    (n > 0).then_some((v, n))
 }
 
-fn check_frame(c: &mut Verify, payload: &[u8], now_ns: u64, hist: &mut Histogram<u64>, sample: &mut u32, scratch: &mut Vec<u8>) {
-    let seq = int_after(payload, b"{\"seq\":").unwrap_or(0);
-    if seq <= c.last_seq {
+/// The fields the client checks, located with finders built once per client thread.
+struct Scanner {
+    ts: memchr::memmem::Finder<'static>,
+    data: memchr::memmem::Finder<'static>,
+}
+
+/// What the scanner read from one frame.
+struct Fields {
+    seq: u64,
+    ts: u64,
+    to: u64,
+    p: u64,
+    n: u64,
+    sched: Option<u64>,
+}
+
+impl Scanner {
+    fn new() -> Self {
+        Scanner {
+            ts: memchr::memmem::Finder::new(b",\"ts\":"),
+            data: memchr::memmem::Finder::new(b",\"data\":{\"to\":"),
+        }
+    }
+
+    /// Reads `seq`, `ts` and the bench data members; `None` if the frame does not have them in
+    /// the bench's layout.
+    fn scan(&self, f: &[u8]) -> Option<Fields> {
+        let rest = f.strip_prefix(b"{\"seq\":")?;
+        let (seq, k) = uint(rest)?;
+        let rest = &rest[k..];
+        let at = self.ts.find(rest)? + 6;
+        let (ts, _) = uint(&rest[at..])?;
+        let rest = &rest[at..];
+        let at = self.data.find(rest)? + 14;
+        let rest = &rest[at..];
+        let (to, k) = uint(rest)?;
+        let rest = rest[k..].strip_prefix(b",\"p\":")?;
+        let (p, k) = uint(rest)?;
+        let rest = rest[k..].strip_prefix(b",\"n\":")?;
+        let (n, k) = uint(rest)?;
+        let sched = rest[k..].strip_prefix(b",\"sched\":").and_then(uint).map(|(v, _)| v);
+        Some(Fields { seq, ts, to, p, n, sched })
+    }
+}
+
+fn check_frame(
+    c: &mut Verify,
+    sc: &Scanner,
+    payload: &[u8],
+    now_ns: u64,
+    hist: &mut Histogram<u64>,
+    sample: &mut u32,
+    scratch: &mut Vec<u8>,
+) {
+    let Some(f) = sc.scan(payload) else {
+        c.order_errors += 1;
+        return;
+    };
+    if f.seq <= c.last_seq {
         c.duplicates += 1;
         return;
     }
-    if seq != c.last_seq + 1 {
+    if f.seq != c.last_seq + 1 {
         c.order_errors += 1;
     }
-    c.last_seq = seq;
+    c.last_seq = f.seq;
     c.received += 1;
-    let to = int_after(payload, b"\"data\":{\"to\":");
-    if to != Some(u64::from(c.user)) {
+    if f.to != u64::from(c.user) {
         c.misrouted += 1;
         return;
     }
-    let p = int_after(payload, b",\"p\":").unwrap_or(u64::MAX) as usize;
-    let n = int_after(payload, b",\"n\":").unwrap_or(0);
-    match c.last_n.get_mut(p) {
-        Some(last) if n == *last + 1 => *last = n,
+    match c.last_n.get_mut(f.p as usize) {
+        Some(last) if f.n == *last + 1 => *last = f.n,
         Some(last) => {
             c.order_errors += 1;
-            *last = n;
+            *last = f.n;
         }
         None => c.order_errors += 1,
     }
-    let from = int_after(payload, b",\"sched\":").or_else(|| int_after(payload, b",\"ts\":")).unwrap_or(now_ns);
+    let from = f.sched.unwrap_or(f.ts);
     let _ = hist.record(now_ns.saturating_sub(from).max(1));
     *sample = sample.wrapping_add(1);
-    if *sample % 64 == 0 && !full_parse_agrees(payload, seq, c.user, scratch) {
+    if *sample % 64 == 0 && !full_parse_agrees(payload, f.seq, c.user, scratch) {
         c.order_errors += 1;
     }
 }

@@ -93,36 +93,38 @@ pub(crate) enum Kind {
 
 /// Decodes server frames from bytes read off a socket.
 pub(crate) struct FrameReader {
+    /// Storage; only `start..end` holds unread bytes.
     buf: Vec<u8>,
     start: usize,
+    end: usize,
 }
 
 impl FrameReader {
     pub(crate) fn new(initial: Vec<u8>) -> Self {
-        FrameReader { buf: initial, start: 0 }
+        FrameReader { end: initial.len(), buf: initial, start: 0 }
     }
 
     /// Reads once from `src` into the buffer. Returns the bytes read (0 = EOF).
     pub(crate) fn fill(&mut self, src: &mut impl Read) -> io::Result<usize> {
-        if self.start > 0 && self.start * 2 >= self.buf.len() {
-            self.buf.drain(..self.start);
+        if self.start > 0 && self.start * 2 >= self.end {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
             self.start = 0;
         }
-        let len = self.buf.len();
-        if self.buf.capacity() - len < 32 * 1024 {
-            self.buf.reserve(64 * 1024);
+        if self.buf.len() - self.end < 32 * 1024 {
+            // Grows (zero-filled once); steady state reuses the same bytes without clearing.
+            self.buf.resize(self.buf.len() + 64 * 1024, 0);
         }
-        self.buf.resize(self.buf.capacity(), 0);
-        let r = src.read(&mut self.buf[len..]);
-        self.buf.truncate(len + *r.as_ref().unwrap_or(&0));
-        r
+        let n = src.read(&mut self.buf[self.end..])?;
+        self.end += n;
+        Ok(n)
     }
 
     /// Calls `f` for every complete frame buffered. A masked or malformed server frame is an
     /// error (RFC 6455 5.1: servers never mask).
     pub(crate) fn frames(&mut self, mut f: impl FnMut(Kind, &[u8])) -> io::Result<()> {
         loop {
-            let mut cur = Cursor::new(&self.buf[self.start..]);
+            let mut cur = Cursor::new(&self.buf[self.start..self.end]);
             let (hdr, len) = match FrameHeader::parse(&mut cur) {
                 Ok(Some(h)) => h,
                 Ok(None) => return Ok(()),
@@ -130,7 +132,7 @@ impl FrameReader {
             };
             let at = self.start + cur.position() as usize;
             let len = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
-            if self.buf.len() - at < len {
+            if self.end - at < len {
                 return Ok(());
             }
             if hdr.mask.is_some() || hdr.rsv1 || hdr.rsv2 || hdr.rsv3 {

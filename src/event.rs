@@ -201,8 +201,20 @@ impl<D: Serialize + ?Sized> Event<'_, D> {
     }
 }
 
+/// Writes `s` as a JSON string. Most names need no escaping: check that with a branch-free scan
+/// the compiler vectorises, and fall back to serde_json's escaper otherwise.
 fn write_json_str(out: &mut Vec<u8>, s: &str) -> serde_json::Result<()> {
-    serde_json::to_writer(out, s)
+    let needs_escape = s
+        .bytes()
+        .fold(false, |acc, b| acc | (b < 0x20) | (b == b'"') | (b == b'\\'));
+    if needs_escape {
+        return serde_json::to_writer(out, s);
+    }
+    out.reserve(s.len() + 2);
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
+    Ok(())
 }
 
 #[cfg(test)]
@@ -227,6 +239,15 @@ mod tests {
         assert_eq!(v["run_id"], "r1");
         assert_eq!(v["thread_id"], "t1");
         assert_eq!(v["data"]["delta"], "he said \"hi\"\n");
+    }
+
+    #[test]
+    fn strings_are_escaped_only_when_needed() {
+        for s in ["plain", "", "quote\"", "back\\slash", "nl\n", "\u{1}", "caf\u{e9}"] {
+            let mut out = Vec::new();
+            write_json_str(&mut out, s).unwrap();
+            assert_eq!(out, serde_json::to_vec(s).unwrap(), "{s:?}");
+        }
     }
 
     #[test]

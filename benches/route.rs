@@ -1,1 +1,31 @@
-fn main(){}
+//! Routing and batching in the sans-IO core: assign seq, build the frame, queue it on each of the
+//! user's connections, and flush at the end of a pass.
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use floodgate::__bench::{record, RouteBench};
+
+fn route(c: &mut Criterion) {
+    let mut g = c.benchmark_group("route");
+    let body = {
+        let mut b = br#""type":"agent_thinking","ts":1763700000000000000,"run_id":"run-0017","data":{"to":17,"p":0,"n":1,"text":"xxxxxxxxxxxxxxxxxxxxxxxx"}}"#.to_vec();
+        b.truncate(b.len());
+        b
+    };
+    for users in [64usize, 1000] {
+        let recs: Vec<Vec<u8>> = (0..users).map(|i| record(&format!("u{i}"), &body)).collect();
+        let per_pass = 4096;
+        g.throughput(Throughput::Elements(per_pass as u64));
+        let mut rb = RouteBench::new(users);
+        g.bench_function(format!("route_and_flush_{per_pass}_events_{users}_users"), |b| {
+            b.iter(|| {
+                for i in 0..per_pass {
+                    rb.route(&recs[i % users]);
+                }
+                std::hint::black_box(rb.flush());
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, route);
+criterion_main!(benches);

@@ -86,6 +86,9 @@ pub struct BenchReport {
     pub elapsed_sec: f64,
     pub cpu_seconds: f64,
     pub reactor_cpu_seconds: f64,
+    pub producer_cpu_seconds: f64,
+    pub client_cpu_seconds: f64,
+    pub reactor_passes: u64,
     pub connections: usize,
     pub producers: usize,
     pub shards: usize,
@@ -93,6 +96,8 @@ pub struct BenchReport {
     pub payload_bytes: usize,
     pub ring_full_retries: u64,
     pub write_syscalls: u64,
+    pub write_blocked: u64,
+    pub write_partial: u64,
     pub bytes_received: u64,
 }
 
@@ -111,7 +116,7 @@ impl BenchReport {
              latency (us)   p50 {:.0}  p90 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}   (from {} time)\n\
              correctness    lost {}  misrouted {}  out-of-order {}  duplicates {}\n\
              batching       {:.1} frames per write syscall ({} writes)\n\
-             cpu            {:.2} s process, {:.2} s reactor threads; ring-full retries {}\n",
+             cpu            {:.2} s process: reactor {:.2}, producers {:.2}, clients {:.2}; {} reactor passes; ring-full retries {}\n",
             self.events,
             self.connections,
             self.producers,
@@ -135,6 +140,9 @@ impl BenchReport {
             self.write_syscalls,
             self.cpu_seconds,
             self.reactor_cpu_seconds,
+            self.producer_cpu_seconds,
+            self.client_cpu_seconds,
+            self.reactor_passes,
             self.ring_full_retries,
         )
     }
@@ -260,9 +268,11 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, crate::Error> {
         bar.finish_and_clear();
     }
     stop.store(true, Ordering::Relaxed);
+    let mut producer_cpu = 0.0;
     for h in producer_handles {
-        h.join().map_err(|_| crate::Error::ReactorPanicked("bench producer panicked".into()))?;
+        producer_cpu += h.join().map_err(|_| crate::Error::ReactorPanicked("bench producer panicked".into()))?;
     }
+    // Producer and client threads have exited; their CPU was sampled by themselves.
     let cpu = process_cpu_seconds() - cpu0;
     let reactor_cpu = reactor_cpu_seconds() - reactor_cpu0;
     let metrics = gw.metrics();
@@ -271,7 +281,9 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, crate::Error> {
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds");
     let (mut got, mut misrouted, mut order_errors, mut duplicates, mut bytes, mut lost) = (0, 0, 0, 0, 0, 0);
     let mut last_rx_ns = 0;
+    let mut client_cpu = 0.0;
     for r in &results {
+        client_cpu += r.cpu;
         hist.add(&r.hist).expect("same bounds");
         got += r.received;
         misrouted += r.misrouted;
@@ -312,6 +324,9 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, crate::Error> {
         elapsed_sec: elapsed,
         cpu_seconds: cpu,
         reactor_cpu_seconds: reactor_cpu,
+        producer_cpu_seconds: producer_cpu,
+        client_cpu_seconds: client_cpu,
+        reactor_passes: metrics.stats.passes,
         connections: opts.connections,
         producers: opts.producers,
         shards: opts.shards,
@@ -319,6 +334,8 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, crate::Error> {
         payload_bytes: opts.payload_bytes,
         ring_full_retries: full_retries.load(Ordering::Relaxed),
         write_syscalls: metrics.stats.write_syscalls,
+        write_blocked: metrics.stats.write_blocked,
+        write_partial: metrics.stats.write_partial,
         bytes_received: bytes,
     })
 }
@@ -344,7 +361,8 @@ fn validate(o: &BenchOptions) -> Result<(), crate::Error> {
     Ok(())
 }
 
-fn produce(em: &mut crate::Emitter, p: usize, o: &BenchOptions, t0: Instant, stop: &AtomicBool, full: &AtomicU64) {
+/// Emits this producer's share; returns its CPU seconds.
+fn produce(em: &mut crate::Emitter, p: usize, o: &BenchOptions, t0: Instant, stop: &AtomicBool, full: &AtomicU64) -> f64 {
     let users = o.connections as u64;
     let producers = o.producers as u64;
     let mut per_user = vec![0u64; o.connections];
@@ -378,7 +396,7 @@ fn produce(em: &mut crate::Emitter, p: usize, o: &BenchOptions, t0: Instant, sto
                 Err(EmitError::Full(_)) => {
                     full.fetch_add(1, Ordering::Relaxed);
                     if stop.load(Ordering::Relaxed) {
-                        return;
+                        return thread_cpu_now();
                     }
                     if backoff.is_completed() {
                         std::thread::sleep(Duration::from_micros(50));
@@ -392,6 +410,7 @@ fn produce(em: &mut crate::Emitter, p: usize, o: &BenchOptions, t0: Instant, sto
         j += 1;
         k += producers;
     }
+    thread_cpu_now()
 }
 
 /// Sleeps most of the way, then spins, so open-loop sends leave close to their schedule.
@@ -466,6 +485,7 @@ struct ClientResult {
     bytes: u64,
     lost: u64,
     last_rx_ns: u64,
+    cpu: f64,
 }
 
 fn client_loop(mut conns: Vec<ClientConn>, received: &AtomicU64, _stop: &AtomicBool, stall: Duration) -> ClientResult {
@@ -560,6 +580,7 @@ fn client_loop(mut conns: Vec<ClientConn>, received: &AtomicU64, _stop: &AtomicB
         bytes: 0,
         lost: 0,
         last_rx_ns,
+        cpu: thread_cpu_now(),
     };
     for c in conns.iter().map(|c| &c.v) {
         r.received += c.received;
@@ -685,6 +706,17 @@ fn full_parse_agrees(payload: &[u8], seq: u64, user: u32, scratch: &mut Vec<u8>)
     seq_ok && to_ok && typed && v.get("ts").and_then(|t| t.as_u64()).is_some()
 }
 
+/// CPU seconds used so far by the calling thread.
+fn thread_cpu_now() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec; clock_gettime only writes it.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return 0.0;
+    }
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
 /// User + system CPU seconds of this process.
 fn process_cpu_seconds() -> f64 {
     let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
@@ -701,13 +733,18 @@ fn process_cpu_seconds() -> f64 {
 
 /// CPU seconds of this process's reactor threads, from /proc (Linux only; 0 elsewhere).
 fn reactor_cpu_seconds() -> f64 {
+    thread_cpu_seconds("floodgate-react")
+}
+
+/// CPU seconds of this process's threads whose name starts with `prefix` (Linux only).
+fn thread_cpu_seconds(prefix: &str) -> f64 {
     let Ok(dir) = std::fs::read_dir("/proc/self/task") else { return 0.0 };
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let mut total = 0.0;
     for task in dir.flatten() {
         let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        if !comm.starts_with("floodgate-react") {
+        if !comm.starts_with(prefix) {
             continue;
         }
         let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();

@@ -57,8 +57,78 @@ pub use crate::event::{Event, EventType, NoData, MAX_TYPE_LEN};
 pub use crate::gateway::{Gateway, GatewayBuilder, ShutdownReport};
 pub use crate::metrics::{MetricsSnapshot, Stats};
 
-/// Internals exposed only for benchmarks and loom/miri harnesses; not a stable API.
+/// Internals exposed only for the criterion benchmarks; not a stable API.
 #[doc(hidden)]
 pub mod __bench {
     pub use crate::ring::{channel, Consumer, Producer, PushError};
+
+    /// Encodes an event body as the emitter does.
+    pub fn encode_body<D: serde::Serialize + ?Sized>(
+        ev: &crate::Event<'_, D>,
+        ts: u64,
+        out: &mut Vec<u8>,
+    ) {
+        ev.encode_body(ts, out).expect("bench data serializes");
+    }
+
+    /// A sans-IO shard core with `users` users of one connection each, for routing benches.
+    pub struct RouteBench {
+        core: crate::core::Core,
+        ids: Vec<usize>,
+        now: std::time::Instant,
+    }
+
+    impl RouteBench {
+        /// Creates the core and adopts one connection per user `u0..u{users}`.
+        pub fn new(users: usize) -> Self {
+            let cfg = crate::config::Config::defaults(crate::config::JwtKey::Hs256(vec![0; 32]));
+            let mut core = crate::core::Core::new(crate::core::CoreConfig::from_config(&cfg));
+            let now = std::time::Instant::now();
+            let ids = (0..users)
+                .map(|i| {
+                    let user = format!("u{i}").into_bytes().into_boxed_slice();
+                    core.adopt(crate::core::ConnKind::User(user), b"", b"", now).expect("adopt")
+                })
+                .collect();
+            RouteBench { core, ids, now }
+        }
+
+        /// Routes one ring record (as built by [`record`]).
+        pub fn route(&mut self, rec: &[u8]) {
+            self.core.route(rec, self.now, 0);
+        }
+
+        /// Ends a pass: every due connection's buffer is "written" in full. Returns the frames.
+        pub fn flush(&mut self) -> usize {
+            let mut due = Vec::new();
+            self.core.take_writable(self.now, true, &mut due);
+            for &id in &due {
+                let n = self.core.conn(id).out().len();
+                self.core.on_written(id, n);
+            }
+            due.len()
+        }
+    }
+
+    /// Runs a quiet `floodgate bench` with `connections` clients and `events` events; true when
+    /// every event arrived once, in order, at the right client.
+    pub fn run_bench(connections: usize, events: u64) -> bool {
+        let opts = crate::bench::BenchOptions {
+            connections,
+            events,
+            progress: false,
+            ..Default::default()
+        };
+        crate::bench::run(&opts).expect("bench runs").is_clean()
+    }
+
+    /// Builds a ring record for `user` with `body`, as the emitter lays it out.
+    pub fn record(user: &str, body: &[u8]) -> Vec<u8> {
+        let mut r = Vec::with_capacity(9 + user.len() + body.len());
+        r.extend_from_slice(&0u64.to_le_bytes());
+        r.push(user.len() as u8);
+        r.extend_from_slice(user.as_bytes());
+        r.extend_from_slice(body);
+        r
+    }
 }

@@ -89,6 +89,10 @@ counters! {
     bytes_written,
     /// `write` calls on sockets.
     write_syscalls,
+    /// `write` calls refused with EAGAIN (socket buffer full: the client is behind).
+    write_blocked,
+    /// `write` calls that took only part of the buffer.
+    write_partial,
     /// Event frames handed to `write` calls that wrote something (for frames per write).
     frames_written,
     /// Messages received from clients (ignored on `/ws` in protocol v1).
@@ -186,6 +190,12 @@ impl MetricsSnapshot {
         );
         metric("bytes_written_total", "counter", "Bytes written to sockets.", &[("", s.bytes_written)]);
         metric("write_syscalls_total", "counter", "write(2) calls on sockets.", &[("", s.write_syscalls)]);
+        metric(
+            "write_incomplete_total",
+            "counter",
+            "write(2) calls that did not take the whole buffer, by outcome.",
+            &[("{outcome=\"eagain\"}", s.write_blocked), ("{outcome=\"partial\"}", s.write_partial)],
+        );
         metric("client_messages_total", "counter", "Data messages received from clients.", &[("", s.client_messages)]);
         metric("reactor_passes_total", "counter", "Reactor loop passes.", &[("", s.passes)]);
         let _ = writeln!(

@@ -159,7 +159,9 @@ pub(crate) struct Shard {
     common: Arc<Common>,
     cfg: ReactorConfig,
     core: Core,
-    sockets: Vec<Option<TcpStream>>,
+    /// Sockets by connection id, with whether WRITABLE interest is registered (only while a
+    /// write is blocked, so writable edges do not wake the reactor for nothing).
+    sockets: Vec<Option<(TcpStream, bool)>>,
     rings: Vec<Consumer>,
     listener: Option<TcpListener>,
     handshakes: Slab<Handshake>,
@@ -264,6 +266,7 @@ impl Shard {
                             self.read_conn(id, now);
                         }
                         if ev.is_writable() {
+                            self.core.on_writable(id);
                             self.writable.push(id);
                         }
                     }
@@ -549,7 +552,7 @@ impl Shard {
         if self
             .poll
             .registry()
-            .register(&mut stream, Token(id), Interest::READABLE | Interest::WRITABLE)
+            .register(&mut stream, Token(id), Interest::READABLE)
             .is_err()
         {
             self.core.remove(id);
@@ -559,14 +562,14 @@ impl Shard {
         if self.sockets.len() <= id {
             self.sockets.resize_with(id + 1, || None);
         }
-        self.sockets[id] = Some(stream);
+        self.sockets[id] = Some((stream, false));
         // Write the 101 now, and read anything that arrived before registration.
         self.flush(id);
         self.read_conn(id, now);
     }
 
     fn read_conn(&mut self, id: ConnId, now: Instant) {
-        let Some(Some(stream)) = self.sockets.get_mut(id) else { return };
+        let Some(Some((stream, _))) = self.sockets.get_mut(id) else { return };
         for _ in 0..READS_PER_PASS {
             match stream.read(&mut self.read_buf) {
                 Ok(0) => {
@@ -585,9 +588,10 @@ impl Shard {
         self.reread.push(id);
     }
 
-    /// Writes `id`'s queued bytes: one `write` call, more only after a partial write.
+    /// Writes `id`'s queued bytes: one `write` call, more only after a partial write. A refused
+    /// write registers WRITABLE interest; it is dropped again once the buffer is empty.
     fn flush(&mut self, id: ConnId) {
-        let Some(Some(stream)) = self.sockets.get_mut(id) else { return };
+        let Some(Some((stream, want_writable))) = self.sockets.get_mut(id) else { return };
         loop {
             let out = self.core.conn(id).out();
             if out.is_empty() {
@@ -596,14 +600,27 @@ impl Shard {
             match stream.write(out) {
                 Ok(n) => self.core.on_written(id, n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.core.stats.write_syscalls += 1;
-                    break;
+                    self.core.on_write_blocked(id);
+                    if !*want_writable {
+                        *want_writable = true;
+                        let interest = Interest::READABLE | Interest::WRITABLE;
+                        if self.poll.registry().reregister(stream, Token(id), interest).is_err() {
+                            self.dead.push(id);
+                        }
+                    }
+                    return;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => {
                     self.dead.push(id);
                     return;
                 }
+            }
+        }
+        if *want_writable {
+            *want_writable = false;
+            if self.poll.registry().reregister(stream, Token(id), Interest::READABLE).is_err() {
+                self.dead.push(id);
             }
         }
         if self.core.conn(id).is_done() {
@@ -619,7 +636,7 @@ impl Shard {
         self.dead.sort_unstable();
         self.dead.dedup();
         for id in std::mem::take(&mut self.dead) {
-            let Some(mut stream) = self.sockets.get_mut(id).and_then(Option::take) else { continue };
+            let Some((mut stream, _)) = self.sockets.get_mut(id).and_then(Option::take) else { continue };
             let _ = self.poll.registry().deregister(&mut stream);
             self.core.remove(id);
             // Relaxed: see `handshake_readable`.

@@ -106,6 +106,8 @@ pub(crate) struct Conn {
     dirty: bool,
     /// Listed in `Core::urgent`.
     urgent: bool,
+    /// The socket refused bytes (would block); nothing is written until it reports writable.
+    blocked: bool,
     state: State,
     keepalive: Keepalive,
 }
@@ -271,6 +273,7 @@ impl Core {
             pending_since: now,
             dirty: false,
             urgent: false,
+            blocked: false,
             state: State::Open,
             keepalive: Keepalive::new(self.cfg.ping_interval, self.cfg.pong_timeout, now),
         });
@@ -427,13 +430,18 @@ impl Core {
         for id in self.urgent.drain(..) {
             if let Some(c) = self.conns.get_mut(id) {
                 c.urgent = false;
-                out.push(id);
+                // A blocked socket is written when it reports writable; trying now would only
+                // cost a syscall that returns EAGAIN.
+                if !c.blocked {
+                    out.push(id);
+                }
             }
         }
         if pass_end {
             let policy = self.cfg.batch;
             let conns = &mut self.conns;
             self.dirty.retain(|&id| match conns.get_mut(id) {
+                Some(c) if c.blocked => true,
                 Some(c) if policy.due(c.pending, c.pending_since, now, true) => {
                     out.push(id);
                     false
@@ -465,6 +473,9 @@ impl Core {
                 self.dirty.retain(|&d| d != id);
             }
         }
+        if n < c.out.len() {
+            self.stats.write_partial += 1;
+        }
         c.out.advance(n);
         if c.out.is_empty() {
             self.stats.events_delivered += c.unwritten_frames;
@@ -477,6 +488,21 @@ impl Core {
             let left = frame::count_text_frames(&c.out);
             self.stats.events_delivered += c.unwritten_frames - left;
             c.unwritten_frames = left;
+        }
+    }
+
+    /// Records a write attempt on `id` that the socket refused (EAGAIN): hold its bytes until
+    /// [`on_writable`](Self::on_writable).
+    pub(crate) fn on_write_blocked(&mut self, id: ConnId) {
+        self.stats.write_syscalls += 1;
+        self.stats.write_blocked += 1;
+        self.conns[id].blocked = true;
+    }
+
+    /// The socket of `id` reported writable again.
+    pub(crate) fn on_writable(&mut self, id: ConnId) {
+        if let Some(c) = self.conns.get_mut(id) {
+            c.blocked = false;
         }
     }
 

@@ -157,7 +157,14 @@ impl FrameReader {
 pub(crate) fn client_frame(kind: Kind, payload: &[u8]) -> Vec<u8> {
     let mut frame = match kind {
         Kind::Pong => Frame::pong(payload.to_vec()),
-        Kind::Close => Frame::message(payload.to_vec(), OpCode::Control(Control::Close), true),
+        Kind::Ping => Frame::ping(payload.to_vec()),
+        Kind::Close => Frame::from_payload(
+            FrameHeader {
+                opcode: OpCode::Control(Control::Close),
+                ..FrameHeader::default()
+            },
+            payload.to_vec().into(),
+        ),
         _ => Frame::message(payload.to_vec(), OpCode::Data(Data::Text), true),
     };
     let mut mask = [0u8; 4];

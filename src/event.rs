@@ -67,7 +67,6 @@ pub struct NoData;
 /// let ev = Event::tool_executing("run-1", &data).thread("t-9");
 /// assert_eq!(ev.event_type().as_str(), "tool_executing");
 /// ```
-#[derive(Debug)]
 pub struct Event<'a, D: ?Sized = NoData> {
     kind: EventType<'a>,
     run_id: Option<&'a str>,
@@ -75,7 +74,19 @@ pub struct Event<'a, D: ?Sized = NoData> {
     data: Option<&'a D>,
 }
 
-// Manual impls: `D` itself need not be Clone/Copy, only the reference is copied.
+// Manual impls: `D` itself need not be Debug, Clone or Copy; only the reference is copied, and
+// `unwrap()` on an emit result must not require the user's data type to implement Debug.
+impl<D: ?Sized> std::fmt::Debug for Event<'_, D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Event")
+            .field("type", &self.kind.as_str())
+            .field("run_id", &self.run_id)
+            .field("thread_id", &self.thread_id)
+            .field("has_data", &self.data.is_some())
+            .finish()
+    }
+}
+
 impl<D: ?Sized> Clone for Event<'_, D> {
     fn clone(&self) -> Self {
         *self

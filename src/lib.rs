@@ -74,7 +74,6 @@ pub mod __bench {
     /// A sans-IO shard core with `users` users of one connection each, for routing benches.
     pub struct RouteBench {
         core: crate::core::Core,
-        ids: Vec<usize>,
         now: std::time::Instant,
     }
 
@@ -84,13 +83,12 @@ pub mod __bench {
             let cfg = crate::config::Config::defaults(crate::config::JwtKey::Hs256(vec![0; 32]));
             let mut core = crate::core::Core::new(crate::core::CoreConfig::from_config(&cfg));
             let now = std::time::Instant::now();
-            let ids = (0..users)
-                .map(|i| {
-                    let user = format!("u{i}").into_bytes().into_boxed_slice();
-                    core.adopt(crate::core::ConnKind::User(user), b"", b"", now).expect("adopt")
-                })
-                .collect();
-            RouteBench { core, ids, now }
+            for i in 0..users {
+                let user = format!("u{i}").into_bytes().into_boxed_slice();
+                core.adopt(crate::core::ConnKind::User(user), b"", b"", now)
+                    .expect("adopt");
+            }
+            RouteBench { core, now }
         }
 
         /// Routes one ring record (as built by [`record`]).

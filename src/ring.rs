@@ -467,12 +467,13 @@ mod tests {
 
     #[test]
     fn records_wrap_around_the_end_without_splitting() {
-        let (mut p, mut c) = channel(128);
+        let (mut p, mut c) = channel(256);
         let mut expect = 0u32;
         for round in 0..200u32 {
             let len = (round % 24) as usize; // varying sizes force wraps at odd places
             let payload = vec![round as u8; len];
-            while p.push(&[&round.to_le_bytes(), &payload]).is_err() {
+            while let Err(e) = p.push(&[&round.to_le_bytes(), &payload]) {
+                assert_eq!(e, PushError::Full);
                 c.drain(usize::MAX, |r| {
                     let n = u32::from_le_bytes(r[..4].try_into().unwrap());
                     assert_eq!(n, expect);

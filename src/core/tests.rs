@@ -1,0 +1,254 @@
+//! The core on a virtual clock: no sockets, no real time.
+
+use super::*;
+use crate::client::{client_frame, FrameReader, Kind};
+use crate::config::{Config, JwtKey};
+
+const MS: Duration = Duration::from_millis(1);
+const S: Duration = Duration::from_secs(1);
+
+fn cfg(f: impl FnOnce(&mut Config)) -> CoreConfig {
+    let mut c = Config::defaults(JwtKey::Hs256(vec![0; 32]));
+    f(&mut c);
+    c.validate().unwrap();
+    CoreConfig::from_config(&c)
+}
+
+fn record(user: &str, body: &str) -> Vec<u8> {
+    crate::__bench::record(user, body.as_bytes())
+}
+
+fn user(u: &str) -> ConnKind {
+    ConnKind::User(u.as_bytes().into())
+}
+
+/// Everything queued for `id`, decoded, as (kind, payload) pairs; marks it written.
+fn take_out(core: &mut Core, id: ConnId) -> Vec<(Kind, Vec<u8>)> {
+    let bytes = core.conn(id).out().to_vec();
+    core.on_written(id, bytes.len());
+    let mut r = FrameReader::new(bytes);
+    let mut out = Vec::new();
+    r.frames(|k, p| out.push((k, p.to_vec()))).unwrap();
+    out
+}
+
+/// Adopts a connection and clears its initial write, as the reactor does on adoption.
+fn open(core: &mut Core, kind: ConnKind, now: Instant) -> ConnId {
+    let id = core.adopt(kind, b"", b"", now).unwrap();
+    writable(core, now, false);
+    take_out(core, id);
+    id
+}
+
+fn text(s: &str) -> (Kind, Vec<u8>) {
+    (Kind::Text, s.as_bytes().to_vec())
+}
+
+fn writable(core: &mut Core, now: Instant, pass_end: bool) -> Vec<ConnId> {
+    let mut v = Vec::new();
+    core.take_writable(now, pass_end, &mut v);
+    v
+}
+
+#[test]
+fn routes_by_user_with_gapless_seq_to_every_connection() {
+    let t0 = Instant::now();
+    let mut core = Core::new(cfg(|_| {}));
+    let a1 = open(&mut core, user("a"), t0);
+    let a2 = open(&mut core, user("a"), t0);
+    let b = open(&mut core, user("b"), t0);
+    for i in 0..3 {
+        core.route(&record("a", &format!("\"i\":{i}}}")), t0, 0);
+    }
+    core.route(&record("b", "\"i\":9}"), t0, 0);
+    core.route(&record("nobody", "\"i\":0}"), t0, 0);
+    let due = writable(&mut core, t0, true);
+    assert_eq!(due, vec![a1, a2, b]);
+    for id in [a1, a2] {
+        let frames = take_out(&mut core, id);
+        assert_eq!(
+            frames,
+            [text("{\"seq\":1,\"i\":0}"), text("{\"seq\":2,\"i\":1}"), text("{\"seq\":3,\"i\":2}")]
+        );
+    }
+    assert_eq!(take_out(&mut core, b), vec![text("{\"seq\":1,\"i\":9}")]);
+    assert_eq!(core.stats.events_no_listener, 1);
+    assert_eq!(core.last_seq(b"nobody"), 1, "seq advances even with nobody listening");
+    assert_eq!(core.stats.events_delivered, 7);
+}
+
+#[test]
+fn batches_wait_for_delay_or_count() {
+    let t0 = Instant::now();
+    let mut core = Core::new(cfg(|c| {
+        c.max_batch_events = 4;
+        c.max_batch_delay = 2 * MS;
+    }));
+    let id = open(&mut core, user("a"), t0);
+    core.route(&record("a", "}"), t0, 0);
+    assert!(writable(&mut core, t0, true).is_empty(), "held by the delay");
+    assert_eq!(core.next_batch_deadline(), Some(t0 + 2 * MS));
+    assert!(writable(&mut core, t0 + MS, true).is_empty());
+    assert_eq!(writable(&mut core, t0 + 2 * MS, true), vec![id], "due by age");
+    take_out(&mut core, id);
+    for _ in 0..4 {
+        core.route(&record("a", "}"), t0 + 3 * MS, 0);
+    }
+    assert_eq!(writable(&mut core, t0 + 3 * MS, false), vec![id], "due by count, even mid-pass");
+    assert_eq!(take_out(&mut core, id).len(), 4);
+    assert_eq!(core.stats.batch_buckets.iter().sum::<u64>(), 2);
+}
+
+#[test]
+fn zero_delay_flushes_every_pass() {
+    let t0 = Instant::now();
+    let mut core = Core::new(cfg(|_| {}));
+    let id = open(&mut core, user("a"), t0);
+    core.route(&record("a", "}"), t0, 0);
+    assert!(writable(&mut core, t0, false).is_empty());
+    assert_eq!(writable(&mut core, t0, true), vec![id]);
+    assert_eq!(core.next_batch_deadline(), None);
+}
+
+#[test]
+fn blocked_sockets_are_not_retried_until_writable() {
+    let t0 = Instant::now();
+    let mut core = Core::new(cfg(|_| {}));
+    let id = open(&mut core, user("a"), t0);
+    core.route(&record("a", "}"), t0, 0);
+    core.on_write_blocked(id);
+    assert!(writable(&mut core, t0, true).is_empty());
+    core.on_writable(id);
+    assert_eq!(writable(&mut core, t0, true), vec![id]);
+}
+
+#[test]
+fn slow_consumer_is_closed_with_4008_and_memory_is_capped() {
+    let t0 = Instant::now();
+    let mut core = Core::new(cfg(|c| {
+        c.max_event_bytes = 1000;
+        c.max_outbound_bytes = 2200;
+    }));
+    let id = open(&mut core, user("a"), t0);
+    let body = format!("\"x\":\"{}\"}}", "z".repeat(1000));
+    for _ in 0..10 {
+        core.route(&record("a", &body), t0, 0);
+    }
+    assert!(core.conn(id).out().len() < 2200 + 64, "buffer stays under the cap plus a close frame");
+    assert_eq!(core.stats.closed_slow_consumer, 1);
+    assert_eq!(core.stats.events_dropped, 9 - 1);
+    let frames = take_out(&mut core, id);
+    assert_eq!(frames.iter().filter(|(k, _)| *k == Kind::Text).count(), 2);
+    let (kind, payload) = frames.last().unwrap();
+    assert_eq!(*kind, Kind::Close);
+    assert_eq!(&payload[..2], &CLOSE_SLOW_CONSUMER.to_be_bytes());
+    // No reply from the client: dropped at the close deadline.
+    core.tick(t0 + 6 * S);
+    assert!(core.conn(id).is_done());
+}
+
+#[test]
+fn keepalive_pings_then_closes_silent_connections() {
+    let t0 = Instant::now();
+    let mut core = Core::new(cfg(|c| {
+        c.ping_interval = 25 * S;
+        c.pong_timeout = 10 * S;
+    }));
+    let quiet = open(&mut core, user("q"), t0);
+    let talky = open(&mut core, user("t"), t0);
+    take_out(&mut core, quiet);
+    take_out(&mut core, talky);
+    core.tick(t0 + 24 * S);
+    assert!(writable(&mut core, t0 + 24 * S, true).is_empty());
+    core.tick(t0 + 25 * S);
+    assert_eq!(writable(&mut core, t0 + 25 * S, true).len(), 2);
+    assert_eq!(take_out(&mut core, quiet)[0].0, Kind::Ping);
+    assert_eq!(take_out(&mut core, talky)[0].0, Kind::Ping);
+    core.on_input(talky, &client_frame(Kind::Pong, b""), t0 + 26 * S);
+    core.tick(t0 + 35 * S);
+    assert_eq!(core.stats.closed_pong_timeout, 1);
+    let frames = take_out(&mut core, quiet);
+    assert_eq!(frames[0].0, Kind::Close);
+    assert_eq!(&frames[0].1[..2], &CLOSE_PONG_TIMEOUT.to_be_bytes());
+    assert!(take_out(&mut core, talky).is_empty(), "the answering connection is left alone");
+}
+
+#[test]
+fn client_close_is_answered_and_the_connection_finishes() {
+    let t0 = Instant::now();
+    let mut core = Core::new(cfg(|_| {}));
+    let id = open(&mut core, user("a"), t0);
+    core.on_input(id, &client_frame(Kind::Close, &1000u16.to_be_bytes()), t0);
+    let frames = take_out(&mut core, id);
+    assert_eq!(frames[0].0, Kind::Close, "close echoed");
+    assert!(core.conn(id).is_done());
+    core.route(&record("a", "}"), t0, 0);
+    assert_eq!(core.stats.events_dropped, 1, "no events after close");
+    core.remove(id);
+    assert_eq!(core.connection_count(), 0);
+}
+
+#[test]
+fn protocol_errors_close_with_the_right_code() {
+    let t0 = Instant::now();
+    let mut core = Core::new(cfg(|_| {}));
+    let id = core.adopt(ConnKind::Echo, b"", b"", t0).unwrap();
+    // An unmasked client frame is a protocol error (1002).
+    core.on_input(id, &[0x81, 0x01, b'x'], t0);
+    let frames = take_out(&mut core, id);
+    assert_eq!(frames[0].0, Kind::Close);
+    assert_eq!(&frames[0].1[..2], &1002u16.to_be_bytes());
+}
+
+#[test]
+fn echo_connections_echo_and_answer_pings() {
+    let t0 = Instant::now();
+    let mut core = Core::new(cfg(|_| {}));
+    let id = core.adopt(ConnKind::Echo, b"HTTP/1.1 101 ...\r\n\r\n", b"", t0).unwrap();
+    assert!(core.conn(id).out().starts_with(b"HTTP/1.1 101"), "the 101 goes first");
+    core.on_written(id, core.conn(id).out().len());
+    let mut input = client_frame(Kind::Text, b"hello");
+    input.extend(client_frame(Kind::Ping, b"p"));
+    // Split at every byte boundary to exercise partial frames.
+    for chunk in input.chunks(3) {
+        core.on_input(id, chunk, t0);
+    }
+    let frames = take_out(&mut core, id);
+    assert_eq!(frames, vec![text("hello"), (Kind::Pong, b"p".to_vec())]);
+}
+
+#[test]
+fn per_user_connection_limit() {
+    let t0 = Instant::now();
+    let mut core = Core::new(cfg(|c| c.max_connections_per_user = 2));
+    core.adopt(user("a"), b"", b"", t0).unwrap();
+    core.adopt(user("a"), b"", b"", t0).unwrap();
+    assert_eq!(core.adopt(user("a"), b"", b"", t0), Err(AdoptError::UserLimit));
+    core.adopt(user("b"), b"", b"", t0).unwrap();
+}
+
+#[test]
+fn offline_users_are_bounded() {
+    let t0 = Instant::now();
+    let mut core = Core::new(cfg(|c| c.max_offline_users = 10));
+    core.adopt(user("online"), b"", b"", t0).unwrap();
+    core.route(&record("online", "}"), t0, 0);
+    for i in 0..100 {
+        core.route(&record(&format!("off{i}"), "}"), t0, 0);
+    }
+    assert!(core.users.len() <= 11, "at most 10 offline users kept ({})", core.users.len());
+    assert_eq!(core.last_seq(b"online"), 1, "online users are never evicted");
+}
+
+#[test]
+fn shutdown_close_goes_after_queued_events() {
+    let t0 = Instant::now();
+    let mut core = Core::new(cfg(|_| {}));
+    let id = open(&mut core, user("a"), t0);
+    core.route(&record("a", "\"k\":1}"), t0, 0);
+    core.close_all(CLOSE_GOING_AWAY, "bye", t0);
+    let frames = take_out(&mut core, id);
+    assert_eq!(frames[0], text("{\"seq\":1,\"k\":1}"));
+    assert_eq!(frames[1].0, Kind::Close);
+    assert_eq!(&frames[1].1[..2], &1001u16.to_be_bytes());
+}

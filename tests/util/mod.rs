@@ -1,0 +1,112 @@
+//! Shared helpers for the integration tests: a gateway on 127.0.0.1:0, tokens signed by the
+//! `jsonwebtoken` crate directly (not by floodgate), and tungstenite clients (an independent
+//! WebSocket implementation) to talk to it.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::Value;
+use tungstenite::client::IntoClientRequest;
+use tungstenite::{Message, WebSocket};
+
+pub const SECRET: &[u8] = b"test-secret-test-secret-test-secret!";
+
+/// A builder with the test secret, an ephemeral port and fast timers.
+pub fn builder() -> floodgate::GatewayBuilder {
+    floodgate::Gateway::builder()
+        .bind("127.0.0.1:0")
+        .jwt_hs256_secret(SECRET)
+        .shards(2)
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// Signs arbitrary claims with HS256 and `secret`.
+pub fn sign(claims: &Value, secret: &[u8]) -> String {
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret)).unwrap()
+}
+
+/// A valid token for `user`.
+pub fn token(user: &str) -> String {
+    sign(&serde_json::json!({"sub": user, "exp": now_secs() + 3600}), SECRET)
+}
+
+pub type Client = WebSocket<TcpStream>;
+
+/// Connects to `/ws` with the token in the Authorization header.
+pub fn connect(addr: SocketAddr, token: &str) -> Client {
+    try_connect(addr, "/ws", Some(token)).expect("upgrade accepted")
+}
+
+/// Connects to `path` (query included), with an optional bearer token.
+pub fn try_connect(addr: SocketAddr, path: &str, token: Option<&str>) -> Result<Client, tungstenite::Error> {
+    let mut req = format!("ws://{addr}{path}").into_client_request().unwrap();
+    if let Some(t) = token {
+        req.headers_mut().insert("Authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    let stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    match tungstenite::client::client(req, stream) {
+        Ok((ws, _resp)) => Ok(ws),
+        Err(tungstenite::HandshakeError::Failure(e)) => Err(e),
+        Err(tungstenite::HandshakeError::Interrupted(_)) => panic!("blocking handshake interrupted"),
+    }
+}
+
+/// Reads text frames as JSON until `n` have arrived; panics after `timeout`.
+pub fn read_events(ws: &mut Client, n: usize, timeout: Duration) -> Vec<Value> {
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        assert!(Instant::now() < deadline, "timed out with {} of {n} events", out.len());
+        match ws.read() {
+            Ok(Message::Text(t)) => out.push(serde_json::from_str(&t).expect("frame is JSON")),
+            Ok(_) => {}
+            Err(e) => panic!("read failed after {} of {n} events: {e}", out.len()),
+        }
+    }
+    out
+}
+
+/// Sends a raw HTTP request and returns the whole response (the server closes after it).
+pub fn http(addr: SocketAddr, request: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An upgrade request for `/ws` with extra header lines.
+pub fn upgrade_request(target: &str, extra: &str) -> String {
+    format!(
+        "GET {target} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    )
+}
+
+/// Names of this process's threads that belong to floodgate's reactors.
+pub fn reactor_threads() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .map(|c| c.trim().to_owned())
+        .filter(|c| c.starts_with("floodgate-react"))
+        .collect()
+}
+
+/// Waits until `cond` holds or panics after `timeout`.
+pub fn eventually(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

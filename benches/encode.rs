@@ -14,7 +14,12 @@ fn encode(c: &mut Criterion) {
     let mut g = c.benchmark_group("encode");
     g.throughput(Throughput::Elements(1));
     let mut out = Vec::with_capacity(1024);
-    let data = Thinking { to: 17, p: 0, n: 123_456, text: "the agent is reading the logs now" };
+    let data = Thinking {
+        to: 17,
+        p: 0,
+        n: 123_456,
+        text: "the agent is reading the logs now",
+    };
     g.bench_function("struct_data_150B", |b| {
         b.iter(|| {
             out.clear();

@@ -11,18 +11,23 @@ fn route(c: &mut Criterion) {
         b
     };
     for users in [64usize, 1000] {
-        let recs: Vec<Vec<u8>> = (0..users).map(|i| record(&format!("u{i}"), &body)).collect();
+        let recs: Vec<Vec<u8>> = (0..users)
+            .map(|i| record(&format!("u{i}"), &body))
+            .collect();
         let per_pass = 4096;
         g.throughput(Throughput::Elements(per_pass as u64));
         let mut rb = RouteBench::new(users);
-        g.bench_function(format!("route_and_flush_{per_pass}_events_{users}_users"), |b| {
-            b.iter(|| {
-                for i in 0..per_pass {
-                    rb.route(&recs[i % users]);
-                }
-                std::hint::black_box(rb.flush());
-            })
-        });
+        g.bench_function(
+            format!("route_and_flush_{per_pass}_events_{users}_users"),
+            |b| {
+                b.iter(|| {
+                    for i in 0..per_pass {
+                        rb.route(&recs[i % users]);
+                    }
+                    std::hint::black_box(rb.flush());
+                })
+            },
+        );
     }
     g.finish();
 }

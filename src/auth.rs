@@ -89,15 +89,17 @@ impl Verifier {
     /// Returns the user id (`sub`) of a valid token.
     pub(crate) fn verify(&self, token: Option<&str>) -> Result<Box<[u8]>, AuthError> {
         let token = token.ok_or(AuthError::Missing)?;
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| {
-            match e.kind() {
-                ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => AuthError::BadSignature,
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
+            |e| match e.kind() {
+                ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
+                    AuthError::BadSignature
+                }
                 ErrorKind::ExpiredSignature => AuthError::Expired,
                 ErrorKind::ImmatureSignature => AuthError::NotYetValid,
                 ErrorKind::MissingRequiredClaim(_) => AuthError::MissingClaim,
                 _ => AuthError::Malformed,
-            }
-        })?;
+            },
+        )?;
         let sub = data.claims.sub;
         if sub.is_empty() || sub.len() > 255 {
             return Err(AuthError::BadSubject);
@@ -117,11 +119,15 @@ pub fn mint_hs256(secret: &[u8], user: &str, ttl: Duration) -> Result<String, Er
         nbf: None,
         iat: Some(now),
     };
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret))
-        .map_err(|e| Error::Key {
-            path: "<secret>".into(),
-            reason: e.to_string(),
-        })
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .map_err(|e| Error::Key {
+        path: "<secret>".into(),
+        reason: e.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -142,9 +148,17 @@ mod tests {
 
     #[test]
     fn wrong_secret_missing_and_garbage_are_refused() {
-        let t = mint_hs256(b"another-secret-another-secret-xx", "alice", Duration::from_secs(60)).unwrap();
+        let t = mint_hs256(
+            b"another-secret-another-secret-xx",
+            "alice",
+            Duration::from_secs(60),
+        )
+        .unwrap();
         assert_eq!(verifier().verify(Some(&t)), Err(AuthError::BadSignature));
         assert_eq!(verifier().verify(None), Err(AuthError::Missing));
-        assert_eq!(verifier().verify(Some("not-a-jwt")), Err(AuthError::Malformed));
+        assert_eq!(
+            verifier().verify(Some("not-a-jwt")),
+            Err(AuthError::Malformed)
+        );
     }
 }

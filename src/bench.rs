@@ -185,7 +185,9 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, crate::Error> {
 
     // Expected events per user.
     let c = opts.connections as u64;
-    let expected: Vec<u64> = (0..c).map(|i| opts.events / c + u64::from(i < opts.events % c)).collect();
+    let expected: Vec<u64> = (0..c)
+        .map(|i| opts.events / c + u64::from(i < opts.events % c))
+        .collect();
 
     // Connect every client before any event is emitted (a client that saw its 101 receives
     // every event emitted after it).
@@ -200,7 +202,13 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, crate::Error> {
         )
         .map_err(crate::Error::Io)?;
         stream.set_nonblocking(true)?;
-        clients.push(ClientConn::new(i as u32, TcpStream::from_std(stream), early, expected[i], opts.producers));
+        clients.push(ClientConn::new(
+            i as u32,
+            TcpStream::from_std(stream),
+            early,
+            expected[i],
+            opts.producers,
+        ));
     }
 
     let received = Arc::new(AtomicU64::new(0));
@@ -246,8 +254,10 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, crate::Error> {
     let bar = opts.progress.then(|| {
         let bar = indicatif::ProgressBar::new(total);
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} {pos}/{len} events  {per_sec}  [{elapsed}]")
-                .expect("valid template"),
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {pos}/{len} events  {per_sec}  [{elapsed}]",
+            )
+            .expect("valid template"),
         );
         bar
     });
@@ -261,7 +271,10 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, crate::Error> {
         let (done, rest): (Vec<_>, Vec<_>) = pending.into_iter().partition(|h| h.is_finished());
         pending = rest;
         for h in done {
-            results.push(h.join().map_err(|_| crate::Error::ReactorPanicked("bench client panicked".into()))?);
+            results.push(
+                h.join()
+                    .map_err(|_| crate::Error::ReactorPanicked("bench client panicked".into()))?,
+            );
         }
     }
     if let Some(bar) = bar {
@@ -270,7 +283,9 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, crate::Error> {
     stop.store(true, Ordering::Relaxed);
     let mut producer_cpu = 0.0;
     for h in producer_handles {
-        producer_cpu += h.join().map_err(|_| crate::Error::ReactorPanicked("bench producer panicked".into()))?;
+        producer_cpu += h
+            .join()
+            .map_err(|_| crate::Error::ReactorPanicked("bench producer panicked".into()))?;
     }
     // Producer and client threads have exited; their CPU was sampled by themselves.
     let cpu = process_cpu_seconds() - cpu0;
@@ -279,7 +294,8 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, crate::Error> {
     gw.shutdown()?;
 
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds");
-    let (mut got, mut misrouted, mut order_errors, mut duplicates, mut bytes, mut lost) = (0, 0, 0, 0, 0, 0);
+    let (mut got, mut misrouted, mut order_errors, mut duplicates, mut bytes, mut lost) =
+        (0, 0, 0, 0, 0, 0);
     let mut last_rx_ns = 0;
     let mut client_cpu = 0.0;
     for r in &results {
@@ -362,7 +378,14 @@ fn validate(o: &BenchOptions) -> Result<(), crate::Error> {
 }
 
 /// Emits this producer's share; returns its CPU seconds.
-fn produce(em: &mut crate::Emitter, p: usize, o: &BenchOptions, t0: Instant, stop: &AtomicBool, full: &AtomicU64) -> f64 {
+fn produce(
+    em: &mut crate::Emitter,
+    p: usize,
+    o: &BenchOptions,
+    t0: Instant,
+    stop: &AtomicBool,
+    full: &AtomicU64,
+) -> f64 {
     let users = o.connections as u64;
     let producers = o.producers as u64;
     let mut per_user = vec![0u64; o.connections];
@@ -371,7 +394,11 @@ fn produce(em: &mut crate::Emitter, p: usize, o: &BenchOptions, t0: Instant, sto
     // Pad the text so the whole frame is about `payload_bytes`.
     let overhead = 126usize; // seq, type, ts, run_id and the data members other than text
     let text = "x".repeat(o.payload_bytes.saturating_sub(overhead).max(8));
-    let interval_ns = if o.rate == 0 { 0.0 } else { 1e9 * producers as f64 / o.rate as f64 };
+    let interval_ns = if o.rate == 0 {
+        0.0
+    } else {
+        1e9 * producers as f64 / o.rate as f64
+    };
     let mut j = 0u64;
     let mut k = p as u64;
     while k < o.events {
@@ -387,7 +414,13 @@ fn produce(em: &mut crate::Emitter, p: usize, o: &BenchOptions, t0: Instant, sto
         } else {
             None
         };
-        let data = Payload { to: user as u32, p: p as u32, n: per_user[user], sched, text: &text };
+        let data = Payload {
+            to: user as u32,
+            p: p as u32,
+            n: per_user[user],
+            sched,
+            text: &text,
+        };
         let ev = Event::with(TYPES[(k % 5) as usize], &run_ids[user], &data);
         let backoff = crossbeam_utils::Backoff::new();
         loop {
@@ -455,16 +488,16 @@ impl ClientConn {
             stream,
             reader: FrameReader::new(early),
             v: Verify {
-            user,
-            expected,
-            received: 0,
-            last_seq: 0,
-            last_n: vec![0; producers],
-            misrouted: 0,
-            order_errors: 0,
-            duplicates: 0,
-            bytes: 0,
-            closed: false,
+                user,
+                expected,
+                received: 0,
+                last_seq: 0,
+                last_n: vec![0; producers],
+                misrouted: 0,
+                order_errors: 0,
+                duplicates: 0,
+                bytes: 0,
+                closed: false,
             },
         }
     }
@@ -488,7 +521,12 @@ struct ClientResult {
     cpu: f64,
 }
 
-fn client_loop(mut conns: Vec<ClientConn>, received: &AtomicU64, _stop: &AtomicBool, stall: Duration) -> ClientResult {
+fn client_loop(
+    mut conns: Vec<ClientConn>,
+    received: &AtomicU64,
+    _stop: &AtomicBool,
+    stall: Duration,
+) -> ClientResult {
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds");
     let mut poll = Poll::new().expect("poll");
     for (i, c) in conns.iter_mut().enumerate() {
@@ -506,7 +544,10 @@ fn client_loop(mut conns: Vec<ClientConn>, received: &AtomicU64, _stop: &AtomicB
     let mut ready: Vec<usize> = (0..conns.len()).collect(); // early bytes may hold frames
     while remaining > 0 {
         if ready.is_empty() {
-            if poll.poll(&mut events, Some(Duration::from_millis(100))).is_err() {
+            if poll
+                .poll(&mut events, Some(Duration::from_millis(100)))
+                .is_err()
+            {
                 continue;
             }
             ready.extend(events.iter().map(|e| e.token().0));
@@ -518,7 +559,11 @@ fn client_loop(mut conns: Vec<ClientConn>, received: &AtomicU64, _stop: &AtomicB
             continue;
         }
         for i in std::mem::take(&mut ready) {
-            let ClientConn { stream, reader, v: c } = &mut conns[i];
+            let ClientConn {
+                stream,
+                reader,
+                v: c,
+            } = &mut conns[i];
             if c.done() {
                 continue;
             }
@@ -542,7 +587,15 @@ fn client_loop(mut conns: Vec<ClientConn>, received: &AtomicU64, _stop: &AtomicB
                 let res = reader.frames(|kind, payload| match kind {
                     Kind::Text => {
                         c.bytes += payload.len() as u64;
-                        check_frame(c, &scanner, payload, now_ns, &mut hist, &mut sample, &mut scratch);
+                        check_frame(
+                            c,
+                            &scanner,
+                            payload,
+                            now_ns,
+                            &mut hist,
+                            &mut sample,
+                            &mut scratch,
+                        );
                     }
                     Kind::Ping => pongs.push(client::client_frame(Kind::Pong, payload)),
                     Kind::Close => c.closed = true,
@@ -647,8 +700,18 @@ impl Scanner {
         let (p, k) = uint(rest)?;
         let rest = rest[k..].strip_prefix(b",\"n\":")?;
         let (n, k) = uint(rest)?;
-        let sched = rest[k..].strip_prefix(b",\"sched\":").and_then(uint).map(|(v, _)| v);
-        Some(Fields { seq, ts, to, p, n, sched })
+        let sched = rest[k..]
+            .strip_prefix(b",\"sched\":")
+            .and_then(uint)
+            .map(|(v, _)| v);
+        Some(Fields {
+            seq,
+            ts,
+            to,
+            p,
+            n,
+            sched,
+        })
     }
 }
 
@@ -699,16 +762,28 @@ fn full_parse_agrees(payload: &[u8], seq: u64, user: u32, scratch: &mut Vec<u8>)
     use simd_json::prelude::*;
     scratch.clear();
     scratch.extend_from_slice(payload);
-    let Ok(v) = simd_json::to_borrowed_value(scratch) else { return false };
+    let Ok(v) = simd_json::to_borrowed_value(scratch) else {
+        return false;
+    };
     let seq_ok = v.get("seq").and_then(|s| s.as_u64()) == Some(seq);
-    let to_ok = v.get("data").and_then(|d| d.get("to")).and_then(|t| t.as_u64()) == Some(u64::from(user));
-    let typed = v.get("type").and_then(|t| t.as_str()).is_some_and(|t| TYPES.iter().any(|x| x.as_str() == t));
+    let to_ok = v
+        .get("data")
+        .and_then(|d| d.get("to"))
+        .and_then(|t| t.as_u64())
+        == Some(u64::from(user));
+    let typed = v
+        .get("type")
+        .and_then(|t| t.as_str())
+        .is_some_and(|t| TYPES.iter().any(|x| x.as_str() == t));
     seq_ok && to_ok && typed && v.get("ts").and_then(|t| t.as_u64()).is_some()
 }
 
 /// CPU seconds used so far by the calling thread.
 fn thread_cpu_now() -> f64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid, writable timespec; clock_gettime only writes it.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     if rc != 0 {
@@ -738,7 +813,9 @@ fn reactor_cpu_seconds() -> f64 {
 
 /// CPU seconds of this process's threads whose name starts with `prefix` (Linux only).
 fn thread_cpu_seconds(prefix: &str) -> f64 {
-    let Ok(dir) = std::fs::read_dir("/proc/self/task") else { return 0.0 };
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let mut total = 0.0;
@@ -749,7 +826,9 @@ fn thread_cpu_seconds(prefix: &str) -> f64 {
         }
         let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
         // Fields after the parenthesised name: state is field 3; utime 14, stime 15.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
         let f: Vec<&str> = rest.split_whitespace().collect();
         let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
         total += (ticks(11) + ticks(12)) / hz;

@@ -100,7 +100,8 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FLOODGATE_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("FLOODGATE_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .try_init();
@@ -253,14 +254,19 @@ fn run_bench(a: BenchArgs) -> Result<ExitCode, Error> {
     };
     let report = bench::run(&opts)?;
     if a.json {
-        println!("{}", serde_json::to_string(&report).expect("report serializes"));
+        println!(
+            "{}",
+            serde_json::to_string(&report).expect("report serializes")
+        );
     } else {
         print!("{}", report.to_text());
     }
     if report.is_clean() {
         Ok(ExitCode::SUCCESS)
     } else {
-        eprintln!("floodgate bench: FAILED: events were lost, misrouted, duplicated or out of order");
+        eprintln!(
+            "floodgate bench: FAILED: events were lost, misrouted, duplicated or out of order"
+        );
         Ok(ExitCode::from(1))
     }
 }

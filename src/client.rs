@@ -34,7 +34,10 @@ pub(crate) fn connect(
     loop {
         let n = stream.read(&mut chunk)?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "server closed during handshake"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "server closed during handshake",
+            ));
         }
         buf.extend_from_slice(&chunk[..n]);
         let mut headers = [httparse::EMPTY_HEADER; 32];
@@ -49,16 +52,25 @@ pub(crate) fn connect(
                 }
                 let expected = tungstenite::handshake::derive_accept_key(key.as_bytes());
                 let ok = resp.headers.iter().any(|h| {
-                    h.name.eq_ignore_ascii_case("sec-websocket-accept") && h.value == expected.as_bytes()
+                    h.name.eq_ignore_ascii_case("sec-websocket-accept")
+                        && h.value == expected.as_bytes()
                 });
                 if !ok {
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, "bad Sec-WebSocket-Accept"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "bad Sec-WebSocket-Accept",
+                    ));
                 }
                 stream.set_read_timeout(None)?;
                 return Ok((stream, buf[head..].to_vec()));
             }
             Ok(httparse::Status::Partial) if buf.len() < 16 * 1024 => continue,
-            _ => return Err(io::Error::new(io::ErrorKind::InvalidData, "bad handshake response")),
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "bad handshake response",
+                ))
+            }
         }
     }
 }
@@ -67,7 +79,11 @@ fn base64_16(bytes: &[u8; 16]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(24);
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -101,7 +117,11 @@ pub(crate) struct FrameReader {
 
 impl FrameReader {
     pub(crate) fn new(initial: Vec<u8>) -> Self {
-        FrameReader { end: initial.len(), buf: initial, start: 0 }
+        FrameReader {
+            end: initial.len(),
+            buf: initial,
+            start: 0,
+        }
     }
 
     /// Reads once from `src` into the buffer. Returns the bytes read (0 = EOF).
@@ -131,12 +151,16 @@ impl FrameReader {
                 Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
             };
             let at = self.start + cur.position() as usize;
-            let len = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+            let len =
+                usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
             if self.end - at < len {
                 return Ok(());
             }
             if hdr.mask.is_some() || hdr.rsv1 || hdr.rsv2 || hdr.rsv3 {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "masked or reserved-bit frame from server"));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "masked or reserved-bit frame from server",
+                ));
             }
             let kind = match hdr.opcode {
                 OpCode::Data(Data::Text) => Kind::Text,
@@ -145,7 +169,12 @@ impl FrameReader {
                 OpCode::Control(Control::Ping) => Kind::Ping,
                 OpCode::Control(Control::Pong) => Kind::Pong,
                 OpCode::Control(Control::Close) => Kind::Close,
-                _ => return Err(io::Error::new(io::ErrorKind::InvalidData, "reserved opcode")),
+                _ => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "reserved opcode",
+                    ))
+                }
             };
             f(kind, &self.buf[at..at + len]);
             self.start = at + len;
@@ -197,6 +226,12 @@ mod tests {
             r.fill(&mut &piece[..]).unwrap();
             r.frames(|k, p| seen.push((k, p.to_vec()))).unwrap();
         }
-        assert_eq!(seen, vec![(Kind::Text, b"{\"seq\":1,\"a\"".to_vec()), (Kind::Ping, vec![])]);
+        assert_eq!(
+            seen,
+            vec![
+                (Kind::Text, b"{\"seq\":1,\"a\"".to_vec()),
+                (Kind::Ping, vec![])
+            ]
+        );
     }
 }

@@ -119,8 +119,7 @@ impl Config {
         if self.shards > 256 {
             return Err(err("shards", "must be 0 (one per core) to 256"));
         }
-        if !self.ring_capacity.is_power_of_two()
-            || !(4096..=1 << 30).contains(&self.ring_capacity)
+        if !self.ring_capacity.is_power_of_two() || !(4096..=1 << 30).contains(&self.ring_capacity)
         {
             return Err(err(
                 "ring_capacity",
@@ -145,7 +144,10 @@ impl Config {
             return Err(err("max_batch_events", "must be from 1 to 65536"));
         }
         if self.max_batch_delay > Duration::from_secs(1) {
-            return Err(err("max_batch_delay", "must be at most 1s (0 = flush every pass)"));
+            return Err(err(
+                "max_batch_delay",
+                "must be at most 1s (0 = flush every pass)",
+            ));
         }
         if self.max_batch_events == 1 && !self.max_batch_delay.is_zero() {
             return Err(err(
@@ -167,7 +169,8 @@ impl Config {
         if self.max_connections == 0 {
             return Err(err("max_connections", "must be at least 1"));
         }
-        if self.max_connections_per_user == 0 || self.max_connections_per_user > self.max_connections
+        if self.max_connections_per_user == 0
+            || self.max_connections_per_user > self.max_connections
         {
             return Err(err(
                 "max_connections_per_user",
@@ -184,7 +187,10 @@ impl Config {
             ));
         }
         if !(1024..=1 << 20).contains(&self.read_buffer_size) {
-            return Err(err("read_buffer_size", "must be from 1024 to 1048576 bytes"));
+            return Err(err(
+                "read_buffer_size",
+                "must be from 1024 to 1048576 bytes",
+            ));
         }
         for (name, d) in [
             ("handshake_timeout", self.handshake_timeout),
@@ -220,7 +226,12 @@ pub struct Settings {
     pub bind: Option<SocketAddr>,
     /// HS256 shared secret (at least 32 bytes) that client JWTs are signed with. If no key is
     /// configured, `serve` generates a dev secret and prints it
-    #[arg(long, env = "FLOODGATE_JWT_HS256_SECRET", value_name = "SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "FLOODGATE_JWT_HS256_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
     pub jwt_hs256_secret: Option<String>,
     /// RS256 public key (PEM file) that client JWTs are checked against
     #[arg(long, env = "FLOODGATE_JWT_RS256_PUBLIC_KEY", value_name = "PEM")]

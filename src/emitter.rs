@@ -112,7 +112,10 @@ impl Emitter {
             }
             Err(PushError::Full) => {
                 // Relaxed: an independent statistic, on the cold path only.
-                self.shared.registry.rejected_full.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .registry
+                    .rejected_full
+                    .fetch_add(1, Ordering::Relaxed);
                 Err(EmitError::Full(event))
             }
             Err(PushError::Closed) => Err(EmitError::Closed(event)),
@@ -187,8 +190,9 @@ mod tests {
         assert_eq!(shard_of(b"anyone", 1), 0);
         let a = shard_of(b"u1", 4);
         assert_eq!(a, shard_of(b"u1", 4));
-        let used: std::collections::HashSet<_> =
-            (0..64).map(|i| shard_of(format!("u{i}").as_bytes(), 4)).collect();
+        let used: std::collections::HashSet<_> = (0..64)
+            .map(|i| shard_of(format!("u{i}").as_bytes(), 4))
+            .collect();
         assert_eq!(used.len(), 4, "64 users should land on all 4 shards");
     }
 

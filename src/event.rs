@@ -46,9 +46,9 @@ impl<'a> EventType<'a> {
             EventType::Custom(name) => {
                 !name.is_empty()
                     && name.len() <= MAX_TYPE_LEN
-                    && name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+                    && name.bytes().all(|b| {
+                        b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-')
+                    })
             }
             _ => true,
         }
@@ -217,9 +217,9 @@ impl<D: Serialize + ?Sized> Event<'_, D> {
 /// Writes `s` as a JSON string. Most names need no escaping: check that with a branch-free scan
 /// the compiler vectorises, and fall back to serde_json's escaper otherwise.
 fn write_json_str(out: &mut Vec<u8>, s: &str) -> Result<(), ()> {
-    let needs_escape = s
-        .bytes()
-        .fold(false, |acc, b| acc | (b < 0x20) | (b == b'"') | (b == b'\\'));
+    let needs_escape = s.bytes().fold(false, |acc, b| {
+        acc | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
     if needs_escape {
         return serde_json::to_writer(out, s).map_err(|_| ());
     }
@@ -256,7 +256,15 @@ mod tests {
 
     #[test]
     fn strings_are_escaped_only_when_needed() {
-        for s in ["plain", "", "quote\"", "back\\slash", "nl\n", "\u{1}", "caf\u{e9}"] {
+        for s in [
+            "plain",
+            "",
+            "quote\"",
+            "back\\slash",
+            "nl\n",
+            "\u{1}",
+            "caf\u{e9}",
+        ] {
             let mut out = Vec::new();
             write_json_str(&mut out, s).unwrap();
             assert_eq!(out, serde_json::to_vec(s).unwrap(), "{s:?}");

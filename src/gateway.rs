@@ -282,10 +282,9 @@ impl GatewayBuilder {
 
     fn resolved(&self) -> Result<Config, Error> {
         let mut cfg = self.cfg.clone();
-        cfg.bind = self
-            .bind
-            .clone()
-            .map_err(|text| ConfigError::new("bind", format!("`{text}` is not an IP:port address")))?;
+        cfg.bind = self.bind.clone().map_err(|text| {
+            ConfigError::new("bind", format!("`{text}` is not an IP:port address"))
+        })?;
         match self.keys.as_slice() {
             [] => {
                 return Err(ConfigError::new(
@@ -312,8 +311,10 @@ impl GatewayBuilder {
     pub fn build(self) -> Result<Gateway, Error> {
         let cfg = self.resolved()?;
         let verifier = Verifier::new(&cfg.jwt, cfg.jwt_leeway)?;
-        let (listener, local_addr) =
-            reactor::bind(cfg.bind).map_err(|source| Error::Bind { addr: cfg.bind, source })?;
+        let (listener, local_addr) = reactor::bind(cfg.bind).map_err(|source| Error::Bind {
+            addr: cfg.bind,
+            source,
+        })?;
         let n = cfg.shard_count();
         let mut polls = Vec::with_capacity(n);
         let mut handles = Vec::with_capacity(n);

@@ -8,8 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crossbeam_utils::CachePadded;
 
 /// Upper bounds (microseconds) of the emit-to-queued latency buckets; the last bucket is +Inf.
-pub(crate) const LATENCY_BOUNDS_US: [u64; 12] =
-    [10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 50_000, 250_000];
+pub(crate) const LATENCY_BOUNDS_US: [u64; 12] = [
+    10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 50_000, 250_000,
+];
 const LAT_BUCKETS: usize = LATENCY_BOUNDS_US.len() + 1;
 /// Upper bounds of the frames-per-write buckets; the last bucket is +Inf.
 pub(crate) const BATCH_BOUNDS: [u64; 9] = [1, 2, 4, 8, 16, 32, 64, 256, 1024];
@@ -150,13 +151,26 @@ impl MetricsSnapshot {
         let s = &self.stats;
         let mut out = String::with_capacity(4096);
         let mut metric = |name: &str, kind: &str, help: &str, lines: &[(&str, u64)]| {
-            let _ = writeln!(out, "# HELP floodgate_{name} {help}\n# TYPE floodgate_{name} {kind}");
+            let _ = writeln!(
+                out,
+                "# HELP floodgate_{name} {help}\n# TYPE floodgate_{name} {kind}"
+            );
             for (labels, v) in lines {
                 let _ = writeln!(out, "floodgate_{name}{labels} {v}");
             }
         };
-        metric("connections", "gauge", "Open WebSocket connections.", &[("", s.connections_open)]);
-        metric("connections_accepted_total", "counter", "WebSocket upgrades completed.", &[("", s.connections_accepted)]);
+        metric(
+            "connections",
+            "gauge",
+            "Open WebSocket connections.",
+            &[("", s.connections_open)],
+        );
+        metric(
+            "connections_accepted_total",
+            "counter",
+            "WebSocket upgrades completed.",
+            &[("", s.connections_accepted)],
+        );
         metric(
             "connections_rejected_total",
             "counter",
@@ -176,8 +190,18 @@ impl MetricsSnapshot {
                 ("{reason=\"pong_timeout\"}", s.closed_pong_timeout),
             ],
         );
-        metric("events_emitted_total", "counter", "Events taken from emitter rings by reactors.", &[("", s.events_received)]);
-        metric("events_delivered_total", "counter", "Event frames fully written to a socket.", &[("", s.events_delivered)]);
+        metric(
+            "events_emitted_total",
+            "counter",
+            "Events taken from emitter rings by reactors.",
+            &[("", s.events_received)],
+        );
+        metric(
+            "events_delivered_total",
+            "counter",
+            "Event frames fully written to a socket.",
+            &[("", s.events_delivered)],
+        );
         metric(
             "events_dropped_total",
             "counter",
@@ -188,21 +212,50 @@ impl MetricsSnapshot {
                 ("{reason=\"ring_full\"}", self.events_rejected_full),
             ],
         );
-        metric("bytes_written_total", "counter", "Bytes written to sockets.", &[("", s.bytes_written)]);
-        metric("write_syscalls_total", "counter", "write(2) calls on sockets.", &[("", s.write_syscalls)]);
+        metric(
+            "bytes_written_total",
+            "counter",
+            "Bytes written to sockets.",
+            &[("", s.bytes_written)],
+        );
+        metric(
+            "write_syscalls_total",
+            "counter",
+            "write(2) calls on sockets.",
+            &[("", s.write_syscalls)],
+        );
         metric(
             "write_incomplete_total",
             "counter",
             "write(2) calls that did not take the whole buffer, by outcome.",
-            &[("{outcome=\"eagain\"}", s.write_blocked), ("{outcome=\"partial\"}", s.write_partial)],
+            &[
+                ("{outcome=\"eagain\"}", s.write_blocked),
+                ("{outcome=\"partial\"}", s.write_partial),
+            ],
         );
-        metric("client_messages_total", "counter", "Data messages received from clients.", &[("", s.client_messages)]);
-        metric("reactor_passes_total", "counter", "Reactor loop passes.", &[("", s.passes)]);
+        metric(
+            "client_messages_total",
+            "counter",
+            "Data messages received from clients.",
+            &[("", s.client_messages)],
+        );
+        metric(
+            "reactor_passes_total",
+            "counter",
+            "Reactor loop passes.",
+            &[("", s.passes)],
+        );
         let _ = writeln!(
             out,
             "# HELP floodgate_batch_frames Event frames per socket write.\n# TYPE floodgate_batch_frames histogram"
         );
-        histogram(&mut out, "batch_frames", &BATCH_BOUNDS.map(|b| b as f64), &s.batch_buckets, s.frames_written as f64);
+        histogram(
+            &mut out,
+            "batch_frames",
+            &BATCH_BOUNDS.map(|b| b as f64),
+            &s.batch_buckets,
+            s.frames_written as f64,
+        );
         let _ = writeln!(
             out,
             "# HELP floodgate_queue_latency_seconds Emit to queued-for-write latency.\n# TYPE floodgate_queue_latency_seconds histogram"
@@ -243,7 +296,9 @@ pub(crate) struct Registry {
 impl Registry {
     pub(crate) fn new(shards: usize) -> Self {
         Registry {
-            shards: (0..shards).map(|_| CachePadded::new(Published::default())).collect(),
+            shards: (0..shards)
+                .map(|_| CachePadded::new(Published::default()))
+                .collect(),
             rejected_full: AtomicU64::new(0),
         }
     }
@@ -281,8 +336,17 @@ mod tests {
         assert_eq!(snap.stats.events_received, 7);
         assert_eq!(snap.frames_per_write(), 6.0);
         let text = snap.to_prometheus();
-        assert!(text.contains("floodgate_events_emitted_total 7\n"), "{text}");
-        assert!(text.contains("floodgate_queue_latency_seconds_bucket{le=\"0.00005\"} 1\n"), "{text}");
-        assert!(text.contains("floodgate_batch_frames_bucket{le=\"+Inf\"} 2\n"), "{text}");
+        assert!(
+            text.contains("floodgate_events_emitted_total 7\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("floodgate_queue_latency_seconds_bucket{le=\"0.00005\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("floodgate_batch_frames_bucket{le=\"+Inf\"} 2\n"),
+            "{text}"
+        );
     }
 }

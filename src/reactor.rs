@@ -228,7 +228,9 @@ impl Shard {
                 timeout = timeout.min(d.saturating_duration_since(now));
             }
             let has_work = |s: &Self| {
-                !s.reread.is_empty() || !s.rx.is_empty() || s.rings.iter().any(Consumer::has_pending)
+                !s.reread.is_empty()
+                    || !s.rx.is_empty()
+                    || s.rings.iter().any(Consumer::has_pending)
             };
             let mut parked = false;
             if has_work(&self) {
@@ -260,7 +262,9 @@ impl Shard {
                 match ev.token() {
                     WAKER => {}
                     LISTENER => self.accept(now),
-                    Token(t) if t >= HANDSHAKE_BASE => self.handshake_readable(t - HANDSHAKE_BASE, now),
+                    Token(t) if t >= HANDSHAKE_BASE => {
+                        self.handshake_readable(t - HANDSHAKE_BASE, now)
+                    }
                     Token(id) => {
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                             self.read_conn(id, now);
@@ -351,10 +355,16 @@ impl Shard {
         match cmd {
             Cmd::AddRing(c) if self.shutdown_deadline.is_some() => {
                 let core = &mut self.core;
-                self.report.drained_at_shutdown += c.close_and_drain(|rec| core.route(rec, now, now_ns)) as u64;
+                self.report.drained_at_shutdown +=
+                    c.close_and_drain(|rec| core.route(rec, now, now_ns)) as u64;
             }
             Cmd::AddRing(c) => self.rings.push(c),
-            Cmd::Adopt { stream, kind, response, early } => self.adopt(stream, kind, &response, &early, now),
+            Cmd::Adopt {
+                stream,
+                kind,
+                response,
+                early,
+            } => self.adopt(stream, kind, &response, &early, now),
             Cmd::Shutdown => self.begin_shutdown(now, now_ns),
         }
     }
@@ -374,14 +384,18 @@ impl Shard {
         // Everything accepted into a ring is routed before the close frames are queued.
         let core = &mut self.core;
         for ring in self.rings.drain(..) {
-            self.report.drained_at_shutdown += ring.close_and_drain(|rec| core.route(rec, now, now_ns)) as u64;
+            self.report.drained_at_shutdown +=
+                ring.close_and_drain(|rec| core.route(rec, now, now_ns)) as u64;
         }
-        self.core.close_all(CLOSE_GOING_AWAY, "server shutting down", now);
+        self.core
+            .close_all(CLOSE_GOING_AWAY, "server shutting down", now);
     }
 
     fn accept(&mut self, now: Instant) {
         loop {
-            let Some(listener) = self.listener.as_ref() else { return };
+            let Some(listener) = self.listener.as_ref() else {
+                return;
+            };
             match listener.accept() {
                 Ok((mut stream, _peer)) => {
                     if self.handshakes.len() >= MAX_HANDSHAKES {
@@ -391,7 +405,12 @@ impl Shard {
                     let _ = stream.set_nodelay(true);
                     let entry = self.handshakes.vacant_entry();
                     let token = Token(HANDSHAKE_BASE + entry.key());
-                    if self.poll.registry().register(&mut stream, token, Interest::READABLE).is_err() {
+                    if self
+                        .poll
+                        .registry()
+                        .register(&mut stream, token, Interest::READABLE)
+                        .is_err()
+                    {
                         continue;
                     }
                     let key = entry.key();
@@ -415,7 +434,9 @@ impl Shard {
     }
 
     fn handshake_readable(&mut self, key: usize, now: Instant) {
-        let Some(hs) = self.handshakes.get_mut(key) else { return };
+        let Some(hs) = self.handshakes.get_mut(key) else {
+            return;
+        };
         let mut chunk = [0u8; 2048];
         let parsed = loop {
             match hs.stream.read(&mut chunk) {
@@ -426,9 +447,19 @@ impl Shard {
                         Ok(Some(req)) => break Ok(req),
                         Ok(None) => continue,
                         Err(HeadError::TooLarge) => {
-                            break Err(Some(handshake::error(431, "Request Header Fields Too Large", "request head too large\n")))
+                            break Err(Some(handshake::error(
+                                431,
+                                "Request Header Fields Too Large",
+                                "request head too large\n",
+                            )))
                         }
-                        Err(HeadError::Malformed) => break Err(Some(handshake::error(400, "Bad Request", "malformed request\n"))),
+                        Err(HeadError::Malformed) => {
+                            break Err(Some(handshake::error(
+                                400,
+                                "Bad Request",
+                                "malformed request\n",
+                            )))
+                        }
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -454,10 +485,24 @@ impl Shard {
         };
         if !req.is_get {
             self.core.stats.rejected_bad_request += 1;
-            return reject(&mut hs.stream, handshake::response(405, "Method Not Allowed", "Allow: GET\r\n", "text/plain", "only GET\n"));
+            return reject(
+                &mut hs.stream,
+                handshake::response(
+                    405,
+                    "Method Not Allowed",
+                    "Allow: GET\r\n",
+                    "text/plain",
+                    "only GET\n",
+                ),
+            );
         }
         let kind = match req.route {
-            Route::Health => return reject(&mut hs.stream, handshake::response(200, "OK", "", "text/plain", "ok\n")),
+            Route::Health => {
+                return reject(
+                    &mut hs.stream,
+                    handshake::response(200, "OK", "", "text/plain", "ok\n"),
+                )
+            }
             Route::Metrics => {
                 let body = self.common.registry.snapshot().to_prometheus();
                 return reject(
@@ -467,11 +512,17 @@ impl Shard {
             }
             Route::NotFound => {
                 self.core.stats.rejected_bad_request += 1;
-                return reject(&mut hs.stream, handshake::error(404, "Not Found", "not found\n"));
+                return reject(
+                    &mut hs.stream,
+                    handshake::error(404, "Not Found", "not found\n"),
+                );
             }
             Route::Echo if !self.cfg.echo => {
                 self.core.stats.rejected_bad_request += 1;
-                return reject(&mut hs.stream, handshake::error(404, "Not Found", "echo endpoint disabled\n"));
+                return reject(
+                    &mut hs.stream,
+                    handshake::error(404, "Not Found", "echo endpoint disabled\n"),
+                );
             }
             Route::Echo => ConnKind::Echo,
             Route::Events => ConnKind::User(Box::default()),
@@ -479,9 +530,21 @@ impl Shard {
         let Some(ws_key) = req.upgrade_key.as_deref() else {
             self.core.stats.rejected_bad_request += 1;
             let resp = if req.bad_version {
-                handshake::response(426, "Upgrade Required", "Sec-WebSocket-Version: 13\r\n", "text/plain", "WebSocket version 13 only\n")
+                handshake::response(
+                    426,
+                    "Upgrade Required",
+                    "Sec-WebSocket-Version: 13\r\n",
+                    "text/plain",
+                    "WebSocket version 13 only\n",
+                )
             } else {
-                handshake::response(426, "Upgrade Required", "Upgrade: websocket\r\nConnection: Upgrade\r\n", "text/plain", "WebSocket upgrade required\n")
+                handshake::response(
+                    426,
+                    "Upgrade Required",
+                    "Upgrade: websocket\r\nConnection: Upgrade\r\n",
+                    "text/plain",
+                    "WebSocket upgrade required\n",
+                )
             };
             return reject(&mut hs.stream, resp);
         };
@@ -500,7 +563,10 @@ impl Shard {
         if self.common.open.fetch_add(1, Ordering::Relaxed) >= self.cfg.max_connections {
             self.common.open.fetch_sub(1, Ordering::Relaxed);
             self.core.stats.rejected_limit += 1;
-            return reject(&mut hs.stream, handshake::error(503, "Service Unavailable", "connection limit reached\n"));
+            return reject(
+                &mut hs.stream,
+                handshake::error(503, "Service Unavailable", "connection limit reached\n"),
+            );
         }
         let response = handshake::switching_protocols(ws_key);
         let home = match &kind {
@@ -530,14 +596,29 @@ impl Shard {
             let mut hs = self.handshakes.remove(k);
             let _ = self.poll.registry().deregister(&mut hs.stream);
             self.core.stats.rejected_bad_request += 1;
-            let _ = hs.stream.write(&handshake::error(408, "Request Timeout", "handshake timeout\n"));
+            let _ = hs.stream.write(&handshake::error(
+                408,
+                "Request Timeout",
+                "handshake timeout\n",
+            ));
         }
     }
 
-    fn adopt(&mut self, mut stream: TcpStream, kind: ConnKind, response: &[u8], early: &[u8], now: Instant) {
+    fn adopt(
+        &mut self,
+        mut stream: TcpStream,
+        kind: ConnKind,
+        response: &[u8],
+        early: &[u8],
+        now: Instant,
+    ) {
         if self.shutdown_deadline.is_some() {
             self.common.open.fetch_sub(1, Ordering::Relaxed);
-            let _ = stream.write(&handshake::error(503, "Service Unavailable", "shutting down\n"));
+            let _ = stream.write(&handshake::error(
+                503,
+                "Service Unavailable",
+                "shutting down\n",
+            ));
             return;
         }
         let id = match self.core.adopt(kind, response, early, now) {
@@ -545,7 +626,11 @@ impl Shard {
             Err(_) => {
                 // Relaxed: see `handshake_readable`.
                 self.common.open.fetch_sub(1, Ordering::Relaxed);
-                let _ = stream.write(&handshake::error(429, "Too Many Requests", "too many connections for this user\n"));
+                let _ = stream.write(&handshake::error(
+                    429,
+                    "Too Many Requests",
+                    "too many connections for this user\n",
+                ));
                 return;
             }
         };
@@ -569,7 +654,9 @@ impl Shard {
     }
 
     fn read_conn(&mut self, id: ConnId, now: Instant) {
-        let Some(Some((stream, _))) = self.sockets.get_mut(id) else { return };
+        let Some(Some((stream, _))) = self.sockets.get_mut(id) else {
+            return;
+        };
         for _ in 0..READS_PER_PASS {
             match stream.read(&mut self.read_buf) {
                 Ok(0) => {
@@ -591,7 +678,9 @@ impl Shard {
     /// Writes `id`'s queued bytes: one `write` call, more only after a partial write. A refused
     /// write registers WRITABLE interest; it is dropped again once the buffer is empty.
     fn flush(&mut self, id: ConnId) {
-        let Some(Some((stream, want_writable))) = self.sockets.get_mut(id) else { return };
+        let Some(Some((stream, want_writable))) = self.sockets.get_mut(id) else {
+            return;
+        };
         loop {
             let out = self.core.conn(id).out();
             if out.is_empty() {
@@ -604,7 +693,12 @@ impl Shard {
                     if !*want_writable {
                         *want_writable = true;
                         let interest = Interest::READABLE | Interest::WRITABLE;
-                        if self.poll.registry().reregister(stream, Token(id), interest).is_err() {
+                        if self
+                            .poll
+                            .registry()
+                            .reregister(stream, Token(id), interest)
+                            .is_err()
+                        {
                             self.dead.push(id);
                         }
                     }
@@ -619,7 +713,12 @@ impl Shard {
         }
         if *want_writable {
             *want_writable = false;
-            if self.poll.registry().reregister(stream, Token(id), Interest::READABLE).is_err() {
+            if self
+                .poll
+                .registry()
+                .reregister(stream, Token(id), Interest::READABLE)
+                .is_err()
+            {
                 self.dead.push(id);
             }
         }
@@ -636,7 +735,9 @@ impl Shard {
         self.dead.sort_unstable();
         self.dead.dedup();
         for id in std::mem::take(&mut self.dead) {
-            let Some((mut stream, _)) = self.sockets.get_mut(id).and_then(Option::take) else { continue };
+            let Some((mut stream, _)) = self.sockets.get_mut(id).and_then(Option::take) else {
+                continue;
+            };
             let _ = self.poll.registry().deregister(&mut stream);
             self.core.remove(id);
             // Relaxed: see `handshake_readable`.

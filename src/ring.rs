@@ -161,7 +161,10 @@ impl Producer {
         }
         let start = (at & self.shared.mask) as usize;
         debug_assert_eq!(start % ALIGN, 0);
-        debug_assert!(start + rec as usize <= cap as usize, "a record never straddles the end");
+        debug_assert!(
+            start + rec as usize <= cap as usize,
+            "a record never straddles the end"
+        );
         self.shared.buf.write(start, &header(len as u32));
         let mut off = start + HEADER;
         for part in parts {
@@ -307,10 +310,10 @@ impl Drop for Consumer {
 // ---------------------------------------------------------------------------------------------
 // Storage: the only unsafe code in the crate.
 
-#[cfg(not(loom))]
-use storage_std::Storage;
 #[cfg(loom)]
 use storage_loom::Storage;
+#[cfg(not(loom))]
+use storage_std::Storage;
 
 #[cfg(not(loom))]
 mod storage_std {
@@ -341,7 +344,10 @@ mod storage_std {
 
         /// Copies `src` to `[at, at + src.len())`. The caller (the producer) owns that range.
         pub(super) fn write(&self, at: usize, src: &[u8]) {
-            assert!(at <= self.len && src.len() <= self.len - at, "ring write out of bounds");
+            assert!(
+                at <= self.len && src.len() <= self.len - at,
+                "ring write out of bounds"
+            );
             // SAFETY: the range is in bounds (checked above) and, by the ring's index protocol, not
             // being read or written by the consumer; `src` cannot overlap our own allocation
             // because nobody else holds a reference into it.
@@ -353,13 +359,18 @@ mod storage_std {
         /// Reads the little-endian `u32` at `at`. The caller (the consumer) owns that range.
         pub(super) fn read_u32(&self, at: usize) -> u32 {
             let mut out = 0;
-            self.read(at, 4, |b| out = u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+            self.read(at, 4, |b| {
+                out = u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+            });
             out
         }
 
         /// Passes `[at, at + len)` to `f`. The caller (the consumer) owns that range.
         pub(super) fn read<R>(&self, at: usize, len: usize, f: impl FnOnce(&[u8]) -> R) -> R {
-            assert!(at <= self.len && len <= self.len - at, "ring read out of bounds");
+            assert!(
+                at <= self.len && len <= self.len - at,
+                "ring read out of bounds"
+            );
             // SAFETY: in bounds (checked above), initialised (zeroed at construction, then only
             // written with bytes), and by the ring's index protocol not written by the producer
             // until the consumer releases it, which happens after `f` returns: the slice does not
@@ -405,7 +416,9 @@ mod storage_loom {
 
         pub(super) fn read_u32(&self, at: usize) -> u32 {
             let mut out = 0;
-            self.read(at, 4, |b| out = u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+            self.read(at, 4, |b| {
+                out = u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+            });
             out
         }
 
@@ -513,7 +526,7 @@ mod tests {
 
     #[test]
     fn cross_thread_stress_preserves_every_record_in_order() {
-        const N: u64 = 200_000;
+        const N: u64 = if cfg!(miri) { 2_000 } else { 200_000 };
         let (mut p, mut c) = channel(4096);
         let producer = std::thread::spawn(move || {
             for i in 0..N {
@@ -544,11 +557,11 @@ mod tests {
     fn shutdown_race_never_loses_an_accepted_record() {
         // Many rounds of a producer pushing while the consumer closes: every push that returned
         // Ok must have been drained, every Closed push must not have been.
-        for _ in 0..200 {
+        for _ in 0..if cfg!(miri) { 3 } else { 200 } {
             let (mut p, mut c) = channel(1024);
             let producer = std::thread::spawn(move || {
                 let mut ok = Vec::new();
-                for i in 0u32..10_000 {
+                for i in 0u32..if cfg!(miri) { 300 } else { 10_000 } {
                     match p.push(&[&i.to_le_bytes()]) {
                         Ok(()) => ok.push(i),
                         Err(PushError::Full) => std::thread::yield_now(),
@@ -560,7 +573,9 @@ mod tests {
             });
             let mut got = Vec::new();
             for _ in 0..3 {
-                c.drain(usize::MAX, |r| got.push(u32::from_le_bytes(r.try_into().unwrap())));
+                c.drain(usize::MAX, |r| {
+                    got.push(u32::from_le_bytes(r.try_into().unwrap()))
+                });
             }
             c.close_and_drain(|r| got.push(u32::from_le_bytes(r.try_into().unwrap())));
             let ok = producer.join().unwrap();

@@ -12,37 +12,87 @@ fn status_of(addr: std::net::SocketAddr, request: &str) -> String {
 
 #[test]
 fn bad_tokens_get_401_and_no_upgrade() {
-    let gw = util::builder().jwt_leeway(std::time::Duration::ZERO).build().unwrap();
+    let gw = util::builder()
+        .jwt_leeway(std::time::Duration::ZERO)
+        .build()
+        .unwrap();
     let addr = gw.local_addr();
     let now = util::now_secs();
     let cases = [
         ("missing", None),
         ("malformed", Some("not.a.jwt".to_owned())),
         ("garbage", Some("abc".to_owned())),
-        ("bad signature", Some(util::sign(&json!({"sub": "u", "exp": now + 60}), b"some-other-secret-some-other-secret"))),
-        ("expired", Some(util::sign(&json!({"sub": "u", "exp": now - 3600}), util::SECRET))),
-        ("not yet valid", Some(util::sign(&json!({"sub": "u", "exp": now + 7200, "nbf": now + 3600}), util::SECRET))),
-        ("no sub", Some(util::sign(&json!({"exp": now + 60}), util::SECRET))),
-        ("no exp", Some(util::sign(&json!({"sub": "u"}), util::SECRET))),
-        ("empty sub", Some(util::sign(&json!({"sub": "", "exp": now + 60}), util::SECRET))),
-        ("alg none", Some(format!("{}.{}.", b64(r#"{"alg":"none","typ":"JWT"}"#), b64(&format!(r#"{{"sub":"u","exp":{}}}"#, now + 60))))),
+        (
+            "bad signature",
+            Some(util::sign(
+                &json!({"sub": "u", "exp": now + 60}),
+                b"some-other-secret-some-other-secret",
+            )),
+        ),
+        (
+            "expired",
+            Some(util::sign(
+                &json!({"sub": "u", "exp": now - 3600}),
+                util::SECRET,
+            )),
+        ),
+        (
+            "not yet valid",
+            Some(util::sign(
+                &json!({"sub": "u", "exp": now + 7200, "nbf": now + 3600}),
+                util::SECRET,
+            )),
+        ),
+        (
+            "no sub",
+            Some(util::sign(&json!({"exp": now + 60}), util::SECRET)),
+        ),
+        (
+            "no exp",
+            Some(util::sign(&json!({"sub": "u"}), util::SECRET)),
+        ),
+        (
+            "empty sub",
+            Some(util::sign(
+                &json!({"sub": "", "exp": now + 60}),
+                util::SECRET,
+            )),
+        ),
+        (
+            "alg none",
+            Some(format!(
+                "{}.{}.",
+                b64(r#"{"alg":"none","typ":"JWT"}"#),
+                b64(&format!(r#"{{"sub":"u","exp":{}}}"#, now + 60))
+            )),
+        ),
     ];
     for (what, token) in cases {
         for via_query in [false, true] {
             let req = match (&token, via_query) {
                 (None, _) => util::upgrade_request("/ws", ""),
-                (Some(t), false) => util::upgrade_request("/ws", &format!("Authorization: Bearer {t}\r\n")),
+                (Some(t), false) => {
+                    util::upgrade_request("/ws", &format!("Authorization: Bearer {t}\r\n"))
+                }
                 (Some(t), true) => util::upgrade_request(&format!("/ws?token={t}"), ""),
             };
             let resp = util::http(addr, &req);
-            assert!(resp.starts_with("HTTP/1.1 401 "), "{what} (query: {via_query}) got: {resp}");
-            assert!(resp.contains("WWW-Authenticate: Bearer"), "{what}: challenge header");
+            assert!(
+                resp.starts_with("HTTP/1.1 401 "),
+                "{what} (query: {via_query}) got: {resp}"
+            );
+            assert!(
+                resp.contains("WWW-Authenticate: Bearer"),
+                "{what}: challenge header"
+            );
             assert!(!resp.contains("101"), "{what}: no upgrade");
         }
     }
-    util::eventually(std::time::Duration::from_secs(5), "20 auth rejections counted", || {
-        gw.metrics().stats.rejected_auth == 20
-    });
+    util::eventually(
+        std::time::Duration::from_secs(5),
+        "20 auth rejections counted",
+        || gw.metrics().stats.rejected_auth == 20,
+    );
     assert_eq!(gw.metrics().stats.connections_accepted, 0);
     gw.shutdown().unwrap();
 }
@@ -52,7 +102,9 @@ fn b64(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = String::new();
     for c in b.chunks(3) {
-        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
         for i in 0..=c.len() {
             out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
         }
@@ -63,18 +115,31 @@ fn b64(s: &str) -> String {
 #[test]
 fn a_valid_token_in_the_query_is_accepted() {
     let gw = util::builder().build().unwrap();
-    let ws = util::try_connect(gw.local_addr(), &format!("/ws?token={}", util::token("q")), None);
+    let ws = util::try_connect(
+        gw.local_addr(),
+        &format!("/ws?token={}", util::token("q")),
+        None,
+    );
     assert!(ws.is_ok());
     gw.shutdown().unwrap();
 }
 
 fn keyed(alg: Algorithm, private_pem: &str) -> String {
-    let key = std::fs::read(format!("{}/tests/keys/{private_pem}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let key = std::fs::read(format!(
+        "{}/tests/keys/{private_pem}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
     let enc = match alg {
         Algorithm::RS256 => EncodingKey::from_rsa_pem(&key).unwrap(),
         _ => EncodingKey::from_ec_pem(&key).unwrap(),
     };
-    jsonwebtoken::encode(&Header::new(alg), &json!({"sub": "k", "exp": util::now_secs() + 60}), &enc).unwrap()
+    jsonwebtoken::encode(
+        &Header::new(alg),
+        &json!({"sub": "k", "exp": util::now_secs() + 60}),
+        &enc,
+    )
+    .unwrap()
 }
 
 #[test]
@@ -86,13 +151,23 @@ fn rs256_and_es256_public_keys_verify_their_tokens_only() {
     ] {
         let path = format!("{dir}/tests/keys/{public}");
         let b = floodgate::Gateway::builder().bind("127.0.0.1:0").shards(1);
-        let b = if alg == Algorithm::RS256 { b.jwt_rs256_public_key(path) } else { b.jwt_es256_public_key(path) };
+        let b = if alg == Algorithm::RS256 {
+            b.jwt_rs256_public_key(path)
+        } else {
+            b.jwt_es256_public_key(path)
+        };
         let gw = b.build().unwrap();
         let good = keyed(alg, private);
-        assert!(util::try_connect(gw.local_addr(), "/ws", Some(&good)).is_ok(), "{alg:?} token accepted");
+        assert!(
+            util::try_connect(gw.local_addr(), "/ws", Some(&good)).is_ok(),
+            "{alg:?} token accepted"
+        );
         let hs = util::token("k");
         let req = util::upgrade_request("/ws", &format!("Authorization: Bearer {hs}\r\n"));
-        assert!(status_of(gw.local_addr(), &req).starts_with("HTTP/1.1 401"), "{alg:?} gateway refuses HS256");
+        assert!(
+            status_of(gw.local_addr(), &req).starts_with("HTTP/1.1 401"),
+            "{alg:?} gateway refuses HS256"
+        );
         gw.shutdown().unwrap();
     }
 }

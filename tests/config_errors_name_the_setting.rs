@@ -8,7 +8,10 @@ use floodgate::{Error, Gateway, GatewayBuilder, Settings};
 fn setting_of(b: GatewayBuilder) -> &'static str {
     match b.build() {
         Err(Error::Config(e)) => {
-            assert!(e.to_string().contains(e.setting), "message names the setting: {e}");
+            assert!(
+                e.to_string().contains(e.setting),
+                "message names the setting: {e}"
+            );
             e.setting
         }
         Err(e) => panic!("expected a config error, got {e}"),
@@ -22,7 +25,12 @@ fn each_invalid_setting_is_named() {
     let cases: Vec<(GatewayBuilder, &str)> = vec![
         (Gateway::builder().bind("127.0.0.1:0"), "jwt_hs256_secret"),
         (b().jwt_rs256_public_key("/k.pem"), "jwt_rs256_public_key"),
-        (Gateway::builder().bind("127.0.0.1:0").jwt_hs256_secret("short"), "jwt_hs256_secret"),
+        (
+            Gateway::builder()
+                .bind("127.0.0.1:0")
+                .jwt_hs256_secret("short"),
+            "jwt_hs256_secret",
+        ),
         (b().bind("localhost:80:90"), "bind"),
         (b().bind("not an address"), "bind"),
         (b().jwt_leeway(Duration::from_secs(3600)), "jwt_leeway"),
@@ -30,23 +38,45 @@ fn each_invalid_setting_is_named() {
         (b().ring_capacity(5000), "ring_capacity"),
         (b().ring_capacity(1024), "ring_capacity"),
         (b().max_event_bytes(10), "max_event_bytes"),
-        (b().ring_capacity(4096).max_event_bytes(4096), "max_event_bytes"),
+        (
+            b().ring_capacity(4096).max_event_bytes(4096),
+            "max_event_bytes",
+        ),
         (b().max_batch_events(0), "max_batch_events"),
         (b().max_batch_events(1 << 20), "max_batch_events"),
-        (b().max_batch_delay(Duration::from_secs(2)), "max_batch_delay"),
-        (b().max_batch_events(1).max_batch_delay(Duration::from_millis(1)), "max_batch_delay"),
+        (
+            b().max_batch_delay(Duration::from_secs(2)),
+            "max_batch_delay",
+        ),
+        (
+            b().max_batch_events(1)
+                .max_batch_delay(Duration::from_millis(1)),
+            "max_batch_delay",
+        ),
         (b().max_outbound_bytes(1000), "max_outbound_bytes"),
         (b().max_connections(0), "max_connections"),
         (b().max_connections_per_user(0), "max_connections_per_user"),
-        (b().max_connections(10).max_connections_per_user(11), "max_connections_per_user"),
+        (
+            b().max_connections(10).max_connections_per_user(11),
+            "max_connections_per_user",
+        ),
         (b().max_frame_size(10), "max_frame_size"),
-        (b().max_frame_size(1 << 20).max_message_size(1 << 10), "max_message_size"),
+        (
+            b().max_frame_size(1 << 20).max_message_size(1 << 10),
+            "max_message_size",
+        ),
         (b().read_buffer_size(10), "read_buffer_size"),
         (b().handshake_timeout(Duration::ZERO), "handshake_timeout"),
         (b().pong_timeout(Duration::ZERO), "pong_timeout"),
-        (b().close_timeout(Duration::from_secs(3600)), "close_timeout"),
+        (
+            b().close_timeout(Duration::from_secs(3600)),
+            "close_timeout",
+        ),
         (b().shutdown_timeout(Duration::ZERO), "shutdown_timeout"),
-        (b().ping_interval(Duration::from_millis(10)), "ping_interval"),
+        (
+            b().ping_interval(Duration::from_millis(10)),
+            "ping_interval",
+        ),
         (b().max_offline_users(0), "max_offline_users"),
     ];
     for (i, (builder, setting)) in cases.into_iter().enumerate() {
@@ -57,23 +87,33 @@ fn each_invalid_setting_is_named() {
 #[test]
 fn two_jwt_keys_conflict() {
     let b = util::builder().jwt_es256_public_key("/k.pem");
-    let Err(Error::Config(e)) = b.build() else { panic!("expected a conflict") };
+    let Err(Error::Config(e)) = b.build() else {
+        panic!("expected a conflict")
+    };
     assert_eq!(e.setting, "jwt_es256_public_key");
     assert!(e.reason.contains("conflicts with jwt_hs256_secret"), "{e}");
 }
 
 #[test]
 fn settings_layers_apply_and_validate_like_setters() {
-    let file: Settings = toml::from_str("max_batch_events = 1\nmax_batch_delay = \"5ms\"\n").unwrap();
-    assert_eq!(setting_of(util::builder().settings(file)), "max_batch_delay");
-    let ok: Settings = toml::from_str("max_batch_events = 8\nmax_batch_delay = \"5ms\"\necho = true\n").unwrap();
+    let file: Settings =
+        toml::from_str("max_batch_events = 1\nmax_batch_delay = \"5ms\"\n").unwrap();
+    assert_eq!(
+        setting_of(util::builder().settings(file)),
+        "max_batch_delay"
+    );
+    let ok: Settings =
+        toml::from_str("max_batch_events = 8\nmax_batch_delay = \"5ms\"\necho = true\n").unwrap();
     util::builder().settings(ok).validate().unwrap();
 }
 
 #[test]
 fn a_taken_port_is_a_bind_error() {
     let first = util::builder().build().unwrap();
-    let err = util::builder().bind(first.local_addr().to_string()).build().unwrap_err();
+    let err = util::builder()
+        .bind(first.local_addr().to_string())
+        .build()
+        .unwrap_err();
     assert!(matches!(err, Error::Bind { .. }), "{err}");
     assert!(err.to_string().contains(&first.local_addr().to_string()));
     first.shutdown().unwrap();

@@ -16,10 +16,17 @@ fn a_client_receives_its_events_in_order_with_gapless_seq() {
     let thinking = json!({"delta": "Reading the \"logs\"\n"});
     em.agent_thinking("alice", "run-1", &thinking).unwrap();
     let tool = json!({"tool": "search", "args": {"q": "mio"}});
-    em.emit("alice", Event::with(EventType::ToolExecuting, "run-1", &tool).thread("th-7")).unwrap();
-    em.tool_completed("alice", "run-1", &json!({"hits": 3})).unwrap();
-    em.agent_completed("alice", "run-1", &json!({"answer": 42})).unwrap();
-    em.emit("alice", Event::custom("progress", &json!({"pct": 50}))).unwrap();
+    em.emit(
+        "alice",
+        Event::with(EventType::ToolExecuting, "run-1", &tool).thread("th-7"),
+    )
+    .unwrap();
+    em.tool_completed("alice", "run-1", &json!({"hits": 3}))
+        .unwrap();
+    em.agent_completed("alice", "run-1", &json!({"answer": 42}))
+        .unwrap();
+    em.emit("alice", Event::custom("progress", &json!({"pct": 50})))
+        .unwrap();
     for i in 0..500u32 {
         em.emit("alice", Event::custom("tick", &i)).unwrap();
     }
@@ -27,15 +34,31 @@ fn a_client_receives_its_events_in_order_with_gapless_seq() {
     let events = util::read_events(&mut ws, 506, Duration::from_secs(10));
     for (i, ev) in events.iter().enumerate() {
         assert_eq!(ev["seq"], i as u64 + 1, "seq is gapless from 1: {ev}");
-        assert!(ev["ts"].as_u64().unwrap() > 1_600_000_000_000_000_000, "ts is unix ns");
+        assert!(
+            ev["ts"].as_u64().unwrap() > 1_600_000_000_000_000_000,
+            "ts is unix ns"
+        );
     }
-    let types: Vec<&str> = events[..6].iter().map(|e| e["type"].as_str().unwrap()).collect();
+    let types: Vec<&str> = events[..6]
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
     assert_eq!(
         types,
-        ["agent_started", "agent_thinking", "tool_executing", "tool_completed", "agent_completed", "progress"]
+        [
+            "agent_started",
+            "agent_thinking",
+            "tool_executing",
+            "tool_completed",
+            "agent_completed",
+            "progress"
+        ]
     );
     assert_eq!(events[0]["run_id"], "run-1");
-    assert!(events[0].get("data").is_none(), "agent_started without data has no data member");
+    assert!(
+        events[0].get("data").is_none(),
+        "agent_started without data has no data member"
+    );
     assert_eq!(events[1]["data"]["delta"], "Reading the \"logs\"\n");
     assert_eq!(events[2]["thread_id"], "th-7");
     assert_eq!(events[2]["data"]["args"]["q"], "mio");

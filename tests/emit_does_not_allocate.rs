@@ -64,7 +64,10 @@ fn steady_state_emit_allocates_nothing() {
     let emit_all = |em: &mut floodgate::Emitter| {
         for i in 0..2_000u32 {
             let user = &users[i as usize % users.len()];
-            let d = Delta { delta: "thinking about it", step: i };
+            let d = Delta {
+                delta: "thinking about it",
+                step: i,
+            };
             em.agent_thinking(user, "run-1", &d).unwrap();
             em.tool_executing(user, "run-1", &value).unwrap();
             em.agent_started(user, "run-2").unwrap();

@@ -18,9 +18,11 @@ fn health_metrics_and_refusals() {
         em.agent_started("m", "r").unwrap();
     }
     util::read_events(&mut ws, 10, std::time::Duration::from_secs(5));
-    util::eventually(std::time::Duration::from_secs(5), "delivery counted", || {
-        gw.metrics().stats.events_delivered == 10
-    });
+    util::eventually(
+        std::time::Duration::from_secs(5),
+        "delivery counted",
+        || gw.metrics().stats.events_delivered == 10,
+    );
     let metrics = get("/metrics");
     assert!(metrics.starts_with("HTTP/1.1 200 OK"), "{metrics}");
     for needle in [
@@ -37,13 +39,25 @@ fn health_metrics_and_refusals() {
     }
 
     assert!(get("/nope").starts_with("HTTP/1.1 404"));
-    assert!(get("/echo").starts_with("HTTP/1.1 404"), "echo is off by default");
-    assert!(get("/ws").starts_with("HTTP/1.1 426"), "plain GET /ws needs an upgrade");
-    let post = util::http(addr, "POST /ws HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+    assert!(
+        get("/echo").starts_with("HTTP/1.1 404"),
+        "echo is off by default"
+    );
+    assert!(
+        get("/ws").starts_with("HTTP/1.1 426"),
+        "plain GET /ws needs an upgrade"
+    );
+    let post = util::http(
+        addr,
+        "POST /ws HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+    );
     assert!(post.starts_with("HTTP/1.1 405"), "{post}");
     let v8 = util::upgrade_request("/ws", "").replace("Version: 13", "Version: 8");
     let resp = util::http(addr, &v8);
-    assert!(resp.starts_with("HTTP/1.1 426") && resp.contains("Sec-WebSocket-Version: 13"), "{resp}");
+    assert!(
+        resp.starts_with("HTTP/1.1 426") && resp.contains("Sec-WebSocket-Version: 13"),
+        "{resp}"
+    );
     assert!(util::http(addr, "\x16\x03\x01 garbage\r\n\r\n").starts_with("HTTP/1.1 400"));
     let huge = format!("GET /ws HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(10_000));
     assert!(util::http(addr, &huge).starts_with("HTTP/1.1 431"));
@@ -52,7 +66,10 @@ fn health_metrics_and_refusals() {
 
 #[test]
 fn an_idle_half_request_times_out() {
-    let gw = util::builder().handshake_timeout(std::time::Duration::from_millis(300)).build().unwrap();
+    let gw = util::builder()
+        .handshake_timeout(std::time::Duration::from_millis(300))
+        .build()
+        .unwrap();
     let resp = util::http(gw.local_addr(), "GET /ws HTTP/1.1\r\nHost:");
     assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
     gw.shutdown().unwrap();

@@ -21,26 +21,40 @@ fn answering_clients_stay_and_silent_ones_are_closed() {
     let mut silent = TcpStream::connect(addr).unwrap();
     std::io::Write::write_all(
         &mut silent,
-        util::upgrade_request("/ws", &format!("Authorization: Bearer {}\r\n", util::token("silent"))).as_bytes(),
+        util::upgrade_request(
+            "/ws",
+            &format!("Authorization: Bearer {}\r\n", util::token("silent")),
+        )
+        .as_bytes(),
     )
     .unwrap();
     // tungstenite answers pings while it reads.
     let mut live = util::connect(addr, &util::token("live"));
-    live.get_ref().set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    live.get_ref()
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
     let start = Instant::now();
     let mut pings = 0;
     while start.elapsed() < Duration::from_millis(3500) {
         match live.read() {
             Ok(Message::Ping(_)) => pings += 1,
             Ok(other) => panic!("unexpected {other:?}"),
-            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(tungstenite::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
             Err(e) => panic!("live connection broke: {e}"),
         }
     }
     assert!(pings >= 2, "server pinged every second ({pings})");
-    assert_eq!(gw.metrics().stats.closed_pong_timeout, 1, "only the silent client timed out");
+    assert_eq!(
+        gw.metrics().stats.closed_pong_timeout,
+        1,
+        "only the silent client timed out"
+    );
     // The silent socket received: 101 response, ping(s), then a close frame with 4010.
-    silent.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     while let Ok(n) = silent.read(&mut chunk) {
@@ -78,6 +92,8 @@ fn client_pings_are_answered_and_client_close_is_acknowledged() {
         }
     };
     assert!(matches!(end, tungstenite::Error::ConnectionClosed), "{end}");
-    util::eventually(Duration::from_secs(5), "connection released", || gw.metrics().stats.connections_open == 0);
+    util::eventually(Duration::from_secs(5), "connection released", || {
+        gw.metrics().stats.connections_open == 0
+    });
     gw.shutdown().unwrap();
 }

@@ -51,7 +51,12 @@ fn concurrent_producers_never_mix_users_and_fan_out_to_every_connection() {
     let readers: Vec<_> = clients
         .into_iter()
         .map(|(u, mut ws)| {
-            std::thread::spawn(move || (u, util::read_events(&mut ws, expected, Duration::from_secs(30))))
+            std::thread::spawn(move || {
+                (
+                    u,
+                    util::read_events(&mut ws, expected, Duration::from_secs(30)),
+                )
+            })
         })
         .collect();
     for p in producers {
@@ -63,7 +68,10 @@ fn concurrent_producers_never_mix_users_and_fan_out_to_every_connection() {
         *per_user_conns.entry(u).or_default() += 1;
         let mut next_n = [0u64; PRODUCERS];
         for (i, ev) in events.iter().enumerate() {
-            assert_eq!(ev["data"]["to"], u as u64, "user u{u} got another user's event: {ev}");
+            assert_eq!(
+                ev["data"]["to"], u as u64,
+                "user u{u} got another user's event: {ev}"
+            );
             assert_eq!(ev["seq"], i as u64 + 1, "gapless seq for u{u}");
             let p = ev["data"]["p"].as_u64().unwrap() as usize;
             assert_eq!(ev["data"]["n"], next_n[p], "per-producer order for u{u}");

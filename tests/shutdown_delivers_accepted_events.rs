@@ -15,9 +15,16 @@ use tungstenite::Message;
 #[test]
 fn shutdown_under_load_delivers_everything_accepted() {
     const USERS: usize = 6;
-    let gw = util::builder().shards(2).ring_capacity(1 << 16).build().unwrap();
+    let gw = util::builder()
+        .shards(2)
+        .ring_capacity(1 << 16)
+        .max_event_bytes(8192)
+        .build()
+        .unwrap();
     let addr = gw.local_addr();
-    let clients: Vec<_> = (0..USERS).map(|u| util::connect(addr, &util::token(&format!("s{u}")))).collect();
+    let clients: Vec<_> = (0..USERS)
+        .map(|u| util::connect(addr, &util::token(&format!("s{u}"))))
+        .collect();
     let readers: Vec<_> = clients
         .into_iter()
         .map(|mut ws| {
@@ -60,7 +67,11 @@ fn shutdown_under_load_delivers_everything_accepted() {
                         Ok(()) => accepted[u] += 1,
                         Err(EmitError::Full(_)) => std::thread::yield_now(),
                         Err(EmitError::Closed(ev)) => {
-                            assert_eq!(ev.data().unwrap()["i"], i, "the refused event is handed back");
+                            assert_eq!(
+                                ev.data().unwrap()["i"],
+                                i,
+                                "the refused event is handed back"
+                            );
                             // Every later emit is refused too.
                             assert!(matches!(em.emit(&user, ev), Err(EmitError::Closed(_))));
                             return accepted;
@@ -78,7 +89,10 @@ fn shutdown_under_load_delivers_everything_accepted() {
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);
     let report = gw.shutdown().unwrap();
-    assert_eq!(report.undelivered, 0, "every client read everything: {report:?}");
+    assert_eq!(
+        report.undelivered, 0,
+        "every client read everything: {report:?}"
+    );
     let mut accepted = [0u64; USERS];
     for p in producers {
         for (a, n) in accepted.iter_mut().zip(p.join().unwrap()) {
@@ -86,10 +100,21 @@ fn shutdown_under_load_delivers_everything_accepted() {
         }
     }
     let received: Vec<u64> = readers.into_iter().map(|r| r.join().unwrap()).collect();
-    assert_eq!(received.as_slice(), &accepted[..], "received == accepted per user");
+    assert_eq!(
+        received.as_slice(),
+        &accepted[..],
+        "received == accepted per user"
+    );
     assert!(accepted.iter().all(|&n| n > 0));
-    assert_eq!(report.metrics.stats.events_received, accepted.iter().sum::<u64>());
-    assert!(util::reactor_threads().is_empty(), "no reactor thread left: {:?}", util::reactor_threads());
+    assert_eq!(
+        report.metrics.stats.events_received,
+        accepted.iter().sum::<u64>()
+    );
+    assert!(
+        util::reactor_threads().is_empty(),
+        "no reactor thread left: {:?}",
+        util::reactor_threads()
+    );
 }
 
 #[test]
@@ -115,14 +140,23 @@ fn a_client_that_never_reads_is_reported_not_waited_on_forever() {
     let big = "x".repeat(30_000);
     let mut accepted = 0;
     for _ in 0..800 {
-        if em.emit("stuck", floodgate::Event::custom("big", &big)).is_ok() {
+        if em
+            .emit("stuck", floodgate::Event::custom("big", &big))
+            .is_ok()
+        {
             accepted += 1;
         }
     }
     let t = std::time::Instant::now();
     let report = gw.shutdown().unwrap();
-    assert!(t.elapsed() < Duration::from_secs(3), "shutdown is bounded by shutdown_timeout");
-    assert!(report.undelivered > 0, "unsent events are reported: {report:?}");
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "shutdown is bounded by shutdown_timeout"
+    );
+    assert!(
+        report.undelivered > 0,
+        "unsent events are reported: {report:?}"
+    );
     assert!(report.undelivered <= accepted);
     drop(ws);
 }

@@ -8,7 +8,11 @@ use tungstenite::Message;
 
 #[test]
 fn a_stalled_client_is_closed_and_others_keep_receiving() {
-    let gw = util::builder().shards(1).max_outbound_bytes(256 * 1024).build().unwrap();
+    let gw = util::builder()
+        .shards(1)
+        .max_outbound_bytes(256 * 1024)
+        .build()
+        .unwrap();
     let addr = gw.local_addr();
     let mut stalled = util::connect(addr, &util::token("slow"));
     let mut healthy = util::connect(addr, &util::token("fast"));
@@ -17,11 +21,17 @@ fn a_stalled_client_is_closed_and_others_keep_receiving() {
     let mut sent_fast = 0usize;
     // Emit until the server gives up on the stalled client (bounded: 20k events x 4 kB = 80 MB).
     for i in 0..20_000 {
-        while em.emit("slow", floodgate::Event::custom("bulk", &pad)).is_err() {
+        while em
+            .emit("slow", floodgate::Event::custom("bulk", &pad))
+            .is_err()
+        {
             std::thread::yield_now();
         }
         if i % 10 == 0 {
-            while em.emit("fast", floodgate::Event::custom("tick", &i)).is_err() {
+            while em
+                .emit("fast", floodgate::Event::custom("tick", &i))
+                .is_err()
+            {
                 std::thread::yield_now();
             }
             sent_fast += 1;
@@ -30,8 +40,15 @@ fn a_stalled_client_is_closed_and_others_keep_receiving() {
             break;
         }
     }
-    assert_eq!(gw.metrics().stats.closed_slow_consumer, 1, "the stalled client was closed");
-    assert!(gw.metrics().stats.events_dropped >= 1, "its dropped events are counted");
+    assert_eq!(
+        gw.metrics().stats.closed_slow_consumer,
+        1,
+        "the stalled client was closed"
+    );
+    assert!(
+        gw.metrics().stats.events_dropped >= 1,
+        "its dropped events are counted"
+    );
 
     // The healthy client got every one of its events.
     let got = util::read_events(&mut healthy, sent_fast, Duration::from_secs(10));
@@ -39,7 +56,10 @@ fn a_stalled_client_is_closed_and_others_keep_receiving() {
 
     // The stalled client, reading at last, finds its events then the 4008 close.
     let mut code = None;
-    stalled.get_ref().set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stalled
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     loop {
         match stalled.read() {
             Ok(Message::Close(f)) => {

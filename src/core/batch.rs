@@ -18,7 +18,9 @@ impl BatchPolicy {
     #[inline]
     pub(crate) fn due(&self, pending: usize, since: Instant, now: Instant, pass_end: bool) -> bool {
         pending >= self.max_events
-            || (pass_end && (self.max_delay.is_zero() || now.saturating_duration_since(since) >= self.max_delay))
+            || (pass_end
+                && (self.max_delay.is_zero()
+                    || now.saturating_duration_since(since) >= self.max_delay))
     }
 
     /// When a connection whose oldest pending frame was queued at `since` becomes due by age.
@@ -35,7 +37,10 @@ mod tests {
 
     #[test]
     fn zero_delay_flushes_at_every_pass_end() {
-        let p = BatchPolicy { max_events: 64, max_delay: Duration::ZERO };
+        let p = BatchPolicy {
+            max_events: 64,
+            max_delay: Duration::ZERO,
+        };
         let t0 = Instant::now();
         assert!(!p.due(1, t0, t0, false));
         assert!(p.due(1, t0, t0, true));
@@ -44,7 +49,10 @@ mod tests {
 
     #[test]
     fn delay_holds_frames_until_age_or_count() {
-        let p = BatchPolicy { max_events: 8, max_delay: 2 * MS };
+        let p = BatchPolicy {
+            max_events: 8,
+            max_delay: 2 * MS,
+        };
         let t0 = Instant::now();
         assert!(!p.due(3, t0, t0 + MS, true));
         assert!(p.due(3, t0, t0 + 2 * MS, true));

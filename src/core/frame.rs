@@ -57,10 +57,9 @@ pub(crate) fn count_text_frames(buf: &[u8]) -> u64 {
     while at + 2 <= buf.len() {
         let opcode = buf[at] & 0x0f;
         let (len, hdr) = match buf[at + 1] & 0x7f {
-            126 if at + 4 <= buf.len() => (
-                u16::from_be_bytes([buf[at + 2], buf[at + 3]]) as usize,
-                4,
-            ),
+            126 if at + 4 <= buf.len() => {
+                (u16::from_be_bytes([buf[at + 2], buf[at + 3]]) as usize, 4)
+            }
             127 if at + 10 <= buf.len() => (
                 u64::from_be_bytes(buf[at + 2..at + 10].try_into().expect("8 bytes")) as usize,
                 10,
@@ -100,7 +99,10 @@ mod tests {
             let mut cur = Cursor::new(&out[..]);
             let (hdr, len) = FrameHeader::parse(&mut cur).unwrap().unwrap();
             assert!(hdr.is_final);
-            assert_eq!(hdr.opcode, OpCode::Data(tungstenite::protocol::frame::coding::Data::Text));
+            assert_eq!(
+                hdr.opcode,
+                OpCode::Data(tungstenite::protocol::frame::coding::Data::Text)
+            );
             assert!(hdr.mask.is_none(), "server frames are unmasked");
             let start = cur.position() as usize;
             assert_eq!(start + len as usize, out.len(), "body_len {body_len}");

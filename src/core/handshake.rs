@@ -51,7 +51,9 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Option<Request>, HeadError> {
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => return Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
+            return Err(HeadError::TooLarge)
+        }
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(_) => return Err(HeadError::Malformed),
     };
@@ -91,7 +93,9 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Option<Request>, HeadError> {
         .flatten();
     let bearer = header("authorization").and_then(|v| {
         let (scheme, rest) = v.split_once(' ')?;
-        scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim().to_owned())
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| rest.trim().to_owned())
     });
     let query_token = query
         .split('&')
@@ -118,7 +122,13 @@ pub(crate) fn switching_protocols(key: &str) -> Vec<u8> {
 }
 
 /// A complete response that ends the connection.
-pub(crate) fn response(status: u16, reason: &str, extra_headers: &str, content_type: &str, body: &str) -> Vec<u8> {
+pub(crate) fn response(
+    status: u16,
+    reason: &str,
+    extra_headers: &str,
+    content_type: &str,
+    body: &str,
+) -> Vec<u8> {
     format!(
         "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
          Connection: close\r\n{extra_headers}\r\n{body}",
@@ -133,7 +143,13 @@ pub(crate) fn unauthorized(why: &str) -> Vec<u8> {
     let header = format!(
         "WWW-Authenticate: Bearer error=\"invalid_token\", error_description=\"{why}\"\r\n"
     );
-    response(401, "Unauthorized", &header, "text/plain", &format!("unauthorized: {why}\n"))
+    response(
+        401,
+        "Unauthorized",
+        &header,
+        "text/plain",
+        &format!("unauthorized: {why}\n"),
+    )
 }
 
 /// A plain-text error response.
@@ -160,7 +176,10 @@ mod tests {
 
     #[test]
     fn bearer_header_wins_over_query() {
-        let text = UPGRADE.replace("Host: x\r\n", "Host: x\r\nAuthorization: Bearer hdr.tok.en\r\n");
+        let text = UPGRADE.replace(
+            "Host: x\r\n",
+            "Host: x\r\nAuthorization: Bearer hdr.tok.en\r\n",
+        );
         let req = parse(text.as_bytes()).unwrap().unwrap();
         assert_eq!(req.token.as_deref(), Some("hdr.tok.en"));
     }
@@ -171,12 +190,17 @@ mod tests {
         let mut big = b"GET /ws HTTP/1.1\r\nX: ".to_vec();
         big.resize(MAX_HEAD_BYTES + 10, b'a');
         assert_eq!(parse(&big), Err(HeadError::TooLarge));
-        assert_eq!(parse(b"\x00\x01 nonsense\r\n\r\n"), Err(HeadError::Malformed));
+        assert_eq!(
+            parse(b"\x00\x01 nonsense\r\n\r\n"),
+            Err(HeadError::Malformed)
+        );
     }
 
     #[test]
     fn non_upgrades_and_wrong_versions_have_no_key() {
-        let req = parse(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap().unwrap();
+        let req = parse(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert_eq!(req.route, Route::Health);
         assert!(req.upgrade_key.is_none());
         let v8 = UPGRADE.replace("Version: 13", "Version: 8");

@@ -85,7 +85,9 @@ enum State {
     Open,
     /// We sent a close frame (or answered one); the socket is dropped when the client's close
     /// arrives and our buffer is flushed, or at the deadline.
-    Closing { deadline: Instant },
+    Closing {
+        deadline: Instant,
+    },
     /// Nothing more to do once the buffer is flushed.
     Finished,
 }
@@ -325,7 +327,13 @@ impl Core {
                 // Slow consumer: stop queueing, tell it why, and let it go.
                 self.stats.events_dropped += 1;
                 self.stats.closed_slow_consumer += 1;
-                close_conn(c, CLOSE_SLOW_CONSUMER, "slow consumer", now, self.cfg.close_timeout);
+                close_conn(
+                    c,
+                    CLOSE_SLOW_CONSUMER,
+                    "slow consumer",
+                    now,
+                    self.cfg.close_timeout,
+                );
                 if !c.urgent {
                     c.urgent = true;
                     self.urgent.push(id);
@@ -514,13 +522,22 @@ impl Core {
                 State::Open => match c.keepalive.poll(now) {
                     Liveness::Idle => continue,
                     Liveness::SendPing => {
-                        let mut io = Io { input: &[], out: &mut c.out };
+                        let mut io = Io {
+                            input: &[],
+                            out: &mut c.out,
+                        };
                         let _ = c.ws.write(&mut io, Message::Ping(Default::default()));
                         let _ = c.ws.flush(&mut io);
                     }
                     Liveness::TimedOut => {
                         self.stats.closed_pong_timeout += 1;
-                        close_conn(c, CLOSE_PONG_TIMEOUT, "pong timeout", now, self.cfg.close_timeout);
+                        close_conn(
+                            c,
+                            CLOSE_PONG_TIMEOUT,
+                            "pong timeout",
+                            now,
+                            self.cfg.close_timeout,
+                        );
                     }
                 },
                 State::Closing { deadline } if now >= deadline => {
@@ -585,13 +602,18 @@ impl Core {
 
 /// Queues a close frame with `code` and moves the connection to `Closing`.
 fn close_conn(c: &mut Conn, code: u16, reason: &str, now: Instant, timeout: Duration) {
-    let mut io = Io { input: &[], out: &mut c.out };
+    let mut io = Io {
+        input: &[],
+        out: &mut c.out,
+    };
     let frame = CloseFrame {
         code: CloseCode::from(code),
         reason: reason.to_owned().into(),
     };
     if c.ws.close(&mut io, Some(frame)).is_ok() {
-        c.state = State::Closing { deadline: now + timeout };
+        c.state = State::Closing {
+            deadline: now + timeout,
+        };
     } else {
         c.state = State::Finished;
     }

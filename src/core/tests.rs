@@ -68,12 +68,20 @@ fn routes_by_user_with_gapless_seq_to_every_connection() {
         let frames = take_out(&mut core, id);
         assert_eq!(
             frames,
-            [text("{\"seq\":1,\"i\":0}"), text("{\"seq\":2,\"i\":1}"), text("{\"seq\":3,\"i\":2}")]
+            [
+                text("{\"seq\":1,\"i\":0}"),
+                text("{\"seq\":2,\"i\":1}"),
+                text("{\"seq\":3,\"i\":2}")
+            ]
         );
     }
     assert_eq!(take_out(&mut core, b), vec![text("{\"seq\":1,\"i\":9}")]);
     assert_eq!(core.stats.events_no_listener, 1);
-    assert_eq!(core.last_seq(b"nobody"), 1, "seq advances even with nobody listening");
+    assert_eq!(
+        core.last_seq(b"nobody"),
+        1,
+        "seq advances even with nobody listening"
+    );
     assert_eq!(core.stats.events_delivered, 7);
 }
 
@@ -86,15 +94,26 @@ fn batches_wait_for_delay_or_count() {
     }));
     let id = open(&mut core, user("a"), t0);
     core.route(&record("a", "}"), t0, 0);
-    assert!(writable(&mut core, t0, true).is_empty(), "held by the delay");
+    assert!(
+        writable(&mut core, t0, true).is_empty(),
+        "held by the delay"
+    );
     assert_eq!(core.next_batch_deadline(), Some(t0 + 2 * MS));
     assert!(writable(&mut core, t0 + MS, true).is_empty());
-    assert_eq!(writable(&mut core, t0 + 2 * MS, true), vec![id], "due by age");
+    assert_eq!(
+        writable(&mut core, t0 + 2 * MS, true),
+        vec![id],
+        "due by age"
+    );
     take_out(&mut core, id);
     for _ in 0..4 {
         core.route(&record("a", "}"), t0 + 3 * MS, 0);
     }
-    assert_eq!(writable(&mut core, t0 + 3 * MS, false), vec![id], "due by count, even mid-pass");
+    assert_eq!(
+        writable(&mut core, t0 + 3 * MS, false),
+        vec![id],
+        "due by count, even mid-pass"
+    );
     assert_eq!(take_out(&mut core, id).len(), 4);
     assert_eq!(core.stats.batch_buckets.iter().sum::<u64>(), 2);
 }
@@ -134,7 +153,10 @@ fn slow_consumer_is_closed_with_4008_and_memory_is_capped() {
     for _ in 0..10 {
         core.route(&record("a", &body), t0, 0);
     }
-    assert!(core.conn(id).out().len() < 2200 + 64, "buffer stays under the cap plus a close frame");
+    assert!(
+        core.conn(id).out().len() < 2200 + 64,
+        "buffer stays under the cap plus a close frame"
+    );
     assert_eq!(core.stats.closed_slow_consumer, 1);
     assert_eq!(core.stats.events_dropped, 9 - 1);
     let frames = take_out(&mut core, id);
@@ -170,7 +192,10 @@ fn keepalive_pings_then_closes_silent_connections() {
     let frames = take_out(&mut core, quiet);
     assert_eq!(frames[0].0, Kind::Close);
     assert_eq!(&frames[0].1[..2], &CLOSE_PONG_TIMEOUT.to_be_bytes());
-    assert!(take_out(&mut core, talky).is_empty(), "the answering connection is left alone");
+    assert!(
+        take_out(&mut core, talky).is_empty(),
+        "the answering connection is left alone"
+    );
 }
 
 #[test]
@@ -204,8 +229,13 @@ fn protocol_errors_close_with_the_right_code() {
 fn echo_connections_echo_and_answer_pings() {
     let t0 = Instant::now();
     let mut core = Core::new(cfg(|_| {}));
-    let id = core.adopt(ConnKind::Echo, b"HTTP/1.1 101 ...\r\n\r\n", b"", t0).unwrap();
-    assert!(core.conn(id).out().starts_with(b"HTTP/1.1 101"), "the 101 goes first");
+    let id = core
+        .adopt(ConnKind::Echo, b"HTTP/1.1 101 ...\r\n\r\n", b"", t0)
+        .unwrap();
+    assert!(
+        core.conn(id).out().starts_with(b"HTTP/1.1 101"),
+        "the 101 goes first"
+    );
     core.on_written(id, core.conn(id).out().len());
     let mut input = client_frame(Kind::Text, b"hello");
     input.extend(client_frame(Kind::Ping, b"p"));
@@ -223,7 +253,10 @@ fn per_user_connection_limit() {
     let mut core = Core::new(cfg(|c| c.max_connections_per_user = 2));
     core.adopt(user("a"), b"", b"", t0).unwrap();
     core.adopt(user("a"), b"", b"", t0).unwrap();
-    assert_eq!(core.adopt(user("a"), b"", b"", t0), Err(AdoptError::UserLimit));
+    assert_eq!(
+        core.adopt(user("a"), b"", b"", t0),
+        Err(AdoptError::UserLimit)
+    );
     core.adopt(user("b"), b"", b"", t0).unwrap();
 }
 
@@ -236,8 +269,16 @@ fn offline_users_are_bounded() {
     for i in 0..100 {
         core.route(&record(&format!("off{i}"), "}"), t0, 0);
     }
-    assert!(core.users.len() <= 11, "at most 10 offline users kept ({})", core.users.len());
-    assert_eq!(core.last_seq(b"online"), 1, "online users are never evicted");
+    assert!(
+        core.users.len() <= 11,
+        "at most 10 offline users kept ({})",
+        core.users.len()
+    );
+    assert_eq!(
+        core.last_seq(b"online"),
+        1,
+        "online users are never evicted"
+    );
 }
 
 #[test]

@@ -14,26 +14,39 @@ use tungstenite::{Message, WebSocket};
 
 pub const SECRET: &[u8] = b"test-secret-test-secret-test-secret!";
 
-/// A builder with the test secret, an ephemeral port and fast timers.
+/// A builder with the test secret, an ephemeral port and a short close timeout (test clients
+/// often stop reading before the server's close frame arrives).
 pub fn builder() -> floodgate::GatewayBuilder {
     floodgate::Gateway::builder()
         .bind("127.0.0.1:0")
         .jwt_hs256_secret(SECRET)
         .shards(2)
+        .close_timeout(std::time::Duration::from_millis(500))
 }
 
 pub fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// Signs arbitrary claims with HS256 and `secret`.
 pub fn sign(claims: &Value, secret: &[u8]) -> String {
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret)).unwrap()
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .unwrap()
 }
 
 /// A valid token for `user`.
 pub fn token(user: &str) -> String {
-    sign(&serde_json::json!({"sub": user, "exp": now_secs() + 3600}), SECRET)
+    sign(
+        &serde_json::json!({"sub": user, "exp": now_secs() + 3600}),
+        SECRET,
+    )
 }
 
 pub type Client = WebSocket<TcpStream>;
@@ -44,17 +57,26 @@ pub fn connect(addr: SocketAddr, token: &str) -> Client {
 }
 
 /// Connects to `path` (query included), with an optional bearer token.
-pub fn try_connect(addr: SocketAddr, path: &str, token: Option<&str>) -> Result<Client, tungstenite::Error> {
+pub fn try_connect(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> Result<Client, tungstenite::Error> {
     let mut req = format!("ws://{addr}{path}").into_client_request().unwrap();
     if let Some(t) = token {
-        req.headers_mut().insert("Authorization", format!("Bearer {t}").parse().unwrap());
+        req.headers_mut()
+            .insert("Authorization", format!("Bearer {t}").parse().unwrap());
     }
     let stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     match tungstenite::client::client(req, stream) {
         Ok((ws, _resp)) => Ok(ws),
         Err(tungstenite::HandshakeError::Failure(e)) => Err(e),
-        Err(tungstenite::HandshakeError::Interrupted(_)) => panic!("blocking handshake interrupted"),
+        Err(tungstenite::HandshakeError::Interrupted(_)) => {
+            panic!("blocking handshake interrupted")
+        }
     }
 }
 
@@ -63,7 +85,11 @@ pub fn read_events(ws: &mut Client, n: usize, timeout: Duration) -> Vec<Value> {
     let deadline = Instant::now() + timeout;
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
-        assert!(Instant::now() < deadline, "timed out with {} of {n} events", out.len());
+        assert!(
+            Instant::now() < deadline,
+            "timed out with {} of {n} events",
+            out.len()
+        );
         match ws.read() {
             Ok(Message::Text(t)) => out.push(serde_json::from_str(&t).expect("frame is JSON")),
             Ok(_) => {}

@@ -192,7 +192,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, crate::Error> {
     // Connect every client before any event is emitted (a client that saw its 101 receives
     // every event emitted after it).
     let mut clients = Vec::with_capacity(opts.connections);
-    for i in 0..opts.connections {
+    for (i, &expect) in expected.iter().enumerate() {
         let token = crate::auth::mint_hs256(&secret, &format!("u{i}"), Duration::from_secs(3600))?;
         let (stream, early) = client::connect(
             addr,
@@ -206,7 +206,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, crate::Error> {
             i as u32,
             TcpStream::from_std(stream),
             early,
-            expected[i],
+            expect,
             opts.producers,
         ));
     }

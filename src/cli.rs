@@ -26,7 +26,7 @@ enum Command {
     /// Settings come from built-in defaults, then --config FILE (TOML, keys as below with `_`),
     /// then FLOODGATE_* environment variables, then flags. With no JWT key configured, a dev
     /// secret is generated, saved for `floodgate token`, and printed.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Mint a development JWT (HS256) for a user.
     Token(TokenArgs),
     /// Benchmark an embedded gateway with real WebSocket clients over loopback, verifying that
@@ -106,7 +106,7 @@ pub fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .try_init();
     let result = match cli.command {
-        Command::Serve(a) => serve(a),
+        Command::Serve(a) => serve(*a),
         Command::Token(a) => token(a),
         Command::Bench(a) => run_bench(a),
     };

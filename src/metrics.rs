@@ -321,15 +321,19 @@ mod tests {
     #[test]
     fn publish_and_sum_across_shards() {
         let reg = Registry::new(2);
-        let mut a = Stats::default();
-        a.events_received = 3;
-        a.frames_written = 10;
+        let mut a = Stats {
+            events_received: 3,
+            frames_written: 10,
+            ..Default::default()
+        };
         a.record_batch(10);
         a.record_latency_ns(30_000);
         reg.shards[0].publish(&a);
-        let mut b = Stats::default();
-        b.events_received = 4;
-        b.frames_written = 2;
+        let mut b = Stats {
+            events_received: 4,
+            frames_written: 2,
+            ..Default::default()
+        };
         b.record_batch(2);
         reg.shards[1].publish(&b);
         let snap = reg.snapshot();

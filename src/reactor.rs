@@ -43,10 +43,11 @@ const HANDSHAKE_BASE: usize = 1 << 40;
 
 /// Lets emitters wake a parked reactor without a syscall per event.
 ///
-/// The reactor sets `sleeping`, then checks every ring, then polls. An emitter publishes its
-/// record, then checks `sleeping` and, only if set, clears it and wakes the poller. With all four
-/// accesses SeqCst (the ring's `head` store and `has_pending` load included) one of the two sees
-/// the other: no lost wake-up. Loom checks this protocol (`ring::loom_tests`).
+/// The reactor stores `sleeping = true`, issues a SeqCst fence, then checks every ring, then
+/// polls. An emitter publishes its record (`Producer::push` ends with a SeqCst fence), then loads
+/// `sleeping` and, only if set, clears it and wakes the poller. The two fences order the two
+/// store-then-load pairs, so at least one side sees the other: no lost wake-up. Loom checks this
+/// protocol (`ring::loom_tests::loom_no_lost_wakeup`).
 pub(crate) struct Parker {
     sleeping: CachePadded<AtomicBool>,
     waker: Waker,
@@ -56,9 +57,10 @@ impl Parker {
     /// Called by an emitter after publishing a record.
     #[inline]
     pub(crate) fn unpark(&self) {
-        // SeqCst: see the type docs. The load first keeps the common case (reactor awake) to a
-        // read of a shared cache line.
-        if self.sleeping.load(Ordering::SeqCst) && self.sleeping.swap(false, Ordering::SeqCst) {
+        // Relaxed: ordered after the record's publication by the fence that ends
+        // `Producer::push` (see the type docs). The load first keeps the common case (reactor
+        // awake) to a read of a shared cache line.
+        if self.sleeping.load(Ordering::Relaxed) && self.sleeping.swap(false, Ordering::Relaxed) {
             let _ = self.waker.wake();
         }
     }
@@ -236,9 +238,10 @@ impl Shard {
             if has_work(&self) {
                 timeout = Duration::ZERO;
             } else {
-                // Park protocol (see `Parker`): announce, re-check, then sleep.
-                // SeqCst: pairs with the emitter's publish-then-check in `Parker::unpark`.
-                self.parker().sleeping.store(true, Ordering::SeqCst);
+                // Park protocol (see `Parker`): announce, fence, re-check, then sleep.
+                // Relaxed store + SeqCst fence: mirrors the emitter's publish, fence, check.
+                self.parker().sleeping.store(true, Ordering::Relaxed);
+                std::sync::atomic::fence(Ordering::SeqCst);
                 parked = true;
                 if has_work(&self) {
                     timeout = Duration::ZERO;
@@ -251,8 +254,9 @@ impl Shard {
                 }
             }
             if parked {
-                // SeqCst: see above.
-                self.parker().sleeping.store(false, Ordering::SeqCst);
+                // Relaxed: only an optimisation (spares emitters a wake); a stale `true` costs
+                // one spurious wake-up.
+                self.parker().sleeping.store(false, Ordering::Relaxed);
             }
             let now = Instant::now();
             let now_ns = unix_ns();

@@ -426,7 +426,8 @@ impl Core {
         }
         // Pongs and close replies may still sit in tungstenite's own buffer.
         let _ = c.ws.flush(&mut io);
-        if c.out.len() != before && !c.urgent {
+        // Something to write, or a finished close handshake: the reactor must look at it now.
+        if (c.out.len() != before || c.state == State::Finished) && !c.urgent {
             c.urgent = true;
             self.urgent.push(id);
         }

@@ -293,3 +293,28 @@ fn shutdown_close_goes_after_queued_events() {
     assert_eq!(frames[1].0, Kind::Close);
     assert_eq!(&frames[1].1[..2], &1001u16.to_be_bytes());
 }
+
+#[test]
+fn server_close_completes_when_the_client_answers() {
+    let t0 = Instant::now();
+    let mut core = Core::new(cfg(|_| {}));
+    let id = open(&mut core, user("a"), t0);
+    core.close_all(CLOSE_GOING_AWAY, "bye", t0);
+    writable(&mut core, t0, false);
+    assert_eq!(take_out(&mut core, id)[0].0, Kind::Close);
+    assert!(!core.conn(id).is_done(), "waits for the client's close");
+    core.on_input(
+        id,
+        &client_frame(Kind::Close, &1001u16.to_be_bytes()),
+        t0 + MS,
+    );
+    assert_eq!(
+        writable(&mut core, t0 + MS, false),
+        vec![id],
+        "the reactor is told to look"
+    );
+    assert!(
+        core.conn(id).is_done(),
+        "then drops the socket at once, not at the deadline"
+    );
+}

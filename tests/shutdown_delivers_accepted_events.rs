@@ -1,6 +1,6 @@
 //! Shutdown under load: every event `emit` accepted is delivered before the close (1001), none
-//! is lost silently, later emits get `Closed` with the event handed back, and no reactor thread
-//! is left running.
+//! is lost silently, and later emits get `Closed` with the event handed back. (That no reactor
+//! thread is left running is checked in `shutdown_leaves_no_thread.rs`, alone in its process.)
 mod util;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -109,11 +109,6 @@ fn shutdown_under_load_delivers_everything_accepted() {
     assert_eq!(
         report.metrics.stats.events_received,
         accepted.iter().sum::<u64>()
-    );
-    assert!(
-        util::reactor_threads().is_empty(),
-        "no reactor thread left: {:?}",
-        util::reactor_threads()
     );
 }
 

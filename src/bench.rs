@@ -35,6 +35,8 @@ pub struct BenchOptions {
     pub client_threads: usize,
     pub max_batch_events: usize,
     pub max_batch_delay: Duration,
+    /// Bytes of each emitter-to-shard ring.
+    pub ring_capacity: usize,
     /// Give up when no event arrives for this long.
     pub stall_timeout: Duration,
     pub progress: bool,
@@ -52,6 +54,7 @@ impl Default for BenchOptions {
             client_threads: 1,
             max_batch_events: 1024,
             max_batch_delay: Duration::ZERO,
+            ring_capacity: 1 << 20,
             stall_timeout: Duration::from_secs(10),
             progress: true,
         }
@@ -179,6 +182,8 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, crate::Error> {
         .shards(opts.shards)
         .max_batch_events(opts.max_batch_events)
         .max_batch_delay(opts.max_batch_delay)
+        .ring_capacity(opts.ring_capacity)
+        .max_event_bytes((opts.ring_capacity / 4 - 512).min(64 << 10))
         .max_connections_per_user(4)
         .build()?;
     let addr = gw.local_addr();

@@ -89,6 +89,9 @@ struct BenchArgs {
     /// The gateway's max_batch_delay (e.g. 0, 500us, 2ms).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     max_batch_delay: Duration,
+    /// The gateway's ring_capacity (bytes per emitter and shard, a power of two).
+    #[arg(long, default_value_t = 1 << 20)]
+    ring_capacity: usize,
     /// Print one JSON line instead of the text report.
     #[arg(long)]
     json: bool,
@@ -249,6 +252,7 @@ fn run_bench(a: BenchArgs) -> Result<ExitCode, Error> {
         client_threads: a.client_threads,
         max_batch_events: a.max_batch_events,
         max_batch_delay: a.max_batch_delay,
+        ring_capacity: a.ring_capacity,
         progress: !a.json,
         ..BenchOptions::default()
     };

@@ -1,0 +1,37 @@
+"""Summarises perf-record's JSON lines as a markdown table (median, min, max per config)."""
+import json
+import statistics
+import sys
+
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+configs = []
+for r in rows:
+    if r["config"] not in configs:
+        configs.append(r["config"])
+
+
+def fmt(vals, scale=1.0, digits=0):
+    vals = [v * scale for v in vals]
+    med = statistics.median(vals)
+    return f"{med:,.{digits}f} ({min(vals):,.{digits}f} to {max(vals):,.{digits}f})"
+
+
+print("| flags | runs | events/s | frames/write | p50 us | p99 us | p99.9 us | lost | misrouted | CPU s: reactor / producers / clients |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+for c in configs:
+    reps = [r["report"] for r in rows if r["config"] == c and r["report"]]
+    if not reps:
+        print(f"| `{c}` | 0 | failed | | | | | | | |")
+        continue
+    lat = lambda k: [x["latency_us"][k] for x in reps]
+    cpu = " / ".join(
+        f"{statistics.median([x[k] for x in reps]):.2f}"
+        for k in ("reactor_cpu_seconds", "producer_cpu_seconds", "client_cpu_seconds")
+    )
+    print(
+        f"| `{c}` | {len(reps)} | {fmt([x['events_per_sec'] for x in reps])} "
+        f"| {fmt([x['frames_per_write'] for x in reps], digits=1)} | {fmt(lat('p50'))} | {fmt(lat('p99'))} "
+        f"| {fmt(lat('p999'))} | {sum(x['lost'] for x in reps)} | {sum(x['misrouted'] for x in reps)} | {cpu} |"
+    )
+print()
+print("Values: median (min to max) over the runs; lost and misrouted are totals over all runs.")

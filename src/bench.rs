@@ -534,7 +534,7 @@ fn client_loop(
     let mut last_rx_ns = 0;
     let mut sample = 0u32;
     let mut scratch = Vec::new();
-    let scanner = Scanner::new();
+    let scanner = Scanner;
     let mut ready: Vec<usize> = (0..conns.len()).collect(); // early bytes may hold frames
     while remaining > 0 {
         if ready.is_empty() {
@@ -654,11 +654,10 @@ fn uint(b: &[u8]) -> Option<(u64, usize)> {
     (n > 0).then_some((v, n))
 }
 
-/// The fields the client checks, located with finders built once per client thread.
-struct Scanner {
-    ts: memchr::memmem::Finder<'static>,
-    data: memchr::memmem::Finder<'static>,
-}
+/// Reads the fields the client checks, walking the frame in the order the server writes it:
+/// `{"seq":N,"type":"T","ts":N,"run_id":"R","data":{"to":N,"p":N,"n":N[,"sched":N],...}}`.
+/// Type names and run ids in the bench contain no escapes, so a string ends at the next quote.
+struct Scanner;
 
 /// What the scanner read from one frame.
 struct Fields {
@@ -670,25 +669,21 @@ struct Fields {
     sched: Option<u64>,
 }
 
-impl Scanner {
-    fn new() -> Self {
-        Scanner {
-            ts: memchr::memmem::Finder::new(b",\"ts\":"),
-            data: memchr::memmem::Finder::new(b",\"data\":{\"to\":"),
-        }
-    }
+/// Skips a JSON string whose opening quote was already consumed; returns what follows it.
+fn after_string(b: &[u8]) -> Option<&[u8]> {
+    memchr::memchr(b'"', b).map(|i| &b[i + 1..])
+}
 
-    /// Reads `seq`, `ts` and the bench data members; `None` if the frame does not have them in
-    /// the bench's layout.
+impl Scanner {
+    /// `None` if the frame does not have the bench's layout.
     fn scan(&self, f: &[u8]) -> Option<Fields> {
         let rest = f.strip_prefix(b"{\"seq\":")?;
         let (seq, k) = uint(rest)?;
-        let rest = &rest[k..];
-        let at = self.ts.find(rest)? + 6;
-        let (ts, _) = uint(&rest[at..])?;
-        let rest = &rest[at..];
-        let at = self.data.find(rest)? + 14;
-        let rest = &rest[at..];
+        let rest = after_string(rest[k..].strip_prefix(b",\"type\":\"")?)?;
+        let rest = rest.strip_prefix(b",\"ts\":")?;
+        let (ts, k) = uint(rest)?;
+        let rest = after_string(rest[k..].strip_prefix(b",\"run_id\":\"")?)?;
+        let rest = rest.strip_prefix(b",\"data\":{\"to\":")?;
         let (to, k) = uint(rest)?;
         let rest = rest[k..].strip_prefix(b",\"p\":")?;
         let (p, k) = uint(rest)?;

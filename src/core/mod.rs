@@ -452,6 +452,8 @@ impl Core {
             self.dirty.retain(|&id| match conns.get_mut(id) {
                 Some(c) if c.blocked => true,
                 Some(c) if policy.due(c.pending, c.pending_since, now, true) => {
+                    // Leaves the list here, so `on_written` has nothing to search for.
+                    c.dirty = false;
                     out.push(id);
                     false
                 }
@@ -477,7 +479,8 @@ impl Core {
             self.stats.record_batch(c.pending as u64);
             c.pending = 0;
             if c.dirty {
-                // Written ahead of its batch deadline (urgent or writable): no longer dirty.
+                // Written ahead of its batch deadline (a full batch, a control frame, or a
+                // writable socket): take it off the batch list. Rare, so a linear search is fine.
                 c.dirty = false;
                 self.dirty.retain(|&d| d != id);
             }

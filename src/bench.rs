@@ -233,10 +233,10 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, crate::Error> {
         .into_iter()
         .enumerate()
         .map(|(t, share)| {
-            let (received, stop) = (received.clone(), stop.clone());
+            let received = received.clone();
             std::thread::Builder::new()
                 .name(format!("bench-client-{t}"))
-                .spawn(move || client_loop(share, &received, &stop, stall))
+                .spawn(move || client_loop(share, &received, stall))
         })
         .collect::<Result<_, _>>()?;
 
@@ -515,12 +515,7 @@ struct ClientResult {
     cpu: f64,
 }
 
-fn client_loop(
-    mut conns: Vec<ClientConn>,
-    received: &AtomicU64,
-    _stop: &AtomicBool,
-    stall: Duration,
-) -> ClientResult {
+fn client_loop(mut conns: Vec<ClientConn>, received: &AtomicU64, stall: Duration) -> ClientResult {
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds");
     let mut poll = Poll::new().expect("poll");
     for (i, c) in conns.iter_mut().enumerate() {

@@ -28,7 +28,6 @@ pub(crate) struct Shared {
 /// it does the same, ignoring the report).
 pub struct Gateway {
     shared: Arc<Shared>,
-    common: Arc<Common>,
     threads: Vec<JoinHandle<ShardReport>>,
     local_addr: SocketAddr,
 }
@@ -100,7 +99,6 @@ impl Gateway {
             }
         }
         report.metrics = self.metrics();
-        let _ = &self.common;
         match panic {
             Some(msg) => Err(Error::ReactorPanicked(msg)),
             None => Ok(report),
@@ -355,7 +353,6 @@ impl GatewayBuilder {
         });
         Ok(Gateway {
             shared,
-            common,
             threads,
             local_addr,
         })

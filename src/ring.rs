@@ -375,10 +375,10 @@ mod storage_std {
                 at <= self.len && len <= self.len - at,
                 "ring read out of bounds"
             );
-            // SAFETY: in bounds (checked above), initialised (zeroed at construction, then only
-            // written with bytes), and by the ring's index protocol not written by the producer
-            // until the consumer releases it, which happens after `f` returns: the slice does not
-            // outlive this call.
+            // The bytes are initialised (zeroed at construction, then only overwritten), and the
+            // producer leaves them alone until the consumer releases them after `f` returns.
+            // SAFETY: in bounds (checked above), initialised and not written concurrently (see
+            // above); the slice does not outlive this call.
             let slice = unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(at), len) };
             f(slice)
         }

@@ -18,8 +18,8 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use crate::auth::Verifier;
-use crate::core::handshake::{self, HeadError, Route};
+use crate::auth::{AuthError, Verifier};
+use crate::core::handshake::{self, Decision, Refusal};
 use crate::core::{ConnId, ConnKind, Core, CoreConfig, CLOSE_GOING_AWAY};
 use crate::emitter::{shard_of, unix_ns};
 use crate::metrics::Registry;
@@ -170,8 +170,6 @@ pub(crate) struct Shard {
     read_buf: Box<[u8]>,
     /// Connections to read again next pass (read budget ran out).
     reread: Vec<ConnId>,
-    /// Connections that reported WRITABLE this pass.
-    writable: Vec<ConnId>,
     /// Connections whose socket failed or hit EOF.
     dead: Vec<ConnId>,
     scratch: Vec<ConnId>,
@@ -206,7 +204,6 @@ impl Shard {
             handshakes: Slab::new(),
             read_buf: vec![0u8; 64 * 1024].into_boxed_slice(),
             reread: Vec::new(),
-            writable: Vec::new(),
             dead: Vec::new(),
             scratch: Vec::new(),
             report: ShardReport::default(),
@@ -275,7 +272,6 @@ impl Shard {
                         }
                         if ev.is_writable() {
                             self.core.on_writable(id);
-                            self.writable.push(id);
                         }
                     }
                 }
@@ -290,16 +286,7 @@ impl Shard {
             }
             self.drain_rings(now, now_ns);
 
-            let mut due = std::mem::take(&mut self.scratch);
-            self.core.take_writable(now, true, &mut due);
-            due.append(&mut self.writable);
-            due.sort_unstable();
-            due.dedup();
-            for &id in &due {
-                self.flush(id);
-            }
-            due.clear();
-            self.scratch = due;
+            self.write_due(now, true);
 
             if now >= next_tick {
                 next_tick = now + TICK;
@@ -313,13 +300,7 @@ impl Shard {
                     }
                 }
                 // Timers may have queued pings or closes.
-                let mut due = std::mem::take(&mut self.scratch);
-                self.core.take_writable(now, false, &mut due);
-                for &id in &due {
-                    self.flush(id);
-                }
-                due.clear();
-                self.scratch = due;
+                self.write_due(now, false);
             }
             self.reap();
             self.common.registry.shards[self.index].publish(&self.core.stats);
@@ -333,7 +314,6 @@ impl Shard {
     }
 
     fn drain_rings(&mut self, now: Instant, now_ns: u64) {
-        let mut due = std::mem::take(&mut self.scratch);
         for i in 0..self.rings.len() {
             let mut taken = 0;
             while taken < DRAIN_BUDGET {
@@ -341,18 +321,24 @@ impl Shard {
                 let n = self.rings[i].drain(DRAIN_CHUNK, |rec| core.route(rec, now, now_ns));
                 taken += n;
                 // Connections whose batch filled up are written between chunks.
-                self.core.take_writable(now, false, &mut due);
-                for &id in &due {
-                    self.flush(id);
-                }
-                due.clear();
+                self.write_due(now, false);
                 if n < DRAIN_CHUNK {
                     break;
                 }
             }
         }
-        self.scratch = due;
         self.rings.retain(|r| !r.is_finished());
+    }
+
+    /// Writes every connection the core says is due now (`pass_end`: the rings are drained).
+    fn write_due(&mut self, now: Instant, pass_end: bool) {
+        let mut due = std::mem::take(&mut self.scratch);
+        self.core.take_writable(now, pass_end, &mut due);
+        for &id in &due {
+            self.flush(id);
+        }
+        due.clear();
+        self.scratch = due;
     }
 
     fn command(&mut self, cmd: Cmd, now: Instant, now_ns: u64) {
@@ -450,20 +436,7 @@ impl Shard {
                     match handshake::parse(&hs.buf) {
                         Ok(Some(req)) => break Ok(req),
                         Ok(None) => continue,
-                        Err(HeadError::TooLarge) => {
-                            break Err(Some(handshake::error(
-                                431,
-                                "Request Header Fields Too Large",
-                                "request head too large\n",
-                            )))
-                        }
-                        Err(HeadError::Malformed) => {
-                            break Err(Some(handshake::error(
-                                400,
-                                "Bad Request",
-                                "malformed request\n",
-                            )))
-                        }
+                        Err(e) => break Err(Some(handshake::head_error(e))),
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -483,96 +456,38 @@ impl Shard {
                 return;
             }
         };
-        let early = hs.buf[req.head_len..].to_vec();
-        let reject = |stream: &mut TcpStream, resp: Vec<u8>| {
-            let _ = stream.write(&resp);
-        };
-        if !req.is_get {
-            self.core.stats.rejected_bad_request += 1;
-            return reject(
-                &mut hs.stream,
-                handshake::response(
-                    405,
-                    "Method Not Allowed",
-                    "Allow: GET\r\n",
-                    "text/plain",
-                    "only GET\n",
-                ),
-            );
-        }
-        let kind = match req.route {
-            Route::Health => {
-                return reject(
-                    &mut hs.stream,
-                    handshake::response(200, "OK", "", "text/plain", "ok\n"),
-                )
-            }
-            Route::Metrics => {
+        let verifier = &self.common.verifier;
+        let decision = handshake::decide(&req, self.cfg.echo, |token| {
+            verifier.verify(token).map_err(AuthError::as_str)
+        });
+        let (kind, response) = match decision {
+            Decision::Upgrade { kind, response } => (kind, response),
+            Decision::Metrics => {
                 let body = self.common.registry.snapshot().to_prometheus();
-                return reject(
-                    &mut hs.stream,
-                    handshake::response(200, "OK", "", "text/plain; version=0.0.4", &body),
-                );
+                let resp = handshake::response(200, "OK", "", "text/plain; version=0.0.4", &body);
+                let _ = hs.stream.write(&resp);
+                return;
             }
-            Route::NotFound => {
-                self.core.stats.rejected_bad_request += 1;
-                return reject(
-                    &mut hs.stream,
-                    handshake::error(404, "Not Found", "not found\n"),
-                );
-            }
-            Route::Echo if !self.cfg.echo => {
-                self.core.stats.rejected_bad_request += 1;
-                return reject(
-                    &mut hs.stream,
-                    handshake::error(404, "Not Found", "echo endpoint disabled\n"),
-                );
-            }
-            Route::Echo => ConnKind::Echo,
-            Route::Events => ConnKind::User(Box::default()),
-        };
-        let Some(ws_key) = req.upgrade_key.as_deref() else {
-            self.core.stats.rejected_bad_request += 1;
-            let resp = if req.bad_version {
-                handshake::response(
-                    426,
-                    "Upgrade Required",
-                    "Sec-WebSocket-Version: 13\r\n",
-                    "text/plain",
-                    "WebSocket version 13 only\n",
-                )
-            } else {
-                handshake::response(
-                    426,
-                    "Upgrade Required",
-                    "Upgrade: websocket\r\nConnection: Upgrade\r\n",
-                    "text/plain",
-                    "WebSocket upgrade required\n",
-                )
-            };
-            return reject(&mut hs.stream, resp);
-        };
-        let kind = match kind {
-            ConnKind::Echo => ConnKind::Echo,
-            ConnKind::User(_) => match self.common.verifier.verify(req.token.as_deref()) {
-                Ok(user) => ConnKind::User(user),
-                Err(why) => {
-                    self.core.stats.rejected_auth += 1;
-                    return reject(&mut hs.stream, handshake::unauthorized(why.as_str()));
+            Decision::Respond { response, refused } => {
+                match refused {
+                    Some(Refusal::Auth) => self.core.stats.rejected_auth += 1,
+                    Some(Refusal::BadRequest) => self.core.stats.rejected_bad_request += 1,
+                    None => {}
                 }
-            },
+                let _ = hs.stream.write(&response);
+                return;
+            }
         };
         // Relaxed: a limit, not a synchronisation point; a brief overshoot by concurrent shards
         // is corrected by the check itself.
         if self.common.open.fetch_add(1, Ordering::Relaxed) >= self.cfg.max_connections {
             self.common.open.fetch_sub(1, Ordering::Relaxed);
             self.core.stats.rejected_limit += 1;
-            return reject(
-                &mut hs.stream,
-                handshake::error(503, "Service Unavailable", "connection limit reached\n"),
-            );
+            let resp = handshake::error(503, "Service Unavailable", "connection limit reached\n");
+            let _ = hs.stream.write(&resp);
+            return;
         }
-        let response = handshake::switching_protocols(ws_key);
+        let early = hs.buf[req.head_len..].to_vec();
         let home = match &kind {
             ConnKind::User(user) => shard_of(user, self.common.peers.len()),
             ConnKind::Echo => self.index,

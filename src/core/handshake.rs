@@ -1,5 +1,8 @@
-//! The HTTP/1.1 side of a connection, before any upgrade: parsing the request head and building
-//! responses. Pure functions over bytes; the reactor owns the socket.
+//! The HTTP/1.1 side of a connection, before any upgrade: parsing the request head, deciding
+//! what to answer, and building responses. Pure functions over bytes; the reactor owns the
+//! socket and only carries out the [`Decision`].
+
+use super::ConnKind;
 
 /// The largest request head accepted; past it the client gets 431.
 pub(crate) const MAX_HEAD_BYTES: usize = 8 * 1024;
@@ -111,6 +114,117 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Option<Request>, HeadError> {
     }))
 }
 
+/// Why a request was refused, for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// Malformed, wrong method or path, not an upgrade, or too slow.
+    BadRequest,
+    /// Missing or invalid token.
+    Auth,
+}
+
+/// What to do with a complete request head.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// Send this response and close; count it under `refused` if set.
+    Respond {
+        response: Vec<u8>,
+        refused: Option<Refusal>,
+    },
+    /// Send the Prometheus metrics (rendered by the caller, which can see every shard) and close.
+    Metrics,
+    /// Upgrade: a connection of `kind`, answered with `response` (the 101).
+    Upgrade { kind: ConnKind, response: Vec<u8> },
+}
+
+/// Decides the answer to `req`. `echo` says whether `/echo` is enabled; `verify` checks a token
+/// and returns its user id or a reason safe to show the client.
+pub(crate) fn decide(
+    req: &Request,
+    echo: bool,
+    verify: impl FnOnce(Option<&str>) -> Result<Box<[u8]>, &'static str>,
+) -> Decision {
+    let refuse = |response, refused| Decision::Respond {
+        response,
+        refused: Some(refused),
+    };
+    if !req.is_get {
+        let resp = response(
+            405,
+            "Method Not Allowed",
+            "Allow: GET\r\n",
+            "text/plain",
+            "only GET\n",
+        );
+        return refuse(resp, Refusal::BadRequest);
+    }
+    match req.route {
+        Route::Health => {
+            return Decision::Respond {
+                response: response(200, "OK", "", "text/plain", "ok\n"),
+                refused: None,
+            }
+        }
+        Route::Metrics => return Decision::Metrics,
+        Route::NotFound => {
+            return refuse(error(404, "Not Found", "not found\n"), Refusal::BadRequest)
+        }
+        Route::Echo if !echo => {
+            return refuse(
+                error(404, "Not Found", "echo endpoint disabled\n"),
+                Refusal::BadRequest,
+            )
+        }
+        Route::Echo | Route::Events => {}
+    }
+    let Some(key) = req.upgrade_key.as_deref() else {
+        let resp = if req.bad_version {
+            let hdr = "Sec-WebSocket-Version: 13\r\n";
+            response(
+                426,
+                "Upgrade Required",
+                hdr,
+                "text/plain",
+                "WebSocket version 13 only\n",
+            )
+        } else {
+            let hdr = "Upgrade: websocket\r\nConnection: Upgrade\r\n";
+            response(
+                426,
+                "Upgrade Required",
+                hdr,
+                "text/plain",
+                "WebSocket upgrade required\n",
+            )
+        };
+        return refuse(resp, Refusal::BadRequest);
+    };
+    let kind = if req.route == Route::Echo {
+        ConnKind::Echo
+    } else {
+        match verify(req.token.as_deref()) {
+            Ok(user) => ConnKind::User(user),
+            Err(why) => return refuse(unauthorized(why), Refusal::Auth),
+        }
+    };
+    Decision::Upgrade {
+        kind,
+        response: switching_protocols(key),
+    }
+}
+
+/// The response to a request head that could not be parsed.
+pub(crate) fn head_error(e: HeadError) -> Vec<u8> {
+    match e {
+        HeadError::TooLarge => error(
+            431,
+            "Request Header Fields Too Large",
+            "request head too large\n",
+        ),
+        HeadError::Malformed => error(400, "Bad Request", "malformed request\n"),
+    }
+}
+
 /// `101 Switching Protocols` for a valid upgrade request with `key`.
 pub(crate) fn switching_protocols(key: &str) -> Vec<u8> {
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
@@ -207,6 +321,65 @@ mod tests {
         let req = parse(v8.as_bytes()).unwrap().unwrap();
         assert!(req.upgrade_key.is_none());
         assert!(req.bad_version);
+    }
+
+    fn decide_text(raw: &str, echo: bool) -> (String, Option<Refusal>) {
+        let req = parse(raw.as_bytes()).unwrap().unwrap();
+        let verify = |t: Option<&str>| match t {
+            Some("good") => Ok(Box::<[u8]>::from(&b"alice"[..])),
+            Some(_) => Err("bad signature"),
+            None => Err("missing token"),
+        };
+        match decide(&req, echo, verify) {
+            Decision::Respond { response, refused } => {
+                (String::from_utf8(response).unwrap(), refused)
+            }
+            Decision::Metrics => ("metrics".into(), None),
+            Decision::Upgrade { kind, response } => {
+                assert!(response.starts_with(b"HTTP/1.1 101"));
+                (format!("upgrade {kind:?}"), None)
+            }
+        }
+    }
+
+    #[test]
+    fn decisions_for_each_route() {
+        let up = |path: &str, extra: &str| {
+            UPGRADE
+                .replace("/ws?token=abc.def.ghi", path)
+                .replace("Host: x\r\n", &format!("Host: x\r\n{extra}"))
+        };
+        let (r, _) = decide_text(&up("/ws", "Authorization: Bearer good\r\n"), false);
+        assert_eq!(
+            r,
+            format!("upgrade {:?}", ConnKind::User(Box::from(&b"alice"[..])))
+        );
+        let (r, why) = decide_text(&up("/ws", "Authorization: Bearer forged\r\n"), false);
+        assert!(
+            r.starts_with("HTTP/1.1 401") && r.contains("bad signature"),
+            "{r}"
+        );
+        assert_eq!(why, Some(Refusal::Auth));
+        let (r, why) = decide_text(&up("/ws", ""), false);
+        assert!(r.contains("missing token") && why == Some(Refusal::Auth));
+        assert!(decide_text(&up("/echo", ""), false)
+            .0
+            .starts_with("HTTP/1.1 404"));
+        assert_eq!(decide_text(&up("/echo", ""), true).0, "upgrade Echo");
+        assert_eq!(
+            decide_text("GET /metrics HTTP/1.1\r\n\r\n", false).0,
+            "metrics"
+        );
+        assert_eq!(decide_text("GET /healthz HTTP/1.1\r\n\r\n", false).1, None);
+        assert!(decide_text("GET /ws HTTP/1.1\r\n\r\n", false)
+            .0
+            .starts_with("HTTP/1.1 426"));
+        assert!(decide_text("POST /ws HTTP/1.1\r\n\r\n", false)
+            .0
+            .starts_with("HTTP/1.1 405"));
+        assert!(decide_text("GET /x HTTP/1.1\r\n\r\n", false)
+            .0
+            .starts_with("HTTP/1.1 404"));
     }
 
     #[test]

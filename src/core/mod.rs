@@ -217,15 +217,6 @@ impl Core {
         }
     }
 
-    /// Lists `id` for writing at the next opportunity, regardless of batching.
-    fn mark_urgent(&mut self, id: ConnId) {
-        let c = &mut self.conns[id];
-        if !c.urgent {
-            c.urgent = true;
-            self.urgent.push(id);
-        }
-    }
-
     /// Number of open connections.
     pub(crate) fn connection_count(&self) -> usize {
         self.conns.len()
@@ -288,7 +279,7 @@ impl Core {
         }
         self.stats.connections_accepted += 1;
         self.stats.connections_open = self.conns.len() as u64;
-        self.mark_urgent(id);
+        list_urgent(&mut self.urgent, &mut self.conns[id], id);
         if !early.is_empty() {
             self.on_input(id, early, now);
         }
@@ -334,10 +325,7 @@ impl Core {
                     now,
                     self.cfg.close_timeout,
                 );
-                if !c.urgent {
-                    c.urgent = true;
-                    self.urgent.push(id);
-                }
+                list_urgent(&mut self.urgent, c, id);
                 continue;
             }
             frame::append_event(&mut c.out, &prefix[..n], rec.body);
@@ -348,9 +336,8 @@ impl Core {
                 c.pending_since = now;
                 self.dirty.push(id);
             }
-            if c.pending == self.cfg.batch.max_events && !c.urgent {
-                c.urgent = true;
-                self.urgent.push(id);
+            if c.pending == self.cfg.batch.max_events {
+                list_urgent(&mut self.urgent, c, id);
             }
         }
     }
@@ -427,9 +414,8 @@ impl Core {
         // Pongs and close replies may still sit in tungstenite's own buffer.
         let _ = c.ws.flush(&mut io);
         // Something to write, or a finished close handshake: the reactor must look at it now.
-        if (c.out.len() != before || c.state == State::Finished) && !c.urgent {
-            c.urgent = true;
-            self.urgent.push(id);
+        if c.out.len() != before || c.state == State::Finished {
+            list_urgent(&mut self.urgent, c, id);
         }
     }
 
@@ -511,10 +497,11 @@ impl Core {
         self.conns[id].blocked = true;
     }
 
-    /// The socket of `id` reported writable again.
+    /// The socket of `id` reported writable again: it is listed for writing whatever it holds.
     pub(crate) fn on_writable(&mut self, id: ConnId) {
         if let Some(c) = self.conns.get_mut(id) {
             c.blocked = false;
+            list_urgent(&mut self.urgent, c, id);
         }
     }
 
@@ -553,10 +540,7 @@ impl Core {
                 }
                 _ => continue,
             }
-            if !c.urgent {
-                c.urgent = true;
-                self.urgent.push(id);
-            }
+            list_urgent(&mut self.urgent, c, id);
         }
     }
 
@@ -578,10 +562,7 @@ impl Core {
             if c.state == State::Open {
                 close_conn(c, code, reason, now, timeout);
             }
-            if !c.urgent {
-                c.urgent = true;
-                self.urgent.push(id);
-            }
+            list_urgent(&mut self.urgent, c, id);
         }
     }
 
@@ -601,6 +582,14 @@ impl Core {
         }
         self.stats.connections_open = self.conns.len() as u64;
         unsent
+    }
+}
+
+/// Lists `c` (whose id is `id`) in `urgent` unless it already is.
+fn list_urgent(urgent: &mut Vec<ConnId>, c: &mut Conn, id: ConnId) {
+    if !c.urgent {
+        c.urgent = true;
+        urgent.push(id);
     }
 }
 

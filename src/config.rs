@@ -212,6 +212,36 @@ impl Config {
     }
 }
 
+/// Calls macro `$m` with the names of every [`Settings`] field that maps one-to-one onto a
+/// [`Config`] field of the same name and type (all but `bind` and the JWT keys). The one list
+/// keeps `Settings::overlay` and `GatewayBuilder::settings` from drifting apart.
+macro_rules! with_plain_settings {
+    ($m:ident) => {
+        $m!(
+            jwt_leeway,
+            shards,
+            ring_capacity,
+            max_event_bytes,
+            max_batch_events,
+            max_batch_delay,
+            max_outbound_bytes,
+            max_connections,
+            max_connections_per_user,
+            max_frame_size,
+            max_message_size,
+            read_buffer_size,
+            handshake_timeout,
+            ping_interval,
+            pong_timeout,
+            close_timeout,
+            shutdown_timeout,
+            echo,
+            max_offline_users
+        )
+    };
+}
+pub(crate) use with_plain_settings;
+
 /// A partial configuration: one layer of settings as read from a TOML file, `FLOODGATE_*`
 /// environment variables or `floodgate serve` flags. Unset fields leave the value below alone.
 /// Apply with [`GatewayBuilder::settings`](crate::GatewayBuilder::settings).
@@ -334,27 +364,9 @@ impl Settings {
             bind,
             jwt_hs256_secret,
             jwt_rs256_public_key,
-            jwt_es256_public_key,
-            jwt_leeway,
-            shards,
-            ring_capacity,
-            max_event_bytes,
-            max_batch_events,
-            max_batch_delay,
-            max_outbound_bytes,
-            max_connections,
-            max_connections_per_user,
-            max_frame_size,
-            max_message_size,
-            read_buffer_size,
-            handshake_timeout,
-            ping_interval,
-            pong_timeout,
-            close_timeout,
-            shutdown_timeout,
-            echo,
-            max_offline_users
+            jwt_es256_public_key
         );
+        with_plain_settings!(take);
         self
     }
 

@@ -249,27 +249,7 @@ impl GatewayBuilder {
         macro_rules! apply {
             ($($f:ident),*) => { $( if let Some(v) = s.$f { self.cfg.$f = v; } )* };
         }
-        apply!(
-            jwt_leeway,
-            shards,
-            ring_capacity,
-            max_event_bytes,
-            max_batch_events,
-            max_batch_delay,
-            max_outbound_bytes,
-            max_connections,
-            max_connections_per_user,
-            max_frame_size,
-            max_message_size,
-            read_buffer_size,
-            handshake_timeout,
-            ping_interval,
-            pong_timeout,
-            close_timeout,
-            shutdown_timeout,
-            echo,
-            max_offline_users
-        );
+        crate::config::with_plain_settings!(apply);
         self
     }
 

@@ -318,3 +318,29 @@ fn server_close_completes_when_the_client_answers() {
         "then drops the socket at once, not at the deadline"
     );
 }
+
+#[test]
+fn oversized_messages_close_with_1009() {
+    let t0 = Instant::now();
+    let mut core = Core::new(cfg(|c| {
+        c.max_frame_size = 200;
+        c.max_message_size = 200;
+    }));
+    let id = open(&mut core, ConnKind::Echo, t0);
+    core.on_input(id, &client_frame(Kind::Text, &[b'a'; 300]), t0);
+    let frames = take_out(&mut core, id);
+    assert_eq!(frames[0].0, Kind::Close);
+    assert_eq!(&frames[0].1[..2], &1009u16.to_be_bytes());
+}
+
+#[test]
+fn a_connection_due_twice_in_a_pass_is_written_once() {
+    let t0 = Instant::now();
+    let mut core = Core::new(cfg(|c| c.max_batch_events = 2));
+    let id = open(&mut core, user("a"), t0);
+    // Two events fill the batch (urgent) and the pass end makes it due as well.
+    core.route(&record("a", "}"), t0, 0);
+    core.route(&record("a", "}"), t0, 0);
+    core.on_input(id, &client_frame(Kind::Ping, b""), t0);
+    assert_eq!(writable(&mut core, t0, true), vec![id]);
+}

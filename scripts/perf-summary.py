@@ -16,14 +16,19 @@ def fmt(vals, scale=1.0, digits=0):
     return f"{med:,.{digits}f} ({min(vals):,.{digits}f} to {max(vals):,.{digits}f})"
 
 
-print("| flags | runs | events/s | frames/write | p50 us | p99 us | p99.9 us | lost | misrouted | CPU s: reactor / producers / clients |")
-print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+print("| flags | runs | events/s | frames/write | p50 us | p99 us | p99.9 us | generator lag p99 us | lost | misrouted | CPU s: reactor / producers / clients |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 for c in configs:
     reps = [r["report"] for r in rows if r["config"] == c and r["report"]]
     if not reps:
-        print(f"| `{c}` | 0 | failed | | | | | | | |")
+        print(f"| `{c}` | 0 | failed | | | | | | | | |")
         continue
     lat = lambda k: [x["latency_us"][k] for x in reps]
+    lag = lambda reps: (
+        fmt([x["schedule_lag_us"]["p99"] for x in reps])
+        if all(x.get("schedule_lag_us") for x in reps)
+        else "-"
+    )
     cpu = " / ".join(
         f"{statistics.median([x[k] for x in reps]):.2f}"
         for k in ("reactor_cpu_seconds", "producer_cpu_seconds", "client_cpu_seconds")
@@ -31,7 +36,9 @@ for c in configs:
     print(
         f"| `{c}` | {len(reps)} | {fmt([x['events_per_sec'] for x in reps])} "
         f"| {fmt([x['frames_per_write'] for x in reps], digits=1)} | {fmt(lat('p50'))} | {fmt(lat('p99'))} "
-        f"| {fmt(lat('p999'))} | {sum(x['lost'] for x in reps)} | {sum(x['misrouted'] for x in reps)} | {cpu} |"
+        f"| {fmt(lat('p999'))} | {lag(reps)} | {sum(x['lost'] for x in reps)} | {sum(x['misrouted'] for x in reps)} | {cpu} |"
     )
 print()
 print("Values: median (min to max) over the runs; lost and misrouted are totals over all runs.")
+print("Generator lag: how late the open-loop generator sent events against its schedule; it is")
+print("included in the latency, which counts from the schedule (`-` without `--rate`).")

@@ -61,6 +61,11 @@ struct TokenArgs {
 
 #[derive(Args, Debug)]
 struct BenchArgs {
+    /// What the clients connect to: `floodgate` (an embedded gateway) or `raw-tcp` (no gateway:
+    /// each producer writes each event's frame to its user's socket itself, one write per
+    /// event; the floor to compare a gateway run with, measured in the same session).
+    #[arg(long, value_enum, default_value_t = bench::ServerKind::Floodgate)]
+    server: bench::ServerKind,
     /// WebSocket clients, one user each.
     #[arg(long, default_value_t = 64)]
     connections: usize,
@@ -243,6 +248,7 @@ fn token(a: TokenArgs) -> Result<ExitCode, Error> {
 
 fn run_bench(a: BenchArgs) -> Result<ExitCode, Error> {
     let opts = BenchOptions {
+        server: a.server,
         connections: a.connections,
         events: a.events,
         producers: a.producers,

@@ -113,31 +113,47 @@ pub(crate) struct FrameReader {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// Bytes offered to each read, and the step the buffer grows by.
+    chunk: usize,
 }
 
 impl FrameReader {
-    pub(crate) fn new(initial: Vec<u8>) -> Self {
+    /// A reader that starts with the bytes `initial` (read past the handshake) and reads up to
+    /// `chunk` bytes at a time. The buffer is allocated and zero-filled here, so its pages are
+    /// touched before any measurement, not on the first event.
+    pub(crate) fn new(initial: Vec<u8>, chunk: usize) -> Self {
+        let chunk = chunk.max(1024);
+        let mut buf = initial;
+        let end = buf.len();
+        buf.resize(end + chunk, 0);
         FrameReader {
-            end: initial.len(),
-            buf: initial,
+            buf,
             start: 0,
+            end,
+            chunk,
         }
     }
 
-    /// Reads once from `src` into the buffer. Returns the bytes read (0 = EOF).
-    pub(crate) fn fill(&mut self, src: &mut impl Read) -> io::Result<usize> {
+    /// Reads once from `src` into the buffer. Returns the bytes read (0 = EOF) and whether the
+    /// read was short (filled less than the space offered). On a stream socket a short read
+    /// means the receive queue was empty when it returned, so under edge-triggered polling
+    /// the caller may wait for the next readiness event instead of reading again to see
+    /// `WouldBlock` (epoll(7), "Level-triggered and edge-triggered").
+    pub(crate) fn fill(&mut self, src: &mut impl Read) -> io::Result<(usize, bool)> {
         if self.start > 0 && self.start * 2 >= self.end {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
         }
-        if self.buf.len() - self.end < 32 * 1024 {
-            // Grows (zero-filled once); steady state reuses the same bytes without clearing.
-            self.buf.resize(self.buf.len() + 64 * 1024, 0);
+        if self.buf.len() - self.end < self.chunk / 2 {
+            // Grows (zero-filled once) only while a frame larger than the buffer is pending;
+            // steady state reuses the same bytes without clearing.
+            self.buf.resize(self.buf.len() + self.chunk, 0);
         }
+        let space = self.buf.len() - self.end;
         let n = src.read(&mut self.buf[self.end..])?;
         self.end += n;
-        Ok(n)
+        Ok((n, n < space))
     }
 
     /// Calls `f` for every complete frame buffered. A masked or malformed server frame is an
@@ -220,7 +236,7 @@ mod tests {
         bytes.extend_from_slice(&p[..n]);
         bytes.extend_from_slice(b"\"a\"");
         bytes.extend_from_slice(&[0x89, 0x00]);
-        let mut r = FrameReader::new(Vec::new());
+        let mut r = FrameReader::new(Vec::new(), 1024);
         let mut seen = Vec::new();
         for piece in bytes.chunks(3) {
             r.fill(&mut &piece[..]).unwrap();

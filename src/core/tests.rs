@@ -26,7 +26,7 @@ fn user(u: &str) -> ConnKind {
 fn take_out(core: &mut Core, id: ConnId) -> Vec<(Kind, Vec<u8>)> {
     let bytes = core.conn(id).out().to_vec();
     core.on_written(id, bytes.len());
-    let mut r = FrameReader::new(bytes);
+    let mut r = FrameReader::new(bytes, 1024);
     let mut out = Vec::new();
     r.frames(|k, p| out.push((k, p.to_vec()))).unwrap();
     out

@@ -7,6 +7,11 @@
 //! checks every frame: gapless `seq` from 1, `to` equal to its own user, `n` increasing by one
 //! per producer, and latency from `sched` (open loop, so coordinated omission is corrected) or
 //! from `ts`. Every 64th frame is also fully parsed with simd-json and cross-checked.
+//!
+//! `--server raw-tcp` swaps the gateway for [`raw`]: the floor that writes each event to its
+//! socket from the producer's thread, with everything else unchanged.
+
+mod raw;
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,9 +27,29 @@ use crate::client::{self, FrameReader, Kind};
 use crate::emitter::unix_ns;
 use crate::{EmitError, Event, EventType, Gateway};
 
+/// Which server the clients connect to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ServerKind {
+    /// An embedded floodgate gateway.
+    Floodgate,
+    /// No gateway: each producer writes each event's frame to its user's socket itself, one
+    /// write per event (the floor for a server that writes events as they are emitted).
+    RawTcp,
+}
+
+impl ServerKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            ServerKind::Floodgate => "floodgate",
+            ServerKind::RawTcp => "raw-tcp",
+        }
+    }
+}
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
+    pub server: ServerKind,
     pub connections: usize,
     pub events: u64,
     pub producers: usize,
@@ -45,6 +70,7 @@ pub struct BenchOptions {
 impl Default for BenchOptions {
     fn default() -> Self {
         BenchOptions {
+            server: ServerKind::Floodgate,
             connections: 64,
             events: 2_000_000,
             producers: 1,
@@ -74,6 +100,8 @@ pub struct Latency {
 /// The result. Field names are a stable interface (`--json`): later versions add, never rename.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
+    /// `floodgate` or `raw-tcp` (see [`ServerKind`]).
+    pub server: &'static str,
     pub events_per_sec: f64,
     pub mb_per_sec: f64,
     pub events: u64,
@@ -86,6 +114,10 @@ pub struct BenchReport {
     pub latency_us: Latency,
     /// Whether latency is measured from the scheduled send time (open loop) or the emit time.
     pub latency_from: &'static str,
+    /// With `--rate`: how late events left the generator against their schedule. This lag is
+    /// part of `latency_us` (which counts from the schedule); it is reported apart so a slow
+    /// generator is never mistaken for a slow server. `null` without `--rate`.
+    pub schedule_lag_us: Option<Latency>,
     pub elapsed_sec: f64,
     pub cpu_seconds: f64,
     pub reactor_cpu_seconds: f64,
@@ -113,13 +145,14 @@ impl BenchReport {
     /// The human-readable summary.
     pub fn to_text(&self) -> String {
         let l = &self.latency_us;
-        format!(
-            "floodgate bench: {} events to {} connections, {} producer(s), {} shard(s), rate {}\n\
+        let mut out = format!(
+            "floodgate bench ({}): {} events to {} connections, {} producer(s), {} shard(s), rate {}\n\
              delivered      {:>12.0} events/s   {:.1} MB/s   ({} events in {:.3} s)\n\
              latency (us)   p50 {:.0}  p90 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}   (from {} time)\n\
              correctness    lost {}  misrouted {}  out-of-order {}  duplicates {}\n\
              batching       {:.1} frames per write syscall ({} writes)\n\
              cpu            {:.2} s process: reactor {:.2}, producers {:.2}, clients {:.2}; {} reactor passes; ring-full retries {}\n",
+            self.server,
             self.events,
             self.connections,
             self.producers,
@@ -147,7 +180,14 @@ impl BenchReport {
             self.client_cpu_seconds,
             self.reactor_passes,
             self.ring_full_retries,
-        )
+        );
+        if let Some(g) = &self.schedule_lag_us {
+            out.push_str(&format!(
+                "generator lag  p50 {:.0}  p99 {:.0}  max {:.0} us behind schedule (included in latency)\n",
+                g.p50, g.p99, g.max
+            ));
+        }
+        out
     }
 }
 
@@ -176,17 +216,25 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, crate::Error> {
     validate(opts)?;
     let mut secret = [0u8; 32];
     getrandom::fill(&mut secret).map_err(|e| crate::Error::Io(io::Error::other(e)))?;
-    let gw = Gateway::builder()
-        .bind("127.0.0.1:0")
-        .jwt_hs256_secret(secret)
-        .shards(opts.shards)
-        .max_batch_events(opts.max_batch_events)
-        .max_batch_delay(opts.max_batch_delay)
-        .ring_capacity(opts.ring_capacity)
-        .max_event_bytes((opts.ring_capacity / 4 - 512).min(64 << 10))
-        .max_connections_per_user(4)
-        .build()?;
-    let addr = gw.local_addr();
+    let mut server = match opts.server {
+        ServerKind::Floodgate => Server::Gateway(
+            Gateway::builder()
+                .bind("127.0.0.1:0")
+                .jwt_hs256_secret(secret)
+                .shards(opts.shards)
+                .max_batch_events(opts.max_batch_events)
+                .max_batch_delay(opts.max_batch_delay)
+                .ring_capacity(opts.ring_capacity)
+                .max_event_bytes((opts.ring_capacity / 4 - 512).min(64 << 10))
+                .max_connections_per_user(4)
+                .build()?,
+        ),
+        ServerKind::RawTcp => Server::Raw(raw::RawServer::start(opts.connections, &secret)?),
+    };
+    let addr = match &server {
+        Server::Gateway(gw) => gw.local_addr(),
+        Server::Raw(raw) => raw.local_addr(),
+    };
 
     // Expected events per user.
     let c = opts.connections as u64;
@@ -197,6 +245,9 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, crate::Error> {
     // Connect every client before any event is emitted (a client that saw its 101 receives
     // every event emitted after it).
     let mut clients = Vec::with_capacity(opts.connections);
+    // Each client's read buffer: 64 KiB reads, less when there are many clients (64 MiB in all
+    // at most, 16 KiB each at least).
+    let read_chunk = ((64usize << 20) / opts.connections).clamp(16 << 10, 64 << 10);
     for (i, &expect) in expected.iter().enumerate() {
         let token = crate::auth::mint_hs256(&secret, &format!("u{i}"), Duration::from_secs(3600))?;
         let (stream, early) = client::connect(
@@ -210,10 +261,14 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, crate::Error> {
         clients.push(ClientConn::new(
             i as u32,
             TcpStream::from_std(stream),
-            early,
+            (early, read_chunk),
             expect,
             opts.producers,
         ));
+    }
+
+    if let Server::Raw(raw) = &mut server {
+        raw.wait_accepted()?;
     }
 
     let received = Arc::new(AtomicU64::new(0));
@@ -246,11 +301,14 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, crate::Error> {
     let full_retries = Arc::new(AtomicU64::new(0));
     let producer_handles: Vec<_> = (0..opts.producers)
         .map(|p| {
-            let mut em = gw.emitter();
+            let mut sink = match &server {
+                Server::Gateway(gw) => Sink::Emitter(gw.emitter()),
+                Server::Raw(raw) => Sink::Raw(raw.sink()),
+            };
             let (opts, stop, full_retries) = (opts.clone(), stop.clone(), full_retries.clone());
             std::thread::Builder::new()
                 .name(format!("bench-producer-{p}"))
-                .spawn(move || produce(&mut em, p, &opts, t0, &stop, &full_retries))
+                .spawn(move || produce(&mut sink, p, &opts, t0, &stop, &full_retries))
         })
         .collect::<Result<_, _>>()?;
 
@@ -287,18 +345,32 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, crate::Error> {
     }
     stop.store(true, Ordering::Relaxed);
     let mut producer_cpu = 0.0;
+    let mut lag = new_histogram();
     for h in producer_handles {
-        producer_cpu += h
+        let (cpu, h) = h
             .join()
             .map_err(|_| crate::Error::ReactorPanicked("bench producer panicked".into()))?;
+        producer_cpu += cpu;
+        lag.add(&h).expect("same bounds");
     }
     // Producer and client threads have exited; their CPU was sampled by themselves.
     let cpu = process_cpu_seconds() - cpu0;
     let reactor_cpu = reactor_cpu_seconds() - reactor_cpu0;
-    let metrics = gw.metrics();
-    gw.shutdown()?;
+    let (passes, write_syscalls, frames_written, write_blocked, write_partial) = match server {
+        Server::Gateway(gw) => {
+            let s = gw.metrics().stats;
+            gw.shutdown()?;
+            let r = (s.passes, s.write_syscalls, s.frames_written);
+            (r.0, r.1, r.2, s.write_blocked, s.write_partial)
+        }
+        Server::Raw(raw) => {
+            raw.close();
+            let w = raw.writes();
+            (0, w, w, 0, 0)
+        }
+    };
 
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds");
+    let mut hist = new_histogram();
     let (mut got, mut misrouted, mut order_errors, mut duplicates, mut bytes, mut lost) =
         (0, 0, 0, 0, 0, 0);
     let mut last_rx_ns = 0;
@@ -319,8 +391,18 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, crate::Error> {
     } else {
         t0.elapsed().as_secs_f64()
     };
-    let q = |p: f64| hist.value_at_quantile(p) as f64 / 1e3;
+    let percentiles = |h: &Histogram<u64>| {
+        let q = |p: f64| h.value_at_quantile(p) as f64 / 1e3;
+        Latency {
+            p50: q(0.5),
+            p90: q(0.9),
+            p99: q(0.99),
+            p999: q(0.999),
+            max: h.max() as f64 / 1e3,
+        }
+    };
     Ok(BenchReport {
+        server: opts.server.as_str(),
         events_per_sec: got as f64 / elapsed.max(1e-9),
         mb_per_sec: bytes as f64 / 1e6 / elapsed.max(1e-9),
         events: opts.events,
@@ -329,34 +411,29 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, crate::Error> {
         misrouted,
         order_errors,
         duplicates,
-        frames_per_write: if metrics.stats.write_syscalls == 0 {
+        frames_per_write: if write_syscalls == 0 {
             0.0
         } else {
-            metrics.stats.frames_written as f64 / metrics.stats.write_syscalls as f64
+            frames_written as f64 / write_syscalls as f64
         },
-        latency_us: Latency {
-            p50: q(0.5),
-            p90: q(0.9),
-            p99: q(0.99),
-            p999: q(0.999),
-            max: hist.max() as f64 / 1e3,
-        },
+        latency_us: percentiles(&hist),
+        schedule_lag_us: (opts.rate > 0).then(|| percentiles(&lag)),
         latency_from: if opts.rate > 0 { "scheduled" } else { "emit" },
         elapsed_sec: elapsed,
         cpu_seconds: cpu,
         reactor_cpu_seconds: reactor_cpu,
         producer_cpu_seconds: producer_cpu,
         client_cpu_seconds: client_cpu,
-        reactor_passes: metrics.stats.passes,
+        reactor_passes: passes,
         connections: opts.connections,
         producers: opts.producers,
         shards: opts.shards,
         rate: opts.rate,
         payload_bytes: opts.payload_bytes,
         ring_full_retries: full_retries.load(Ordering::Relaxed),
-        write_syscalls: metrics.stats.write_syscalls,
-        write_blocked: metrics.stats.write_blocked,
-        write_partial: metrics.stats.write_partial,
+        write_syscalls,
+        write_blocked,
+        write_partial,
         bytes_received: bytes,
     })
 }
@@ -382,15 +459,48 @@ fn validate(o: &BenchOptions) -> Result<(), crate::Error> {
     Ok(())
 }
 
-/// Emits this producer's share; returns its CPU seconds.
+/// The server side of a run.
+enum Server {
+    Gateway(Gateway),
+    Raw(raw::RawServer),
+}
+
+/// Where a producer sends its events.
+enum Sink {
+    Emitter(crate::Emitter),
+    Raw(raw::RawSink),
+}
+
+impl Sink {
+    /// Sends one event; `Ok(false)` means the ring was full and the caller should retry.
+    fn send(&mut self, user: usize, name: &str, ev: Event<'_, Payload<'_>>) -> bool {
+        match self {
+            Sink::Emitter(em) => match em.emit(name, ev) {
+                Ok(()) => true,
+                Err(EmitError::Full(_)) => false,
+                Err(e) => panic!("bench emit failed: {e}"),
+            },
+            Sink::Raw(raw) => {
+                if let Err(e) = raw.send(user, ev) {
+                    panic!("bench raw write failed: {e}");
+                }
+                true
+            }
+        }
+    }
+}
+
+/// Emits this producer's share; returns its CPU seconds and, with `--rate`, how late each
+/// event left the generator against its schedule (nanoseconds).
 fn produce(
-    em: &mut crate::Emitter,
+    sink: &mut Sink,
     p: usize,
     o: &BenchOptions,
     t0: Instant,
     stop: &AtomicBool,
     full: &AtomicU64,
-) -> f64 {
+) -> (f64, Histogram<u64>) {
+    let mut lag = new_histogram();
     let users = o.connections as u64;
     let producers = o.producers as u64;
     let mut per_user = vec![0u64; o.connections];
@@ -420,7 +530,9 @@ fn produce(
                 // generator's own lateness is charged to the result, never hidden.
                 std::thread::sleep((due - now).max(Duration::from_micros(100)));
             }
-            Some(unix_ns() - Instant::now().saturating_duration_since(due).as_nanos() as u64)
+            let late = Instant::now().saturating_duration_since(due).as_nanos() as u64;
+            lag.saturating_record(late.max(1));
+            Some(unix_ns() - late)
         } else {
             None
         };
@@ -433,27 +545,21 @@ fn produce(
         };
         let ev = Event::with(TYPES[(k % 5) as usize], &run_ids[user], &data);
         let backoff = crossbeam_utils::Backoff::new();
-        loop {
-            match em.emit(&users_str[user], ev) {
-                Ok(()) => break,
-                Err(EmitError::Full(_)) => {
-                    full.fetch_add(1, Ordering::Relaxed);
-                    if stop.load(Ordering::Relaxed) {
-                        return thread_cpu_now();
-                    }
-                    if backoff.is_completed() {
-                        std::thread::sleep(Duration::from_micros(50));
-                    } else {
-                        backoff.snooze();
-                    }
-                }
-                Err(e) => panic!("bench emit failed: {e}"),
+        while !sink.send(user, &users_str[user], ev) {
+            full.fetch_add(1, Ordering::Relaxed);
+            if stop.load(Ordering::Relaxed) {
+                return (thread_cpu_now(), lag);
+            }
+            if backoff.is_completed() {
+                std::thread::sleep(Duration::from_micros(50));
+            } else {
+                backoff.snooze();
             }
         }
         j += 1;
         k += producers;
     }
-    thread_cpu_now()
+    (thread_cpu_now(), lag)
 }
 
 struct ClientConn {
@@ -477,10 +583,17 @@ struct Verify {
 }
 
 impl ClientConn {
-    fn new(user: u32, stream: TcpStream, early: Vec<u8>, expected: u64, producers: usize) -> Self {
+    fn new(
+        user: u32,
+        stream: TcpStream,
+        early: (Vec<u8>, usize),
+        expected: u64,
+        producers: usize,
+    ) -> Self {
+        let (early, read_chunk) = early;
         ClientConn {
             stream,
-            reader: FrameReader::new(early),
+            reader: FrameReader::new(early, read_chunk),
             v: Verify {
                 user,
                 expected,
@@ -516,7 +629,7 @@ struct ClientResult {
 }
 
 fn client_loop(mut conns: Vec<ClientConn>, received: &AtomicU64, stall: Duration) -> ClientResult {
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds");
+    let mut hist = new_histogram();
     let mut poll = Poll::new().expect("poll");
     for (i, c) in conns.iter_mut().enumerate() {
         poll.registry()
@@ -557,13 +670,13 @@ fn client_loop(mut conns: Vec<ClientConn>, received: &AtomicU64, stall: Duration
                 continue;
             }
             loop {
-                let n = match reader.fill(stream) {
-                    Ok(0) => {
+                let drained = match reader.fill(stream) {
+                    Ok((0, _)) => {
                         c.closed = true;
                         break;
                     }
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                    Ok((_, short)) => short,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(_) => {
                         c.closed = true;
@@ -601,7 +714,7 @@ fn client_loop(mut conns: Vec<ClientConn>, received: &AtomicU64, stall: Duration
                     last_rx_ns = now_ns;
                     last_progress = Instant::now();
                 }
-                if n == 0 || c.done() {
+                if drained || c.done() {
                     break;
                 }
             }
@@ -763,6 +876,11 @@ fn full_parse_agrees(payload: &[u8], seq: u64, user: u32, scratch: &mut Vec<u8>)
 }
 
 /// CPU seconds used so far by the calling thread.
+/// A histogram of nanoseconds from 1 ns to 60 s at 3 significant digits.
+fn new_histogram() -> Histogram<u64> {
+    Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds")
+}
+
 fn thread_cpu_now() -> f64 {
     let mut ts = libc::timespec {
         tv_sec: 0,

@@ -1,7 +1,7 @@
 //! Routing and batching in the sans-IO core: assign seq, build the frame, queue it on each of the
 //! user's connections, and flush at the end of a pass.
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use floodgate::__bench::{record, RouteBench};
+use floodgate::__bench::{record, ReplayBench, RouteBench};
 
 fn route(c: &mut Criterion) {
     let mut g = c.benchmark_group("route");
@@ -32,5 +32,19 @@ fn route(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, route);
+/// A reconnecting client that missed 100k events: history to the connection's buffer, framed
+/// and "written" (the socket itself is not part of this measurement).
+fn replay(c: &mut Criterion) {
+    let mut g = c.benchmark_group("replay");
+    let body = br#""type":"agent_thinking","ts":1763700000000000000,"run_id":"run-0017","data":{"to":17,"p":0,"n":1,"text":"xxxxxxxxxxxxxxxxxxxxxxxx"}}"#;
+    let mut rb = ReplayBench::new(100_000, body);
+    g.throughput(Throughput::Elements(rb.events()));
+    g.sample_size(20);
+    g.bench_function("replay_100k_missed_events", |b| {
+        b.iter(|| std::hint::black_box(rb.replay_all()))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, route, replay);
 criterion_main!(benches);

@@ -97,6 +97,9 @@ struct BenchArgs {
     /// The gateway's ring_capacity (bytes per emitter and shard, a power of two).
     #[arg(long, default_value_t = 1 << 20)]
     ring_capacity: usize,
+    /// The gateway's history_max_events: events kept per user for resume (0 = none).
+    #[arg(long, default_value_t = 1024)]
+    history_max_events: usize,
     /// Print one JSON line instead of the text report.
     #[arg(long)]
     json: bool,
@@ -259,6 +262,7 @@ fn run_bench(a: BenchArgs) -> Result<ExitCode, Error> {
         max_batch_events: a.max_batch_events,
         max_batch_delay: a.max_batch_delay,
         ring_capacity: a.ring_capacity,
+        history_max_events: a.history_max_events,
         progress: !a.json,
         ..BenchOptions::default()
     };

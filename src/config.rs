@@ -58,6 +58,10 @@ pub(crate) struct Config {
     pub shutdown_timeout: Duration,
     pub echo: bool,
     pub max_offline_users: usize,
+    pub history_max_events: usize,
+    pub history_max_bytes: usize,
+    pub history_max_age: Duration,
+    pub history_total_bytes: usize,
 }
 
 impl Config {
@@ -84,6 +88,10 @@ impl Config {
             shutdown_timeout: Duration::from_secs(5),
             echo: false,
             max_offline_users: 1_000_000,
+            history_max_events: 1024,
+            history_max_bytes: 1 << 20,
+            history_max_age: Duration::from_secs(600),
+            history_total_bytes: 64 << 20,
         }
     }
 
@@ -208,6 +216,41 @@ impl Config {
         if self.max_offline_users == 0 {
             return Err(err("max_offline_users", "must be at least 1"));
         }
+        if self.history_max_events > 1 << 20 {
+            return Err(err(
+                "history_max_events",
+                "must be from 0 (no history: every resume reports a gap) to 1048576",
+            ));
+        }
+        if self.history_max_events > 0 {
+            if self.history_max_bytes < self.max_event_bytes + 64 {
+                return Err(err(
+                    "history_max_bytes",
+                    format!(
+                        "must be at least max_event_bytes + 64 ({} bytes) so any event can be kept",
+                        self.max_event_bytes + 64
+                    ),
+                ));
+            }
+            if self.history_max_age.is_zero()
+                || self.history_max_age > Duration::from_secs(7 * 86400)
+            {
+                return Err(err(
+                    "history_max_age",
+                    "must be more than 0 and at most 7 days",
+                ));
+            }
+            let shards = self.shard_count();
+            if self.history_total_bytes / shards < self.history_max_bytes {
+                return Err(err(
+                    "history_total_bytes",
+                    format!(
+                        "must be at least history_max_bytes x shards ({} bytes): each of the {shards}                          shards keeps a log of history_total_bytes / shards, which must hold one                          user's full history",
+                        self.history_max_bytes.saturating_mul(shards)
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -236,7 +279,11 @@ macro_rules! with_plain_settings {
             close_timeout,
             shutdown_timeout,
             echo,
-            max_offline_users
+            max_offline_users,
+            history_max_events,
+            history_max_bytes,
+            history_max_age,
+            history_total_bytes
         )
     };
 }
@@ -340,6 +387,21 @@ pub struct Settings {
     /// offline users are dropped and their `seq` restarts at 1 [default: 1000000]
     #[arg(long, env = "FLOODGATE_MAX_OFFLINE_USERS", value_name = "N")]
     pub max_offline_users: Option<usize>,
+    /// Events kept per user for clients that reconnect with `?since=`; 0 = keep none (a resume
+    /// then gets a `gap` frame for everything it missed) [default: 1024]
+    #[arg(long, env = "FLOODGATE_HISTORY_MAX_EVENTS", value_name = "N")]
+    pub history_max_events: Option<usize>,
+    /// Bytes of event frames kept per user [default: 1048576]
+    #[arg(long, env = "FLOODGATE_HISTORY_MAX_BYTES", value_name = "BYTES")]
+    pub history_max_bytes: Option<usize>,
+    /// Events older than this are no longer kept for resume [default: 10m]
+    #[arg(long, env = "FLOODGATE_HISTORY_MAX_AGE", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[serde(default, with = "humantime_serde")]
+    pub history_max_age: Option<Duration>,
+    /// Memory for history, all users together: each shard keeps a ring of this size divided by
+    /// the shard count, and the oldest frames are overwritten when it is full [default: 67108864]
+    #[arg(long, env = "FLOODGATE_HISTORY_TOTAL_BYTES", value_name = "BYTES")]
+    pub history_total_bytes: Option<usize>,
 }
 
 impl Settings {

@@ -226,9 +226,20 @@ impl GatewayBuilder {
         shutdown_timeout: Duration,
         /// Serve the unauthenticated `/echo` endpoint for conformance tests [default false].
         echo: bool,
-        /// Sequence counters kept for users without connections; past this they are dropped and
-        /// such a user's `seq` restarts at 1 [default 1 000 000].
+        /// Streams kept for users without connections; past this they are dropped and such a
+        /// user's next stream starts at `seq` 1 with a new epoch [default 1 000 000].
         max_offline_users: usize,
+        /// Events kept per user so a reconnecting client can resume; 0 keeps none
+        /// [default 1024, at most 1 048 576].
+        history_max_events: usize,
+        /// Bytes of frames kept per user [default 1 MiB; at least `max_event_bytes` + 64].
+        history_max_bytes: usize,
+        /// Events older than this are not kept for resume [default 10 min, at most 7 days].
+        history_max_age: Duration,
+        /// Memory for history, all users together (a ring per shard of this size divided by
+        /// the shards; the oldest frames are overwritten when full) [default 64 MiB; at least
+        /// `history_max_bytes` x shards].
+        history_total_bytes: usize,
     }
 
     /// Applies one layer of [`Settings`] (from a file, the environment or flags): each field that
@@ -308,12 +319,15 @@ impl GatewayBuilder {
             registry: registry.clone(),
             open: AtomicUsize::new(0),
         });
+        let mut core = CoreConfig::from_config(&cfg);
+        // Epochs of this process's streams must not repeat those of an earlier run.
+        core.epoch_seed = getrandom::u64().map_err(|e| Error::Io(std::io::Error::other(e)))?;
         let rcfg = ReactorConfig {
             echo: cfg.echo,
             max_connections: cfg.max_connections,
             handshake_timeout: cfg.handshake_timeout,
             shutdown_timeout: cfg.shutdown_timeout,
-            core: CoreConfig::from_config(&cfg),
+            core,
         };
         let mut listener = Some(listener);
         let mut threads = Vec::with_capacity(n);

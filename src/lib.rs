@@ -85,7 +85,7 @@ pub mod __bench {
             let now = std::time::Instant::now();
             for i in 0..users {
                 let user = format!("u{i}").into_bytes().into_boxed_slice();
-                core.adopt(crate::core::ConnKind::User(user), b"", b"", now)
+                core.adopt(crate::core::ConnKind::User(user), b"", b"", None, now)
                     .expect("adopt");
             }
             RouteBench { core, now }
@@ -105,6 +105,67 @@ pub mod __bench {
                 self.core.on_written(id, n);
             }
             due.len()
+        }
+    }
+
+    /// A core holding `events` events of one user in history, for measuring replay.
+    pub struct ReplayBench {
+        core: crate::core::Core,
+        now: std::time::Instant,
+        events: u64,
+    }
+
+    impl ReplayBench {
+        /// Routes `events` events with `body` to a user nobody is connected as.
+        pub fn new(events: u64, body: &[u8]) -> Self {
+            let mut cfg =
+                crate::config::Config::defaults(crate::config::JwtKey::Hs256(vec![0; 32]));
+            cfg.history_max_events = events as usize;
+            cfg.history_max_bytes = 1 << 30;
+            cfg.history_total_bytes = 1 << 30;
+            let mut cc = crate::core::CoreConfig::from_config(&cfg);
+            cc.history_budget = 1 << 30;
+            let mut core = crate::core::Core::new(cc);
+            let now = std::time::Instant::now();
+            let rec = record("r", body);
+            for _ in 0..events {
+                core.route(&rec, now, 0);
+            }
+            ReplayBench { core, now, events }
+        }
+
+        /// Connects as the user with cursor `since = 0`, writes everything it replays (as a
+        /// socket taking every byte would), disconnects; returns the bytes written.
+        pub fn replay_all(&mut self) -> usize {
+            let user = crate::core::ConnKind::User(b"r"[..].into());
+            let cursor = crate::core::Cursor {
+                since: 0,
+                epoch: None,
+            };
+            let id = self
+                .core
+                .adopt(user, b"", b"", Some(cursor), self.now)
+                .expect("adopt");
+            let mut bytes = 0;
+            let mut due = Vec::new();
+            loop {
+                self.core.pump_replays(self.now);
+                due.clear();
+                self.core.take_writable(self.now, true, &mut due);
+                let n = self.core.conn(id).out().len();
+                if n == 0 {
+                    break;
+                }
+                self.core.on_written(id, n);
+                bytes += n;
+            }
+            self.core.remove(id);
+            bytes
+        }
+
+        /// Events held.
+        pub fn events(&self) -> u64 {
+            self.events
         }
     }
 

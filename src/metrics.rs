@@ -100,6 +100,14 @@ counters! {
     client_messages,
     /// Reactor passes.
     passes,
+    /// Connections that came with a resume cursor (`since`).
+    resumes,
+    /// `gap` frames sent: events a resuming client cannot get.
+    gaps,
+    /// Event frames copied from history to resuming connections.
+    events_replayed,
+    /// Bytes of memory held by the history log (gauge).
+    history_bytes,
 }
 
 impl Stats {
@@ -238,6 +246,30 @@ impl MetricsSnapshot {
             "counter",
             "Data messages received from clients.",
             &[("", s.client_messages)],
+        );
+        metric(
+            "resumes_total",
+            "counter",
+            "Connections that asked to resume from a cursor.",
+            &[("", s.resumes)],
+        );
+        metric(
+            "resume_gaps_total",
+            "counter",
+            "gap frames sent to resuming clients (events that could not be replayed).",
+            &[("", s.gaps)],
+        );
+        metric(
+            "events_replayed_total",
+            "counter",
+            "Event frames replayed from history to resuming connections.",
+            &[("", s.events_replayed)],
+        );
+        metric(
+            "history_bytes",
+            "gauge",
+            "Bytes of memory held by the event history log (at most history_total_bytes).",
+            &[("", s.history_bytes)],
         );
         metric(
             "reactor_passes_total",

@@ -20,7 +20,7 @@ use slab::Slab;
 
 use crate::auth::{AuthError, Verifier};
 use crate::core::handshake::{self, Decision, Refusal};
-use crate::core::{ConnId, ConnKind, Core, CoreConfig, CLOSE_GOING_AWAY};
+use crate::core::{ConnId, ConnKind, Core, CoreConfig, Cursor, CLOSE_GOING_AWAY};
 use crate::emitter::{shard_of, unix_ns};
 use crate::metrics::Registry;
 use crate::ring::Consumer;
@@ -81,6 +81,7 @@ pub(crate) enum Cmd {
         kind: ConnKind,
         response: Vec<u8>,
         early: Vec<u8>,
+        cursor: Option<Cursor>,
     },
     /// Deliver what was accepted, close every connection with 1001, and stop.
     Shutdown,
@@ -229,6 +230,7 @@ impl Shard {
             let has_work = |s: &Self| {
                 !s.reread.is_empty()
                     || !s.rx.is_empty()
+                    || s.core.replay_ready()
                     || s.rings.iter().any(Consumer::has_pending)
             };
             let mut parked = false;
@@ -285,6 +287,8 @@ impl Shard {
                 self.command(cmd, now, now_ns);
             }
             self.drain_rings(now, now_ns);
+            // After the rings: history now holds every event routed so far.
+            self.core.pump_replays(now);
 
             self.write_due(now, true);
 
@@ -354,7 +358,8 @@ impl Shard {
                 kind,
                 response,
                 early,
-            } => self.adopt(stream, kind, &response, &early, now),
+                cursor,
+            } => self.adopt(stream, kind, &response, &early, cursor, now),
             Cmd::Shutdown => self.begin_shutdown(now, now_ns),
         }
     }
@@ -460,8 +465,12 @@ impl Shard {
         let decision = handshake::decide(&req, self.cfg.echo, |token| {
             verifier.verify(token).map_err(AuthError::as_str)
         });
-        let (kind, response) = match decision {
-            Decision::Upgrade { kind, response } => (kind, response),
+        let (kind, response, cursor) = match decision {
+            Decision::Upgrade {
+                kind,
+                response,
+                cursor,
+            } => (kind, response, cursor),
             Decision::Metrics => {
                 let body = self.common.registry.snapshot().to_prometheus();
                 let resp = handshake::response(200, "OK", "", "text/plain; version=0.0.4", &body);
@@ -493,13 +502,14 @@ impl Shard {
             ConnKind::Echo => self.index,
         };
         if home == self.index {
-            self.adopt(hs.stream, kind, &response, &early, now);
+            self.adopt(hs.stream, kind, &response, &early, cursor, now);
         } else {
             self.common.peers[home].send(Cmd::Adopt {
                 stream: hs.stream,
                 kind,
                 response,
                 early,
+                cursor,
             });
         }
     }
@@ -529,6 +539,7 @@ impl Shard {
         kind: ConnKind,
         response: &[u8],
         early: &[u8],
+        cursor: Option<Cursor>,
         now: Instant,
     ) {
         if self.shutdown_deadline.is_some() {
@@ -540,7 +551,7 @@ impl Shard {
             ));
             return;
         }
-        let id = match self.core.adopt(kind, response, early, now) {
+        let id = match self.core.adopt(kind, response, early, cursor, now) {
             Ok(id) => id,
             Err(_) => {
                 // Relaxed: see `handshake_readable`.

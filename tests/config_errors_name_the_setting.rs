@@ -78,6 +78,13 @@ fn each_invalid_setting_is_named() {
             "ping_interval",
         ),
         (b().max_offline_users(0), "max_offline_users"),
+        (b().history_max_events(2 << 20), "history_max_events"),
+        (b().history_max_bytes(1000), "history_max_bytes"),
+        (b().history_max_age(Duration::ZERO), "history_max_age"),
+        (
+            b().shards(4).history_total_bytes(2 << 20),
+            "history_total_bytes",
+        ),
     ];
     for (i, (builder, setting)) in cases.into_iter().enumerate() {
         assert_eq!(setting_of(builder), setting, "case {i}");

@@ -48,33 +48,85 @@ pub(crate) fn append_event(out: &mut BytesMut, prefix: &[u8], body: &[u8]) {
     out.put_slice(body);
 }
 
-/// Counts the complete-or-partial text frames in `buf`, a server-to-client byte stream that
-/// starts at a frame boundary. Used to report how many events were still unsent when a
-/// connection went away. Control frames are not counted.
-pub(crate) fn count_text_frames(buf: &[u8]) -> u64 {
+/// The payload prefix of every event frame (and of no other frame the server sends).
+const EVENT_PREFIX: &[u8] = b"{\"seq\":";
+
+/// Parses the frame header at the start of `buf`: returns (header bytes, payload bytes, is an
+/// event frame), or `None` if the header is cut short.
+fn header(buf: &[u8]) -> Option<(usize, usize, bool)> {
+    let b0 = *buf.first()?;
+    let (len, hdr) = match buf.get(1)? & 0x7f {
+        126 => (
+            u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?) as usize,
+            4,
+        ),
+        127 => (
+            usize::try_from(u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?)).ok()?,
+            10,
+        ),
+        l => (l as usize, 2),
+    };
+    // An event payload starts with EVENT_PREFIX; a cut-short payload is judged by what is here.
+    let event = b0 & 0x0f == 1
+        && len >= EVENT_PREFIX.len()
+        && buf.get(hdr..).is_some_and(|p| {
+            let k = p.len().min(EVENT_PREFIX.len());
+            p[..k] == EVENT_PREFIX[..k]
+        });
+    Some((hdr, len, event))
+}
+
+/// Counts the event frames in `buf`, a server-to-client byte stream that starts at a frame
+/// boundary; a frame cut short at the end counts. Control frames and the server's own
+/// protocol frames (`hello`, `gap`) are not events and are not counted.
+pub(crate) fn count_event_frames(buf: &[u8]) -> u64 {
     let mut at = 0usize;
     let mut n = 0;
-    while at + 2 <= buf.len() {
-        let opcode = buf[at] & 0x0f;
-        let (len, hdr) = match buf[at + 1] & 0x7f {
-            126 if at + 4 <= buf.len() => {
-                (u16::from_be_bytes([buf[at + 2], buf[at + 3]]) as usize, 4)
-            }
-            127 if at + 10 <= buf.len() => (
-                u64::from_be_bytes(buf[at + 2..at + 10].try_into().expect("8 bytes")) as usize,
-                10,
-            ),
-            126 | 127 => {
-                // Header itself cut short: still one frame not delivered.
-                n += u64::from(opcode == 1);
-                break;
-            }
-            l => (l as usize, 2),
+    while at < buf.len() {
+        let Some((hdr, len, event)) = header(&buf[at..]) else {
+            // Header itself cut short: the frame is still not delivered. Only an event frame
+            // can be told apart by its payload, which is not here; count text frames.
+            n += u64::from(buf[at] & 0x0f == 1);
+            break;
         };
-        n += u64::from(opcode == 1);
+        n += u64::from(event);
         at = at.saturating_add(hdr).saturating_add(len);
     }
     n
+}
+
+/// Of `buf` (starting at a frame boundary), the frames that lie entirely within its first
+/// `written` bytes: returns how many of them are event frames and how many bytes they span.
+pub(crate) fn complete_prefix(buf: &[u8], written: usize) -> (u64, usize) {
+    let mut at = 0usize;
+    let mut events = 0;
+    while let Some((hdr, len, event)) = buf.get(at..).and_then(header) {
+        let end = at.saturating_add(hdr).saturating_add(len);
+        if end > written {
+            break;
+        }
+        events += u64::from(event);
+        at = end;
+    }
+    (events, at)
+}
+
+/// Appends one final text frame carrying `payload` (a server protocol message such as
+/// `hello` or `gap`; event frames use [`append_event`]).
+pub(crate) fn append_text(out: &mut BytesMut, payload: &[u8]) {
+    let len = payload.len();
+    out.reserve(len + 10);
+    out.put_u8(FIN_TEXT);
+    if len <= 125 {
+        out.put_u8(len as u8);
+    } else if len <= u16::MAX as usize {
+        out.put_u8(126);
+        out.put_u16(len as u16);
+    } else {
+        out.put_u8(127);
+        out.put_u64(len as u64);
+    }
+    out.put_slice(payload);
 }
 
 #[cfg(test)]
@@ -111,16 +163,44 @@ mod tests {
     }
 
     #[test]
-    fn counts_frames_including_a_partial_tail() {
+    fn counts_event_frames_including_a_partial_tail() {
         let mut buf = frame(1, b"\"a\":1}");
         buf.extend_from_slice(&[0x89, 0]); // a ping: not counted
+        append_text(&mut buf, b"{\"type\":\"hello\"}"); // a protocol frame: not counted
         buf.extend_from_slice(&frame(2, &vec![b'y'; 300]));
         let full = buf.len();
-        assert_eq!(count_text_frames(&buf), 2);
-        assert_eq!(count_text_frames(&buf[..full - 5]), 2);
+        assert_eq!(count_event_frames(&buf), 2);
+        assert_eq!(count_event_frames(&buf[..full - 5]), 2);
         let second = buf.len() - 300 - 4 - 9;
-        assert_eq!(count_text_frames(&buf[second..]), 1);
-        assert_eq!(count_text_frames(&buf[second..second + 3]), 1);
-        assert_eq!(count_text_frames(&[]), 0);
+        assert_eq!(count_event_frames(&buf[second..]), 1);
+        assert_eq!(count_event_frames(&buf[second..second + 3]), 1);
+        assert_eq!(count_event_frames(&[]), 0);
+    }
+
+    #[test]
+    fn complete_prefix_stops_at_the_first_frame_not_fully_written() {
+        let mut buf = frame(1, b"\"a\":1}");
+        let first = buf.len();
+        append_text(&mut buf, &[b'h'; 200]);
+        let second = buf.len();
+        buf.extend_from_slice(&frame(2, b"\"b\":2}"));
+        assert_eq!(complete_prefix(&buf, 0), (0, 0));
+        assert_eq!(complete_prefix(&buf, first - 1), (0, 0));
+        assert_eq!(complete_prefix(&buf, first), (1, first));
+        assert_eq!(complete_prefix(&buf, second + 3), (1, second));
+        assert_eq!(complete_prefix(&buf, buf.len()), (2, buf.len()));
+    }
+
+    #[test]
+    fn protocol_frames_parse_with_tungstenite() {
+        for len in [3usize, 125, 126, 70_000] {
+            let mut out = BytesMut::new();
+            append_text(&mut out, &vec![b'z'; len]);
+            let mut cur = Cursor::new(&out[..]);
+            let (hdr, n) = FrameHeader::parse(&mut cur).unwrap().unwrap();
+            assert!(hdr.is_final && hdr.mask.is_none());
+            assert_eq!(n as usize, len);
+            assert_eq!(cur.position() as usize + len, out.len());
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! what to answer, and building responses. Pure functions over bytes; the reactor owns the
 //! socket and only carries out the [`Decision`].
 
-use super::ConnKind;
+use super::{ConnKind, Cursor};
 
 /// The largest request head accepted; past it the client gets 431.
 pub(crate) const MAX_HEAD_BYTES: usize = 8 * 1024;
@@ -34,6 +34,8 @@ pub(crate) struct Request {
     pub bad_version: bool,
     /// The bearer token from `Authorization: Bearer` or the `token` query parameter.
     pub token: Option<String>,
+    /// The resume cursor from the `since` and `epoch` query parameters, or why they are invalid.
+    pub cursor: Result<Option<Cursor>, &'static str>,
     /// Bytes of the head, including the final blank line; anything after is the client's first
     /// WebSocket bytes.
     pub head_len: usize,
@@ -110,8 +112,38 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Option<Request>, HeadError> {
         upgrade_key,
         bad_version: wants_upgrade && !version_ok,
         token: bearer.or(query_token).filter(|t| !t.is_empty()),
+        cursor: parse_cursor(query),
         head_len,
     }))
+}
+
+/// Reads `since=<seq>` and `epoch=<hex>` from a query string.
+fn parse_cursor(query: &str) -> Result<Option<Cursor>, &'static str> {
+    let param = |name: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+    };
+    let since = param("since")
+        .map(|v| {
+            v.parse::<u64>()
+                .map_err(|_| "`since` must be the last seq received, an unsigned integer")
+        })
+        .transpose()?;
+    let epoch = param("epoch")
+        .map(|v| {
+            (!v.is_empty() && v.len() <= 16)
+                .then(|| u64::from_str_radix(v, 16).ok())
+                .flatten()
+                .ok_or("`epoch` must be the hex epoch from a hello or gap frame")
+        })
+        .transpose()?;
+    match (since, epoch) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err("`epoch` needs `since`"),
+        (Some(s), None) if s > 0 => Err("`since` needs `epoch` (from the hello frame)"),
+        (Some(since), epoch) => Ok(Some(Cursor { since, epoch })),
+    }
 }
 
 /// Why a request was refused, for the metrics.
@@ -133,8 +165,13 @@ pub(crate) enum Decision {
     },
     /// Send the Prometheus metrics (rendered by the caller, which can see every shard) and close.
     Metrics,
-    /// Upgrade: a connection of `kind`, answered with `response` (the 101).
-    Upgrade { kind: ConnKind, response: Vec<u8> },
+    /// Upgrade: a connection of `kind`, answered with `response` (the 101), resuming from
+    /// `cursor` if the client gave one.
+    Upgrade {
+        kind: ConnKind,
+        response: Vec<u8>,
+        cursor: Option<Cursor>,
+    },
 }
 
 /// Decides the answer to `req`. `echo` says whether `/echo` is enabled; `verify` checks a token
@@ -199,17 +236,25 @@ pub(crate) fn decide(
         };
         return refuse(resp, Refusal::BadRequest);
     };
-    let kind = if req.route == Route::Echo {
-        ConnKind::Echo
+    let (kind, cursor) = if req.route == Route::Echo {
+        (ConnKind::Echo, None)
     } else {
-        match verify(req.token.as_deref()) {
-            Ok(user) => ConnKind::User(user),
+        let user = match verify(req.token.as_deref()) {
+            Ok(user) => user,
             Err(why) => return refuse(unauthorized(why), Refusal::Auth),
+        };
+        match req.cursor {
+            Ok(cursor) => (ConnKind::User(user), cursor),
+            Err(why) => {
+                let body = format!("{why}\n");
+                return refuse(error(400, "Bad Request", &body), Refusal::BadRequest);
+            }
         }
     };
     Decision::Upgrade {
         kind,
         response: switching_protocols(key),
+        cursor,
     }
 }
 
@@ -335,7 +380,7 @@ mod tests {
                 (String::from_utf8(response).unwrap(), refused)
             }
             Decision::Metrics => ("metrics".into(), None),
-            Decision::Upgrade { kind, response } => {
+            Decision::Upgrade { kind, response, .. } => {
                 assert!(response.starts_with(b"HTTP/1.1 101"));
                 (format!("upgrade {kind:?}"), None)
             }

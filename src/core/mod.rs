@@ -6,6 +6,7 @@
 pub(crate) mod batch;
 pub(crate) mod frame;
 pub(crate) mod handshake;
+pub(crate) mod history;
 pub(crate) mod keepalive;
 
 use std::collections::HashMap;
@@ -20,6 +21,7 @@ use tungstenite::{Error as WsError, Message};
 
 use crate::metrics::Stats;
 use batch::BatchPolicy;
+use history::{History, HistoryLimits, Log};
 use keepalive::{Keepalive, Liveness};
 
 /// Close code for a slow consumer: its outbound buffer went over `max_outbound_bytes`.
@@ -31,6 +33,12 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 
 /// Buffers bigger than this are released when they drain, so a burst does not pin memory.
 const SHRINK_ABOVE: usize = 256 * 1024;
+/// A replaying connection is refilled from history when its unsent bytes drop below this...
+const REPLAY_LOW_WATER: usize = 64 * 1024;
+/// ...up to about this many bytes.
+const REPLAY_CHUNK: usize = 256 * 1024;
+/// How often `tick` evicts history past its age in every stream.
+const HISTORY_SWEEP: Duration = Duration::from_secs(1);
 
 /// Index of a connection in its shard.
 pub(crate) type ConnId = usize;
@@ -46,6 +54,12 @@ pub(crate) struct CoreConfig {
     pub close_timeout: Duration,
     pub max_offline_users: usize,
     pub ws: WebSocketConfig,
+    /// Per-user history limits.
+    pub history: HistoryLimits,
+    /// Bytes of the shard's history log: its whole memory for history.
+    pub history_budget: usize,
+    /// Mixed into every stream epoch this shard creates (random per process).
+    pub epoch_seed: u64,
 }
 
 impl CoreConfig {
@@ -67,6 +81,13 @@ impl CoreConfig {
             close_timeout: c.close_timeout,
             max_offline_users: c.max_offline_users,
             ws,
+            history: HistoryLimits {
+                max_events: c.history_max_events,
+                max_bytes: c.history_max_bytes,
+                max_age: c.history_max_age,
+            },
+            history_budget: c.history_total_bytes / c.shard_count().max(1),
+            epoch_seed: 0,
         }
     }
 }
@@ -92,12 +113,28 @@ enum State {
     Finished,
 }
 
+/// Where a reconnecting client says it stopped: the last `seq` it has of stream `epoch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Cursor {
+    /// Last `seq` received; 0 = none (replay everything retained).
+    pub since: u64,
+    /// The stream epoch that `since` belongs to (required when `since` > 0).
+    pub epoch: Option<u64>,
+}
+
 /// One connection's protocol state and outbound buffer.
 pub(crate) struct Conn {
     kind: ConnKind,
     ws: WebSocketContext,
-    /// Bytes queued for the socket, starting at a frame boundary of what is still unsent.
+    /// Bytes queued for the socket: first `raw_head` bytes of HTTP response, then whole frames.
+    /// The first `written` bytes already reached the socket; whole frames are removed from the
+    /// front as soon as they are written, so `out[raw_head..]` always starts at a frame boundary.
     out: BytesMut,
+    written: usize,
+    raw_head: usize,
+    /// While replaying history: the next `seq` to copy. Live events are not queued directly
+    /// until the replay has caught up (history already holds them).
+    replay: Option<u64>,
     /// Event frames in `out` that have not been completely written.
     unwritten_frames: u64,
     /// Event frames queued since the last write decision (for batching).
@@ -117,7 +154,22 @@ pub(crate) struct Conn {
 impl Conn {
     /// Bytes waiting for the socket.
     pub(crate) fn out(&self) -> &[u8] {
-        &self.out
+        &self.out[self.written..]
+    }
+
+    /// Event frames queued but not (completely) written.
+    fn unsent_events(&self) -> u64 {
+        frame::count_event_frames(&self.out[self.raw_head..])
+    }
+
+    /// Drops everything unsent; returns the event frames dropped.
+    fn discard_unsent(&mut self) -> u64 {
+        let n = self.unsent_events();
+        self.out.clear();
+        self.written = 0;
+        self.raw_head = 0;
+        self.unwritten_frames = 0;
+        n
     }
 
     /// True when the socket can be dropped: closed and nothing left to write.
@@ -127,11 +179,15 @@ impl Conn {
 }
 
 /// A user's stream on this shard.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct UserState {
     /// The last sequence number assigned (0 = none yet).
     seq: u64,
+    /// Identifies this run of `seq` numbers: a new state (first use, or after its counter was
+    /// dropped) gets a new epoch, so a cursor from an older run is never taken for this one.
+    epoch: u64,
     conns: Vec<ConnId>,
+    history: History,
 }
 
 /// Why an upgrade was refused by the user's home shard.
@@ -200,12 +256,25 @@ pub(crate) struct Core {
     /// Connections with something to write that must not wait for batching (handshake
     /// response, control frames, echo replies, or a full batch).
     urgent: Vec<ConnId>,
+    /// Connections replaying history.
+    replaying: Vec<ConnId>,
+    /// Stream states created so far (makes epochs unique).
+    streams_created: u64,
+    /// The frames that users' histories point into.
+    log: Log,
+    /// When `tick` next evicts history that is past its age.
+    next_history_sweep: Instant,
     /// Counters, published by the reactor once per pass.
     pub stats: Stats,
 }
 
 impl Core {
     pub(crate) fn new(cfg: CoreConfig) -> Self {
+        let log_bytes = if cfg.history.max_events == 0 {
+            0
+        } else {
+            cfg.history_budget
+        };
         Core {
             cfg,
             users: HashMap::default(),
@@ -213,6 +282,10 @@ impl Core {
             conns: Slab::new(),
             dirty: Vec::new(),
             urgent: Vec::new(),
+            replaying: Vec::new(),
+            streams_created: 0,
+            log: Log::new(log_bytes),
+            next_history_sweep: Instant::now(),
             stats: Stats::default(),
         }
     }
@@ -239,13 +312,17 @@ impl Core {
     }
 
     /// Adds an upgraded connection. `response` (the 101) is queued first, so it is written before
-    /// any event; `early` holds WebSocket bytes the client sent right after its request head.
-    /// Once this returns, every event routed to the user is queued on the connection.
+    /// any event; then, for a user stream, the `hello` frame with the stream's cursor and, if
+    /// the client gave a `cursor`, a `gap` frame where continuity cannot be proven and the
+    /// replay of retained history. `early` holds WebSocket bytes the client sent right after
+    /// its request head. Once this returns, every event routed to the user reaches the
+    /// connection, after whatever it replays: no duplicate, no gap.
     pub(crate) fn adopt(
         &mut self,
         kind: ConnKind,
         response: &[u8],
         early: &[u8],
+        cursor: Option<Cursor>,
         now: Instant,
     ) -> Result<ConnId, AdoptError> {
         if let ConnKind::User(user) = &kind {
@@ -261,6 +338,9 @@ impl Core {
             kind: kind.clone(),
             ws: WebSocketContext::new(Role::Server, Some(self.cfg.ws)),
             out,
+            written: 0,
+            raw_head: response.len(),
+            replay: None,
             unwritten_frames: 0,
             pending: 0,
             pending_since: now,
@@ -271,11 +351,11 @@ impl Core {
             keepalive: Keepalive::new(self.cfg.ping_interval, self.cfg.pong_timeout, now),
         });
         if let ConnKind::User(user) = kind {
-            let u = self.users.entry(user).or_default();
-            if u.conns.is_empty() {
-                self.online_users += 1;
-            }
+            let u = self.stream(user);
+            let first_conn = u.conns.is_empty();
             u.conns.push(id);
+            self.online_users += usize::from(first_conn);
+            self.start_stream(id, cursor, now);
         }
         self.stats.connections_accepted += 1;
         self.stats.connections_open = self.conns.len() as u64;
@@ -286,46 +366,191 @@ impl Core {
         Ok(id)
     }
 
-    /// Routes one ring record: assigns the user's next `seq` and queues the frame on each of the
-    /// user's open connections. `now_unix_ns` is the pass's wall-clock time, for latency.
+    /// The state of `user`'s stream, created (with a new epoch) if there is none.
+    fn stream(&mut self, user: Box<[u8]>) -> &mut UserState {
+        if !self.users.contains_key(&user) {
+            self.evict_offline_users();
+            self.streams_created += 1;
+            let epoch = epoch_for(self.cfg.epoch_seed, self.streams_created);
+            self.users.insert(
+                user.clone(),
+                UserState {
+                    seq: 0,
+                    epoch,
+                    conns: Vec::new(),
+                    history: History::default(),
+                },
+            );
+        }
+        self.users.get_mut(&user).expect("just inserted")
+    }
+
+    /// Queues `hello` on the new connection `id` and works out what it must replay.
+    fn start_stream(&mut self, id: ConnId, cursor: Option<Cursor>, now: Instant) {
+        let ConnKind::User(user) = &self.conns[id].kind else {
+            return;
+        };
+        let u = self.users.get_mut(user).expect("adopted user has a stream");
+        u.history.evict(now, &self.cfg.history, self.log.tail());
+        let (epoch, last) = (u.epoch, u.seq);
+        let first = u.history.first_seq().unwrap_or(last + 1);
+        let c = &mut self.conns[id];
+        let mut msg = Vec::with_capacity(96);
+        msg.extend_from_slice(b"{\"type\":\"hello\",\"epoch\":\"");
+        msg.extend_from_slice(format!("{epoch:016x}\",\"last_seq\":{last}}}").as_bytes());
+        frame::append_text(&mut c.out, &msg);
+        let Some(cur) = cursor else {
+            return;
+        };
+        self.stats.resumes += 1;
+        let (from, gap) = if cur.since != 0 && cur.epoch != Some(epoch) {
+            // Another run of this user's stream: nothing of the old one can be vouched for,
+            // and of this one only what is retained.
+            (first, Some(("epoch_changed", 1, first - 1, Some(cur))))
+        } else if cur.since > last {
+            (last + 1, Some(("cursor_ahead", last + 1, cur.since, None)))
+        } else if cur.since + 1 < first {
+            (
+                first,
+                Some(("history_evicted", cur.since + 1, first - 1, None)),
+            )
+        } else {
+            (cur.since + 1, None)
+        };
+        if let Some((reason, lost_from, lost_to, previous)) = gap {
+            append_gap(c, reason, epoch, lost_from, lost_to, previous);
+            self.stats.gaps += 1;
+        }
+        if from <= last {
+            c.replay = Some(from);
+            self.replaying.push(id);
+        }
+    }
+
+    /// Copies retained history into replaying connections that have room, and switches those
+    /// that caught up to live delivery. Call once per pass, after the rings are drained.
+    pub(crate) fn pump_replays(&mut self, now: Instant) {
+        let mut i = 0;
+        while i < self.replaying.len() {
+            let id = self.replaying[i];
+            let c = &mut self.conns[id];
+            let (ConnKind::User(user), Some(next)) = (&c.kind, c.replay) else {
+                self.replaying.swap_remove(i);
+                continue;
+            };
+            if c.blocked || c.out.len() - c.written >= REPLAY_LOW_WATER || c.state != State::Open {
+                i += 1;
+                continue;
+            }
+            let u = self
+                .users
+                .get_mut(user)
+                .expect("replaying user has a stream");
+            u.history.evict(now, &self.cfg.history, self.log.tail());
+            let mut next = next;
+            if let Some(first) = u.history.first_seq().filter(|&f| next < f) {
+                // The history moved past this connection while it replayed.
+                append_gap(c, "history_evicted", u.epoch, next, first - 1, None);
+                self.stats.gaps += 1;
+                next = first;
+            } else if u.history.first_seq().is_none() && next <= u.seq {
+                append_gap(c, "history_evicted", u.epoch, next, u.seq, None);
+                self.stats.gaps += 1;
+                next = u.seq + 1;
+            }
+            if let Some(after) = u
+                .history
+                .read_from(next, REPLAY_CHUNK, &self.log, &mut c.out)
+            {
+                let n = after - next;
+                c.unwritten_frames += n;
+                c.pending += n as usize;
+                self.stats.events_replayed += n;
+                next = after;
+            }
+            list_urgent(&mut self.urgent, c, id);
+            if next > u.seq {
+                c.replay = None;
+                self.replaying.swap_remove(i);
+            } else {
+                c.replay = Some(next);
+                i += 1;
+            }
+        }
+    }
+
+    /// True when a replaying connection could take more history now (the reactor must not
+    /// park while this holds).
+    pub(crate) fn replay_ready(&self) -> bool {
+        self.replaying.iter().any(|&id| {
+            let c = &self.conns[id];
+            !c.blocked && c.out.len() - c.written < REPLAY_LOW_WATER && c.state == State::Open
+        })
+    }
+
+    /// Routes one ring record: assigns the user's next `seq`, keeps the frame in the user's
+    /// history and queues it on each of the user's open connections that is not replaying.
+    /// `now_unix_ns` is the pass's wall-clock time, for latency.
     #[inline]
     pub(crate) fn route(&mut self, record: &[u8], now: Instant, now_unix_ns: u64) {
         let rec = Record::parse(record);
         self.stats.events_received += 1;
         self.stats
             .record_latency_ns(now_unix_ns.saturating_sub(rec.ts_unix_ns));
-        let user = match self.users.get_mut(rec.user) {
-            Some(u) => u,
-            None => {
-                self.evict_offline_users();
-                self.users.entry(rec.user.into()).or_default()
-            }
-        };
-        user.seq += 1;
-        if user.conns.is_empty() {
-            self.stats.events_no_listener += 1;
-            return;
+        if !self.users.contains_key(rec.user) {
+            self.stream(rec.user.into()); // rare: a user's first event on this shard
         }
+        let Core {
+            cfg,
+            users,
+            conns,
+            dirty,
+            urgent,
+            log,
+            stats,
+            ..
+        } = self;
+        let user = users.get_mut(rec.user).expect("stream exists");
+        user.seq += 1;
         let (prefix, n) = frame::event_prefix(user.seq, rec.body.len());
         let frame_len = n + rec.body.len();
+        if cfg.history.max_events > 0 {
+            match log.append(&[&prefix[..n], rec.body]) {
+                Some(pos) => {
+                    let tail = log.tail();
+                    user.history
+                        .push(user.seq, pos, frame_len, now, &cfg.history, tail);
+                }
+                None => user.history.skip_to(user.seq),
+            }
+            stats.history_bytes = log.resident() as u64;
+        }
+        if user.conns.is_empty() {
+            stats.events_no_listener += 1;
+            return;
+        }
         for &id in &user.conns {
-            let c = &mut self.conns[id];
-            if c.state != State::Open {
-                self.stats.events_dropped += 1;
+            let c = &mut conns[id];
+            if c.replay.is_some() {
+                // Replaying: this event is in history and reaches the connection in order.
                 continue;
             }
-            if c.out.len() + frame_len > self.cfg.max_outbound_bytes {
+            if c.state != State::Open {
+                stats.events_dropped += 1;
+                continue;
+            }
+            if c.out.len() - c.written + frame_len > cfg.max_outbound_bytes {
                 // Slow consumer: stop queueing, tell it why, and let it go.
-                self.stats.events_dropped += 1;
-                self.stats.closed_slow_consumer += 1;
+                stats.events_dropped += 1;
+                stats.closed_slow_consumer += 1;
                 close_conn(
                     c,
                     CLOSE_SLOW_CONSUMER,
                     "slow consumer",
                     now,
-                    self.cfg.close_timeout,
+                    cfg.close_timeout,
                 );
-                list_urgent(&mut self.urgent, c, id);
+                list_urgent(urgent, c, id);
                 continue;
             }
             frame::append_event(&mut c.out, &prefix[..n], rec.body);
@@ -334,19 +559,29 @@ impl Core {
             if !c.dirty {
                 c.dirty = true;
                 c.pending_since = now;
-                self.dirty.push(id);
+                dirty.push(id);
             }
-            if c.pending == self.cfg.batch.max_events {
-                list_urgent(&mut self.urgent, c, id);
+            if c.pending == cfg.batch.max_events {
+                list_urgent(urgent, c, id);
             }
         }
     }
 
-    /// Drops the sequence counters of users without connections when there are too many.
+    /// Drops the streams (counters and history) of users without connections when there are
+    /// too many. Such a user's next stream has a new epoch, so a resuming client is told.
     fn evict_offline_users(&mut self) {
         if self.users.len() - self.online_users >= self.cfg.max_offline_users {
             self.users.retain(|_, u| !u.conns.is_empty());
         }
+    }
+
+    /// Evicts history that is past its age in every stream (run from `tick`).
+    fn expire_history(&mut self, now: Instant) {
+        let (limits, tail) = (self.cfg.history, self.log.tail());
+        for u in self.users.values_mut() {
+            u.history.evict(now, &limits, tail);
+        }
+        self.stats.history_bytes = self.log.resident() as u64;
     }
 
     /// Feeds bytes read from the socket of `id` into its WebSocket state. Replies (pongs, close
@@ -457,7 +692,7 @@ impl Core {
     /// Records that `n` bytes of `id`'s buffer reached the socket in one write call.
     pub(crate) fn on_written(&mut self, id: ConnId, n: usize) {
         let c = &mut self.conns[id];
-        debug_assert!(n <= c.out.len());
+        debug_assert!(c.written + n <= c.out.len());
         self.stats.write_syscalls += 1;
         self.stats.bytes_written += n as u64;
         if c.pending > 0 {
@@ -471,22 +706,35 @@ impl Core {
                 self.dirty.retain(|&d| d != id);
             }
         }
-        if n < c.out.len() {
-            self.stats.write_partial += 1;
-        }
-        c.out.advance(n);
-        if c.out.is_empty() {
+        c.written += n;
+        if c.written == c.out.len() {
             self.stats.events_delivered += c.unwritten_frames;
             c.unwritten_frames = 0;
+            c.written = 0;
+            c.raw_head = 0;
             if c.out.capacity() > SHRINK_ABOVE {
                 c.out = BytesMut::new();
+            } else {
+                c.out.clear();
             }
-        } else {
-            // Recount exactly what is left; only on partial writes.
-            let left = frame::count_text_frames(&c.out);
-            self.stats.events_delivered += c.unwritten_frames - left;
-            c.unwritten_frames = left;
+            return;
         }
+        // Partial write: drop the whole frames that went out, keep the rest frame-aligned.
+        self.stats.write_partial += 1;
+        let mut done = 0;
+        if c.raw_head > 0 {
+            if c.written < c.raw_head {
+                return;
+            }
+            done = c.raw_head;
+            c.raw_head = 0;
+        }
+        let (events, bytes) = frame::complete_prefix(&c.out[done..], c.written - done);
+        done += bytes;
+        self.stats.events_delivered += events;
+        c.unwritten_frames -= events;
+        c.out.advance(done);
+        c.written -= done;
     }
 
     /// Records a write attempt on `id` that the socket refused (EAGAIN): hold its bytes until
@@ -508,6 +756,10 @@ impl Core {
     /// Advances timers: sends pings, closes connections whose pong or close handshake timed out.
     /// Connections that became writable are listed in the urgent set.
     pub(crate) fn tick(&mut self, now: Instant) {
+        if now >= self.next_history_sweep {
+            self.next_history_sweep = now + HISTORY_SWEEP;
+            self.expire_history(now);
+        }
         for (id, c) in self.conns.iter_mut() {
             match c.state {
                 State::Open => match c.keepalive.poll(now) {
@@ -534,9 +786,7 @@ impl Core {
                 State::Closing { deadline } if now >= deadline => {
                     c.state = State::Finished;
                     // Whatever is unsent will never be: drop it so the reactor can close now.
-                    self.stats.events_dropped += frame::count_text_frames(&c.out);
-                    c.out.clear();
-                    c.unwritten_frames = 0;
+                    self.stats.events_dropped += c.discard_unsent();
                 }
                 _ => continue,
             }
@@ -570,8 +820,11 @@ impl Core {
     /// unsent, which are counted as dropped.
     pub(crate) fn remove(&mut self, id: ConnId) -> u64 {
         let c = self.conns.remove(id);
-        let unsent = frame::count_text_frames(&c.out);
+        let unsent = c.unsent_events();
         self.stats.events_dropped += unsent;
+        if c.replay.is_some() {
+            self.replaying.retain(|&r| r != id);
+        }
         if let ConnKind::User(user) = &c.kind {
             if let Some(u) = self.users.get_mut(user) {
                 u.conns.retain(|&x| x != id);
@@ -583,6 +836,41 @@ impl Core {
         self.stats.connections_open = self.conns.len() as u64;
         unsent
     }
+}
+
+/// The epoch of the `n`th stream a shard creates: distinct for every `n`, and unrelated between
+/// processes (the seed is random per process). SplitMix64's finaliser spreads the bits.
+fn epoch_for(seed: u64, n: u64) -> u64 {
+    let mut z = seed.wrapping_add(n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Queues a `gap` frame: events `from..=to` of stream `epoch` cannot be delivered (an empty
+/// range when `to < from`). `previous` is the client's cursor when its epoch is not this one.
+fn append_gap(
+    c: &mut Conn,
+    reason: &str,
+    epoch: u64,
+    from: u64,
+    to: u64,
+    previous: Option<Cursor>,
+) {
+    use std::fmt::Write as _;
+    let mut msg = String::with_capacity(160);
+    let _ = write!(
+        msg,
+        "{{\"type\":\"gap\",\"reason\":\"{reason}\",\"epoch\":\"{epoch:016x}\",\"from\":{from},\"to\":{to}"
+    );
+    if let Some(p) = previous {
+        let _ = write!(msg, ",\"previous_seq\":{}", p.since);
+        if let Some(e) = p.epoch {
+            let _ = write!(msg, ",\"previous_epoch\":\"{e:016x}\"");
+        }
+    }
+    msg.push('}');
+    frame::append_text(&mut c.out, msg.as_bytes());
 }
 
 /// Lists `c` (whose id is `id`) in `urgent` unless it already is.
@@ -612,5 +900,7 @@ fn close_conn(c: &mut Conn, code: u16, reason: &str, now: Instant, timeout: Dura
     }
 }
 
+#[cfg(test)]
+mod resume_tests;
 #[cfg(test)]
 mod tests;

@@ -34,7 +34,7 @@ fn take_out(core: &mut Core, id: ConnId) -> Vec<(Kind, Vec<u8>)> {
 
 /// Adopts a connection and clears its initial write, as the reactor does on adoption.
 fn open(core: &mut Core, kind: ConnKind, now: Instant) -> ConnId {
-    let id = core.adopt(kind, b"", b"", now).unwrap();
+    let id = core.adopt(kind, b"", b"", None, now).unwrap();
     writable(core, now, false);
     take_out(core, id);
     id
@@ -217,7 +217,7 @@ fn client_close_is_answered_and_the_connection_finishes() {
 fn protocol_errors_close_with_the_right_code() {
     let t0 = Instant::now();
     let mut core = Core::new(cfg(|_| {}));
-    let id = core.adopt(ConnKind::Echo, b"", b"", t0).unwrap();
+    let id = core.adopt(ConnKind::Echo, b"", b"", None, t0).unwrap();
     // An unmasked client frame is a protocol error (1002).
     core.on_input(id, &[0x81, 0x01, b'x'], t0);
     let frames = take_out(&mut core, id);
@@ -230,7 +230,7 @@ fn echo_connections_echo_and_answer_pings() {
     let t0 = Instant::now();
     let mut core = Core::new(cfg(|_| {}));
     let id = core
-        .adopt(ConnKind::Echo, b"HTTP/1.1 101 ...\r\n\r\n", b"", t0)
+        .adopt(ConnKind::Echo, b"HTTP/1.1 101 ...\r\n\r\n", b"", None, t0)
         .unwrap();
     assert!(
         core.conn(id).out().starts_with(b"HTTP/1.1 101"),
@@ -251,20 +251,20 @@ fn echo_connections_echo_and_answer_pings() {
 fn per_user_connection_limit() {
     let t0 = Instant::now();
     let mut core = Core::new(cfg(|c| c.max_connections_per_user = 2));
-    core.adopt(user("a"), b"", b"", t0).unwrap();
-    core.adopt(user("a"), b"", b"", t0).unwrap();
+    core.adopt(user("a"), b"", b"", None, t0).unwrap();
+    core.adopt(user("a"), b"", b"", None, t0).unwrap();
     assert_eq!(
-        core.adopt(user("a"), b"", b"", t0),
+        core.adopt(user("a"), b"", b"", None, t0),
         Err(AdoptError::UserLimit)
     );
-    core.adopt(user("b"), b"", b"", t0).unwrap();
+    core.adopt(user("b"), b"", b"", None, t0).unwrap();
 }
 
 #[test]
 fn offline_users_are_bounded() {
     let t0 = Instant::now();
     let mut core = Core::new(cfg(|c| c.max_offline_users = 10));
-    core.adopt(user("online"), b"", b"", t0).unwrap();
+    core.adopt(user("online"), b"", b"", None, t0).unwrap();
     core.route(&record("online", "}"), t0, 0);
     for i in 0..100 {
         core.route(&record(&format!("off{i}"), "}"), t0, 0);

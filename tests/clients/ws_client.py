@@ -2,7 +2,7 @@
 
 usage: ws_client.py URL TOKEN N
 Connects with `Authorization: Bearer TOKEN`, reads N events, checks that they are JSON objects
-with gapless `seq` from 1 and `data.i` equal to seq - 1, closes normally, and prints a summary.
+after the `hello` frame, with gapless `seq` from 1 and `data.i` equal to seq - 1, closes normally, and prints a summary.
 """
 import asyncio
 import json
@@ -19,6 +19,10 @@ async def main(url: str, token: str, n: int) -> int:
         connect = websockets.connect(url, extra_headers=headers, open_timeout=10)
     async with connect as ws:
         print("connected", flush=True)
+        hello = json.loads(await asyncio.wait_for(ws.recv(), timeout=15))
+        if hello.get("type") != "hello" or not isinstance(hello.get("epoch"), str):
+            print(f"BAD hello: {hello}", flush=True)
+            return 1
         for expected in range(1, n + 1):
             msg = await asyncio.wait_for(ws.recv(), timeout=15)
             ev = json.loads(msg)

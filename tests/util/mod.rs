@@ -51,9 +51,19 @@ pub fn token(user: &str) -> String {
 
 pub type Client = WebSocket<TcpStream>;
 
-/// Connects to `/ws` with the token in the Authorization header.
+/// Connects to `/ws` with the token in the Authorization header and reads the `hello` frame
+/// every event stream starts with.
 pub fn connect(addr: SocketAddr, token: &str) -> Client {
-    try_connect(addr, "/ws", Some(token)).expect("upgrade accepted")
+    connect_to(addr, "/ws", token).0
+}
+
+/// Connects to `path` (with its query, such as a resume cursor) and returns the client and its
+/// `hello` frame.
+pub fn connect_to(addr: SocketAddr, path: &str, token: &str) -> (Client, Value) {
+    let mut ws = try_connect(addr, path, Some(token)).expect("upgrade accepted");
+    let hello = read_frames(&mut ws, 1, Duration::from_secs(10), |_| true).remove(0);
+    assert_eq!(hello["type"], "hello", "the first frame is hello: {hello}");
+    (ws, hello)
 }
 
 /// Connects to `path` (query included), with an optional bearer token.
@@ -80,20 +90,38 @@ pub fn try_connect(
     }
 }
 
-/// Reads text frames as JSON until `n` have arrived; panics after `timeout`.
+/// Reads event frames (those with a `seq`) as JSON until `n` have arrived, skipping the
+/// server's protocol frames (`hello`, `gap`); panics after `timeout`.
 pub fn read_events(ws: &mut Client, n: usize, timeout: Duration) -> Vec<Value> {
+    let mut frames = read_frames(ws, n, timeout, |v| v.get("seq").is_some());
+    frames.retain(|v| v.get("seq").is_some());
+    frames
+}
+
+/// Reads text frames as JSON until `n` of those `counts` accepts have arrived (returning every
+/// text frame read); panics after `timeout`.
+pub fn read_frames(
+    ws: &mut Client,
+    n: usize,
+    timeout: Duration,
+    counts: impl Fn(&Value) -> bool,
+) -> Vec<Value> {
     let deadline = Instant::now() + timeout;
     let mut out = Vec::with_capacity(n);
-    while out.len() < n {
+    let mut counted = 0;
+    while counted < n {
         assert!(
             Instant::now() < deadline,
-            "timed out with {} of {n} events",
-            out.len()
+            "timed out with {counted} of {n} frames"
         );
         match ws.read() {
-            Ok(Message::Text(t)) => out.push(serde_json::from_str(&t).expect("frame is JSON")),
+            Ok(Message::Text(t)) => {
+                let v: Value = serde_json::from_str(&t).expect("frame is JSON");
+                counted += usize::from(counts(&v));
+                out.push(v);
+            }
             Ok(_) => {}
-            Err(e) => panic!("read failed after {} of {n} events: {e}", out.len()),
+            Err(e) => panic!("read failed after {counted} of {n} frames: {e}"),
         }
     }
     out

@@ -10,15 +10,16 @@ fn route(c: &mut Criterion) {
         b.truncate(b.len());
         b
     };
-    for users in [64usize, 1000] {
+    for (users, history) in [(64usize, true), (1000, true), (64, false), (1000, false)] {
         let recs: Vec<Vec<u8>> = (0..users)
             .map(|i| record(&format!("u{i}"), &body))
             .collect();
         let per_pass = 4096;
         g.throughput(Throughput::Elements(per_pass as u64));
-        let mut rb = RouteBench::new(users);
+        let mut rb = RouteBench::new(users, history);
+        let history = if history { "" } else { "_no_history" };
         g.bench_function(
-            format!("route_and_flush_{per_pass}_events_{users}_users"),
+            format!("route_and_flush_{per_pass}_events_{users}_users{history}"),
             |b| {
                 b.iter(|| {
                     for i in 0..per_pass {

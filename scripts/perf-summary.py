@@ -16,12 +16,14 @@ def fmt(vals, scale=1.0, digits=0):
     return f"{med:,.{digits}f} ({min(vals):,.{digits}f} to {max(vals):,.{digits}f})"
 
 
-print("| flags | runs | events/s | frames/write | p50 us | p99 us | p99.9 us | generator lag p99 us | lost | misrouted | CPU s: reactor / producers / clients |")
-print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+chaos = any(r["report"] and r["report"].get("resumes") for r in rows)
+extra = " resumes / replayed / gaps |" if chaos else ""
+print("| flags | runs | events/s | frames/write | p50 us | p99 us | p99.9 us | generator lag p99 us | lost | misrouted | CPU s: reactor / producers / clients |" + extra)
+print("| --- " * (11 + chaos) + "|")
 for c in configs:
     reps = [r["report"] for r in rows if r["config"] == c and r["report"]]
     if not reps:
-        print(f"| `{c}` | 0 | failed | | | | | | | | |")
+        print(f"| `{c}` | 0 | failed |" + " |" * (8 + chaos))
         continue
     lat = lambda k: [x["latency_us"][k] for x in reps]
     lag = lambda reps: (
@@ -37,8 +39,15 @@ for c in configs:
         f"| `{c}` | {len(reps)} | {fmt([x['events_per_sec'] for x in reps])} "
         f"| {fmt([x['frames_per_write'] for x in reps], digits=1)} | {fmt(lat('p50'))} | {fmt(lat('p99'))} "
         f"| {fmt(lat('p999'))} | {lag(reps)} | {sum(x['lost'] for x in reps)} | {sum(x['misrouted'] for x in reps)} | {cpu} |"
+        + (
+            f" {sum(x.get('resumes', 0) for x in reps)} / {sum(x.get('replayed', 0) for x in reps)} / {sum(x.get('gaps', 0) for x in reps)} |"
+            if chaos
+            else ""
+        )
     )
 print()
 print("Values: median (min to max) over the runs; lost and misrouted are totals over all runs.")
 print("Generator lag: how late the open-loop generator sent events against its schedule; it is")
 print("included in the latency, which counts from the schedule (`-` without `--rate`).")
+if chaos:
+    print("Resumes, replayed and gaps are totals over all runs.")

@@ -97,9 +97,15 @@ struct BenchArgs {
     /// The gateway's ring_capacity (bytes per emitter and shard, a power of two).
     #[arg(long, default_value_t = 1 << 20)]
     ring_capacity: usize,
-    /// The gateway's history_max_events: events kept per user for resume (0 = none).
+    /// The gateway's history_max_events: events kept per user for resume (0 = none). The bench
+    /// sizes history_max_bytes and history_total_bytes so that this count is what limits it.
     #[arg(long, default_value_t = 1024)]
     history_max_events: usize,
+    /// Every 100 ms, drop a random 10% of the connections mid-stream and reconnect them with
+    /// their cursor (`?since=&epoch=`); the report adds resumes, replayed events and gaps, and
+    /// every event must still arrive exactly once, in order.
+    #[arg(long)]
+    chaos: bool,
     /// Print one JSON line instead of the text report.
     #[arg(long)]
     json: bool,
@@ -263,6 +269,7 @@ fn run_bench(a: BenchArgs) -> Result<ExitCode, Error> {
         max_batch_delay: a.max_batch_delay,
         ring_capacity: a.ring_capacity,
         history_max_events: a.history_max_events,
+        chaos: a.chaos,
         progress: !a.json,
         ..BenchOptions::default()
     };

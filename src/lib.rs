@@ -78,9 +78,14 @@ pub mod __bench {
     }
 
     impl RouteBench {
-        /// Creates the core and adopts one connection per user `u0..u{users}`.
-        pub fn new(users: usize) -> Self {
-            let cfg = crate::config::Config::defaults(crate::config::JwtKey::Hs256(vec![0; 32]));
+        /// Creates the core (with resume history on or off) and adopts one connection per user
+        /// `u0..u{users}`.
+        pub fn new(users: usize, history: bool) -> Self {
+            let mut cfg =
+                crate::config::Config::defaults(crate::config::JwtKey::Hs256(vec![0; 32]));
+            if !history {
+                cfg.history_max_events = 0;
+            }
             let mut core = crate::core::Core::new(crate::core::CoreConfig::from_config(&cfg));
             let now = std::time::Instant::now();
             for i in 0..users {
@@ -167,6 +172,27 @@ pub mod __bench {
         pub fn events(&self) -> u64 {
             self.events
         }
+    }
+
+    /// Runs a quiet `floodgate bench --chaos` at `rate` events/s (0 = as fast as possible) and
+    /// returns its report as JSON (the fields of `floodgate bench --json`).
+    pub fn run_chaos(
+        connections: usize,
+        events: u64,
+        rate: u64,
+        history_max_events: usize,
+    ) -> serde_json::Value {
+        let opts = crate::bench::BenchOptions {
+            connections,
+            events,
+            rate,
+            history_max_events,
+            chaos: true,
+            progress: false,
+            ..Default::default()
+        };
+        let report = crate::bench::run(&opts).expect("bench runs");
+        serde_json::to_value(&report).expect("report serializes")
     }
 
     /// Runs a quiet `floodgate bench` with `connections` clients and `events` events; true when

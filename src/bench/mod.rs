@@ -64,6 +64,9 @@ pub struct BenchOptions {
     pub ring_capacity: usize,
     /// The gateway's `history_max_events` (0 = no resume history).
     pub history_max_events: usize,
+    /// Every [`CHAOS_INTERVAL`], drop a random [`CHAOS_FRACTION`] of the connections mid-stream
+    /// and reconnect them with their last cursor (`?since=&epoch=`).
+    pub chaos: bool,
     /// Give up when no event arrives for this long.
     pub stall_timeout: Duration,
     pub progress: bool,
@@ -84,11 +87,17 @@ impl Default for BenchOptions {
             max_batch_delay: Duration::ZERO,
             ring_capacity: 1 << 20,
             history_max_events: 1024,
+            chaos: false,
             stall_timeout: Duration::from_secs(10),
             progress: true,
         }
     }
 }
+
+/// With `chaos`: how often connections are dropped and resumed...
+pub const CHAOS_INTERVAL: Duration = Duration::from_millis(100);
+/// ...and which share of them each time.
+pub const CHAOS_FRACTION: f64 = 0.10;
 
 /// Latency percentiles in microseconds.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -137,12 +146,23 @@ pub struct BenchReport {
     pub write_blocked: u64,
     pub write_partial: u64,
     pub bytes_received: u64,
+    /// Reconnections with a cursor made by the clients (`--chaos`).
+    pub resumes: u64,
+    /// Events the gateway replayed from history to resuming connections.
+    pub replayed: u64,
+    /// `gap` frames received: events a resuming client was told it cannot get (they count as
+    /// lost).
+    pub gaps: u64,
 }
 
 impl BenchReport {
     /// True when every event arrived exactly once, in order, at the right client.
     pub fn is_clean(&self) -> bool {
-        self.lost == 0 && self.misrouted == 0 && self.order_errors == 0 && self.duplicates == 0
+        self.lost == 0
+            && self.misrouted == 0
+            && self.order_errors == 0
+            && self.duplicates == 0
+            && self.gaps == 0
     }
 
     /// The human-readable summary.
@@ -184,6 +204,12 @@ impl BenchReport {
             self.reactor_passes,
             self.ring_full_retries,
         );
+        if self.resumes > 0 {
+            out.push_str(&format!(
+                "chaos          {} resumes, {} events replayed, {} gaps\n",
+                self.resumes, self.replayed, self.gaps
+            ));
+        }
         if let Some(g) = &self.schedule_lag_us {
             out.push_str(&format!(
                 "generator lag  p50 {:.0}  p99 {:.0}  max {:.0} us behind schedule (included in latency)\n",
@@ -219,6 +245,9 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, crate::Error> {
     validate(opts)?;
     let mut secret = [0u8; 32];
     getrandom::fill(&mut secret).map_err(|e| crate::Error::Io(io::Error::other(e)))?;
+    // Room for `history_max_events` of every user: the log is sized so that only the per-user
+    // count limit applies.
+    let history_user_bytes = opts.history_max_events * (opts.payload_bytes + 64);
     let mut server = match opts.server {
         ServerKind::Floodgate => Server::Gateway(
             Gateway::builder()
@@ -229,6 +258,8 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, crate::Error> {
                 .max_batch_delay(opts.max_batch_delay)
                 .ring_capacity(opts.ring_capacity)
                 .history_max_events(opts.history_max_events)
+                .history_max_bytes(history_user_bytes.max(1 << 20))
+                .history_total_bytes((history_user_bytes * opts.connections).max(64 << 20))
                 .max_event_bytes((opts.ring_capacity / 4 - 512).min(64 << 10))
                 .max_connections_per_user(4)
                 .build()?,
@@ -262,13 +293,15 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, crate::Error> {
         )
         .map_err(crate::Error::Io)?;
         stream.set_nonblocking(true)?;
-        clients.push(ClientConn::new(
+        let mut conn = ClientConn::new(
             i as u32,
             TcpStream::from_std(stream),
             (early, read_chunk),
             expect,
             opts.producers,
-        ));
+        );
+        conn.token = token;
+        clients.push(conn);
     }
 
     if let Server::Raw(raw) = &mut server {
@@ -288,6 +321,11 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, crate::Error> {
         shares[i % threads].push(cl);
     }
     let stall = opts.stall_timeout;
+    let chaos = opts.chaos.then_some(Chaos {
+        addr,
+        read_chunk,
+        seed: unix_ns(),
+    });
     let client_handles: Vec<_> = shares
         .into_iter()
         .enumerate()
@@ -295,7 +333,13 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, crate::Error> {
             let received = received.clone();
             std::thread::Builder::new()
                 .name(format!("bench-client-{t}"))
-                .spawn(move || client_loop(share, &received, stall))
+                .spawn(move || {
+                    let chaos = chaos.map(|c| Chaos {
+                        seed: c.seed ^ (t as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                        ..c
+                    });
+                    client_loop(share, &received, stall, chaos)
+                })
         })
         .collect::<Result<_, _>>()?;
 
@@ -360,25 +404,34 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, crate::Error> {
     // Producer and client threads have exited; their CPU was sampled by themselves.
     let cpu = process_cpu_seconds() - cpu0;
     let reactor_cpu = reactor_cpu_seconds() - reactor_cpu0;
-    let (passes, write_syscalls, frames_written, write_blocked, write_partial) = match server {
+    let s = match server {
         Server::Gateway(gw) => {
             let s = gw.metrics().stats;
             gw.shutdown()?;
-            let r = (s.passes, s.write_syscalls, s.frames_written);
-            (r.0, r.1, r.2, s.write_blocked, s.write_partial)
+            s
         }
         Server::Raw(raw) => {
             raw.close();
             let w = raw.writes();
-            (0, w, w, 0, 0)
+            crate::Stats {
+                write_syscalls: w,
+                frames_written: w,
+                ..Default::default()
+            }
         }
     };
+    let (passes, write_syscalls, frames_written) = (s.passes, s.write_syscalls, s.frames_written);
+    let (write_blocked, write_partial) = (s.write_blocked, s.write_partial);
 
     let mut hist = new_histogram();
     let (mut got, mut misrouted, mut order_errors, mut duplicates, mut bytes, mut lost) =
         (0, 0, 0, 0, 0, 0);
     let mut last_rx_ns = 0;
     let mut client_cpu = 0.0;
+    let (resumes, gaps) = (
+        results.iter().map(|r| r.resumes).sum(),
+        results.iter().map(|r| r.gaps).sum(),
+    );
     for r in &results {
         client_cpu += r.cpu;
         hist.add(&r.hist).expect("same bounds");
@@ -439,6 +492,9 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, crate::Error> {
         write_blocked,
         write_partial,
         bytes_received: bytes,
+        resumes,
+        replayed: s.events_replayed,
+        gaps,
     })
 }
 
@@ -570,6 +626,17 @@ struct ClientConn {
     stream: TcpStream,
     reader: FrameReader,
     v: Verify,
+    /// The user's token, for reconnecting.
+    token: String,
+}
+
+/// What `--chaos` needs to drop and resume connections.
+#[derive(Clone, Copy)]
+struct Chaos {
+    addr: std::net::SocketAddr,
+    read_chunk: usize,
+    /// xorshift state for picking victims.
+    seed: u64,
 }
 
 /// What one client has seen.
@@ -584,6 +651,17 @@ struct Verify {
     duplicates: u64,
     bytes: u64,
     closed: bool,
+    /// The stream's epoch, from the first `hello` (16 hex digits).
+    epoch: Option<[u8; 16]>,
+    /// The next text frame must be `hello` (set on every connect).
+    awaiting_hello: bool,
+    /// Reconnections made.
+    resumes: u64,
+    /// `gap` frames received, and the events they said were lost.
+    gaps: u64,
+    gap_events: u64,
+    /// After a gap, producers' counters may jump: `n` then only has to increase.
+    after_gap: bool,
 }
 
 impl ClientConn {
@@ -609,14 +687,21 @@ impl ClientConn {
                 duplicates: 0,
                 bytes: 0,
                 closed: false,
+                epoch: None,
+                awaiting_hello: true,
+                resumes: 0,
+                gaps: 0,
+                gap_events: 0,
+                after_gap: false,
             },
+            token: String::new(),
         }
     }
 }
 
 impl Verify {
     fn done(&self) -> bool {
-        self.closed || self.received >= self.expected
+        self.closed || self.received + self.gap_events >= self.expected
     }
 }
 
@@ -630,9 +715,51 @@ struct ClientResult {
     lost: u64,
     last_rx_ns: u64,
     cpu: f64,
+    resumes: u64,
+    gaps: u64,
 }
 
-fn client_loop(mut conns: Vec<ClientConn>, received: &AtomicU64, stall: Duration) -> ClientResult {
+/// Drops connection `i`'s socket mid-stream and reconnects with its cursor. Returns false if
+/// the reconnect failed (the connection then counts as closed).
+fn resume(poll: &Poll, c: &mut ClientConn, i: usize, chaos: &Chaos) -> bool {
+    let _ = poll.registry().deregister(&mut c.stream);
+    let _ = c.stream.shutdown(std::net::Shutdown::Both);
+    let path = match &c.v.epoch {
+        Some(e) => format!(
+            "/ws?since={}&epoch={}",
+            c.v.last_seq,
+            std::str::from_utf8(e).unwrap_or("0")
+        ),
+        None => "/ws?since=0".to_owned(),
+    };
+    let auth = format!("Authorization: Bearer {}\r\n", c.token);
+    let Ok((stream, early)) = client::connect(chaos.addr, &path, &auth, Duration::from_secs(5))
+    else {
+        return false;
+    };
+    if stream.set_nonblocking(true).is_err() {
+        return false;
+    }
+    c.stream = TcpStream::from_std(stream);
+    if poll
+        .registry()
+        .register(&mut c.stream, Token(i), Interest::READABLE)
+        .is_err()
+    {
+        return false;
+    }
+    c.reader = FrameReader::new(early, chaos.read_chunk);
+    c.v.awaiting_hello = true;
+    c.v.resumes += 1;
+    true
+}
+
+fn client_loop(
+    mut conns: Vec<ClientConn>,
+    received: &AtomicU64,
+    stall: Duration,
+    mut chaos: Option<Chaos>,
+) -> ClientResult {
     let mut hist = new_histogram();
     let mut poll = Poll::new().expect("poll");
     for (i, c) in conns.iter_mut().enumerate() {
@@ -648,12 +775,32 @@ fn client_loop(mut conns: Vec<ClientConn>, received: &AtomicU64, stall: Duration
     let mut scratch = Vec::new();
     let scanner = Scanner;
     let mut ready: Vec<usize> = (0..conns.len()).collect(); // early bytes may hold frames
+    let mut next_chaos = Instant::now() + CHAOS_INTERVAL;
     while remaining > 0 {
+        if let Some(ch) = chaos.as_mut().filter(|_| Instant::now() >= next_chaos) {
+            next_chaos += CHAOS_INTERVAL;
+            let live: Vec<usize> = (0..conns.len()).filter(|&i| !conns[i].v.done()).collect();
+            let victims = ((live.len() as f64 * CHAOS_FRACTION).ceil() as usize).min(live.len());
+            for k in 0..victims {
+                // xorshift64: a different victim set every time, reproducible from the seed.
+                ch.seed ^= ch.seed << 13;
+                ch.seed ^= ch.seed >> 7;
+                ch.seed ^= ch.seed << 17;
+                let i = live[(ch.seed as usize).wrapping_add(k) % live.len()];
+                if !resume(&poll, &mut conns[i], i, ch) {
+                    conns[i].v.closed = true;
+                    remaining -= 1;
+                }
+                ready.push(i); // the first bytes may have come with the handshake
+            }
+        }
         if ready.is_empty() {
-            if poll
-                .poll(&mut events, Some(Duration::from_millis(100)))
-                .is_err()
-            {
+            let timeout = if chaos.is_some() {
+                next_chaos.saturating_duration_since(Instant::now())
+            } else {
+                Duration::from_millis(100)
+            };
+            if poll.poll(&mut events, Some(timeout)).is_err() {
                 continue;
             }
             ready.extend(events.iter().map(|e| e.token().0));
@@ -669,6 +816,7 @@ fn client_loop(mut conns: Vec<ClientConn>, received: &AtomicU64, stall: Duration
                 stream,
                 reader,
                 v: c,
+                ..
             } = &mut conns[i];
             if c.done() {
                 continue;
@@ -688,7 +836,7 @@ fn client_loop(mut conns: Vec<ClientConn>, received: &AtomicU64, stall: Duration
                     }
                 };
                 let now_ns = unix_ns();
-                let before = c.received;
+                let before = c.received + c.gap_events;
                 let mut pongs = Vec::new();
                 let res = reader.frames(|kind, payload| match kind {
                     Kind::Text => {
@@ -713,8 +861,8 @@ fn client_loop(mut conns: Vec<ClientConn>, received: &AtomicU64, stall: Duration
                 if res.is_err() {
                     c.closed = true;
                 }
-                if c.received > before {
-                    received.fetch_add(c.received - before, Ordering::Relaxed);
+                if c.received + c.gap_events > before {
+                    received.fetch_add(c.received + c.gap_events - before, Ordering::Relaxed);
                     last_rx_ns = now_ns;
                     last_progress = Instant::now();
                 }
@@ -740,6 +888,8 @@ fn client_loop(mut conns: Vec<ClientConn>, received: &AtomicU64, stall: Duration
         lost: 0,
         last_rx_ns,
         cpu: thread_cpu_now(),
+        resumes: 0,
+        gaps: 0,
     };
     for c in conns.iter().map(|c| &c.v) {
         r.received += c.received;
@@ -748,6 +898,8 @@ fn client_loop(mut conns: Vec<ClientConn>, received: &AtomicU64, stall: Duration
         r.duplicates += c.duplicates;
         r.bytes += c.bytes;
         r.lost += c.expected.saturating_sub(c.received);
+        r.resumes += c.resumes;
+        r.gaps += c.gaps;
     }
     r
 }
@@ -825,11 +977,23 @@ fn check_frame(
     sample: &mut u32,
     scratch: &mut Vec<u8>,
 ) {
-    let Some(f) = sc.scan(payload) else {
-        // The one protocol frame a fresh connection gets is `hello`, before any event.
-        let hello = c.received == 0 && payload.starts_with(b"{\"type\":\"hello\",");
-        if !hello {
+    if c.awaiting_hello {
+        c.awaiting_hello = false;
+        if !hello_agrees(c, payload) {
             c.order_errors += 1;
+        }
+        return;
+    }
+    let Some(f) = sc.scan(payload) else {
+        match gap_range(payload) {
+            // Everything up to `to` is accounted for: either received or announced lost.
+            Some((from, to)) if from == c.last_seq + 1 && to >= from => {
+                c.gaps += 1;
+                c.gap_events += to - from + 1;
+                c.last_seq = to;
+                c.after_gap = true;
+            }
+            _ => c.order_errors += 1,
         }
         return;
     };
@@ -847,7 +1011,7 @@ fn check_frame(
         return;
     }
     match c.last_n.get_mut(f.p as usize) {
-        Some(last) if f.n == *last + 1 => *last = f.n,
+        Some(last) if f.n == *last + 1 || (c.after_gap && f.n > *last) => *last = f.n,
         Some(last) => {
             c.order_errors += 1;
             *last = f.n;
@@ -860,6 +1024,35 @@ fn check_frame(
     if *sample % 64 == 0 && !full_parse_agrees(payload, f.seq, c.user, scratch) {
         c.order_errors += 1;
     }
+}
+
+/// Checks a `hello` frame: on the first connection it records the epoch; on a resume the epoch
+/// must be the same (this run never drops streams) and `last_seq` at least the cursor.
+fn hello_agrees(c: &mut Verify, payload: &[u8]) -> bool {
+    let Some(rest) = payload.strip_prefix(b"{\"type\":\"hello\",\"epoch\":\"") else {
+        return false;
+    };
+    let Some(epoch) = rest.get(..16).and_then(|e| <[u8; 16]>::try_from(e).ok()) else {
+        return false;
+    };
+    let last = rest[16..]
+        .strip_prefix(b"\",\"last_seq\":")
+        .and_then(uint)
+        .map(|(v, _)| v);
+    let same = *c.epoch.get_or_insert(epoch) == epoch;
+    same && last.is_some_and(|l| l >= c.last_seq)
+}
+
+/// `from` and `to` of a `gap` frame.
+fn gap_range(payload: &[u8]) -> Option<(u64, u64)> {
+    if !payload.starts_with(b"{\"type\":\"gap\",") {
+        return None;
+    }
+    let num = |key: &[u8]| {
+        let at = memchr::memmem::find(payload, key)? + key.len();
+        uint(&payload[at..]).map(|(v, _)| v)
+    };
+    Some((num(b"\"from\":")?, num(b"\"to\":")?))
 }
 
 /// Parses the whole frame with simd-json and checks it against what the scanner read.

@@ -144,7 +144,14 @@ fn upgrade(mut stream: TcpStream, verifier: &Verifier) -> io::Result<(usize, Tcp
         .and_then(|i| i.parse().ok())
         .ok_or_else(|| bad("bench users are u<index>"))?;
     stream.set_nodelay(true)?;
-    stream.write_all(&handshake::switching_protocols(&key))?;
+    // The same opening as the gateway's: the 101, then a `hello` (this floor keeps no history,
+    // so the epoch is a constant and the stream starts at 0).
+    let mut out = bytes::BytesMut::from(&handshake::switching_protocols(&key)[..]);
+    frame::append_text(
+        &mut out,
+        b"{\"type\":\"hello\",\"epoch\":\"0000000000000001\",\"last_seq\":0}",
+    );
+    stream.write_all(&out)?;
     Ok((index, stream))
 }
 

@@ -105,12 +105,30 @@ impl Log {
     }
 }
 
-/// One retained frame of a user: where it is in the log, and when it was appended.
+/// One retained frame of a user: where it is in the log, and when it was appended (16 bytes,
+/// so a user's index costs one cache line per four events).
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     pos: u64,
     len: u32,
-    at: Instant,
+    /// Milliseconds on the shard's [`HistoryClock`], wrapping (ages stay far below 49 days).
+    at_ms: u32,
+}
+
+/// Turns the core's `now` into compact milliseconds for [`Entry::at_ms`]. The base is the first
+/// `now` it is given, so this stays a pure function of its inputs.
+#[derive(Debug, Default)]
+pub(crate) struct HistoryClock {
+    base: Option<Instant>,
+}
+
+impl HistoryClock {
+    /// Milliseconds since the first call (0 for anything earlier), wrapping at 2^32.
+    #[inline]
+    pub(crate) fn ms(&mut self, now: Instant) -> u32 {
+        let base = *self.base.get_or_insert(now);
+        now.saturating_duration_since(base).as_millis() as u32
+    }
 }
 
 /// One user's retained frames, as positions in the shard's [`Log`].
@@ -137,15 +155,16 @@ impl History {
     }
 
     /// Records that the frame of event `seq` (which must follow the last one pushed, if any)
-    /// is in the log at `pos`, then evicts what the limits no longer allow.
+    /// is in the log at `pos`. To keep this path to one store, limits are applied in bulk: the
+    /// index may hold up to twice `max_events` (and twice `max_bytes`) until the next trim;
+    /// [`evict`](Self::evict), which runs before every read, applies them exactly.
     pub(crate) fn push(
         &mut self,
         seq: u64,
         pos: u64,
         len: usize,
-        now: Instant,
+        now_ms: u32,
         limits: &HistoryLimits,
-        log_tail: u64,
     ) {
         if self.entries.is_empty() {
             // The stream may have moved on while nothing was retained.
@@ -155,16 +174,18 @@ impl History {
         self.entries.push_back(Entry {
             pos,
             len: len as u32,
-            at: now,
+            at_ms: now_ms,
         });
         self.bytes += len;
-        // Count, bytes and the log's tail only: age is enforced by `evict`, which runs before
-        // every replay and on the shard's periodic sweep.
-        while self.entries.len() > limits.max_events
-            || self.bytes > limits.max_bytes
-            || self.entries.front().is_some_and(|e| e.pos < log_tail)
-        {
-            let e = self.entries.pop_front().expect("not empty");
+        if self.entries.len() > 2 * limits.max_events.max(8) || self.bytes > 2 * limits.max_bytes {
+            while self.entries.len() > limits.max_events || self.bytes > limits.max_bytes {
+                self.pop();
+            }
+        }
+    }
+
+    fn pop(&mut self) {
+        if let Some(e) = self.entries.pop_front() {
             self.bytes -= e.len as usize;
             self.first_seq += 1;
         }
@@ -179,18 +200,17 @@ impl History {
 
     /// Evicts frames over the count or byte limit, older than the age limit, or overwritten
     /// in the log (position before `log_tail`).
-    pub(crate) fn evict(&mut self, now: Instant, limits: &HistoryLimits, log_tail: u64) {
+    pub(crate) fn evict(&mut self, now_ms: u32, limits: &HistoryLimits, log_tail: u64) {
+        let max_age_ms = u32::try_from(limits.max_age.as_millis()).unwrap_or(u32::MAX);
         while let Some(e) = self.entries.front() {
             let over = self.entries.len() > limits.max_events
                 || self.bytes > limits.max_bytes
                 || e.pos < log_tail
-                || now.saturating_duration_since(e.at) > limits.max_age;
+                || now_ms.wrapping_sub(e.at_ms) > max_age_ms;
             if !over {
                 break;
             }
-            self.bytes -= e.len as usize;
-            self.entries.pop_front();
-            self.first_seq += 1;
+            self.pop();
         }
         if self.entries.is_empty() && self.entries.capacity() > 64 {
             // An idle user keeps no index memory.
@@ -239,13 +259,16 @@ mod tests {
     }
 
     /// One user's stream of `n` frames in a log of `cap` bytes.
-    fn filled(n: u64, limits: &HistoryLimits, cap: usize, t0: Instant) -> (Log, History) {
+    fn filled(n: u64, limits: &HistoryLimits, cap: usize) -> (Log, History) {
         let mut log = Log::new(cap);
         let mut h = History::default();
         for seq in 1..=n {
             let f = frame(seq);
             match log.append(&[&f]) {
-                Some(pos) => h.push(seq, pos, f.len(), t0, limits, log.tail()),
+                Some(pos) => {
+                    h.push(seq, pos, f.len(), 0, limits);
+                    h.evict(0, limits, log.tail());
+                }
                 None => h.skip_to(seq),
             }
         }
@@ -260,8 +283,7 @@ mod tests {
 
     #[test]
     fn keeps_the_newest_frames_within_the_count_limit() {
-        let t0 = Instant::now();
-        let (log, h) = filled(10, &LIMITS, 1 << 20, t0);
+        let (log, h) = filled(10, &LIMITS, 1 << 20);
         assert_eq!((h.first_seq(), h.len()), (Some(7), 4));
         assert_eq!(
             read(&h, &log, 7, usize::MAX).unwrap(),
@@ -273,20 +295,18 @@ mod tests {
 
     #[test]
     fn reads_stop_at_the_byte_budget_but_return_at_least_one_frame() {
-        let t0 = Instant::now();
-        let (log, h) = filled(4, &LIMITS, 1 << 20, t0);
+        let (log, h) = filled(4, &LIMITS, 1 << 20);
         assert_eq!(read(&h, &log, 1, 7).unwrap(), (b"[1][2]".to_vec(), 3));
         assert_eq!(read(&h, &log, 2, 1).unwrap(), (b"[2]".to_vec(), 3));
     }
 
     #[test]
     fn byte_limit_evicts_oldest_first() {
-        let t0 = Instant::now();
         let limits = HistoryLimits {
             max_bytes: 10,
             ..LIMITS
         };
-        let (log, h) = filled(5, &limits, 1 << 20, t0);
+        let (log, h) = filled(5, &limits, 1 << 20);
         assert_eq!(h.first_seq(), Some(3));
         assert_eq!(read(&h, &log, 3, usize::MAX).unwrap().0, b"[3][4][5]");
     }
@@ -300,30 +320,24 @@ mod tests {
         };
         let mut log = Log::new(1 << 10);
         let mut h = History::default();
+        let mut clock = HistoryClock::default();
         for (seq, secs) in [(1u64, 0u64), (2, 5), (3, 11)] {
             let pos = log.append(&[b"x"]).unwrap();
-            h.push(
-                seq,
-                pos,
-                1,
-                t0 + Duration::from_secs(secs),
-                &limits,
-                log.tail(),
-            );
+            let ms = clock.ms(t0 + Duration::from_secs(secs));
+            h.push(seq, pos, 1, ms, &limits);
         }
         assert_eq!(h.first_seq(), Some(1), "push does not look at age");
-        h.evict(t0 + Duration::from_secs(11), &limits, log.tail());
+        h.evict(clock.ms(t0 + Duration::from_secs(11)), &limits, log.tail());
         assert_eq!(h.first_seq(), Some(2));
-        h.evict(t0 + Duration::from_secs(30), &limits, log.tail());
+        h.evict(clock.ms(t0 + Duration::from_secs(30)), &limits, log.tail());
         assert_eq!(h.first_seq(), None);
         let pos = log.append(&[b"d"]).unwrap();
-        h.push(4, pos, 1, t0 + Duration::from_secs(31), &limits, log.tail());
+        h.push(4, pos, 1, clock.ms(t0 + Duration::from_secs(31)), &limits);
         assert_eq!(read(&h, &log, 4, 100).unwrap(), (b"d".to_vec(), 5));
     }
 
     #[test]
     fn a_full_log_overwrites_the_oldest_frames_of_every_user() {
-        let t0 = Instant::now();
         let limits = HistoryLimits {
             max_events: 1000,
             ..LIMITS
@@ -335,12 +349,12 @@ mod tests {
             for h in [&mut a, &mut b] {
                 let f = frame(seq);
                 let pos = log.append(&[&f]).unwrap();
-                h.push(seq, pos, f.len(), t0, &limits, log.tail());
+                h.push(seq, pos, f.len(), 0, &limits);
             }
             assert!(log.resident() <= 64);
         }
         for h in [&mut a, &mut b] {
-            h.evict(t0, &limits, log.tail());
+            h.evict(0, &limits, log.tail());
             let first = h.first_seq().unwrap();
             assert!(first > 30, "old frames were overwritten ({first})");
             let (bytes, next) = read(h, &log, first, usize::MAX).unwrap();
@@ -348,6 +362,40 @@ mod tests {
             let want: Vec<u8> = (first..=40).flat_map(frame).collect();
             assert_eq!(bytes, want, "what is retained is intact");
         }
+    }
+
+    #[test]
+    fn push_trims_in_bulk_and_evict_applies_the_limits_exactly() {
+        let mut log = Log::new(1 << 20);
+        let mut h = History::default();
+        let limits = HistoryLimits {
+            max_events: 10,
+            ..LIMITS
+        };
+        for seq in 1..=40u64 {
+            let pos = log.append(&[b"abc"]).unwrap();
+            h.push(seq, pos, 3, 0, &limits);
+            assert!(h.len() <= 20, "the index stays within twice the limit");
+        }
+        h.evict(0, &limits, log.tail());
+        assert_eq!((h.first_seq(), h.len()), (Some(31), 10));
+        assert_eq!(read(&h, &log, 31, usize::MAX).unwrap().1, 41);
+    }
+
+    #[test]
+    fn the_clock_starts_at_its_first_reading_and_wraps() {
+        let t0 = Instant::now();
+        let mut c = HistoryClock::default();
+        assert_eq!(c.ms(t0 + Duration::from_secs(5)), 0);
+        assert_eq!(c.ms(t0 + Duration::from_secs(6)), 1000);
+        assert_eq!(c.ms(t0), 0, "earlier than the base");
+        let later = t0 + Duration::from_secs(5) + Duration::from_millis((1 << 32) + 7);
+        assert_eq!(c.ms(later), 7, "wraps at 2^32 ms");
+        assert_eq!(
+            7u32.wrapping_sub(u32::MAX - 2),
+            10,
+            "ages across the wrap stay right"
+        );
     }
 
     #[test]
@@ -367,9 +415,8 @@ mod tests {
 
     #[test]
     fn a_frame_that_cannot_be_kept_leaves_a_clean_suffix() {
-        let t0 = Instant::now();
-        let (log, h) = filled(12, &LIMITS, 5, t0); // "[10]" fits, "[10]" .. are 4 bytes
-                                                   // Frames 1..=9 are 3 bytes ("[n]"), 10..=12 are 4; a 5-byte log keeps one at a time.
+        let (log, h) = filled(12, &LIMITS, 5);
+        // Frames 1..=9 are 3 bytes ("[n]"), 10..=12 are 4; a 5-byte log keeps one at a time.
         assert_eq!(h.first_seq(), Some(12));
         assert_eq!(read(&h, &log, 12, 100).unwrap(), (b"[12]".to_vec(), 13));
     }

@@ -21,7 +21,7 @@ use tungstenite::{Error as WsError, Message};
 
 use crate::metrics::Stats;
 use batch::BatchPolicy;
-use history::{History, HistoryLimits, Log};
+use history::{History, HistoryClock, HistoryLimits, Log};
 use keepalive::{Keepalive, Liveness};
 
 /// Close code for a slow consumer: its outbound buffer went over `max_outbound_bytes`.
@@ -262,6 +262,8 @@ pub(crate) struct Core {
     streams_created: u64,
     /// The frames that users' histories point into.
     log: Log,
+    /// Compact timestamps for history entries.
+    clock: HistoryClock,
     /// When `tick` next evicts history that is past its age.
     next_history_sweep: Instant,
     /// Counters, published by the reactor once per pass.
@@ -285,6 +287,7 @@ impl Core {
             replaying: Vec::new(),
             streams_created: 0,
             log: Log::new(log_bytes),
+            clock: HistoryClock::default(),
             next_history_sweep: Instant::now(),
             stats: Stats::default(),
         }
@@ -391,7 +394,8 @@ impl Core {
             return;
         };
         let u = self.users.get_mut(user).expect("adopted user has a stream");
-        u.history.evict(now, &self.cfg.history, self.log.tail());
+        u.history
+            .evict(self.clock.ms(now), &self.cfg.history, self.log.tail());
         let (epoch, last) = (u.epoch, u.seq);
         let first = u.history.first_seq().unwrap_or(last + 1);
         let c = &mut self.conns[id];
@@ -446,7 +450,8 @@ impl Core {
                 .users
                 .get_mut(user)
                 .expect("replaying user has a stream");
-            u.history.evict(now, &self.cfg.history, self.log.tail());
+            u.history
+                .evict(self.clock.ms(now), &self.cfg.history, self.log.tail());
             let mut next = next;
             if let Some(first) = u.history.first_seq().filter(|&f| next < f) {
                 // The history moved past this connection while it replayed.
@@ -507,6 +512,7 @@ impl Core {
             dirty,
             urgent,
             log,
+            clock,
             stats,
             ..
         } = self;
@@ -517,9 +523,9 @@ impl Core {
         if cfg.history.max_events > 0 {
             match log.append(&[&prefix[..n], rec.body]) {
                 Some(pos) => {
-                    let tail = log.tail();
+                    let ms = clock.ms(now);
                     user.history
-                        .push(user.seq, pos, frame_len, now, &cfg.history, tail);
+                        .push(user.seq, pos, frame_len, ms, &cfg.history);
                 }
                 None => user.history.skip_to(user.seq),
             }
@@ -577,9 +583,9 @@ impl Core {
 
     /// Evicts history that is past its age in every stream (run from `tick`).
     fn expire_history(&mut self, now: Instant) {
-        let (limits, tail) = (self.cfg.history, self.log.tail());
+        let (limits, tail, ms) = (self.cfg.history, self.log.tail(), self.clock.ms(now));
         for u in self.users.values_mut() {
-            u.history.evict(now, &limits, tail);
+            u.history.evict(ms, &limits, tail);
         }
         self.stats.history_bytes = self.log.resident() as u64;
     }

@@ -570,3 +570,26 @@ mod seam {
         }
     }
 }
+
+#[test]
+fn without_history_a_resume_gets_a_gap_for_everything_it_missed() {
+    let t0 = Instant::now();
+    let mut core = Core::new(cfg(|c| c.history_max_events = 0));
+    let epoch = learn_epoch(&mut core, "a", t0);
+    for i in 1..=5 {
+        core.route(&record("a", i), t0, 0);
+    }
+    let id = resume(&mut core, "a", 2, Some(epoch), t0);
+    core.route(&record("a", 6), t0, 0);
+    let seen = drain(&mut core, id, t0);
+    assert_eq!(
+        seen[1],
+        Seen::Gap {
+            reason: "history_evicted".into(),
+            from: 3,
+            to: 5
+        }
+    );
+    assert_eq!(events(&seen), [6], "live events continue");
+    assert_eq!(core.stats.history_bytes, 0, "nothing is kept");
+}

@@ -62,6 +62,8 @@ pub(crate) struct Config {
     pub history_max_bytes: usize,
     pub history_max_age: Duration,
     pub history_total_bytes: usize,
+    pub breaker_trip_after: Duration,
+    pub breaker_cooldown: Duration,
 }
 
 impl Config {
@@ -92,6 +94,8 @@ impl Config {
             history_max_bytes: 1 << 20,
             history_max_age: Duration::from_secs(600),
             history_total_bytes: 64 << 20,
+            breaker_trip_after: Duration::from_secs(1),
+            breaker_cooldown: Duration::from_secs(30),
         }
     }
 
@@ -216,6 +220,25 @@ impl Config {
         if self.max_offline_users == 0 {
             return Err(err("max_offline_users", "must be at least 1"));
         }
+        if self.breaker_trip_after.is_zero() || self.breaker_trip_after > Duration::from_secs(600) {
+            return Err(err(
+                "breaker_trip_after",
+                "must be more than 0 and at most 10m",
+            ));
+        }
+        if self.breaker_cooldown > Duration::from_secs(3600) {
+            return Err(err(
+                "breaker_cooldown",
+                "must be at most 1h (0 = no breaker: slow consumers are closed with 4008)",
+            ));
+        }
+        if !self.breaker_cooldown.is_zero() && self.history_max_events == 0 {
+            return Err(err(
+                "breaker_cooldown",
+                "conflicts with history_max_events = 0: an open breaker leaves events to history, \
+                 so keep some history or set breaker_cooldown = 0 (close slow consumers instead)",
+            ));
+        }
         if self.history_max_events > 1 << 20 {
             return Err(err(
                 "history_max_events",
@@ -283,7 +306,9 @@ macro_rules! with_plain_settings {
             history_max_events,
             history_max_bytes,
             history_max_age,
-            history_total_bytes
+            history_total_bytes,
+            breaker_trip_after,
+            breaker_cooldown
         )
     };
 }
@@ -402,6 +427,16 @@ pub struct Settings {
     /// the shard count, and the oldest frames are overwritten when it is full [default: 67108864]
     #[arg(long, env = "FLOODGATE_HISTORY_TOTAL_BYTES", value_name = "BYTES")]
     pub history_total_bytes: Option<usize>,
+    /// A connection whose unsent bytes stay above half of max_outbound_bytes this long has its
+    /// circuit breaker opened: its queued events leave memory (history keeps them) [default: 1s]
+    #[arg(long, env = "FLOODGATE_BREAKER_TRIP_AFTER", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[serde(default, with = "humantime_serde")]
+    pub breaker_trip_after: Option<Duration>,
+    /// How long an open breaker stays open before the connection is refilled from history;
+    /// 0 = no breaker (slow consumers are closed with 4008) [default: 30s]
+    #[arg(long, env = "FLOODGATE_BREAKER_COOLDOWN", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[serde(default, with = "humantime_serde")]
+    pub breaker_cooldown: Option<Duration>,
 }
 
 impl Settings {

@@ -123,6 +123,16 @@ impl Emitter {
         }
     }
 
+    /// What the gateway knows about delivery to `user`, read without a lock: how many
+    /// connections the user has, how many of them have an open circuit breaker (they fell
+    /// behind and their events wait in history), and the lowest breaker health (0 to 100).
+    /// `None` if nothing is known: the user never connected to this gateway, or another user's
+    /// state took its slot in the fixed-size table. The state is published when connections
+    /// come and go and when a breaker changes state.
+    pub fn delivery(&self, user: &str) -> Option<crate::Delivery> {
+        self.shared.board.get(user.as_bytes())
+    }
+
     /// Emits `agent_started` for `run_id`.
     pub fn agent_started<'a>(
         &mut self,

@@ -21,6 +21,8 @@ pub(crate) struct Shared {
     pub registry: Arc<Registry>,
     pub ring_capacity: usize,
     pub max_event_bytes: usize,
+    /// Users' delivery states, published by the shards.
+    pub board: Arc<crate::delivery::DeliveryBoard>,
 }
 
 /// A running gateway: a listening socket, one reactor thread per shard, and the rings from its
@@ -240,6 +242,13 @@ impl GatewayBuilder {
         /// the shards; the oldest frames are overwritten when full) [default 64 MiB; at least
         /// `history_max_bytes` x shards].
         history_total_bytes: usize,
+        /// A connection whose unsent bytes stay above half of `max_outbound_bytes` this long
+        /// has its circuit breaker opened [default 1 s, at most 10 min].
+        breaker_trip_after: Duration,
+        /// How long an open breaker stays open before the connection is refilled from
+        /// history; zero disables breakers, and slow consumers are closed with 4008 instead
+        /// [default 30 s, at most 1 h; needs `history_max_events` > 0].
+        breaker_cooldown: Duration,
     }
 
     /// Applies one layer of [`Settings`] (from a file, the environment or flags): each field that
@@ -320,6 +329,7 @@ impl GatewayBuilder {
             open: AtomicUsize::new(0),
         });
         let mut core = CoreConfig::from_config(&cfg);
+        let board = core.board.clone();
         // Epochs of this process's streams must not repeat those of an earlier run.
         core.epoch_seed = getrandom::u64().map_err(|e| Error::Io(std::io::Error::other(e)))?;
         let rcfg = ReactorConfig {
@@ -344,6 +354,7 @@ impl GatewayBuilder {
             registry,
             ring_capacity: cfg.ring_capacity,
             max_event_bytes: cfg.max_event_bytes,
+            board,
         });
         Ok(Gateway {
             shared,

@@ -108,6 +108,16 @@ counters! {
     events_replayed,
     /// Bytes of memory held by the history log (gauge).
     history_bytes,
+    /// Connection breakers that opened (the connection fell behind).
+    breaker_opened,
+    /// Breakers that half-opened after their cool-down.
+    breaker_half_opened,
+    /// Breakers that closed again (the connection caught up).
+    breaker_closed,
+    /// Breakers open now (gauge).
+    breakers_open,
+    /// Queued events taken out of memory when a breaker opened (they stay in history).
+    events_diverted,
 }
 
 impl Stats {
@@ -270,6 +280,28 @@ impl MetricsSnapshot {
             "gauge",
             "Bytes of memory held by the event history log (at most history_total_bytes).",
             &[("", s.history_bytes)],
+        );
+        metric(
+            "breaker_transitions_total",
+            "counter",
+            "Connection circuit breaker transitions, by the state entered.",
+            &[
+                ("{to=\"open\"}", s.breaker_opened),
+                ("{to=\"half_open\"}", s.breaker_half_opened),
+                ("{to=\"closed\"}", s.breaker_closed),
+            ],
+        );
+        metric(
+            "breakers_open",
+            "gauge",
+            "Connections whose circuit breaker is open.",
+            &[("", s.breakers_open)],
+        );
+        metric(
+            "events_diverted_total",
+            "counter",
+            "Queued events dropped from memory when a breaker opened (kept in history for replay).",
+            &[("", s.events_diverted)],
         );
         metric(
             "reactor_passes_total",

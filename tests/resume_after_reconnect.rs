@@ -14,14 +14,7 @@ const T: Duration = Duration::from_secs(20);
 
 fn emit_blocking(em: &mut floodgate::Emitter, user: &str, i: u64) {
     let data = json!({ "i": i });
-    let backoff = crossbeam_utils::Backoff::new();
-    loop {
-        match em.emit(user, floodgate::Event::custom("tick", &data)) {
-            Ok(()) => return,
-            Err(floodgate::EmitError::Full(_)) => backoff.snooze(),
-            Err(e) => panic!("emit failed: {e}"),
-        }
-    }
+    util::emit_retrying(em, user, floodgate::Event::custom("tick", &data));
 }
 
 /// Reads frames until an event with `seq >= until` arrived; returns every frame read.

@@ -1,5 +1,7 @@
-//! A client that stops reading is closed with 4008 once its outbound buffer passes
-//! `max_outbound_bytes`; the gateway's memory for it stays bounded and other users are unaffected.
+//! With breakers disabled (`breaker_cooldown = 0`), a client that stops reading is closed with
+//! 4008 once its outbound buffer passes `max_outbound_bytes`; the gateway's memory for it stays
+//! bounded and other users are unaffected. (With breakers, see
+//! `slow_consumer_trips_its_breaker.rs`.)
 mod util;
 
 use std::time::Duration;
@@ -11,6 +13,7 @@ fn a_stalled_client_is_closed_and_others_keep_receiving() {
     let gw = util::builder()
         .shards(1)
         .max_outbound_bytes(256 * 1024)
+        .breaker_cooldown(Duration::ZERO)
         .build()
         .unwrap();
     let addr = gw.local_addr();
@@ -21,19 +24,9 @@ fn a_stalled_client_is_closed_and_others_keep_receiving() {
     let mut sent_fast = 0usize;
     // Emit until the server gives up on the stalled client (bounded: 20k events x 4 kB = 80 MB).
     for i in 0..20_000 {
-        while em
-            .emit("slow", floodgate::Event::custom("bulk", &pad))
-            .is_err()
-        {
-            std::thread::yield_now();
-        }
+        util::emit_retrying(&mut em, "slow", floodgate::Event::custom("bulk", &pad));
         if i % 10 == 0 {
-            while em
-                .emit("fast", floodgate::Event::custom("tick", &i))
-                .is_err()
-            {
-                std::thread::yield_now();
-            }
+            util::emit_retrying(&mut em, "fast", floodgate::Event::custom("tick", &i));
             sent_fast += 1;
         }
         if gw.metrics().stats.closed_slow_consumer == 1 {

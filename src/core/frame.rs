@@ -76,6 +76,11 @@ fn header(buf: &[u8]) -> Option<(usize, usize, bool)> {
     Some((hdr, len, event))
 }
 
+/// The length (header and payload) of the frame at the start of `buf`, if its header is there.
+pub(crate) fn frame_len(buf: &[u8]) -> Option<usize> {
+    header(buf).map(|(hdr, len, _)| hdr + len)
+}
+
 /// Counts the event frames in `buf`, a server-to-client byte stream that starts at a frame
 /// boundary; a frame cut short at the end counts. Control frames and the server's own
 /// protocol frames (`hello`, `gap`) are not events and are not counted.

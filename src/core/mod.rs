@@ -4,6 +4,7 @@
 //! ([`crate::reactor`]) drives it with real sockets; the tests drive it with a virtual clock.
 
 pub(crate) mod batch;
+pub(crate) mod breaker;
 pub(crate) mod frame;
 pub(crate) mod handshake;
 pub(crate) mod history;
@@ -21,6 +22,7 @@ use tungstenite::{Error as WsError, Message};
 
 use crate::metrics::Stats;
 use batch::BatchPolicy;
+use breaker::{Breaker, BreakerPolicy, Transition};
 use history::{History, HistoryClock, HistoryLimits, Log};
 use keepalive::{Keepalive, Liveness};
 
@@ -60,6 +62,10 @@ pub(crate) struct CoreConfig {
     pub history_budget: usize,
     /// Mixed into every stream epoch this shard creates (random per process).
     pub epoch_seed: u64,
+    /// Per-connection circuit breakers.
+    pub breaker: BreakerPolicy,
+    /// Where users' delivery states are published for emitters (shared by all shards).
+    pub board: std::sync::Arc<crate::delivery::DeliveryBoard>,
 }
 
 impl CoreConfig {
@@ -88,6 +94,12 @@ impl CoreConfig {
             },
             history_budget: c.history_total_bytes / c.shard_count().max(1),
             epoch_seed: 0,
+            breaker: BreakerPolicy {
+                high_water: c.max_outbound_bytes / 2,
+                trip_after: c.breaker_trip_after,
+                cooldown: c.breaker_cooldown,
+            },
+            board: std::sync::Arc::new(crate::delivery::DeliveryBoard::new()),
         }
     }
 }
@@ -133,8 +145,11 @@ pub(crate) struct Conn {
     written: usize,
     raw_head: usize,
     /// While replaying history: the next `seq` to copy. Live events are not queued directly
-    /// until the replay has caught up (history already holds them).
+    /// until the replay has caught up (history already holds them). An open breaker sets it.
     replay: Option<u64>,
+    /// `seq` of the last event frame queued in `out`.
+    last_queued_seq: u64,
+    breaker: Breaker,
     /// Event frames in `out` that have not been completely written.
     unwritten_frames: u64,
     /// Event frames queued since the last write decision (for batching).
@@ -344,6 +359,8 @@ impl Core {
             written: 0,
             raw_head: response.len(),
             replay: None,
+            last_queued_seq: 0,
+            breaker: Breaker::default(),
             unwritten_frames: 0,
             pending: 0,
             pending_since: now,
@@ -359,6 +376,9 @@ impl Core {
             u.conns.push(id);
             self.online_users += usize::from(first_conn);
             self.start_stream(id, cursor, now);
+            if let ConnKind::User(user) = &self.conns[id].kind {
+                self.publish_delivery(&user.clone());
+            }
         }
         self.stats.connections_accepted += 1;
         self.stats.connections_open = self.conns.len() as u64;
@@ -388,6 +408,24 @@ impl Core {
         self.users.get_mut(&user).expect("just inserted")
     }
 
+    /// Publishes `user`'s delivery state (connections, open breakers, lowest health).
+    fn publish_delivery(&self, user: &[u8]) {
+        let Some(u) = self.users.get(user) else {
+            return;
+        };
+        let mut d = crate::Delivery {
+            connections: u.conns.len().min(255) as u8,
+            breakers_open: 0,
+            health: 100,
+        };
+        for &id in &u.conns {
+            let b = &self.conns[id].breaker;
+            d.breakers_open = d.breakers_open.saturating_add(u8::from(b.is_open()));
+            d.health = d.health.min(b.health());
+        }
+        self.cfg.board.publish(user, d);
+    }
+
     /// Queues `hello` on the new connection `id` and works out what it must replay.
     fn start_stream(&mut self, id: ConnId, cursor: Option<Cursor>, now: Instant) {
         let ConnKind::User(user) = &self.conns[id].kind else {
@@ -399,6 +437,7 @@ impl Core {
         let (epoch, last) = (u.epoch, u.seq);
         let first = u.history.first_seq().unwrap_or(last + 1);
         let c = &mut self.conns[id];
+        c.last_queued_seq = last;
         let mut msg = Vec::with_capacity(96);
         msg.extend_from_slice(b"{\"type\":\"hello\",\"epoch\":\"");
         msg.extend_from_slice(format!("{epoch:016x}\",\"last_seq\":{last}}}").as_bytes());
@@ -442,7 +481,11 @@ impl Core {
                 self.replaying.swap_remove(i);
                 continue;
             };
-            if c.blocked || c.out.len() - c.written >= REPLAY_LOW_WATER || c.state != State::Open {
+            if c.blocked
+                || c.breaker.is_open()
+                || c.out.len() - c.written >= REPLAY_LOW_WATER
+                || c.state != State::Open
+            {
                 i += 1;
                 continue;
             }
@@ -468,6 +511,7 @@ impl Core {
                 .read_from(next, REPLAY_CHUNK, &self.log, &mut c.out)
             {
                 let n = after - next;
+                c.last_queued_seq = after - 1;
                 c.unwritten_frames += n;
                 c.pending += n as usize;
                 self.stats.events_replayed += n;
@@ -489,7 +533,10 @@ impl Core {
     pub(crate) fn replay_ready(&self) -> bool {
         self.replaying.iter().any(|&id| {
             let c = &self.conns[id];
-            !c.blocked && c.out.len() - c.written < REPLAY_LOW_WATER && c.state == State::Open
+            !c.blocked
+                && !c.breaker.is_open()
+                && c.out.len() - c.written < REPLAY_LOW_WATER
+                && c.state == State::Open
         })
     }
 
@@ -514,6 +561,7 @@ impl Core {
             log,
             clock,
             stats,
+            replaying,
             ..
         } = self;
         let user = users.get_mut(rec.user).expect("stream exists");
@@ -535,6 +583,7 @@ impl Core {
             stats.events_no_listener += 1;
             return;
         }
+        let mut tripped = false;
         for &id in &user.conns {
             let c = &mut conns[id];
             if c.replay.is_some() {
@@ -545,8 +594,19 @@ impl Core {
                 stats.events_dropped += 1;
                 continue;
             }
-            if c.out.len() - c.written + frame_len > cfg.max_outbound_bytes {
-                // Slow consumer: stop queueing, tell it why, and let it go.
+            let unsent = c.out.len() - c.written;
+            let hard = unsent + frame_len > cfg.max_outbound_bytes;
+            if cfg.breaker.enabled() && (hard || unsent > cfg.breaker.high_water) {
+                let seq = user.seq;
+                if c.breaker.on_backlog(unsent, hard, now, &cfg.breaker) == Transition::Opened {
+                    // This event and the unsent ones stay in history; the connection resumes
+                    // from there once the breaker half-opens.
+                    divert(c, id, seq, stats, replaying);
+                    tripped = true;
+                    continue;
+                }
+            } else if hard {
+                // Slow consumer (no breaker): stop queueing, tell it why, and let it go.
                 stats.events_dropped += 1;
                 stats.closed_slow_consumer += 1;
                 close_conn(
@@ -560,6 +620,7 @@ impl Core {
                 continue;
             }
             frame::append_event(&mut c.out, &prefix[..n], rec.body);
+            c.last_queued_seq = user.seq;
             c.unwritten_frames += 1;
             c.pending += 1;
             if !c.dirty {
@@ -570,6 +631,9 @@ impl Core {
             if c.pending == cfg.batch.max_events {
                 list_urgent(urgent, c, id);
             }
+        }
+        if tripped {
+            self.publish_delivery(rec.user);
         }
     }
 
@@ -716,12 +780,19 @@ impl Core {
         if c.written == c.out.len() {
             self.stats.events_delivered += c.unwritten_frames;
             c.unwritten_frames = 0;
+            let closed = c.breaker.on_drained() == Transition::Closed;
             c.written = 0;
             c.raw_head = 0;
             if c.out.capacity() > SHRINK_ABOVE {
                 c.out = BytesMut::new();
             } else {
                 c.out.clear();
+            }
+            if closed {
+                self.stats.breaker_closed += 1;
+                if let ConnKind::User(user) = &self.conns[id].kind {
+                    self.publish_delivery(&user.clone());
+                }
             }
             return;
         }
@@ -766,6 +837,9 @@ impl Core {
             self.next_history_sweep = now + HISTORY_SWEEP;
             self.expire_history(now);
         }
+        if self.cfg.breaker.enabled() {
+            self.tick_breakers(now);
+        }
         for (id, c) in self.conns.iter_mut() {
             match c.state {
                 State::Open => match c.keepalive.poll(now) {
@@ -800,6 +874,39 @@ impl Core {
         }
     }
 
+    /// Breakers: open ones half-open after their cool-down (and start replaying); connections
+    /// that stayed behind for `trip_after` without a new event arriving trip here.
+    fn tick_breakers(&mut self, now: Instant) {
+        let policy = self.cfg.breaker;
+        let mut changed = Vec::new();
+        for (id, c) in self.conns.iter_mut() {
+            if c.state != State::Open || !matches!(c.kind, ConnKind::User(_)) {
+                continue;
+            }
+            match c.breaker.poll(now) {
+                Transition::HalfOpened => {
+                    self.stats.breaker_half_opened += 1;
+                    self.stats.breakers_open -= 1;
+                    changed.push(id);
+                    continue;
+                }
+                _ if c.replay.is_some() => continue,
+                _ => {}
+            }
+            let unsent = c.out.len() - c.written;
+            if c.breaker.on_backlog(unsent, false, now, &policy) == Transition::Opened {
+                let next = c.last_queued_seq + 1;
+                divert(c, id, next, &mut self.stats, &mut self.replaying);
+                changed.push(id);
+            }
+        }
+        for id in changed {
+            if let ConnKind::User(user) = &self.conns[id].kind {
+                self.publish_delivery(&user.clone());
+            }
+        }
+    }
+
     /// When the oldest pending batch becomes due by age (None when `max_batch_delay` is 0 or
     /// nothing is pending). Timers (`tick`) run on the reactor's fixed tick instead.
     pub(crate) fn next_batch_deadline(&self) -> Option<Instant> {
@@ -826,6 +933,9 @@ impl Core {
     /// unsent, which are counted as dropped.
     pub(crate) fn remove(&mut self, id: ConnId) -> u64 {
         let c = self.conns.remove(id);
+        if c.breaker.is_open() {
+            self.stats.breakers_open -= 1;
+        }
         let unsent = c.unsent_events();
         self.stats.events_dropped += unsent;
         if c.replay.is_some() {
@@ -838,10 +948,39 @@ impl Core {
                     self.online_users -= 1;
                 }
             }
+            self.publish_delivery(user);
         }
         self.stats.connections_open = self.conns.len() as u64;
         unsent
     }
+}
+
+/// The breaker of `c` (connection `id`) just opened while event `next` was to be queued: drop
+/// the unsent events from memory (a frame already partly written stays, so the byte stream
+/// remains valid) and make the connection resume from the first of them, out of history, once
+/// the breaker half-opens.
+fn divert(c: &mut Conn, id: ConnId, next: u64, stats: &mut Stats, replaying: &mut Vec<ConnId>) {
+    let (_, done) =
+        frame::complete_prefix(&c.out[c.raw_head..], c.written.saturating_sub(c.raw_head));
+    let mut keep = c.raw_head + done;
+    if c.written > keep {
+        keep += frame::frame_len(&c.out[keep..]).expect("a partly written frame has its header");
+    }
+    let dropped = frame::count_event_frames(&c.out[keep..]);
+    c.out.truncate(keep);
+    c.unwritten_frames -= dropped;
+    c.pending = c.pending.saturating_sub(dropped as usize);
+    // The dropped frames are the last `dropped` events queued, all before `next`.
+    let from = next - dropped;
+    debug_assert!(from <= c.last_queued_seq + 1);
+    c.last_queued_seq = from - 1;
+    c.replay = Some(from);
+    if !replaying.contains(&id) {
+        replaying.push(id);
+    }
+    stats.events_diverted += dropped;
+    stats.breaker_opened += 1;
+    stats.breakers_open += 1;
 }
 
 /// The epoch of the `n`th stream a shard creates: distinct for every `n`, and unrelated between

@@ -574,7 +574,10 @@ mod seam {
 #[test]
 fn without_history_a_resume_gets_a_gap_for_everything_it_missed() {
     let t0 = Instant::now();
-    let mut core = Core::new(cfg(|c| c.history_max_events = 0));
+    let mut core = Core::new(cfg(|c| {
+        c.history_max_events = 0;
+        c.breaker_cooldown = Duration::ZERO;
+    }));
     let epoch = learn_epoch(&mut core, "a", t0);
     for i in 1..=5 {
         core.route(&record("a", i), t0, 0);
@@ -592,4 +595,157 @@ fn without_history_a_resume_gets_a_gap_for_everything_it_missed() {
     );
     assert_eq!(events(&seen), [6], "live events continue");
     assert_eq!(core.stats.history_bytes, 0, "nothing is kept");
+}
+
+mod breakers {
+    //! A connection that falls behind has its breaker opened: its backlog leaves memory, it is
+    //! refilled from history after the cool-down, and it ends up with every event, in order.
+
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    fn core() -> Core {
+        Core::new(cfg(|c| {
+            c.max_event_bytes = 1000;
+            c.max_outbound_bytes = 8000;
+            c.breaker_trip_after = S;
+            c.breaker_cooldown = 5 * S;
+            c.history_max_events = 10_000;
+        }))
+    }
+
+    /// An event of about 120 bytes on the wire.
+    fn big(user: &str, i: u64) -> Vec<u8> {
+        let body = format!("\"i\":{i},\"pad\":\"{}\"}}", "p".repeat(100));
+        crate::__bench::record(user, body.as_bytes())
+    }
+
+    /// Everything the client gets from here on: pass after pass, writing all that is queued.
+    fn read_all(core: &mut Core, id: ConnId, now: Instant) -> Vec<Seen> {
+        drain(core, id, now)
+    }
+
+    #[test]
+    fn a_stalled_connection_trips_diverts_half_opens_and_catches_up() {
+        let t0 = Instant::now();
+        let mut core = core();
+        let id = core.adopt(user("a"), b"", b"", None, t0).unwrap();
+        let hello_len = core.conn(id).out().len();
+        core.on_written(id, hello_len);
+        // The socket takes nothing: 100 events of ~120 bytes pile up past the 8000-byte cap.
+        for i in 1..=100 {
+            core.route(&big("a", i), t0, 0);
+            assert!(
+                core.conn(id).out().len() <= 8000,
+                "memory stays under the cap"
+            );
+        }
+        assert_eq!(
+            core.stats.breaker_opened, 1,
+            "opened when the cap was reached"
+        );
+        assert_eq!(core.stats.breakers_open, 1);
+        assert!(core.stats.events_diverted > 0);
+        assert_eq!(core.stats.closed_slow_consumer, 0, "not closed");
+        assert!(core.conn(id).out().is_empty(), "the backlog left memory");
+        // While open, nothing is queued and nothing replays.
+        core.route(&big("a", 101), t0 + S, 0);
+        assert!(!core.replay_ready());
+        assert!(read_all(&mut core, id, t0 + S).is_empty());
+        // After the cool-down it half-opens and is refilled from history, then goes live.
+        core.tick(t0 + 5 * S);
+        assert_eq!(core.stats.breaker_half_opened, 1);
+        assert_eq!(core.stats.breakers_open, 0);
+        let mut seen = read_all(&mut core, id, t0 + 5 * S);
+        core.route(&big("a", 102), t0 + 6 * S, 0);
+        seen.extend(read_all(&mut core, id, t0 + 6 * S));
+        assert_eq!(
+            events(&seen),
+            (1..=102).collect::<Vec<_>>(),
+            "everything, in order"
+        );
+        assert_eq!(
+            core.stats.breaker_closed, 1,
+            "closed once a refill was written in full"
+        );
+        assert_eq!(core.stats.events_dropped, 0);
+    }
+
+    #[test]
+    fn staying_over_the_high_water_mark_trips_on_the_tick() {
+        let t0 = Instant::now();
+        let mut core = core();
+        let id = core.adopt(user("a"), b"", b"", None, t0).unwrap();
+        let hello_len = core.conn(id).out().len();
+        core.on_written(id, hello_len);
+        // 40 events (~4800 bytes): over the 4000-byte high-water mark, under the cap.
+        for i in 1..=40 {
+            core.route(&big("a", i), t0, 0);
+        }
+        // A third of a frame goes out; then the socket blocks.
+        core.on_written(id, 50);
+        core.on_write_blocked(id);
+        core.tick(t0 + S / 2);
+        assert_eq!(core.stats.breaker_opened, 0, "not yet");
+        core.tick(t0 + 2 * S);
+        assert_eq!(core.stats.breaker_opened, 1, "over the mark for trip_after");
+        // The partly written frame stays whole; the rest left memory.
+        let left = core.conn(id).out().len();
+        assert!(
+            left > 0 && left < 200,
+            "{left} bytes kept: the rest of frame 1"
+        );
+        // The socket recovers; the client finishes frame 1, then gets 2.. after the cool-down.
+        core.on_writable(id);
+        let mut wire = core.conn(id).out().to_vec();
+        core.on_written(id, wire.len());
+        core.tick(t0 + 8 * S);
+        loop {
+            core.pump_replays(t0 + 8 * S);
+            let bytes = core.conn(id).out().to_vec();
+            if bytes.is_empty() {
+                break;
+            }
+            core.on_written(id, bytes.len());
+            wire.extend(bytes);
+        }
+        // Frame 1's first 50 bytes went out before the block; the history still holds frame 1
+        // exactly as queued, so put them back in front to decode the whole byte stream.
+        let mut reader = FrameReader::new(Vec::new(), 1 << 16);
+        let u = core.users.get(&b"a"[..]).unwrap();
+        let mut frame1 = BytesMut::new();
+        u.history.read_from(1, 1, &core.log, &mut frame1).unwrap();
+        let mut stream = frame1[..50].to_vec();
+        stream.extend(wire);
+        let mut src = &stream[..];
+        while !src.is_empty() {
+            reader.fill(&mut src).unwrap();
+        }
+        let mut seen = Vec::new();
+        reader.frames(|_, p| seen.push(decode(p))).unwrap();
+        assert_eq!(events(&seen), (1..=40).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn breaker_transitions_show_in_the_prometheus_text() {
+        let t0 = Instant::now();
+        let mut core = core();
+        let id = core.adopt(user("a"), b"", b"", None, t0).unwrap();
+        let n = core.conn(id).out().len();
+        core.on_written(id, n);
+        for i in 1..=100 {
+            core.route(&big("a", i), t0, 0);
+        }
+        let snap = crate::MetricsSnapshot {
+            stats: core.stats.clone(),
+            ..Default::default()
+        };
+        let text = snap.to_prometheus();
+        assert!(
+            text.contains("floodgate_breaker_transitions_total{to=\"open\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("floodgate_breakers_open 1"), "{text}");
+    }
 }

@@ -142,11 +142,12 @@ fn blocked_sockets_are_not_retried_until_writable() {
 }
 
 #[test]
-fn slow_consumer_is_closed_with_4008_and_memory_is_capped() {
+fn without_a_breaker_a_slow_consumer_is_closed_with_4008_and_memory_is_capped() {
     let t0 = Instant::now();
     let mut core = Core::new(cfg(|c| {
         c.max_event_bytes = 1000;
         c.max_outbound_bytes = 2200;
+        c.breaker_cooldown = Duration::ZERO;
     }));
     let id = open(&mut core, user("a"), t0);
     let body = format!("\"x\":\"{}\"}}", "z".repeat(1000));

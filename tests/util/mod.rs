@@ -51,6 +51,21 @@ pub fn token(user: &str) -> String {
 
 pub type Client = WebSocket<TcpStream>;
 
+/// Emits `ev` to `user`, retrying while the ring is full; panics on any other error.
+pub fn emit_retrying<D: serde::Serialize + ?Sized>(
+    em: &mut floodgate::Emitter,
+    user: &str,
+    ev: floodgate::Event<'_, D>,
+) {
+    loop {
+        match em.emit(user, ev) {
+            Ok(()) => return,
+            Err(floodgate::EmitError::Full(_)) => std::thread::yield_now(),
+            Err(e) => panic!("emit to {user} failed: {e}"),
+        }
+    }
+}
+
 /// Connects to `/ws` with the token in the Authorization header and reads the `hello` frame
 /// every event stream starts with.
 pub fn connect(addr: SocketAddr, token: &str) -> Client {

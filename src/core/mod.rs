@@ -546,12 +546,6 @@ impl Core {
     #[inline]
     pub(crate) fn route(&mut self, record: &[u8], now: Instant, now_unix_ns: u64) {
         let rec = Record::parse(record);
-        self.stats.events_received += 1;
-        self.stats
-            .record_latency_ns(now_unix_ns.saturating_sub(rec.ts_unix_ns));
-        if !self.users.contains_key(rec.user) {
-            self.stream(rec.user.into()); // rare: a user's first event on this shard
-        }
         let Core {
             cfg,
             users,
@@ -564,7 +558,13 @@ impl Core {
             replaying,
             ..
         } = self;
-        let user = users.get_mut(rec.user).expect("stream exists");
+        let Some(user) = users.get_mut(rec.user) else {
+            // Rare: the user's first event on this shard. One hash lookup on the common path.
+            self.stream(rec.user.into());
+            return self.route(record, now, now_unix_ns);
+        };
+        stats.events_received += 1;
+        stats.record_latency_ns(now_unix_ns.saturating_sub(rec.ts_unix_ns));
         user.seq += 1;
         let (prefix, n) = frame::event_prefix(user.seq, rec.body.len());
         let frame_len = n + rec.body.len();

@@ -161,3 +161,32 @@ fn malformed_cursors_are_refused_before_the_upgrade() {
     assert!(resp.starts_with("HTTP/1.1 401"), "{resp}");
     gw.shutdown().unwrap();
 }
+
+#[test]
+fn a_new_gateway_process_state_means_a_new_epoch_and_an_explicit_gap() {
+    // History is in memory: a gateway started again has none of the old stream, and says so.
+    let token = util::token("ivy");
+    let gw = util::builder().build().unwrap();
+    let (ws, hello) = util::connect_to(gw.local_addr(), "/ws", &token);
+    let old_epoch = epoch_of(&hello);
+    let mut em = gw.emitter();
+    for i in 1..=3 {
+        emit_blocking(&mut em, "ivy", i);
+    }
+    drop((ws, em));
+    gw.shutdown().unwrap();
+
+    let gw = util::builder().build().unwrap();
+    let path = format!("/ws?since=3&epoch={old_epoch}");
+    let (mut ws, hello) = util::connect_to(gw.local_addr(), &path, &token);
+    assert_ne!(epoch_of(&hello), old_epoch, "a new run of seq numbers");
+    assert_eq!(hello["last_seq"], 0);
+    let mut em = gw.emitter();
+    emit_blocking(&mut em, "ivy", 1);
+    let frames = read_until(&mut ws, 1);
+    assert_eq!(frames[0]["type"], "gap");
+    assert_eq!(frames[0]["reason"], "epoch_changed");
+    assert_eq!(frames[0]["previous_seq"], 3);
+    assert_eq!(frames[1]["seq"], 1, "then the new stream from its start");
+    gw.shutdown().unwrap();
+}

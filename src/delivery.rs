@@ -10,7 +10,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Slots in the table (a power of two): 512 KiB.
+use crate::emitter::user_hash as hash;
+
+/// Slots in the table (a power of two): 512 KiB. The slot comes from the hash's low bits and
+/// the tag from its high half, so the shard choice (`hash % shards`) does not bias the tag.
 const SLOTS: usize = 1 << 16;
 
 /// What the gateway knows about delivery to one user.
@@ -34,11 +37,6 @@ impl std::fmt::Debug for DeliveryBoard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "DeliveryBoard({} slots)", self.slots.len())
     }
-}
-
-fn hash(user: &[u8]) -> u64 {
-    use std::hash::BuildHasher;
-    foldhash::fast::FixedState::with_seed(0x5851_f42d_4c95_7f2d).hash_one(user)
 }
 
 impl DeliveryBoard {

@@ -26,14 +26,18 @@ pub(crate) const RECORD_OVERHEAD: usize = 8 + 8 + 1 + 255 + 8;
 /// The longest user id, in bytes.
 pub const MAX_USER_LEN: usize = 255;
 
+/// A hash of a user id that is stable within the process (a fixed seed), for placing users on
+/// shards and in the delivery table.
+pub(crate) fn user_hash(user: &[u8]) -> u64 {
+    foldhash::fast::FixedState::with_seed(0x9e37_79b9_7f4a_7c15).hash_one(user)
+}
+
 /// The shard that owns `user`'s connections and sequence. Emitters and the acceptor must agree.
 pub(crate) fn shard_of(user: &[u8], shards: usize) -> usize {
     if shards == 1 {
         return 0;
     }
-    // A fixed seed: the mapping only has to be stable within the process.
-    let h = foldhash::fast::FixedState::with_seed(0x9e37_79b9_7f4a_7c15).hash_one(user);
-    (h % shards as u64) as usize
+    (user_hash(user) % shards as u64) as usize
 }
 
 /// Unix time in nanoseconds (vDSO `clock_gettime`, no syscall).

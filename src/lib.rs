@@ -130,9 +130,8 @@ pub mod __bench {
             cfg.history_max_events = events as usize;
             cfg.history_max_bytes = 1 << 30;
             cfg.history_total_bytes = 1 << 30;
-            let mut cc = crate::core::CoreConfig::from_config(&cfg);
-            cc.history_budget = 1 << 30;
-            let mut core = crate::core::Core::new(cc);
+            cfg.shards = 1; // the whole history budget on this one core
+            let mut core = crate::core::Core::new(crate::core::CoreConfig::from_config(&cfg));
             let now = std::time::Instant::now();
             let rec = record("r", body);
             for _ in 0..events {

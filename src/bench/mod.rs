@@ -285,23 +285,15 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, crate::Error> {
     let read_chunk = ((64usize << 20) / opts.connections).clamp(16 << 10, 64 << 10);
     for (i, &expect) in expected.iter().enumerate() {
         let token = crate::auth::mint_hs256(&secret, &format!("u{i}"), Duration::from_secs(3600))?;
-        let (stream, early) = client::connect(
-            addr,
-            "/ws",
-            &format!("Authorization: Bearer {token}\r\n"),
-            Duration::from_secs(5),
-        )
-        .map_err(crate::Error::Io)?;
-        stream.set_nonblocking(true)?;
-        let mut conn = ClientConn::new(
+        let (stream, reader) = open_ws(addr, "/ws", &token, read_chunk)?;
+        clients.push(ClientConn::new(
             i as u32,
-            TcpStream::from_std(stream),
-            (early, read_chunk),
+            stream,
+            reader,
+            token,
             expect,
             opts.producers,
-        );
-        conn.token = token;
-        clients.push(conn);
+        ));
     }
 
     if let Server::Raw(raw) = &mut server {
@@ -668,14 +660,14 @@ impl ClientConn {
     fn new(
         user: u32,
         stream: TcpStream,
-        early: (Vec<u8>, usize),
+        reader: FrameReader,
+        token: String,
         expected: u64,
         producers: usize,
     ) -> Self {
-        let (early, read_chunk) = early;
         ClientConn {
             stream,
-            reader: FrameReader::new(early, read_chunk),
+            reader,
             v: Verify {
                 user,
                 expected,
@@ -694,7 +686,7 @@ impl ClientConn {
                 gap_events: 0,
                 after_gap: false,
             },
-            token: String::new(),
+            token,
         }
     }
 }
@@ -719,6 +711,23 @@ struct ClientResult {
     gaps: u64,
 }
 
+/// Upgrades a non-blocking client connection to `path` with `token`; the reader starts with
+/// whatever arrived with the 101 and reads `read_chunk` bytes at a time.
+fn open_ws(
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: &str,
+    read_chunk: usize,
+) -> io::Result<(TcpStream, FrameReader)> {
+    let auth = format!("Authorization: Bearer {token}\r\n");
+    let (stream, early) = client::connect(addr, path, &auth, Duration::from_secs(5))?;
+    stream.set_nonblocking(true)?;
+    Ok((
+        TcpStream::from_std(stream),
+        FrameReader::new(early, read_chunk),
+    ))
+}
+
 /// Drops connection `i`'s socket mid-stream and reconnects with its cursor. Returns false if
 /// the reconnect failed (the connection then counts as closed).
 fn resume(poll: &Poll, c: &mut ClientConn, i: usize, chaos: &Chaos) -> bool {
@@ -732,15 +741,11 @@ fn resume(poll: &Poll, c: &mut ClientConn, i: usize, chaos: &Chaos) -> bool {
         ),
         None => "/ws?since=0".to_owned(),
     };
-    let auth = format!("Authorization: Bearer {}\r\n", c.token);
-    let Ok((stream, early)) = client::connect(chaos.addr, &path, &auth, Duration::from_secs(5))
-    else {
+    let Ok((stream, reader)) = open_ws(chaos.addr, &path, &c.token, chaos.read_chunk) else {
         return false;
     };
-    if stream.set_nonblocking(true).is_err() {
-        return false;
-    }
-    c.stream = TcpStream::from_std(stream);
+    c.stream = stream;
+    c.reader = reader;
     if poll
         .registry()
         .register(&mut c.stream, Token(i), Interest::READABLE)
@@ -748,7 +753,6 @@ fn resume(poll: &Poll, c: &mut ClientConn, i: usize, chaos: &Chaos) -> bool {
     {
         return false;
     }
-    c.reader = FrameReader::new(early, chaos.read_chunk);
     c.v.awaiting_hello = true;
     c.v.resumes += 1;
     true

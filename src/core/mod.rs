@@ -205,6 +205,13 @@ struct UserState {
     history: History,
 }
 
+impl UserState {
+    /// The oldest `seq` a replay can start from: the first retained, or the next to come.
+    fn retained_from(&self) -> u64 {
+        self.history.first_seq().unwrap_or(self.seq + 1)
+    }
+}
+
 /// Why an upgrade was refused by the user's home shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AdoptError {
@@ -377,7 +384,7 @@ impl Core {
             self.online_users += usize::from(first_conn);
             self.start_stream(id, cursor, now);
             if let ConnKind::User(user) = &self.conns[id].kind {
-                self.publish_delivery(&user.clone());
+                self.publish_delivery(user);
             }
         }
         self.stats.connections_accepted += 1;
@@ -434,8 +441,7 @@ impl Core {
         let u = self.users.get_mut(user).expect("adopted user has a stream");
         u.history
             .evict(self.clock.ms(now), &self.cfg.history, self.log.tail());
-        let (epoch, last) = (u.epoch, u.seq);
-        let first = u.history.first_seq().unwrap_or(last + 1);
+        let (epoch, last, first) = (u.epoch, u.seq, u.retained_from());
         let c = &mut self.conns[id];
         c.last_queued_seq = last;
         let mut msg = Vec::with_capacity(96);
@@ -496,15 +502,12 @@ impl Core {
             u.history
                 .evict(self.clock.ms(now), &self.cfg.history, self.log.tail());
             let mut next = next;
-            if let Some(first) = u.history.first_seq().filter(|&f| next < f) {
+            let first = u.retained_from();
+            if next < first {
                 // The history moved past this connection while it replayed.
                 append_gap(c, "history_evicted", u.epoch, next, first - 1, None);
                 self.stats.gaps += 1;
                 next = first;
-            } else if u.history.first_seq().is_none() && next <= u.seq {
-                append_gap(c, "history_evicted", u.epoch, next, u.seq, None);
-                self.stats.gaps += 1;
-                next = u.seq + 1;
             }
             if let Some(after) = u
                 .history
@@ -791,7 +794,7 @@ impl Core {
             if closed {
                 self.stats.breaker_closed += 1;
                 if let ConnKind::User(user) = &self.conns[id].kind {
-                    self.publish_delivery(&user.clone());
+                    self.publish_delivery(user);
                 }
             }
             return;
@@ -902,7 +905,7 @@ impl Core {
         }
         for id in changed {
             if let ConnKind::User(user) = &self.conns[id].kind {
-                self.publish_delivery(&user.clone());
+                self.publish_delivery(user);
             }
         }
     }

@@ -92,6 +92,14 @@ fn resume(core: &mut Core, u: &str, since: u64, epoch: Option<u64>, now: Instant
     core.adopt(user(u), b"", b"", Some(cursor), now).unwrap()
 }
 
+/// Connects as `u` (live only) and writes the `hello`, so what follows is events.
+fn connected(core: &mut Core, u: &str, now: Instant) -> ConnId {
+    let id = core.adopt(user(u), b"", b"", None, now).unwrap();
+    let hello_len = core.conn(id).out().len();
+    core.on_written(id, hello_len);
+    id
+}
+
 /// The epoch of `u`'s stream, learned the way a client does (from `hello`), then disconnected.
 fn learn_epoch(core: &mut Core, u: &str, now: Instant) -> u64 {
     let probe = core.adopt(user(u), b"", b"", None, now).unwrap();
@@ -327,9 +335,7 @@ fn partial_writes_count_delivered_events_exactly() {
 fn a_half_written_frame_counts_as_dropped_when_the_connection_goes() {
     let t0 = Instant::now();
     let mut core = Core::new(cfg(|_| {}));
-    let id = core.adopt(user("a"), b"", b"", None, t0).unwrap();
-    let hello_len = core.conn(id).out().len();
-    core.on_written(id, hello_len);
+    let id = connected(&mut core, "a", t0);
     for i in 1..=3 {
         core.route(&record("a", i), t0, 0);
     }
@@ -621,18 +627,11 @@ mod breakers {
         crate::__bench::record(user, body.as_bytes())
     }
 
-    /// Everything the client gets from here on: pass after pass, writing all that is queued.
-    fn read_all(core: &mut Core, id: ConnId, now: Instant) -> Vec<Seen> {
-        drain(core, id, now)
-    }
-
     #[test]
     fn a_stalled_connection_trips_diverts_half_opens_and_catches_up() {
         let t0 = Instant::now();
         let mut core = core();
-        let id = core.adopt(user("a"), b"", b"", None, t0).unwrap();
-        let hello_len = core.conn(id).out().len();
-        core.on_written(id, hello_len);
+        let id = connected(&mut core, "a", t0);
         // The socket takes nothing: 100 events of ~120 bytes pile up past the 8000-byte cap.
         for i in 1..=100 {
             core.route(&big("a", i), t0, 0);
@@ -652,14 +651,14 @@ mod breakers {
         // While open, nothing is queued and nothing replays.
         core.route(&big("a", 101), t0 + S, 0);
         assert!(!core.replay_ready());
-        assert!(read_all(&mut core, id, t0 + S).is_empty());
+        assert!(drain(&mut core, id, t0 + S).is_empty());
         // After the cool-down it half-opens and is refilled from history, then goes live.
         core.tick(t0 + 5 * S);
         assert_eq!(core.stats.breaker_half_opened, 1);
         assert_eq!(core.stats.breakers_open, 0);
-        let mut seen = read_all(&mut core, id, t0 + 5 * S);
+        let mut seen = drain(&mut core, id, t0 + 5 * S);
         core.route(&big("a", 102), t0 + 6 * S, 0);
-        seen.extend(read_all(&mut core, id, t0 + 6 * S));
+        seen.extend(drain(&mut core, id, t0 + 6 * S));
         assert_eq!(
             events(&seen),
             (1..=102).collect::<Vec<_>>(),
@@ -676,9 +675,7 @@ mod breakers {
     fn staying_over_the_high_water_mark_trips_on_the_tick() {
         let t0 = Instant::now();
         let mut core = core();
-        let id = core.adopt(user("a"), b"", b"", None, t0).unwrap();
-        let hello_len = core.conn(id).out().len();
-        core.on_written(id, hello_len);
+        let id = connected(&mut core, "a", t0);
         // 40 events (~4800 bytes): over the 4000-byte high-water mark, under the cap.
         for i in 1..=40 {
             core.route(&big("a", i), t0, 0);
@@ -731,9 +728,7 @@ mod breakers {
     fn breaker_transitions_show_in_the_prometheus_text() {
         let t0 = Instant::now();
         let mut core = core();
-        let id = core.adopt(user("a"), b"", b"", None, t0).unwrap();
-        let n = core.conn(id).out().len();
-        core.on_written(id, n);
+        connected(&mut core, "a", t0);
         for i in 1..=100 {
             core.route(&big("a", i), t0, 0);
         }

@@ -106,6 +106,19 @@ struct BenchArgs {
     /// every event must still arrive exactly once, in order.
     #[arg(long)]
     chaos: bool,
+    /// Keep every event in a durable spool under this directory (segment files are written
+    /// before any client sees an event). The run uses a new subdirectory and removes it at the
+    /// end. Without it, history is in memory only.
+    #[arg(long, value_name = "DIR")]
+    spool: Option<std::path::PathBuf>,
+    /// With --spool: when it calls fdatasync (`always`, `never`, or an interval such as `100ms`).
+    #[arg(
+        long,
+        value_name = "always|never|INTERVAL",
+        default_value = "100ms",
+        requires = "spool"
+    )]
+    spool_fsync: crate::FsyncPolicy,
     /// Print one JSON line instead of the text report.
     #[arg(long)]
     json: bool,
@@ -270,6 +283,8 @@ fn run_bench(a: BenchArgs) -> Result<ExitCode, Error> {
         ring_capacity: a.ring_capacity,
         history_max_events: a.history_max_events,
         chaos: a.chaos,
+        spool_dir: a.spool.clone(),
+        spool_fsync: a.spool_fsync,
         progress: !a.json,
         ..BenchOptions::default()
     };

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::ConfigError;
+use crate::spool::FsyncPolicy;
 
 /// Where JWT signatures are checked against.
 #[derive(Clone, PartialEq, Eq)]
@@ -64,6 +65,16 @@ pub(crate) struct Config {
     pub history_total_bytes: usize,
     pub breaker_trip_after: Duration,
     pub breaker_cooldown: Duration,
+    pub spool_dir: Option<PathBuf>,
+    pub spool_segment_bytes: u64,
+    pub spool_max_bytes: u64,
+    pub spool_max_age: Duration,
+    pub spool_fsync: FsyncPolicy,
+    pub spool_repair: bool,
+    pub ack_timeout: Duration,
+    pub ack_max_pending: usize,
+    pub receipt_capacity: usize,
+    pub dead_letter_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -96,7 +107,24 @@ impl Config {
             history_total_bytes: 64 << 20,
             breaker_trip_after: Duration::from_secs(1),
             breaker_cooldown: Duration::from_secs(30),
+            spool_dir: None,
+            spool_segment_bytes: 64 << 20,
+            spool_max_bytes: 1 << 30,
+            spool_max_age: Duration::from_secs(86400),
+            spool_fsync: FsyncPolicy::Interval(Duration::from_millis(100)),
+            spool_repair: false,
+            ack_timeout: Duration::from_secs(600),
+            ack_max_pending: 1024,
+            receipt_capacity: 65536,
+            dead_letter_file: None,
         }
+    }
+
+    /// Where dead letters go: `dead_letter_file`, else `<spool_dir>/dead-letter.jsonl`.
+    pub(crate) fn dead_letter_path(&self) -> Option<PathBuf> {
+        self.dead_letter_file
+            .clone()
+            .or_else(|| self.spool_dir.as_ref().map(|d| d.join("dead-letter.jsonl")))
     }
 
     /// The number of reactor shards after resolving `0` to the number of cores.
@@ -232,12 +260,59 @@ impl Config {
                 "must be at most 1h (0 = no breaker: slow consumers are closed with 4008)",
             ));
         }
-        if !self.breaker_cooldown.is_zero() && self.history_max_events == 0 {
+        if !self.breaker_cooldown.is_zero()
+            && self.history_max_events == 0
+            && self.spool_dir.is_none()
+        {
             return Err(err(
                 "breaker_cooldown",
-                "conflicts with history_max_events = 0: an open breaker leaves events to history, \
-                 so keep some history or set breaker_cooldown = 0 (close slow consumers instead)",
+                "conflicts with history_max_events = 0 without a spool_dir: an open breaker \
+                 leaves events to history, so keep some history, set a spool_dir, or set \
+                 breaker_cooldown = 0 (close slow consumers instead)",
             ));
+        }
+        if !(64 << 10..=1 << 30).contains(&self.spool_segment_bytes) {
+            return Err(err(
+                "spool_segment_bytes",
+                "must be from 65536 to 1073741824 bytes",
+            ));
+        }
+        if self.spool_max_bytes < 2 * self.spool_segment_bytes {
+            return Err(err(
+                "spool_max_bytes",
+                format!(
+                    "must be at least 2 x spool_segment_bytes ({} bytes): retention deletes \
+                     whole segments and keeps the one being written",
+                    2 * self.spool_segment_bytes
+                ),
+            ));
+        }
+        if self.spool_max_age < Duration::from_secs(1)
+            || self.spool_max_age > Duration::from_secs(30 * 86400)
+        {
+            return Err(err("spool_max_age", "must be from 1s to 30 days"));
+        }
+        if let Some(dir) = &self.spool_dir {
+            if dir.as_os_str().is_empty() {
+                return Err(err(
+                    "spool_dir",
+                    "must not be empty (leave it unset for no spool)",
+                ));
+            }
+        }
+        if self.ack_timeout < Duration::from_secs(1)
+            || self.ack_timeout > Duration::from_secs(7 * 86400)
+        {
+            return Err(err("ack_timeout", "must be from 1s to 7 days"));
+        }
+        if self.ack_max_pending > 1 << 16 {
+            return Err(err(
+                "ack_max_pending",
+                "must be from 0 (events that need an ack are not kept for it) to 65536",
+            ));
+        }
+        if !(1..=1 << 24).contains(&self.receipt_capacity) {
+            return Err(err("receipt_capacity", "must be from 1 to 16777216"));
         }
         if self.history_max_events > 1 << 20 {
             return Err(err(
@@ -268,7 +343,9 @@ impl Config {
                 return Err(err(
                     "history_total_bytes",
                     format!(
-                        "must be at least history_max_bytes x shards ({} bytes): each of the {shards}                          shards keeps a log of history_total_bytes / shards, which must hold one                          user's full history",
+                        "must be at least history_max_bytes x shards ({} bytes): each of the {shards} \
+                         shards keeps a log of history_total_bytes / shards, which must hold one \
+                         user's full history",
                         self.history_max_bytes.saturating_mul(shards)
                     ),
                 ));
@@ -279,7 +356,8 @@ impl Config {
 }
 
 /// Calls macro `$m` with the names of every [`Settings`] field that maps one-to-one onto a
-/// [`Config`] field of the same name and type (all but `bind` and the JWT keys). The one list
+/// [`Config`] field of the same name and type (all but `bind`, the JWT keys and the optional
+/// paths). The one list
 /// keeps `Settings::overlay` and `GatewayBuilder::settings` from drifting apart.
 macro_rules! with_plain_settings {
     ($m:ident) => {
@@ -308,7 +386,15 @@ macro_rules! with_plain_settings {
             history_max_age,
             history_total_bytes,
             breaker_trip_after,
-            breaker_cooldown
+            breaker_cooldown,
+            spool_segment_bytes,
+            spool_max_bytes,
+            spool_max_age,
+            spool_fsync,
+            spool_repair,
+            ack_timeout,
+            ack_max_pending,
+            receipt_capacity
         )
     };
 }
@@ -437,6 +523,52 @@ pub struct Settings {
     #[arg(long, env = "FLOODGATE_BREAKER_COOLDOWN", value_parser = humantime::parse_duration, value_name = "DURATION")]
     #[serde(default, with = "humantime_serde")]
     pub breaker_cooldown: Option<Duration>,
+    /// Directory of the durable spool: every event is appended to segment files there before
+    /// any client sees it, replays read from it when memory history no longer has the range,
+    /// and a restart keeps each user's epoch and events. Unset = history in memory only
+    /// [default: unset]
+    #[arg(long, env = "FLOODGATE_SPOOL_DIR", value_name = "DIR")]
+    pub spool_dir: Option<PathBuf>,
+    /// Bytes per spool segment file (retention deletes whole segments) [default: 67108864]
+    #[arg(long, env = "FLOODGATE_SPOOL_SEGMENT_BYTES", value_name = "BYTES")]
+    pub spool_segment_bytes: Option<u64>,
+    /// Bytes of spool kept per shard; the oldest segments are deleted past it [default: 1073741824]
+    #[arg(long, env = "FLOODGATE_SPOOL_MAX_BYTES", value_name = "BYTES")]
+    pub spool_max_bytes: Option<u64>,
+    /// Spool segments whose last write is older than this are deleted [default: 24h]
+    #[arg(long, env = "FLOODGATE_SPOOL_MAX_AGE", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[serde(default, with = "humantime_serde")]
+    pub spool_max_age: Option<Duration>,
+    /// When the spool calls fdatasync: `always` (before the events reach any socket; survives
+    /// power loss), an interval such as `100ms`, or `never` (the OS decides). A crash of the
+    /// process loses nothing written in any mode [default: 100ms]
+    #[arg(
+        long,
+        env = "FLOODGATE_SPOOL_FSYNC",
+        value_name = "always|never|INTERVAL"
+    )]
+    pub spool_fsync: Option<FsyncPolicy>,
+    /// Start even if a spool segment has a corrupted record in its middle, cutting the segment
+    /// there (resuming clients get a gap for what was lost); without it, such a spool refuses
+    /// to start [default: false]
+    #[arg(long, env = "FLOODGATE_SPOOL_REPAIR", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub spool_repair: Option<bool>,
+    /// An event that needs an ack (agent_completed, or any marked so) and gets none this long
+    /// after it was emitted goes to the dead-letter file [default: 10m]
+    #[arg(long, env = "FLOODGATE_ACK_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[serde(default, with = "humantime_serde")]
+    pub ack_timeout: Option<Duration>,
+    /// Unacked events kept per user; past this the oldest is dead-lettered. 0 = events that
+    /// need an ack are delivered like others, without redelivery [default: 1024]
+    #[arg(long, env = "FLOODGATE_ACK_MAX_PENDING", value_name = "N")]
+    pub ack_max_pending: Option<usize>,
+    /// Receipts (Emitter::emit_tracked) alive at once at most [default: 65536]
+    #[arg(long, env = "FLOODGATE_RECEIPT_CAPACITY", value_name = "N")]
+    pub receipt_capacity: Option<usize>,
+    /// File that dead-lettered events are appended to, one JSON object per line [default:
+    /// <spool_dir>/dead-letter.jsonl; without a spool, dead letters are logged]
+    #[arg(long, env = "FLOODGATE_DEAD_LETTER_FILE", value_name = "FILE")]
+    pub dead_letter_file: Option<PathBuf>,
 }
 
 impl Settings {
@@ -461,7 +593,9 @@ impl Settings {
             bind,
             jwt_hs256_secret,
             jwt_rs256_public_key,
-            jwt_es256_public_key
+            jwt_es256_public_key,
+            spool_dir,
+            dead_letter_file
         );
         with_plain_settings!(take);
         self

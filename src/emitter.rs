@@ -1,9 +1,10 @@
 //! The producer side: [`Emitter`], one per producing thread.
 //!
 //! # Record layout
-//! Each event becomes one ring record: `ts` (u64 LE, unix ns), `user_len` (u8), the user id
-//! bytes, then the frame body (see [`Event`]). The reactor parses it with
-//! [`crate::core::Record::parse`].
+//! Each event becomes one ring record: `ts` (u64 LE, unix ns), `flags` (u8: bit 0 the event
+//! needs an ack, bit 1 a receipt ticket follows the user id), `user_len` (u8), the user id
+//! bytes, the ticket (8 bytes, only with bit 1), then the frame body (see [`Event`]). The
+//! reactor parses it with [`crate::core::Record::parse`].
 
 use std::cell::Cell;
 use std::hash::BuildHasher;
@@ -17,11 +18,17 @@ use serde::Serialize;
 use crate::error::EmitError;
 use crate::event::{Event, EventType, NoData};
 use crate::gateway::Shared;
+use crate::receipt::{Receipt, Ticket};
 use crate::ring::{self, Producer, PushError};
 
-/// Ring bytes a record needs beyond its body, at most: ring header (8), `ts` (8), `user_len` (1),
-/// a 255-byte user id and 8-byte alignment padding.
-pub(crate) const RECORD_OVERHEAD: usize = 8 + 8 + 1 + 255 + 8;
+/// Ring bytes a record needs beyond its body, at most: ring header (8), `ts` (8), `flags` (1),
+/// `user_len` (1), a 255-byte user id, a receipt ticket (8) and 8-byte alignment padding.
+pub(crate) const RECORD_OVERHEAD: usize = 8 + 8 + 1 + 1 + 255 + 8 + 8;
+
+/// Record flag: the event needs a client ack.
+pub(crate) const REC_ACK: u8 = 1;
+/// Record flag: a receipt ticket follows the user id.
+pub(crate) const REC_TICKET: u8 = 2;
 
 /// The longest user id, in bytes.
 pub const MAX_USER_LEN: usize = 255;
@@ -91,6 +98,32 @@ impl Emitter {
         user: &str,
         event: Event<'a, D>,
     ) -> Result<(), EmitError<Event<'a, D>>> {
+        self.push(user, event, None)
+    }
+
+    /// Emits `event` like [`emit`](Self::emit) and returns a [`Receipt`] that tells, without a
+    /// lock, what became of it: its `seq`, whether it is spooled, how many connections it was
+    /// written to, whether a client acked it. Receipts come from a fixed table
+    /// (`receipt_capacity`); when every slot is held by a live receipt, this returns
+    /// [`EmitError::NoReceipt`] and nothing was queued. Drop receipts you no longer need.
+    pub fn emit_tracked<'a, D: Serialize + ?Sized>(
+        &mut self,
+        user: &str,
+        event: Event<'a, D>,
+    ) -> Result<Receipt, EmitError<Event<'a, D>>> {
+        let Some((receipt, ticket)) = self.shared.receipts.take() else {
+            return Err(EmitError::NoReceipt(event));
+        };
+        // On error the receipt is dropped here, which frees its slot.
+        self.push(user, event, Some(ticket)).map(|()| receipt)
+    }
+
+    fn push<'a, D: Serialize + ?Sized>(
+        &mut self,
+        user: &str,
+        event: Event<'a, D>,
+        ticket: Option<Ticket>,
+    ) -> Result<(), EmitError<Event<'a, D>>> {
         if user.is_empty() || user.len() > MAX_USER_LEN {
             return Err(EmitError::InvalidUser(event));
         }
@@ -106,10 +139,19 @@ impl Emitter {
             return Err(EmitError::TooLarge(event));
         }
         let shard = shard_of(user.as_bytes(), self.producers.len());
-        let mut head = [0u8; 9];
+        let mut head = [0u8; 10];
         head[..8].copy_from_slice(&ts.to_le_bytes());
-        head[8] = user.len() as u8;
-        match self.producers[shard].push(&[&head, user.as_bytes(), &self.scratch]) {
+        head[8] = if event.needs_ack() { REC_ACK } else { 0 };
+        head[9] = user.len() as u8;
+        let pushed = match ticket {
+            None => self.producers[shard].push(&[&head, user.as_bytes(), &self.scratch]),
+            Some(t) => {
+                head[8] |= REC_TICKET;
+                let t = t.to_bytes();
+                self.producers[shard].push(&[&head, user.as_bytes(), &t, &self.scratch])
+            }
+        };
+        match pushed {
             Ok(()) => {
                 self.shared.shards[shard].parker.unpark();
                 Ok(())

@@ -26,6 +26,11 @@ pub enum EmitError<T> {
     /// The event's data failed to serialize (its `Serialize` impl returned an error).
     #[error("the event's data failed to serialize")]
     Unserializable(T),
+    /// [`emit_tracked`](crate::Emitter::emit_tracked) found every receipt slot held by a live
+    /// [`Receipt`](crate::Receipt). Nothing was queued; drop receipts you are done with, or
+    /// raise `receipt_capacity`.
+    #[error("every receipt slot is in use")]
+    NoReceipt(T),
 }
 
 impl<T> EmitError<T> {
@@ -37,14 +42,15 @@ impl<T> EmitError<T> {
             | EmitError::TooLarge(t)
             | EmitError::InvalidUser(t)
             | EmitError::InvalidType(t)
-            | EmitError::Unserializable(t) => t,
+            | EmitError::Unserializable(t)
+            | EmitError::NoReceipt(t) => t,
         }
     }
 
-    /// True only for [`EmitError::Full`]: the same event may succeed later. Every other variant
-    /// will fail again for the same event.
+    /// True for [`EmitError::Full`] and [`EmitError::NoReceipt`]: the same event may succeed
+    /// later. Every other variant will fail again for the same event.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, EmitError::Full(_))
+        matches!(self, EmitError::Full(_) | EmitError::NoReceipt(_))
     }
 }
 
@@ -97,6 +103,10 @@ pub enum Error {
     /// Any other I/O error at the edge (creating the poller, spawning threads). Fatal.
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),
+    /// The spool could not be opened or recovered (unreadable, corrupted, or written with
+    /// another shard count). Fatal: the message says what to change.
+    #[error(transparent)]
+    Spool(#[from] crate::spool::SpoolError),
     /// Reading or parsing a configuration file failed. Fatal.
     #[error("config file `{path}`: {reason}")]
     ConfigFile {
@@ -118,6 +128,7 @@ impl Error {
             | Error::Key { .. }
             | Error::ReactorPanicked(_)
             | Error::Io(_)
+            | Error::Spool(_)
             | Error::ConfigFile { .. } => true,
         }
     }

@@ -72,6 +72,8 @@ pub struct Event<'a, D: ?Sized = NoData> {
     run_id: Option<&'a str>,
     thread_id: Option<&'a str>,
     data: Option<&'a D>,
+    /// Whether clients must ack it; `None` = the type's default (only `agent_completed`).
+    ack: Option<bool>,
 }
 
 // Manual impls: `D` itself need not be Debug, Clone or Copy; only the reference is copied, and
@@ -83,6 +85,7 @@ impl<D: ?Sized> std::fmt::Debug for Event<'_, D> {
             .field("run_id", &self.run_id)
             .field("thread_id", &self.thread_id)
             .field("has_data", &self.data.is_some())
+            .field("needs_ack", &self.needs_ack())
             .finish()
     }
 }
@@ -102,6 +105,7 @@ impl<'a> Event<'a, NoData> {
             run_id: None,
             thread_id: None,
             data: None,
+            ack: None,
         }
     }
 
@@ -119,6 +123,7 @@ impl<'a, D: ?Sized> Event<'a, D> {
             run_id: None,
             thread_id: None,
             data: Some(data),
+            ack: None,
         }
     }
 
@@ -149,6 +154,7 @@ impl<'a, D: ?Sized> Event<'a, D> {
             run_id: Some(run_id),
             thread_id: None,
             data: Some(data),
+            ack: None,
         }
     }
 
@@ -162,6 +168,27 @@ impl<'a, D: ?Sized> Event<'a, D> {
     pub fn thread(mut self, thread_id: &'a str) -> Self {
         self.thread_id = Some(thread_id);
         self
+    }
+
+    /// Asks clients to confirm this event with a cumulative `{"ack":<seq>}`. Until one does,
+    /// the gateway keeps it (whatever the history limits) and sends it again to every
+    /// connection of the user that starts; after `ack_timeout` it goes to the dead-letter file.
+    /// `agent_completed` needs an ack by default; every other type does not.
+    pub fn require_ack(mut self) -> Self {
+        self.ack = Some(true);
+        self
+    }
+
+    /// Delivers this event without asking for an ack (also for `agent_completed`).
+    pub fn no_ack(mut self) -> Self {
+        self.ack = Some(false);
+        self
+    }
+
+    /// Whether clients must ack this event (see [`require_ack`](Self::require_ack)).
+    pub fn needs_ack(&self) -> bool {
+        self.ack
+            .unwrap_or(matches!(self.kind, EventType::AgentCompleted))
     }
 
     /// The event's type.
@@ -187,7 +214,7 @@ impl<'a, D: ?Sized> Event<'a, D> {
 
 impl<D: Serialize + ?Sized> Event<'_, D> {
     /// Appends the frame body for this event to `out`: the JSON object's members after `seq`,
-    /// then the closing brace, i.e. `"type":"..","ts":N[,"run_id":".."][,"thread_id":".."][,"data":..]}`.
+    /// then the closing brace, i.e. `"type":"..","ts":N[,"ack":true][,"run_id":".."][,"thread_id":".."][,"data":..]}`.
     ///
     /// Fails only if `data`'s `Serialize` impl fails; `out` may then hold a partial body.
     pub(crate) fn encode_body(&self, ts_unix_ns: u64, out: &mut Vec<u8>) -> Result<(), ()> {
@@ -195,6 +222,9 @@ impl<D: Serialize + ?Sized> Event<'_, D> {
         write_json_str(out, self.kind.as_str())?;
         out.extend_from_slice(b",\"ts\":");
         out.extend_from_slice(itoa::Buffer::new().format(ts_unix_ns).as_bytes());
+        if self.needs_ack() {
+            out.extend_from_slice(b",\"ack\":true");
+        }
         if let Some(run) = self.run_id {
             out.extend_from_slice(b",\"run_id\":");
             write_json_str(out, run)?;
@@ -277,6 +307,19 @@ mod tests {
         assert_eq!(text, r#""type":"ping.me","ts":42}"#);
         let text = body(Event::agent_started("r"));
         assert_eq!(text, r#""type":"agent_started","ts":42,"run_id":"r"}"#);
+    }
+
+    #[test]
+    fn agent_completed_asks_for_an_ack_unless_told_otherwise() {
+        let data = serde_json::json!(1);
+        assert!(Event::agent_completed("r", &data).needs_ack());
+        assert!(!Event::agent_completed("r", &data).no_ack().needs_ack());
+        assert!(!Event::agent_thinking("r", &data).needs_ack());
+        let custom = Event::custom("invoice", &data).require_ack();
+        assert_eq!(
+            body(custom),
+            r#""type":"invoice","ts":42,"ack":true,"data":1}"#
+        );
     }
 
     #[test]

@@ -23,6 +23,50 @@ pub(crate) struct Shared {
     pub max_event_bytes: usize,
     /// Users' delivery states, published by the shards.
     pub board: Arc<crate::delivery::DeliveryBoard>,
+    /// Receipt slots for `emit_tracked`.
+    pub receipts: Arc<crate::receipt::ReceiptBoard>,
+}
+
+/// Opens each shard's spool (recovering what it holds) and the dead-letter file.
+fn open_durable(
+    cfg: &Config,
+    shards: usize,
+    checkpoint_spacing: u64,
+) -> Result<Vec<crate::reactor::Durable>, Error> {
+    let mut out: Vec<crate::reactor::Durable> = (0..shards).map(|_| Default::default()).collect();
+    if let Some(dir) = &cfg.spool_dir {
+        let scfg = crate::spool::SpoolConfig {
+            dir: dir.clone(),
+            segment_bytes: cfg.spool_segment_bytes,
+            max_bytes: cfg.spool_max_bytes,
+            max_age: cfg.spool_max_age,
+            fsync: cfg.spool_fsync,
+            repair: cfg.spool_repair,
+            max_unacked: cfg.ack_max_pending,
+        };
+        for (i, d) in out.iter_mut().enumerate() {
+            d.spool = Some(crate::spool::Spool::open(
+                &scfg,
+                i,
+                shards,
+                checkpoint_spacing,
+            )?);
+        }
+    }
+    if let Some(path) = cfg.dead_letter_path() {
+        for d in out.iter_mut() {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|source| crate::spool::SpoolError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+            d.dead_letters = Some(f);
+        }
+    }
+    Ok(out)
 }
 
 /// A running gateway: a listening socket, one reactor thread per shard, and the rings from its
@@ -249,6 +293,43 @@ impl GatewayBuilder {
         /// history; zero disables breakers, and slow consumers are closed with 4008 instead
         /// [default 30 s, at most 1 h; needs `history_max_events` > 0].
         breaker_cooldown: Duration,
+        /// Bytes per spool segment file [default 64 MiB, 64 KiB to 1 GiB].
+        spool_segment_bytes: u64,
+        /// Bytes of spool kept per shard; the oldest segments are deleted past it [default
+        /// 1 GiB, at least 2 x `spool_segment_bytes`].
+        spool_max_bytes: u64,
+        /// Spool segments last written longer ago than this are deleted [default 24 h, 1 s to
+        /// 30 days].
+        spool_max_age: Duration,
+        /// When the spool calls `fdatasync` [default every 100 ms].
+        spool_fsync: crate::FsyncPolicy,
+        /// Start despite a corrupted record mid-segment, cutting the segment there [default
+        /// false: such a spool refuses to start with an error naming the file and offset].
+        spool_repair: bool,
+        /// Unacked events go to the dead-letter file this long after they were emitted
+        /// [default 10 min, 1 s to 7 days].
+        ack_timeout: Duration,
+        /// Unacked events kept per user; past this the oldest is dead-lettered; 0 = no
+        /// redelivery [default 1024, at most 65536].
+        ack_max_pending: usize,
+        /// Receipts alive at once at most [default 65536, 1 to 2^24].
+        receipt_capacity: usize,
+    }
+
+    /// Keeps every event in a durable spool in `dir` (segment files, created if missing):
+    /// written before any client sees it, replayed when memory history no longer has the
+    /// range, and recovered at start so a restart keeps each user's epoch and events
+    /// [default: no spool, history in memory only].
+    pub fn spool_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cfg.spool_dir = Some(dir.into());
+        self
+    }
+
+    /// Appends dead-lettered events to this file, one JSON object per line [default
+    /// `<spool_dir>/dead-letter.jsonl`; without a spool they are logged at warn level].
+    pub fn dead_letter_file(mut self, file: impl Into<PathBuf>) -> Self {
+        self.cfg.dead_letter_file = Some(file.into());
+        self
     }
 
     /// Applies one layer of [`Settings`] (from a file, the environment or flags): each field that
@@ -265,6 +346,12 @@ impl GatewayBuilder {
         }
         if let Some(v) = s.jwt_es256_public_key {
             self = self.jwt_es256_public_key(v);
+        }
+        if let Some(v) = s.spool_dir {
+            self.cfg.spool_dir = Some(v);
+        }
+        if let Some(v) = s.dead_letter_file {
+            self.cfg.dead_letter_file = Some(v);
         }
         macro_rules! apply {
             ($($f:ident),*) => { $( if let Some(v) = s.$f { self.cfg.$f = v; } )* };
@@ -330,6 +417,7 @@ impl GatewayBuilder {
         });
         let mut core = CoreConfig::from_config(&cfg);
         let board = core.board.clone();
+        let receipts = core.receipts.clone();
         // Epochs of this process's streams must not repeat those of an earlier run.
         core.epoch_seed = getrandom::u64().map_err(|e| Error::Io(std::io::Error::other(e)))?;
         let rcfg = ReactorConfig {
@@ -339,10 +427,20 @@ impl GatewayBuilder {
             shutdown_timeout: cfg.shutdown_timeout,
             core,
         };
+        let mut durables = open_durable(&cfg, n, rcfg.core.spool_checkpoint_bytes)?;
         let mut listener = Some(listener);
         let mut threads = Vec::with_capacity(n);
         for (i, (poll, rx)) in polls.into_iter().enumerate() {
-            let shard = Shard::new(i, poll, rx, common.clone(), rcfg.clone(), listener.take())?;
+            let durable = std::mem::take(&mut durables[i]);
+            let shard = Shard::new(
+                i,
+                poll,
+                rx,
+                common.clone(),
+                rcfg.clone(),
+                listener.take(),
+                durable,
+            )?;
             let t = std::thread::Builder::new()
                 .name(format!("floodgate-reactor-{i}"))
                 .spawn(move || shard.run())?;
@@ -355,6 +453,7 @@ impl GatewayBuilder {
             ring_capacity: cfg.ring_capacity,
             max_event_bytes: cfg.max_event_bytes,
             board,
+            receipts,
         });
         Ok(Gateway {
             shared,

@@ -43,7 +43,9 @@ mod event;
 mod gateway;
 mod metrics;
 mod reactor;
+mod receipt;
 mod ring;
+mod spool;
 
 /// The `floodgate` command line (used by the binary; not a stable API).
 #[doc(hidden)]
@@ -58,6 +60,8 @@ pub use crate::error::{ConfigError, EmitError, Error};
 pub use crate::event::{Event, EventType, NoData, MAX_TYPE_LEN};
 pub use crate::gateway::{Gateway, GatewayBuilder, ShutdownReport};
 pub use crate::metrics::{MetricsSnapshot, Stats};
+pub use crate::receipt::{Receipt, ReceiptStatus};
+pub use crate::spool::{FsyncPolicy, SpoolError};
 
 /// Internals exposed only for the criterion benchmarks; not a stable API.
 #[doc(hidden)]
@@ -155,7 +159,8 @@ pub mod __bench {
             let mut bytes = 0;
             let mut due = Vec::new();
             loop {
-                self.core.pump_replays(self.now);
+                self.core
+                    .pump_replays(self.now, &mut crate::core::durable::NoCold);
                 due.clear();
                 self.core.take_writable(self.now, true, &mut due);
                 let n = self.core.conn(id).out().len();
@@ -210,8 +215,14 @@ pub mod __bench {
 
     /// Builds a ring record for `user` with `body`, as the emitter lays it out.
     pub fn record(user: &str, body: &[u8]) -> Vec<u8> {
-        let mut r = Vec::with_capacity(9 + user.len() + body.len());
+        record_flags(user, body, false)
+    }
+
+    /// Like [`record`], for an event that needs an ack when `ack` is set.
+    pub fn record_flags(user: &str, body: &[u8], ack: bool) -> Vec<u8> {
+        let mut r = Vec::with_capacity(10 + user.len() + body.len());
         r.extend_from_slice(&0u64.to_le_bytes());
+        r.push(if ack { crate::emitter::REC_ACK } else { 0 });
         r.push(user.len() as u8);
         r.extend_from_slice(user.as_bytes());
         r.extend_from_slice(body);

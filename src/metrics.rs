@@ -118,6 +118,36 @@ counters! {
     breakers_open,
     /// Queued events taken out of memory when a breaker opened (they stay in history).
     events_diverted,
+    /// Event frames replayed from the spool (part of `events_replayed`).
+    events_replayed_cold,
+    /// Spool reads that failed during a replay (the client got a gap).
+    spool_read_errors,
+    /// User streams recovered from the spool at start.
+    streams_recovered,
+    /// Bytes written to the spool.
+    spool_bytes_written,
+    /// Spool writes (or fsyncs) that failed; their events are in memory only.
+    spool_write_errors,
+    /// 1 while the spool cannot write and new events are held back (gauge).
+    spool_stalled,
+    /// `fdatasync` calls on spool segments.
+    spool_fsyncs,
+    /// Spool segments deleted by retention.
+    spool_segments_deleted,
+    /// Bytes in the spool's segments (gauge).
+    spool_bytes,
+    /// Text messages from clients on `/ws` that were not an ack.
+    client_messages_ignored,
+    /// Ack messages received.
+    acks_received,
+    /// Events that needed an ack and got one.
+    events_acked,
+    /// Unacked events sent again to a connection that started.
+    events_redelivered,
+    /// Unacked events written to the dead-letter file (timeout, overflow, dropped stream).
+    events_dead_lettered,
+    /// Dead-letter lines that could not be written to the file (logged instead).
+    dead_letter_write_errors,
 }
 
 impl Stats {
@@ -225,10 +255,15 @@ impl MetricsSnapshot {
             "counter",
             "Events not delivered, by reason.",
             &[
-                ("{reason=\"no_listener\"}", s.events_no_listener),
                 ("{reason=\"connection\"}", s.events_dropped),
                 ("{reason=\"ring_full\"}", self.events_rejected_full),
             ],
+        );
+        metric(
+            "events_without_connection_total",
+            "counter",
+            "Events emitted while their user had no open connection (kept in history and the spool for a resume, not dropped).",
+            &[("", s.events_no_listener)],
         );
         metric(
             "bytes_written_total",
@@ -302,6 +337,88 @@ impl MetricsSnapshot {
             "counter",
             "Queued events dropped from memory when a breaker opened (kept in history for replay).",
             &[("", s.events_diverted)],
+        );
+        metric(
+            "events_replayed_from_spool_total",
+            "counter",
+            "Event frames replayed from the spool (older than in-memory history).",
+            &[("", s.events_replayed_cold)],
+        );
+        metric(
+            "streams_recovered",
+            "gauge",
+            "User streams (epoch and seq) recovered from the spool at start.",
+            &[("", s.streams_recovered)],
+        );
+        metric(
+            "spool_bytes_written_total",
+            "counter",
+            "Bytes written to the spool.",
+            &[("", s.spool_bytes_written)],
+        );
+        metric(
+            "spool_errors_total",
+            "counter",
+            "Spool operations that failed, by operation.",
+            &[
+                ("{op=\"write\"}", s.spool_write_errors),
+                ("{op=\"read\"}", s.spool_read_errors),
+                ("{op=\"dead_letter\"}", s.dead_letter_write_errors),
+            ],
+        );
+        metric(
+            "spool_stalled",
+            "gauge",
+            "Shards whose spool cannot write now: they hold back new events (no client sees an event the spool does not have) and retry.",
+            &[("", s.spool_stalled)],
+        );
+        metric(
+            "spool_fsyncs_total",
+            "counter",
+            "fdatasync calls on spool segments.",
+            &[("", s.spool_fsyncs)],
+        );
+        metric(
+            "spool_segments_deleted_total",
+            "counter",
+            "Spool segments deleted by retention (size or age).",
+            &[("", s.spool_segments_deleted)],
+        );
+        metric(
+            "spool_bytes",
+            "gauge",
+            "Bytes held in spool segments.",
+            &[("", s.spool_bytes)],
+        );
+        metric(
+            "acks_received_total",
+            "counter",
+            "Ack messages received from clients.",
+            &[("", s.acks_received)],
+        );
+        metric(
+            "events_acked_total",
+            "counter",
+            "Events that needed an ack and got one.",
+            &[("", s.events_acked)],
+        );
+        metric(
+            "events_redelivered_total",
+            "counter",
+            "Unacked events sent again to a connection that started.",
+            &[("", s.events_redelivered)],
+        );
+        metric(
+            "events_dead_lettered_total",
+            "counter",
+            "Unacked events written to the dead-letter file (ack timeout, overflow, dropped stream).",
+            &[("", s.events_dead_lettered)],
+        );
+        metric(
+            "client_messages_ignored_total",
+            "counter",
+            "Text messages from clients on /ws that were not an ack.",
+            &[("", s.client_messages_ignored)],
         );
         metric(
             "reactor_passes_total",

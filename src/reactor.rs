@@ -19,14 +19,18 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
 use crate::auth::{AuthError, Verifier};
+use crate::core::durable::NoCold;
 use crate::core::handshake::{self, Decision, Refusal};
 use crate::core::{ConnId, ConnKind, Core, CoreConfig, Cursor, CLOSE_GOING_AWAY};
 use crate::emitter::{shard_of, unix_ns};
 use crate::metrics::Registry;
 use crate::ring::Consumer;
+use crate::spool::{Recovery, Spool};
 
 /// Timer resolution for pings, pong and close timeouts and handshake deadlines.
 const TICK: Duration = Duration::from_millis(100);
+/// How often a spool that failed to write is tried again.
+const SPOOL_RETRY: Duration = Duration::from_millis(100);
 /// Records taken from one ring before the reactor looks at full batches again.
 const DRAIN_CHUNK: usize = 1024;
 /// Records taken from one ring per pass at most, so one busy producer cannot starve sockets.
@@ -178,6 +182,23 @@ pub(crate) struct Shard {
     shutdown_deadline: Option<Instant>,
     /// `events_dropped` when shutdown began.
     dropped_before_shutdown: u64,
+    /// This shard's durable spool, if configured.
+    spool: Option<Spool>,
+    /// Where dead letters are appended (shared path, one handle per shard, `O_APPEND`).
+    dead_letters: Option<std::fs::File>,
+    /// The spool failed to write what the core encoded: until a retry succeeds, no socket is
+    /// written and no ring drained, so no client sees an event the spool does not have.
+    spool_stalled: bool,
+    /// When a stalled spool is tried again.
+    spool_retry_at: Instant,
+}
+
+/// What a shard starts with besides its configuration: its spool (with what it recovered)
+/// and the dead-letter file.
+#[derive(Default)]
+pub(crate) struct Durable {
+    pub spool: Option<(Spool, Recovery)>,
+    pub dead_letters: Option<std::fs::File>,
 }
 
 impl Shard {
@@ -188,15 +209,22 @@ impl Shard {
         common: Arc<Common>,
         cfg: ReactorConfig,
         mut listener: Option<TcpListener>,
+        durable: Durable,
     ) -> io::Result<Shard> {
         if let Some(l) = listener.as_mut() {
             poll.registry().register(l, LISTENER, Interest::READABLE)?;
         }
+        let mut core = Core::new(cfg.core.clone());
+        let spool = durable.spool.map(|(spool, recovery)| {
+            use crate::core::durable::ColdTier;
+            core.restore(recovery, spool.start(), Instant::now());
+            spool
+        });
         Ok(Shard {
             index,
             poll,
             rx,
-            core: Core::new(cfg.core.clone()),
+            core,
             common,
             cfg,
             sockets: Vec::new(),
@@ -210,6 +238,10 @@ impl Shard {
             report: ShardReport::default(),
             shutdown_deadline: None,
             dropped_before_shutdown: 0,
+            spool,
+            dead_letters: durable.dead_letters,
+            spool_stalled: false,
+            spool_retry_at: Instant::now(),
         })
     }
 
@@ -230,8 +262,8 @@ impl Shard {
             let has_work = |s: &Self| {
                 !s.reread.is_empty()
                     || !s.rx.is_empty()
-                    || s.core.replay_ready()
-                    || s.rings.iter().any(Consumer::has_pending)
+                    || (!s.spool_stalled
+                        && (s.core.replay_ready() || s.rings.iter().any(Consumer::has_pending)))
             };
             let mut parked = false;
             if has_work(&self) {
@@ -287,14 +319,19 @@ impl Shard {
                 self.command(cmd, now, now_ns);
             }
             self.drain_rings(now, now_ns);
-            // After the rings: history now holds every event routed so far.
-            self.core.pump_replays(now);
+            // After the rings: history (and the spool) now hold every event routed so far.
+            self.flush_spool(now);
+            match self.spool.as_mut() {
+                Some(spool) => self.core.pump_replays(now, spool),
+                None => self.core.pump_replays(now, &mut NoCold),
+            }
 
             self.write_due(now, true);
 
             if now >= next_tick {
                 next_tick = now + TICK;
                 self.core.tick(now);
+                self.tick_spool(now);
                 self.expire_handshakes(now);
                 if let Some(deadline) = self.shutdown_deadline {
                     if now >= deadline {
@@ -312,12 +349,75 @@ impl Shard {
                 break;
             }
         }
+        self.flush_spool(Instant::now());
+        if let Some(spool) = self.spool.as_mut() {
+            spool.close();
+        }
+        self.copy_spool_stats();
         self.common.registry.shards[self.index].publish(&self.core.stats);
         self.report.undelivered = self.core.stats.events_dropped - self.dropped_before_shutdown;
         self.report
     }
 
+    /// Hands what the core encoded to the spool, and dead letters to their file. Runs before
+    /// every socket write, so no client sees an event the spool does not have. If the spool
+    /// cannot write, the shard stalls (see `spool_stalled`) and this is retried every tick.
+    fn flush_spool(&mut self, now: Instant) {
+        let waiting = self.spool_stalled && now < self.spool_retry_at;
+        if !self.core.spool_out.is_empty() && !waiting {
+            if let Some(spool) = self.spool.as_mut() {
+                self.spool_stalled = spool.write(&self.core.spool_out, now).is_err();
+                if self.spool_stalled {
+                    self.spool_retry_at = now + SPOOL_RETRY;
+                } else {
+                    self.core.on_spooled();
+                }
+            }
+        }
+        if !self.core.dead_out.is_empty() {
+            let lines = std::mem::take(&mut self.core.dead_out);
+            let written = match self.dead_letters.as_mut() {
+                Some(f) => f.write_all(&lines).is_ok(),
+                None => false,
+            };
+            if !written {
+                if self.dead_letters.is_some() {
+                    self.core.stats.dead_letter_write_errors += 1;
+                }
+                for line in String::from_utf8_lossy(&lines).lines() {
+                    tracing::warn!(target: "floodgate::dead_letter", "{line}");
+                }
+            }
+            self.core.dead_out = lines;
+            self.core.dead_out.clear();
+        }
+    }
+
+    /// Spool timers (interval fsync, retention) and its counters.
+    fn tick_spool(&mut self, now: Instant) {
+        if let Some(start) = self.spool.as_mut().and_then(|s| s.tick(now)) {
+            self.core.on_spool_trimmed(start);
+        }
+        self.copy_spool_stats();
+    }
+
+    fn copy_spool_stats(&mut self) {
+        if let Some(spool) = self.spool.as_ref() {
+            let (from, to) = (&spool.stats, &mut self.core.stats);
+            to.spool_bytes_written = from.bytes_written;
+            to.spool_write_errors = from.write_errors;
+            to.spool_stalled = u64::from(self.spool_stalled);
+            to.spool_fsyncs = from.fsyncs;
+            to.spool_segments_deleted = from.segments_deleted;
+            to.spool_bytes = from.bytes;
+        }
+    }
+
     fn drain_rings(&mut self, now: Instant, now_ns: u64) {
+        if self.spool_stalled {
+            // Events stay in the rings (emitters get `Full` when they fill up).
+            return;
+        }
         for i in 0..self.rings.len() {
             let mut taken = 0;
             while taken < DRAIN_BUDGET {
@@ -336,6 +436,10 @@ impl Shard {
 
     /// Writes every connection the core says is due now (`pass_end`: the rings are drained).
     fn write_due(&mut self, now: Instant, pass_end: bool) {
+        self.flush_spool(now);
+        if self.spool_stalled {
+            return;
+        }
         let mut due = std::mem::take(&mut self.scratch);
         self.core.take_writable(now, pass_end, &mut due);
         for &id in &due {
@@ -611,6 +715,10 @@ impl Shard {
         let Some(Some((stream, want_writable))) = self.sockets.get_mut(id) else {
             return;
         };
+        if self.spool_stalled {
+            // Written once the spool catches up (the connection stays listed as urgent).
+            return;
+        }
         loop {
             let out = self.core.conn(id).out();
             if out.is_empty() {

@@ -67,6 +67,10 @@ pub struct BenchOptions {
     /// Every [`CHAOS_INTERVAL`], drop a random [`CHAOS_FRACTION`] of the connections mid-stream
     /// and reconnect them with their last cursor (`?since=&epoch=`).
     pub chaos: bool,
+    /// Keep every event in a durable spool in this directory (`None` = memory history only).
+    pub spool_dir: Option<std::path::PathBuf>,
+    /// The spool's fsync policy.
+    pub spool_fsync: crate::FsyncPolicy,
     /// Give up when no event arrives for this long.
     pub stall_timeout: Duration,
     pub progress: bool,
@@ -88,6 +92,8 @@ impl Default for BenchOptions {
             ring_capacity: 1 << 20,
             history_max_events: 1024,
             chaos: false,
+            spool_dir: None,
+            spool_fsync: crate::FsyncPolicy::Interval(Duration::from_millis(100)),
             stall_timeout: Duration::from_secs(10),
             progress: true,
         }
@@ -153,7 +159,18 @@ pub struct BenchReport {
     /// `gap` frames received: events a resuming client was told it cannot get (they count as
     /// lost).
     pub gaps: u64,
+    /// Unacked events (`agent_completed`) sent again to a resuming client, which it had
+    /// already received: at-least-once redelivery, de-duplicated by `seq`, not `duplicates`.
+    pub redelivered: u64,
+    /// `{"ack":N}` messages the clients sent (every [`ACK_EVERY`] events that asked for one).
+    pub acks_sent: u64,
+    /// Whether the gateway kept a durable spool, and the bytes it wrote to it.
+    pub spool: bool,
+    pub spool_bytes_written: u64,
 }
+
+/// Clients ack after this many events that asked for an ack (and when they are done).
+pub const ACK_EVERY: u32 = 16;
 
 impl BenchReport {
     /// True when every event arrived exactly once, in order, at the right client.
@@ -206,8 +223,15 @@ impl BenchReport {
         );
         if self.resumes > 0 {
             out.push_str(&format!(
-                "chaos          {} resumes, {} events replayed, {} gaps\n",
-                self.resumes, self.replayed, self.gaps
+                "chaos          {} resumes, {} events replayed, {} gaps, {} unacked events redelivered\n",
+                self.resumes, self.replayed, self.gaps, self.redelivered
+            ));
+        }
+        if self.spool {
+            out.push_str(&format!(
+                "spool          {:.1} MB written; {} acks sent by clients\n",
+                self.spool_bytes_written as f64 / 1e6,
+                self.acks_sent
             ));
         }
         if let Some(g) = &self.schedule_lag_us {
@@ -240,6 +264,15 @@ const TYPES: [EventType<'static>; 5] = [
     EventType::AgentCompleted,
 ];
 
+/// Removes a directory tree when dropped (the bench's own spool).
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Runs the bench. Errors are setup failures; a run that lost events still returns a report.
 pub fn run(opts: &BenchOptions) -> Result<BenchReport, crate::Error> {
     validate(opts)?;
@@ -248,22 +281,42 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, crate::Error> {
     // Room for `history_max_events` of every user: the log is sized so that only the per-user
     // count limit applies.
     let history_user_bytes = opts.history_max_events * (opts.payload_bytes + 64);
+    // A fresh spool for this run (a spool that exists already would continue its streams).
+    let spool_dir = opts
+        .spool_dir
+        .as_ref()
+        .map(|d| d.join(format!("bench-{}-{}", std::process::id(), unix_ns())));
+    let _cleanup = spool_dir.clone().map(RemoveOnDrop);
     let mut server = match opts.server {
-        ServerKind::Floodgate => Server::Gateway(
-            Gateway::builder()
-                .bind("127.0.0.1:0")
+        ServerKind::Floodgate => Server::Gateway({
+            let mut b = Gateway::builder();
+            if let Some(dir) = &spool_dir {
+                b = b
+                    .spool_dir(dir)
+                    .spool_fsync(opts.spool_fsync)
+                    // Retention is not what this measures: keep the whole run.
+                    .spool_max_bytes(u64::MAX / 4);
+            }
+            b.bind("127.0.0.1:0")
                 .jwt_hs256_secret(secret)
                 .shards(opts.shards)
                 .max_batch_events(opts.max_batch_events)
                 .max_batch_delay(opts.max_batch_delay)
                 .ring_capacity(opts.ring_capacity)
                 .history_max_events(opts.history_max_events)
+                // Without history (and no spool), a breaker has nothing to divert to: slow
+                // clients are closed instead, as the gateway requires.
+                .breaker_cooldown(if opts.history_max_events == 0 && spool_dir.is_none() {
+                    Duration::ZERO
+                } else {
+                    Duration::from_secs(30)
+                })
                 .history_max_bytes(history_user_bytes.max(1 << 20))
                 .history_total_bytes((history_user_bytes * opts.connections).max(64 << 20))
                 .max_event_bytes((opts.ring_capacity / 4 - 512).min(64 << 10))
                 .max_connections_per_user(4)
-                .build()?,
-        ),
+                .build()?
+        }),
         ServerKind::RawTcp => Server::Raw(raw::RawServer::start(opts.connections, &secret)?),
     };
     let addr = match &server {
@@ -420,9 +473,11 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, crate::Error> {
         (0, 0, 0, 0, 0, 0);
     let mut last_rx_ns = 0;
     let mut client_cpu = 0.0;
-    let (resumes, gaps) = (
+    let (resumes, gaps, redelivered, acks_sent) = (
         results.iter().map(|r| r.resumes).sum(),
         results.iter().map(|r| r.gaps).sum(),
+        results.iter().map(|r| r.redelivered).sum(),
+        results.iter().map(|r| r.acks_sent).sum(),
     );
     for r in &results {
         client_cpu += r.cpu;
@@ -487,6 +542,10 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, crate::Error> {
         resumes,
         replayed: s.events_replayed,
         gaps,
+        redelivered,
+        acks_sent,
+        spool: opts.spool_dir.is_some(),
+        spool_bytes_written: s.spool_bytes_written,
     })
 }
 
@@ -654,6 +713,12 @@ struct Verify {
     gap_events: u64,
     /// After a gap, producers' counters may jump: `n` then only has to increase.
     after_gap: bool,
+    /// Events that asked for an ack since the last ack sent.
+    unacked: u32,
+    acks_sent: u64,
+    /// Frames still to come of an announced `redelivery`, and how many came in all.
+    redelivering: u64,
+    redelivered: u64,
 }
 
 impl ClientConn {
@@ -685,6 +750,10 @@ impl ClientConn {
                 gaps: 0,
                 gap_events: 0,
                 after_gap: false,
+                unacked: 0,
+                acks_sent: 0,
+                redelivering: 0,
+                redelivered: 0,
             },
             token,
         }
@@ -709,6 +778,8 @@ struct ClientResult {
     cpu: f64,
     resumes: u64,
     gaps: u64,
+    redelivered: u64,
+    acks_sent: u64,
 }
 
 /// Upgrades a non-blocking client connection to `path` with `token`; the reader starts with
@@ -862,6 +933,13 @@ fn client_loop(
                 for p in pongs {
                     let _ = stream.write_all(&p);
                 }
+                if c.unacked >= ACK_EVERY || (c.unacked > 0 && c.done()) {
+                    // Cumulative: everything up to the last event seen.
+                    let ack = format!("{{\"ack\":{}}}", c.last_seq);
+                    let _ = stream.write_all(&client::client_frame(Kind::Text, ack.as_bytes()));
+                    c.unacked = 0;
+                    c.acks_sent += 1;
+                }
                 if res.is_err() {
                     c.closed = true;
                 }
@@ -894,6 +972,8 @@ fn client_loop(
         cpu: thread_cpu_now(),
         resumes: 0,
         gaps: 0,
+        redelivered: 0,
+        acks_sent: 0,
     };
     for c in conns.iter().map(|c| &c.v) {
         r.received += c.received;
@@ -904,6 +984,8 @@ fn client_loop(
         r.lost += c.expected.saturating_sub(c.received);
         r.resumes += c.resumes;
         r.gaps += c.gaps;
+        r.redelivered += c.redelivered;
+        r.acks_sent += c.acks_sent;
     }
     r
 }
@@ -931,6 +1013,8 @@ struct Scanner;
 struct Fields {
     seq: u64,
     ts: u64,
+    /// The event asked for an ack.
+    ack: bool,
     to: u64,
     p: u64,
     n: u64,
@@ -950,7 +1034,11 @@ impl Scanner {
         let rest = after_string(rest[k..].strip_prefix(b",\"type\":\"")?)?;
         let rest = rest.strip_prefix(b",\"ts\":")?;
         let (ts, k) = uint(rest)?;
-        let rest = after_string(rest[k..].strip_prefix(b",\"run_id\":\"")?)?;
+        let (ack, rest) = match rest[k..].strip_prefix(b",\"ack\":true") {
+            Some(r) => (true, r),
+            None => (false, &rest[k..]),
+        };
+        let rest = after_string(rest.strip_prefix(b",\"run_id\":\"")?)?;
         let rest = rest.strip_prefix(b",\"data\":{\"to\":")?;
         let (to, k) = uint(rest)?;
         let rest = rest[k..].strip_prefix(b",\"p\":")?;
@@ -964,6 +1052,7 @@ impl Scanner {
         Some(Fields {
             seq,
             ts,
+            ack,
             to,
             p,
             n,
@@ -988,6 +1077,10 @@ fn check_frame(
         }
         return;
     }
+    if let Some(count) = redelivery_count(payload) {
+        c.redelivering = count;
+        return;
+    }
     let Some(f) = sc.scan(payload) else {
         match gap_range(payload) {
             // Everything up to `to` is accounted for: either received or announced lost.
@@ -1001,10 +1094,20 @@ fn check_frame(
         }
         return;
     };
+    if c.redelivering > 0 {
+        // An unacked event this client already had (it did not ack it before reconnecting).
+        c.redelivering -= 1;
+        c.redelivered += 1;
+        if !f.ack || f.seq > c.last_seq || f.to != u64::from(c.user) {
+            c.order_errors += 1;
+        }
+        return;
+    }
     if f.seq <= c.last_seq {
         c.duplicates += 1;
         return;
     }
+    c.unacked += u32::from(f.ack);
     if f.seq != c.last_seq + 1 {
         c.order_errors += 1;
     }
@@ -1045,6 +1148,12 @@ fn hello_agrees(c: &mut Verify, payload: &[u8]) -> bool {
         .map(|(v, _)| v);
     let same = *c.epoch.get_or_insert(epoch) == epoch;
     same && last.is_some_and(|l| l >= c.last_seq)
+}
+
+/// `count` of a `redelivery` frame.
+fn redelivery_count(payload: &[u8]) -> Option<u64> {
+    let rest = payload.strip_prefix(b"{\"type\":\"redelivery\",\"count\":")?;
+    uint(rest).map(|(v, _)| v)
 }
 
 /// `from` and `to` of a `gap` frame.

@@ -116,6 +116,28 @@ pub(crate) fn complete_prefix(buf: &[u8], written: usize) -> (u64, usize) {
     (events, at)
 }
 
+/// The payload of the whole frame at the start of `buf`.
+pub(crate) fn payload(buf: &[u8]) -> Option<&[u8]> {
+    let (hdr, len, _) = header(buf)?;
+    buf.get(hdr..hdr.checked_add(len)?)
+}
+
+/// The `seq` of the last event frame among the frames in `buf` (which starts at a frame
+/// boundary and holds whole frames).
+pub(crate) fn last_event_seq(buf: &[u8]) -> Option<u64> {
+    let mut at = 0usize;
+    let mut last = None;
+    while let Some((hdr, len, event)) = buf.get(at..).and_then(header) {
+        if event {
+            let digits = buf.get(at + hdr + EVENT_PREFIX.len()..at + hdr + len)?;
+            let end = digits.iter().position(|b| !b.is_ascii_digit())?;
+            last = std::str::from_utf8(&digits[..end]).ok()?.parse().ok();
+        }
+        at = at.saturating_add(hdr).saturating_add(len);
+    }
+    last
+}
+
 /// Appends one final text frame carrying `payload` (a server protocol message such as
 /// `hello` or `gap`; event frames use [`append_event`]).
 pub(crate) fn append_text(out: &mut BytesMut, payload: &[u8]) {
@@ -194,6 +216,16 @@ mod tests {
         assert_eq!(complete_prefix(&buf, first), (1, first));
         assert_eq!(complete_prefix(&buf, second + 3), (1, second));
         assert_eq!(complete_prefix(&buf, buf.len()), (2, buf.len()));
+    }
+
+    #[test]
+    fn the_last_event_seq_and_payloads_are_read_back() {
+        let mut buf = frame(41, b"\"a\":1}");
+        append_text(&mut buf, b"{\"type\":\"gap\"}");
+        buf.extend_from_slice(&frame(1234, b"\"b\":2}"));
+        assert_eq!(last_event_seq(&buf), Some(1234));
+        assert_eq!(last_event_seq(&buf[..7]), None, "no whole event frame");
+        assert_eq!(payload(&buf).unwrap(), b"{\"seq\":41,\"a\":1}");
     }
 
     #[test]

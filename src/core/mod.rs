@@ -5,13 +5,15 @@
 
 pub(crate) mod batch;
 pub(crate) mod breaker;
+pub(crate) mod durable;
 pub(crate) mod frame;
 pub(crate) mod handshake;
 pub(crate) mod history;
 pub(crate) mod keepalive;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
@@ -21,8 +23,10 @@ use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig, WebSocketContext}
 use tungstenite::{Error as WsError, Message};
 
 use crate::metrics::Stats;
+use crate::receipt::{Progress, ReceiptBoard, Ticket};
 use batch::BatchPolicy;
 use breaker::{Breaker, BreakerPolicy, Transition};
+use durable::{ColdIndex, ColdTier, SpoolRecord, FLAG_ACK, FLAG_EXPIRED, KIND_ACK, KIND_EVENT};
 use history::{History, HistoryClock, HistoryLimits, Log};
 use keepalive::{Keepalive, Liveness};
 
@@ -41,6 +45,12 @@ const REPLAY_LOW_WATER: usize = 64 * 1024;
 const REPLAY_CHUNK: usize = 256 * 1024;
 /// How often `tick` evicts history past its age in every stream.
 const HISTORY_SWEEP: Duration = Duration::from_secs(1);
+/// Spool bytes a cold replay reads per pass at most, so one deep resume cannot stall a shard.
+const COLD_SCAN_BUDGET: usize = 4 << 20;
+/// Receipts of events that need no ack are updated for this long after routing.
+const TRACK_FOR: Duration = Duration::from_secs(60);
+/// Receipts tracked per user at most (the oldest stop being updated).
+const MAX_TRACKED: usize = 4096;
 
 /// Index of a connection in its shard.
 pub(crate) type ConnId = usize;
@@ -65,7 +75,17 @@ pub(crate) struct CoreConfig {
     /// Per-connection circuit breakers.
     pub breaker: BreakerPolicy,
     /// Where users' delivery states are published for emitters (shared by all shards).
-    pub board: std::sync::Arc<crate::delivery::DeliveryBoard>,
+    pub board: Arc<crate::delivery::DeliveryBoard>,
+    /// Receipt slots of tracked events (shared with emitters).
+    pub receipts: Arc<ReceiptBoard>,
+    /// Encode every routed event (and every ack) into `Core::spool_out` for the spool.
+    pub spool: bool,
+    /// Spool bytes between two checkpoints of a user's cold index.
+    pub spool_checkpoint_bytes: u64,
+    /// An event that needs an ack and gets none this long after routing is dead-lettered.
+    pub ack_timeout: Duration,
+    /// Unacked events kept per user; past this the oldest is dead-lettered.
+    pub ack_max_pending: usize,
 }
 
 impl CoreConfig {
@@ -99,7 +119,12 @@ impl CoreConfig {
                 trip_after: c.breaker_trip_after,
                 cooldown: c.breaker_cooldown,
             },
-            board: std::sync::Arc::new(crate::delivery::DeliveryBoard::new()),
+            board: Arc::new(crate::delivery::DeliveryBoard::new()),
+            receipts: Arc::new(ReceiptBoard::new(c.receipt_capacity)),
+            spool: c.spool_dir.is_some(),
+            spool_checkpoint_bytes: (c.spool_segment_bytes / 4).max(4096),
+            ack_timeout: c.ack_timeout,
+            ack_max_pending: c.ack_max_pending,
         }
     }
 }
@@ -149,6 +174,10 @@ pub(crate) struct Conn {
     replay: Option<u64>,
     /// `seq` of the last event frame queued in `out`.
     last_queued_seq: u64,
+    /// While replaying from the spool: where the scan goes on.
+    cold_pos: Option<u64>,
+    /// `seq` of the last event frame completely written (for receipts).
+    delivered_through: u64,
     breaker: Breaker,
     /// Event frames in `out` that have not been completely written.
     unwritten_frames: u64,
@@ -203,12 +232,58 @@ struct UserState {
     epoch: u64,
     conns: Vec<ConnId>,
     history: History,
+    /// Where this stream's events are in the spool.
+    cold: ColdIndex,
+    /// The highest `seq` a client acked.
+    acked: u64,
+    /// Events that need an ack and have none yet, oldest first (kept whatever history evicts).
+    unacked: VecDeque<Unacked>,
+    /// Tracked events whose receipts may still change, oldest first.
+    tracked: VecDeque<Tracked>,
+}
+
+/// An event waiting for a client's ack.
+#[derive(Debug)]
+struct Unacked {
+    seq: u64,
+    deadline: Instant,
+    /// The whole frame, as sent.
+    frame: Box<[u8]>,
+}
+
+/// A tracked event (one with a receipt).
+#[derive(Debug, Clone, Copy)]
+struct Tracked {
+    seq: u64,
+    ticket: Ticket,
+    needs_ack: bool,
+    at: Instant,
 }
 
 impl UserState {
-    /// The oldest `seq` a replay can start from: the first retained, or the next to come.
-    fn retained_from(&self) -> u64 {
+    fn new(epoch: u64) -> UserState {
+        UserState {
+            seq: 0,
+            epoch,
+            conns: Vec::new(),
+            history: History::default(),
+            cold: ColdIndex::default(),
+            acked: 0,
+            unacked: VecDeque::new(),
+            tracked: VecDeque::new(),
+        }
+    }
+
+    /// The first `seq` held in memory, or the next to come.
+    fn memory_from(&self) -> u64 {
         self.history.first_seq().unwrap_or(self.seq + 1)
+    }
+
+    /// The oldest `seq` a replay can start from: the first retained in memory or (possibly)
+    /// in the spool, or the next to come.
+    fn retained_from(&self) -> u64 {
+        let mem = self.memory_from();
+        self.cold.first_seq().map_or(mem, |c| c.min(mem))
     }
 }
 
@@ -249,6 +324,8 @@ impl Write for Io<'_> {
 /// A parsed ring record (see [`crate::emitter`] for the layout).
 pub(crate) struct Record<'a> {
     pub ts_unix_ns: u64,
+    pub needs_ack: bool,
+    pub ticket: Option<Ticket>,
     pub user: &'a [u8],
     pub body: &'a [u8],
 }
@@ -256,12 +333,21 @@ pub(crate) struct Record<'a> {
 impl<'a> Record<'a> {
     /// Splits a ring record. The emitter is the only writer, so a malformed record is a bug.
     pub(crate) fn parse(rec: &'a [u8]) -> Record<'a> {
+        use crate::emitter::{REC_ACK, REC_TICKET};
         let ts_unix_ns = u64::from_le_bytes(rec[..8].try_into().expect("record header"));
-        let ulen = rec[8] as usize;
+        let flags = rec[8];
+        let ulen = rec[9] as usize;
+        let mut at = 10 + ulen;
+        let ticket = (flags & REC_TICKET != 0).then(|| {
+            at += 8;
+            Ticket::from_bytes(rec[at - 8..at].try_into().expect("ticket"))
+        });
         Record {
             ts_unix_ns,
-            user: &rec[9..9 + ulen],
-            body: &rec[9 + ulen..],
+            needs_ack: flags & REC_ACK != 0,
+            ticket,
+            user: &rec[10..10 + ulen],
+            body: &rec[at..],
         }
     }
 }
@@ -288,6 +374,18 @@ pub(crate) struct Core {
     clock: HistoryClock,
     /// When `tick` next evicts history that is past its age.
     next_history_sweep: Instant,
+    /// Spool records encoded since the reactor last took them (see [`durable`]).
+    pub spool_out: Vec<u8>,
+    /// Logical spool position of the next record.
+    spool_pos: u64,
+    /// The oldest spool position still retained.
+    cold_start: u64,
+    /// Tickets of tracked events in `spool_out`.
+    spool_tickets: Vec<Ticket>,
+    /// Dead-letter lines (JSON, one per event) for the reactor to append to the file.
+    pub dead_out: Vec<u8>,
+    /// Tracked events across users (skips receipt work when zero).
+    tracked_count: usize,
     /// Counters, published by the reactor once per pass.
     pub stats: Stats,
 }
@@ -311,7 +409,54 @@ impl Core {
             log: Log::new(log_bytes),
             clock: HistoryClock::default(),
             next_history_sweep: Instant::now(),
+            spool_out: Vec::new(),
+            spool_pos: 0,
+            cold_start: 0,
+            spool_tickets: Vec::new(),
+            dead_out: Vec::new(),
+            tracked_count: 0,
             stats: Stats::default(),
+        }
+    }
+
+    /// Takes over the streams a spool recovered (epochs, last `seq`s, cold indexes, unacked
+    /// events) and continues the spool's positions at `head`.
+    pub(crate) fn restore(&mut self, rec: crate::spool::Recovery, start: u64, now: Instant) {
+        self.spool_pos = rec.head;
+        self.cold_start = start;
+        for (user, r) in rec.streams {
+            let mut u = UserState::new(r.epoch);
+            u.seq = r.last_seq;
+            u.cold = r.index;
+            u.acked = r.acked;
+            u.unacked = r
+                .unacked
+                .into_iter()
+                .map(|(seq, _, frame)| Unacked {
+                    seq,
+                    // The wait for an ack starts again with the new process.
+                    deadline: now + self.cfg.ack_timeout,
+                    frame: frame.into_boxed_slice(),
+                })
+                .collect();
+            self.users.insert(user, u);
+        }
+        self.stats.streams_recovered = self.users.len() as u64;
+    }
+
+    /// The reactor wrote `spool_out` to the spool: mark the receipts that waited on it.
+    pub(crate) fn on_spooled(&mut self) {
+        for t in self.spool_tickets.drain(..) {
+            self.cfg.receipts.update(t, Progress::Spooled);
+        }
+        self.spool_out.clear();
+    }
+
+    /// The spool deleted segments: it now starts at `start`.
+    pub(crate) fn on_spool_trimmed(&mut self, start: u64) {
+        self.cold_start = start;
+        for u in self.users.values_mut() {
+            u.cold.trim(start);
         }
     }
 
@@ -367,6 +512,8 @@ impl Core {
             raw_head: response.len(),
             replay: None,
             last_queued_seq: 0,
+            cold_pos: None,
+            delivered_through: 0,
             breaker: Breaker::default(),
             unwritten_frames: 0,
             pending: 0,
@@ -402,15 +549,7 @@ impl Core {
             self.evict_offline_users();
             self.streams_created += 1;
             let epoch = epoch_for(self.cfg.epoch_seed, self.streams_created);
-            self.users.insert(
-                user.clone(),
-                UserState {
-                    seq: 0,
-                    epoch,
-                    conns: Vec::new(),
-                    history: History::default(),
-                },
-            );
+            self.users.insert(user.clone(), UserState::new(epoch));
         }
         self.users.get_mut(&user).expect("just inserted")
     }
@@ -444,11 +583,13 @@ impl Core {
         let (epoch, last, first) = (u.epoch, u.seq, u.retained_from());
         let c = &mut self.conns[id];
         c.last_queued_seq = last;
+        c.delivered_through = last;
         let mut msg = Vec::with_capacity(96);
         msg.extend_from_slice(b"{\"type\":\"hello\",\"epoch\":\"");
         msg.extend_from_slice(format!("{epoch:016x}\",\"last_seq\":{last}}}").as_bytes());
         frame::append_text(&mut c.out, &msg);
         let Some(cur) = cursor else {
+            redeliver_unacked(c, &u.unacked, last + 1, &mut self.stats);
             return;
         };
         self.stats.resumes += 1;
@@ -466,8 +607,10 @@ impl Core {
         } else {
             (cur.since + 1, None)
         };
+        redeliver_unacked(c, &u.unacked, from, &mut self.stats);
+        c.delivered_through = from.saturating_sub(1).min(last);
         if let Some((reason, lost_from, lost_to, previous)) = gap {
-            append_gap(c, reason, epoch, lost_from, lost_to, previous);
+            append_gap(&mut c.out, reason, epoch, lost_from, lost_to, previous);
             self.stats.gaps += 1;
         }
         if from <= last {
@@ -478,7 +621,7 @@ impl Core {
 
     /// Copies retained history into replaying connections that have room, and switches those
     /// that caught up to live delivery. Call once per pass, after the rings are drained.
-    pub(crate) fn pump_replays(&mut self, now: Instant) {
+    pub(crate) fn pump_replays(&mut self, now: Instant, cold: &mut dyn ColdTier) {
         let mut i = 0;
         while i < self.replaying.len() {
             let id = self.replaying[i];
@@ -502,12 +645,21 @@ impl Core {
             u.history
                 .evict(self.clock.ms(now), &self.cfg.history, self.log.tail());
             let mut next = next;
-            let first = u.retained_from();
-            if next < first {
+            let mem = u.memory_from();
+            if next < mem && u.cold.first_seq().is_some() {
+                // Older than memory: read it from the spool.
+                let more = cold_replay(c, u, next, mem, cold, &mut self.stats);
+                list_urgent(&mut self.urgent, c, id);
+                if more {
+                    i += 1;
+                    continue;
+                }
+                next = c.replay.expect("still replaying");
+            } else if next < mem {
                 // The history moved past this connection while it replayed.
-                append_gap(c, "history_evicted", u.epoch, next, first - 1, None);
+                append_gap(&mut c.out, "history_evicted", u.epoch, next, mem - 1, None);
                 self.stats.gaps += 1;
-                next = first;
+                next = mem;
             }
             if let Some(after) = u
                 .history
@@ -559,6 +711,11 @@ impl Core {
             clock,
             stats,
             replaying,
+            spool_out,
+            spool_pos,
+            spool_tickets,
+            dead_out,
+            tracked_count,
             ..
         } = self;
         let Some(user) = users.get_mut(rec.user) else {
@@ -569,16 +726,70 @@ impl Core {
         stats.events_received += 1;
         stats.record_latency_ns(now_unix_ns.saturating_sub(rec.ts_unix_ns));
         user.seq += 1;
-        let (prefix, n) = frame::event_prefix(user.seq, rec.body.len());
+        let seq = user.seq;
+        let (prefix, n) = frame::event_prefix(seq, rec.body.len());
         let frame_len = n + rec.body.len();
+        if cfg.spool {
+            let r = SpoolRecord {
+                kind: KIND_EVENT,
+                flags: if rec.needs_ack { FLAG_ACK } else { 0 },
+                user: rec.user,
+                epoch: user.epoch,
+                seq,
+                ts: rec.ts_unix_ns,
+                frame: &[],
+            };
+            let at = *spool_pos;
+            *spool_pos += durable::encode(spool_out, &r, &[&prefix[..n], rec.body]) as u64;
+            user.cold.note(seq, at, cfg.spool_checkpoint_bytes);
+        }
+        if let Some(t) = rec.ticket {
+            cfg.receipts.update(t, Progress::Routed(seq));
+            if cfg.spool {
+                spool_tickets.push(t);
+            }
+            if user.tracked.len() == MAX_TRACKED {
+                user.tracked.pop_front();
+                *tracked_count -= 1;
+            }
+            user.tracked.push_back(Tracked {
+                seq,
+                ticket: t,
+                needs_ack: rec.needs_ack,
+                at: now,
+            });
+            *tracked_count += 1;
+        }
+        if rec.needs_ack && cfg.ack_max_pending > 0 {
+            if user.unacked.len() == cfg.ack_max_pending {
+                let oldest = user.unacked.pop_front().expect("full");
+                let ctx = DeadCtx {
+                    user: rec.user,
+                    epoch: user.epoch,
+                    receipts: &cfg.receipts,
+                    tracked: &user.tracked,
+                };
+                dead_letter(dead_out, &ctx, &oldest, "unacked_overflow", stats);
+                if cfg.spool {
+                    *spool_pos += spool_settle(spool_out, rec.user, user.epoch, oldest.seq, true);
+                }
+            }
+            let mut f = Vec::with_capacity(frame_len);
+            f.extend_from_slice(&prefix[..n]);
+            f.extend_from_slice(rec.body);
+            user.unacked.push_back(Unacked {
+                seq,
+                deadline: now + cfg.ack_timeout,
+                frame: f.into_boxed_slice(),
+            });
+        }
         if cfg.history.max_events > 0 {
             match log.append(&[&prefix[..n], rec.body]) {
                 Some(pos) => {
                     let ms = clock.ms(now);
-                    user.history
-                        .push(user.seq, pos, frame_len, ms, &cfg.history);
+                    user.history.push(seq, pos, frame_len, ms, &cfg.history);
                 }
-                None => user.history.skip_to(user.seq),
+                None => user.history.skip_to(seq),
             }
             stats.history_bytes = log.resident() as u64;
         }
@@ -600,7 +811,6 @@ impl Core {
             let unsent = c.out.len() - c.written;
             let hard = unsent + frame_len > cfg.max_outbound_bytes;
             if cfg.breaker.enabled() && (hard || unsent > cfg.breaker.high_water) {
-                let seq = user.seq;
                 if c.breaker.on_backlog(unsent, hard, now, &cfg.breaker) == Transition::Opened {
                     // This event and the unsent ones stay in history; the connection resumes
                     // from there once the breaker half-opens.
@@ -623,7 +833,7 @@ impl Core {
                 continue;
             }
             frame::append_event(&mut c.out, &prefix[..n], rec.body);
-            c.last_queued_seq = user.seq;
+            c.last_queued_seq = seq;
             c.unwritten_frames += 1;
             c.pending += 1;
             if !c.dirty {
@@ -642,17 +852,70 @@ impl Core {
 
     /// Drops the streams (counters and history) of users without connections when there are
     /// too many. Such a user's next stream has a new epoch, so a resuming client is told.
+    /// Their unacked events are dead-lettered (`stream_dropped`), never dropped silently.
     fn evict_offline_users(&mut self) {
-        if self.users.len() - self.online_users >= self.cfg.max_offline_users {
-            self.users.retain(|_, u| !u.conns.is_empty());
+        if self.users.len() - self.online_users < self.cfg.max_offline_users {
+            return;
         }
+        let Core {
+            users,
+            cfg,
+            dead_out,
+            stats,
+            tracked_count,
+            ..
+        } = self;
+        users.retain(|user, u| {
+            if !u.conns.is_empty() {
+                return true;
+            }
+            let ctx = DeadCtx {
+                user,
+                epoch: u.epoch,
+                receipts: &cfg.receipts,
+                tracked: &u.tracked,
+            };
+            for e in &u.unacked {
+                dead_letter(dead_out, &ctx, e, "stream_dropped", stats);
+            }
+            *tracked_count -= u.tracked.len();
+            false
+        });
     }
 
     /// Evicts history that is past its age in every stream (run from `tick`).
+    /// Also dead-letters unacked events past `ack_timeout` and stops tracking settled receipts.
     fn expire_history(&mut self, now: Instant) {
         let (limits, tail, ms) = (self.cfg.history, self.log.tail(), self.clock.ms(now));
-        for u in self.users.values_mut() {
+        for (user, u) in self.users.iter_mut() {
             u.history.evict(ms, &limits, tail);
+            while u.unacked.front().is_some_and(|e| e.deadline <= now) {
+                let e = u.unacked.pop_front().expect("checked");
+                let ctx = DeadCtx {
+                    user,
+                    epoch: u.epoch,
+                    receipts: &self.cfg.receipts,
+                    tracked: &u.tracked,
+                };
+                dead_letter(&mut self.dead_out, &ctx, &e, "ack_timeout", &mut self.stats);
+                if self.cfg.spool {
+                    self.spool_pos += spool_settle(&mut self.spool_out, user, u.epoch, e.seq, true);
+                }
+            }
+            let before = u.tracked.len();
+            let oldest_unacked = u.unacked.front().map_or(u64::MAX, |e| e.seq);
+            // A receipt needs no more updates once its event is settled: acked or
+            // dead-lettered if it needed an ack, else old enough that no write is pending.
+            while u.tracked.front().is_some_and(|t| {
+                if t.needs_ack {
+                    t.seq < oldest_unacked
+                } else {
+                    now.saturating_duration_since(t.at) > TRACK_FOR
+                }
+            }) {
+                u.tracked.pop_front();
+            }
+            self.tracked_count -= before - u.tracked.len();
         }
         self.stats.history_bytes = self.log.resident() as u64;
     }
@@ -661,6 +924,7 @@ impl Core {
     /// acknowledgements, echoes) are queued in its outbound buffer.
     pub(crate) fn on_input(&mut self, id: ConnId, input: &[u8], now: Instant) {
         let close_timeout = self.cfg.close_timeout;
+        let mut ack = None;
         let c = &mut self.conns[id];
         let before = c.out.len();
         let mut io = Io {
@@ -671,6 +935,12 @@ impl Core {
             match c.ws.read(&mut io) {
                 Ok(msg @ (Message::Text(_) | Message::Binary(_))) => {
                     self.stats.client_messages += 1;
+                    if let (ConnKind::User(_), Message::Text(text)) = (&c.kind, &msg) {
+                        match parse_ack(text.as_bytes()) {
+                            Some(n) => ack = Some(ack.map_or(n, |a: u64| a.max(n))),
+                            None => self.stats.client_messages_ignored += 1,
+                        }
+                    }
                     if c.kind == ConnKind::Echo && c.state == State::Open {
                         // Echo replies go through tungstenite so fragmentation rules hold.
                         if c.ws.write(&mut io, msg).is_err() {
@@ -724,6 +994,36 @@ impl Core {
         // Something to write, or a finished close handshake: the reactor must look at it now.
         if c.out.len() != before || c.state == State::Finished {
             list_urgent(&mut self.urgent, c, id);
+        }
+        if let Some(n) = ack {
+            self.on_ack(id, n);
+        }
+    }
+
+    /// A client of connection `id` acked every event up to `n` (cumulative, for the user: any
+    /// of its connections may ack).
+    fn on_ack(&mut self, id: ConnId, n: u64) {
+        let ConnKind::User(user) = &self.conns[id].kind else {
+            return;
+        };
+        let Some(u) = self.users.get_mut(user) else {
+            return;
+        };
+        self.stats.acks_received += 1;
+        let n = n.min(u.seq);
+        if n <= u.acked {
+            return;
+        }
+        u.acked = n;
+        while u.unacked.front().is_some_and(|e| e.seq <= n) {
+            u.unacked.pop_front();
+            self.stats.events_acked += 1;
+        }
+        for t in u.tracked.iter().filter(|t| t.needs_ack && t.seq <= n) {
+            self.cfg.receipts.update(t.ticket, Progress::Acked);
+        }
+        if self.cfg.spool {
+            self.spool_pos += spool_settle(&mut self.spool_out, user, u.epoch, n, false);
         }
     }
 
@@ -782,6 +1082,11 @@ impl Core {
         c.written += n;
         if c.written == c.out.len() {
             self.stats.events_delivered += c.unwritten_frames;
+            if c.unwritten_frames > 0 && self.tracked_count > 0 {
+                let through = c.last_queued_seq;
+                self.note_written(id, through);
+            }
+            let c = &mut self.conns[id];
             c.unwritten_frames = 0;
             let closed = c.breaker.on_drained() == Transition::Closed;
             c.written = 0;
@@ -810,11 +1115,39 @@ impl Core {
             c.raw_head = 0;
         }
         let (events, bytes) = frame::complete_prefix(&c.out[done..], c.written - done);
+        let through = (events > 0 && self.tracked_count > 0)
+            .then(|| frame::last_event_seq(&c.out[done..done + bytes]))
+            .flatten();
         done += bytes;
         self.stats.events_delivered += events;
         c.unwritten_frames -= events;
         c.out.advance(done);
         c.written -= done;
+        if let Some(through) = through {
+            self.note_written(id, through);
+        }
+    }
+
+    /// Connection `id` has now written every event up to `through`: count it in the receipts
+    /// of the tracked events it had not written yet.
+    fn note_written(&mut self, id: ConnId, through: u64) {
+        let c = &mut self.conns[id];
+        let (ConnKind::User(user), from) = (&c.kind, c.delivered_through) else {
+            return;
+        };
+        if through <= from {
+            return;
+        }
+        c.delivered_through = through;
+        if let Some(u) = self.users.get(user) {
+            for t in u
+                .tracked
+                .iter()
+                .filter(|t| t.seq > from && t.seq <= through)
+            {
+                self.cfg.receipts.update(t.ticket, Progress::Written);
+            }
+        }
     }
 
     /// Records a write attempt on `id` that the socket refused (EAGAIN): hold its bytes until
@@ -998,7 +1331,7 @@ fn epoch_for(seed: u64, n: u64) -> u64 {
 /// Queues a `gap` frame: events `from..=to` of stream `epoch` cannot be delivered (an empty
 /// range when `to < from`). `previous` is the client's cursor when its epoch is not this one.
 fn append_gap(
-    c: &mut Conn,
+    out: &mut BytesMut,
     reason: &str,
     epoch: u64,
     from: u64,
@@ -1018,7 +1351,160 @@ fn append_gap(
         }
     }
     msg.push('}');
-    frame::append_text(&mut c.out, msg.as_bytes());
+    frame::append_text(out, msg.as_bytes());
+}
+
+/// Replays connection `c`'s events from `next` up to `mem` (where memory history takes over)
+/// out of the spool, at most a chunk per call. Returns true when it stopped at its budget
+/// (`c.replay` is where it goes on); false when the spool part is done: `c.replay` is then
+/// `mem`, after a `gap` for whatever the spool no longer had.
+fn cold_replay(
+    c: &mut Conn,
+    u: &UserState,
+    next: u64,
+    mem: u64,
+    cold: &mut dyn ColdTier,
+    stats: &mut Stats,
+) -> bool {
+    let Conn {
+        kind: ConnKind::User(user),
+        out,
+        cold_pos,
+        ..
+    } = c
+    else {
+        unreachable!("only user connections replay");
+    };
+    let epoch = u.epoch;
+    let mut want = next;
+    let mut copied = 0usize;
+    let mut n = 0u64;
+    let mut reached_memory = false;
+    let mut gaps = 0;
+    let scanned = match cold_pos.or_else(|| u.cold.scan_from(next, cold.start())) {
+        None => Ok(None),
+        Some(pos) => cold.scan(pos, COLD_SCAN_BUDGET, &mut |_, r| {
+            if r.kind != KIND_EVENT || r.epoch != epoch || r.user != &user[..] || r.seq < want {
+                return true;
+            }
+            if r.seq >= mem {
+                reached_memory = true;
+                return false;
+            }
+            if r.seq > want {
+                // Trimmed from the spool (retention), or lost to a failed write.
+                append_gap(out, "history_evicted", epoch, want, r.seq - 1, None);
+                gaps += 1;
+            }
+            out.extend_from_slice(r.frame);
+            want = r.seq + 1;
+            n += 1;
+            copied += r.frame.len();
+            copied < REPLAY_CHUNK && want < mem
+        }),
+    };
+    stats.gaps += gaps;
+    stats.events_replayed += n;
+    stats.events_replayed_cold += n;
+    if n > 0 {
+        c.last_queued_seq = want - 1;
+        c.unwritten_frames += n;
+        c.pending += n as usize;
+    }
+    let more = match scanned {
+        Ok(Some(pos)) if !reached_memory && want < mem => {
+            c.cold_pos = Some(pos);
+            true
+        }
+        Ok(_) => false,
+        Err(e) => {
+            tracing::warn!(error = %e, "spool read failed during a replay");
+            stats.spool_read_errors += 1;
+            false
+        }
+    };
+    if !more {
+        if want < mem {
+            append_gap(&mut c.out, "history_evicted", epoch, want, mem - 1, None);
+            stats.gaps += 1;
+        }
+        c.cold_pos = None;
+        want = mem;
+    }
+    c.replay = Some(want);
+    more
+}
+
+/// Queues, right after `hello`, the user's unacked events with `seq` before `from` (the first
+/// event this connection gets by replay or live): a `redelivery` frame with their count, then
+/// each event frame as first sent. They become part of the connection's opening bytes (like
+/// the 101), so they never count as delivered or dropped events: until acked they stay kept
+/// and go again to the next connection.
+fn redeliver_unacked(c: &mut Conn, unacked: &VecDeque<Unacked>, from: u64, stats: &mut Stats) {
+    let count = unacked.iter().take_while(|e| e.seq < from).count();
+    if count > 0 {
+        let msg = format!("{{\"type\":\"redelivery\",\"count\":{count}}}");
+        frame::append_text(&mut c.out, msg.as_bytes());
+        for e in unacked.iter().take(count) {
+            c.out.extend_from_slice(&e.frame);
+        }
+        stats.events_redelivered += count as u64;
+    }
+    // Everything so far (101, hello, redeliveries) is opening bytes.
+    debug_assert_eq!(c.written, 0);
+    c.raw_head = c.out.len();
+}
+
+/// Encodes a spool record that settles `user`'s events up to `seq`: acked by a client, or
+/// (`expired`) dead-lettered. Returns its length.
+fn spool_settle(out: &mut Vec<u8>, user: &[u8], epoch: u64, seq: u64, expired: bool) -> u64 {
+    let r = SpoolRecord {
+        kind: KIND_ACK,
+        flags: if expired { FLAG_EXPIRED } else { 0 },
+        user,
+        epoch,
+        seq,
+        ts: crate::emitter::unix_ns(),
+        frame: &[],
+    };
+    durable::encode(out, &r, &[]) as u64
+}
+
+/// `{"ack":N}` (other members ignored) as N.
+fn parse_ack(text: &[u8]) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Msg {
+        ack: u64,
+    }
+    serde_json::from_slice::<Msg>(text).ok().map(|m| m.ack)
+}
+
+/// What a dead-letter line needs to know about the user.
+struct DeadCtx<'a> {
+    user: &'a [u8],
+    epoch: u64,
+    receipts: &'a ReceiptBoard,
+    tracked: &'a VecDeque<Tracked>,
+}
+
+/// Appends a dead-letter line for `e` (one JSON object: user, epoch, seq, reason and the event
+/// as it was sent), marks its receipt and counts it.
+fn dead_letter(out: &mut Vec<u8>, ctx: &DeadCtx<'_>, e: &Unacked, reason: &str, stats: &mut Stats) {
+    use std::io::Write as _;
+    let user = String::from_utf8_lossy(ctx.user);
+    let _ = write!(out, "{{\"user\":");
+    let _ = serde_json::to_writer(&mut *out, &*user);
+    let _ = write!(
+        out,
+        ",\"epoch\":\"{:016x}\",\"seq\":{},\"reason\":\"{reason}\",\"event\":",
+        ctx.epoch, e.seq
+    );
+    out.extend_from_slice(frame::payload(&e.frame).unwrap_or(b"null"));
+    out.extend_from_slice(b"}\n");
+    stats.events_dead_lettered += 1;
+    if let Some(t) = ctx.tracked.iter().find(|t| t.seq == e.seq) {
+        ctx.receipts.update(t.ticket, Progress::DeadLettered);
+    }
 }
 
 /// Lists `c` (whose id is `id`) in `urgent` unless it already is.
@@ -1048,6 +1534,8 @@ fn close_conn(c: &mut Conn, code: u16, reason: &str, now: Instant, timeout: Dura
     }
 }
 
+#[cfg(test)]
+mod ack_tests;
 #[cfg(test)]
 mod resume_tests;
 #[cfg(test)]

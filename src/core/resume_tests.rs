@@ -57,7 +57,7 @@ fn decode(payload: &[u8]) -> Seen {
 /// One pass's worth of work after routing: replays pumped, due connections written in full.
 /// Returns what `id` received.
 fn pass(core: &mut Core, id: ConnId, now: Instant) -> Vec<Seen> {
-    core.pump_replays(now);
+    core.pump_replays(now, &mut durable::NoCold);
     let mut due = Vec::new();
     core.take_writable(now, true, &mut due);
     let bytes = core.conn(id).out().to_vec();
@@ -281,7 +281,7 @@ fn a_long_replay_goes_out_in_bounded_chunks() {
     let mut got = Vec::new();
     let mut passes = 0;
     loop {
-        core.pump_replays(t0);
+        core.pump_replays(t0, &mut durable::NoCold);
         let pending = core.conn(id).out().len();
         assert!(
             pending <= REPLAY_CHUNK + REPLAY_LOW_WATER + 4096,
@@ -413,13 +413,22 @@ mod seam {
         }
     }
 
-    fn run(ops: &[Op], history: usize) -> (Client, u64) {
+    /// Runs `ops` with `history` events of memory history per user, and a spool behind it if
+    /// `spool` (an in-memory cold tier that keeps everything).
+    fn run(ops: &[Op], history: usize, spool: bool) -> (Client, u64) {
         let t0 = Instant::now();
         let mut now = t0;
         let mut core = Core::new(cfg(|c| {
             c.history_max_events = history;
             c.ping_interval = Duration::ZERO; // Tick jumps minutes; pings are tested elsewhere
+            if spool {
+                c.spool_dir = Some("unused-by-the-core".into());
+                c.spool_segment_bytes = 64 << 10; // checkpoints every 16 KiB
+                c.spool_max_bytes = 128 << 10;
+            }
         }));
+        // Without a spool the core encodes nothing and never reads it.
+        let mut cold = durable::MemCold::default();
         let mut emitted = 0u64;
         let mut client = Client {
             epoch: None,
@@ -449,7 +458,8 @@ mod seam {
                 }
                 Op::Write(max) => {
                     if let Some(id) = conn {
-                        core.pump_replays(now);
+                        cold.absorb(&mut core);
+                        core.pump_replays(now, &mut cold);
                         let out = core.conn(id).out();
                         let n = out.len().min(max as usize);
                         let bytes = out[..n].to_vec();
@@ -483,7 +493,8 @@ mod seam {
         }
         let id = connect(&mut core, &mut client, now);
         loop {
-            core.pump_replays(now);
+            cold.absorb(&mut core);
+            core.pump_replays(now, &mut cold);
             let bytes = core.conn(id).out().to_vec();
             if bytes.is_empty() {
                 break;
@@ -535,7 +546,7 @@ mod seam {
         fn with_ample_history_every_event_arrives_exactly_once_in_order(
             ops in proptest::collection::vec(op(), 1..60)
         ) {
-            let (client, emitted) = run(&ops, 100_000);
+            let (client, emitted) = run(&ops, 100_000, false);
             check(&client)?;
             let got = events(&client.log);
             let gaps = client.log.iter().filter(|s| matches!(s, Seen::Gap { .. })).count();
@@ -559,7 +570,7 @@ mod seam {
         fn with_little_history_holes_are_always_announced(
             ops in proptest::collection::vec(op(), 1..60)
         ) {
-            let (client, emitted) = run(&ops, 8);
+            let (client, emitted) = run(&ops, 8, false);
             check(&client)?;
             // After the final reconnect the client has every event up to the last one emitted,
             // or was told which ones it cannot have.
@@ -573,6 +584,22 @@ mod seam {
                 .max()
                 .unwrap_or(0);
             prop_assert_eq!(client.last.max(announced), emitted, "{:?}", client.log);
+        }
+
+        #[test]
+        fn with_a_spool_behind_a_tiny_memory_every_event_arrives_exactly_once_in_order(
+            ops in proptest::collection::vec(op(), 1..60)
+        ) {
+            // Four events of memory history: most replays read the spool, then switch to
+            // memory, then to live, and age (Tick) evicts memory but not the spool.
+            let (client, emitted) = run(&ops, 4, true);
+            check(&client)?;
+            prop_assert!(
+                !client.log.iter().any(|s| matches!(s, Seen::Gap { .. })),
+                "the spool holds everything: {:?}", client.log
+            );
+            let want: Vec<u64> = (1..=emitted).collect();
+            prop_assert_eq!(events(&client.log), want);
         }
     }
 }
@@ -699,7 +726,7 @@ mod breakers {
         core.on_written(id, wire.len());
         core.tick(t0 + 8 * S);
         loop {
-            core.pump_replays(t0 + 8 * S);
+            core.pump_replays(t0 + 8 * S, &mut durable::NoCold);
             let bytes = core.conn(id).out().to_vec();
             if bytes.is_empty() {
                 break;

@@ -1,0 +1,288 @@
+//! Acked delivery, redelivery, dead letters and receipts, on a virtual clock.
+
+use super::*;
+use crate::client::{client_frame, FrameReader, Kind};
+use crate::config::{Config, JwtKey};
+use crate::receipt::ReceiptStatus;
+
+const S: Duration = Duration::from_secs(1);
+
+fn cfg(f: impl FnOnce(&mut Config)) -> CoreConfig {
+    let mut c = Config::defaults(JwtKey::Hs256(vec![0; 32]));
+    c.ping_interval = Duration::ZERO;
+    f(&mut c);
+    c.validate().unwrap();
+    let mut core = CoreConfig::from_config(&c);
+    core.epoch_seed = 3;
+    core
+}
+
+/// A ring record for `user`'s event `i`, needing an ack if `ack`, with a receipt `ticket`.
+fn rec(user: &str, i: u64, ack: bool, ticket: Option<Ticket>) -> Vec<u8> {
+    use crate::emitter::{REC_ACK, REC_TICKET};
+    let mut r = Vec::new();
+    r.extend_from_slice(&0u64.to_le_bytes());
+    r.push(if ack { REC_ACK } else { 0 } | if ticket.is_some() { REC_TICKET } else { 0 });
+    r.push(user.len() as u8);
+    r.extend_from_slice(user.as_bytes());
+    if let Some(t) = ticket {
+        r.extend_from_slice(&t.to_bytes());
+    }
+    r.extend_from_slice(format!("\"i\":{i}}}").as_bytes());
+    r
+}
+
+fn user(u: &str) -> ConnKind {
+    ConnKind::User(u.as_bytes().into())
+}
+
+/// What a client sees, decoded: protocol frames by type, events by seq.
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    Hello(u64),
+    Redelivery(u64),
+    Event(u64),
+    Gap(u64, u64),
+}
+
+/// Writes everything `id` has queued (as a socket taking it all would) and decodes it.
+fn take(core: &mut Core, id: ConnId, now: Instant, cold: &mut durable::MemCold) -> Vec<Seen> {
+    let mut seen = Vec::new();
+    loop {
+        cold.absorb(core);
+        core.pump_replays(now, cold);
+        let mut due = Vec::new();
+        core.take_writable(now, true, &mut due);
+        let bytes = core.conn(id).out().to_vec();
+        if bytes.is_empty() {
+            return seen;
+        }
+        core.on_written(id, bytes.len());
+        // The 101 (empty in these tests) is followed by frames only.
+        let mut r = FrameReader::new(bytes, 1024);
+        r.frames(|k, p| {
+            assert_eq!(k, Kind::Text);
+            let v: serde_json::Value = serde_json::from_slice(p).unwrap();
+            seen.push(match (v["seq"].as_u64(), v["type"].as_str()) {
+                (Some(s), _) => Seen::Event(s),
+                (None, Some("hello")) => Seen::Hello(v["last_seq"].as_u64().unwrap()),
+                (None, Some("redelivery")) => Seen::Redelivery(v["count"].as_u64().unwrap()),
+                (None, Some("gap")) => {
+                    Seen::Gap(v["from"].as_u64().unwrap(), v["to"].as_u64().unwrap())
+                }
+                _ => panic!("unexpected frame {v}"),
+            });
+        })
+        .unwrap();
+    }
+}
+
+fn ack(core: &mut Core, id: ConnId, n: u64, now: Instant) {
+    let msg = format!("{{\"ack\":{n}}}");
+    core.on_input(id, &client_frame(Kind::Text, msg.as_bytes()), now);
+}
+
+fn connect(core: &mut Core, u: &str, cursor: Option<Cursor>, now: Instant) -> ConnId {
+    core.adopt(user(u), b"", b"", cursor, now).unwrap()
+}
+
+#[test]
+fn an_ack_settles_events_and_a_new_connection_gets_the_unacked_ones_again() {
+    let t0 = Instant::now();
+    let mut cold = durable::MemCold::default();
+    let mut core = Core::new(cfg(|_| {}));
+    let a = connect(&mut core, "a", None, t0);
+    for i in 1..=5 {
+        core.route(&rec("a", i, i % 2 == 0, None), t0, 0);
+    }
+    assert_eq!(
+        take(&mut core, a, t0, &mut cold),
+        [0, 1, 2, 3, 4, 5].map(|s| if s == 0 {
+            Seen::Hello(0)
+        } else {
+            Seen::Event(s)
+        })
+    );
+    // Events 2 and 4 need an ack; the client acks 3 (cumulative: settles 2).
+    ack(&mut core, a, 3, t0);
+    assert_eq!(core.stats.events_acked, 1);
+    // Another tab of the same user: after hello, event 4 again, announced.
+    let b = connect(&mut core, "a", None, t0);
+    assert_eq!(
+        take(&mut core, b, t0, &mut cold),
+        [Seen::Hello(5), Seen::Redelivery(1), Seen::Event(4)]
+    );
+    // An ack past the stream's end is taken as an ack of everything so far.
+    ack(&mut core, b, 99, t0);
+    let c = connect(&mut core, "a", None, t0);
+    assert_eq!(take(&mut core, c, t0, &mut cold), [Seen::Hello(5)]);
+    assert_eq!(core.stats.events_redelivered, 1);
+    assert_eq!(core.stats.acks_received, 2);
+}
+
+#[test]
+fn a_resume_redelivers_unacked_events_its_cursor_already_passed_then_replays() {
+    let t0 = Instant::now();
+    let mut cold = durable::MemCold::default();
+    let mut core = Core::new(cfg(|_| {}));
+    let a = connect(&mut core, "a", None, t0);
+    for i in 1..=6 {
+        core.route(&rec("a", i, i == 3, None), t0, 0);
+    }
+    take(&mut core, a, t0, &mut cold);
+    let epoch = core.users[&b"a"[..]].epoch;
+    core.remove(a);
+    // The client processed up to 4 but never acked 3.
+    let cursor = Cursor {
+        since: 4,
+        epoch: Some(epoch),
+    };
+    let r = connect(&mut core, "a", Some(cursor), t0);
+    assert_eq!(
+        take(&mut core, r, t0, &mut cold),
+        [
+            Seen::Hello(6),
+            Seen::Redelivery(1),
+            Seen::Event(3),
+            Seen::Event(5),
+            Seen::Event(6)
+        ]
+    );
+    // The redelivered frame is not counted as a delivered (or dropped) event: only 5 and 6.
+    assert_eq!(core.stats.events_replayed, 2);
+}
+
+#[test]
+fn unacked_events_past_the_timeout_are_dead_lettered_and_not_sent_again() {
+    let t0 = Instant::now();
+    let mut cold = durable::MemCold::default();
+    let mut core = Core::new(cfg(|c| {
+        c.ack_timeout = 30 * S;
+        c.spool_dir = Some("unused".into());
+    }));
+    core.route(&rec("a", 1, true, None), t0, 0);
+    core.route(&rec("a", 2, true, None), t0 + 20 * S, 0);
+    cold.absorb(&mut core);
+    core.tick(t0 + 31 * S);
+    let lines = String::from_utf8(std::mem::take(&mut core.dead_out)).unwrap();
+    let line: serde_json::Value = serde_json::from_str(lines.trim()).unwrap();
+    assert_eq!(line["user"], "a");
+    assert_eq!(line["seq"], 1);
+    assert_eq!(line["reason"], "ack_timeout");
+    assert_eq!(line["event"]["i"], 1, "the event as it was sent: {line}");
+    assert_eq!(core.stats.events_dead_lettered, 1);
+    // The spool learns it is settled, so a restart does not bring it back.
+    let (settle, _) = durable::decode(&core.spool_out).unwrap();
+    assert_eq!(
+        (settle.kind, settle.flags, settle.seq),
+        (KIND_ACK, FLAG_EXPIRED, 1)
+    );
+    // Only event 2 is still waiting for its ack.
+    let a = connect(&mut core, "a", None, t0 + 31 * S);
+    assert_eq!(
+        take(&mut core, a, t0 + 31 * S, &mut cold),
+        [Seen::Hello(2), Seen::Redelivery(1), Seen::Event(2)]
+    );
+}
+
+#[test]
+fn past_ack_max_pending_the_oldest_unacked_event_is_dead_lettered() {
+    let t0 = Instant::now();
+    let mut core = Core::new(cfg(|c| c.ack_max_pending = 2));
+    for i in 1..=3 {
+        core.route(&rec("a", i, true, None), t0, 0);
+    }
+    let lines = String::from_utf8(std::mem::take(&mut core.dead_out)).unwrap();
+    assert_eq!(lines.lines().count(), 1);
+    assert!(
+        lines.contains("\"seq\":1,\"reason\":\"unacked_overflow\""),
+        "{lines}"
+    );
+    assert_eq!(core.users[&b"a"[..]].unacked.len(), 2);
+}
+
+#[test]
+fn a_dropped_offline_stream_dead_letters_its_unacked_events() {
+    let t0 = Instant::now();
+    let mut core = Core::new(cfg(|c| c.max_offline_users = 1));
+    core.route(&rec("a", 1, true, None), t0, 0);
+    // A second offline user: the first's stream is dropped, its unacked event with it.
+    core.route(&rec("b", 1, false, None), t0, 0);
+    let lines = String::from_utf8(std::mem::take(&mut core.dead_out)).unwrap();
+    assert!(lines.contains("\"reason\":\"stream_dropped\""), "{lines}");
+    assert_eq!(core.stats.events_dead_lettered, 1);
+}
+
+#[test]
+fn a_receipt_follows_its_event_through_spool_write_and_ack() {
+    let t0 = Instant::now();
+    let mut cold = durable::MemCold::default();
+    let mut core = Core::new(cfg(|c| c.spool_dir = Some("unused".into())));
+    let board = core.cfg.receipts.clone();
+    let a1 = connect(&mut core, "a", None, t0);
+    let a2 = connect(&mut core, "a", None, t0);
+    take(&mut core, a1, t0, &mut cold);
+    take(&mut core, a2, t0, &mut cold);
+    let (receipt, ticket) = board.take().unwrap();
+    core.route(&rec("a", 1, false, None), t0, 0);
+    core.route(&rec("a", 2, true, Some(ticket)), t0, 0);
+    let s = receipt.status();
+    assert_eq!((s.seq, s.spooled, s.written_to), (Some(2), false, 0));
+    cold.absorb(&mut core);
+    assert!(receipt.status().spooled, "spooled once the spool took it");
+    // Connection 1 takes a first frame only (a partial write), then the rest.
+    let out = core.conn(a1).out().len();
+    let first = frame::frame_len(core.conn(a1).out()).unwrap();
+    core.on_written(a1, first);
+    assert_eq!(receipt.status().written_to, 0, "event 1 only so far");
+    core.on_written(a1, out - first);
+    assert_eq!(receipt.status().written_to, 1);
+    take(&mut core, a2, t0, &mut cold);
+    assert_eq!(receipt.status().written_to, 2);
+    ack(&mut core, a2, 2, t0);
+    let s = receipt.status();
+    assert!(s.acked && !s.dead_lettered, "{s:?}");
+    drop(receipt);
+    assert_eq!(
+        board.take().unwrap().0.status(),
+        ReceiptStatus::default(),
+        "a freed slot starts clean"
+    );
+}
+
+#[test]
+fn a_restored_stream_keeps_its_epoch_seq_and_unacked_events() {
+    let t0 = Instant::now();
+    let mut cold = durable::MemCold::default();
+    let mut rec_streams = crate::spool::Recovery::default();
+    let frame = {
+        let (p, n) = frame::event_prefix(7, 6);
+        let mut f = p[..n].to_vec();
+        f.extend_from_slice(b"\"i\":7}");
+        f
+    };
+    let mut s = crate::spool::RecoveredStream {
+        epoch: 0xabc,
+        last_seq: 9,
+        acked: 6,
+        ..Default::default()
+    };
+    s.unacked.push_back((7, 0, frame));
+    rec_streams.streams.insert(b"a"[..].into(), s);
+    rec_streams.head = 4096;
+    let mut core = Core::new(cfg(|c| c.spool_dir = Some("unused".into())));
+    core.restore(rec_streams, 0, t0);
+    let a = connect(&mut core, "a", None, t0);
+    assert_eq!(
+        take(&mut core, a, t0, &mut cold),
+        [Seen::Hello(9), Seen::Redelivery(1), Seen::Event(7)]
+    );
+    core.route(&rec("a", 10, false, None), t0, 0);
+    assert_eq!(take(&mut core, a, t0, &mut cold), [Seen::Event(10)]);
+    assert_eq!(core.users[&b"a"[..]].epoch, 0xabc);
+    assert_eq!(
+        core.spool_pos,
+        4096 + cold.log.len() as u64,
+        "positions go on"
+    );
+}

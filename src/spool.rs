@@ -340,13 +340,16 @@ impl Spool {
                 last_write: mtime,
             });
         }
+        // A repair drops records that clients may have received: `seq` numbers would repeat.
+        let continuity = continuity && rec.repaired_bytes == 0;
         if !continuity {
             rec.discarded_streams = rec.streams.len();
             tracing::warn!(
                 dir = %dir.display(),
                 streams = rec.discarded_streams,
-                "spool: the last run lost writes or the machine restarted without fsync = always; \
-                 continuity cannot be proven, so every stream of this shard starts a new epoch"
+                "spool: a failed fsync in the last run, a restart of the machine without \
+                 fsync = always, or a repair: continuity cannot be proven, so every stream of \
+                 this shard starts a new epoch"
             );
             rec.streams.clear();
         }
@@ -850,7 +853,8 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("spool_repair"), "{err}");
-        // With repair, it starts and keeps the valid prefix.
+        // With repair, it starts and keeps the valid prefix on disk, but the stream starts a
+        // new epoch: records clients may have had are gone, so `seq` numbers would repeat.
         let (mut s, rec) = Spool::open(
             &SpoolConfig {
                 repair: true,
@@ -861,8 +865,9 @@ mod tests {
             512,
         )
         .unwrap();
-        assert_eq!(rec.streams[&b"u"[..]].last_seq, 1);
         assert!(rec.repaired_bytes > 0);
+        assert!(rec.streams.is_empty());
+        assert_eq!(rec.discarded_streams, 1);
         assert_eq!(seqs(&mut s, b"u"), vec![1]);
         fs::remove_dir_all(&dir).unwrap();
     }

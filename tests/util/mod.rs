@@ -179,3 +179,63 @@ pub fn eventually(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool)
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// A fresh, empty directory for one test (under the system temp dir, removed first if an
+/// earlier run left it).
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("floodgate-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Starts this test binary again as a child process that runs only the ignored test `name`
+/// (a child role of some test), with `envs`, piped stdin and stdout.
+pub fn spawn_child(name: &str, envs: &[(&str, &std::ffi::OsStr)]) -> std::process::Child {
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        name,
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("start the child test process")
+}
+
+/// Reads lines from `out` until one holds `prefix`; returns what follows it on that line.
+/// (The test harness prints `test NAME ... ` without a newline before a child's first line.)
+pub fn read_line_starting(out: &mut impl std::io::BufRead, prefix: &str) -> String {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "the child ended before printing `{prefix}`"
+        );
+        if let Some(at) = line.find(prefix) {
+            return line[at + prefix.len()..].trim().to_owned();
+        }
+    }
+}
+
+/// Every `.seg` file under `dir`, oldest first within each shard.
+pub fn segments(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for shard in std::fs::read_dir(dir).unwrap().flatten() {
+        if shard.path().is_dir() {
+            for f in std::fs::read_dir(shard.path()).unwrap().flatten() {
+                if f.path().extension().is_some_and(|e| e == "seg") {
+                    out.push(f.path());
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}

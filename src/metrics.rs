@@ -116,6 +116,12 @@ counters! {
     breaker_closed,
     /// Breakers open now (gauge).
     breakers_open,
+    /// Breakers opened because the connection fell behind.
+    breaker_trips_backlog,
+    /// Breakers opened because a ping went unanswered for `pong_timeout`.
+    breaker_trips_missed_pong,
+    /// Breakers opened because a socket write failed for want of kernel memory.
+    breaker_trips_write_error,
     /// Queued events taken out of memory when a breaker opened (they stay in history).
     events_diverted,
     /// Event frames replayed from the spool (part of `events_replayed`).
@@ -324,6 +330,16 @@ impl MetricsSnapshot {
                 ("{to=\"open\"}", s.breaker_opened),
                 ("{to=\"half_open\"}", s.breaker_half_opened),
                 ("{to=\"closed\"}", s.breaker_closed),
+            ],
+        );
+        metric(
+            "breaker_trips_total",
+            "counter",
+            "Connection circuit breakers opened, by cause.",
+            &[
+                ("{cause=\"backlog\"}", s.breaker_trips_backlog),
+                ("{cause=\"missed_pong\"}", s.breaker_trips_missed_pong),
+                ("{cause=\"write_error\"}", s.breaker_trips_write_error),
             ],
         );
         metric(

@@ -743,6 +743,14 @@ impl Shard {
                     return;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOBUFS | libc::ENOMEM)) => {
+                    // The kernel is short of buffer memory: the breaker opens (events wait in
+                    // history) rather than losing the connection.
+                    if !self.core.on_write_error(id, Instant::now()) {
+                        self.dead.push(id);
+                    }
+                    return;
+                }
                 Err(_) => {
                     self.dead.push(id);
                     return;

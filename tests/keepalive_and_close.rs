@@ -1,5 +1,6 @@
-//! The server pings, closes connections that do not answer (4010), answers client pings, and
-//! completes the close handshake a client starts.
+//! The server pings; a connection that does not answer has its breaker opened (its events wait
+//! in history) and, still silent after the cool-down, is closed with 4010. The server answers
+//! client pings and completes the close handshake a client starts.
 mod util;
 
 use std::io::Read;
@@ -14,6 +15,7 @@ fn answering_clients_stay_and_silent_ones_are_closed() {
         .shards(1)
         .ping_interval(Duration::from_secs(1))
         .pong_timeout(Duration::from_millis(800))
+        .breaker_cooldown(Duration::from_secs(1))
         .build()
         .unwrap();
     let addr = gw.local_addr();
@@ -35,7 +37,7 @@ fn answering_clients_stay_and_silent_ones_are_closed() {
         .unwrap();
     let start = Instant::now();
     let mut pings = 0;
-    while start.elapsed() < Duration::from_millis(3500) {
+    while start.elapsed() < Duration::from_millis(4000) {
         match live.read() {
             Ok(Message::Ping(_)) => pings += 1,
             Ok(other) => panic!("unexpected {other:?}"),
@@ -46,11 +48,12 @@ fn answering_clients_stay_and_silent_ones_are_closed() {
         }
     }
     assert!(pings >= 2, "server pinged every second ({pings})");
+    let m = gw.metrics().stats;
     assert_eq!(
-        gw.metrics().stats.closed_pong_timeout,
-        1,
-        "only the silent client timed out"
+        m.breaker_trips_missed_pong, 1,
+        "the silent client's breaker opened first"
     );
+    assert_eq!(m.closed_pong_timeout, 1, "only the silent client timed out");
     // The silent socket received: 101 response, ping(s), then a close frame with 4010.
     silent
         .set_read_timeout(Some(Duration::from_secs(5)))

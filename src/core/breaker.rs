@@ -1,10 +1,12 @@
 //! A connection's circuit breaker, as a pure state machine on a caller-supplied clock.
 //!
 //! - **Closed**: events are queued on the connection as usual.
-//! - **Open**: the connection fell behind (its unsent bytes stayed over the high-water mark for
-//!   `trip_after`, or would have passed `max_outbound_bytes`). Its queued events are dropped
-//!   from memory and later ones are not queued. The user's history keeps them, and the
-//!   connection resumes from there. It stays open for `cooldown`.
+//! - **Open**: the connection failed ([`Cause`]): it fell behind (its unsent bytes stayed over
+//!   the high-water mark for `trip_after`, or would have passed `max_outbound_bytes`), it did
+//!   not answer a ping within `pong_timeout`, or a write to its socket failed for want of
+//!   kernel memory. Its queued events are dropped from memory and later ones are not queued.
+//!   The user's history (and spool) keeps them, and the connection resumes from there. It
+//!   stays open for `cooldown`.
 //! - **Half-open**: after the cool-down, the connection is refilled from history a chunk at a
 //!   time. A chunk written in full closes the breaker. Falling behind again re-opens it.
 //!
@@ -40,6 +42,17 @@ pub(crate) enum BreakerState {
     HalfOpen,
 }
 
+/// Why a breaker opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cause {
+    /// Unsent bytes over the high-water mark for `trip_after`, or past the cap.
+    Backlog,
+    /// No pong within `pong_timeout`.
+    MissedPong,
+    /// A socket write failed with a transient error (ENOBUFS, ENOMEM).
+    WriteError,
+}
+
 /// What changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Transition {
@@ -57,6 +70,10 @@ pub(crate) struct Breaker {
     over_since: Option<Instant>,
     /// Trips since the breaker last closed.
     consecutive: u32,
+    /// Trips in all (the connection's failure count).
+    trips: u32,
+    /// Why it last opened.
+    cause: Cause,
     health: u8,
 }
 
@@ -66,6 +83,8 @@ impl Default for Breaker {
             state: BreakerState::Closed,
             over_since: None,
             consecutive: 0,
+            trips: 0,
+            cause: Cause::Backlog,
             health: 100,
         }
     }
@@ -87,6 +106,26 @@ impl Breaker {
         self.health
     }
 
+    /// Why the breaker last opened.
+    pub(crate) fn cause(&self) -> Cause {
+        self.cause
+    }
+
+    /// How many times it opened in all.
+    #[cfg(test)]
+    pub(crate) fn trips(&self) -> u32 {
+        self.trips
+    }
+
+    /// Opens the breaker for a failure seen outside the backlog (a missed pong, a write
+    /// error). Does nothing if it is open already.
+    pub(crate) fn fail(&mut self, cause: Cause, now: Instant, p: &BreakerPolicy) -> Transition {
+        if self.is_open() {
+            return Transition::None;
+        }
+        self.trip(cause, now, p)
+    }
+
     /// Reports the connection's unsent bytes after queueing or writing. `hard` is true when
     /// the next frame would not fit under `max_outbound_bytes` at all, which trips at once.
     pub(crate) fn on_backlog(
@@ -105,7 +144,7 @@ impl Breaker {
         }
         let since = *self.over_since.get_or_insert(now);
         if hard || now.saturating_duration_since(since) >= p.trip_after {
-            return self.trip(now, p);
+            return self.trip(Cause::Backlog, now, p);
         }
         Transition::None
     }
@@ -139,11 +178,13 @@ impl Breaker {
         }
     }
 
-    fn trip(&mut self, now: Instant, p: &BreakerPolicy) -> Transition {
+    fn trip(&mut self, cause: Cause, now: Instant, p: &BreakerPolicy) -> Transition {
         self.state = BreakerState::Open {
             until: now + p.cooldown,
         };
         self.over_since = None;
+        self.cause = cause;
+        self.trips += 1;
         self.consecutive += 1;
         self.health = self.health.saturating_sub(25);
         Transition::Opened
@@ -201,6 +242,26 @@ mod tests {
             b.on_drained();
         }
         assert_eq!(b.health(), 100, "health recovers while closed");
+    }
+
+    #[test]
+    fn a_missed_pong_or_a_write_error_opens_it_with_its_cause() {
+        let t0 = Instant::now();
+        let mut b = Breaker::default();
+        assert_eq!(b.fail(Cause::MissedPong, t0, &P), Transition::Opened);
+        assert_eq!(b.cause(), Cause::MissedPong);
+        assert_eq!(
+            b.fail(Cause::WriteError, t0 + S, &P),
+            Transition::None,
+            "already open"
+        );
+        assert_eq!(b.poll(t0 + 30 * S), Transition::HalfOpened);
+        assert_eq!(
+            b.fail(Cause::WriteError, t0 + 31 * S, &P),
+            Transition::Opened
+        );
+        assert_eq!(b.cause(), Cause::WriteError);
+        assert_eq!((b.trips(), b.health()), (2, 50));
     }
 
     #[test]

@@ -125,17 +125,27 @@ pub(crate) fn payload(buf: &[u8]) -> Option<&[u8]> {
 /// The `seq` of the last event frame among the frames in `buf` (which starts at a frame
 /// boundary and holds whole frames).
 pub(crate) fn last_event_seq(buf: &[u8]) -> Option<u64> {
+    event_seqs(buf).last()
+}
+
+/// The `seq` of the first event frame in `buf` (which starts at a frame boundary).
+pub(crate) fn first_event_seq(buf: &[u8]) -> Option<u64> {
+    event_seqs(buf).next()
+}
+
+/// The `seq`s of the whole event frames in `buf`, in order.
+fn event_seqs(buf: &[u8]) -> impl Iterator<Item = u64> + '_ {
     let mut at = 0usize;
-    let mut last = None;
-    while let Some((hdr, len, event)) = buf.get(at..).and_then(header) {
+    std::iter::from_fn(move || loop {
+        let (hdr, len, event) = buf.get(at..).and_then(header)?;
+        let payload = buf.get(at + hdr..at + hdr + len)?;
+        at += hdr + len;
         if event {
-            let digits = buf.get(at + hdr + EVENT_PREFIX.len()..at + hdr + len)?;
+            let digits = &payload[EVENT_PREFIX.len()..];
             let end = digits.iter().position(|b| !b.is_ascii_digit())?;
-            last = std::str::from_utf8(&digits[..end]).ok()?.parse().ok();
+            return std::str::from_utf8(&digits[..end]).ok()?.parse().ok();
         }
-        at = at.saturating_add(hdr).saturating_add(len);
-    }
-    last
+    })
 }
 
 /// Appends one final text frame carrying `payload` (a server protocol message such as
@@ -224,6 +234,13 @@ mod tests {
         append_text(&mut buf, b"{\"type\":\"gap\"}");
         buf.extend_from_slice(&frame(1234, b"\"b\":2}"));
         assert_eq!(last_event_seq(&buf), Some(1234));
+        assert_eq!(first_event_seq(&buf), Some(41));
+        let second = frame_len(&buf).unwrap();
+        assert_eq!(
+            first_event_seq(&buf[second..]),
+            Some(1234),
+            "skips the gap frame"
+        );
         assert_eq!(last_event_seq(&buf[..7]), None, "no whole event frame");
         assert_eq!(payload(&buf).unwrap(), b"{\"seq\":41,\"a\":1}");
     }

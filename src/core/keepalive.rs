@@ -53,6 +53,11 @@ impl Keepalive {
         }
     }
 
+    /// True while a ping is unanswered.
+    pub(crate) fn awaiting_pong(&self) -> bool {
+        self.awaiting_since.is_some()
+    }
+
     /// Any pong counts as the answer (RFC 6455 allows unsolicited pongs; we do not match data).
     pub(crate) fn on_pong(&mut self, _now: Instant) {
         self.awaiting_since = None;

@@ -25,7 +25,7 @@ use tungstenite::{Error as WsError, Message};
 use crate::metrics::Stats;
 use crate::receipt::{Progress, ReceiptBoard, Ticket};
 use batch::BatchPolicy;
-use breaker::{Breaker, BreakerPolicy, Transition};
+use breaker::{Breaker, BreakerPolicy, Cause, Transition};
 use durable::{ColdIndex, ColdTier, SpoolRecord, FLAG_ACK, FLAG_EXPIRED, KIND_ACK, KIND_EVENT};
 use history::{History, HistoryClock, HistoryLimits, Log};
 use keepalive::{Keepalive, Liveness};
@@ -1176,6 +1176,7 @@ impl Core {
         if self.cfg.breaker.enabled() {
             self.tick_breakers(now);
         }
+        let mut tripped = Vec::new();
         for (id, c) in self.conns.iter_mut() {
             match c.state {
                 State::Open => match c.keepalive.poll(now) {
@@ -1187,6 +1188,19 @@ impl Core {
                         };
                         let _ = c.ws.write(&mut io, Message::Ping(Default::default()));
                         let _ = c.ws.flush(&mut io);
+                    }
+                    Liveness::TimedOut if c.breaker.is_open() => continue,
+                    Liveness::TimedOut
+                        if self.cfg.breaker.enabled() && matches!(c.kind, ConnKind::User(_)) =>
+                    {
+                        // Maybe gone, maybe only slow: stop queueing for it (history keeps
+                        // its events) and give it the cool-down to answer; a connection
+                        // that still has not answered then is closed (`tick_breakers`).
+                        c.breaker.fail(Cause::MissedPong, now, &self.cfg.breaker);
+                        let next = c.replay.unwrap_or(c.last_queued_seq + 1);
+                        divert(c, id, next, &mut self.stats, &mut self.replaying);
+                        tripped.push(id);
+                        continue;
                     }
                     Liveness::TimedOut => {
                         self.stats.closed_pong_timeout += 1;
@@ -1208,6 +1222,29 @@ impl Core {
             }
             list_urgent(&mut self.urgent, c, id);
         }
+        for id in tripped {
+            if let ConnKind::User(user) = &self.conns[id].kind {
+                self.publish_delivery(user);
+            }
+        }
+    }
+
+    /// A write to `id`'s socket failed with a transient error (the kernel is short of memory
+    /// for socket buffers). With breakers on, the connection's breaker opens (its events wait
+    /// in history) and it is kept; returns false when it must be dropped instead.
+    pub(crate) fn on_write_error(&mut self, id: ConnId, now: Instant) -> bool {
+        let c = &mut self.conns[id];
+        if !self.cfg.breaker.enabled() || !matches!(c.kind, ConnKind::User(_)) {
+            return false;
+        }
+        if c.breaker.fail(Cause::WriteError, now, &self.cfg.breaker) == Transition::Opened {
+            let next = c.replay.unwrap_or(c.last_queued_seq + 1);
+            divert(c, id, next, &mut self.stats, &mut self.replaying);
+            if let ConnKind::User(user) = &self.conns[id].kind {
+                self.publish_delivery(user);
+            }
+        }
+        true
     }
 
     /// Breakers: open ones half-open after their cool-down (and start replaying); connections
@@ -1220,6 +1257,23 @@ impl Core {
                 continue;
             }
             match c.breaker.poll(now) {
+                Transition::HalfOpened
+                    if c.breaker.cause() == Cause::MissedPong && c.keepalive.awaiting_pong() =>
+                {
+                    // Still no pong after the whole cool-down: the peer is gone.
+                    self.stats.breakers_open -= 1;
+                    self.stats.closed_pong_timeout += 1;
+                    close_conn(
+                        c,
+                        CLOSE_PONG_TIMEOUT,
+                        "pong timeout",
+                        now,
+                        self.cfg.close_timeout,
+                    );
+                    list_urgent(&mut self.urgent, c, id);
+                    changed.push(id);
+                    continue;
+                }
                 Transition::HalfOpened => {
                     self.stats.breaker_half_opened += 1;
                     self.stats.breakers_open -= 1;
@@ -1291,8 +1345,8 @@ impl Core {
     }
 }
 
-/// The breaker of `c` (connection `id`) just opened while event `next` was to be queued: drop
-/// the unsent events from memory (a frame already partly written stays, so the byte stream
+/// The breaker of `c` (connection `id`) just opened while event `next` was to be queued (or
+/// `next` is the first event not queued yet): drop the unsent events from memory (a frame already partly written stays, so the byte stream
 /// remains valid) and make the connection resume from the first of them, out of history, once
 /// the breaker half-opens.
 fn divert(c: &mut Conn, id: ConnId, next: u64, stats: &mut Stats, replaying: &mut Vec<ConnId>) {
@@ -1303,20 +1357,27 @@ fn divert(c: &mut Conn, id: ConnId, next: u64, stats: &mut Stats, replaying: &mu
         keep += frame::frame_len(&c.out[keep..]).expect("a partly written frame has its header");
     }
     let dropped = frame::count_event_frames(&c.out[keep..]);
+    // Resume from the first dropped event (a `gap` frame among the dropped ones is announced
+    // again by the replay), or from `next` when none was queued.
+    let from = frame::first_event_seq(&c.out[keep..]).unwrap_or(next);
+    debug_assert!(from <= c.last_queued_seq + 1);
     c.out.truncate(keep);
     c.unwritten_frames -= dropped;
     c.pending = c.pending.saturating_sub(dropped as usize);
-    // The dropped frames are the last `dropped` events queued, all before `next`.
-    let from = next - dropped;
-    debug_assert!(from <= c.last_queued_seq + 1);
     c.last_queued_seq = from - 1;
     c.replay = Some(from);
+    c.cold_pos = None;
     if !replaying.contains(&id) {
         replaying.push(id);
     }
     stats.events_diverted += dropped;
     stats.breaker_opened += 1;
     stats.breakers_open += 1;
+    match c.breaker.cause() {
+        Cause::Backlog => stats.breaker_trips_backlog += 1,
+        Cause::MissedPong => stats.breaker_trips_missed_pong += 1,
+        Cause::WriteError => stats.breaker_trips_write_error += 1,
+    }
 }
 
 /// The epoch of the `n`th stream a shard creates: distinct for every `n`, and unrelated between

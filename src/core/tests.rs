@@ -176,6 +176,7 @@ fn keepalive_pings_then_closes_silent_connections() {
     let mut core = Core::new(cfg(|c| {
         c.ping_interval = 25 * S;
         c.pong_timeout = 10 * S;
+        c.breaker_cooldown = Duration::ZERO; // no breaker: a missed pong closes at once
     }));
     let quiet = open(&mut core, user("q"), t0);
     let talky = open(&mut core, user("t"), t0);
@@ -197,6 +198,73 @@ fn keepalive_pings_then_closes_silent_connections() {
         take_out(&mut core, talky).is_empty(),
         "the answering connection is left alone"
     );
+}
+
+#[test]
+fn a_missed_pong_opens_the_breaker_and_a_connection_still_silent_after_the_cooldown_is_closed() {
+    let t0 = Instant::now();
+    let mut core = Core::new(cfg(|c| {
+        c.ping_interval = 25 * S;
+        c.pong_timeout = 10 * S;
+        c.breaker_cooldown = 30 * S;
+    }));
+    let late = open(&mut core, user("late"), t0);
+    let gone = open(&mut core, user("gone"), t0);
+    core.tick(t0 + 25 * S);
+    for id in [late, gone] {
+        assert_eq!(take_out(&mut core, id)[0].0, Kind::Ping);
+    }
+    core.tick(t0 + 35 * S);
+    assert_eq!(core.stats.breaker_trips_missed_pong, 2);
+    assert_eq!(core.stats.closed_pong_timeout, 0, "not closed yet");
+    // While open, events are not queued on them (history keeps them).
+    core.route(&record("late", "\"i\":1}"), t0 + 36 * S, 0);
+    assert!(core.conn(late).out().is_empty());
+    // One answers late; the other never does.
+    core.on_input(late, &client_frame(Kind::Pong, b""), t0 + 40 * S);
+    core.tick(t0 + 65 * S);
+    assert_eq!(core.stats.closed_pong_timeout, 1);
+    let frames = take_out(&mut core, gone);
+    assert_eq!(frames[0].0, Kind::Close);
+    assert_eq!(&frames[0].1[..2], &CLOSE_PONG_TIMEOUT.to_be_bytes());
+    // The late one half-opened and is refilled from history.
+    core.pump_replays(t0 + 65 * S, &mut durable::NoCold);
+    let frames = take_out(&mut core, late);
+    assert_eq!(
+        frames.last(),
+        Some(&text("{\"seq\":1,\"i\":1}")),
+        "{frames:?}"
+    );
+    assert!(frames.iter().all(|f| f.0 != Kind::Close), "kept open");
+    assert_eq!(core.stats.breaker_half_opened, 1);
+}
+
+#[test]
+fn a_transient_write_error_opens_the_breaker_instead_of_dropping_the_connection() {
+    let t0 = Instant::now();
+    let mut core = Core::new(cfg(|c| {
+        c.breaker_cooldown = 30 * S;
+        c.ping_interval = Duration::ZERO;
+    }));
+    let id = open(&mut core, user("w"), t0);
+    for i in 1..=3 {
+        core.route(&record("w", &format!("\"i\":{i}}}")), t0, 0);
+    }
+    assert!(core.on_write_error(id, t0), "kept");
+    assert!(core.conn(id).out().is_empty(), "the backlog left memory");
+    assert_eq!(core.stats.breaker_trips_write_error, 1);
+    assert_eq!(core.stats.events_diverted, 3);
+    core.tick(t0 + 30 * S);
+    core.pump_replays(t0 + 30 * S, &mut durable::NoCold);
+    assert_eq!(
+        take_out(&mut core, id).len(),
+        3,
+        "refilled after the cool-down"
+    );
+    // Without breakers, the connection is dropped as before.
+    let mut core = Core::new(cfg(|c| c.breaker_cooldown = Duration::ZERO));
+    let id = open(&mut core, user("w"), t0);
+    assert!(!core.on_write_error(id, t0));
 }
 
 #[test]

@@ -21,7 +21,7 @@ use slab::Slab;
 use crate::auth::{AuthError, Verifier};
 use crate::core::durable::NoCold;
 use crate::core::handshake::{self, Decision, Refusal};
-use crate::core::{ConnId, ConnKind, Core, CoreConfig, Cursor, CLOSE_GOING_AWAY};
+use crate::core::{ConnId, ConnKind, Core, CoreConfig, Start, CLOSE_GOING_AWAY};
 use crate::emitter::{shard_of, unix_ns};
 use crate::metrics::Registry;
 use crate::ring::Consumer;
@@ -85,7 +85,7 @@ pub(crate) enum Cmd {
         kind: ConnKind,
         response: Vec<u8>,
         early: Vec<u8>,
-        cursor: Option<Cursor>,
+        start: Start,
     },
     /// Deliver what was accepted, close every connection with 1001, and stop.
     Shutdown,
@@ -462,8 +462,8 @@ impl Shard {
                 kind,
                 response,
                 early,
-                cursor,
-            } => self.adopt(stream, kind, &response, &early, cursor, now),
+                start,
+            } => self.adopt(stream, kind, &response, &early, start, now),
             Cmd::Shutdown => self.begin_shutdown(now, now_ns),
         }
     }
@@ -569,12 +569,12 @@ impl Shard {
         let decision = handshake::decide(&req, self.cfg.echo, |token| {
             verifier.verify(token).map_err(AuthError::as_str)
         });
-        let (kind, response, cursor) = match decision {
+        let (kind, response, start) = match decision {
             Decision::Upgrade {
                 kind,
                 response,
-                cursor,
-            } => (kind, response, cursor),
+                start,
+            } => (kind, response, start),
             Decision::Metrics => {
                 let body = self.common.registry.snapshot().to_prometheus();
                 let resp = handshake::response(200, "OK", "", "text/plain; version=0.0.4", &body);
@@ -606,14 +606,14 @@ impl Shard {
             ConnKind::Echo => self.index,
         };
         if home == self.index {
-            self.adopt(hs.stream, kind, &response, &early, cursor, now);
+            self.adopt(hs.stream, kind, &response, &early, start, now);
         } else {
             self.common.peers[home].send(Cmd::Adopt {
                 stream: hs.stream,
                 kind,
                 response,
                 early,
-                cursor,
+                start,
             });
         }
     }
@@ -643,7 +643,7 @@ impl Shard {
         kind: ConnKind,
         response: &[u8],
         early: &[u8],
-        cursor: Option<Cursor>,
+        start: Start,
         now: Instant,
     ) {
         if self.shutdown_deadline.is_some() {
@@ -655,7 +655,7 @@ impl Shard {
             ));
             return;
         }
-        let id = match self.core.adopt(kind, response, early, cursor, now) {
+        let id = match self.core.adopt_start(kind, response, early, start, now) {
             Ok(id) => id,
             Err(_) => {
                 // Relaxed: see `handshake_readable`.

@@ -151,6 +151,8 @@ fn malformed_cursors_are_refused_before_the_upgrade() {
         ("/ws?since=-1&epoch=ab", "`since` must be"),
         ("/ws?since=3&epoch=xyz", "`epoch` must be"),
         ("/ws?epoch=ab", "`epoch` needs `since`"),
+        ("/ws?resume=message&since=0", "not both"),
+        ("/ws?resume=later", "`resume` must be `message`"),
     ] {
         let resp = util::http(addr, &util::upgrade_request(target, &auth));
         assert!(resp.starts_with("HTTP/1.1 400"), "{target}: {resp}");
@@ -159,6 +161,35 @@ fn malformed_cursors_are_refused_before_the_upgrade() {
     // Without a valid token the answer is 401 whatever the cursor says.
     let resp = util::http(addr, &util::upgrade_request("/ws?since=12", ""));
     assert!(resp.starts_with("HTTP/1.1 401"), "{resp}");
+    gw.shutdown().unwrap();
+}
+
+#[test]
+fn the_cursor_can_come_as_the_first_message_instead_of_the_query() {
+    let gw = util::builder().build().unwrap();
+    let addr = gw.local_addr();
+    let token = util::token("fay");
+    let (ws, hello) = util::connect_to(addr, "/ws", &token);
+    let epoch = epoch_of(&hello);
+    drop(ws);
+    let mut em = gw.emitter();
+    for i in 1..=20 {
+        emit_blocking(&mut em, "fay", i);
+    }
+    util::eventually(T, "events routed", || {
+        gw.metrics().stats.events_received == 20
+    });
+    // `resume=message`: nothing arrives until the client says where it stopped.
+    let mut ws = util::try_connect(addr, "/ws?resume=message", Some(&token)).unwrap();
+    let cursor = json!({ "since": 12, "epoch": epoch }).to_string();
+    ws.send(tungstenite::Message::text(cursor)).unwrap();
+    let frames = read_until(&mut ws, 20);
+    assert_eq!(frames[0]["type"], "hello");
+    assert_eq!(frames[0]["epoch"], epoch.as_str());
+    let seqs: Vec<u64> = frames.iter().filter_map(|f| f["seq"].as_u64()).collect();
+    assert_eq!(seqs, (13..=20).collect::<Vec<_>>());
+    emit_blocking(&mut em, "fay", 21);
+    assert_eq!(read_until(&mut ws, 21).last().unwrap()["seq"], 21);
     gw.shutdown().unwrap();
 }
 

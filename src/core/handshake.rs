@@ -2,7 +2,7 @@
 //! what to answer, and building responses. Pure functions over bytes; the reactor owns the
 //! socket and only carries out the [`Decision`].
 
-use super::{ConnKind, Cursor};
+use super::{ConnKind, Cursor, Start};
 
 /// The largest request head accepted; past it the client gets 431.
 pub(crate) const MAX_HEAD_BYTES: usize = 8 * 1024;
@@ -34,8 +34,9 @@ pub(crate) struct Request {
     pub bad_version: bool,
     /// The bearer token from `Authorization: Bearer` or the `token` query parameter.
     pub token: Option<String>,
-    /// The resume cursor from the `since` and `epoch` query parameters, or why they are invalid.
-    pub cursor: Result<Option<Cursor>, &'static str>,
+    /// How the stream starts, from the `since`, `epoch` and `resume` query parameters, or why
+    /// they are invalid.
+    pub start: Result<Start, &'static str>,
     /// Bytes of the head, including the final blank line; anything after is the client's first
     /// WebSocket bytes.
     pub head_len: usize,
@@ -112,13 +113,13 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Option<Request>, HeadError> {
         upgrade_key,
         bad_version: wants_upgrade && !version_ok,
         token: bearer.or(query_token).filter(|t| !t.is_empty()),
-        cursor: parse_cursor(query),
+        start: parse_start(query),
         head_len,
     }))
 }
 
-/// Reads `since=<seq>` and `epoch=<hex>` from a query string.
-fn parse_cursor(query: &str) -> Result<Option<Cursor>, &'static str> {
+/// Reads `since=<seq>` and `epoch=<hex>`, or `resume=message`, from a query string.
+fn parse_start(query: &str) -> Result<Start, &'static str> {
     let param = |name: &str| {
         query
             .split('&')
@@ -130,20 +131,49 @@ fn parse_cursor(query: &str) -> Result<Option<Cursor>, &'static str> {
                 .map_err(|_| "`since` must be the last seq received, an unsigned integer")
         })
         .transpose()?;
-    let epoch = param("epoch")
-        .map(|v| {
-            (!v.is_empty() && v.len() <= 16)
-                .then(|| u64::from_str_radix(v, 16).ok())
-                .flatten()
-                .ok_or("`epoch` must be the hex epoch from a hello or gap frame")
-        })
-        .transpose()?;
+    let epoch = param("epoch").map(parse_epoch).transpose()?;
+    match (param("resume"), cursor(since, epoch)?) {
+        (None, None) => Ok(Start::Live),
+        (None, Some(c)) => Ok(Start::Resume(c)),
+        (Some("message"), None) => Ok(Start::AwaitCursor),
+        (Some("message"), Some(_)) => {
+            Err("give the cursor either as `since`/`epoch` or as a first message (`resume=message`), not both")
+        }
+        (Some(_), _) => Err("`resume` must be `message` (the cursor comes as the first message)"),
+    }
+}
+
+fn parse_epoch(v: &str) -> Result<u64, &'static str> {
+    (!v.is_empty() && v.len() <= 16)
+        .then(|| u64::from_str_radix(v, 16).ok())
+        .flatten()
+        .ok_or("`epoch` must be the hex epoch from a hello or gap frame")
+}
+
+/// The cursor rules shared by the query and the first message.
+fn cursor(since: Option<u64>, epoch: Option<u64>) -> Result<Option<Cursor>, &'static str> {
     match (since, epoch) {
         (None, None) => Ok(None),
         (None, Some(_)) => Err("`epoch` needs `since`"),
         (Some(s), None) if s > 0 => Err("`since` needs `epoch` (from the hello frame)"),
         (Some(since), epoch) => Ok(Some(Cursor { since, epoch })),
     }
+}
+
+/// Parses the first message of a `resume=message` connection: `{"since":N,"epoch":"<hex>"}`
+/// (`{"since":0}` for everything retained), with the same rules as the query parameters.
+pub(crate) fn parse_cursor_message(text: &[u8]) -> Result<Cursor, &'static str> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Msg<'a> {
+        since: u64,
+        #[serde(borrow)]
+        epoch: Option<&'a str>,
+    }
+    let m: Msg<'_> = serde_json::from_slice(text)
+        .map_err(|_| "the first message must be {\"since\":<seq>,\"epoch\":\"<hex>\"}")?;
+    let epoch = m.epoch.map(parse_epoch).transpose()?;
+    Ok(cursor(Some(m.since), epoch)?.expect("since is set"))
 }
 
 /// Why a request was refused, for the metrics.
@@ -165,12 +195,12 @@ pub(crate) enum Decision {
     },
     /// Send the Prometheus metrics (rendered by the caller, which can see every shard) and close.
     Metrics,
-    /// Upgrade: a connection of `kind`, answered with `response` (the 101), resuming from
-    /// `cursor` if the client gave one.
+    /// Upgrade: a connection of `kind`, answered with `response` (the 101), whose stream
+    /// starts as `start` says.
     Upgrade {
         kind: ConnKind,
         response: Vec<u8>,
-        cursor: Option<Cursor>,
+        start: Start,
     },
 }
 
@@ -236,15 +266,15 @@ pub(crate) fn decide(
         };
         return refuse(resp, Refusal::BadRequest);
     };
-    let (kind, cursor) = if req.route == Route::Echo {
-        (ConnKind::Echo, None)
+    let (kind, start) = if req.route == Route::Echo {
+        (ConnKind::Echo, Start::Live)
     } else {
         let user = match verify(req.token.as_deref()) {
             Ok(user) => user,
             Err(why) => return refuse(unauthorized(why), Refusal::Auth),
         };
-        match req.cursor {
-            Ok(cursor) => (ConnKind::User(user), cursor),
+        match req.start {
+            Ok(start) => (ConnKind::User(user), start),
             Err(why) => {
                 let body = format!("{why}\n");
                 return refuse(error(400, "Bad Request", &body), Refusal::BadRequest);
@@ -254,7 +284,7 @@ pub(crate) fn decide(
     Decision::Upgrade {
         kind,
         response: switching_protocols(key),
-        cursor,
+        start,
     }
 }
 
@@ -323,6 +353,51 @@ mod tests {
     const UPGRADE: &str = "GET /ws?token=abc.def.ghi HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
         Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
         Sec-WebSocket-Version: 13\r\n\r\n";
+
+    #[test]
+    fn the_start_comes_from_since_and_epoch_or_resume_message() {
+        let c = |since, epoch| Start::Resume(Cursor { since, epoch });
+        assert_eq!(parse_start(""), Ok(Start::Live));
+        assert_eq!(parse_start("token=x"), Ok(Start::Live));
+        assert_eq!(parse_start("since=0"), Ok(c(0, None)));
+        assert_eq!(parse_start("since=7&epoch=ff"), Ok(c(7, Some(255))));
+        assert_eq!(parse_start("resume=message"), Ok(Start::AwaitCursor));
+        for bad in [
+            "since=7",
+            "epoch=ff",
+            "since=x&epoch=1",
+            "since=1&epoch=zz",
+            "since=1&epoch=12345678901234567",
+            "resume=message&since=0",
+            "resume=query",
+        ] {
+            assert!(parse_start(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_cursor_message_follows_the_query_rules() {
+        let c = |since, epoch| Cursor { since, epoch };
+        assert_eq!(parse_cursor_message(br#"{"since":0}"#), Ok(c(0, None)));
+        assert_eq!(
+            parse_cursor_message(br#"{"since":9,"epoch":"0a"}"#),
+            Ok(c(9, Some(10)))
+        );
+        for bad in [
+            &br#"{"since":9}"#[..],
+            br#"{"since":-1,"epoch":"0a"}"#,
+            br#"{"since":1,"epoch":"nothex"}"#,
+            br#"{"ack":3}"#,
+            br#"{"since":1,"epoch":"0a","extra":1}"#,
+            b"not json",
+        ] {
+            assert!(
+                parse_cursor_message(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
 
     #[test]
     fn parses_an_upgrade_with_query_token() {

@@ -159,6 +159,21 @@ pub(crate) struct Cursor {
     pub epoch: Option<u64>,
 }
 
+/// How a new connection's stream starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Start {
+    /// `hello`, then live events.
+    Live,
+    /// `hello`, then a replay from the cursor (and any `gap`), then live events.
+    Resume(Cursor),
+    /// Nothing until the client's first message gives the cursor (`resume=message`); it then
+    /// starts as [`Start::Resume`], or as [`Start::Live`] if no message comes in time.
+    AwaitCursor,
+}
+
+/// How long a `resume=message` connection may take to send its cursor.
+const CURSOR_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// One connection's protocol state and outbound buffer.
 pub(crate) struct Conn {
     kind: ConnKind,
@@ -176,6 +191,9 @@ pub(crate) struct Conn {
     last_queued_seq: u64,
     /// While replaying from the spool: where the scan goes on.
     cold_pos: Option<u64>,
+    /// A `resume=message` connection that has not sent its cursor: until when it may. It is
+    /// not among its user's connections (gets no events) until then.
+    awaiting_cursor: Option<Instant>,
     /// `seq` of the last event frame completely written (for receipts).
     delivered_through: u64,
     breaker: Breaker,
@@ -495,6 +513,19 @@ impl Core {
         cursor: Option<Cursor>,
         now: Instant,
     ) -> Result<ConnId, AdoptError> {
+        let start = cursor.map_or(Start::Live, Start::Resume);
+        self.adopt_start(kind, response, early, start, now)
+    }
+
+    /// [`adopt`](Self::adopt) with any [`Start`], including waiting for a cursor message.
+    pub(crate) fn adopt_start(
+        &mut self,
+        kind: ConnKind,
+        response: &[u8],
+        early: &[u8],
+        start: Start,
+        now: Instant,
+    ) -> Result<ConnId, AdoptError> {
         if let ConnKind::User(user) = &kind {
             let count = self.users.get(user).map_or(0, |u| u.conns.len());
             if count >= self.cfg.max_connections_per_user {
@@ -513,6 +544,7 @@ impl Core {
             replay: None,
             last_queued_seq: 0,
             cold_pos: None,
+            awaiting_cursor: None,
             delivered_through: 0,
             breaker: Breaker::default(),
             unwritten_frames: 0,
@@ -525,13 +557,13 @@ impl Core {
             keepalive: Keepalive::new(self.cfg.ping_interval, self.cfg.pong_timeout, now),
         });
         if let ConnKind::User(user) = kind {
-            let u = self.stream(user);
-            let first_conn = u.conns.is_empty();
-            u.conns.push(id);
-            self.online_users += usize::from(first_conn);
-            self.start_stream(id, cursor, now);
-            if let ConnKind::User(user) = &self.conns[id].kind {
-                self.publish_delivery(user);
+            self.stream(user);
+            match start {
+                Start::Live => self.register(id, None, now),
+                Start::Resume(cursor) => self.register(id, Some(cursor), now),
+                Start::AwaitCursor => {
+                    self.conns[id].awaiting_cursor = Some(now + CURSOR_MESSAGE_TIMEOUT);
+                }
             }
         }
         self.stats.connections_accepted += 1;
@@ -541,6 +573,27 @@ impl Core {
             self.on_input(id, early, now);
         }
         Ok(id)
+    }
+
+    /// Makes `id` one of its user's connections and starts its stream: `hello`, then the
+    /// replay from `cursor` if any. From here on every event routed to the user reaches it.
+    fn register(&mut self, id: ConnId, cursor: Option<Cursor>, now: Instant) {
+        let c = &mut self.conns[id];
+        c.awaiting_cursor = None;
+        let ConnKind::User(user) = &c.kind else {
+            return;
+        };
+        // The stream may have been dropped while the connection waited (it was not online).
+        let user = user.clone();
+        let u = self.stream(user);
+        let first_conn = u.conns.is_empty();
+        u.conns.push(id);
+        self.online_users += usize::from(first_conn);
+        self.start_stream(id, cursor, now);
+        if let ConnKind::User(user) = &self.conns[id].kind {
+            self.publish_delivery(user);
+        }
+        list_urgent(&mut self.urgent, &mut self.conns[id], id);
     }
 
     /// The state of `user`'s stream, created (with a new epoch) if there is none.
@@ -925,6 +978,7 @@ impl Core {
     pub(crate) fn on_input(&mut self, id: ConnId, input: &[u8], now: Instant) {
         let close_timeout = self.cfg.close_timeout;
         let mut ack = None;
+        let mut cursor_msg = None;
         let c = &mut self.conns[id];
         let before = c.out.len();
         let mut io = Io {
@@ -935,6 +989,33 @@ impl Core {
             match c.ws.read(&mut io) {
                 Ok(msg @ (Message::Text(_) | Message::Binary(_))) => {
                     self.stats.client_messages += 1;
+                    if c.awaiting_cursor.is_some() && cursor_msg.is_none() {
+                        // The first message of a `resume=message` connection: its cursor.
+                        let parsed = match &msg {
+                            Message::Text(t) => handshake::parse_cursor_message(t.as_bytes()),
+                            _ => Err("the first message must be a text message"),
+                        };
+                        match parsed {
+                            Ok(cur) => cursor_msg = Some(cur),
+                            Err(why) => {
+                                // Policy violation: this connection promised a cursor.
+                                self.stats.rejected_bad_request += 1;
+                                c.awaiting_cursor = None;
+                                let frame = CloseFrame {
+                                    code: CloseCode::from(1008),
+                                    reason: why.into(),
+                                };
+                                c.state = match c.ws.close(&mut io, Some(frame)) {
+                                    Ok(()) => State::Closing {
+                                        deadline: now + close_timeout,
+                                    },
+                                    Err(_) => State::Finished,
+                                };
+                                break;
+                            }
+                        }
+                        continue;
+                    }
                     if let (ConnKind::User(_), Message::Text(text)) = (&c.kind, &msg) {
                         match parse_ack(text.as_bytes()) {
                             Some(n) => ack = Some(ack.map_or(n, |a: u64| a.max(n))),
@@ -994,6 +1075,9 @@ impl Core {
         // Something to write, or a finished close handshake: the reactor must look at it now.
         if c.out.len() != before || c.state == State::Finished {
             list_urgent(&mut self.urgent, c, id);
+        }
+        if let Some(cur) = cursor_msg {
+            self.register(id, Some(cur), now);
         }
         if let Some(n) = ack {
             self.on_ack(id, n);
@@ -1176,6 +1260,16 @@ impl Core {
         if self.cfg.breaker.enabled() {
             self.tick_breakers(now);
         }
+        let late: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.awaiting_cursor.is_some_and(|d| now >= d) && c.state == State::Open)
+            .map(|(id, _)| id)
+            .collect();
+        for id in late {
+            // No cursor came: start live, as if none had been asked for.
+            self.register(id, None, now);
+        }
         let mut tripped = Vec::new();
         for (id, c) in self.conns.iter_mut() {
             match c.state {
@@ -1333,8 +1427,10 @@ impl Core {
         }
         if let ConnKind::User(user) = &c.kind {
             if let Some(u) = self.users.get_mut(user) {
+                // A connection still waiting for its cursor message was never listed.
+                let before = u.conns.len();
                 u.conns.retain(|&x| x != id);
-                if u.conns.is_empty() {
+                if before > 0 && u.conns.is_empty() {
                     self.online_users -= 1;
                 }
             }
@@ -1346,9 +1442,9 @@ impl Core {
 }
 
 /// The breaker of `c` (connection `id`) just opened while event `next` was to be queued (or
-/// `next` is the first event not queued yet): drop the unsent events from memory (a frame already partly written stays, so the byte stream
-/// remains valid) and make the connection resume from the first of them, out of history, once
-/// the breaker half-opens.
+/// `next` is the first event not queued yet): drop the unsent events from memory (a frame
+/// already partly written stays, so the byte stream remains valid) and make the connection
+/// resume from the first of them, out of history, once the breaker half-opens.
 fn divert(c: &mut Conn, id: ConnId, next: u64, stats: &mut Stats, replaying: &mut Vec<ConnId>) {
     let (_, done) =
         frame::complete_prefix(&c.out[c.raw_head..], c.written.saturating_sub(c.raw_head));

@@ -771,3 +771,71 @@ mod breakers {
         assert!(text.contains("floodgate_breakers_open 1"), "{text}");
     }
 }
+
+mod first_message {
+    //! `resume=message`: the cursor comes as the client's first WebSocket message.
+
+    use super::*;
+    use crate::client::{client_frame, Kind};
+
+    fn await_cursor(core: &mut Core, u: &str, now: Instant) -> ConnId {
+        let id = core
+            .adopt_start(user(u), b"", b"", Start::AwaitCursor, now)
+            .unwrap();
+        core.on_written(id, core.conn(id).out().len());
+        id
+    }
+
+    #[test]
+    fn nothing_is_sent_until_the_cursor_message_then_the_replay_seam_holds() {
+        let t0 = Instant::now();
+        let mut core = Core::new(cfg(|_| {}));
+        let epoch = learn_epoch(&mut core, "a", t0);
+        for i in 1..=5 {
+            core.route(&record("a", i), t0, 0);
+        }
+        let id = await_cursor(&mut core, "a", t0);
+        // Events keep coming before the client says where it stopped: none is queued yet.
+        core.route(&record("a", 6), t0, 0);
+        assert!(
+            drain(&mut core, id, t0).is_empty(),
+            "no hello, no events yet"
+        );
+        let msg = format!("{{\"since\":2,\"epoch\":\"{epoch:x}\"}}");
+        core.on_input(id, &client_frame(Kind::Text, msg.as_bytes()), t0);
+        core.route(&record("a", 7), t0, 0);
+        let seen = drain(&mut core, id, t0);
+        assert_eq!(hello(&seen), (epoch, 6));
+        assert_eq!(events(&seen), [3, 4, 5, 6, 7], "replay, then live, no seam");
+        assert_eq!(core.stats.resumes, 1);
+    }
+
+    #[test]
+    fn a_bad_cursor_message_closes_with_1008_and_silence_starts_live() {
+        let t0 = Instant::now();
+        let mut core = Core::new(cfg(|_| {}));
+        let bad = await_cursor(&mut core, "a", t0);
+        core.on_input(bad, &client_frame(Kind::Text, b"{\"since\":5}"), t0);
+        let mut due = Vec::new();
+        core.take_writable(t0, true, &mut due);
+        let out = core.conn(bad).out().to_vec();
+        let mut r = FrameReader::new(out, 1024);
+        let mut frames = Vec::new();
+        r.frames(|k, p| frames.push((k, p.to_vec()))).unwrap();
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0].0, Kind::Close);
+        assert_eq!(&frames[0].1[..2], &1008u16.to_be_bytes());
+        assert!(String::from_utf8_lossy(&frames[0].1).contains("epoch"));
+        core.remove(bad);
+        // A client that never sends its cursor gets a live stream after the timeout.
+        let quiet = await_cursor(&mut core, "a", t0);
+        core.route(&record("a", 1), t0, 0);
+        core.tick(t0 + CURSOR_MESSAGE_TIMEOUT);
+        core.route(&record("a", 2), t0, 0);
+        let seen = drain(&mut core, quiet, t0 + CURSOR_MESSAGE_TIMEOUT);
+        assert_eq!(hello(&seen).1, 1);
+        assert_eq!(events(&seen), [2]);
+        core.remove(quiet);
+        assert_eq!(core.online_users, 0, "the count stays right");
+    }
+}

@@ -124,6 +124,9 @@ counters! {
     breaker_trips_write_error,
     /// Queued events taken out of memory when a breaker opened (they stay in history).
     events_diverted,
+    /// `agent_thinking` events merged into the frame before them on a connection that was
+    /// behind (the frame says how many it holds).
+    events_coalesced,
     /// Event frames replayed from the spool (part of `events_replayed`).
     events_replayed_cold,
     /// Spool reads that failed during a replay (the client got a gap).
@@ -353,6 +356,12 @@ impl MetricsSnapshot {
             "counter",
             "Queued events dropped from memory when a breaker opened (kept in history for replay).",
             &[("", s.events_diverted)],
+        );
+        metric(
+            "events_coalesced_total",
+            "counter",
+            "agent_thinking events merged into the frame before them for a connection that was behind.",
+            &[("", s.events_coalesced)],
         );
         metric(
             "events_replayed_from_spool_total",

@@ -5,6 +5,7 @@
 
 pub(crate) mod batch;
 pub(crate) mod breaker;
+pub(crate) mod coalesce;
 pub(crate) mod durable;
 pub(crate) mod frame;
 pub(crate) mod handshake;
@@ -196,6 +197,9 @@ pub(crate) struct Conn {
     awaiting_cursor: Option<Instant>,
     /// `seq` of the last event frame completely written (for receipts).
     delivered_through: u64,
+    /// The last frame in `out`, if it is an `agent_thinking` frame queued while the connection
+    /// was behind (see [`coalesce`]).
+    tail_thinking: Option<coalesce::Tail>,
     breaker: Breaker,
     /// Event frames in `out` that have not been completely written.
     unwritten_frames: u64,
@@ -227,6 +231,7 @@ impl Conn {
     /// Drops everything unsent; returns the event frames dropped.
     fn discard_unsent(&mut self) -> u64 {
         let n = self.unsent_events();
+        self.tail_thinking = None;
         self.out.clear();
         self.written = 0;
         self.raw_head = 0;
@@ -546,6 +551,7 @@ impl Core {
             cold_pos: None,
             awaiting_cursor: None,
             delivered_through: 0,
+            tail_thinking: None,
             breaker: Breaker::default(),
             unwritten_frames: 0,
             pending: 0,
@@ -885,7 +891,21 @@ impl Core {
                 list_urgent(urgent, c, id);
                 continue;
             }
-            frame::append_event(&mut c.out, &prefix[..n], rec.body);
+            if unsent > cfg.breaker.high_water && rec.body.starts_with(coalesce::THINKING) {
+                // Behind: a thinking delta may join the one queued before it.
+                if coalesce_thinking(c, seq, rec.body) {
+                    stats.events_coalesced += 1;
+                    continue;
+                }
+                let start = c.out.len();
+                frame::append_event(&mut c.out, &prefix[..n], rec.body);
+                c.tail_thinking = Some(coalesce::Tail {
+                    start,
+                    end: c.out.len(),
+                });
+            } else {
+                frame::append_event(&mut c.out, &prefix[..n], rec.body);
+            }
             c.last_queued_seq = seq;
             c.unwritten_frames += 1;
             c.pending += 1;
@@ -1164,6 +1184,8 @@ impl Core {
             }
         }
         c.written += n;
+        // Offsets into `out` move from here on.
+        c.tail_thinking = None;
         if c.written == c.out.len() {
             self.stats.events_delivered += c.unwritten_frames;
             if c.unwritten_frames > 0 && self.tracked_count > 0 {
@@ -1454,8 +1476,16 @@ fn divert(c: &mut Conn, id: ConnId, next: u64, stats: &mut Stats, replaying: &mu
     }
     let dropped = frame::count_event_frames(&c.out[keep..]);
     // Resume from the first dropped event (a `gap` frame among the dropped ones is announced
-    // again by the replay), or from `next` when none was queued.
-    let from = frame::first_event_seq(&c.out[keep..]).unwrap_or(next);
+    // again by the replay; a coalesced frame stands for several), or from `next` when none
+    // was queued.
+    let from = match frame::first_event_seq(&c.out[keep..]) {
+        Some(seq) => {
+            let payload = frame::payload(&c.out[keep..]).unwrap_or_default();
+            coalesce::first_covered(payload, seq)
+        }
+        None => next,
+    };
+    c.tail_thinking = None;
     debug_assert!(from <= c.last_queued_seq + 1);
     c.out.truncate(keep);
     c.unwritten_frames -= dropped;
@@ -1474,6 +1504,31 @@ fn divert(c: &mut Conn, id: ConnId, next: u64, stats: &mut Stats, replaying: &mu
         Cause::MissedPong => stats.breaker_trips_missed_pong += 1,
         Cause::WriteError => stats.breaker_trips_write_error += 1,
     }
+}
+
+/// Merges the `agent_thinking` event `seq` (its `body`) into the thinking frame at the end of
+/// `c.out`, if there is one it can join (see [`coalesce`]). The frame count does not change.
+fn coalesce_thinking(c: &mut Conn, seq: u64, body: &[u8]) -> bool {
+    let Some(tail) = c.tail_thinking else {
+        return false;
+    };
+    // Still the last frame, and not started on the socket.
+    if tail.end != c.out.len() || tail.start < c.written {
+        return false;
+    }
+    let Some(merged) = frame::payload(&c.out[tail.start..]).and_then(|p| coalesce::merge(p, body))
+    else {
+        return false;
+    };
+    let (prefix, n) = frame::event_prefix(seq, merged.len());
+    c.out.truncate(tail.start);
+    frame::append_event(&mut c.out, &prefix[..n], &merged);
+    c.tail_thinking = Some(coalesce::Tail {
+        start: tail.start,
+        end: c.out.len(),
+    });
+    c.last_queued_seq = seq;
+    true
 }
 
 /// The epoch of the `n`th stream a shard creates: distinct for every `n`, and unrelated between

@@ -413,3 +413,115 @@ fn a_connection_due_twice_in_a_pass_is_written_once() {
     core.on_input(id, &client_frame(Kind::Ping, b""), t0);
     assert_eq!(writable(&mut core, t0, true), vec![id]);
 }
+
+#[test]
+fn thinking_deltas_coalesce_for_a_connection_that_is_behind_and_lifecycle_events_stay_apart() {
+    let t0 = Instant::now();
+    let mut core = Core::new(cfg(|c| {
+        c.max_event_bytes = 4096;
+        c.max_outbound_bytes = 64 << 10; // behind past 32 KiB unsent
+        c.breaker_trip_after = 60 * S; // and not tripped during this test
+        c.ping_interval = Duration::ZERO;
+    }));
+    let id = open(&mut core, user("a"), t0);
+    let body = |ev: crate::Event<'_, serde_json::Value>| {
+        let mut out = Vec::new();
+        ev.encode_body(1, &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    };
+    let mut deltas = String::new();
+    let mut lifecycle = Vec::new();
+    for i in 1..=1200u64 {
+        let rec = if i % 400 == 0 {
+            lifecycle.push(i);
+            body(crate::Event::tool_executing(
+                "r1",
+                &serde_json::json!({"tool": i}),
+            ))
+        } else {
+            let delta = format!("d{i},");
+            deltas.push_str(&delta);
+            body(crate::Event::agent_thinking(
+                "r1",
+                &serde_json::json!({ "delta": delta }),
+            ))
+        };
+        core.route(&record("a", &rec), t0, 0);
+    }
+    assert!(core.stats.events_coalesced > 0);
+    let unsent = core.conn(id).out().len();
+    assert!(unsent < 64 << 10, "stayed under the cap: {unsent}");
+    // What the client reads covers every seq once, in order; the deltas join up exactly.
+    let mut next = 1;
+    let mut joined = String::new();
+    let mut frames = 0;
+    for (kind, payload) in take_out(&mut core, id) {
+        assert_eq!(kind, Kind::Text);
+        let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        let seq = v["seq"].as_u64().unwrap();
+        let k = v["coalesced"].as_u64().unwrap_or(1);
+        assert_eq!(seq + 1 - k, next, "frame {v} starts where the last ended");
+        next = seq + 1;
+        frames += 1;
+        match v["type"].as_str().unwrap() {
+            "agent_thinking" => joined.push_str(v["data"]["delta"].as_str().unwrap()),
+            "tool_executing" => assert!(lifecycle.contains(&seq) && k == 1, "{v}"),
+            other => panic!("{other}"),
+        }
+    }
+    assert_eq!(next, 1201);
+    assert_eq!(joined, deltas, "no delta lost, none twice, in order");
+    assert!(frames < 1200, "fewer frames than events ({frames})");
+    assert_eq!(frames + core.stats.events_coalesced, 1200);
+}
+
+#[test]
+fn a_breaker_that_opens_on_coalesced_frames_replays_every_event_they_stood_for() {
+    let t0 = Instant::now();
+    let mut core = Core::new(cfg(|c| {
+        c.max_event_bytes = 4096;
+        c.max_outbound_bytes = 64 << 10;
+        c.breaker_trip_after = 60 * S;
+        c.ping_interval = Duration::ZERO;
+    }));
+    let id = open(&mut core, user("a"), t0);
+    for i in 1..=800u64 {
+        let mut b = Vec::new();
+        let data = serde_json::json!({ "delta": format!("{i};") });
+        crate::Event::agent_thinking("r", &data)
+            .encode_body(1, &mut b)
+            .unwrap();
+        core.route(&record("a", std::str::from_utf8(&b).unwrap()), t0, 0);
+    }
+    assert!(core.stats.events_coalesced > 0);
+    // The socket takes every frame before the first coalesced one, then fails: the rest,
+    // starting with a frame that stands for several events, leaves memory.
+    let out = core.conn(id).out().to_vec();
+    let (mut at, mut seqs) = (0, Vec::new());
+    loop {
+        let len = frame::frame_len(&out[at..]).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(frame::payload(&out[at..]).unwrap()).unwrap();
+        if v.get("coalesced").is_some() {
+            break;
+        }
+        seqs.push(v["seq"].as_u64().unwrap());
+        at += len;
+    }
+    core.on_written(id, at);
+    assert!(core.on_write_error(id, t0));
+    core.tick(t0 + 30 * S);
+    core.pump_replays(t0 + 30 * S, &mut durable::NoCold);
+    while !core.conn(id).out().is_empty() {
+        for (_, p) in take_out(&mut core, id) {
+            let v: serde_json::Value = serde_json::from_slice(&p).unwrap();
+            assert!(
+                v.get("coalesced").is_none(),
+                "replays send events one by one"
+            );
+            seqs.push(v["seq"].as_u64().unwrap());
+        }
+        core.pump_replays(t0 + 30 * S, &mut durable::NoCold);
+    }
+    assert_eq!(seqs, (1..=800).collect::<Vec<_>>());
+}

@@ -26,6 +26,9 @@ pub struct Delivery {
     pub breakers_open: u8,
     /// The lowest breaker health among them, 0 to 100 (100 with no connection).
     pub health: u8,
+    /// Times their breakers opened in all (the connections' failure count; 127 means 127 or
+    /// more).
+    pub breaker_trips: u8,
 }
 
 /// The table shared by every shard and emitter of a gateway.
@@ -53,6 +56,7 @@ impl DeliveryBoard {
             | u64::from(d.connections) << 24
             | u64::from(d.breakers_open) << 16
             | u64::from(d.health) << 8
+            | u64::from(d.breaker_trips.min(127)) << 1
             | 1;
         // Relaxed: the word is self-contained (tag and state together); readers need no
         // ordering with anything else.
@@ -69,6 +73,7 @@ impl DeliveryBoard {
             connections: (word >> 24) as u8,
             breakers_open: (word >> 16) as u8,
             health: (word >> 8) as u8,
+            breaker_trips: (word >> 1) as u8 & 0x7f,
         })
     }
 }
@@ -85,6 +90,7 @@ mod tests {
             connections: 3,
             breakers_open: 1,
             health: 75,
+            breaker_trips: 2,
         };
         b.publish(b"alice", d);
         assert_eq!(b.get(b"alice"), Some(d));
@@ -105,6 +111,7 @@ mod tests {
             connections: 1,
             breakers_open: 0,
             health: 100,
+            breaker_trips: 0,
         };
         b.publish(first.as_bytes(), d);
         b.publish(

@@ -58,6 +58,7 @@ fn a_stalled_client_is_diverted_to_history_and_catches_up_after_the_cooldown() {
     let d = em.delivery("slow").expect("known user");
     assert_eq!((d.connections, d.breakers_open), (1, 1));
     assert!(d.health < 100, "{d:?}");
+    assert_eq!(d.breaker_trips, 1, "the failure count is published too");
     assert_eq!(em.delivery("fast").unwrap().breakers_open, 0);
     assert_eq!(em.delivery("nobody"), None);
 

@@ -112,7 +112,6 @@ impl Breaker {
     }
 
     /// How many times it opened in all.
-    #[cfg(test)]
     pub(crate) fn trips(&self) -> u32 {
         self.trips
     }

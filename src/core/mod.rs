@@ -622,11 +622,13 @@ impl Core {
             connections: u.conns.len().min(255) as u8,
             breakers_open: 0,
             health: 100,
+            breaker_trips: 0,
         };
         for &id in &u.conns {
             let b = &self.conns[id].breaker;
             d.breakers_open = d.breakers_open.saturating_add(u8::from(b.is_open()));
             d.health = d.health.min(b.health());
+            d.breaker_trips = d.breaker_trips.saturating_add(b.trips().min(255) as u8);
         }
         self.cfg.board.publish(user, d);
     }

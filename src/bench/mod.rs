@@ -164,9 +164,11 @@ pub struct BenchReport {
     pub redelivered: u64,
     /// `{"ack":N}` messages the clients sent (every [`ACK_EVERY`] events that asked for one).
     pub acks_sent: u64,
-    /// Whether the gateway kept a durable spool, and the bytes it wrote to it.
+    /// Whether the gateway kept a durable spool, the bytes it wrote to it, and the events
+    /// replayed from it (part of `replayed`: older than memory history).
     pub spool: bool,
     pub spool_bytes_written: u64,
+    pub replayed_from_spool: u64,
 }
 
 /// Clients ack after this many events that asked for an ack (and when they are done).
@@ -229,8 +231,9 @@ impl BenchReport {
         }
         if self.spool {
             out.push_str(&format!(
-                "spool          {:.1} MB written; {} acks sent by clients\n",
+                "spool          {:.1} MB written; {} events replayed from it; {} acks sent by clients\n",
                 self.spool_bytes_written as f64 / 1e6,
+                self.replayed_from_spool,
                 self.acks_sent
             ));
         }
@@ -546,6 +549,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, crate::Error> {
         acks_sent,
         spool: opts.spool_dir.is_some(),
         spool_bytes_written: s.spool_bytes_written,
+        replayed_from_spool: s.events_replayed_cold,
     })
 }
 

@@ -1,4 +1,5 @@
-//! Encoding an event body on the emitting thread (what `emit` does before the ring push).
+//! Encoding an event body on the emitting thread (what `emit` does before the ring push), and
+//! a spool record on the reactor (what routing adds when a spool is on).
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use floodgate::{Event, EventType};
 
@@ -41,6 +42,16 @@ fn encode(c: &mut Criterion) {
         b.iter(|| {
             out.clear();
             floodgate::__bench::encode_body(&Event::agent_started("run-0017"), 1, &mut out);
+            std::hint::black_box(&out);
+        })
+    });
+    // A 180-byte frame, as `floodgate bench` routes: header, CRC and copy.
+    let frame = vec![b'x'; 180];
+    g.throughput(Throughput::Bytes(frame.len() as u64));
+    g.bench_function("spool_record_180B", |b| {
+        b.iter(|| {
+            out.clear();
+            floodgate::__bench::spool_encode(&mut out, b"u17", 42, &frame);
             std::hint::black_box(&out);
         })
     });

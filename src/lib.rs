@@ -77,6 +77,21 @@ pub mod __bench {
         ev.encode_body(ts, out).expect("bench data serializes");
     }
 
+    /// Encodes one spool record (header, CRC and `frame`) for `user`'s event `seq`, as the
+    /// core does while routing with a spool.
+    pub fn spool_encode(out: &mut Vec<u8>, user: &[u8], seq: u64, frame: &[u8]) -> usize {
+        let rec = crate::core::durable::SpoolRecord {
+            kind: crate::core::durable::KIND_EVENT,
+            flags: 0,
+            user,
+            epoch: 1,
+            seq,
+            ts: 0,
+            frame: &[],
+        };
+        crate::core::durable::encode(out, &rec, &[frame])
+    }
+
     /// A sans-IO shard core with `users` users of one connection each, for routing benches.
     pub struct RouteBench {
         core: crate::core::Core,

@@ -11,7 +11,7 @@
 //!
 //! ```text
 //! u32 LE  len      bytes of the body that follows the 8-byte header
-//! u32 LE  crc      CRC-32 (IEEE) of the body
+//! u32 LE  crc      CRC-32C (Castagnoli; the SSE4.2 instruction where there is one) of the body
 //! body:
 //!   u8    kind     1 = event, 2 = ack
 //!   u8    flags    event: bit 0 = needs a client ack; ack: bit 1 = dead-lettered, not acked
@@ -72,7 +72,7 @@ pub(crate) fn encode(out: &mut Vec<u8>, rec: &SpoolRecord<'_>, frame_parts: &[&[
     for p in frame_parts {
         out.extend_from_slice(p);
     }
-    let crc = crc32fast::hash(&out[start + HEADER..]);
+    let crc = crc32c::crc32c(&out[start + HEADER..]);
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
     out.len() - start
 }
@@ -104,7 +104,7 @@ pub(crate) fn decode(buf: &[u8]) -> Result<(SpoolRecord<'_>, usize), Bad> {
     let Some(body) = buf.get(HEADER..HEADER + len) else {
         return Err(Bad::Truncated);
     };
-    if crc32fast::hash(body) != crc {
+    if crc32c::crc32c(body) != crc {
         return Err(Bad::Corrupt);
     }
     let ulen = body[2] as usize;

@@ -449,8 +449,9 @@ pub struct Settings {
     #[arg(long, env = "FLOODGATE_MAX_BATCH_DELAY", value_parser = humantime::parse_duration, value_name = "DURATION")]
     #[serde(default, with = "humantime_serde")]
     pub max_batch_delay: Option<Duration>,
-    /// Per-connection cap on unsent bytes; a connection over it is a slow consumer and is closed
-    /// with code 4008 [default: 8388608]
+    /// Per-connection cap on unsent bytes: a connection that would pass it (or stays over half
+    /// of it for breaker_trip_after) has its breaker opened, its backlog leaving memory; with
+    /// breakers off it is closed with code 4008 [default: 8388608]
     #[arg(long, env = "FLOODGATE_MAX_OUTBOUND_BYTES", value_name = "BYTES")]
     pub max_outbound_bytes: Option<usize>,
     /// Open WebSocket connections allowed in total [default: 100000]
@@ -476,7 +477,9 @@ pub struct Settings {
     #[arg(long, env = "FLOODGATE_PING_INTERVAL", value_parser = humantime::parse_duration, value_name = "DURATION")]
     #[serde(default, with = "humantime_serde")]
     pub ping_interval: Option<Duration>,
-    /// A connection that does not answer a ping within this time is closed (1011) [default: 10s]
+    /// A connection that does not answer a ping within this time has its breaker opened, and is
+    /// closed with 4010 if still silent after breaker_cooldown (at once with breakers off)
+    /// [default: 10s]
     #[arg(long, env = "FLOODGATE_PONG_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
     #[serde(default, with = "humantime_serde")]
     pub pong_timeout: Option<Duration>,
@@ -549,8 +552,8 @@ pub struct Settings {
     )]
     pub spool_fsync: Option<FsyncPolicy>,
     /// Start even if a spool segment has a corrupted record in its middle, cutting the segment
-    /// there (resuming clients get a gap for what was lost); without it, such a spool refuses
-    /// to start [default: false]
+    /// there (that shard's streams start new epochs, so resuming clients are told); without
+    /// it, such a spool refuses to start [default: false]
     #[arg(long, env = "FLOODGATE_SPOOL_REPAIR", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub spool_repair: Option<bool>,
     /// An event that needs an ack (agent_completed, or any marked so) and gets none this long
@@ -631,6 +634,15 @@ mod tests {
         assert_eq!(s.max_batch_delay, Some(Duration::from_millis(2)));
         assert_eq!(s.ping_interval, Some(Duration::from_secs(60)));
         assert_eq!(s.echo, Some(true));
+        let s: Settings = toml::from_str(
+            "spool_dir = \"/var/lib/fg\"\nspool_fsync = \"always\"\nack_timeout = \"90s\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.spool_dir, Some("/var/lib/fg".into()));
+        assert_eq!(s.spool_fsync, Some(FsyncPolicy::Always));
+        assert_eq!(s.ack_timeout, Some(Duration::from_secs(90)));
+        let e = toml::from_str::<Settings>("spool_fsync = \"sometimes\"\n").unwrap_err();
+        assert!(e.to_string().contains("always"), "{e}");
     }
 
     #[test]

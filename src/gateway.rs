@@ -247,8 +247,10 @@ impl GatewayBuilder {
         /// ...or once the oldest is this old; zero writes at the end of every reactor pass
         /// [default 0, at most 1 s; must be 0 when `max_batch_events` is 1].
         max_batch_delay: Duration,
-        /// Per-connection cap on unsent bytes; over it the connection is closed as a slow
-        /// consumer (4008) [default 8 MiB; at least 2 x (`max_event_bytes` + 64)].
+        /// Per-connection cap on unsent bytes: a connection that would pass it (or stays over
+        /// half of it for `breaker_trip_after`) has its breaker opened; with breakers off it is
+        /// closed as a slow consumer (4008) [default 8 MiB; at least 2 x (`max_event_bytes` +
+        /// 64)].
         max_outbound_bytes: usize,
         /// Open WebSocket connections in total; more get HTTP 503 [default 100 000].
         max_connections: usize,
@@ -264,7 +266,8 @@ impl GatewayBuilder {
         handshake_timeout: Duration,
         /// Interval between server pings; zero disables them [default 25 s, else at least 1 s].
         ping_interval: Duration,
-        /// Close (4010) a connection whose pong is this late [default 10 s].
+        /// A connection whose pong is this late has its breaker opened, and is closed (4010) if
+        /// still silent after `breaker_cooldown`; at once with breakers off [default 10 s].
         pong_timeout: Duration,
         /// Wait this long for the client's close frame after sending ours [default 5 s].
         close_timeout: Duration,

@@ -85,6 +85,22 @@ fn each_invalid_setting_is_named() {
             b().shards(4).history_total_bytes(2 << 20),
             "history_total_bytes",
         ),
+        (b().breaker_trip_after(Duration::ZERO), "breaker_trip_after"),
+        (
+            b().history_max_events(0)
+                .breaker_cooldown(Duration::from_secs(1)),
+            "breaker_cooldown",
+        ),
+        (b().spool_segment_bytes(1000), "spool_segment_bytes"),
+        (
+            b().spool_segment_bytes(1 << 20).spool_max_bytes(1 << 20),
+            "spool_max_bytes",
+        ),
+        (b().spool_max_age(Duration::ZERO), "spool_max_age"),
+        (b().spool_dir(""), "spool_dir"),
+        (b().ack_timeout(Duration::ZERO), "ack_timeout"),
+        (b().ack_max_pending(1 << 20), "ack_max_pending"),
+        (b().receipt_capacity(0), "receipt_capacity"),
     ];
     for (i, (builder, setting)) in cases.into_iter().enumerate() {
         assert_eq!(setting_of(builder), setting, "case {i}");

@@ -641,6 +641,7 @@ impl ColdTier for Spool {
         &mut self,
         mut pos: u64,
         budget: usize,
+        user: &[u8],
         visit: &mut dyn FnMut(u64, &SpoolRecord<'_>) -> bool,
     ) -> io::Result<Option<u64>> {
         let mut read = 0usize;
@@ -666,9 +667,9 @@ impl ColdTier for Spool {
             read += want;
             let mut at = 0;
             while at < want {
-                match durable::decode(&self.scan_buf[at..]) {
+                match durable::decode_for(&self.scan_buf[at..], user) {
                     Ok((r, len)) => {
-                        let go_on = visit(pos + at as u64, &r);
+                        let go_on = r.is_none_or(|r| visit(pos + at as u64, &r));
                         at += len;
                         if !go_on {
                             return Ok(Some(pos + at as u64));
@@ -749,10 +750,9 @@ mod tests {
         let mut got = Vec::new();
         let mut pos = spool.start();
         while let Some(next) = spool
-            .scan(pos, 1000, &mut |_, r| {
-                if r.user == user {
-                    got.push(r.seq);
-                }
+            .scan(pos, 1000, user, &mut |_, r| {
+                assert_eq!(r.user, user, "other users are skipped");
+                got.push(r.seq);
                 true
             })
             .unwrap()
@@ -784,7 +784,7 @@ mod tests {
         // Scans resume from the checkpoint at or before a seq.
         let from = alice.index.scan_from(150, s.start()).unwrap();
         let mut first = None;
-        s.scan(from, 1 << 20, &mut |_, r| {
+        s.scan(from, 1 << 20, b"alice", &mut |_, r| {
             first = Some(r.seq);
             false
         })

@@ -128,19 +128,49 @@ pub(crate) fn decode(buf: &[u8]) -> Result<(SpoolRecord<'_>, usize), Bad> {
     Ok((rec, HEADER + len))
 }
 
+/// Like [`decode`], for a scan that wants only `user`'s records: another user's record is
+/// skipped (returned as `None` with its length) without checking its CRC, which is most of
+/// what a scan reads. Its length field is still checked, so the walk stays on record bounds.
+pub(crate) fn decode_for<'a>(
+    buf: &'a [u8],
+    user: &[u8],
+) -> Result<(Option<SpoolRecord<'a>>, usize), Bad> {
+    let Some(head) = buf.get(..HEADER) else {
+        return Err(Bad::Truncated);
+    };
+    let len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as usize;
+    if !(BODY_FIXED + 1 + BODY_TAIL..=MAX_BODY).contains(&len) {
+        return Err(if len == 0 {
+            Bad::Truncated
+        } else {
+            Bad::Corrupt
+        });
+    }
+    let Some(body) = buf.get(HEADER..HEADER + len) else {
+        return Err(Bad::Truncated);
+    };
+    let ulen = body[2] as usize;
+    if body.get(BODY_FIXED..BODY_FIXED + ulen) != Some(user) {
+        return Ok((None, HEADER + len));
+    }
+    decode(buf).map(|(r, n)| (Some(r), n))
+}
+
 /// Where the core's cold replays read from: the spool's durable records, by logical position.
 /// The reactor passes the real spool; tests pass an in-memory one.
 pub(crate) trait ColdTier {
     /// The oldest position still retained.
     fn start(&self) -> u64;
-    /// Calls `visit(position, record)` for the records from `pos` on (or from the first
+    /// Calls `visit(position, record)` for `user`'s records from `pos` on (or from the first
     /// retained one after it), in order, until `visit` returns false, about `budget` bytes were
-    /// read, or the durable end is reached. Returns the position after the last record visited,
-    /// or `None` when the end of what is durable was reached.
+    /// read, or the durable end is reached. Other users' records are skipped. Returns the
+    /// position after the last record read, or `None` when the end of what is durable was
+    /// reached.
     fn scan(
         &mut self,
         pos: u64,
         budget: usize,
+        user: &[u8],
         visit: &mut dyn FnMut(u64, &SpoolRecord<'_>) -> bool,
     ) -> io::Result<Option<u64>>;
 }
@@ -156,6 +186,7 @@ impl ColdTier for NoCold {
         &mut self,
         _: u64,
         _: usize,
+        _: &[u8],
         _: &mut dyn FnMut(u64, &SpoolRecord<'_>) -> bool,
     ) -> io::Result<Option<u64>> {
         Ok(None)
@@ -189,6 +220,7 @@ impl ColdTier for MemCold {
         &mut self,
         pos: u64,
         budget: usize,
+        user: &[u8],
         visit: &mut dyn FnMut(u64, &SpoolRecord<'_>) -> bool,
     ) -> io::Result<Option<u64>> {
         // Records before `start` are gone; the first one at or after it is found by walking
@@ -202,9 +234,9 @@ impl ColdTier for MemCold {
             if read >= budget {
                 return Ok(Some(at as u64));
             }
-            let (r, len) = decode(&self.log[at..]).expect("whole records");
+            let (r, len) = decode_for(&self.log[at..], user).expect("whole records");
             read += len;
-            let go_on = visit(at as u64, &r);
+            let go_on = r.is_none_or(|r| visit(at as u64, &r));
             at += len;
             if !go_on {
                 return Ok(Some(at as u64));
@@ -220,7 +252,8 @@ const MAX_CHECKPOINTS: usize = 64;
 /// One user's sparse index into the spool: `(seq, position)` pairs, increasing in both, each
 /// the position of the user's record with that `seq`. A replay from `seq` scans forward from
 /// the last checkpoint at or before it. At most [`MAX_CHECKPOINTS`]; when full, every other one
-/// is dropped (scans get longer, nothing becomes unreachable).
+/// of the older half is dropped, so recent ranges (where most resumes land) stay dense and
+/// older ones get sparser. Scans get longer; nothing becomes unreachable.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct ColdIndex {
     points: VecDeque<(u64, u64)>,
@@ -239,7 +272,7 @@ impl ColdIndex {
             let mut i = 0;
             self.points.retain(|_| {
                 i += 1;
-                i % 2 == 1
+                i > MAX_CHECKPOINTS / 2 || i % 2 == 1
             });
         }
         self.points.push_back((seq, pos));
@@ -332,6 +365,24 @@ mod tests {
     }
 
     #[test]
+    fn a_scan_for_one_user_skips_the_others_and_checks_its_own() {
+        let mut out = Vec::new();
+        let a = encode(&mut out, &event(b"alice", 1), &[b"x"]);
+        encode(&mut out, &event(b"bob", 1), &[b"y"]);
+        let (r, n) = decode_for(&out, b"bob").unwrap();
+        assert_eq!((r, n), (None, a), "alice's record is skipped whole");
+        let (r, _) = decode_for(&out[a..], b"bob").unwrap();
+        assert_eq!(r.unwrap().frame, b"y");
+        let mut bad = out.clone();
+        bad[a + 38] ^= 1; // bob's frame byte
+        assert_eq!(decode_for(&bad[a..], b"bob").unwrap_err(), Bad::Corrupt);
+        assert_eq!(
+            decode_for(&out[..a - 1], b"bob").unwrap_err(),
+            Bad::Truncated
+        );
+    }
+
+    #[test]
     fn the_index_finds_the_checkpoint_at_or_before_a_seq() {
         let mut ix = ColdIndex::default();
         for (seq, pos) in [(1, 0), (5, 100), (9, 200)] {
@@ -361,5 +412,7 @@ mod tests {
         }
         assert_eq!(ix.scan_from(1, 0), Some(0), "the oldest stays");
         assert_eq!(ix.scan_from(1000, 0), Some(9990), "the newest stays");
+        // The newest checkpoints are still one spacing apart.
+        assert_eq!(ix.scan_from(999, 0), Some(9980));
     }
 }

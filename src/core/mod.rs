@@ -123,7 +123,8 @@ impl CoreConfig {
             board: Arc::new(crate::delivery::DeliveryBoard::new()),
             receipts: Arc::new(ReceiptBoard::new(c.receipt_capacity)),
             spool: c.spool_dir.is_some(),
-            spool_checkpoint_bytes: (c.spool_segment_bytes / 4).max(4096),
+            // A resume scans at most about this much of other users' records.
+            spool_checkpoint_bytes: (c.spool_segment_bytes / 4).clamp(4096, 1 << 20),
             ack_timeout: c.ack_timeout,
             ack_max_pending: c.ack_max_pending,
         }
@@ -875,7 +876,7 @@ impl Core {
                 if c.breaker.on_backlog(unsent, hard, now, &cfg.breaker) == Transition::Opened {
                     // This event and the unsent ones stay in history; the connection resumes
                     // from there once the breaker half-opens.
-                    divert(c, id, seq, stats, replaying);
+                    divert(c, id, Some(seq), stats, replaying);
                     tripped = true;
                     continue;
                 }
@@ -1315,20 +1316,12 @@ impl Core {
                         // its events) and give it the cool-down to answer; a connection
                         // that still has not answered then is closed (`tick_breakers`).
                         c.breaker.fail(Cause::MissedPong, now, &self.cfg.breaker);
-                        let next = c.replay.unwrap_or(c.last_queued_seq + 1);
-                        divert(c, id, next, &mut self.stats, &mut self.replaying);
+                        divert(c, id, None, &mut self.stats, &mut self.replaying);
                         tripped.push(id);
                         continue;
                     }
                     Liveness::TimedOut => {
-                        self.stats.closed_pong_timeout += 1;
-                        close_conn(
-                            c,
-                            CLOSE_PONG_TIMEOUT,
-                            "pong timeout",
-                            now,
-                            self.cfg.close_timeout,
-                        );
+                        close_silent(c, &mut self.stats, now, self.cfg.close_timeout);
                     }
                 },
                 State::Closing { deadline } if now >= deadline => {
@@ -1356,8 +1349,7 @@ impl Core {
             return false;
         }
         if c.breaker.fail(Cause::WriteError, now, &self.cfg.breaker) == Transition::Opened {
-            let next = c.replay.unwrap_or(c.last_queued_seq + 1);
-            divert(c, id, next, &mut self.stats, &mut self.replaying);
+            divert(c, id, None, &mut self.stats, &mut self.replaying);
             if let ConnKind::User(user) = &self.conns[id].kind {
                 self.publish_delivery(user);
             }
@@ -1380,14 +1372,7 @@ impl Core {
                 {
                     // Still no pong after the whole cool-down: the peer is gone.
                     self.stats.breakers_open -= 1;
-                    self.stats.closed_pong_timeout += 1;
-                    close_conn(
-                        c,
-                        CLOSE_PONG_TIMEOUT,
-                        "pong timeout",
-                        now,
-                        self.cfg.close_timeout,
-                    );
+                    close_silent(c, &mut self.stats, now, self.cfg.close_timeout);
                     list_urgent(&mut self.urgent, c, id);
                     changed.push(id);
                     continue;
@@ -1403,8 +1388,7 @@ impl Core {
             }
             let unsent = c.out.len() - c.written;
             if c.breaker.on_backlog(unsent, false, now, &policy) == Transition::Opened {
-                let next = c.last_queued_seq + 1;
-                divert(c, id, next, &mut self.stats, &mut self.replaying);
+                divert(c, id, None, &mut self.stats, &mut self.replaying);
                 changed.push(id);
             }
         }
@@ -1465,11 +1449,18 @@ impl Core {
     }
 }
 
-/// The breaker of `c` (connection `id`) just opened while event `next` was to be queued (or
-/// `next` is the first event not queued yet): drop the unsent events from memory (a frame
+/// The breaker of `c` (connection `id`) just opened while event `next` was to be queued (by
+/// default the first event not queued yet): drop the unsent events from memory (a frame
 /// already partly written stays, so the byte stream remains valid) and make the connection
 /// resume from the first of them, out of history, once the breaker half-opens.
-fn divert(c: &mut Conn, id: ConnId, next: u64, stats: &mut Stats, replaying: &mut Vec<ConnId>) {
+fn divert(
+    c: &mut Conn,
+    id: ConnId,
+    next: Option<u64>,
+    stats: &mut Stats,
+    replaying: &mut Vec<ConnId>,
+) {
+    let next = next.unwrap_or_else(|| c.replay.unwrap_or(c.last_queued_seq + 1));
     let (_, done) =
         frame::complete_prefix(&c.out[c.raw_head..], c.written.saturating_sub(c.raw_head));
     let mut keep = c.raw_head + done;
@@ -1597,8 +1588,8 @@ fn cold_replay(
     let mut gaps = 0;
     let scanned = match cold_pos.or_else(|| u.cold.scan_from(next, cold.start())) {
         None => Ok(None),
-        Some(pos) => cold.scan(pos, COLD_SCAN_BUDGET, &mut |_, r| {
-            if r.kind != KIND_EVENT || r.epoch != epoch || r.user != &user[..] || r.seq < want {
+        Some(pos) => cold.scan(pos, COLD_SCAN_BUDGET, user, &mut |_, r| {
+            if r.kind != KIND_EVENT || r.epoch != epoch || r.seq < want {
                 return true;
             }
             if r.seq >= mem {
@@ -1727,6 +1718,12 @@ fn list_urgent(urgent: &mut Vec<ConnId>, c: &mut Conn, id: ConnId) {
         c.urgent = true;
         urgent.push(id);
     }
+}
+
+/// Closes `c` with 4010: a ping went unanswered.
+fn close_silent(c: &mut Conn, stats: &mut Stats, now: Instant, timeout: Duration) {
+    stats.closed_pong_timeout += 1;
+    close_conn(c, CLOSE_PONG_TIMEOUT, "pong timeout", now, timeout);
 }
 
 /// Queues a close frame with `code` and moves the connection to `Closing`.

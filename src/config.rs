@@ -542,9 +542,10 @@ pub struct Settings {
     #[arg(long, env = "FLOODGATE_SPOOL_MAX_AGE", value_parser = humantime::parse_duration, value_name = "DURATION")]
     #[serde(default, with = "humantime_serde")]
     pub spool_max_age: Option<Duration>,
-    /// When the spool calls fdatasync: `always` (before the events reach any socket; survives
-    /// power loss), an interval such as `100ms`, or `never` (the OS decides). A crash of the
-    /// process loses nothing written in any mode [default: 100ms]
+    /// When the spool calls fdatasync: `always` (on the reactor, before the events reach any
+    /// socket; survives power loss), an interval such as `100ms` (on a thread of its own, so a
+    /// slow disk never stalls delivery), or `never` (the OS decides). A crash of the process
+    /// loses nothing written in any mode [default: 100ms]
     #[arg(
         long,
         env = "FLOODGATE_SPOOL_FSYNC",

@@ -20,6 +20,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::core::durable::{
@@ -198,6 +200,8 @@ pub(crate) struct Spool {
     healthy_marker: Option<PathBuf>,
     /// A read handle on one segment (scans mostly stay in one).
     reader: Option<(u64, File)>,
+    /// The thread that syncs for `fsync = <interval>`.
+    syncer: Option<Syncer>,
     scan_buf: Vec<u8>,
     pub stats: SpoolStats,
 }
@@ -359,6 +363,10 @@ impl Spool {
         let marker = dir.join(format!("healthy-{boot}"));
         File::create(&marker).map_err(io_err(&marker))?;
         sync_dir(&dir).map_err(io_err(&dir))?;
+        let syncer = match cfg.fsync {
+            FsyncPolicy::Interval(_) => Some(Syncer::start(shard).map_err(io_err(&dir))?),
+            _ => None,
+        };
         let mut spool = Spool {
             dir,
             cfg: cfg.clone(),
@@ -369,6 +377,7 @@ impl Spool {
             failing: false,
             unsynced: false,
             last_sync: Instant::now(),
+            syncer,
             healthy_marker: Some(marker),
             reader: None,
             scan_buf: Vec::new(),
@@ -499,17 +508,46 @@ impl Spool {
         Ok(())
     }
 
-    /// `fsync = <interval>`: syncs what was written since the last sync.
+    /// `fsync = <interval>`: has what was written since the last sync synced by the syncer
+    /// thread, so an `fdatasync` on a busy disk never stalls the reactor. If the syncer is
+    /// still busy with the last one, this one waits for the next interval.
     fn interval_sync(&mut self, now: Instant) {
         self.last_sync = now;
         if !std::mem::take(&mut self.unsynced) {
             return;
         }
-        if let Some(f) = self.file.as_ref() {
-            self.stats.fsyncs += 1;
-            if let Err(e) = f.sync_data() {
-                self.fsync_failed(&e);
+        let Some(f) = self.file.as_ref() else {
+            return;
+        };
+        let handed = match (&self.syncer, f.try_clone()) {
+            (Some(s), Ok(dup)) => s.tx.as_ref().is_some_and(|tx| tx.try_send(dup).is_ok()),
+            (None, Ok(dup)) => {
+                if let Err(e) = dup.sync_data() {
+                    self.fsync_failed(&e);
+                }
+                true
             }
+            (_, Err(e)) => {
+                self.fsync_failed(&e);
+                true
+            }
+        };
+        if handed {
+            self.stats.fsyncs += 1;
+        } else {
+            self.unsynced = true;
+        }
+    }
+
+    /// Reports a failure of the syncer thread's last `fdatasync`, if any.
+    fn check_syncer(&mut self) {
+        // Acquire: pairs with the syncer's Release store; the error it logged comes first.
+        let failed = self
+            .syncer
+            .as_ref()
+            .is_some_and(|s| s.failed.swap(false, Ordering::Acquire));
+        if failed {
+            self.fsync_failed(&io::Error::other("background fdatasync failed"));
         }
     }
 
@@ -528,6 +566,7 @@ impl Spool {
     /// Timers: the interval fsync and retention (size and age). Returns the new start when
     /// segments were deleted.
     pub(crate) fn tick(&mut self, now: Instant) -> Option<u64> {
+        self.check_syncer();
         if let FsyncPolicy::Interval(d) = self.cfg.fsync {
             if self.unsynced && now >= self.last_sync + d {
                 self.interval_sync(now);
@@ -558,10 +597,56 @@ impl Spool {
         deleted.then(|| self.start())
     }
 
-    /// Syncs what was written (on shutdown).
+    /// Syncs what was written (on shutdown), after the syncer thread finished.
     pub(crate) fn close(&mut self) {
+        self.syncer = None; // joins it
+        self.check_syncer();
         self.unsynced = true;
         self.interval_sync(Instant::now());
+    }
+}
+
+/// A thread that calls `fdatasync` for the interval policy, off the reactor thread.
+struct Syncer {
+    /// Closed (taken) to stop the thread.
+    tx: Option<crossbeam_channel::Sender<File>>,
+    /// Set when an `fdatasync` failed; the spool takes it on its next tick.
+    failed: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Syncer {
+    fn start(shard: usize) -> io::Result<Syncer> {
+        // One request in flight at most: a sync covers everything written before it.
+        let (tx, rx) = crossbeam_channel::bounded::<File>(1);
+        let failed = Arc::new(AtomicBool::new(false));
+        let flag = failed.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("floodgate-sync-{shard}"))
+            .spawn(move || {
+                for f in rx {
+                    if let Err(e) = f.sync_data() {
+                        tracing::error!(error = %e, "spool fdatasync failed");
+                        // Release: see `Spool::check_syncer`.
+                        flag.store(true, Ordering::Release);
+                    }
+                }
+            })?;
+        Ok(Syncer {
+            tx: Some(tx),
+            failed,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread once its last sync is done.
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -925,6 +1010,33 @@ mod tests {
         // That start wrote a new marker: the one after it keeps its streams again.
         let (_, rec) = Spool::open(&c, 0, 1, 512).unwrap();
         assert_eq!(rec.discarded_streams, 0);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_interval_fsync_runs_on_the_syncer_thread_and_its_failure_is_reported() {
+        let dir = tmp("syncer");
+        let c = SpoolConfig {
+            fsync: FsyncPolicy::Interval(Duration::from_millis(1)),
+            ..cfg(&dir)
+        };
+        let (mut s, _) = Spool::open(&c, 0, 1, 512).unwrap();
+        assert!(s.syncer.is_some());
+        let t0 = Instant::now();
+        s.write(&events(b"u", 1, 3), t0).unwrap();
+        s.tick(t0 + Duration::from_millis(5));
+        assert_eq!(s.stats.fsyncs, 1, "handed to the syncer");
+        // A failure seen by the syncer reaches the spool on its next tick.
+        let failed = s.syncer.as_ref().unwrap().failed.clone();
+        failed.store(true, Ordering::Release);
+        s.tick(t0 + Duration::from_millis(6));
+        assert_eq!(s.stats.write_errors, 1);
+        assert!(
+            s.healthy_marker.is_none(),
+            "the next start gives new epochs"
+        );
+        s.close();
+        assert!(s.syncer.is_none(), "closed and joined");
         fs::remove_dir_all(&dir).unwrap();
     }
 

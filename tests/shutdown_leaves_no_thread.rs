@@ -1,5 +1,6 @@
-//! After `shutdown` (and after dropping a gateway without it) no reactor thread is left. This
-//! file holds a single test so that no other gateway's threads share the process.
+//! After `shutdown` (and after dropping a gateway without it) no reactor thread, and no spool
+//! sync thread, is left. This file holds a single test so that no other gateway's threads share
+//! the process.
 mod util;
 
 use std::time::Duration;
@@ -23,15 +24,20 @@ fn shutdown_and_drop_join_every_reactor_thread() {
         util::reactor_threads()
     );
 
-    let gw = util::builder().shards(2).build().unwrap();
-    // A thread names itself as it starts: wait for both names to show.
-    util::eventually(Duration::from_secs(5), "two reactor threads", || {
-        util::reactor_threads().len() == 2
-    });
+    // With a spool (fsync every 100 ms), each shard also has a sync thread.
+    let dir = util::temp_dir("threads");
+    let gw = util::builder().shards(2).spool_dir(&dir).build().unwrap();
+    // A thread names itself as it starts: wait for the names to show.
+    util::eventually(
+        Duration::from_secs(5),
+        "two reactor and two sync threads",
+        || util::reactor_threads().len() == 2 && util::threads_named("floodgate-sync").len() == 2,
+    );
     drop(gw);
     assert!(
-        util::reactor_threads().is_empty(),
+        util::threads_named("floodgate-").is_empty(),
         "left after drop: {:?}",
-        util::reactor_threads()
+        util::threads_named("floodgate-")
     );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -162,12 +162,17 @@ pub fn upgrade_request(target: &str, extra: &str) -> String {
 
 /// Names of this process's threads that belong to floodgate's reactors.
 pub fn reactor_threads() -> Vec<String> {
+    threads_named("floodgate-react")
+}
+
+/// Names of this process's threads that start with `prefix`.
+pub fn threads_named(prefix: &str) -> Vec<String> {
     std::fs::read_dir("/proc/self/task")
         .unwrap()
         .flatten()
         .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
         .map(|c| c.trim().to_owned())
-        .filter(|c| c.starts_with("floodgate-react"))
+        .filter(|c| c.starts_with(prefix))
         .collect()
 }
 

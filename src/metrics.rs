@@ -133,6 +133,11 @@ counters! {
     spool_read_errors,
     /// User streams recovered from the spool at start.
     streams_recovered,
+    /// Streams the spool found at start but could not keep (new epochs: a failed fsync, a
+    /// repair, a reboot without `fsync = always`).
+    streams_discarded_at_start,
+    /// Bytes the spool cut at start: torn tails, and with `spool_repair` corrupted records.
+    spool_bytes_cut_at_start,
     /// Bytes written to the spool.
     spool_bytes_written,
     /// Spool writes (or fsyncs) that failed; their events are in memory only.
@@ -374,6 +379,18 @@ impl MetricsSnapshot {
             "gauge",
             "User streams (epoch and seq) recovered from the spool at start.",
             &[("", s.streams_recovered)],
+        );
+        metric(
+            "streams_discarded_at_start",
+            "gauge",
+            "Streams the spool held but could not vouch for at start (they got new epochs).",
+            &[("", s.streams_discarded_at_start)],
+        );
+        metric(
+            "spool_bytes_cut_at_start",
+            "gauge",
+            "Bytes the spool cut at start: torn tails, and corrupted records with spool_repair.",
+            &[("", s.spool_bytes_cut_at_start)],
         );
         metric(
             "spool_bytes_written_total",

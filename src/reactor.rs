@@ -216,8 +216,7 @@ impl Shard {
         }
         let mut core = Core::new(cfg.core.clone());
         let spool = durable.spool.map(|(spool, recovery)| {
-            use crate::core::durable::ColdTier;
-            core.restore(recovery, spool.start(), Instant::now());
+            core.restore(recovery, Instant::now());
             spool
         });
         Ok(Shard {

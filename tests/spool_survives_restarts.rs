@@ -125,6 +125,9 @@ fn a_torn_tail_is_cut_and_a_corrupted_record_refuses_the_start_unless_repaired()
         .build()
         .expect("a torn tail is cut, not refused");
     assert_eq!(std::fs::metadata(&seg).unwrap().len() as usize, whole);
+    util::eventually(T, "the cut is on the metrics", || {
+        gw.metrics().stats.spool_bytes_cut_at_start == 44
+    });
     let (mut ws, hello) = util::connect_to(
         gw.local_addr(),
         &format!("/ws?since=0&epoch={epoch}"),
@@ -170,6 +173,7 @@ fn a_torn_tail_is_cut_and_a_corrupted_record_refuses_the_start_unless_repaired()
         epoch.as_str(),
         "a repair starts a new epoch"
     );
+    assert_eq!(gw.metrics().stats.streams_discarded_at_start, 1);
     let gap = util::read_frames(&mut ws, 1, T, |_| true).remove(0);
     assert_eq!(gap["type"], "gap", "{gap}");
     assert_eq!(gap["reason"], "epoch_changed");

@@ -271,7 +271,7 @@ fn a_restored_stream_keeps_its_epoch_seq_and_unacked_events() {
     rec_streams.streams.insert(b"a"[..].into(), s);
     rec_streams.head = 4096;
     let mut core = Core::new(cfg(|c| c.spool_dir = Some("unused".into())));
-    core.restore(rec_streams, 0, t0);
+    core.restore(rec_streams, t0);
     let a = connect(&mut core, "a", None, t0);
     assert_eq!(
         take(&mut core, a, t0, &mut cold),

@@ -402,8 +402,6 @@ pub(crate) struct Core {
     pub spool_out: Vec<u8>,
     /// Logical spool position of the next record.
     spool_pos: u64,
-    /// The oldest spool position still retained.
-    cold_start: u64,
     /// Tickets of tracked events in `spool_out`.
     spool_tickets: Vec<Ticket>,
     /// Dead-letter lines (JSON, one per event) for the reactor to append to the file.
@@ -435,7 +433,6 @@ impl Core {
             next_history_sweep: Instant::now(),
             spool_out: Vec::new(),
             spool_pos: 0,
-            cold_start: 0,
             spool_tickets: Vec::new(),
             dead_out: Vec::new(),
             tracked_count: 0,
@@ -445,9 +442,10 @@ impl Core {
 
     /// Takes over the streams a spool recovered (epochs, last `seq`s, cold indexes, unacked
     /// events) and continues the spool's positions at `head`.
-    pub(crate) fn restore(&mut self, rec: crate::spool::Recovery, start: u64, now: Instant) {
+    pub(crate) fn restore(&mut self, rec: crate::spool::Recovery, now: Instant) {
         self.spool_pos = rec.head;
-        self.cold_start = start;
+        self.stats.spool_bytes_cut_at_start = rec.torn_bytes + rec.repaired_bytes;
+        self.stats.streams_discarded_at_start = rec.discarded_streams as u64;
         for (user, r) in rec.streams {
             let mut u = UserState::new(r.epoch);
             u.seq = r.last_seq;
@@ -478,7 +476,6 @@ impl Core {
 
     /// The spool deleted segments: it now starts at `start`.
     pub(crate) fn on_spool_trimmed(&mut self, start: u64) {
-        self.cold_start = start;
         for u in self.users.values_mut() {
             u.cold.trim(start);
         }

@@ -92,6 +92,26 @@ fn invalid_settings_exit_2_naming_the_setting() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("connections"));
 
+    let out = Command::new(BIN)
+        .args(["bench", "--server", "raw-tcp", "--spool", "/tmp"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`spool`"));
+
+    let out = Command::new(BIN)
+        .args(["bench", "--spool-fsync", "always"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "--spool-fsync needs --spool");
+
+    let out = Command::new(BIN)
+        .args(["serve", "--spool-fsync", "sometimes"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("always"));
+
     let cfg = std::env::temp_dir().join(format!("floodgate-bad-{}.toml", std::process::id()));
     std::fs::write(&cfg, "max_batch_size = 3\n").unwrap();
     let out = Command::new(BIN)

@@ -562,6 +562,18 @@ fn validate(o: &BenchOptions) -> Result<(), crate::Error> {
     if o.events == 0 {
         return bad("events", "must be at least 1");
     }
+    if o.spool_dir.is_some() && o.server != ServerKind::Floodgate {
+        return bad(
+            "spool",
+            "needs --server floodgate (the raw-tcp floor has no gateway)",
+        );
+    }
+    if o.chaos && o.server != ServerKind::Floodgate {
+        return bad(
+            "chaos",
+            "needs --server floodgate (the raw-tcp floor cannot resume)",
+        );
+    }
     if o.producers == 0 || o.producers > 64 {
         return bad("producers", "must be from 1 to 64");
     }

@@ -294,7 +294,8 @@ impl GatewayBuilder {
         breaker_trip_after: Duration,
         /// How long an open breaker stays open before the connection is refilled from
         /// history; zero disables breakers, and slow consumers are closed with 4008 instead
-        /// [default 30 s, at most 1 h; needs `history_max_events` > 0].
+        /// (default 30 s, at most 1 h; needs some history: `history_max_events` above 0, or a
+        /// `spool_dir`).
         breaker_cooldown: Duration,
         /// Bytes per spool segment file [default 64 MiB, 64 KiB to 1 GiB].
         spool_segment_bytes: u64,

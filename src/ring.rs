@@ -74,7 +74,7 @@ struct Shared {
     mask: u64,
 }
 
-/// Creates a ring of `capacity` bytes (rounded up to a power of two, at least [`MIN_CAPACITY`]).
+/// Creates a ring of `capacity` bytes (rounded up to a power of two, at least `MIN_CAPACITY`).
 pub fn channel(capacity: usize) -> (Producer, Consumer) {
     let capacity = capacity.max(MIN_CAPACITY).next_power_of_two();
     let shared = Arc::new(Shared {

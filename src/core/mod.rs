@@ -1652,8 +1652,8 @@ fn redeliver_unacked(c: &mut Conn, unacked: &VecDeque<Unacked>, from: u64, stats
         }
         stats.events_redelivered += count as u64;
     }
-    // Everything so far (101, hello, redeliveries) is opening bytes.
-    debug_assert_eq!(c.written, 0);
+    // Everything so far (the 101 or what is left of it, control replies, hello,
+    // redeliveries) is opening bytes: a prefix of `out` that holds no event frame to count.
     c.raw_head = c.out.len();
 }
 

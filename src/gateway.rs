@@ -88,6 +88,10 @@ pub struct ShutdownReport {
     /// not drain within `shutdown_timeout`, or whose connection was already closing. Zero when
     /// every client read everything.
     pub undelivered: u64,
+    /// Events that needed an ack and had none when the gateway stopped without a spool:
+    /// written to the dead-letter file (reason `shutdown`). With a spool they are kept for the
+    /// next start instead, and this is zero.
+    pub unacked_dead_lettered: u64,
     /// Counters at the end.
     pub metrics: MetricsSnapshot,
 }
@@ -133,6 +137,7 @@ impl Gateway {
                 Ok(r) => {
                     report.drained_from_rings += r.drained_at_shutdown;
                     report.undelivered += r.undelivered;
+                    report.unacked_dead_lettered += r.unacked_dead_lettered;
                 }
                 Err(p) => {
                     let msg = p

@@ -120,6 +120,8 @@ pub(crate) struct ShardReport {
     pub undelivered: u64,
     /// Records drained from rings during shutdown.
     pub drained_at_shutdown: u64,
+    /// Unacked events written to the dead-letter file at shutdown (no spool keeps them).
+    pub unacked_dead_lettered: u64,
 }
 
 /// Settings the reactor itself needs (the core has the rest).
@@ -347,6 +349,10 @@ impl Shard {
             if self.shutdown_deadline.is_some() && self.core.connection_count() == 0 {
                 break;
             }
+        }
+        if self.spool.is_none() {
+            // Nothing keeps unacked events past this process: they get a trace instead.
+            self.report.unacked_dead_lettered = self.core.dead_letter_unacked("shutdown");
         }
         self.flush_spool(Instant::now());
         if let Some(spool) = self.spool.as_mut() {

@@ -150,3 +150,36 @@ fn when_every_receipt_slot_is_held_emit_tracked_hands_the_event_back() {
         .expect("a freed slot is used again");
     gw.shutdown().unwrap();
 }
+
+#[test]
+fn at_shutdown_unacked_events_are_dead_lettered_without_a_spool_and_kept_with_one() {
+    let dir = util::temp_dir("shutdown-unacked");
+    let data = json!({ "final": true });
+    // No spool: nothing would keep them, so they leave a trace.
+    let file = dir.join("dead.jsonl");
+    let gw = util::builder().dead_letter_file(&file).build().unwrap();
+    gw.emitter().agent_completed("eve", "r", &data).unwrap();
+    util::eventually(T, "routed", || gw.metrics().stats.events_received == 1);
+    let report = gw.shutdown().unwrap();
+    assert_eq!(report.unacked_dead_lettered, 1);
+    let line: Value = serde_json::from_str(std::fs::read_to_string(&file).unwrap().trim()).unwrap();
+    assert_eq!(
+        (line["reason"].as_str(), line["seq"].as_u64()),
+        (Some("shutdown"), Some(1))
+    );
+
+    // A spool keeps them for the next start, which sends them again.
+    let spool = dir.join("spool");
+    let gw = util::builder().spool_dir(&spool).build().unwrap();
+    gw.emitter().agent_completed("eve", "r", &data).unwrap();
+    util::eventually(T, "routed", || gw.metrics().stats.events_received == 1);
+    assert_eq!(gw.shutdown().unwrap().unacked_dead_lettered, 0);
+    let gw = util::builder().spool_dir(&spool).build().unwrap();
+    let (mut ws, hello) = util::connect_to(gw.local_addr(), "/ws", &util::token("eve"));
+    assert_eq!(hello["last_seq"], 1);
+    let frames = util::read_frames(&mut ws, 2, T, |_| true);
+    assert_eq!(frames[0]["type"], "redelivery");
+    assert_eq!(frames[1]["data"]["final"], true);
+    gw.shutdown().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1104,6 +1104,24 @@ impl Core {
         }
     }
 
+    /// Dead-letters every unacked event of every stream with `reason` (at shutdown without a
+    /// spool); returns how many.
+    pub(crate) fn dead_letter_unacked(&mut self, reason: &str) -> u64 {
+        let before = self.stats.events_dead_lettered;
+        for (user, u) in self.users.iter_mut() {
+            let ctx = DeadCtx {
+                user,
+                epoch: u.epoch,
+                receipts: &self.cfg.receipts,
+                tracked: &u.tracked,
+            };
+            for e in u.unacked.drain(..) {
+                dead_letter(&mut self.dead_out, &ctx, &e, reason, &mut self.stats);
+            }
+        }
+        self.stats.events_dead_lettered - before
+    }
+
     /// A client of connection `id` acked every event up to `n` (cumulative, for the user: any
     /// of its connections may ack).
     fn on_ack(&mut self, id: ConnId, n: u64) {

@@ -85,6 +85,10 @@ fn an_event_nobody_acks_goes_to_the_dead_letter_file_and_its_receipt_says_so() {
     assert!(status.dead_lettered, "{status:?}");
     assert_eq!(status.seq, Some(1));
     assert!(!status.acked);
+    // The receipt is marked as the line is queued; the file gets it in the same pass.
+    util::eventually(T, "the dead letter in the file", || {
+        std::fs::read_to_string(&file).is_ok_and(|t| t.ends_with('\n'))
+    });
     let text = std::fs::read_to_string(&file).unwrap();
     let line: Value = serde_json::from_str(text.trim()).unwrap();
     assert_eq!(line["user"], "bob");
@@ -92,11 +96,10 @@ fn an_event_nobody_acks_goes_to_the_dead_letter_file_and_its_receipt_says_so() {
     assert_eq!(line["reason"], "ack_timeout");
     assert_eq!(line["event"]["type"], "invoice");
     assert_eq!(line["event"]["data"]["invoice"], 7);
-    let metrics = util::http(gw.local_addr(), "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert!(
-        metrics.contains("floodgate_events_dead_lettered_total 1\n"),
-        "{metrics}"
-    );
+    util::eventually(T, "the metric", || {
+        util::http(gw.local_addr(), "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .contains("floodgate_events_dead_lettered_total 1\n")
+    });
     gw.shutdown().unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }

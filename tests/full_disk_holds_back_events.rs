@@ -114,7 +114,9 @@ fn full_disk_child() {
     util::eventually(T, "every receipt spooled", || {
         receipts.iter().all(|r| r.status().spooled)
     });
-    assert_eq!(gw.metrics().stats.spool_stalled, 0);
+    util::eventually(T, "the stall gauge back at 0", || {
+        gw.metrics().stats.spool_stalled == 0
+    });
     drop(ws);
     gw.shutdown().unwrap();
 

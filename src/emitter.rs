@@ -106,6 +106,25 @@ impl Emitter {
     /// written to, whether a client acked it. Receipts come from a fixed table
     /// (`receipt_capacity`); when every slot is held by a live receipt, this returns
     /// [`EmitError::NoReceipt`] and nothing was queued. Drop receipts you no longer need.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let gw = floodgate::Gateway::builder()
+    /// #     .jwt_hs256_secret("a-secret-of-at-least-thirty-two-bytes!")
+    /// #     .spool_dir("/var/lib/floodgate")
+    /// #     .build()?;
+    /// let mut em = gw.emitter();
+    /// let answer = serde_json::json!({"answer": 42});
+    /// let receipt = em
+    ///     .emit_tracked("user-1", floodgate::Event::agent_completed("run-1", &answer))
+    ///     .expect("ring has room and a receipt slot is free");
+    /// // Later, or from another thread: no lock is taken.
+    /// let s = receipt.wait_until(std::time::Duration::from_secs(1), |s| s.spooled);
+    /// if s.spooled {
+    ///     println!("event {} survives a crash; written to {} connections", s.seq.unwrap(), s.written_to);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn emit_tracked<'a, D: Serialize + ?Sized>(
         &mut self,
         user: &str,

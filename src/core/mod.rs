@@ -271,8 +271,8 @@ struct UserState {
 struct Unacked {
     seq: u64,
     deadline: Instant,
-    /// The whole frame, as sent.
-    frame: Box<[u8]>,
+    /// The whole frame, as sent (a buffer from `Core::frame_pool`).
+    frame: Vec<u8>,
 }
 
 /// A tracked event (one with a receipt).
@@ -408,6 +408,8 @@ pub(crate) struct Core {
     pub dead_out: Vec<u8>,
     /// Tracked events across users (skips receipt work when zero).
     tracked_count: usize,
+    /// Buffers of acked events' frames, reused for the next events that need an ack.
+    frame_pool: Vec<Vec<u8>>,
     /// Counters, published by the reactor once per pass.
     pub stats: Stats,
 }
@@ -436,6 +438,7 @@ impl Core {
             spool_tickets: Vec::new(),
             dead_out: Vec::new(),
             tracked_count: 0,
+            frame_pool: Vec::new(),
             stats: Stats::default(),
         }
     }
@@ -458,7 +461,7 @@ impl Core {
                     seq,
                     // The wait for an ack starts again with the new process.
                     deadline: now + self.cfg.ack_timeout,
-                    frame: frame.into_boxed_slice(),
+                    frame,
                 })
                 .collect();
             self.users.insert(user, u);
@@ -775,6 +778,7 @@ impl Core {
             spool_tickets,
             dead_out,
             tracked_count,
+            frame_pool,
             ..
         } = self;
         let Some(user) = users.get_mut(rec.user) else {
@@ -832,14 +836,16 @@ impl Core {
                 if cfg.spool {
                     *spool_pos += spool_settle(spool_out, rec.user, user.epoch, oldest.seq, true);
                 }
+                recycle(frame_pool, oldest.frame);
             }
-            let mut f = Vec::with_capacity(frame_len);
+            // A buffer an acked event gave back: no allocation once warmed up.
+            let mut f = frame_pool.pop().unwrap_or_default();
             f.extend_from_slice(&prefix[..n]);
             f.extend_from_slice(rec.body);
             user.unacked.push_back(Unacked {
                 seq,
                 deadline: now + cfg.ack_timeout,
-                frame: f.into_boxed_slice(),
+                frame: f,
             });
         }
         if cfg.history.max_events > 0 {
@@ -1138,7 +1144,8 @@ impl Core {
         }
         u.acked = n;
         while u.unacked.front().is_some_and(|e| e.seq <= n) {
-            u.unacked.pop_front();
+            let e = u.unacked.pop_front().expect("checked");
+            recycle(&mut self.frame_pool, e.frame);
             self.stats.events_acked += 1;
         }
         for t in u.tracked.iter().filter(|t| t.needs_ack && t.seq <= n) {
@@ -1699,6 +1706,19 @@ fn parse_ack(text: &[u8]) -> Option<u64> {
     serde_json::from_slice::<Msg>(text).ok().map(|m| m.ack)
 }
 
+/// Buffers kept in `Core::frame_pool` at most (each up to [`POOLED_FRAME_MAX`] bytes).
+const FRAME_POOL: usize = 256;
+/// Larger frame buffers are freed rather than kept.
+const POOLED_FRAME_MAX: usize = 4096;
+
+/// Gives a settled event's frame buffer back to the pool, cleared (or frees it).
+fn recycle(pool: &mut Vec<Vec<u8>>, mut frame: Vec<u8>) {
+    if pool.len() < FRAME_POOL && frame.capacity() <= POOLED_FRAME_MAX {
+        frame.clear();
+        pool.push(frame);
+    }
+}
+
 /// What a dead-letter line needs to know about the user.
 struct DeadCtx<'a> {
     user: &'a [u8],
@@ -1762,6 +1782,8 @@ fn close_conn(c: &mut Conn, code: u16, reason: &str, now: Instant, timeout: Dura
 
 #[cfg(test)]
 mod ack_tests;
+#[cfg(test)]
+mod alloc_tests;
 #[cfg(test)]
 mod resume_tests;
 #[cfg(test)]

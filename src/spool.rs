@@ -779,10 +779,11 @@ impl ColdTier for Spool {
                     Err(Bad::Truncated) if at > 0 => break,
                     Err(Bad::Truncated) => {
                         // One record larger than the read: read it whole.
-                        let need = durable::HEADER
-                            + u32::from_le_bytes(self.scan_buf[..4].try_into().expect("4"))
-                                as usize;
-                        if need > want && off + need as u64 <= seg_len {
+                        let need = self.scan_buf.get(..4).map_or(usize::MAX, |l| {
+                            durable::HEADER
+                                + u32::from_le_bytes(l.try_into().expect("4 bytes")) as usize
+                        });
+                        if need > want && off.saturating_add(need as u64) <= seg_len {
                             self.scan_buf.resize(need, 0);
                             file.read_exact_at(&mut self.scan_buf, off)?;
                             continue;
@@ -890,6 +891,43 @@ mod tests {
         })
         .unwrap();
         assert!(first.unwrap() <= 150 && first.unwrap() > 100);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_scan_reads_a_record_larger_than_one_read_whole() {
+        let dir = tmp("big");
+        let (mut s, _) = Spool::open(&cfg(&dir), 0, 1, 512).unwrap();
+        let big = vec![b'z'; 100_000];
+        let mut bytes = events(b"u", 1, 2);
+        let r = SpoolRecord {
+            kind: KIND_EVENT,
+            flags: 0,
+            user: b"u",
+            epoch: 9,
+            seq: 3,
+            ts: 0,
+            frame: &[],
+        };
+        durable::encode(&mut bytes, &r, &[&big]);
+        bytes.extend_from_slice(&events(b"u", 4, 5));
+        s.write(&bytes, Instant::now()).unwrap();
+        let mut frames = Vec::new();
+        let mut pos = s.start();
+        while let Some(next) = s
+            .scan(pos, 1, b"u", &mut |_, r| {
+                frames.push((r.seq, r.frame.len()));
+                true
+            })
+            .unwrap()
+        {
+            pos = next;
+        }
+        assert_eq!(
+            frames.iter().map(|f| f.0).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5]
+        );
+        assert_eq!(frames[2].1, 100_000);
         fs::remove_dir_all(&dir).unwrap();
     }
 

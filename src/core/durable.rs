@@ -86,8 +86,9 @@ pub(crate) enum Bad {
     Corrupt,
 }
 
-/// Decodes the record at the start of `buf`: the record and its total length.
-pub(crate) fn decode(buf: &[u8]) -> Result<(SpoolRecord<'_>, usize), Bad> {
+/// The body of the record at the start of `buf` and the CRC its header declares, once the
+/// length is plausible and the whole body is there.
+fn framed(buf: &[u8]) -> Result<(&[u8], u32), Bad> {
     let Some(head) = buf.get(..HEADER) else {
         return Err(Bad::Truncated);
     };
@@ -101,14 +102,18 @@ pub(crate) fn decode(buf: &[u8]) -> Result<(SpoolRecord<'_>, usize), Bad> {
             Bad::Corrupt
         });
     }
-    let Some(body) = buf.get(HEADER..HEADER + len) else {
-        return Err(Bad::Truncated);
-    };
+    let body = buf.get(HEADER..HEADER + len).ok_or(Bad::Truncated)?;
+    Ok((body, crc))
+}
+
+/// Decodes the record at the start of `buf`: the record and its total length.
+pub(crate) fn decode(buf: &[u8]) -> Result<(SpoolRecord<'_>, usize), Bad> {
+    let (body, crc) = framed(buf)?;
     if crc32c::crc32c(body) != crc {
         return Err(Bad::Corrupt);
     }
     let ulen = body[2] as usize;
-    if ulen == 0 || BODY_FIXED + ulen + BODY_TAIL > len {
+    if ulen == 0 || BODY_FIXED + ulen + BODY_TAIL > body.len() {
         return Err(Bad::Corrupt);
     }
     let u64_at = |at: usize| u64::from_le_bytes(body[at..at + 8].try_into().expect("8 bytes"));
@@ -125,7 +130,7 @@ pub(crate) fn decode(buf: &[u8]) -> Result<(SpoolRecord<'_>, usize), Bad> {
     if !matches!(rec.kind, KIND_EVENT | KIND_ACK) {
         return Err(Bad::Corrupt);
     }
-    Ok((rec, HEADER + len))
+    Ok((rec, HEADER + body.len()))
 }
 
 /// Like [`decode`], for a scan that wants only `user`'s records: another user's record is
@@ -135,23 +140,10 @@ pub(crate) fn decode_for<'a>(
     buf: &'a [u8],
     user: &[u8],
 ) -> Result<(Option<SpoolRecord<'a>>, usize), Bad> {
-    let Some(head) = buf.get(..HEADER) else {
-        return Err(Bad::Truncated);
-    };
-    let len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as usize;
-    if !(BODY_FIXED + 1 + BODY_TAIL..=MAX_BODY).contains(&len) {
-        return Err(if len == 0 {
-            Bad::Truncated
-        } else {
-            Bad::Corrupt
-        });
-    }
-    let Some(body) = buf.get(HEADER..HEADER + len) else {
-        return Err(Bad::Truncated);
-    };
+    let (body, _) = framed(buf)?;
     let ulen = body[2] as usize;
     if body.get(BODY_FIXED..BODY_FIXED + ulen) != Some(user) {
-        return Ok((None, HEADER + len));
+        return Ok((None, HEADER + body.len()));
     }
     decode(buf).map(|(r, n)| (Some(r), n))
 }

@@ -59,9 +59,9 @@ fn open_durable(
                 .create(true)
                 .append(true)
                 .open(&path)
-                .map_err(|source| crate::spool::SpoolError::Io {
-                    path: path.clone(),
-                    source,
+                .map_err(|e| {
+                    let msg = format!("dead-letter file `{}`: {e}", path.display());
+                    Error::Io(std::io::Error::new(e.kind(), msg))
                 })?;
             d.dead_letters = Some(f);
         }

@@ -145,8 +145,8 @@ pub(crate) struct RecoveredStream {
     pub index: ColdIndex,
     /// The highest `seq` a client acked.
     pub acked: u64,
-    /// Events that need an ack and have none: `(seq, emit ts, frame)`, oldest first.
-    pub unacked: VecDeque<(u64, u64, Vec<u8>)>,
+    /// Events that need an ack and have none: `(seq, frame)`, oldest first.
+    pub unacked: VecDeque<(u64, Vec<u8>)>,
 }
 
 /// What [`Spool::open`] found.
@@ -159,8 +159,8 @@ pub(crate) struct Recovery {
     pub torn_bytes: u64,
     /// Bytes cut at a corrupted record (only with `repair`).
     pub repaired_bytes: u64,
-    /// Streams whose epoch could not be kept (the previous run lost writes, or the machine
-    /// restarted without `fsync = always`).
+    /// Streams whose epoch could not be kept (a failed fsync in the last run, a repair, or a
+    /// restart of the machine without `fsync = always`).
     pub discarded_streams: usize,
 }
 
@@ -709,11 +709,13 @@ fn recover_segment(
             KIND_EVENT => {
                 s.last_seq = s.last_seq.max(r.seq);
                 s.index.note(r.seq, pos, spacing);
-                if r.flags & FLAG_ACK != 0 && r.seq > s.acked {
+                if r.flags & FLAG_ACK != 0 && r.seq > s.acked && cfg.max_unacked > 0 {
+                    // The run that wrote this dead-lettered what went past its limit (and
+                    // recorded it); a lower limit now keeps the newest.
                     if s.unacked.len() == cfg.max_unacked {
                         s.unacked.pop_front();
                     }
-                    s.unacked.push_back((r.seq, r.ts, r.frame.to_vec()));
+                    s.unacked.push_back((r.seq, r.frame.to_vec()));
                 }
             }
             KIND_ACK => {

@@ -204,13 +204,25 @@ fn past_ack_max_pending_the_oldest_unacked_event_is_dead_lettered() {
 #[test]
 fn a_dropped_offline_stream_dead_letters_its_unacked_events() {
     let t0 = Instant::now();
-    let mut core = Core::new(cfg(|c| c.max_offline_users = 1));
+    let mut core = Core::new(cfg(|c| {
+        c.max_offline_users = 1;
+        c.spool_dir = Some("unused".into());
+    }));
     core.route(&rec("a", 1, true, None), t0, 0);
     // A second offline user: the first's stream is dropped, its unacked event with it.
     core.route(&rec("b", 1, false, None), t0, 0);
     let lines = String::from_utf8(std::mem::take(&mut core.dead_out)).unwrap();
     assert!(lines.contains("\"reason\":\"stream_dropped\""), "{lines}");
     assert_eq!(core.stats.events_dead_lettered, 1);
+    // The spool records it as settled, so a restart does not send it again.
+    let mut at = 0;
+    let mut settled = false;
+    while at < core.spool_out.len() {
+        let (r, len) = durable::decode(&core.spool_out[at..]).unwrap();
+        settled |= (r.kind, r.flags, r.user, r.seq) == (KIND_ACK, FLAG_EXPIRED, &b"a"[..], 1);
+        at += len;
+    }
+    assert!(settled, "an expired-settle record for a's event 1");
 }
 
 #[test]
@@ -267,7 +279,7 @@ fn a_restored_stream_keeps_its_epoch_seq_and_unacked_events() {
         acked: 6,
         ..Default::default()
     };
-    s.unacked.push_back((7, 0, frame));
+    s.unacked.push_back((7, frame));
     rec_streams.streams.insert(b"a"[..].into(), s);
     rec_streams.head = 4096;
     let mut core = Core::new(cfg(|c| c.spool_dir = Some("unused".into())));

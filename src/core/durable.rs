@@ -19,7 +19,7 @@
 //!   [u8]  user
 //!   u64   epoch    of the user's stream
 //!   u64   seq      the event's seq; for an ack, the acked seq (cumulative)
-//!   u64   ts       unix ns: the emit time of an event, the arrival of an ack
+//!   u64   ts       unix ns: the emit time of an event (0 for an ack)
 //!   [u8]  frame    events only: the WebSocket frame exactly as written to sockets
 //! ```
 

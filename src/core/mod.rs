@@ -457,7 +457,7 @@ impl Core {
             u.unacked = r
                 .unacked
                 .into_iter()
-                .map(|(seq, _, frame)| Unacked {
+                .map(|(seq, frame)| Unacked {
                     seq,
                     // The wait for an ack starts again with the new process.
                     deadline: now + self.cfg.ack_timeout,
@@ -541,8 +541,9 @@ impl Core {
         }
         let mut out = BytesMut::with_capacity(response.len().max(4096));
         out.extend_from_slice(response);
+        let is_user = matches!(kind, ConnKind::User(_));
         let id = self.conns.insert(Conn {
-            kind: kind.clone(),
+            kind,
             ws: WebSocketContext::new(Role::Server, Some(self.cfg.ws)),
             out,
             written: 0,
@@ -563,8 +564,7 @@ impl Core {
             state: State::Open,
             keepalive: Keepalive::new(self.cfg.ping_interval, self.cfg.pong_timeout, now),
         });
-        if let ConnKind::User(user) = kind {
-            self.stream(user);
+        if is_user {
             match start {
                 Start::Live => self.register(id, None, now),
                 Start::Resume(cursor) => self.register(id, Some(cursor), now),
@@ -590,7 +590,7 @@ impl Core {
         let ConnKind::User(user) = &c.kind else {
             return;
         };
-        // The stream may have been dropped while the connection waited (it was not online).
+        // Created here if new (or dropped while a `resume=message` connection waited).
         let user = user.clone();
         let u = self.stream(user);
         let first_conn = u.conns.is_empty();
@@ -826,17 +826,16 @@ impl Core {
         if rec.needs_ack && cfg.ack_max_pending > 0 {
             if user.unacked.len() == cfg.ack_max_pending {
                 let oldest = user.unacked.pop_front().expect("full");
-                let ctx = DeadCtx {
-                    user: rec.user,
-                    epoch: user.epoch,
-                    receipts: &cfg.receipts,
-                    tracked: &user.tracked,
+                let mut x = Expiry {
+                    cfg,
+                    stats,
+                    dead_out,
+                    spool_out,
+                    spool_pos,
+                    frame_pool,
                 };
-                dead_letter(dead_out, &ctx, &oldest, "unacked_overflow", stats);
-                if cfg.spool {
-                    *spool_pos += spool_settle(spool_out, rec.user, user.epoch, oldest.seq, true);
-                }
-                recycle(frame_pool, oldest.frame);
+                let reason = "unacked_overflow";
+                expire_unacked(&mut x, rec.user, user.epoch, &user.tracked, oldest, reason);
             }
             // A buffer an acked event gave back: no allocation once warmed up.
             let mut f = frame_pool.pop().unwrap_or_default();
@@ -942,20 +941,25 @@ impl Core {
             dead_out,
             stats,
             tracked_count,
+            spool_out,
+            spool_pos,
+            frame_pool,
             ..
         } = self;
+        let mut x = Expiry {
+            cfg,
+            stats,
+            dead_out,
+            spool_out,
+            spool_pos,
+            frame_pool,
+        };
         users.retain(|user, u| {
             if !u.conns.is_empty() {
                 return true;
             }
-            let ctx = DeadCtx {
-                user,
-                epoch: u.epoch,
-                receipts: &cfg.receipts,
-                tracked: &u.tracked,
-            };
-            for e in &u.unacked {
-                dead_letter(dead_out, &ctx, e, "stream_dropped", stats);
+            for e in u.unacked.drain(..) {
+                expire_unacked(&mut x, user, u.epoch, &u.tracked, e, "stream_dropped");
             }
             *tracked_count -= u.tracked.len();
             false
@@ -966,20 +970,19 @@ impl Core {
     /// Also dead-letters unacked events past `ack_timeout` and stops tracking settled receipts.
     fn expire_history(&mut self, now: Instant) {
         let (limits, tail, ms) = (self.cfg.history, self.log.tail(), self.clock.ms(now));
+        let mut x = Expiry {
+            cfg: &self.cfg,
+            stats: &mut self.stats,
+            dead_out: &mut self.dead_out,
+            spool_out: &mut self.spool_out,
+            spool_pos: &mut self.spool_pos,
+            frame_pool: &mut self.frame_pool,
+        };
         for (user, u) in self.users.iter_mut() {
             u.history.evict(ms, &limits, tail);
             while u.unacked.front().is_some_and(|e| e.deadline <= now) {
                 let e = u.unacked.pop_front().expect("checked");
-                let ctx = DeadCtx {
-                    user,
-                    epoch: u.epoch,
-                    receipts: &self.cfg.receipts,
-                    tracked: &u.tracked,
-                };
-                dead_letter(&mut self.dead_out, &ctx, &e, "ack_timeout", &mut self.stats);
-                if self.cfg.spool {
-                    self.spool_pos += spool_settle(&mut self.spool_out, user, u.epoch, e.seq, true);
-                }
+                expire_unacked(&mut x, user, u.epoch, &u.tracked, e, "ack_timeout");
             }
             let before = u.tracked.len();
             let oldest_unacked = u.unacked.front().map_or(u64::MAX, |e| e.seq);
@@ -1114,15 +1117,17 @@ impl Core {
     /// spool); returns how many.
     pub(crate) fn dead_letter_unacked(&mut self, reason: &str) -> u64 {
         let before = self.stats.events_dead_lettered;
+        let mut x = Expiry {
+            cfg: &self.cfg,
+            stats: &mut self.stats,
+            dead_out: &mut self.dead_out,
+            spool_out: &mut self.spool_out,
+            spool_pos: &mut self.spool_pos,
+            frame_pool: &mut self.frame_pool,
+        };
         for (user, u) in self.users.iter_mut() {
-            let ctx = DeadCtx {
-                user,
-                epoch: u.epoch,
-                receipts: &self.cfg.receipts,
-                tracked: &u.tracked,
-            };
             for e in u.unacked.drain(..) {
-                dead_letter(&mut self.dead_out, &ctx, &e, reason, &mut self.stats);
+                expire_unacked(&mut x, user, u.epoch, &u.tracked, e, reason);
             }
         }
         self.stats.events_dead_lettered - before
@@ -1683,7 +1688,8 @@ fn redeliver_unacked(c: &mut Conn, unacked: &VecDeque<Unacked>, from: u64, stats
 }
 
 /// Encodes a spool record that settles `user`'s events up to `seq`: acked by a client, or
-/// (`expired`) dead-lettered. Returns its length.
+/// (`expired`) dead-lettered. Returns its length. (No time stamp: the core reads no clock,
+/// and recovery needs none.)
 fn spool_settle(out: &mut Vec<u8>, user: &[u8], epoch: u64, seq: u64, expired: bool) -> u64 {
     let r = SpoolRecord {
         kind: KIND_ACK,
@@ -1691,7 +1697,7 @@ fn spool_settle(out: &mut Vec<u8>, user: &[u8], epoch: u64, seq: u64, expired: b
         user,
         epoch,
         seq,
-        ts: crate::emitter::unix_ns(),
+        ts: 0,
         frame: &[],
     };
     durable::encode(out, &r, &[]) as u64
@@ -1719,32 +1725,49 @@ fn recycle(pool: &mut Vec<Vec<u8>>, mut frame: Vec<u8>) {
     }
 }
 
-/// What a dead-letter line needs to know about the user.
-struct DeadCtx<'a> {
-    user: &'a [u8],
-    epoch: u64,
-    receipts: &'a ReceiptBoard,
-    tracked: &'a VecDeque<Tracked>,
+/// What settling an unacked event without an ack writes to: see [`expire_unacked`].
+struct Expiry<'a> {
+    cfg: &'a CoreConfig,
+    stats: &'a mut Stats,
+    dead_out: &'a mut Vec<u8>,
+    spool_out: &'a mut Vec<u8>,
+    spool_pos: &'a mut u64,
+    frame_pool: &'a mut Vec<Vec<u8>>,
 }
 
-/// Appends a dead-letter line for `e` (one JSON object: user, epoch, seq, reason and the event
-/// as it was sent), marks its receipt and counts it.
-fn dead_letter(out: &mut Vec<u8>, ctx: &DeadCtx<'_>, e: &Unacked, reason: &str, stats: &mut Stats) {
+/// Settles `e`, an event of `user`'s stream (`epoch`, its `tracked` receipts) that needed an
+/// ack and will get none (`reason`): a dead-letter line (one JSON object: user, epoch, seq,
+/// reason and the event as it was sent), its receipt marked, a count, a spool record so a
+/// restart does not bring it back, and its frame buffer back to the pool. The one way out for
+/// an unacked event other than an ack.
+fn expire_unacked(
+    x: &mut Expiry<'_>,
+    user: &[u8],
+    epoch: u64,
+    tracked: &VecDeque<Tracked>,
+    e: Unacked,
+    reason: &str,
+) {
     use std::io::Write as _;
-    let user = String::from_utf8_lossy(ctx.user);
+    let out = &mut *x.dead_out;
+    let name = String::from_utf8_lossy(user);
     let _ = write!(out, "{{\"user\":");
-    let _ = serde_json::to_writer(&mut *out, &*user);
+    let _ = serde_json::to_writer(&mut *out, &*name);
     let _ = write!(
         out,
-        ",\"epoch\":\"{:016x}\",\"seq\":{},\"reason\":\"{reason}\",\"event\":",
-        ctx.epoch, e.seq
+        ",\"epoch\":\"{epoch:016x}\",\"seq\":{},\"reason\":\"{reason}\",\"event\":",
+        e.seq
     );
     out.extend_from_slice(frame::payload(&e.frame).unwrap_or(b"null"));
     out.extend_from_slice(b"}\n");
-    stats.events_dead_lettered += 1;
-    if let Some(t) = ctx.tracked.iter().find(|t| t.seq == e.seq) {
-        ctx.receipts.update(t.ticket, Progress::DeadLettered);
+    x.stats.events_dead_lettered += 1;
+    if let Some(t) = tracked.iter().find(|t| t.seq == e.seq) {
+        x.cfg.receipts.update(t.ticket, Progress::DeadLettered);
     }
+    if x.cfg.spool {
+        *x.spool_pos += spool_settle(x.spool_out, user, epoch, e.seq, true);
+    }
+    recycle(x.frame_pool, e.frame);
 }
 
 /// Lists `c` (whose id is `id`) in `urgent` unless it already is.

@@ -839,3 +839,62 @@ mod first_message {
         assert_eq!(core.online_users, 0, "the count stays right");
     }
 }
+
+mod spool_retention {
+    //! What spool retention took is announced by a `gap` when a resume needs it, never
+    //! replayed silently past.
+
+    use super::*;
+
+    /// Position of the `k`th record (0-based) in a spooled log.
+    fn record_at(log: &[u8], k: usize) -> u64 {
+        let mut at = 0;
+        for _ in 0..k {
+            at += durable::decode(&log[at..]).unwrap().1;
+        }
+        at as u64
+    }
+
+    #[test]
+    fn a_resume_into_trimmed_spool_gets_a_gap_then_what_is_left() {
+        let t0 = Instant::now();
+        let mut core = Core::new(cfg(|c| {
+            c.history_max_events = 0; // the spool is the only history
+            c.spool_dir = Some("unused-by-the-core".into());
+        }));
+        let epoch = learn_epoch(&mut core, "a", t0);
+        let mut cold = durable::MemCold::default();
+        for i in 1..=20 {
+            core.route(&record("a", i), t0, 0);
+        }
+        cold.absorb(&mut core);
+        // Retention deletes everything before event 9's record.
+        cold.start = record_at(&cold.log, 8);
+        core.on_spool_trimmed(cold.start);
+        let id = resume(&mut core, "a", 3, Some(epoch), t0);
+        let mut seen = Vec::new();
+        loop {
+            let before = seen.len();
+            core.pump_replays(t0, &mut cold);
+            let bytes = core.conn(id).out().to_vec();
+            if !bytes.is_empty() {
+                core.on_written(id, bytes.len());
+                let mut r = FrameReader::new(bytes, 1024);
+                r.frames(|_, p| seen.push(decode(p))).unwrap();
+            }
+            if seen.len() == before && !core.replay_ready() {
+                break;
+            }
+        }
+        assert_eq!(
+            seen[1],
+            Seen::Gap {
+                reason: "history_evicted".into(),
+                from: 4,
+                to: 8
+            },
+            "{seen:?}"
+        );
+        assert_eq!(events(&seen), (9..=20).collect::<Vec<_>>());
+    }
+}

@@ -1096,6 +1096,26 @@ mod tests {
     }
 
     #[test]
+    fn after_a_reboot_only_fsync_always_keeps_the_streams() {
+        let dir = tmp("reboot");
+        for (fsync, kept) in [(FsyncPolicy::Never, false), (FsyncPolicy::Always, true)] {
+            let _ = fs::remove_dir_all(&dir);
+            let c = SpoolConfig { fsync, ..cfg(&dir) };
+            let (mut s, _) = Spool::open(&c, 0, 1, 512).unwrap();
+            s.write(&events(b"u", 1, 3), Instant::now()).unwrap();
+            drop(s);
+            // What a reboot looks like: the marker names another boot.
+            let shard = dir.join("shard-0");
+            let marker = shard.join(format!("healthy-{}", boot_id()));
+            fs::rename(&marker, shard.join("healthy-0123456789abcdef")).unwrap();
+            let (_, rec) = Spool::open(&c, 0, 1, 512).unwrap();
+            assert_eq!(rec.streams.contains_key(&b"u"[..]), kept, "{fsync}");
+            assert_eq!(rec.discarded_streams, usize::from(!kept), "{fsync}");
+        }
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn a_failed_write_takes_nothing_and_the_retry_goes_to_a_new_segment() {
         let dir = tmp("failed-write");
         let c = cfg(&dir);

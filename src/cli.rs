@@ -208,11 +208,18 @@ fn serve(a: ServeArgs) -> Result<ExitCode, Error> {
         );
         settings.jwt_hs256_secret = Some(secret);
     }
+    let ingest = settings.ingest_api_key.is_some();
     let gw = Gateway::builder().settings(settings).build()?;
     eprintln!(
         "floodgate: listening on ws://{}/ws  (health: /healthz, metrics: /metrics)",
         gw.local_addr()
     );
+    if ingest {
+        eprintln!(
+            "floodgate: ingest on http://{0}/api/publish and ws://{0}/api/ingest (Authorization: Bearer <ingest_api_key>)",
+            gw.local_addr()
+        );
+    }
     let term = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, term.clone())?;

@@ -75,6 +75,11 @@ pub(crate) struct Config {
     pub ack_max_pending: usize,
     pub receipt_capacity: usize,
     pub dead_letter_file: Option<PathBuf>,
+    pub ingest_api_key: Option<crate::ingest::ApiKey>,
+    pub ingest_max_body_bytes: usize,
+    pub ingest_max_batch_events: usize,
+    pub ingest_max_events_per_sec: u64,
+    pub ingest_max_connections: usize,
 }
 
 impl Config {
@@ -117,6 +122,11 @@ impl Config {
             ack_max_pending: 1024,
             receipt_capacity: 65536,
             dead_letter_file: None,
+            ingest_api_key: None,
+            ingest_max_body_bytes: 1 << 20,
+            ingest_max_batch_events: 1000,
+            ingest_max_events_per_sec: 1_000_000,
+            ingest_max_connections: 64,
         }
     }
 
@@ -314,6 +324,33 @@ impl Config {
         if !(1..=1 << 24).contains(&self.receipt_capacity) {
             return Err(err("receipt_capacity", "must be from 1 to 16777216"));
         }
+        if let Some(crate::ingest::ApiKey(key)) = &self.ingest_api_key {
+            if key.len() < 16 || key.bytes().any(|b| !b.is_ascii_graphic()) {
+                return Err(err(
+                    "ingest_api_key",
+                    "must be at least 16 printable ASCII characters without spaces (leave it \
+                     unset to turn ingest off)",
+                ));
+            }
+        }
+        if !(1024..=64 << 20).contains(&self.ingest_max_body_bytes) {
+            return Err(err(
+                "ingest_max_body_bytes",
+                "must be from 1024 to 67108864 bytes",
+            ));
+        }
+        if !(1..=100_000).contains(&self.ingest_max_batch_events) {
+            return Err(err("ingest_max_batch_events", "must be from 1 to 100000"));
+        }
+        if self.ingest_max_events_per_sec == 0 {
+            return Err(err(
+                "ingest_max_events_per_sec",
+                "must be at least 1 (events per second, all ingest connections together)",
+            ));
+        }
+        if !(1..=4096).contains(&self.ingest_max_connections) {
+            return Err(err("ingest_max_connections", "must be from 1 to 4096"));
+        }
         if self.history_max_events > 1 << 20 {
             return Err(err(
                 "history_max_events",
@@ -394,7 +431,11 @@ macro_rules! with_plain_settings {
             spool_repair,
             ack_timeout,
             ack_max_pending,
-            receipt_capacity
+            receipt_capacity,
+            ingest_max_body_bytes,
+            ingest_max_batch_events,
+            ingest_max_events_per_sec,
+            ingest_max_connections
         )
     };
 }
@@ -573,6 +614,29 @@ pub struct Settings {
     /// <spool_dir>/dead-letter.jsonl; without a spool, dead letters are logged]
     #[arg(long, env = "FLOODGATE_DEAD_LETTER_FILE", value_name = "FILE")]
     pub dead_letter_file: Option<PathBuf>,
+    /// API key that out-of-process publishers present (`Authorization: Bearer <key>`) on
+    /// POST /api/publish and the /api/ingest WebSocket; at least 16 characters. Unset = both
+    /// endpoints are off [default: unset]
+    #[arg(
+        long,
+        env = "FLOODGATE_INGEST_API_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    pub ingest_api_key: Option<String>,
+    /// Largest ingest request body or WebSocket message [default: 1048576]
+    #[arg(long, env = "FLOODGATE_INGEST_MAX_BODY_BYTES", value_name = "BYTES")]
+    pub ingest_max_body_bytes: Option<usize>,
+    /// Most events in one ingest batch [default: 1000]
+    #[arg(long, env = "FLOODGATE_INGEST_MAX_BATCH_EVENTS", value_name = "N")]
+    pub ingest_max_batch_events: Option<usize>,
+    /// Events per second accepted through ingest, all connections together; a batch over it
+    /// is refused whole (HTTP 429 / `rate_limited`) [default: 1000000]
+    #[arg(long, env = "FLOODGATE_INGEST_MAX_EVENTS_PER_SEC", value_name = "N")]
+    pub ingest_max_events_per_sec: Option<u64>,
+    /// Open ingest connections at most (each has a thread and an emitter) [default: 64]
+    #[arg(long, env = "FLOODGATE_INGEST_MAX_CONNECTIONS", value_name = "N")]
+    pub ingest_max_connections: Option<usize>,
 }
 
 impl Settings {
@@ -599,7 +663,8 @@ impl Settings {
             jwt_rs256_public_key,
             jwt_es256_public_key,
             spool_dir,
-            dead_letter_file
+            dead_letter_file,
+            ingest_api_key
         );
         with_plain_settings!(take);
         self

@@ -212,6 +212,25 @@ impl<'a, D: ?Sized> Event<'a, D> {
     }
 }
 
+impl<'a, D: ?Sized> Event<'a, D> {
+    /// An event from its parts (the ingest API builds events from parsed JSON).
+    pub(crate) fn from_parts(
+        kind: EventType<'a>,
+        run_id: Option<&'a str>,
+        thread_id: Option<&'a str>,
+        data: Option<&'a D>,
+        ack: Option<bool>,
+    ) -> Self {
+        Event {
+            kind,
+            run_id,
+            thread_id,
+            data,
+            ack,
+        }
+    }
+}
+
 impl<D: Serialize + ?Sized> Event<'_, D> {
     /// Appends the frame body for this event to `out`: the JSON object's members after `seq`,
     /// then the closing brace, i.e. `"type":"..","ts":N[,"ack":true][,"run_id":".."][,"thread_id":".."][,"data":..]}`.

@@ -74,6 +74,8 @@ fn open_durable(
 /// it does the same, ignoring the report).
 pub struct Gateway {
     shared: Arc<Shared>,
+    /// The ingest endpoints' connection threads.
+    ingest: Arc<crate::ingest::Hub>,
     threads: Vec<JoinHandle<ShardReport>>,
     local_addr: SocketAddr,
 }
@@ -127,6 +129,8 @@ impl Gateway {
     }
 
     fn stop(&mut self) -> Result<ShutdownReport, Error> {
+        // Publishers first: what they emitted is in the rings, which the shards drain below.
+        self.ingest.shutdown();
         for shard in self.shared.shards.iter() {
             shard.send(Cmd::Shutdown);
         }
@@ -323,6 +327,23 @@ impl GatewayBuilder {
         ack_max_pending: usize,
         /// Receipts alive at once at most [default 65536, 1 to 2^24].
         receipt_capacity: usize,
+        /// Largest ingest request body or WebSocket message [default 1 MiB, 1 KiB to 64 MiB].
+        ingest_max_body_bytes: usize,
+        /// Most events in one ingest batch [default 1000, 1 to 100 000].
+        ingest_max_batch_events: usize,
+        /// Events per second accepted through ingest, all connections together; a batch over
+        /// it is refused whole [default 1 000 000, at least 1].
+        ingest_max_events_per_sec: u64,
+        /// Open ingest connections at most [default 64, 1 to 4096].
+        ingest_max_connections: usize,
+    }
+
+    /// Turns on the ingest endpoints for out-of-process publishers (`POST /api/publish` and
+    /// the `/api/ingest` WebSocket), which must present this key as
+    /// `Authorization: Bearer <key>`; at least 16 printable characters [default: off].
+    pub fn ingest_api_key(mut self, key: impl Into<String>) -> Self {
+        self.cfg.ingest_api_key = Some(crate::ingest::ApiKey(key.into()));
+        self
     }
 
     /// Keeps every event in a durable spool in `dir` (segment files, created if missing):
@@ -361,6 +382,9 @@ impl GatewayBuilder {
         }
         if let Some(v) = s.dead_letter_file {
             self.cfg.dead_letter_file = Some(v);
+        }
+        if let Some(v) = s.ingest_api_key {
+            self = self.ingest_api_key(v);
         }
         macro_rules! apply {
             ($($f:ident),*) => { $( if let Some(v) = s.$f { self.cfg.$f = v; } )* };
@@ -418,15 +442,27 @@ impl GatewayBuilder {
             handles.push(handle);
         }
         let registry = Arc::new(Registry::new(n));
-        let common = Arc::new(Common {
-            peers: handles.into_boxed_slice(),
-            verifier,
-            registry: registry.clone(),
-            open: AtomicUsize::new(0),
-        });
         let mut core = CoreConfig::from_config(&cfg);
-        let board = core.board.clone();
-        let receipts = core.receipts.clone();
+        // Emitters reach the shards through the same handles the reactors use among themselves.
+        let shared = Arc::new(Shared {
+            shards: handles.into_boxed_slice(),
+            registry: registry.clone(),
+            ring_capacity: cfg.ring_capacity,
+            max_event_bytes: cfg.max_event_bytes,
+            board: core.board.clone(),
+            receipts: core.receipts.clone(),
+        });
+        let ingest = Arc::new(crate::ingest::Hub::new(
+            crate::ingest::IngestConfig::from_config(&cfg),
+            shared.clone(),
+        ));
+        let common = Arc::new(Common {
+            peers: shared.shards.clone(),
+            verifier,
+            registry,
+            open: AtomicUsize::new(0),
+            ingest: ingest.clone(),
+        });
         // Epochs of this process's streams must not repeat those of an earlier run.
         core.epoch_seed = getrandom::u64().map_err(|e| Error::Io(std::io::Error::other(e)))?;
         let rcfg = ReactorConfig {
@@ -455,17 +491,9 @@ impl GatewayBuilder {
                 .spawn(move || shard.run())?;
             threads.push(t);
         }
-        // Emitters reach the shards through the same handles the reactors use among themselves.
-        let shared = Arc::new(Shared {
-            shards: common.peers.clone(),
-            registry,
-            ring_capacity: cfg.ring_capacity,
-            max_event_bytes: cfg.max_event_bytes,
-            board,
-            receipts,
-        });
         Ok(Gateway {
             shared,
+            ingest,
             threads,
             local_addr,
         })

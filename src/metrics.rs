@@ -194,6 +194,8 @@ pub struct MetricsSnapshot {
     pub stats: Stats,
     /// Events refused by emitters because a ring was full ([`EmitError::Full`](crate::EmitError)).
     pub events_rejected_full: u64,
+    /// The ingest endpoints (`/api/publish`, `/api/ingest`).
+    pub ingest: crate::IngestStats,
 }
 
 impl MetricsSnapshot {
@@ -462,6 +464,32 @@ impl MetricsSnapshot {
             "Text messages from clients on /ws that were not an ack.",
             &[("", s.client_messages_ignored)],
         );
+        let i = &self.ingest;
+        metric(
+            "ingest_events_total",
+            "counter",
+            "Events received on the ingest endpoints, by outcome (rejected: refused one by one, see the answer's codes).",
+            &[
+                ("{outcome=\"accepted\"}", i.events_accepted),
+                ("{outcome=\"rejected\"}", i.events_rejected),
+            ],
+        );
+        metric(
+            "ingest_batches_total",
+            "counter",
+            "Batches received on the ingest endpoints, by outcome.",
+            &[
+                ("{outcome=\"answered\"}", i.batches),
+                ("{outcome=\"refused\"}", i.batches_refused),
+                ("{outcome=\"rate_limited\"}", i.rate_limited),
+            ],
+        );
+        metric(
+            "ingest_connections",
+            "gauge",
+            "Open ingest connections (POST keep-alive and /api/ingest sockets).",
+            &[("", i.connections)],
+        );
         metric(
             "reactor_passes_total",
             "counter",
@@ -514,6 +542,8 @@ pub(crate) struct Registry {
     pub shards: Box<[CachePadded<Published>]>,
     /// Emit calls refused with `Full`. Touched only on that (cold) path.
     pub rejected_full: AtomicU64,
+    /// The ingest endpoints' counters (touched once per batch).
+    pub ingest: crate::ingest::Counters,
 }
 
 impl Registry {
@@ -523,6 +553,7 @@ impl Registry {
                 .map(|_| CachePadded::new(Published::default()))
                 .collect(),
             rejected_full: AtomicU64::new(0),
+            ingest: Default::default(),
         }
     }
 
@@ -533,6 +564,7 @@ impl Registry {
         }
         // Relaxed: an independent counter.
         snap.events_rejected_full = self.rejected_full.load(Ordering::Relaxed);
+        snap.ingest = self.ingest.snapshot();
         snap
     }
 }

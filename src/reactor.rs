@@ -141,6 +141,8 @@ pub(crate) struct Common {
     pub registry: Arc<Registry>,
     /// Open connections across all shards (for `max_connections`).
     pub open: AtomicUsize,
+    /// The ingest endpoints, which take over connections that ask for them.
+    pub ingest: Arc<crate::ingest::Hub>,
 }
 
 struct Handshake {
@@ -571,15 +573,26 @@ impl Shard {
             }
         };
         let verifier = &self.common.verifier;
-        let decision = handshake::decide(&req, self.cfg.echo, |token| {
-            verifier.verify(token).map_err(AuthError::as_str)
-        });
+        let ingest = &self.common.ingest;
+        let decision = handshake::decide(
+            &req,
+            self.cfg.echo,
+            |token| verifier.verify(token).map_err(AuthError::as_str),
+            |key| ingest.check_key(key),
+        );
         let (kind, response, start) = match decision {
             Decision::Upgrade {
                 kind,
                 response,
                 start,
             } => (kind, response, start),
+            Decision::Ingest(endpoint) => {
+                // The ingest thread reads the request (and its body) again from the start, in
+                // blocking mode.
+                let stream = std::net::TcpStream::from(std::os::fd::OwnedFd::from(hs.stream));
+                self.common.ingest.start(stream, hs.buf, endpoint);
+                return;
+            }
             Decision::Metrics => {
                 let body = self.common.registry.snapshot().to_prometheus();
                 let resp = handshake::response(200, "OK", "", "text/plain; version=0.0.4", &body);

@@ -3,6 +3,7 @@
 //! socket and only carries out the [`Decision`].
 
 use super::{ConnKind, Cursor, Start};
+use crate::ingest::{Endpoint, KeyCheck};
 
 /// The largest request head accepted; past it the client gets 431.
 pub(crate) const MAX_HEAD_BYTES: usize = 8 * 1024;
@@ -19,6 +20,10 @@ pub(crate) enum Route {
     Health,
     /// `/metrics`.
     Metrics,
+    /// `/api/publish`: a batch of events from another process (POST).
+    Publish,
+    /// `/api/ingest`: a WebSocket of batches from another process.
+    Ingest,
     /// Anything else.
     NotFound,
 }
@@ -28,6 +33,9 @@ pub(crate) enum Route {
 pub(crate) struct Request {
     pub route: Route,
     pub is_get: bool,
+    pub is_post: bool,
+    /// The `Authorization: Bearer` value alone (the ingest API key; never from the query).
+    pub bearer: Option<String>,
     /// `Sec-WebSocket-Key`, when the request is a valid WebSocket upgrade (RFC 6455 4.2.1).
     pub upgrade_key: Option<String>,
     /// The request asked to upgrade but a version other than 13.
@@ -73,6 +81,8 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Option<Request>, HeadError> {
         "/echo" => Route::Echo,
         "/healthz" => Route::Health,
         "/metrics" => Route::Metrics,
+        "/api/publish" => Route::Publish,
+        "/api/ingest" => Route::Ingest,
         _ => Route::NotFound,
     };
     let header = |name: &str| {
@@ -110,6 +120,8 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Option<Request>, HeadError> {
     Ok(Some(Request {
         route,
         is_get,
+        is_post: req.method == Some("POST"),
+        bearer: bearer.clone(),
         upgrade_key,
         bad_version: wants_upgrade && !version_ok,
         token: bearer.or(query_token).filter(|t| !t.is_empty()),
@@ -195,6 +207,8 @@ pub(crate) enum Decision {
     },
     /// Send the Prometheus metrics (rendered by the caller, which can see every shard) and close.
     Metrics,
+    /// Hand the connection, with its request, to the ingest endpoints (the key is valid).
+    Ingest(Endpoint),
     /// Upgrade: a connection of `kind`, answered with `response` (the 101), whose stream
     /// starts as `start` says.
     Upgrade {
@@ -205,16 +219,21 @@ pub(crate) enum Decision {
 }
 
 /// Decides the answer to `req`. `echo` says whether `/echo` is enabled; `verify` checks a token
-/// and returns its user id or a reason safe to show the client.
+/// and returns its user id or a reason safe to show the client; `ingest_key` checks the
+/// ingest API key.
 pub(crate) fn decide(
     req: &Request,
     echo: bool,
     verify: impl FnOnce(Option<&str>) -> Result<Box<[u8]>, &'static str>,
+    ingest_key: impl FnOnce(Option<&str>) -> KeyCheck,
 ) -> Decision {
     let refuse = |response, refused| Decision::Respond {
         response,
         refused: Some(refused),
     };
+    if matches!(req.route, Route::Publish | Route::Ingest) {
+        return decide_ingest(req, ingest_key);
+    }
     if !req.is_get {
         let resp = response(
             405,
@@ -233,7 +252,7 @@ pub(crate) fn decide(
             }
         }
         Route::Metrics => return Decision::Metrics,
-        Route::NotFound => {
+        Route::NotFound | Route::Publish | Route::Ingest => {
             return refuse(error(404, "Not Found", "not found\n"), Refusal::BadRequest)
         }
         Route::Echo if !echo => {
@@ -285,6 +304,61 @@ pub(crate) fn decide(
         kind,
         response: switching_protocols(key),
         start,
+    }
+}
+
+/// The ingest endpoints: the method, the upgrade for `/api/ingest`, then the API key.
+fn decide_ingest(req: &Request, ingest_key: impl FnOnce(Option<&str>) -> KeyCheck) -> Decision {
+    let refuse = |response, refused| Decision::Respond {
+        response,
+        refused: Some(refused),
+    };
+    let endpoint = if req.route == Route::Publish {
+        if !req.is_post {
+            let resp = response(
+                405,
+                "Method Not Allowed",
+                "Allow: POST\r\n",
+                "text/plain",
+                "POST a JSON array of events\n",
+            );
+            return refuse(resp, Refusal::BadRequest);
+        }
+        Endpoint::Publish
+    } else {
+        if req.upgrade_key.is_none() {
+            let hdr = "Upgrade: websocket\r\nConnection: Upgrade\r\n";
+            let resp = response(
+                426,
+                "Upgrade Required",
+                hdr,
+                "text/plain",
+                "/api/ingest is a WebSocket endpoint\n",
+            );
+            return refuse(resp, Refusal::BadRequest);
+        }
+        Endpoint::Socket
+    };
+    match ingest_key(req.bearer.as_deref()) {
+        KeyCheck::Valid => Decision::Ingest(endpoint),
+        KeyCheck::Disabled => refuse(
+            error(
+                404,
+                "Not Found",
+                "ingest is disabled (no ingest_api_key configured)\n",
+            ),
+            Refusal::BadRequest,
+        ),
+        KeyCheck::Invalid => refuse(
+            response(
+                401,
+                "Unauthorized",
+                "WWW-Authenticate: Bearer realm=\"ingest\"\r\n",
+                "text/plain",
+                "unauthorized: missing or wrong API key (Authorization: Bearer <ingest_api_key>)\n",
+            ),
+            Refusal::Auth,
+        ),
     }
 }
 
@@ -450,11 +524,16 @@ mod tests {
             Some(_) => Err("bad signature"),
             None => Err("missing token"),
         };
-        match decide(&req, echo, verify) {
+        let key = |k: Option<&str>| match k {
+            Some("the-ingest-key") => KeyCheck::Valid,
+            _ => KeyCheck::Invalid,
+        };
+        match decide(&req, echo, verify, key) {
             Decision::Respond { response, refused } => {
                 (String::from_utf8(response).unwrap(), refused)
             }
             Decision::Metrics => ("metrics".into(), None),
+            Decision::Ingest(e) => (format!("ingest {e:?}"), None),
             Decision::Upgrade { kind, response, .. } => {
                 assert!(response.starts_with(b"HTTP/1.1 101"));
                 (format!("upgrade {kind:?}"), None)
@@ -500,6 +579,50 @@ mod tests {
         assert!(decide_text("GET /x HTTP/1.1\r\n\r\n", false)
             .0
             .starts_with("HTTP/1.1 404"));
+    }
+
+    #[test]
+    fn ingest_routes_need_their_method_and_the_key() {
+        let post = |extra: &str| {
+            format!("POST /api/publish HTTP/1.1\r\nHost: x\r\n{extra}Content-Length: 2\r\n\r\n[]")
+        };
+        assert_eq!(
+            decide_text(&post("Authorization: Bearer the-ingest-key\r\n"), false).0,
+            "ingest Publish"
+        );
+        let (r, why) = decide_text(&post("Authorization: Bearer nope\r\n"), false);
+        assert!(
+            r.starts_with("HTTP/1.1 401") && why == Some(Refusal::Auth),
+            "{r}"
+        );
+        // The key never comes from the query string (it would end up in access logs).
+        let (r, _) = decide_text(
+            "POST /api/publish?token=the-ingest-key HTTP/1.1\r\n\r\n",
+            false,
+        );
+        assert!(r.starts_with("HTTP/1.1 401"), "{r}");
+        assert!(decide_text("GET /api/publish HTTP/1.1\r\n\r\n", false)
+            .0
+            .starts_with("HTTP/1.1 405"));
+        let up = UPGRADE
+            .replace("/ws?token=abc.def.ghi", "/api/ingest")
+            .replace(
+                "Host: x\r\n",
+                "Host: x\r\nAuthorization: Bearer the-ingest-key\r\n",
+            );
+        assert_eq!(decide_text(&up, false).0, "ingest Socket");
+        assert!(decide_text(
+            "GET /api/ingest HTTP/1.1\r\nAuthorization: Bearer the-ingest-key\r\n\r\n",
+            false
+        )
+        .0
+        .starts_with("HTTP/1.1 426"));
+        let req = parse(post("").as_bytes()).unwrap().unwrap();
+        let off = decide(&req, false, |_| Err("x"), |_| KeyCheck::Disabled);
+        assert!(
+            matches!(&off, Decision::Respond { response, .. } if response.starts_with(b"HTTP/1.1 404")),
+            "{off:?}"
+        );
     }
 
     #[test]

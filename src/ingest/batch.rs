@@ -1,0 +1,407 @@
+//! The ingest API's data, without any I/O: parsing a batch of events from JSON, the per-event
+//! outcome it answers with, and the rate limit. The connection threads in [`super`] own the
+//! sockets and call these.
+
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Deserialize;
+use sonic_rs::LazyValue;
+
+use crate::event::{Event, EventType};
+use crate::EmitError;
+
+/// One event as a publisher sends it. Unknown members are refused (a misspelt `data` would
+/// otherwise be dropped without a word).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Item<'a> {
+    #[serde(borrow)]
+    pub user: Cow<'a, str>,
+    #[serde(borrow, rename = "type")]
+    pub kind: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub data: Option<LazyValue<'a>>,
+    #[serde(borrow, default)]
+    pub run_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub thread_id: Option<Cow<'a, str>>,
+    /// Overrides whether clients must ack it (default: only `agent_completed`).
+    #[serde(default)]
+    pub ack: Option<bool>,
+}
+
+impl Item<'_> {
+    /// The event type: one of the five built-in names, or a custom one.
+    pub(crate) fn event_type(&self) -> EventType<'_> {
+        match &*self.kind {
+            "agent_started" => EventType::AgentStarted,
+            "agent_thinking" => EventType::AgentThinking,
+            "tool_executing" => EventType::ToolExecuting,
+            "tool_completed" => EventType::ToolCompleted,
+            "agent_completed" => EventType::AgentCompleted,
+            other => EventType::Custom(other),
+        }
+    }
+
+    /// The event to emit, borrowing from this item.
+    pub(crate) fn event(&self) -> Event<'_, LazyValue<'_>> {
+        Event::from_parts(
+            self.event_type(),
+            self.run_id.as_deref(),
+            self.thread_id.as_deref(),
+            self.data.as_ref(),
+            self.ack,
+        )
+    }
+}
+
+/// Why a whole batch was refused (nothing in it was emitted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum BatchError {
+    /// Not a JSON array of objects (or, on the socket, not `{"id":..,"events":[..]}`).
+    Malformed(String),
+    /// More events than `ingest_max_batch_events`.
+    TooMany { got: usize, max: usize },
+}
+
+impl std::fmt::Display for BatchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BatchError::Malformed(why) => write!(f, "{why}"),
+            BatchError::TooMany { got, max } => write!(
+                f,
+                "{got} events in one batch; ingest_max_batch_events is {max}"
+            ),
+        }
+    }
+}
+
+/// A parsed batch: its optional id (raw JSON, echoed back on the socket) and each element,
+/// parsed or with the reason it could not be.
+pub(crate) struct Batch<'a> {
+    pub id: Option<&'a str>,
+    pub items: Vec<Result<Item<'a>, String>>,
+}
+
+/// Parses `[event, ...]`, or with `envelope`, also `{"id": <any JSON>, "events": [event, ...]}`
+/// (the socket form, whose `id` is echoed in the answer). An element that is not a valid event
+/// fails alone; the others stand.
+pub(crate) fn parse(
+    body: &[u8],
+    max_events: usize,
+    envelope: bool,
+) -> Result<Batch<'_>, BatchError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Envelope<'a> {
+        #[serde(borrow, default)]
+        id: Option<LazyValue<'a>>,
+        #[serde(borrow)]
+        events: Vec<LazyValue<'a>>,
+    }
+    let text = std::str::from_utf8(body)
+        .map_err(|_| BatchError::Malformed("the body is not UTF-8".into()))?;
+    let first = text.trim_start().as_bytes().first().copied();
+    let (id, elements): (Option<&str>, Vec<LazyValue<'_>>) = match first {
+        Some(b'[') => (
+            None,
+            sonic_rs::from_str(text).map_err(|e| malformed(&e, envelope))?,
+        ),
+        Some(b'{') if envelope => {
+            let env: Envelope<'_> =
+                sonic_rs::from_str(text).map_err(|e| malformed(&e, envelope))?;
+            // The id's raw text lives in `text`; find it there so it outlives the envelope.
+            let id = env.id.map(|v| raw_within(text, v.as_raw_str()));
+            (id, env.events)
+        }
+        _ => return Err(malformed(&"expected a JSON array", envelope)),
+    };
+    if elements.len() > max_events {
+        return Err(BatchError::TooMany {
+            got: elements.len(),
+            max: max_events,
+        });
+    }
+    let items = elements
+        .into_iter()
+        .map(|raw| {
+            let s = raw_within(text, raw.as_raw_str());
+            sonic_rs::from_str::<Item<'_>>(s).map_err(|e| {
+                let msg = e.to_string();
+                // sonic-rs appends the offending input; keep the first line.
+                msg.lines().next().unwrap_or("invalid event").to_owned()
+            })
+        })
+        .collect();
+    Ok(Batch { id, items })
+}
+
+fn malformed(e: &dyn std::fmt::Display, envelope: bool) -> BatchError {
+    let want = if envelope {
+        "a JSON array of events, or {\"id\":..,\"events\":[..]}"
+    } else {
+        "a JSON array of events"
+    };
+    let e = e.to_string();
+    let first = e.lines().next().unwrap_or_default();
+    BatchError::Malformed(format!("expected {want}: {first}"))
+}
+
+/// `inner` is a slice of `outer` (sonic-rs lazy values borrow the input they were parsed from);
+/// this re-borrows it from `outer` so it lives as long as `outer` does.
+fn raw_within<'a>(outer: &'a str, inner: &str) -> &'a str {
+    let start = inner.as_ptr() as usize - outer.as_ptr() as usize;
+    debug_assert!(start + inner.len() <= outer.len());
+    &outer[start..start + inner.len()]
+}
+
+/// Why one event of a batch was not accepted: a stable code for programs and a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Rejection {
+    pub index: usize,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl Rejection {
+    /// The rejection for an event the emitter refused. `Full` here means the ring stayed full
+    /// for `ingest_full_wait`: the publisher may send the event again.
+    pub(crate) fn from_emit<T>(index: usize, e: &EmitError<T>) -> Rejection {
+        let code = match e {
+            EmitError::Full(_) => "full",
+            EmitError::Closed(_) => "shutting_down",
+            EmitError::TooLarge(_) => "too_large",
+            EmitError::InvalidUser(_) => "invalid_user",
+            EmitError::InvalidType(_) => "invalid_type",
+            EmitError::Unserializable(_) => "invalid_data",
+            EmitError::NoReceipt(_) => "full",
+        };
+        Rejection {
+            index,
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// The answer to a batch: `{"id":..,"accepted":N,"rejected":M,"errors":[{"index":i,"code":"..","message":".."}]}`
+/// (`id` only when the batch had one).
+pub(crate) fn outcome(id: Option<&str>, accepted: usize, errors: &[Rejection]) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    struct Err<'a> {
+        index: usize,
+        code: &'a str,
+        message: &'a str,
+    }
+    let mut out = Vec::with_capacity(64 + errors.len() * 64);
+    out.push(b'{');
+    if let Some(id) = id {
+        out.extend_from_slice(b"\"id\":");
+        out.extend_from_slice(id.as_bytes());
+        out.push(b',');
+    }
+    let errs: Vec<Err<'_>> = errors
+        .iter()
+        .map(|r| Err {
+            index: r.index,
+            code: r.code,
+            message: &r.message,
+        })
+        .collect();
+    out.extend_from_slice(
+        format!(
+            "\"accepted\":{accepted},\"rejected\":{},\"errors\":",
+            errors.len()
+        )
+        .as_bytes(),
+    );
+    serde_json::to_writer(&mut out, &errs).expect("writing to a Vec");
+    out.push(b'}');
+    out
+}
+
+/// An error answer for a whole batch: `{"id":..,"error":"<code>","message":".."}`.
+pub(crate) fn batch_error(id: Option<&str>, code: &str, message: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(96 + message.len());
+    out.push(b'{');
+    if let Some(id) = id {
+        out.extend_from_slice(b"\"id\":");
+        out.extend_from_slice(id.as_bytes());
+        out.push(b',');
+    }
+    out.extend_from_slice(b"\"error\":");
+    serde_json::to_writer(&mut out, code).expect("writing to a Vec");
+    out.extend_from_slice(b",\"message\":");
+    serde_json::to_writer(&mut out, message).expect("writing to a Vec");
+    out.push(b'}');
+    out
+}
+
+/// The ingest rate limit, shared by every ingest connection: a generic cell rate algorithm
+/// (GCRA) over one atomic, so checking a batch takes no lock. It admits `rate` events per
+/// second on average and bursts of up to a tenth of a second's worth (or one full batch, if
+/// that is more). Time is passed in (nanoseconds on any monotonic clock), so it is tested on
+/// a virtual clock.
+pub(crate) struct RateLimit {
+    /// The theoretical arrival time: when the events admitted so far would all have been
+    /// admitted at exactly `rate`.
+    tat_ns: AtomicU64,
+    rate: u64,
+    /// How far ahead of `now` the theoretical arrival time may run.
+    burst_ns: u64,
+}
+
+impl RateLimit {
+    pub(crate) fn new(rate: u64, max_batch: usize) -> Self {
+        let rate = rate.max(1);
+        let batch_ns = cost_ns(max_batch as u64, rate);
+        RateLimit {
+            tat_ns: AtomicU64::new(0),
+            rate,
+            burst_ns: batch_ns.max(100_000_000),
+        }
+    }
+
+    /// Admits `n` events at `now_ns`, or says how many nanoseconds to wait before the same
+    /// batch would be admitted.
+    pub(crate) fn admit(&self, n: usize, now_ns: u64) -> Result<(), u64> {
+        let cost = cost_ns(n as u64, self.rate);
+        // Relaxed load, AcqRel CAS: the cell is the only shared state and carries no other
+        // data; the CAS makes concurrent batches take turns without losing a cost.
+        let mut tat = self.tat_ns.load(Ordering::Relaxed);
+        loop {
+            let start = tat.max(now_ns);
+            let new = start + cost;
+            if new - now_ns > self.burst_ns {
+                return Err(new - now_ns - self.burst_ns);
+            }
+            match self
+                .tat_ns
+                .compare_exchange_weak(tat, new, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return Ok(()),
+                Err(seen) => tat = seen,
+            }
+        }
+    }
+}
+
+/// Nanoseconds `n` events take at `rate` per second, rounded up.
+fn cost_ns(n: u64, rate: u64) -> u64 {
+    ((u128::from(n) * 1_000_000_000).div_ceil(u128::from(rate))) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_array_parses_each_event_on_its_own() {
+        let body = br#"[
+            {"user":"u1","type":"agent_started","run_id":"r1"},
+            {"user":"u2","type":"tool_executing","data":{"tool":"grep","args":[1,2]}},
+            {"user":"u3","typ":"x"},
+            {"user":"u\"4","type":"my.custom","ack":true,"thread_id":"t"}
+        ]"#;
+        let b = parse(body, 10, false).unwrap();
+        assert_eq!(b.id, None);
+        assert_eq!(b.items.len(), 4);
+        let first = b.items[0].as_ref().unwrap();
+        assert_eq!(first.event_type(), EventType::AgentStarted);
+        assert_eq!(first.run_id.as_deref(), Some("r1"));
+        let second = b.items[1].as_ref().unwrap();
+        assert_eq!(
+            second.data.as_ref().unwrap().as_raw_str(),
+            r#"{"tool":"grep","args":[1,2]}"#
+        );
+        let third = b.items[2].as_ref().unwrap_err();
+        assert!(third.contains("typ"), "{third}");
+        let fourth = b.items[3].as_ref().unwrap();
+        assert_eq!(fourth.user, "u\"4");
+        assert_eq!(fourth.event_type(), EventType::Custom("my.custom"));
+        assert!(fourth.event().needs_ack());
+    }
+
+    #[test]
+    fn the_socket_form_carries_an_id_that_is_echoed() {
+        let body = br#"{"id":"b-17","events":[{"user":"u","type":"agent_started"}]}"#;
+        let b = parse(body, 10, true).unwrap();
+        assert_eq!(b.id, Some("\"b-17\""));
+        assert_eq!(b.items.len(), 1);
+        let out = outcome(b.id, 1, &[]);
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"id":"b-17","accepted":1,"rejected":0,"errors":[]}"#
+        );
+        assert!(parse(body, 10, false).is_err(), "POST takes arrays only");
+    }
+
+    #[test]
+    fn whole_batch_errors_name_the_problem() {
+        assert!(matches!(
+            parse(b"{\"user\":\"u\"}", 10, false),
+            Err(BatchError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse(b"[1,", 10, false),
+            Err(BatchError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse(b"\xff", 10, false),
+            Err(BatchError::Malformed(_))
+        ));
+        let three = br#"[{"user":"a","type":"t"},{"user":"a","type":"t"},{"user":"a","type":"t"}]"#;
+        assert_eq!(
+            parse(three, 2, false).err(),
+            Some(BatchError::TooMany { got: 3, max: 2 })
+        );
+        let msg = BatchError::TooMany { got: 3, max: 2 }.to_string();
+        assert!(msg.contains("ingest_max_batch_events"), "{msg}");
+    }
+
+    #[test]
+    fn outcomes_list_each_rejected_index() {
+        let errs = [Rejection {
+            index: 2,
+            code: "invalid_user",
+            message: "the user id is \"empty\"".into(),
+        }];
+        let out = outcome(None, 4, &errs);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["accepted"], 4);
+        assert_eq!(v["rejected"], 1);
+        assert_eq!(v["errors"][0]["index"], 2);
+        assert_eq!(v["errors"][0]["code"], "invalid_user");
+        let e: serde_json::Value =
+            serde_json::from_slice(&batch_error(Some("7"), "rate_limited", "slow down")).unwrap();
+        assert_eq!(e["id"], 7);
+        assert_eq!(e["error"], "rate_limited");
+    }
+
+    #[test]
+    fn the_rate_limit_admits_the_rate_and_a_bounded_burst() {
+        // 1000 events/s: a burst of 100 ms = 100 events, then one event per millisecond.
+        let rl = RateLimit::new(1000, 10);
+        let t0 = 5_000_000_000u64;
+        assert_eq!(rl.admit(100, t0), Ok(()));
+        let wait = rl.admit(1, t0).unwrap_err();
+        assert_eq!(wait, 1_000_000, "one event's worth of time");
+        assert_eq!(rl.admit(1, t0 + 1_000_000), Ok(()));
+        // Over ten virtual seconds, sending as fast as allowed admits the rate, no more.
+        let mut admitted = 0u64;
+        let mut now = t0 + 1_000_000;
+        while now < t0 + 10_000_000_000 {
+            match rl.admit(10, now) {
+                Ok(()) => admitted += 10,
+                Err(wait) => now += wait,
+            }
+        }
+        assert!((9_900..=10_010).contains(&admitted), "{admitted}");
+        // A batch larger than the burst can never pass: the caller must split it.
+        assert!(RateLimit::new(10, 5).admit(6, t0).is_err());
+        // A batch as large as ingest_max_batch_events always can, given time.
+        let big = RateLimit::new(10, 50);
+        assert_eq!(big.admit(50, t0), Ok(()));
+    }
+}

@@ -32,6 +32,147 @@ enum Command {
     /// Benchmark an embedded gateway with real WebSocket clients over loopback, verifying that
     /// every client receives exactly its own events, in order.
     Bench(BenchArgs),
+    /// Load-test any WebSocket server (ours or anyone's) and report honest latency and
+    /// throughput.
+    ///
+    /// Scenarios: `subscribe` holds connections and measures the events they receive (rate,
+    /// per-connection order, loss and duplicates from a sequence field, latency from a
+    /// timestamp field); `echo` sends messages at an open-loop rate and matches each reply by
+    /// id; `publish` drives a floodgate gateway's ingest socket at an open-loop rate while
+    /// subscribed connections measure end-to-end latency; `connect` opens connections at an
+    /// open-loop rate, measures the handshake, and holds or churns them.
+    ///
+    /// Generated messages are stamped with their intended send time: latency is reported from
+    /// it (corrected for coordinated omission) and from the actual send (uncorrected), and the
+    /// run fails as overloaded if the generator could not keep its schedule.
+    ///
+    /// Exit codes: 0 every threshold passed; 1 a threshold failed (without an `errors`
+    /// threshold, any error fails the run); 2 usage or configuration error; 3 the generator
+    /// was overloaded (the rate asked for was not offered); 4 the run could not complete
+    /// (connections failed, the server went away, expected events stopped arriving).
+    ///
+    /// Examples:
+    ///   floodgate load subscribe --url ws://127.0.0.1:8080/ws --connections 64 --jwt-secret $S --events 2000000 --seq-field /seq --gapless --latency-field /ts
+    ///   floodgate load echo --url ws://127.0.0.1:8080/echo --connections 100 --rate 50000 --duration 30s --threshold 'p99<2ms'
+    ///   floodgate load publish --url ws://127.0.0.1:8080/ws --connections 100 --jwt-secret $S --api-key $K --rate ramp:1000..100000/20s --duration 30s
+    ///   floodgate load connect --url ws://127.0.0.1:8080/ws --connections 10000 --jwt-secret $S --rate 2000 --hold 5s
+    #[command(verbatim_doc_comment)]
+    Load(Box<LoadArgs>),
+}
+
+#[derive(Args, Debug)]
+struct LoadArgs {
+    /// What to do: subscribe, echo, publish or connect.
+    #[arg(value_enum)]
+    scenario: crate::load::Scenario,
+    /// Where to connect: ws://host:port/path?query. The path and query may hold `{conn}` (the
+    /// connection index), `{user}` (its user) and `{token}` (its token; otherwise tokens go in
+    /// an `Authorization: Bearer` header). For publish: the gateway's /ws, where subscribers
+    /// connect.
+    #[arg(long)]
+    url: String,
+    /// Connections to open (for publish: subscribers, one user each).
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
+    /// Connections opened per second while setting up (subscribe, echo, publish); default: as
+    /// fast as they complete.
+    #[arg(long, value_name = "PER_SEC")]
+    connect_rate: Option<f64>,
+    /// `{user}` of connection i is this prefix followed by i.
+    #[arg(long, default_value = "u")]
+    user_prefix: String,
+    /// Mint each connection's token: an HS256 JWT with this secret and `sub` = its user.
+    #[arg(
+        long,
+        env = "FLOODGATE_JWT_HS256_SECRET",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    jwt_secret: Option<String>,
+    /// Lifetime of minted tokens.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    jwt_ttl: Duration,
+    /// Read tokens from this file, one per line; connection i takes line i mod lines.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Source addresses to spread connections over, each with its own ephemeral ports: a list
+    /// (127.0.0.2,127.0.0.3) or a range (127.0.0.1-127.0.0.8).
+    #[arg(long, value_name = "ADDRS")]
+    source_addr: Option<String>,
+    /// Worker threads (for publish: receiving threads); default: the number of cores.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Stop after this long (for publish: publish for this long, then wait for delivery).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Stop after this many events received (subscribe), replies (echo) or events published
+    /// (publish). With --duration too, whichever comes first.
+    #[arg(long)]
+    events: Option<u64>,
+    /// Open-loop rate, per second in total: a number (50000), a ramp
+    /// (ramp:1000..50000/30s) or steps (steps:10000,20000,40000/10s). echo: messages;
+    /// publish: events; connect: connections (default: back to back).
+    #[arg(long, value_parser = crate::load::RateProfile::parse)]
+    rate: Option<crate::load::RateProfile>,
+    /// The generator counts as overloaded (exit 3) when its p99 lag behind schedule passes
+    /// this, or more than this much of the schedule was never sent.
+    #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration)]
+    max_lag: Duration,
+    /// JSON pointer to a sequence number in received frames (e.g. /seq): checked per
+    /// connection to be strictly increasing; frames without it are not counted as events.
+    #[arg(long, value_name = "POINTER", value_parser = crate::load::Pointer::parse)]
+    seq_field: Option<crate::load::Pointer>,
+    /// With --seq-field: the sequence must go up by exactly one; skipped numbers count as lost.
+    #[arg(long)]
+    gapless: bool,
+    /// JSON pointer to a timestamp in received frames (e.g. /ts) to measure latency from
+    /// (subscribe). The sender's clock must be this machine's, or synchronised with it.
+    #[arg(long, value_name = "POINTER", value_parser = crate::load::Pointer::parse)]
+    latency_field: Option<crate::load::Pointer>,
+    /// Unit of --latency-field since the Unix epoch.
+    #[arg(long, value_enum, default_value_t = crate::load::TsUnit::Auto)]
+    ts_unit: crate::load::TsUnit,
+    /// Bytes of each message (echo) or of each event (publish).
+    #[arg(long, default_value_t = 150)]
+    message_bytes: usize,
+    /// publish: events per ingest batch at most (events due at the same moment share one).
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// publish: ingest connections, each with its own share of the rate.
+    #[arg(long, default_value_t = 1)]
+    publishers: usize,
+    /// publish: the ingest socket [default: --url's host with /api/ingest].
+    #[arg(long)]
+    ingest_url: Option<String>,
+    /// publish: the gateway's ingest_api_key.
+    #[arg(long, env = "FLOODGATE_INGEST_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// connect: hold each connection this long, then close it (churn); default: to the end.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    hold: Option<Duration>,
+    /// Give up (exit 4) when nothing arrives for this long.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
+    /// A pass/fail condition, repeatable: p50 .. p99.99, max, mean (latency with a unit:
+    /// 'p99<2ms'), rate (per second: 'rate>500000'), errors (a fraction: 'errors<0.001').
+    #[arg(long, value_name = "EXPR", value_parser = crate::load::Threshold::parse)]
+    threshold: Vec<crate::load::Threshold>,
+    /// Print one JSON object (schema floodgate.load/1) instead of the text summary.
+    #[arg(long)]
+    json: bool,
+    /// Write an HdrHistogram interval log (one corrected and one uncorrected histogram per
+    /// interval, in nanoseconds), mergeable across runs with the HdrHistogram tools.
+    #[arg(long, value_name = "FILE")]
+    hdr_log: Option<PathBuf>,
+    /// Draw latency by percentile and throughput over time into this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+    /// Length of a reporting interval (progress, HDR log, plot).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    interval: Duration,
+    /// No progress line.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Args, Debug)]
@@ -139,6 +280,7 @@ pub fn main() -> ExitCode {
         Command::Serve(a) => serve(*a),
         Command::Token(a) => token(a),
         Command::Bench(a) => run_bench(a),
+        Command::Load(a) => return run_load(*a),
     };
     match result {
         Ok(code) => code,
@@ -311,5 +453,98 @@ fn run_bench(a: BenchArgs) -> Result<ExitCode, Error> {
             "floodgate bench: FAILED: events were lost, misrouted, duplicated or out of order"
         );
         Ok(ExitCode::from(1))
+    }
+}
+
+fn load_options(a: LoadArgs) -> Result<crate::load::LoadOptions, String> {
+    use crate::load::{LoadOptions, Scenario, Sources, Tokens, UrlTemplate};
+    let url = UrlTemplate::parse(&a.url)?;
+    let ingest_url = match (&a.ingest_url, a.scenario) {
+        (Some(u), _) => Some(UrlTemplate::parse(u)?),
+        (None, Scenario::Publish) => Some(UrlTemplate::parse(&format!(
+            "ws://{}/api/ingest",
+            url.host
+        ))?),
+        (None, _) => None,
+    };
+    let tokens = match (&a.jwt_secret, &a.token_file) {
+        (Some(s), _) => {
+            if s.len() < crate::MIN_HS256_SECRET {
+                return Err(format!(
+                    "--jwt-secret must be at least {} bytes",
+                    crate::MIN_HS256_SECRET
+                ));
+            }
+            Tokens::Mint {
+                secret: s.as_bytes().to_vec(),
+                ttl: a.jwt_ttl,
+            }
+        }
+        (None, Some(f)) => Tokens::from_file(f)?,
+        (None, None) => Tokens::None,
+    };
+    let mut o = LoadOptions::new(a.scenario, url);
+    o.connections = a.connections;
+    o.connect_rate = a.connect_rate;
+    o.user_prefix = a.user_prefix;
+    o.tokens = tokens;
+    o.sources = a
+        .source_addr
+        .as_deref()
+        .map(Sources::parse)
+        .transpose()?
+        .unwrap_or_default();
+    o.threads = a
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    o.duration = a.duration;
+    o.events = a.events;
+    o.rate = a.rate;
+    o.max_lag = a.max_lag;
+    o.seq = a.seq_field;
+    o.gapless = a.gapless;
+    o.latency_field = a.latency_field;
+    o.ts_unit = a.ts_unit;
+    o.message_bytes = a.message_bytes;
+    o.batch = a.batch;
+    o.publishers = a.publishers;
+    o.ingest_url = ingest_url;
+    o.api_key = a.api_key;
+    o.hold = a.hold;
+    o.idle_timeout = a.idle_timeout;
+    o.thresholds = a.threshold;
+    o.progress = !a.quiet && !a.json;
+    o.hdr_log = a.hdr_log;
+    o.plot = a.plot;
+    o.interval = a.interval;
+    o.validate()?;
+    Ok(o)
+}
+
+fn run_load(a: LoadArgs) -> ExitCode {
+    let json = a.json;
+    let opts = match load_options(a) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("floodgate load: {e}");
+            return ExitCode::from(crate::load::exit::USAGE);
+        }
+    };
+    match crate::load::run(&opts) {
+        Ok(report) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&report).expect("report serializes")
+                );
+            } else {
+                print!("{}", report.to_text());
+            }
+            ExitCode::from(report.exit_code)
+        }
+        Err(e) => {
+            eprintln!("floodgate load: {e}");
+            ExitCode::from(e.exit_code())
+        }
     }
 }

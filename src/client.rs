@@ -1,4 +1,4 @@
-//! A lean WebSocket client for the bench (and later the load harness): a blocking RFC 6455
+//! A lean WebSocket client for the bench and the load harness: a blocking RFC 6455
 //! handshake, then frames decoded straight out of a read buffer with tungstenite's header parser,
 //! so receiving a frame allocates nothing.
 
@@ -20,12 +20,45 @@ pub(crate) fn connect(
 ) -> io::Result<(TcpStream, Vec<u8>)> {
     let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_nodelay(true)?;
+    let early = upgrade(
+        &mut stream,
+        &addr.to_string(),
+        target,
+        extra_headers,
+        timeout,
+    )?;
+    Ok((stream, early))
+}
+
+/// Why an upgrade failed, as the `io::Error` payload: the HTTP status the server answered with
+/// (0 when the response was not HTTP).
+#[derive(Debug)]
+pub(crate) struct Refused(pub u16);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "upgrade refused: HTTP {}", self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// Sends the upgrade request for `target` on a connected `stream` (blocking, each read bounded
+/// by `timeout`) and checks the 101 and its `Sec-WebSocket-Accept`. Returns any bytes the
+/// server sent after the response. A non-101 answer is an error whose payload is [`Refused`].
+pub(crate) fn upgrade(
+    stream: &mut TcpStream,
+    host: &str,
+    target: &str,
+    extra_headers: &str,
+    timeout: Duration,
+) -> io::Result<Vec<u8>> {
     stream.set_read_timeout(Some(timeout))?;
     let mut nonce = [0u8; 16];
     getrandom::fill(&mut nonce).map_err(io::Error::other)?;
     let key = base64_16(&nonce);
     let request = format!(
-        "GET {target} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        "GET {target} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra_headers}\r\n"
     );
     stream.write_all(request.as_bytes())?;
@@ -47,7 +80,7 @@ pub(crate) fn connect(
                 if resp.code != Some(101) {
                     return Err(io::Error::new(
                         io::ErrorKind::ConnectionRefused,
-                        format!("upgrade refused: HTTP {}", resp.code.unwrap_or(0)),
+                        Refused(resp.code.unwrap_or(0)),
                     ));
                 }
                 let expected = tungstenite::handshake::derive_accept_key(key.as_bytes());
@@ -62,7 +95,7 @@ pub(crate) fn connect(
                     ));
                 }
                 stream.set_read_timeout(None)?;
-                return Ok((stream, buf[head..].to_vec()));
+                return Ok(buf[head..].to_vec());
             }
             Ok(httparse::Status::Partial) if buf.len() < 16 * 1024 => continue,
             _ => {
@@ -249,5 +282,52 @@ mod tests {
                 (Kind::Ping, vec![])
             ]
         );
+    }
+}
+
+/// Appends a final, masked client frame with `opcode` (1 text, 2 binary, 8 close, 9 ping,
+/// 10 pong) carrying `payload` to `out`, masked with `mask` (RFC 6455 5.3: the client picks a
+/// fresh unpredictable key per frame). Allocates only if `out` must grow.
+pub(crate) fn encode_masked(out: &mut Vec<u8>, opcode: u8, payload: &[u8], mask: [u8; 4]) {
+    out.push(0x80 | opcode);
+    let n = payload.len();
+    if n < 126 {
+        out.push(0x80 | n as u8);
+    } else if n <= 0xffff {
+        out.push(0x80 | 126);
+        out.extend_from_slice(&(n as u16).to_be_bytes());
+    } else {
+        out.push(0x80 | 127);
+        out.extend_from_slice(&(n as u64).to_be_bytes());
+    }
+    out.extend_from_slice(&mask);
+    let start = out.len();
+    out.extend_from_slice(payload);
+    for (i, b) in out[start..].iter_mut().enumerate() {
+        *b ^= mask[i & 3];
+    }
+}
+
+#[cfg(test)]
+mod masked_tests {
+    use super::*;
+
+    #[test]
+    fn masked_frames_decode_with_tungstenite() {
+        for len in [0usize, 5, 125, 126, 300, 70_000] {
+            let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let mut out = Vec::new();
+            encode_masked(&mut out, 1, &payload, [1, 2, 3, 250]);
+            let mut cur = Cursor::new(&out[..]);
+            let (hdr, n) = FrameHeader::parse(&mut cur).unwrap().unwrap();
+            assert_eq!(n as usize, len);
+            assert_eq!(hdr.mask, Some([1, 2, 3, 250]));
+            let at = cur.position() as usize;
+            let mut body = out[at..].to_vec();
+            for (i, b) in body.iter_mut().enumerate() {
+                *b ^= [1, 2, 3, 250][i & 3];
+            }
+            assert_eq!(body, payload);
+        }
     }
 }

@@ -42,6 +42,9 @@ mod error;
 mod event;
 mod gateway;
 mod ingest;
+/// The `floodgate load` harness (used by the binary and the tests; not a stable API).
+#[doc(hidden)]
+pub mod load;
 mod metrics;
 mod reactor;
 mod receipt;

@@ -1,0 +1,259 @@
+//! What every scenario does the same way: opening connections at the connect rate, and the
+//! main thread's loop that merges ticks, shows progress and decides when to stop.
+
+use std::io;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+
+use super::net::{tcp_connect, UrlTemplate};
+use super::report::Aggregate;
+use super::wsconn::WsConn;
+use super::{Control, ErrKind, Errors, LoadOptions, Tick};
+use crate::emitter::unix_ns;
+
+/// The read buffer per connection: 64 KiB, less with many connections (64 MiB in all at most,
+/// 4 KiB each at least).
+pub(crate) fn read_chunk(connections: usize) -> usize {
+    ((64usize << 20) / connections.max(1)).clamp(4 << 10, 64 << 10)
+}
+
+/// Opens and upgrades connection `conn` of `url`, with its user's token. `Err` says which kind
+/// of error it was and why.
+pub(crate) fn open_one(
+    opts: &LoadOptions,
+    url: &UrlTemplate,
+    conn: usize,
+    extra_headers: &str,
+) -> Result<(std::net::TcpStream, Vec<u8>), (ErrKind, String)> {
+    let user = opts.user(conn);
+    let token = opts
+        .tokens
+        .for_conn(conn, &user)
+        .map_err(|e| (ErrKind::HandshakeRefused, e))?;
+    let target = url.target_for(conn, &user, token.as_deref());
+    let mut headers = extra_headers.to_owned();
+    if let (Some(t), false) = (&token, url.has_token_slot()) {
+        headers.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    let mut stream =
+        tcp_connect(url.addr, &opts.sources, conn, opts.handshake_timeout).map_err(|e| {
+            (
+                ErrKind::ConnectFailed,
+                format!("connect to {}: {e}", url.addr),
+            )
+        })?;
+    match crate::client::upgrade(
+        &mut stream,
+        &url.host,
+        &target,
+        &headers,
+        opts.handshake_timeout,
+    ) {
+        Ok(early) => Ok((stream, early)),
+        Err(e) => {
+            let refused = e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<crate::client::Refused>())
+                .is_some();
+            let kind = if refused || e.kind() == io::ErrorKind::InvalidData {
+                ErrKind::HandshakeRefused
+            } else {
+                ErrKind::ConnectFailed
+            };
+            Err((kind, format!("upgrade {target}: {e}")))
+        }
+    }
+}
+
+/// Opens connections `indices` of `url` at `--connect-rate`. Failures are counted; the first
+/// one's message is kept. Fails only if no connection opened at all.
+pub(crate) fn open_all(
+    opts: &LoadOptions,
+    url: &UrlTemplate,
+    indices: std::ops::Range<usize>,
+    extra_headers: &str,
+) -> Result<(Vec<(usize, WsConn)>, Errors), String> {
+    let chunk = read_chunk(indices.len());
+    let mut out = Vec::with_capacity(indices.len());
+    let mut errors = Errors::default();
+    let mut first_error = None;
+    let t0 = Instant::now();
+    let bar = opts.progress.then(|| {
+        let bar = indicatif::ProgressBar::new(indices.len() as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("connecting {pos}/{len} {per_sec}")
+                .expect("valid template"),
+        );
+        bar
+    });
+    for (n, conn) in indices.clone().enumerate() {
+        if let Some(rate) = opts.connect_rate {
+            let due = t0 + Duration::from_secs_f64(n as f64 / rate);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        match open_one(opts, url, conn, extra_headers) {
+            Ok((stream, early)) => match WsConn::new(stream, early, chunk) {
+                Ok(c) => out.push((conn, c)),
+                Err(e) => {
+                    errors.add(ErrKind::ConnectFailed, 1);
+                    first_error.get_or_insert(e.to_string());
+                }
+            },
+            Err((kind, why)) => {
+                errors.add(kind, 1);
+                first_error.get_or_insert(why);
+            }
+        }
+        if let Some(bar) = &bar {
+            bar.inc(1);
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    if out.is_empty() {
+        return Err(format!(
+            "no connection could be opened: {}",
+            first_error.unwrap_or_default()
+        ));
+    }
+    if let Some(why) = first_error {
+        tracing::warn!(failed = errors.total(), first = %why, "some connections failed to open");
+    }
+    Ok((out, errors))
+}
+
+/// When the main loop stops the run.
+pub(crate) struct StopRule {
+    /// Stop once this many units are done.
+    pub target: Option<u64>,
+    /// ...or this many, once it is known (`u64::MAX` until then).
+    pub dynamic_target: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    pub duration: Option<Duration>,
+    /// Stop (incomplete) when nothing completes for this long, once something is expected.
+    pub idle: Duration,
+    /// What a unit is, for messages ("events", "replies", "connections").
+    pub unit: &'static str,
+}
+
+/// Merges ticks until every worker has sent its last one, stopping the workers when the rule
+/// says so. Returns when the run ended (unix ns) and, if it could not complete, why.
+pub(crate) fn monitor(
+    rx: Receiver<Tick>,
+    control: &Control,
+    agg: &mut Aggregate,
+    rule: &StopRule,
+    progress: bool,
+) -> (u64, Option<String>) {
+    let start = Instant::now();
+    let mut last_done = 0;
+    let mut last_change = Instant::now();
+    let mut incomplete = None;
+    let mut end_ns = 0;
+    let bar = progress.then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} [{elapsed}] {msg}")
+                .expect("valid template"),
+        );
+        bar
+    });
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(t) => agg.add(t),
+            Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        // Relaxed: progress counters only.
+        let done = control.done.load(Ordering::Relaxed);
+        if done != last_done {
+            last_done = done;
+            last_change = Instant::now();
+        }
+        if !control.stopped() {
+            // Acquire: pairs with the publisher that stores the target.
+            let dynamic = rule
+                .dynamic_target
+                .as_ref()
+                .map(|t| t.load(Ordering::Acquire))
+                .filter(|&t| t != u64::MAX);
+            let reached = rule.target.or(dynamic).is_some_and(|t| done >= t);
+            let stop_why = if reached || rule.duration.is_some_and(|d| start.elapsed() >= d) {
+                Some(None)
+            } else if last_change.elapsed() >= rule.idle {
+                Some(Some(format!(
+                    "nothing arrived for {}: {done} {} done{}",
+                    humantime::format_duration(rule.idle),
+                    rule.unit,
+                    rule.target.map(|t| format!(" of {t}")).unwrap_or_default()
+                )))
+            } else {
+                None
+            };
+            if let Some(why) = stop_why {
+                incomplete = why;
+                end_ns = unix_ns();
+                control.stop();
+            }
+        }
+        if let Some(bar) = &bar {
+            let sent = control.sent.load(Ordering::Relaxed);
+            let sent = if sent > 0 {
+                format!("  sent {sent}")
+            } else {
+                String::new()
+            };
+            bar.set_message(format!(
+                "{done} {}{sent}  last interval {:.0}/s  p99 {:.0}us  errors {}",
+                rule.unit,
+                agg.last_rate,
+                agg.last_p99_us,
+                agg.errors.total()
+            ));
+            bar.tick();
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    agg.finish();
+    if end_ns == 0 {
+        end_ns = unix_ns();
+    }
+    if incomplete.is_none() {
+        if let Some(t) = rule.target {
+            if agg.done < t && rule.duration.is_none_or(|d| start.elapsed() < d) {
+                incomplete = Some(format!(
+                    "the connections ended with {} of {t} {} done",
+                    agg.done, rule.unit
+                ));
+            }
+        }
+    }
+    (end_ns, incomplete)
+}
+
+/// Waits for socket events until `wake` (unix ns), at most 50 ms. epoll's timeout has
+/// millisecond resolution, so when a generator's next message is due sooner (`precise`), it
+/// sleeps (nanosecond resolution, about 60 us of slack) and then only collects what is ready:
+/// the schedule is kept to a fraction of a millisecond rather than rounded up to one.
+pub(crate) fn wait(
+    poll: &mut mio::Poll,
+    events: &mut mio::Events,
+    wake: u64,
+    precise: bool,
+) -> io::Result<()> {
+    let wait = wake.saturating_sub(unix_ns()).min(50_000_000);
+    if precise && wait < 1_000_000 {
+        if wait > 0 {
+            std::thread::sleep(Duration::from_nanos(wait));
+        }
+        poll.poll(events, Some(Duration::ZERO))
+    } else {
+        poll.poll(events, Some(Duration::from_nanos(wait)))
+    }
+}

@@ -1,0 +1,316 @@
+//! `echo`: messages at an open-loop rate, each reply matched to its message by id.
+//!
+//! Each worker owns a share of the connections and the same share of the rate, on its own
+//! schedule. Message `j` of a worker is due at `time_of(j)`; it goes to the worker's connection
+//! `j % n` as `{"id":<j>,"t":<intended unix ns>,"pad":".."}`. A server that echoes text
+//! messages verbatim and in order per connection (as RFC 6455 echo servers do) sends it back;
+//! replies are matched by `id` against the connection's queue of messages in flight.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mio::{Events, Poll, Token};
+
+use super::drive::{self, StopRule};
+use super::pointer::Pointer;
+use super::report::{Aggregate, LoadReport, Outcome};
+use super::schedule::RateProfile;
+use super::wsconn::WsConn;
+use super::{share, Control, ErrKind, LoadOptions, Ticker};
+use crate::emitter::unix_ns;
+
+/// Messages in flight per connection at most; past it the oldest counts as missing.
+const MAX_IN_FLIGHT: usize = 1 << 16;
+/// After sending stops, how long replies are waited for.
+const DRAIN: Duration = Duration::from_secs(2);
+
+/// A message in flight: its id, when it was due, when it left.
+#[derive(Clone, Copy)]
+struct InFlight {
+    id: u64,
+    intended: u64,
+    sent: u64,
+}
+
+/// Builds the text of message `id`, padded to about `bytes`.
+pub(crate) fn message(out: &mut Vec<u8>, id: u64, intended: u64, bytes: usize) {
+    out.clear();
+    out.extend_from_slice(b"{\"id\":");
+    out.extend_from_slice(itoa::Buffer::new().format(id).as_bytes());
+    out.extend_from_slice(b",\"t\":");
+    out.extend_from_slice(itoa::Buffer::new().format(intended).as_bytes());
+    out.extend_from_slice(b",\"pad\":\"");
+    let pad = bytes.saturating_sub(out.len() + 2);
+    out.resize(out.len() + pad, b'x');
+    out.extend_from_slice(b"\"}");
+}
+
+/// Matches a reply with `id` against the connection's queue: earlier messages still queued
+/// never got theirs (missing). Returns the message, or `None` if nothing sent matches.
+fn match_reply(queue: &mut VecDeque<InFlight>, id: u64, missing: &mut u64) -> Option<InFlight> {
+    if !queue.iter().any(|m| m.id == id) {
+        return None;
+    }
+    while let Some(m) = queue.pop_front() {
+        if m.id == id {
+            return Some(m);
+        }
+        *missing += 1;
+    }
+    None
+}
+
+struct Worker {
+    conns: Vec<WsConn>,
+    queues: Vec<VecDeque<InFlight>>,
+    profile: RateProfile,
+    /// Messages this worker sends at most.
+    limit: u64,
+    bytes: usize,
+    id_ptr: Pointer,
+}
+
+impl Worker {
+    fn run(
+        mut self,
+        mut ticker: Ticker,
+        control: Arc<Control>,
+        start_ns: u64,
+    ) -> std::io::Result<()> {
+        let mut poll = Poll::new()?;
+        for (i, c) in self.conns.iter_mut().enumerate() {
+            c.register(poll.registry(), Token(i))?;
+        }
+        let mut events = Events::with_capacity(1024);
+        let mut buf = Vec::with_capacity(self.bytes + 64);
+        let mut j = 0u64;
+        let mut sending = true;
+        let mut scheduled = 0u64;
+        let mut drain_until = u64::MAX;
+        let n = self.conns.len();
+        loop {
+            let now = unix_ns();
+            ticker.advance(now);
+            if sending && (control.stopped() || j >= self.limit) {
+                sending = false;
+                scheduled = (self.profile.count_by((now - start_ns) as f64 / 1e9).ceil() as u64)
+                    .min(self.limit);
+                drain_until = now + DRAIN.as_nanos() as u64;
+            }
+            if !sending && (now >= drain_until || self.queues.iter().all(VecDeque::is_empty)) {
+                break;
+            }
+            // Send everything due.
+            let mut next_due = u64::MAX;
+            if sending {
+                let mut touched = false;
+                while j < self.limit {
+                    let due = start_ns + (self.profile.time_of(j) * 1e9) as u64;
+                    if due > now {
+                        next_due = due;
+                        break;
+                    }
+                    let k = (j % n as u64) as usize;
+                    if !self.conns[k].closed {
+                        message(&mut buf, j, due, self.bytes);
+                        self.conns[k].queue_text(&buf);
+                        let sent = unix_ns();
+                        let tick = &mut ticker.tick;
+                        tick.rec.sent(due, sent);
+                        tick.sent += 1;
+                        let q = &mut self.queues[k];
+                        if q.len() == MAX_IN_FLIGHT {
+                            q.pop_front();
+                            tick.errors.add(ErrKind::Missing, 1);
+                        }
+                        q.push_back(InFlight {
+                            id: j,
+                            intended: due,
+                            sent,
+                        });
+                        touched = true;
+                    }
+                    j += 1;
+                    // Relaxed: a progress counter.
+                    control.sent.fetch_add(1, Ordering::Relaxed);
+                }
+                if touched {
+                    for c in self.conns.iter_mut().filter(|c| c.pending() > 0) {
+                        if c.flush().is_err() {
+                            c.closed = true;
+                        }
+                    }
+                }
+            }
+            let wake = next_due.min(ticker.next_boundary()).min(drain_until);
+            super::drive::wait(&mut poll, &mut events, wake, wake == next_due)?;
+            for ev in events.iter() {
+                let i = ev.token().0;
+                let c = &mut self.conns[i];
+                if c.closed {
+                    continue;
+                }
+                if ev.is_writable() && c.pending() > 0 && c.flush().is_err() {
+                    c.closed = true;
+                    ticker.tick.errors.add(ErrKind::Closed, 1);
+                    continue;
+                }
+                let now_ns = unix_ns();
+                ticker.advance(now_ns);
+                let tick = &mut ticker.tick;
+                let q = &mut self.queues[i];
+                let ptr = &self.id_ptr;
+                let mut missing = 0u64;
+                let mut unmatched = 0u64;
+                let before = tick.done;
+                let r = c.read(|p| {
+                    match ptr
+                        .u64_in(p)
+                        .and_then(|id| match_reply(q, id, &mut missing))
+                    {
+                        Some(m) => {
+                            tick.rec.reply(m.intended, m.sent, now_ns);
+                            tick.done += 1;
+                            tick.last_done_ns = now_ns;
+                        }
+                        None => unmatched += 1,
+                    }
+                });
+                tick.errors.add(ErrKind::Missing, missing);
+                tick.errors.add(ErrKind::Protocol, unmatched);
+                control
+                    .done
+                    .fetch_add(tick.done - before, Ordering::Relaxed);
+                match r {
+                    Ok(end) => {
+                        tick.bytes += end.bytes;
+                        if end.closed {
+                            tick.errors.add(ErrKind::Closed, 1);
+                        }
+                    }
+                    Err(_) => {
+                        c.closed = true;
+                        tick.errors.add(ErrKind::Protocol, 1);
+                    }
+                }
+            }
+            if self.conns.iter().all(|c| c.closed) {
+                break;
+            }
+        }
+        if sending {
+            scheduled = (self
+                .profile
+                .count_by((unix_ns() - start_ns) as f64 / 1e9)
+                .ceil() as u64)
+                .min(self.limit);
+        }
+        let unanswered: usize = self.queues.iter().map(VecDeque::len).sum();
+        ticker.tick.errors.add(ErrKind::Missing, unanswered as u64);
+        for c in self.conns.iter_mut() {
+            c.close();
+        }
+        ticker.finish(scheduled);
+        Ok(())
+    }
+}
+
+pub(super) fn run(opts: &LoadOptions) -> Result<LoadReport, String> {
+    let profile = opts.rate.clone().expect("validated: echo has a rate");
+    let (conns, setup_errors) = drive::open_all(opts, &opts.url, 0..opts.connections, "")?;
+    let control = Control::new();
+    let threads = opts.threads.clamp(1, conns.len());
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let mut agg = Aggregate::new(threads, opts.interval, opts.hdr_log.as_deref(), opts)?;
+    let start_ns = unix_ns();
+    let n = conns.len();
+    let mut conns: Vec<Option<WsConn>> = conns.into_iter().map(|(_, c)| Some(c)).collect();
+    let mut handles = Vec::new();
+    for k in 0..threads {
+        let mine: Vec<WsConn> = share(n, threads, k)
+            .map(|i| conns[i].take().expect("once"))
+            .collect();
+        let limit = opts.events.map_or(u64::MAX, |e| {
+            e / threads as u64 + u64::from((k as u64) < e % threads as u64)
+        });
+        let w = Worker {
+            queues: mine.iter().map(|_| VecDeque::new()).collect(),
+            conns: mine,
+            profile: profile.scaled(1.0 / threads as f64),
+            limit,
+            bytes: opts.message_bytes,
+            id_ptr: Pointer::parse("/id").expect("valid"),
+        };
+        let ticker = Ticker::new(k, start_ns, opts.interval, tx.clone());
+        let control = control.clone();
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("load-echo-{k}"))
+                .spawn(move || w.run(ticker, control, start_ns))
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    drop(tx);
+    let rule = StopRule {
+        target: opts.events,
+        dynamic_target: None,
+        duration: opts.duration,
+        idle: opts.idle_timeout,
+        unit: "replies",
+    };
+    let (end_ns, mut incomplete) = drive::monitor(rx, &control, &mut agg, &rule, opts.progress);
+    for h in handles {
+        if let Ok(Err(e)) = h.join() {
+            incomplete.get_or_insert(format!("an echo thread failed: {e}"));
+        }
+    }
+    agg.errors.merge(&setup_errors);
+    Ok(LoadReport::build(Outcome {
+        opts,
+        agg: &agg,
+        start_ns,
+        end_ns,
+        latency_from: "schedule",
+        rate_text: Some(profile.to_string()),
+        incomplete,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_carry_id_and_intended_time_and_have_the_asked_size() {
+        let mut b = Vec::new();
+        message(&mut b, 42, 1_700_000_000_000_000_000, 100);
+        assert_eq!(b.len(), 100);
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["id"], 42);
+        assert_eq!(v["t"], 1_700_000_000_000_000_000u64);
+        message(&mut b, 1, 2, 10);
+        assert!(
+            serde_json::from_slice::<serde_json::Value>(&b).is_ok(),
+            "never shorter than valid JSON"
+        );
+    }
+
+    #[test]
+    fn replies_match_by_id_and_skipped_ones_are_missing() {
+        let mut q: VecDeque<InFlight> = (0..5)
+            .map(|id| InFlight {
+                id,
+                intended: id,
+                sent: id,
+            })
+            .collect();
+        let mut missing = 0;
+        assert_eq!(match_reply(&mut q, 0, &mut missing).map(|m| m.id), Some(0));
+        assert_eq!(match_reply(&mut q, 3, &mut missing).map(|m| m.id), Some(3));
+        assert_eq!(missing, 2, "1 and 2 never came back");
+        assert!(match_reply(&mut q, 99, &mut missing).is_none());
+        assert_eq!(q.len(), 1);
+    }
+}

@@ -1,0 +1,725 @@
+//! Merging the workers' intervals, and what a run reports: the text summary, the versioned
+//! JSON, the HDR interval log and the plot.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
+use hdrhistogram::serialization::V2DeflateSerializer;
+use serde::Serialize;
+
+use super::record::{percentile_us, LatencyUs, Recorder};
+use super::threshold::{Measured, Metric};
+use super::{exit, ErrKind, Errors, LoadOptions, Scenario, Tick};
+
+/// The JSON schema name and version; later versions add members, never rename them.
+pub const SCHEMA: &str = "floodgate.load/1";
+
+/// The most points the plot's series keeps; past it, neighbouring points are merged, so memory
+/// stays bounded however long the run.
+const MAX_POINTS: usize = 2048;
+
+/// One interval (or, after merging, several) of the run, for the plot.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Point {
+    /// Seconds since the start, at the interval's end.
+    pub t: f64,
+    /// Units completed per second in the interval.
+    pub rate: f64,
+    /// Corrected p99 latency in the interval, in microseconds (0 without latency).
+    pub p99_us: f64,
+    /// Length of the interval in seconds.
+    #[serde(skip)]
+    pub len: f64,
+}
+
+/// Merges workers' ticks into totals, interval by interval.
+pub(crate) struct Aggregate {
+    interval: Duration,
+    /// Per worker: the last interval reported (-1 before the first), `None` once it sent its
+    /// last tick.
+    progress: Vec<Option<i64>>,
+    pending: BTreeMap<u64, Tick>,
+    pub total: Recorder,
+    pub errors: Errors,
+    pub done: u64,
+    pub sent: u64,
+    pub bytes: u64,
+    pub other_frames: u64,
+    pub scheduled: u64,
+    pub last_done_ns: u64,
+    pub series: Vec<Point>,
+    hdr: Option<HdrLog>,
+    /// The last finished interval's rate and p99 (for the progress line).
+    pub last_rate: f64,
+    pub last_p99_us: f64,
+}
+
+impl Aggregate {
+    pub(crate) fn new(
+        workers: usize,
+        interval: Duration,
+        hdr_log: Option<&Path>,
+        opts: &LoadOptions,
+    ) -> Result<Aggregate, String> {
+        let hdr = hdr_log.map(|p| HdrLog::create(p, opts)).transpose()?;
+        Ok(Aggregate {
+            interval,
+            progress: vec![Some(-1); workers],
+            pending: BTreeMap::new(),
+            total: Recorder::default(),
+            errors: Errors::default(),
+            done: 0,
+            sent: 0,
+            bytes: 0,
+            other_frames: 0,
+            scheduled: 0,
+            last_done_ns: 0,
+            series: Vec::new(),
+            hdr,
+            last_rate: 0.0,
+            last_p99_us: 0.0,
+        })
+    }
+
+    /// Takes one worker's tick; closes every interval all live workers have passed.
+    pub(crate) fn add(&mut self, t: Tick) {
+        let worker = t.worker;
+        self.progress[worker] = if t.last { None } else { Some(t.index as i64) };
+        self.scheduled += t.scheduled;
+        match self.pending.get_mut(&t.index) {
+            Some(m) => merge(m, &t),
+            None => {
+                self.pending.insert(t.index, t);
+            }
+        }
+        // A worker sends interval k once it is past it: intervals up to the slowest live
+        // worker's last are complete.
+        let floor = self.progress.iter().flatten().min().copied();
+        while let Some((&k, _)) = self.pending.first_key_value() {
+            if floor.is_some_and(|f| k as i64 > f) {
+                break;
+            }
+            let t = self.pending.remove(&k).expect("present");
+            self.close(t);
+        }
+    }
+
+    /// Closes whatever is left (every worker finished).
+    pub(crate) fn finish(&mut self) {
+        while let Some((_, t)) = self.pending.pop_first() {
+            self.close(t);
+        }
+        if let Some(h) = &mut self.hdr {
+            let _ = h.out.flush();
+        }
+    }
+
+    fn close(&mut self, t: Tick) {
+        let len = self.interval.as_secs_f64();
+        let p99 = if t.rec.corrected.is_empty() {
+            0.0
+        } else {
+            percentile_us(&t.rec.corrected, 99_000)
+        };
+        self.last_rate = t.done as f64 / len;
+        self.last_p99_us = p99;
+        if let Some(h) = &mut self.hdr {
+            h.write(&t, self.interval);
+        }
+        self.total.add(&t.rec);
+        self.errors.merge(&t.errors);
+        self.done += t.done;
+        self.sent += t.sent;
+        self.bytes += t.bytes;
+        self.other_frames += t.other_frames;
+        self.last_done_ns = self.last_done_ns.max(t.last_done_ns);
+        self.series.push(Point {
+            t: (t.index + 1) as f64 * len,
+            rate: self.last_rate,
+            p99_us: p99,
+            len,
+        });
+        if self.series.len() > MAX_POINTS {
+            self.series = self
+                .series
+                .chunks(2)
+                .map(|c| {
+                    let len: f64 = c.iter().map(|p| p.len).sum();
+                    Point {
+                        t: c[c.len() - 1].t,
+                        rate: c.iter().map(|p| p.rate * p.len).sum::<f64>() / len,
+                        p99_us: c.iter().map(|p| p.p99_us).fold(0.0, f64::max),
+                        len,
+                    }
+                })
+                .collect();
+        }
+    }
+}
+
+fn merge(into: &mut Tick, t: &Tick) {
+    into.rec.add(&t.rec);
+    into.done += t.done;
+    into.sent += t.sent;
+    into.bytes += t.bytes;
+    into.other_frames += t.other_frames;
+    into.errors.merge(&t.errors);
+    into.last_done_ns = into.last_done_ns.max(t.last_done_ns);
+}
+
+/// The HdrHistogram interval log (the format of HdrHistogram's `HistogramLogProcessor`, so
+/// logs of several runs merge with the standard tools). Values are nanoseconds; each interval
+/// has a `corrected` histogram and, for generating scenarios, an `uncorrected` one.
+struct HdrLog {
+    out: BufWriter<File>,
+    serializer: V2DeflateSerializer,
+    generating: bool,
+}
+
+impl HdrLog {
+    fn create(path: &Path, opts: &LoadOptions) -> Result<HdrLog, String> {
+        let file =
+            File::create(path).map_err(|e| format!("--hdr-log `{}`: {e}", path.display()))?;
+        let mut out = BufWriter::new(file);
+        let mut serializer = V2DeflateSerializer::new();
+        let now = SystemTime::now();
+        IntervalLogWriterBuilder::new()
+            .add_comment(&format!(
+                "floodgate load {:?} {}: latency in nanoseconds; tags: corrected (from the \
+                 intended send time), uncorrected (from the actual send)",
+                opts.scenario, opts.url.host
+            ))
+            .with_start_time(now)
+            .with_base_time(now)
+            .begin_log_with(&mut out, &mut serializer)
+            .map_err(|e| format!("--hdr-log `{}`: {e}", path.display()))?;
+        Ok(HdrLog {
+            out,
+            serializer,
+            generating: opts.scenario != Scenario::Subscribe,
+        })
+    }
+
+    fn write(&mut self, t: &Tick, interval: Duration) {
+        let start = interval * t.index as u32;
+        let Ok(mut w) =
+            IntervalLogWriterBuilder::new().begin_log_with(&mut self.out, &mut self.serializer)
+        else {
+            return;
+        };
+        let _ = w.write_histogram(&t.rec.corrected, start, interval, Tag::new("corrected"));
+        if self.generating {
+            let _ = w.write_histogram(&t.rec.uncorrected, start, interval, Tag::new("uncorrected"));
+        }
+    }
+}
+
+/// How a run ended, in order of precedence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Pass,
+    ThresholdFailed,
+    Overloaded,
+    RunFailed,
+}
+
+impl Verdict {
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Verdict::Pass => exit::PASS,
+            Verdict::ThresholdFailed => exit::THRESHOLD_FAILED,
+            Verdict::Overloaded => exit::OVERLOADED,
+            Verdict::RunFailed => exit::RUN_FAILED,
+        }
+    }
+}
+
+/// The generator's own account: how far behind its schedule it fell.
+#[derive(Debug, Clone, Serialize)]
+pub struct Generator {
+    /// The rate asked for.
+    pub rate: String,
+    /// How late messages left against their intended time.
+    pub lag_us: LatencyUs,
+    /// Messages the schedule had due by the time sending stopped.
+    pub scheduled: u64,
+    pub sent: u64,
+    /// Due but never sent.
+    pub behind: u64,
+    /// The lag p99 above which the run counts as overloaded.
+    pub max_lag_us: f64,
+    pub overloaded: bool,
+}
+
+/// One threshold's outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct ThresholdResult {
+    pub threshold: String,
+    /// The measured value (microseconds, per second or a fraction); `null` if not measured.
+    pub value: Option<f64>,
+    pub passed: bool,
+}
+
+/// The result of a run. `--json` prints it; [`SCHEMA`] names the version.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadReport {
+    pub schema: &'static str,
+    pub scenario: Scenario,
+    pub url: String,
+    pub connections: usize,
+    pub threads: usize,
+    /// Seconds measured: from when every connection was up to the last unit completed.
+    pub elapsed_sec: f64,
+    /// Units completed: events received (subscribe, publish), replies matched (echo),
+    /// connections established (connect).
+    pub events: u64,
+    pub events_per_sec: f64,
+    pub bytes_received: u64,
+    pub mb_per_sec: f64,
+    /// Frames without the sequence field (such as a `hello`), not counted as events.
+    pub other_frames: u64,
+    /// `schedule` (corrected, with uncorrected beside it), `frame_timestamp`, or `none`.
+    pub latency_from: &'static str,
+    /// Percentiles in microseconds; corrected when there is a schedule.
+    pub latency_us: Option<LatencyUs>,
+    /// From the actual send time instead of the intended one (generating scenarios).
+    pub uncorrected_latency_us: Option<LatencyUs>,
+    pub generator: Option<Generator>,
+    pub errors_total: u64,
+    /// Errors by kind (only kinds that occurred).
+    pub errors: BTreeMap<&'static str, u64>,
+    /// errors / (events + errors).
+    pub error_rate: f64,
+    pub thresholds: Vec<ThresholdResult>,
+    /// Why the run could not complete, if it could not.
+    pub incomplete: Option<String>,
+    pub verdict: Verdict,
+    pub exit_code: u8,
+    /// Interval series (for the plot): seconds, rate, p99.
+    #[serde(skip)]
+    pub series: Vec<Point>,
+    /// Corrected and uncorrected histograms (for the plot).
+    #[serde(skip)]
+    pub hist: Option<Recorder>,
+}
+
+/// What the scenario adds to the aggregate when building the report.
+pub(crate) struct Outcome<'a> {
+    pub opts: &'a LoadOptions,
+    pub agg: &'a Aggregate,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub latency_from: &'static str,
+    /// `Some` for generating scenarios.
+    pub rate_text: Option<String>,
+    pub incomplete: Option<String>,
+}
+
+impl LoadReport {
+    pub(crate) fn build(o: Outcome<'_>) -> LoadReport {
+        let opts = o.opts;
+        let agg = o.agg;
+        let end = if agg.last_done_ns > 0 {
+            agg.last_done_ns
+        } else {
+            o.end_ns
+        };
+        let elapsed = (end.saturating_sub(o.start_ns) as f64 / 1e9).max(1e-9);
+        let has_latency = o.latency_from != "none" && !agg.total.corrected.is_empty();
+        let latency = has_latency.then(|| LatencyUs::of(&agg.total.corrected));
+        let generating = o.rate_text.is_some();
+        let uncorrected =
+            (generating && has_latency).then(|| LatencyUs::of(&agg.total.uncorrected));
+        let generator = o.rate_text.map(|rate| {
+            let lag = LatencyUs::of(&agg.total.lag);
+            let behind = agg.scheduled.saturating_sub(agg.sent);
+            let max_lag_us = opts.max_lag.as_nanos() as f64 / 1e3;
+            // Overloaded: the p99 lag passed the limit, or more than the limit's worth of
+            // messages (at the peak rate) were due and never sent.
+            let peak = opts.rate.as_ref().map_or(0.0, |r| r.peak());
+            let allowed_behind = (peak * opts.max_lag.as_secs_f64())
+                .max(opts.batch as f64)
+                .ceil() as u64;
+            Generator {
+                rate,
+                overloaded: lag.p99 > max_lag_us || behind > allowed_behind,
+                lag_us: lag,
+                scheduled: agg.scheduled,
+                sent: agg.sent,
+                behind,
+                max_lag_us,
+            }
+        });
+        let errors_total = agg.errors.total();
+        let errors: BTreeMap<&'static str, u64> = ErrKind::ALL
+            .iter()
+            .filter(|k| agg.errors.get(**k) > 0)
+            .map(|k| (k.name(), agg.errors.get(*k)))
+            .collect();
+        let error_rate = errors_total as f64 / (agg.done + errors_total).max(1) as f64;
+        let rate = agg.done as f64 / elapsed;
+        let measured = Measured {
+            percentiles_us: latency.map(|l| l.table()).unwrap_or_default(),
+            max_us: latency.map_or(0.0, |l| l.max),
+            mean_us: latency.map_or(0.0, |l| l.mean),
+            rate,
+            error_rate,
+        };
+        let mut thresholds: Vec<ThresholdResult> = opts
+            .thresholds
+            .iter()
+            .map(|t| {
+                let value = match t.metric {
+                    Metric::Percentile(p)
+                        if has_latency && !measured.percentiles_us.iter().any(|(q, _)| *q == p) =>
+                    {
+                        Some(percentile_us(&agg.total.corrected, p))
+                    }
+                    Metric::Percentile(_) | Metric::Max | Metric::Mean if !has_latency => None,
+                    _ => t.value(&measured),
+                };
+                ThresholdResult {
+                    threshold: t.text.clone(),
+                    passed: value.is_some_and(|v| t.passes(v)),
+                    value,
+                }
+            })
+            .collect();
+        if !opts.thresholds.iter().any(|t| t.metric == Metric::Errors) {
+            // Without an errors threshold, any error fails the run.
+            thresholds.push(ThresholdResult {
+                threshold: "errors=0 (default; set an errors threshold to allow some)".into(),
+                value: Some(errors_total as f64),
+                passed: errors_total == 0,
+            });
+        }
+        let verdict = if o.incomplete.is_some() {
+            Verdict::RunFailed
+        } else if generator.as_ref().is_some_and(|g| g.overloaded) {
+            Verdict::Overloaded
+        } else if thresholds.iter().any(|t| !t.passed) {
+            Verdict::ThresholdFailed
+        } else {
+            Verdict::Pass
+        };
+        LoadReport {
+            schema: SCHEMA,
+            scenario: opts.scenario,
+            url: format!("ws://{}{}", opts.url.host, opts.url.target),
+            connections: opts.connections,
+            threads: opts.threads,
+            elapsed_sec: elapsed,
+            events: agg.done,
+            events_per_sec: rate,
+            bytes_received: agg.bytes,
+            mb_per_sec: agg.bytes as f64 / 1e6 / elapsed,
+            other_frames: agg.other_frames,
+            latency_from: if has_latency { o.latency_from } else { "none" },
+            latency_us: latency,
+            uncorrected_latency_us: uncorrected,
+            generator,
+            errors_total,
+            errors,
+            error_rate,
+            thresholds,
+            incomplete: o.incomplete,
+            verdict,
+            exit_code: verdict.exit_code(),
+            series: agg.series.clone(),
+            hist: Some(agg.total.clone()),
+        }
+    }
+
+    /// The human-readable summary.
+    pub fn to_text(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let unit = match self.scenario {
+            Scenario::Subscribe | Scenario::Publish => "events",
+            Scenario::Echo => "replies",
+            Scenario::Connect => "connections",
+        };
+        let _ = writeln!(
+            out,
+            "floodgate load {}: {} connections to {} ({} threads)",
+            serde_json::to_value(self.scenario)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            self.connections,
+            self.url,
+            self.threads
+        );
+        let _ = writeln!(
+            out,
+            "throughput     {:>12.0} {unit}/s   {:.1} MB/s   ({} {unit} in {:.3} s)",
+            self.events_per_sec, self.mb_per_sec, self.events, self.elapsed_sec
+        );
+        let lat = |name: &str, l: &LatencyUs| {
+            format!(
+                "{name:<15}p50 {}  p90 {}  p99 {}  p99.9 {}  p99.99 {}  max {}\n",
+                us(l.p50),
+                us(l.p90),
+                us(l.p99),
+                us(l.p999),
+                us(l.p9999),
+                us(l.max)
+            )
+        };
+        match &self.latency_us {
+            Some(l) => {
+                let from = match self.latency_from {
+                    "schedule" => "latency",
+                    _ => "latency",
+                };
+                out.push_str(&lat(from, l));
+                if let Some(u) = &self.uncorrected_latency_us {
+                    out.push_str(&lat("uncorrected", u));
+                    let _ = writeln!(
+                        out,
+                        "               (latency counts from each message's intended send time; uncorrected from its actual send)"
+                    );
+                } else {
+                    let _ = writeln!(
+                        out,
+                        "               (from the timestamp each frame carries)"
+                    );
+                }
+            }
+            None => {
+                let _ = writeln!(out, "latency        not measured");
+            }
+        }
+        if let Some(g) = &self.generator {
+            let _ = writeln!(
+                out,
+                "generator      {}; lag behind schedule p50 {}  p99 {}  max {}; sent {} of {} due{}",
+                g.rate,
+                us(g.lag_us.p50),
+                us(g.lag_us.p99),
+                us(g.lag_us.max),
+                g.sent,
+                g.scheduled,
+                if g.overloaded { "  OVERLOADED" } else { "" }
+            );
+        }
+        if self.errors.is_empty() {
+            let _ = writeln!(out, "errors         none");
+        } else {
+            let list: Vec<String> = self
+                .errors
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "errors         {} ({:.4}%): {}",
+                self.errors_total,
+                self.error_rate * 100.0,
+                list.join(", ")
+            );
+        }
+        if self.other_frames > 0 {
+            let _ = writeln!(
+                out,
+                "other frames   {} (without the sequence field; not counted)",
+                self.other_frames
+            );
+        }
+        for t in &self.thresholds {
+            let v = t.value.map_or("not measured".into(), |v| format!("{v:.3}"));
+            let _ = writeln!(
+                out,
+                "threshold      {:<28} {:>14}  {}",
+                t.threshold,
+                v,
+                if t.passed { "pass" } else { "FAIL" }
+            );
+        }
+        if let Some(why) = &self.incomplete {
+            let _ = writeln!(out, "incomplete     {why}");
+        }
+        let _ = writeln!(
+            out,
+            "verdict        {:?} (exit {})",
+            self.verdict, self.exit_code
+        );
+        out
+    }
+}
+
+/// A latency in microseconds, shortened with a unit.
+fn us(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.2}s", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.2}ms", v / 1e3)
+    } else {
+        format!("{v:.0}us")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::{RateProfile, Threshold, UrlTemplate};
+
+    fn tick(worker: usize, index: u64, done: u64, last: bool) -> Tick {
+        let mut t = Tick::new(worker, index);
+        t.done = done;
+        t.last = last;
+        t.rec.latency(1000 * (index + 1));
+        t
+    }
+
+    #[test]
+    fn intervals_close_once_every_live_worker_passed_them() {
+        let opts = LoadOptions::new(
+            Scenario::Subscribe,
+            UrlTemplate::parse("ws://127.0.0.1:1/").unwrap(),
+        );
+        let mut a = Aggregate::new(2, Duration::from_secs(1), None, &opts).unwrap();
+        a.add(tick(0, 0, 5, false));
+        a.add(tick(0, 1, 5, false));
+        assert!(a.series.is_empty(), "worker 1 has not reported interval 0");
+        a.add(tick(1, 0, 7, false));
+        assert_eq!(a.series.len(), 1);
+        assert_eq!(a.series[0].rate, 12.0);
+        a.add(tick(1, 1, 1, true)); // worker 1 is done
+        a.add(tick(0, 2, 3, true));
+        a.finish();
+        assert_eq!(a.series.len(), 3);
+        assert_eq!(a.done, 21);
+        assert_eq!(a.total.corrected.len(), 5);
+    }
+
+    #[test]
+    fn the_series_stays_bounded() {
+        let opts = LoadOptions::new(
+            Scenario::Subscribe,
+            UrlTemplate::parse("ws://127.0.0.1:1/").unwrap(),
+        );
+        let mut a = Aggregate::new(1, Duration::from_secs(1), None, &opts).unwrap();
+        for i in 0..10_000 {
+            a.add(tick(0, i, 10, false));
+        }
+        a.finish();
+        assert!(a.series.len() <= MAX_POINTS, "{}", a.series.len());
+        let mean: f64 = a.series.iter().map(|p| p.rate).sum::<f64>() / a.series.len() as f64;
+        assert!(
+            (mean - 10.0).abs() < 1e-9,
+            "merged points keep the rate: {mean}"
+        );
+    }
+
+    fn report_with(
+        opts: &LoadOptions,
+        agg: &Aggregate,
+        rate: bool,
+        incomplete: Option<String>,
+    ) -> LoadReport {
+        LoadReport::build(Outcome {
+            opts,
+            agg,
+            start_ns: 0,
+            end_ns: 1_000_000_000,
+            latency_from: "schedule",
+            rate_text: rate.then(|| "1000/s".into()),
+            incomplete,
+        })
+    }
+
+    #[test]
+    fn verdicts_and_exit_codes_follow_precedence() {
+        let mut opts = LoadOptions::new(
+            Scenario::Echo,
+            UrlTemplate::parse("ws://127.0.0.1:1/").unwrap(),
+        );
+        opts.rate = Some(RateProfile::Constant(1000.0));
+        opts.thresholds = vec![
+            Threshold::parse("p99<2ms").unwrap(),
+            Threshold::parse("errors<0.01").unwrap(),
+        ];
+        let mut agg = Aggregate::new(1, Duration::from_secs(1), None, &opts).unwrap();
+        let mut t = Tick::new(0, 0);
+        for j in 0..1000u64 {
+            t.rec
+                .message(j * 1_000_000, j * 1_000_000 + 1000, j * 1_000_000 + 500_000);
+        }
+        t.done = 1000;
+        t.sent = 1000;
+        t.scheduled = 1000;
+        t.last = true;
+        t.errors.add(ErrKind::Missing, 5);
+        agg.add(t);
+        agg.finish();
+        let r = report_with(&opts, &agg, true, None);
+        assert_eq!(r.verdict, Verdict::Pass, "{}", r.to_text());
+        assert_eq!(r.exit_code, 0);
+        assert!((r.latency_us.unwrap().p99 - 500.0).abs() < 1.0);
+        assert!((r.uncorrected_latency_us.unwrap().p99 - 499.0).abs() < 1.0);
+        assert_eq!(r.errors.get("missing"), Some(&5));
+
+        opts.thresholds = vec![Threshold::parse("p99<100us").unwrap()];
+        let r = report_with(&opts, &agg, true, None);
+        assert_eq!((r.verdict, r.exit_code), (Verdict::ThresholdFailed, 1));
+        assert!(
+            r.thresholds
+                .iter()
+                .any(|t| t.threshold.starts_with("errors=0") && !t.passed),
+            "no errors threshold: any error fails"
+        );
+
+        opts.max_lag = Duration::from_nanos(500);
+        let r = report_with(&opts, &agg, true, None);
+        assert_eq!(
+            (r.verdict, r.exit_code),
+            (Verdict::Overloaded, 3),
+            "overload outranks thresholds"
+        );
+        let r = report_with(&opts, &agg, true, Some("server went away".into()));
+        assert_eq!((r.verdict, r.exit_code), (Verdict::RunFailed, 4));
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["schema"], SCHEMA);
+        for k in ["p50", "p90", "p99", "p999", "p9999", "max"] {
+            assert!(json["latency_us"][k].is_number(), "{k}");
+        }
+        assert!(json["events_per_sec"].is_number());
+    }
+
+    #[test]
+    fn the_hdr_log_is_readable_by_the_hdrhistogram_reader() {
+        let dir = std::env::temp_dir().join(format!("fg-hdrlog-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("run.hlog");
+        let mut opts = LoadOptions::new(
+            Scenario::Echo,
+            UrlTemplate::parse("ws://127.0.0.1:1/").unwrap(),
+        );
+        opts.rate = Some(RateProfile::Constant(10.0));
+        let mut agg = Aggregate::new(1, Duration::from_secs(1), Some(&path), &opts).unwrap();
+        for i in 0..3 {
+            let mut t = tick(0, i, 1, i == 2);
+            t.rec.message(0, 10, 2000);
+            agg.add(t);
+        }
+        agg.finish();
+        drop(agg);
+        let text = std::fs::read(&path).unwrap();
+        let mut seen = Vec::new();
+        for entry in hdrhistogram::serialization::interval_log::IntervalLogIterator::new(&text) {
+            if let hdrhistogram::serialization::interval_log::LogEntry::Interval(h) = entry.unwrap()
+            {
+                seen.push(h.tag().map(|t| t.as_str().to_owned()));
+            }
+        }
+        assert_eq!(seen.len(), 6, "corrected and uncorrected for 3 intervals");
+        assert_eq!(seen[0].as_deref(), Some("corrected"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,217 @@
+//! Pass/fail thresholds on a load run: `p99<2ms`, `rate>500000`, `errors<0.001`.
+
+use std::time::Duration;
+
+/// What a threshold is checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    /// A latency percentile (corrected, from the intended time), times 1000: p50 = 50_000,
+    /// p99.9 = 99_900.
+    Percentile(Millis),
+    /// The largest latency.
+    Max,
+    /// The mean latency.
+    Mean,
+    /// Events (or replies, or connections) per second.
+    Rate,
+    /// Errors as a share of everything attempted (0.001 = 0.1 %).
+    Errors,
+}
+
+/// A percentile times 1000, so it can be compared exactly (99.99 = 99_990).
+pub type Millis = u32;
+
+/// How the value must compare with the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+/// One threshold as given on the command line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Threshold {
+    pub text: String,
+    pub metric: Metric,
+    pub op: Op,
+    /// Microseconds for latencies, per second for rate, a fraction for errors.
+    pub limit: f64,
+}
+
+/// The measured values a threshold can name.
+#[derive(Debug, Clone, Default)]
+pub struct Measured {
+    /// Corrected latency percentiles in microseconds: (percentile x 1000, value).
+    pub percentiles_us: Vec<(Millis, f64)>,
+    pub max_us: f64,
+    pub mean_us: f64,
+    pub rate: f64,
+    pub error_rate: f64,
+}
+
+impl Threshold {
+    /// Parses `p99<2ms`, `p99.9<=500us`, `max<1s`, `mean<100us`, `rate>500000`,
+    /// `errors<0.001`.
+    pub fn parse(text: &str) -> Result<Threshold, String> {
+        let t = text.trim();
+        let (at, op, len) = ["<=", ">=", "<", ">"]
+            .iter()
+            .find_map(|o| t.find(o).map(|i| (i, *o, o.len())))
+            .ok_or_else(|| format!("threshold `{text}` needs <, <=, > or >= (e.g. p99<2ms)"))?;
+        let name = t[..at].trim();
+        let value = t[at + len..].trim();
+        let op = match op {
+            "<" => Op::Lt,
+            "<=" => Op::Le,
+            ">" => Op::Gt,
+            _ => Op::Ge,
+        };
+        let metric = match name {
+            "max" => Metric::Max,
+            "mean" => Metric::Mean,
+            "rate" => Metric::Rate,
+            "errors" => Metric::Errors,
+            p if p.starts_with('p') => {
+                let v: f64 = p[1..]
+                    .parse()
+                    .map_err(|_| format!("`{name}` is not a percentile (p50, p99, p99.9 ...)"))?;
+                if !(0.0..=100.0).contains(&v) {
+                    return Err(format!("percentile `{name}` must be from p0 to p100"));
+                }
+                Metric::Percentile((v * 1000.0).round() as Millis)
+            }
+            _ => {
+                return Err(format!(
+                    "unknown threshold metric `{name}`: use p50..p99.99, max, mean, rate or errors"
+                ))
+            }
+        };
+        let limit = match metric {
+            Metric::Percentile(_) | Metric::Max | Metric::Mean => {
+                let d = humantime::parse_duration(value).map_err(|_| {
+                    format!("`{value}` is not a latency with a unit (e.g. 2ms, 500us, 1s)")
+                })?;
+                duration_us(d)
+            }
+            Metric::Rate | Metric::Errors => {
+                let v: f64 = value
+                    .replace('_', "")
+                    .parse()
+                    .map_err(|_| format!("`{value}` is not a number"))?;
+                if metric == Metric::Errors && !(0.0..=1.0).contains(&v) {
+                    return Err("errors is a fraction from 0 to 1 (0.001 = 0.1%)".into());
+                }
+                v
+            }
+        };
+        Ok(Threshold {
+            text: t.to_owned(),
+            metric,
+            op,
+            limit,
+        })
+    }
+
+    /// The measured value this threshold names, if the run measured it (latency thresholds
+    /// need a latency source).
+    pub fn value(&self, m: &Measured) -> Option<f64> {
+        match self.metric {
+            Metric::Percentile(p) => m
+                .percentiles_us
+                .iter()
+                .find(|(q, _)| *q == p)
+                .map(|(_, v)| *v),
+            Metric::Max => Some(m.max_us),
+            Metric::Mean => Some(m.mean_us),
+            Metric::Rate => Some(m.rate),
+            Metric::Errors => Some(m.error_rate),
+        }
+    }
+
+    /// Whether `value` passes.
+    pub fn passes(&self, value: f64) -> bool {
+        match self.op {
+            Op::Lt => value < self.limit,
+            Op::Le => value <= self.limit,
+            Op::Gt => value > self.limit,
+            Op::Ge => value >= self.limit,
+        }
+    }
+
+    /// The percentile this threshold needs measured, if any (x 1000).
+    pub fn percentile(&self) -> Option<Millis> {
+        match self.metric {
+            Metric::Percentile(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Whether it needs latency at all.
+    pub fn needs_latency(&self) -> bool {
+        matches!(
+            self.metric,
+            Metric::Percentile(_) | Metric::Max | Metric::Mean
+        )
+    }
+}
+
+fn duration_us(d: Duration) -> f64 {
+    d.as_nanos() as f64 / 1e3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thresholds_parse_with_units() {
+        let t = Threshold::parse("p99<2ms").unwrap();
+        assert_eq!(t.metric, Metric::Percentile(99_000));
+        assert_eq!((t.op, t.limit), (Op::Lt, 2000.0));
+        let t = Threshold::parse(" p99.99 <= 500us ").unwrap();
+        assert_eq!(t.metric, Metric::Percentile(99_990));
+        assert_eq!((t.op, t.limit), (Op::Le, 500.0));
+        let t = Threshold::parse("rate>500_000").unwrap();
+        assert_eq!((t.metric, t.op, t.limit), (Metric::Rate, Op::Gt, 500_000.0));
+        let t = Threshold::parse("errors<0.001").unwrap();
+        assert_eq!((t.metric, t.limit), (Metric::Errors, 0.001));
+        assert_eq!(Threshold::parse("max>=1s").unwrap().limit, 1e6);
+        for bad in [
+            "p99",
+            "p99<2",
+            "p101<1ms",
+            "q99<1ms",
+            "rate>fast",
+            "errors<2",
+            "<1ms",
+        ] {
+            assert!(Threshold::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn thresholds_compare_measured_values() {
+        let m = Measured {
+            percentiles_us: vec![(50_000, 100.0), (99_000, 2500.0)],
+            max_us: 9000.0,
+            mean_us: 150.0,
+            rate: 400_000.0,
+            error_rate: 0.0,
+        };
+        let check = |s: &str| {
+            let t = Threshold::parse(s).unwrap();
+            t.passes(t.value(&m).unwrap())
+        };
+        assert!(!check("p99<2ms"));
+        assert!(check("p99<3ms"));
+        assert!(check("p50<=100us"));
+        assert!(!check("p50<100us"));
+        assert!(!check("rate>500000"));
+        assert!(check("rate>=400000"));
+        assert!(check("errors<0.001"));
+        assert!(check("max<10ms"));
+        assert!(Threshold::parse("p90<1ms").unwrap().value(&m).is_none());
+    }
+}

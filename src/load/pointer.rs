@@ -30,6 +30,13 @@ impl Pointer {
 
     /// The raw text of the value at this pointer in `json`.
     pub fn find<'a>(&self, json: &'a [u8]) -> Option<&'a [u8]> {
+        let at = self.locate(json)?;
+        let end = skip_value(json, at)?;
+        Some(&json[at..end])
+    }
+
+    /// Where the value at this pointer starts in `json`.
+    fn locate(&self, json: &[u8]) -> Option<usize> {
         let mut at = skip_ws(json, 0);
         for token in &self.tokens {
             at = match json.get(at)? {
@@ -41,22 +48,28 @@ impl Pointer {
                 _ => return None,
             };
         }
-        let end = skip_value(json, at)?;
-        Some(&json[at..end])
+        Some(at)
     }
 
     /// The value at this pointer as an unsigned integer (a JSON number without fraction, or a
     /// string of digits).
     pub fn u64_in(&self, json: &[u8]) -> Option<u64> {
-        let raw = self.find(json)?;
-        let digits = match raw {
-            [b'"', inner @ .., b'"'] => inner,
-            _ => raw,
+        let at = self.locate(json)?;
+        let (digits_at, quoted) = match json.get(at)? {
+            b'"' => (at + 1, true),
+            _ => (at, false),
         };
-        if digits.is_empty() || digits.len() > 20 || !digits.iter().all(u8::is_ascii_digit) {
-            return None;
+        let mut i = digits_at;
+        while json.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
         }
-        std::str::from_utf8(digits).ok()?.parse().ok()
+        let v = parse_digits(&json[digits_at..i])?;
+        // The number must end there: a fraction or exponent is not an integer.
+        match (json.get(i), quoted) {
+            (Some(b'"'), true) => Some(v),
+            (None | Some(b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'), false) => Some(v),
+            _ => None,
+        }
     }
 
     /// The value at this pointer as a number (integer or float).
@@ -68,6 +81,32 @@ impl Pointer {
         let v: f64 = std::str::from_utf8(raw).ok()?.parse().ok()?;
         v.is_finite().then_some(v)
     }
+}
+
+/// The value of a run of ASCII digits, eight at a time (SWAR); `None` if empty or over u64.
+fn parse_digits(d: &[u8]) -> Option<u64> {
+    if d.is_empty() || d.len() > 20 {
+        return None;
+    }
+    let mut v: u64 = 0;
+    let mut chunks = d.chunks_exact(8);
+    for c in &mut chunks {
+        let eight = eight_digits(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+        v = v.checked_mul(100_000_000)?.checked_add(eight)?;
+    }
+    for &b in chunks.remainder() {
+        v = v.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+    }
+    Some(v)
+}
+
+/// Eight ASCII digits, the first in the lowest byte, as their value: neighbouring digits are
+/// combined in pairs, then pairs of pairs, then the two halves, each step in every lane at once.
+fn eight_digits(v: u64) -> u64 {
+    let v = v - 0x3030_3030_3030_3030;
+    let v = (v * 10 + (v >> 8)) & 0x00ff_00ff_00ff_00ff;
+    let v = (v * 100 + (v >> 16)) & 0x0000_ffff_0000_ffff;
+    (v * 10_000 + (v >> 32)) & 0xffff_ffff
 }
 
 fn skip_ws(b: &[u8], mut i: usize) -> usize {
@@ -90,15 +129,20 @@ fn member(b: &[u8], mut i: usize, key: &[u8]) -> Option<usize> {
             b'"' => {}
             _ => return None,
         }
-        let end = skip_string(b, i)?;
-        let raw_key = &b[i + 1..end - 1];
-        let matches = if raw_key.contains(&b'\\') {
-            serde_json::from_slice::<String>(&b[i..end])
-                .ok()?
-                .as_bytes()
-                == key
+        // The usual case first: the key as written is exactly `key`, unescaped.
+        let after = i + 1 + key.len();
+        let (matches, end) = if key_at(b, i + 1, key) && b.get(after) == Some(&b'"') {
+            (true, after + 1)
         } else {
-            raw_key == key
+            let end = skip_string(b, i)?;
+            let raw_key = &b[i + 1..end - 1];
+            // An escaped key can still spell `key` (`"s\u0065q"`).
+            let escaped_match = raw_key.contains(&b'\\')
+                && serde_json::from_slice::<String>(&b[i..end])
+                    .ok()?
+                    .as_bytes()
+                    == key;
+            (escaped_match, end)
         };
         i = skip_ws(b, end);
         if *b.get(i)? != b':' {
@@ -109,6 +153,16 @@ fn member(b: &[u8], mut i: usize, key: &[u8]) -> Option<usize> {
             return Some(i);
         }
         i = skip_value(b, i)?;
+    }
+}
+
+/// Whether `b` holds `key` at `at` (a plain loop: keys are a few bytes, shorter than a call
+/// to `memcmp` costs).
+#[inline]
+fn key_at(b: &[u8], at: usize, key: &[u8]) -> bool {
+    match b.get(at..at + key.len()) {
+        Some(got) => got.iter().zip(key).all(|(x, y)| x == y),
+        None => false,
     }
 }
 
@@ -133,9 +187,25 @@ fn element(b: &[u8], mut i: usize, index: usize) -> Option<usize> {
     }
 }
 
-/// The index just past the string starting at `i` (on its opening quote).
+/// The index just past the string starting at `i` (on its opening quote). Keys and short
+/// values are scanned byte by byte (cheaper than setting up a vector search); longer strings
+/// with memchr.
+#[inline]
 fn skip_string(b: &[u8], i: usize) -> Option<usize> {
     let mut j = i + 1;
+    let short_end = (j + 24).min(b.len());
+    while j < short_end {
+        match b[j] {
+            b'"' => return Some(j + 1),
+            b'\\' => return skip_string_long(b, j),
+            _ => j += 1,
+        }
+    }
+    skip_string_long(b, j)
+}
+
+/// The rest of `skip_string`, from `j` inside the string.
+fn skip_string_long(b: &[u8], mut j: usize) -> Option<usize> {
     loop {
         let k = memchr::memchr2(b'"', b'\\', b.get(j..)?)? + j;
         if b[k] == b'"' {
@@ -209,6 +279,28 @@ mod tests {
         assert_eq!(p("/seq/deeper").find(doc), None);
         assert!(Pointer::parse("seq").is_err());
         assert_eq!(p("/f").f64_in(br#"{"f":1.5e3}"#), Some(1500.0));
+        assert_eq!(p("/f").u64_in(br#"{"f":1.5e3}"#), None, "not an integer");
+        assert_eq!(p("/seq").u64_in(br#"{"s\u0065q":7}"#), Some(7), "an escaped key");
+        assert_eq!(p("/seq").u64_in(br#"{"seqq":1,"seq":2}"#), Some(2));
+        assert_eq!(p("/n").u64_in(br#"{"n":99999999999999999999}"#), None, "overflow");
+    }
+
+    #[test]
+    fn digits_parse_eight_at_a_time() {
+        for v in [0u64, 7, 12345678, 123456789, 1_795_337_896_774_470_448, u64::MAX] {
+            assert_eq!(parse_digits(v.to_string().as_bytes()), Some(v), "{v}");
+        }
+        assert_eq!(parse_digits(b"18446744073709551616"), None, "u64::MAX + 1");
+        assert_eq!(parse_digits(b"99999999999999999999"), None);
+        assert_eq!(parse_digits(b"00000000000000000042"), Some(42));
+        assert_eq!(parse_digits(b""), None);
+    }
+
+    proptest! {
+        #[test]
+        fn digits_agree_with_str_parse(v in any::<u64>()) {
+            prop_assert_eq!(parse_digits(v.to_string().as_bytes()), Some(v));
+        }
     }
 
     #[test]

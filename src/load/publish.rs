@@ -259,6 +259,7 @@ pub(super) fn run(opts: &LoadOptions) -> Result<LoadReport, String> {
         intended: Some(Pointer::parse("/data/t").expect("valid")),
         sent: Some(Pointer::parse("/data/s").expect("valid")),
         unit: TsUnit::Ns,
+        target: None,
     };
     let reporting = Reporting {
         first_worker: 0,

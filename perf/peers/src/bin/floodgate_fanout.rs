@@ -1,0 +1,41 @@
+//! The fan-out workload on an embedded floodgate gateway (one reactor shard) with one producer
+//! thread: users `u0..u{N-1}`, one connection each (clients bring a JWT for their user, signed
+//! with `FLOODGATE_JWT_HS256_SECRET`). floodgate writes `seq` and `ts` itself; the event's data
+//! is the padding.
+
+use std::time::Duration;
+
+fn main() {
+    let w = floodgate_peers::Workload::from_args();
+    let secret = std::env::var("FLOODGATE_JWT_HS256_SECRET").expect("FLOODGATE_JWT_HS256_SECRET");
+    let gw = floodgate::Gateway::builder()
+        .bind(format!("127.0.0.1:{}", w.port))
+        .jwt_hs256_secret(secret)
+        .shards(1)
+        .max_connections_per_user(4)
+        .build()
+        .expect("gateway");
+    floodgate_peers::ready("floodgate", w.port);
+    while gw.metrics().stats.connections_open < w.connections as u64 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let users: Vec<String> = (0..w.connections).map(|i| format!("u{i}")).collect();
+    // floodgate's frames also carry `"run_id":"r"` (13 bytes): the pad is shorter by as much,
+    // so the frames are as long as the other peers'.
+    let pad = w.pad();
+    let data = serde_json::json!({ "pad": &pad[..pad.len().saturating_sub(13).max(1)] });
+    let mut em = gw.emitter();
+    for k in 0..w.events {
+        let user = &users[(k % w.connections as u64) as usize];
+        let ev = floodgate::Event::agent_thinking("r", &data);
+        let backoff = std::time::Instant::now();
+        while let Err(e) = em.emit(user, ev) {
+            match e {
+                floodgate::EmitError::Full(_) => std::thread::yield_now(),
+                other => panic!("emit: {other}"),
+            }
+            assert!(backoff.elapsed() < Duration::from_secs(60), "stuck");
+        }
+    }
+    std::thread::sleep(Duration::from_secs(3600));
+}

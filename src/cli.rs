@@ -58,6 +58,48 @@ enum Command {
     ///   floodgate load connect --url ws://127.0.0.1:8080/ws --connections 10000 --jwt-secret $S --rate 2000 --hold 5s
     #[command(verbatim_doc_comment)]
     Load(Box<LoadArgs>),
+    /// Performance regression gate for CI: measure, compare with perf/baseline.json, print a
+    /// markdown table, exit 1 on a regression beyond a metric's limit.
+    ///
+    /// Suites: `instructions` (instructions per operation of the hot paths under valgrind's
+    /// callgrind: deterministic on shared runners; limit +3%), `criterion` (the ring, encode
+    /// and route benches; wall clock, limit +25%) and `e2e` (`floodgate bench` throughput of
+    /// this binary over --baseline-bin, run alternately in one job; limit -10%). Run from the
+    /// repository root (it builds benches with cargo). scripts/perf-gate builds the baseline
+    /// commit's binary and calls this.
+    ///
+    /// Exit codes: 0 no regression; 1 a metric regressed beyond its limit; 2 usage or setup
+    /// error (no valgrind, no baseline, a build failed).
+    #[command(name = "perf-gate", verbatim_doc_comment)]
+    PerfGate(GateArgs),
+}
+
+#[derive(Args, Debug)]
+struct GateArgs {
+    /// The baseline file (versioned JSON, committed).
+    #[arg(long, default_value = "perf/baseline.json")]
+    baseline: PathBuf,
+    /// Suites to run (repeatable) [default: instructions and criterion, plus e2e when
+    /// --baseline-bin is given].
+    #[arg(long, value_enum)]
+    suite: Vec<crate::gate::Suite>,
+    /// A floodgate binary built from the baseline commit, for the e2e suite.
+    #[arg(long, value_name = "PATH")]
+    baseline_bin: Option<PathBuf>,
+    /// Runs of each binary in the e2e suite.
+    #[arg(long, default_value_t = 3)]
+    pairs: usize,
+    /// Where to write the markdown table (for a CI system to post).
+    #[arg(long, default_value = "target/perf-gate.md")]
+    report: PathBuf,
+    /// Record this run's numbers as the new baseline (with the machine description and commit)
+    /// instead of comparing.
+    #[arg(long)]
+    update_baseline: bool,
+    /// Cargo features for building the instructions harness (the self test uses
+    /// gate-selftest-slowdown).
+    #[arg(long)]
+    features: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -281,6 +323,7 @@ pub fn main() -> ExitCode {
         Command::Token(a) => token(a),
         Command::Bench(a) => run_bench(a),
         Command::Load(a) => return run_load(*a),
+        Command::PerfGate(a) => return run_gate(a),
     };
     match result {
         Ok(code) => code,
@@ -547,4 +590,92 @@ fn run_load(a: LoadArgs) -> ExitCode {
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+fn run_gate(a: GateArgs) -> ExitCode {
+    match gate(a) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("floodgate perf-gate: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn gate(a: GateArgs) -> Result<ExitCode, String> {
+    use crate::gate::{self, Suite};
+    let repo = std::env::current_dir().map_err(|e| e.to_string())?;
+    if !repo.join("benches/instructions.rs").exists() {
+        return Err("run it from the floodgate repository root (it builds benches/instructions.rs)".into());
+    }
+    let suites = if a.suite.is_empty() {
+        let mut s = vec![Suite::Instructions, Suite::Criterion];
+        if a.baseline_bin.is_some() {
+            s.push(Suite::E2e);
+        }
+        s
+    } else {
+        a.suite.clone()
+    };
+    let old = if a.update_baseline && !a.baseline.exists() {
+        None
+    } else {
+        Some(gate::Baseline::load(&a.baseline)?)
+    };
+    let mut now = std::collections::BTreeMap::new();
+    for s in &suites {
+        eprintln!("floodgate perf-gate: running the {s:?} suite");
+        match s {
+            Suite::Instructions => {
+                let harness = gate::build_harness(&repo, a.features.as_deref(), None)?;
+                now.extend(gate::instructions(&harness)?);
+            }
+            Suite::Criterion => now.extend(gate::criterion(&repo)?),
+            Suite::E2e => {
+                let base = a.baseline_bin.as_deref().ok_or(
+                    "the e2e suite needs --baseline-bin (scripts/perf-gate builds it from the baseline commit)",
+                )?;
+                let me = std::env::current_exe().map_err(|e| e.to_string())?;
+                now.extend(gate::e2e(&me, base, a.pairs)?);
+            }
+        }
+    }
+    let here = gate::machine();
+    if a.update_baseline {
+        let commit = std::process::Command::new("git")
+            .args(["rev-parse", "--short", "HEAD"])
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default();
+        // A ratio to the baseline build is 1 by definition in the baseline itself.
+        if let Some(m) = now.get_mut("e2e/bench_throughput_ratio") {
+            m.value = 1.0;
+        }
+        let b = gate::updated(old.as_ref(), &now, &commit, here);
+        let text = serde_json::to_string_pretty(&b).expect("serializes") + "\n";
+        std::fs::write(&a.baseline, text).map_err(|e| format!("{}: {e}", a.baseline.display()))?;
+        eprintln!("floodgate perf-gate: recorded {} metrics in {}", now.len(), a.baseline.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let old = old.expect("loaded when comparing");
+    let rows = gate::compare(&old, &now);
+    let mut notes = gate::machine_notes(&old, &here);
+    notes.push(format!(
+        "Baseline: {} (commit {}, recorded {}).",
+        a.baseline.display(),
+        old.commit,
+        old.recorded
+    ));
+    let md = gate::markdown(&rows, &notes);
+    print!("{md}");
+    if let Some(dir) = a.report.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    std::fs::write(&a.report, &md).map_err(|e| format!("{}: {e}", a.report.display()))?;
+    Ok(if gate::failed(&rows) {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -41,6 +41,9 @@ mod emitter;
 mod error;
 mod event;
 mod gateway;
+/// The `floodgate perf-gate` regression gate (used by the binary; not a stable API).
+#[doc(hidden)]
+pub mod gate;
 mod ingest;
 /// The `floodgate load` harness (used by the binary and the tests; not a stable API).
 #[doc(hidden)]
@@ -354,6 +357,28 @@ pub mod __bench {
     /// Builds a ring record for `user` with `body`, as the emitter lays it out.
     pub fn record(user: &str, body: &[u8]) -> Vec<u8> {
         record_flags(user, body, false)
+    }
+
+    /// Decodes every server frame in `bytes` as the load client does (the frame reader, then
+    /// the `/seq` and `/ts` members by JSON pointer) and returns the sum of the sequence
+    /// numbers, so nothing is optimised away.
+    pub fn client_parse(bytes: &[u8]) -> u64 {
+        let seq = crate::load::Pointer::parse("/seq").expect("valid");
+        let ts = crate::load::Pointer::parse("/ts").expect("valid");
+        let mut reader = crate::client::FrameReader::new(Vec::new(), bytes.len() + 1024);
+        let mut src = bytes;
+        let mut sum = 0u64;
+        while !src.is_empty() {
+            reader.fill(&mut src).expect("reading a slice");
+        }
+        reader
+            .frames(|_, p| {
+                sum = sum
+                    .wrapping_add(seq.u64_in(p).unwrap_or(0))
+                    .wrapping_add(ts.u64_in(p).unwrap_or(0) & 1);
+            })
+            .expect("valid frames");
+        sum
     }
 
     /// Like [`record`], for an event that needs an ack when `ack` is set.

@@ -1,0 +1,88 @@
+//! Instruction counts of the hot paths, for `floodgate perf-gate` (which runs this under
+//! valgrind's callgrind: instructions are the same run after run on a busy shared machine,
+//! where wall-clock time is not).
+//!
+//! `instructions <path> <ops>` sets the path up, then runs `ops` operations of it. The gate runs
+//! each path twice, with `ops = 0` and `ops = N`, and divides the difference by N: setup and
+//! process start cancel out, leaving instructions per operation. Without arguments (as
+//! `cargo test --benches` runs it) every path runs a few operations, as a smoke test.
+//!
+//! Paths:
+//! - `ring`: push one 160-byte record into an SPSC ring and pop it;
+//! - `encode`: encode one agent_thinking event body (as `emit` does);
+//! - `route`: route one event to its user's connection in the sans-IO core, with resume
+//!   history, and flush every 64 events (as a reactor pass does);
+//! - `client_parse`: decode one 146-byte server frame and read its `/seq` and `/ts` (as
+//!   `floodgate load` does).
+use std::hint::black_box;
+
+use floodgate::__bench::{channel, client_parse, encode_body, record, RouteBench};
+
+const PATHS: [&str; 4] = ["ring", "encode", "route", "client_parse"];
+
+fn run(path: &str, ops: u64) {
+    match path {
+        "ring" => {
+            let (mut p, mut c) = channel(1 << 16);
+            let rec = [7u8; 160];
+            for _ in 0..ops {
+                p.push(&[&rec]).expect("room");
+                c.drain(1, |r| {
+                    black_box(r);
+                });
+            }
+        }
+        "encode" => {
+            let data = serde_json::json!({"delta": "Looking at the logs for the failing request", "step": 17});
+            let ev = floodgate::Event::agent_thinking("run-0017", &data);
+            let mut out = Vec::with_capacity(512);
+            for i in 0..ops {
+                out.clear();
+                encode_body(&ev, 1_763_700_000_000_000_000 + i, &mut out);
+                black_box(&out);
+            }
+        }
+        "route" => {
+            let body = br#""type":"agent_thinking","ts":1763700000000000000,"run_id":"run-0017","data":{"to":17,"p":0,"n":1,"text":"xxxxxxxxxxxxxxxxxxxxxxxx"}}"#;
+            let users = 64;
+            let recs: Vec<Vec<u8>> = (0..users).map(|i| record(&format!("u{i}"), body)).collect();
+            let mut rb = RouteBench::new(users, true);
+            // Warm up: buffers grown and pooled before counting.
+            for r in &recs {
+                rb.route(r);
+            }
+            rb.flush();
+            for i in 0..ops {
+                rb.route(&recs[(i % users as u64) as usize]);
+                if i % 64 == 63 {
+                    black_box(rb.flush());
+                }
+            }
+        }
+        "client_parse" => {
+            let frame = br#"{"seq":12345,"type":"agent_thinking","ts":1795337896774470448,"data":{"pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}}"#;
+            let mut one = vec![0x81, 126];
+            one.extend_from_slice(&(frame.len() as u16).to_be_bytes());
+            one.extend_from_slice(frame);
+            let all: Vec<u8> = std::iter::repeat_n(&one[..], ops as usize).flatten().copied().collect();
+            black_box(client_parse(&all));
+        }
+        other => {
+            eprintln!("unknown path `{other}`; paths: {}", PATHS.join(", "));
+            std::process::exit(2);
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    match args.as_slice() {
+        [path, ops] => run(path, ops.parse().expect("ops is a number")),
+        _ => {
+            // `cargo bench`/`cargo test --benches` run: a smoke test of every path.
+            for p in PATHS {
+                run(p, 100);
+            }
+        }
+    }
+}

@@ -12,11 +12,11 @@
 //! - `encode`: encode one agent_thinking event body (as `emit` does);
 //! - `route`: route one event to its user's connection in the sans-IO core, with resume
 //!   history, and flush every 64 events (as a reactor pass does);
-//! - `client_parse`: decode one 146-byte server frame and read its `/seq` and `/ts` (as
-//!   `floodgate load` does).
+//! - `client_parse`: take one 146-byte server frame into the read buffer, decode it and read
+//!   its `/seq` and `/ts` (as `floodgate load` does), in reads of 64 frames.
 use std::hint::black_box;
 
-use floodgate::__bench::{channel, client_parse, encode_body, record, RouteBench};
+use floodgate::__bench::{channel, encode_body, record, ClientParse, RouteBench};
 
 const PATHS: [&str; 4] = ["ring", "encode", "route", "client_parse"];
 
@@ -64,8 +64,12 @@ fn run(path: &str, ops: u64) {
             let mut one = vec![0x81, 126];
             one.extend_from_slice(&(frame.len() as u16).to_be_bytes());
             one.extend_from_slice(frame);
-            let all: Vec<u8> = std::iter::repeat_n(&one[..], ops as usize).flatten().copied().collect();
-            black_box(client_parse(&all));
+            // 64 frames per read, as from a socket; `ops` is counted in frames.
+            let chunk: Vec<u8> = std::iter::repeat_n(&one[..], 64).flatten().copied().collect();
+            let mut cp = ClientParse::new(chunk.len());
+            for _ in 0..ops / 64 {
+                black_box(cp.parse(black_box(&chunk)));
+            }
         }
         other => {
             eprintln!("unknown path `{other}`; paths: {}", PATHS.join(", "));
@@ -75,7 +79,10 @@ fn run(path: &str, ops: u64) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     match args.as_slice() {
         [path, ops] => run(path, ops.parse().expect("ops is a number")),
         _ => {

@@ -606,7 +606,9 @@ fn gate(a: GateArgs) -> Result<ExitCode, String> {
     use crate::gate::{self, Suite};
     let repo = std::env::current_dir().map_err(|e| e.to_string())?;
     if !repo.join("benches/instructions.rs").exists() {
-        return Err("run it from the floodgate repository root (it builds benches/instructions.rs)".into());
+        return Err(
+            "run it from the floodgate repository root (it builds benches/instructions.rs)".into(),
+        );
     }
     let suites = if a.suite.is_empty() {
         let mut s = vec![Suite::Instructions, Suite::Criterion];
@@ -655,7 +657,11 @@ fn gate(a: GateArgs) -> Result<ExitCode, String> {
         let b = gate::updated(old.as_ref(), &now, &commit, here);
         let text = serde_json::to_string_pretty(&b).expect("serializes") + "\n";
         std::fs::write(&a.baseline, text).map_err(|e| format!("{}: {e}", a.baseline.display()))?;
-        eprintln!("floodgate perf-gate: recorded {} metrics in {}", now.len(), a.baseline.display());
+        eprintln!(
+            "floodgate perf-gate: recorded {} metrics in {}",
+            now.len(),
+            a.baseline.display()
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let old = old.expect("loaded when comparing");

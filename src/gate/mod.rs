@@ -80,10 +80,14 @@ pub struct Baseline {
 
 impl Baseline {
     pub fn load(path: &Path) -> Result<Baseline, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("baseline `{}`: {e} (record one with --update-baseline)", path.display()))?;
-        let b: Baseline =
-            serde_json::from_str(&text).map_err(|e| format!("baseline `{}`: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            format!(
+                "baseline `{}`: {e} (record one with --update-baseline)",
+                path.display()
+            )
+        })?;
+        let b: Baseline = serde_json::from_str(&text)
+            .map_err(|e| format!("baseline `{}`: {e}", path.display()))?;
         if b.schema != SCHEMA {
             return Err(format!(
                 "baseline `{}` has schema `{}`; this gate reads `{SCHEMA}`",
@@ -204,9 +208,16 @@ pub fn failed(rows: &[Row]) -> bool {
 pub fn markdown(rows: &[Row], notes: &[String]) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    let verdict = if failed(rows) { "FAILED: a metric regressed beyond its limit" } else { "passed" };
+    let verdict = if failed(rows) {
+        "FAILED: a metric regressed beyond its limit"
+    } else {
+        "passed"
+    };
     let _ = writeln!(out, "### floodgate perf gate: {verdict}\n");
-    let _ = writeln!(out, "| metric | baseline | now | change | limit | verdict |");
+    let _ = writeln!(
+        out,
+        "| metric | baseline | now | change | limit | verdict |"
+    );
     let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: | --- |");
     let num = |v: Option<f64>, unit: &str| match v {
         Some(v) if v.abs() >= 100.0 => format!("{v:.0} {unit}"),
@@ -241,14 +252,21 @@ pub fn markdown(rows: &[Row], notes: &[String]) -> String {
 }
 
 /// A baseline holding `now`, keeping the limits of metrics `old` already had.
-pub fn updated(old: Option<&Baseline>, now: &BTreeMap<String, Measured>, commit: &str, machine: BTreeMap<String, String>) -> Baseline {
+pub fn updated(
+    old: Option<&Baseline>,
+    now: &BTreeMap<String, Measured>,
+    commit: &str,
+    machine: BTreeMap<String, String>,
+) -> Baseline {
     let mut metrics = old.map(|b| b.metrics.clone()).unwrap_or_default();
     for (name, m) in now {
         let suite = [Suite::Instructions, Suite::Criterion, Suite::E2e]
             .into_iter()
             .find(|s| name.starts_with(s.prefix()))
             .unwrap_or(Suite::Criterion);
-        let limit = metrics.get(name).map_or(suite.default_limit(), |x| x.limit_pct);
+        let limit = metrics
+            .get(name)
+            .map_or(suite.default_limit(), |x| x.limit_pct);
         metrics.insert(
             name.clone(),
             Metric {
@@ -280,7 +298,9 @@ pub fn machine() -> BTreeMap<String, String> {
     m.insert("cpu".into(), model);
     m.insert(
         "cpus".into(),
-        std::thread::available_parallelism().map_or(0, |n| n.get()).to_string(),
+        std::thread::available_parallelism()
+            .map_or(0, |n| n.get())
+            .to_string(),
     );
     let flags = cpuinfo
         .lines()
@@ -294,7 +314,11 @@ pub fn machine() -> BTreeMap<String, String> {
         })
         .unwrap_or_default();
     m.insert("cpu_flags".into(), flags);
-    for (key, cmd, arg) in [("rustc", "rustc", "-V"), ("valgrind", "valgrind", "--version"), ("kernel", "uname", "-r")] {
+    for (key, cmd, arg) in [
+        ("rustc", "rustc", "-V"),
+        ("valgrind", "valgrind", "--version"),
+        ("kernel", "uname", "-r"),
+    ] {
         let v = Command::new(cmd)
             .arg(arg)
             .output()
@@ -308,10 +332,21 @@ pub fn machine() -> BTreeMap<String, String> {
 }
 
 /// Builds `benches/instructions.rs` (with `features`, into `target_dir`) and returns its path.
-pub fn build_harness(repo: &Path, features: Option<&str>, target_dir: Option<&Path>) -> Result<PathBuf, String> {
+pub fn build_harness(
+    repo: &Path,
+    features: Option<&str>,
+    target_dir: Option<&Path>,
+) -> Result<PathBuf, String> {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.current_dir(repo)
-        .args(["build", "--profile", "bench", "--bench", "instructions", "--message-format=json", "--quiet"]);
+    cmd.current_dir(repo).args([
+        "build",
+        "--profile",
+        "bench",
+        "--bench",
+        "instructions",
+        "--message-format=json",
+        "--quiet",
+    ]);
     if let Some(f) = features {
         cmd.args(["--features", f]);
     }
@@ -334,7 +369,12 @@ pub fn build_harness(repo: &Path, features: Option<&str>, target_dir: Option<&Pa
 }
 
 /// The hot paths the harness knows, and operations per measurement.
-pub const PATHS: [(&str, u64); 4] = [("ring", 20_000), ("encode", 20_000), ("route", 20_480), ("client_parse", 20_480)];
+pub const PATHS: [(&str, u64); 4] = [
+    ("ring", 20_000),
+    ("encode", 20_000),
+    ("route", 20_480),
+    ("client_parse", 20_480),
+];
 
 /// Instructions `harness path ops` executes under callgrind.
 fn callgrind_total(harness: &Path, path: &str, ops: u64) -> Result<u64, String> {
@@ -382,8 +422,20 @@ pub fn criterion(repo: &Path) -> Result<BTreeMap<String, Measured>, String> {
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(repo)
         .args([
-            "bench", "--quiet", "--bench", "ring", "--bench", "encode", "--bench", "route", "--",
-            "--warm-up-time", "1", "--measurement-time", "2", "--noplot",
+            "bench",
+            "--quiet",
+            "--bench",
+            "ring",
+            "--bench",
+            "encode",
+            "--bench",
+            "route",
+            "--",
+            "--warm-up-time",
+            "1",
+            "--measurement-time",
+            "2",
+            "--noplot",
         ])
         .stdout(std::process::Stdio::null())
         .status()
@@ -395,15 +447,23 @@ pub fn criterion(repo: &Path) -> Result<BTreeMap<String, Measured>, String> {
     let mut out = BTreeMap::new();
     let mut stack = vec![root.clone()];
     while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for e in entries.flatten() {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
                 continue;
             }
-            let fresh = e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t >= started);
-            if !fresh || p.file_name() != Some("estimates.json".as_ref()) || !p.parent().is_some_and(|d| d.ends_with("new")) {
+            let fresh = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t >= started);
+            if !fresh
+                || p.file_name() != Some("estimates.json".as_ref())
+                || !p.parent().is_some_and(|d| d.ends_with("new"))
+            {
                 continue;
             }
             let id = p
@@ -436,17 +496,35 @@ pub fn criterion(repo: &Path) -> Result<BTreeMap<String, Measured>, String> {
 
 /// `floodgate bench` throughput of `current` over `baseline`, median of `pairs` runs of each,
 /// run alternately.
-pub fn e2e(current: &Path, baseline: &Path, pairs: usize) -> Result<BTreeMap<String, Measured>, String> {
+pub fn e2e(
+    current: &Path,
+    baseline: &Path,
+    pairs: usize,
+) -> Result<BTreeMap<String, Measured>, String> {
     let run = |bin: &Path| -> Result<f64, String> {
         let out = Command::new(bin)
-            .args(["bench", "--json", "--connections", "64", "--events", "1000000"])
+            .args([
+                "bench",
+                "--json",
+                "--connections",
+                "64",
+                "--events",
+                "1000000",
+            ])
             .output()
             .map_err(|e| format!("{}: {e}", bin.display()))?;
         if !out.status.success() {
-            return Err(format!("{} bench failed: {}", bin.display(), String::from_utf8_lossy(&out.stderr)));
+            return Err(format!(
+                "{} bench failed: {}",
+                bin.display(),
+                String::from_utf8_lossy(&out.stderr)
+            ));
         }
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-        v["events_per_sec"].as_f64().ok_or_else(|| "no events_per_sec".into())
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+        v["events_per_sec"]
+            .as_f64()
+            .ok_or_else(|| "no events_per_sec".into())
     };
     let (mut now, mut base) = (Vec::new(), Vec::new());
     for _ in 0..pairs.max(1) {
@@ -499,7 +577,10 @@ mod tests {
         };
         metrics.insert("instructions/route".into(), m(1000.0, 3.0, Better::Lower));
         metrics.insert("instructions/ring".into(), m(100.0, 3.0, Better::Lower));
-        metrics.insert("e2e/bench_throughput_ratio".into(), m(1.0, 10.0, Better::Higher));
+        metrics.insert(
+            "e2e/bench_throughput_ratio".into(),
+            m(1.0, 10.0, Better::Higher),
+        );
         metrics.insert("criterion/old".into(), m(5.0, 25.0, Better::Lower));
         Baseline {
             schema: SCHEMA.into(),
@@ -532,20 +613,26 @@ mod tests {
         let rows = compare(
             &b,
             &now(&[
-                ("instructions/route", 1031.0, Better::Lower),  // +3.1 %: regression
-                ("instructions/ring", 90.0, Better::Lower),     // -10 %: improved
+                ("instructions/route", 1031.0, Better::Lower), // +3.1 %: regression
+                ("instructions/ring", 90.0, Better::Lower),    // -10 %: improved
                 ("e2e/bench_throughput_ratio", 0.91, Better::Higher), // -9 %: ok
                 ("instructions/new_path", 7.0, Better::Lower),
             ]),
         );
-        let v: BTreeMap<&str, Verdict> = rows.iter().map(|r| (r.metric.as_str(), r.verdict)).collect();
+        let v: BTreeMap<&str, Verdict> = rows
+            .iter()
+            .map(|r| (r.metric.as_str(), r.verdict))
+            .collect();
         assert_eq!(v["instructions/route"], Verdict::Regression);
         assert_eq!(v["instructions/ring"], Verdict::Improved);
         assert_eq!(v["e2e/bench_throughput_ratio"], Verdict::Ok);
         assert_eq!(v["instructions/new_path"], Verdict::New);
         assert_eq!(v["criterion/old"], Verdict::NotRun);
         assert!(failed(&rows));
-        let rows = compare(&b, &now(&[("e2e/bench_throughput_ratio", 0.89, Better::Higher)]));
+        let rows = compare(
+            &b,
+            &now(&[("e2e/bench_throughput_ratio", 0.89, Better::Higher)]),
+        );
         assert!(failed(&rows), "an 11 % slower build fails");
         let rows = compare(&b, &now(&[("instructions/route", 1029.0, Better::Lower)]));
         assert!(!failed(&rows), "+2.9 % is within +3 %");
@@ -556,8 +643,16 @@ mod tests {
         let b = baseline();
         let rows = compare(&b, &now(&[("instructions/route", 1100.0, Better::Lower)]));
         let md = markdown(&rows, &["Note: x".into()]);
-        assert!(md.contains("| metric | baseline | now | change | limit | verdict |"), "{md}");
-        assert!(md.contains("| `instructions/route` | 1000 x | 1100 x | +10.00% | +3% | **REGRESSION** |"), "{md}");
+        assert!(
+            md.contains("| metric | baseline | now | change | limit | verdict |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| `instructions/route` | 1000 x | 1100 x | +10.00% | +3% | **REGRESSION** |"
+            ),
+            "{md}"
+        );
         assert!(md.contains("FAILED"), "{md}");
         assert!(md.contains("Note: x"));
     }
@@ -566,10 +661,17 @@ mod tests {
     fn an_updated_baseline_keeps_limits_and_records_new_metrics() {
         let b = baseline();
         let mut custom = b.clone();
-        custom.metrics.get_mut("instructions/route").unwrap().limit_pct = 5.0;
+        custom
+            .metrics
+            .get_mut("instructions/route")
+            .unwrap()
+            .limit_pct = 5.0;
         let u = updated(
             Some(&custom),
-            &now(&[("instructions/route", 900.0, Better::Lower), ("criterion/ring/push", 12.0, Better::Lower)]),
+            &now(&[
+                ("instructions/route", 900.0, Better::Lower),
+                ("criterion/ring/push", 12.0, Better::Lower),
+            ]),
             "def",
             BTreeMap::from([("cpu".to_string(), "test".to_string())]),
         );
@@ -580,7 +682,10 @@ mod tests {
         let text = serde_json::to_string(&u).unwrap();
         let back: Baseline = serde_json::from_str(&text).unwrap();
         assert_eq!(back, u);
-        let notes = machine_notes(&u, &BTreeMap::from([("cpu".to_string(), "other".to_string())]));
+        let notes = machine_notes(
+            &u,
+            &BTreeMap::from([("cpu".to_string(), "other".to_string())]),
+        );
         assert!(notes.iter().any(|n| n.contains("other")), "{notes:?}");
     }
 }

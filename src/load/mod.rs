@@ -554,7 +554,10 @@ mod tests {
     fn timestamps_in_any_unit_become_nanoseconds() {
         let ns = 1_700_000_000_123_456_789u64;
         assert_eq!(TsUnit::Auto.int_to_ns(ns), ns);
-        assert_eq!(TsUnit::Auto.int_to_ns(1_700_000_000_123), 1_700_000_000_123_000_000);
+        assert_eq!(
+            TsUnit::Auto.int_to_ns(1_700_000_000_123),
+            1_700_000_000_123_000_000
+        );
         assert_eq!(
             TsUnit::Auto.to_ns(1_700_000_000_123_456.0),
             1_700_000_000_123_456_000

@@ -109,6 +109,7 @@ fn eight_digits(v: u64) -> u64 {
     (v * 10_000 + (v >> 32)) & 0xffff_ffff
 }
 
+#[inline]
 fn skip_ws(b: &[u8], mut i: usize) -> usize {
     while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
         i += 1;
@@ -119,50 +120,35 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
 /// Inside an object (just after `{`): the start of the value whose key is `key`.
 fn member(b: &[u8], mut i: usize, key: &[u8]) -> Option<usize> {
     loop {
-        i = skip_ws(b, i);
-        match *b.get(i)? {
-            b'}' => return None,
-            b',' => {
-                i += 1;
-                continue;
+        // Whitespace and the comma before a key.
+        loop {
+            match *b.get(i)? {
+                b' ' | b'\t' | b'\n' | b'\r' | b',' => i += 1,
+                b'"' => break,
+                _ => return None, // `}`: not here (or not JSON)
             }
-            b'"' => {}
-            _ => return None,
         }
-        // The usual case first: the key as written is exactly `key`, unescaped.
-        let after = i + 1 + key.len();
-        let (matches, end) = if key_at(b, i + 1, key) && b.get(after) == Some(&b'"') {
-            (true, after + 1)
-        } else {
-            let end = skip_string(b, i)?;
-            let raw_key = &b[i + 1..end - 1];
-            // An escaped key can still spell `key` (`"s\u0065q"`).
-            let escaped_match = raw_key.contains(&b'\\')
-                && serde_json::from_slice::<String>(&b[i..end])
-                    .ok()?
-                    .as_bytes()
-                    == key;
-            (escaped_match, end)
-        };
-        i = skip_ws(b, end);
-        if *b.get(i)? != b':' {
-            return None;
+        let end = skip_string(b, i)?;
+        let raw = &b[i + 1..end - 1];
+        // An escaped key can still spell `key` (`"s\u0065q"`).
+        // Keys are a few bytes: compare them in place rather than call `memcmp`.
+        let same = raw.len() == key.len() && raw.iter().zip(key).all(|(x, y)| x == y);
+        let matches = same
+            || (raw.contains(&b'\\')
+                && serde_json::from_slice::<String>(&b[i..end]).ok()?.as_bytes() == key);
+        i = end;
+        loop {
+            match *b.get(i)? {
+                b':' => break,
+                b' ' | b'\t' | b'\n' | b'\r' => i += 1,
+                _ => return None,
+            }
         }
         i = skip_ws(b, i + 1);
         if matches {
             return Some(i);
         }
         i = skip_value(b, i)?;
-    }
-}
-
-/// Whether `b` holds `key` at `at` (a plain loop: keys are a few bytes, shorter than a call
-/// to `memcmp` costs).
-#[inline]
-fn key_at(b: &[u8], at: usize, key: &[u8]) -> bool {
-    match b.get(at..at + key.len()) {
-        Some(got) => got.iter().zip(key).all(|(x, y)| x == y),
-        None => false,
     }
 }
 
@@ -241,12 +227,12 @@ fn skip_value(b: &[u8], i: usize) -> Option<usize> {
             }
         }
         _ => {
-            let mut j = i;
-            while j < b.len() && !matches!(b[j], b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
-            {
-                j += 1;
-            }
-            (j > i).then_some(j)
+            let rest = &b[i..];
+            let len = rest
+                .iter()
+                .position(|c| matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
+                .unwrap_or(rest.len());
+            (len > 0).then_some(i + len)
         }
     }
 }
@@ -280,14 +266,29 @@ mod tests {
         assert!(Pointer::parse("seq").is_err());
         assert_eq!(p("/f").f64_in(br#"{"f":1.5e3}"#), Some(1500.0));
         assert_eq!(p("/f").u64_in(br#"{"f":1.5e3}"#), None, "not an integer");
-        assert_eq!(p("/seq").u64_in(br#"{"s\u0065q":7}"#), Some(7), "an escaped key");
+        assert_eq!(
+            p("/seq").u64_in(br#"{"s\u0065q":7}"#),
+            Some(7),
+            "an escaped key"
+        );
         assert_eq!(p("/seq").u64_in(br#"{"seqq":1,"seq":2}"#), Some(2));
-        assert_eq!(p("/n").u64_in(br#"{"n":99999999999999999999}"#), None, "overflow");
+        assert_eq!(
+            p("/n").u64_in(br#"{"n":99999999999999999999}"#),
+            None,
+            "overflow"
+        );
     }
 
     #[test]
     fn digits_parse_eight_at_a_time() {
-        for v in [0u64, 7, 12345678, 123456789, 1_795_337_896_774_470_448, u64::MAX] {
+        for v in [
+            0u64,
+            7,
+            12345678,
+            123456789,
+            1_795_337_896_774_470_448,
+            u64::MAX,
+        ] {
             assert_eq!(parse_digits(v.to_string().as_bytes()), Some(v), "{v}");
         }
         assert_eq!(parse_digits(b"18446744073709551616"), None, "u64::MAX + 1");

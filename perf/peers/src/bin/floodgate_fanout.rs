@@ -1,20 +1,24 @@
 //! The fan-out workload on an embedded floodgate gateway (one reactor shard) with one producer
 //! thread: users `u0..u{N-1}`, one connection each (clients bring a JWT for their user, signed
 //! with `FLOODGATE_JWT_HS256_SECRET`). floodgate writes `seq` and `ts` itself; the event's data
-//! is the padding.
+//! is the padding. Defaults otherwise, so resume history is kept (1024 events per user);
+//! `FLOODGATE_HISTORY=0` turns it off (as the other peers keep none).
 
 use std::time::Duration;
 
 fn main() {
     let w = floodgate_peers::Workload::from_args();
     let secret = std::env::var("FLOODGATE_JWT_HS256_SECRET").expect("FLOODGATE_JWT_HS256_SECRET");
-    let gw = floodgate::Gateway::builder()
+    let mut b = floodgate::Gateway::builder()
         .bind(format!("127.0.0.1:{}", w.port))
         .jwt_hs256_secret(secret)
         .shards(1)
-        .max_connections_per_user(4)
-        .build()
-        .expect("gateway");
+        .max_connections_per_user(4);
+    if std::env::var("FLOODGATE_HISTORY").as_deref() == Ok("0") {
+        // Without history a breaker has nothing to refill from: slow clients are closed.
+        b = b.history_max_events(0).breaker_cooldown(Duration::ZERO);
+    }
+    let gw = b.build().expect("gateway");
     floodgate_peers::ready("floodgate", w.port);
     while gw.metrics().stats.connections_open < w.connections as u64 {
         std::thread::sleep(Duration::from_millis(1));

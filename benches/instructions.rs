@@ -65,7 +65,10 @@ fn run(path: &str, ops: u64) {
             one.extend_from_slice(&(frame.len() as u16).to_be_bytes());
             one.extend_from_slice(frame);
             // 64 frames per read, as from a socket; `ops` is counted in frames.
-            let chunk: Vec<u8> = std::iter::repeat_n(&one[..], 64).flatten().copied().collect();
+            let chunk: Vec<u8> = std::iter::repeat_n(&one[..], 64)
+                .flatten()
+                .copied()
+                .collect();
             let mut cp = ClientParse::new(chunk.len());
             for _ in 0..ops / 64 {
                 black_box(cp.parse(black_box(&chunk)));

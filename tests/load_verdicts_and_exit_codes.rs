@@ -36,15 +36,30 @@ fn echo_passes_its_thresholds_and_reports_both_latencies() {
     let gw = util::builder().echo(true).build().unwrap();
     let url = format!("ws://{}/echo", gw.local_addr());
     let (code, json, out) = load(&[
-        "echo", "--url", &url, "--connections", "4", "--rate", "2000", "--duration", "1s",
-        "--threshold", "p99<5s", "--threshold", "rate>500", "--json",
+        "echo",
+        "--url",
+        &url,
+        "--connections",
+        "4",
+        "--rate",
+        "2000",
+        "--duration",
+        "1s",
+        "--threshold",
+        "p99<5s",
+        "--threshold",
+        "rate>500",
+        "--json",
     ]);
     assert_eq!(code, 0, "{out}");
     let r = json.expect("JSON on stdout");
     assert_eq!(r["schema"], "floodgate.load/1");
     assert_eq!(r["verdict"], "pass");
     let replies = r["events"].as_u64().unwrap();
-    assert!((1500..=2100).contains(&replies), "about 2000 replies: {replies}");
+    assert!(
+        (1500..=2100).contains(&replies),
+        "about 2000 replies: {replies}"
+    );
     for k in ["p50", "p90", "p99", "p999", "p9999", "max"] {
         assert!(r["latency_us"][k].as_f64().unwrap() > 0.0, "{k}");
         assert!(r["uncorrected_latency_us"][k].is_number(), "{k}");
@@ -60,7 +75,15 @@ fn a_failed_threshold_exits_1_and_an_overloaded_generator_exits_3() {
     let gw = util::builder().echo(true).build().unwrap();
     let url = format!("ws://{}/echo", gw.local_addr());
     let (code, json, out) = load(&[
-        "echo", "--url", &url, "--rate", "500", "--duration", "500ms", "--threshold", "p50<1ns",
+        "echo",
+        "--url",
+        &url,
+        "--rate",
+        "500",
+        "--duration",
+        "500ms",
+        "--threshold",
+        "p50<1ns",
         "--json",
     ]);
     assert_eq!(code, 1, "{out}");
@@ -71,14 +94,27 @@ fn a_failed_threshold_exits_1_and_an_overloaded_generator_exits_3() {
     // Five million messages a second on one connection: no generator keeps that schedule, and
     // the run must say so rather than report a rate it did not offer.
     let (code, json, out) = load(&[
-        "echo", "--url", &url, "--rate", "5000000", "--duration", "1s", "--max-lag", "1ms",
-        "--threshold", "errors<1", "--json",
+        "echo",
+        "--url",
+        &url,
+        "--rate",
+        "5000000",
+        "--duration",
+        "1s",
+        "--max-lag",
+        "1ms",
+        "--threshold",
+        "errors<1",
+        "--json",
     ]);
     assert_eq!(code, 3, "{out}");
     let r = json.unwrap();
     assert_eq!(r["verdict"], "overloaded");
     assert_eq!(r["generator"]["overloaded"], true);
-    assert!(r["generator"]["sent"].as_u64() < r["generator"]["scheduled"].as_u64(), "{r}");
+    assert!(
+        r["generator"]["sent"].as_u64() < r["generator"]["scheduled"].as_u64(),
+        "{r}"
+    );
 }
 
 #[test]
@@ -87,13 +123,23 @@ fn usage_errors_exit_2_and_unreachable_servers_exit_4() {
     assert_eq!(code, 2, "echo without --rate: {out}");
     assert!(out.contains("--rate"), "{out}");
     let (code, _, out) = load(&[
-        "subscribe", "--url", "ws://127.0.0.1:9/", "--events", "1", "--threshold", "p99<",
+        "subscribe",
+        "--url",
+        "ws://127.0.0.1:9/",
+        "--events",
+        "1",
+        "--threshold",
+        "p99<",
     ]);
     assert_eq!(code, 2, "a threshold without a value: {out}");
     let (code, _, out) = load(&["subscribe", "--url", "http://x/", "--events", "1"]);
     assert_eq!(code, 2, "{out}");
     // A port nothing listens on (bound, then released).
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let url = format!("ws://127.0.0.1:{port}/ws");
     let (code, _, out) = load(&["subscribe", "--url", &url, "--events", "10"]);
     assert_eq!(code, 4, "{out}");
@@ -107,9 +153,22 @@ fn subscribe_counts_every_event_in_order_with_latency() {
     let secret = secret();
     let child = std::thread::spawn(move || {
         load(&[
-            "subscribe", "--url", &url, "--connections", "4", "--jwt-secret", &secret,
-            "--events", "4000", "--seq-field", "/seq", "--gapless", "--latency-field", "/ts",
-            "--json", "--quiet",
+            "subscribe",
+            "--url",
+            &url,
+            "--connections",
+            "4",
+            "--jwt-secret",
+            &secret,
+            "--events",
+            "4000",
+            "--seq-field",
+            "/seq",
+            "--gapless",
+            "--latency-field",
+            "/ts",
+            "--json",
+            "--quiet",
         ])
     });
     // Every client connected (4 users), then emit 1000 events to each.
@@ -119,16 +178,26 @@ fn subscribe_counts_every_event_in_order_with_latency() {
     let mut em = gw.emitter();
     let data = serde_json::json!({"delta": "x"});
     for i in 0..4000 {
-        util::emit_retrying(&mut em, &format!("u{}", i % 4), floodgate::Event::agent_thinking("r", &data));
+        util::emit_retrying(
+            &mut em,
+            &format!("u{}", i % 4),
+            floodgate::Event::agent_thinking("r", &data),
+        );
     }
     let (code, json, out) = child.join().unwrap();
     assert_eq!(code, 0, "{out}");
     let r = json.unwrap();
     assert_eq!(r["events"], 4000);
-    assert_eq!(r["other_frames"], 4, "one hello per connection, not counted as events");
+    assert_eq!(
+        r["other_frames"], 4,
+        "one hello per connection, not counted as events"
+    );
     assert_eq!(r["latency_from"], "frame_timestamp");
     assert!(r["latency_us"]["max"].as_f64().unwrap() > 0.0);
-    assert!(r["uncorrected_latency_us"].is_null(), "no schedule: one latency only");
+    assert!(
+        r["uncorrected_latency_us"].is_null(),
+        "no schedule: one latency only"
+    );
 }
 
 /// A server of its own: one connection, frames with seq 1, 2, 4, 4, 3 (one lost, one
@@ -168,10 +237,22 @@ fn loss_duplicates_and_reordering_on_the_wire_are_errors() {
     let (port, server) = skipping_server();
     let url = format!("ws://127.0.0.1:{port}/");
     let (code, json, out) = load(&[
-        "subscribe", "--url", &url, "--events", "3", "--seq-field", "/seq", "--gapless",
-        "--idle-timeout", "1s", "--json",
+        "subscribe",
+        "--url",
+        &url,
+        "--events",
+        "3",
+        "--seq-field",
+        "/seq",
+        "--gapless",
+        "--idle-timeout",
+        "1s",
+        "--json",
     ]);
-    assert_eq!(code, 1, "errors fail the run without an errors threshold: {out}");
+    assert_eq!(
+        code, 1,
+        "errors fail the run without an errors threshold: {out}"
+    );
     let r = json.unwrap();
     assert_eq!(r["errors"]["lost"], 1, "{r}");
     assert_eq!(r["errors"]["duplicate"], 1, "{r}");
@@ -188,9 +269,25 @@ fn publish_measures_end_to_end_through_the_ingest_socket() {
     let hlog = dir.join("run.hlog");
     let svg = dir.join("run.svg");
     let (code, json, out) = load(&[
-        "publish", "--url", &url, "--connections", "8", "--jwt-secret", &secret(), "--api-key",
-        KEY, "--rate", "ramp:1000..4000/1s", "--duration", "1500ms", "--hdr-log",
-        hlog.to_str().unwrap(), "--plot", svg.to_str().unwrap(), "--interval", "250ms",
+        "publish",
+        "--url",
+        &url,
+        "--connections",
+        "8",
+        "--jwt-secret",
+        &secret(),
+        "--api-key",
+        KEY,
+        "--rate",
+        "ramp:1000..4000/1s",
+        "--duration",
+        "1500ms",
+        "--hdr-log",
+        hlog.to_str().unwrap(),
+        "--plot",
+        svg.to_str().unwrap(),
+        "--interval",
+        "250ms",
         "--json",
     ]);
     assert_eq!(code, 0, "{out}");
@@ -198,13 +295,21 @@ fn publish_measures_end_to_end_through_the_ingest_socket() {
     let sent = r["generator"]["sent"].as_u64().unwrap();
     // 2500 events due over the ramp's second, then 4000/s for half a second: about 4500.
     assert!((4000..=4700).contains(&sent), "{sent}");
-    assert_eq!(r["events"].as_u64().unwrap(), sent, "every published event arrived once");
+    assert_eq!(
+        r["events"].as_u64().unwrap(),
+        sent,
+        "every published event arrived once"
+    );
     assert_eq!(r["errors_total"], 0);
     assert!(r["latency_us"]["p99"].as_f64().unwrap() > 0.0);
     assert_eq!(gw.metrics().ingest.events_accepted, sent);
     assert_hdr_log(&hlog);
     let plot = std::fs::read_to_string(&svg).unwrap();
-    assert!(plot.starts_with("<svg") && plot.contains("latency by percentile"), "{}", &plot[..200.min(plot.len())]);
+    assert!(
+        plot.starts_with("<svg") && plot.contains("latency by percentile"),
+        "{}",
+        &plot[..200.min(plot.len())]
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -217,7 +322,10 @@ fn assert_hdr_log(path: &Path) {
             tags.push(h.tag().map(|t| t.as_str().to_owned()).unwrap_or_default());
         }
     }
-    assert!(tags.len() >= 8, "corrected and uncorrected per interval: {tags:?}");
+    assert!(
+        tags.len() >= 8,
+        "corrected and uncorrected per interval: {tags:?}"
+    );
     assert!(tags.iter().any(|t| t == "uncorrected"));
 }
 
@@ -226,8 +334,18 @@ fn connect_opens_holds_and_closes_connections_on_schedule() {
     let gw = util::builder().build().unwrap();
     let url = format!("ws://{}/ws?c={{conn}}", gw.local_addr());
     let (code, json, out) = load(&[
-        "connect", "--url", &url, "--connections", "40", "--jwt-secret", &secret(), "--rate",
-        "400", "--hold", "200ms", "--json",
+        "connect",
+        "--url",
+        &url,
+        "--connections",
+        "40",
+        "--jwt-secret",
+        &secret(),
+        "--rate",
+        "400",
+        "--hold",
+        "200ms",
+        "--json",
     ]);
     assert_eq!(code, 0, "{out}");
     let r = json.unwrap();
@@ -236,7 +354,9 @@ fn connect_opens_holds_and_closes_connections_on_schedule() {
     assert!(r["latency_us"]["max"].as_f64().unwrap() > 0.0);
     let m = gw.metrics().stats;
     assert_eq!(m.connections_accepted, 40);
-    util::eventually(Duration::from_secs(5), "every held connection closed", || {
-        gw.metrics().stats.connections_open == 0
-    });
+    util::eventually(
+        Duration::from_secs(5),
+        "every held connection closed",
+        || gw.metrics().stats.connections_open == 0,
+    );
 }

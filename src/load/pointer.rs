@@ -135,7 +135,10 @@ fn member(b: &[u8], mut i: usize, key: &[u8]) -> Option<usize> {
         let same = raw.len() == key.len() && raw.iter().zip(key).all(|(x, y)| x == y);
         let matches = same
             || (raw.contains(&b'\\')
-                && serde_json::from_slice::<String>(&b[i..end]).ok()?.as_bytes() == key);
+                && serde_json::from_slice::<String>(&b[i..end])
+                    .ok()?
+                    .as_bytes()
+                    == key);
         i = end;
         loop {
             match *b.get(i)? {

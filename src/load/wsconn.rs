@@ -107,7 +107,25 @@ impl WsConn {
     /// pings, and a close with a close. A malformed frame is an error.
     pub(crate) fn read(&mut self, mut data: impl FnMut(&[u8])) -> io::Result<ReadEnd> {
         let mut end = ReadEnd::default();
+        // Frames already buffered first: what came with the handshake's response, or what a
+        // previous pass read but the budget left.
+        let mut close = false;
+        let pongs = &mut self.pongs;
+        self.reader.frames(|kind, payload| match kind {
+            Kind::Text | Kind::Binary | Kind::Continuation => data(payload),
+            Kind::Ping => pongs.push(payload.to_vec()),
+            Kind::Close => close = true,
+            Kind::Pong => {}
+        })?;
         loop {
+            if close {
+                end.closed = true;
+                if !self.closed {
+                    let m = self.mask();
+                    encode_masked(&mut self.out, CLOSE, &[], m);
+                }
+                break;
+            }
             let (n, short) = match self.reader.fill(&mut self.stream) {
                 Ok(r) => r,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -124,7 +142,6 @@ impl WsConn {
                 Err(e) => return Err(e),
             };
             end.bytes += n as u64;
-            let mut close = false;
             let pongs = &mut self.pongs;
             self.reader.frames(|kind, payload| match kind {
                 Kind::Text | Kind::Binary | Kind::Continuation => data(payload),
@@ -132,15 +149,11 @@ impl WsConn {
                 Kind::Close => close = true,
                 Kind::Pong => {}
             })?;
-            if n == 0 || close {
+            if n == 0 {
                 end.closed = true;
-                if close && !self.closed {
-                    let m = self.mask();
-                    encode_masked(&mut self.out, CLOSE, &[], m);
-                }
                 break;
             }
-            if short {
+            if short && !close {
                 break;
             }
         }

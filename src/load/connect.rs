@@ -161,12 +161,9 @@ pub(super) fn run(opts: &LoadOptions) -> Result<LoadReport, String> {
         };
         let ticker = Ticker::new(k, start_ns, opts.interval, tx.clone());
         let (control, o) = (control.clone(), opts.clone());
-        handles.push(
-            std::thread::Builder::new()
-                .name(format!("load-connect-{k}"))
-                .spawn(move || w.run(o, ticker, control, start_ns))
-                .map_err(|e| e.to_string())?,
-        );
+        handles.push(drive::spawn(format!("load-connect-{k}"), move || {
+            w.run(o, ticker, control, start_ns)
+        })?);
     }
     drop(tx);
     // The workers end by themselves: when every connection was opened and its hold is over,
@@ -180,12 +177,8 @@ pub(super) fn run(opts: &LoadOptions) -> Result<LoadReport, String> {
             .max(opts.hold.unwrap_or_default() + Duration::from_secs(1)),
         unit: "connections",
     };
-    let (end_ns, mut incomplete) = drive::monitor(rx, &control, &mut agg, &rule, opts.progress);
-    for h in handles {
-        if let Ok(Err(e)) = h.join() {
-            incomplete.get_or_insert(format!("a connecting thread failed: {e}"));
-        }
-    }
+    let (end_ns, incomplete) =
+        drive::run_to_end(rx, &control, &mut agg, &rule, opts.progress, handles);
     Ok(LoadReport::build(Outcome {
         opts,
         agg: &agg,

@@ -127,6 +127,45 @@ pub(crate) fn open_all(
     Ok((out, errors))
 }
 
+/// A worker thread of a run.
+pub(crate) type Worker = std::thread::JoinHandle<io::Result<()>>;
+
+/// Starts a worker thread named `name`.
+pub(crate) fn spawn(
+    name: String,
+    f: impl FnOnce() -> io::Result<()> + Send + 'static,
+) -> Result<Worker, String> {
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(f)
+        .map_err(|e| format!("cannot start a load thread: {e}"))
+}
+
+/// Runs the main loop ([`monitor`]) until every worker has finished, then joins them. Returns
+/// when the run ended (unix ns) and, if it could not complete, why.
+pub(crate) fn run_to_end(
+    rx: Receiver<Tick>,
+    control: &Control,
+    agg: &mut Aggregate,
+    rule: &StopRule,
+    progress: bool,
+    workers: Vec<Worker>,
+) -> (u64, Option<String>) {
+    let (end_ns, mut incomplete) = monitor(rx, control, agg, rule, progress);
+    for w in workers {
+        match w.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                incomplete.get_or_insert(format!("a load thread failed: {e}"));
+            }
+            Err(_) => {
+                incomplete.get_or_insert("a load thread panicked".into());
+            }
+        }
+    }
+    (end_ns, incomplete)
+}
+
 /// When the main loop stops the run.
 pub(crate) struct StopRule {
     /// Stop once this many units are done.

@@ -245,12 +245,9 @@ pub(super) fn run(opts: &LoadOptions) -> Result<LoadReport, String> {
         };
         let ticker = Ticker::new(k, start_ns, opts.interval, tx.clone());
         let control = control.clone();
-        handles.push(
-            std::thread::Builder::new()
-                .name(format!("load-echo-{k}"))
-                .spawn(move || w.run(ticker, control, start_ns))
-                .map_err(|e| e.to_string())?,
-        );
+        handles.push(drive::spawn(format!("load-echo-{k}"), move || {
+            w.run(ticker, control, start_ns)
+        })?);
     }
     drop(tx);
     let rule = StopRule {
@@ -260,12 +257,8 @@ pub(super) fn run(opts: &LoadOptions) -> Result<LoadReport, String> {
         idle: opts.idle_timeout,
         unit: "replies",
     };
-    let (end_ns, mut incomplete) = drive::monitor(rx, &control, &mut agg, &rule, opts.progress);
-    for h in handles {
-        if let Ok(Err(e)) = h.join() {
-            incomplete.get_or_insert(format!("an echo thread failed: {e}"));
-        }
-    }
+    let (end_ns, incomplete) =
+        drive::run_to_end(rx, &control, &mut agg, &rule, opts.progress, handles);
     agg.errors.merge(&setup_errors);
     Ok(LoadReport::build(Outcome {
         opts,

@@ -278,7 +278,6 @@ pub(super) fn run(opts: &LoadOptions) -> Result<LoadReport, String> {
     let deadline_ns = opts
         .duration
         .map_or(u64::MAX, |d| start_ns + d.as_nanos() as u64);
-    let mut pub_handles = Vec::new();
     for (i, conn) in publishers.into_iter().enumerate() {
         let i = i as u64;
         let limit = opts
@@ -297,12 +296,9 @@ pub(super) fn run(opts: &LoadOptions) -> Result<LoadReport, String> {
         };
         let ticker = Ticker::new(receivers + i as usize, start_ns, opts.interval, tx.clone());
         let (control, totals) = (control.clone(), totals.clone());
-        pub_handles.push(
-            std::thread::Builder::new()
-                .name(format!("load-publish-{i}"))
-                .spawn(move || p.run(ticker, control, totals, start_ns))
-                .map_err(|e| e.to_string())?,
-        );
+        handles.push(drive::spawn(format!("load-publish-{i}"), move || {
+            p.run(ticker, control, totals, start_ns)
+        })?);
     }
     drop(tx);
     // Stops when the subscribers have every accepted event (the target is known once the
@@ -314,13 +310,8 @@ pub(super) fn run(opts: &LoadOptions) -> Result<LoadReport, String> {
         idle: opts.idle_timeout,
         unit: "events",
     };
-    let (end_ns, mut incomplete) = drive::monitor(rx, &control, &mut agg, &rule, opts.progress);
-    handles.extend(pub_handles);
-    for h in handles {
-        if let Ok(Err(e)) = h.join() {
-            incomplete.get_or_insert(format!("a load thread failed: {e}"));
-        }
-    }
+    let (end_ns, incomplete) =
+        drive::run_to_end(rx, &control, &mut agg, &rule, opts.progress, handles);
     let accepted = totals.accepted.load(Ordering::Acquire);
     if agg.done < accepted {
         agg.errors.add(ErrKind::Missing, accepted - agg.done);

@@ -174,7 +174,7 @@ pub(crate) fn spawn_receivers(
     threads: usize,
     cfg: &RecvCfg,
     r: Reporting<'_>,
-) -> Result<Vec<std::thread::JoinHandle<std::io::Result<()>>>, String> {
+) -> Result<Vec<drive::Worker>, String> {
     let Reporting {
         first_worker,
         start_ns,
@@ -197,10 +197,9 @@ pub(crate) fn spawn_receivers(
         .map(|(k, s)| {
             let ticker = Ticker::new(first_worker + k, start_ns, interval, tx.clone());
             let (cfg, control) = (cfg.clone(), control.clone());
-            std::thread::Builder::new()
-                .name(format!("load-recv-{k}"))
-                .spawn(move || receive_loop(s, cfg, ticker, control))
-                .map_err(|e| e.to_string())
+            drive::spawn(format!("load-recv-{k}"), move || {
+                receive_loop(s, cfg, ticker, control)
+            })
         })
         .collect()
 }
@@ -237,12 +236,8 @@ pub(super) fn run(opts: &LoadOptions) -> Result<LoadReport, String> {
         idle: opts.idle_timeout,
         unit: "events",
     };
-    let (end_ns, mut incomplete) = drive::monitor(rx, &control, &mut agg, &rule, opts.progress);
-    for h in handles {
-        if let Ok(Err(e)) = h.join() {
-            incomplete.get_or_insert(format!("a receiving thread failed: {e}"));
-        }
-    }
+    let (end_ns, incomplete) =
+        drive::run_to_end(rx, &control, &mut agg, &rule, opts.progress, handles);
     agg.errors.merge(&setup_errors);
     Ok(LoadReport::build(Outcome {
         opts,

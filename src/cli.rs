@@ -107,7 +107,7 @@ struct LoadArgs {
     /// What to do: subscribe, echo, publish or connect.
     #[arg(value_enum)]
     scenario: crate::load::Scenario,
-    /// Where to connect: ws://host:port/path?query. The path and query may hold `{conn}` (the
+    /// Where to connect: ws://host:port/path?query, or wss:// for TLS. The path and query may hold `{conn}` (the
     /// connection index), `{user}` (its user) and `{token}` (its token; otherwise tokens go in
     /// an `Authorization: Bearer` header). For publish: the gateway's /ws, where subscribers
     /// connect.
@@ -116,6 +116,10 @@ struct LoadArgs {
     /// Connections to open (for publish: subscribers, one user each).
     #[arg(long, default_value_t = 1)]
     connections: usize,
+    /// wss://: also trust the CA certificates in this PEM file (besides the Mozilla roots),
+    /// for a test server with its own CA.
+    #[arg(long, value_name = "PEM")]
+    ca_file: Option<PathBuf>,
     /// Connections opened per second while setting up (subscribe, echo, publish); default: as
     /// fast as they complete.
     #[arg(long, value_name = "PER_SEC")]
@@ -526,7 +530,14 @@ fn load_options(a: LoadArgs) -> Result<crate::load::LoadOptions, String> {
         (None, Some(f)) => Tokens::from_file(f)?,
         (None, None) => Tokens::None,
     };
+    let wss = url.tls || ingest_url.as_ref().is_some_and(|u| u.tls);
+    let tls = if wss {
+        Some(crate::load::tls_client_config(a.ca_file.as_deref())?)
+    } else {
+        None
+    };
     let mut o = LoadOptions::new(a.scenario, url);
+    o.tls = tls;
     o.connections = a.connections;
     o.connect_rate = a.connect_rate;
     o.user_prefix = a.user_prefix;

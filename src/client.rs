@@ -54,6 +54,18 @@ pub(crate) fn upgrade(
     timeout: Duration,
 ) -> io::Result<Vec<u8>> {
     stream.set_read_timeout(Some(timeout))?;
+    let early = upgrade_on(stream, host, target, extra_headers)?;
+    stream.set_read_timeout(None)?;
+    Ok(early)
+}
+
+/// [`upgrade`] over any blocking stream (a TLS session, say); the caller bounds its reads.
+pub(crate) fn upgrade_on(
+    stream: &mut (impl Read + Write),
+    host: &str,
+    target: &str,
+    extra_headers: &str,
+) -> io::Result<Vec<u8>> {
     let mut nonce = [0u8; 16];
     getrandom::fill(&mut nonce).map_err(io::Error::other)?;
     let key = base64_16(&nonce);
@@ -62,6 +74,7 @@ pub(crate) fn upgrade(
          Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra_headers}\r\n"
     );
     stream.write_all(request.as_bytes())?;
+    stream.flush()?;
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {
@@ -94,7 +107,6 @@ pub(crate) fn upgrade(
                         "bad Sec-WebSocket-Accept",
                     ));
                 }
-                stream.set_read_timeout(None)?;
                 return Ok(buf[head..].to_vec());
             }
             Ok(httparse::Status::Partial) if buf.len() < 16 * 1024 => continue,

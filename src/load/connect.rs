@@ -58,7 +58,7 @@ impl Worker {
             while expiry.front().is_some_and(|(at, _)| *at <= now) {
                 let (_, tok) = expiry.pop_front().expect("checked");
                 if let Some((mut c, _)) = held[tok].take() {
-                    let _ = poll.registry().deregister(&mut c.stream);
+                    c.deregister(poll.registry());
                     c.close();
                 }
             }
@@ -129,7 +129,7 @@ impl Worker {
                         ticker.tick.errors.add(super::ErrKind::Closed, 1);
                     }
                     if let Some((mut c, _)) = held[tok].take() {
-                        let _ = poll.registry().deregister(&mut c.stream);
+                        c.deregister(poll.registry());
                     }
                 }
             }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
-use super::net::{tcp_connect, UrlTemplate};
+use super::net::{open, Connected, UrlTemplate};
 use super::report::Aggregate;
 use super::wsconn::WsConn;
 use super::{Control, ErrKind, Errors, LoadOptions, Tick};
@@ -26,7 +26,7 @@ pub(crate) fn open_one(
     url: &UrlTemplate,
     conn: usize,
     extra_headers: &str,
-) -> Result<(std::net::TcpStream, Vec<u8>), (ErrKind, String)> {
+) -> Result<(Connected, Vec<u8>), (ErrKind, String)> {
     let user = opts.user(conn);
     let token = opts
         .tokens
@@ -37,34 +37,27 @@ pub(crate) fn open_one(
     if let (Some(t), false) = (&token, url.has_token_slot()) {
         headers.push_str(&format!("Authorization: Bearer {t}\r\n"));
     }
-    let mut stream =
-        tcp_connect(url.addr, &opts.sources, conn, opts.handshake_timeout).map_err(|e| {
-            (
-                ErrKind::ConnectFailed,
-                format!("connect to {}: {e}", url.addr),
-            )
-        })?;
-    match crate::client::upgrade(
-        &mut stream,
-        &url.host,
+    open(
+        url,
+        &opts.sources,
+        conn,
         &target,
         &headers,
+        opts.tls.as_ref(),
         opts.handshake_timeout,
-    ) {
-        Ok(early) => Ok((stream, early)),
-        Err(e) => {
-            let refused = e
-                .get_ref()
-                .and_then(|inner| inner.downcast_ref::<crate::client::Refused>())
-                .is_some();
-            let kind = if refused || e.kind() == io::ErrorKind::InvalidData {
-                ErrKind::HandshakeRefused
-            } else {
-                ErrKind::ConnectFailed
-            };
-            Err((kind, format!("upgrade {target}: {e}")))
-        }
-    }
+    )
+    .map_err(|e| {
+        let refused = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<crate::client::Refused>())
+            .is_some();
+        let kind = if refused || e.kind() == io::ErrorKind::InvalidData {
+            ErrKind::HandshakeRefused
+        } else {
+            ErrKind::ConnectFailed
+        };
+        (kind, format!("{} {target}: {e}", url.addr))
+    })
 }
 
 /// Opens connections `indices` of `url` at `--connect-rate`. Failures are counted; the first

@@ -24,6 +24,7 @@ mod report;
 mod schedule;
 mod subscribe;
 mod threshold;
+mod tls;
 mod wsconn;
 
 use std::path::PathBuf;
@@ -37,6 +38,7 @@ pub use self::record::{LatencyUs, Recorder};
 pub use self::report::{LoadReport, Verdict};
 pub use self::schedule::RateProfile;
 pub use self::threshold::Threshold;
+pub use self::tls::client_config as tls_client_config;
 
 /// Exit codes of `floodgate load`, distinct per outcome.
 pub mod exit {
@@ -134,6 +136,8 @@ pub struct LoadOptions {
     pub user_prefix: String,
     pub tokens: Tokens,
     pub sources: Sources,
+    /// TLS for `wss://` URLs.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     /// Worker threads.
     pub threads: usize,
     pub duration: Option<Duration>,
@@ -184,6 +188,7 @@ impl LoadOptions {
             user_prefix: "u".into(),
             tokens: Tokens::None,
             sources: Sources::default(),
+            tls: None,
             threads: 1,
             duration: None,
             events: None,
@@ -277,6 +282,10 @@ impl LoadOptions {
                         .into(),
                 );
             }
+        }
+        let wss = self.url.tls || self.ingest_url.as_ref().is_some_and(|u| u.tls);
+        if wss && self.tls.is_none() {
+            return Err("a wss:// URL needs a TLS configuration".into());
         }
         if self.interval < Duration::from_millis(100) {
             return Err("--interval must be at least 100ms".into());

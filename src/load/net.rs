@@ -12,6 +12,10 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 /// index), `{user}` (its user) and `{token}` (its token).
 #[derive(Debug, Clone)]
 pub struct UrlTemplate {
+    /// `wss://`: connections speak TLS.
+    pub tls: bool,
+    /// The host alone (a name or an IP address): TLS checks the certificate against it.
+    pub server_name: String,
     /// `host:port` as written, for the `Host` header.
     pub host: String,
     /// Where it resolves to.
@@ -22,16 +26,12 @@ pub struct UrlTemplate {
 
 impl UrlTemplate {
     pub fn parse(url: &str) -> Result<UrlTemplate, String> {
-        let rest = if let Some(r) = url.strip_prefix("ws://") {
-            r
-        } else if url.starts_with("wss://") {
-            return Err(
-                "wss:// is not supported yet: floodgate load speaks plain ws:// (terminate TLS \
-                 in front of the server, or measure it without TLS)"
-                    .into(),
-            );
+        let (tls, rest) = if let Some(r) = url.strip_prefix("ws://") {
+            (false, r)
+        } else if let Some(r) = url.strip_prefix("wss://") {
+            (true, r)
         } else {
-            return Err(format!("`{url}` is not a ws:// URL"));
+            return Err(format!("`{url}` is not a ws:// or wss:// URL"));
         };
         let (authority, target) = match rest.find(['/', '?']) {
             Some(i) => (&rest[..i], rest[i..].to_owned()),
@@ -54,14 +54,23 @@ impl UrlTemplate {
         {
             authority.to_owned()
         } else {
-            format!("{authority}:80")
+            format!("{authority}:{}", if tls { 443 } else { 80 })
         };
+        let server_name = match authority.rsplit_once(':') {
+            Some((h, p)) if p.parse::<u16>().is_ok() => h,
+            _ => authority,
+        }
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
         let addr = with_port
             .to_socket_addrs()
             .map_err(|e| format!("cannot resolve `{authority}`: {e}"))?
             .next()
             .ok_or_else(|| format!("`{authority}` resolves to no address"))?;
         Ok(UrlTemplate {
+            tls,
+            server_name,
             host: authority.to_owned(),
             addr,
             target,
@@ -171,6 +180,74 @@ impl Sources {
     }
 }
 
+/// A connected socket, plain or in a TLS session, in blocking mode (for the handshake).
+pub enum Connected {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Connected {
+    /// Bounds every read (`None`: unbounded).
+    pub fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Connected::Plain(s) => s.set_read_timeout(t),
+            Connected::Tls(s) => s.sock.set_read_timeout(t),
+        }
+    }
+}
+
+impl io::Read for Connected {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Connected::Plain(s) => s.read(buf),
+            Connected::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl io::Write for Connected {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Connected::Plain(s) => s.write(buf),
+            Connected::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Connected::Plain(s) => s.flush(),
+            Connected::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// Connects to `url` as connection `conn` (its source address; TLS with `tls` for `wss://`)
+/// and upgrades `target` with `headers`, every step within `timeout`. Returns the connection
+/// and the bytes that came after the 101.
+pub fn open(
+    url: &UrlTemplate,
+    sources: &Sources,
+    conn: usize,
+    target: &str,
+    headers: &str,
+    tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
+    timeout: Duration,
+) -> io::Result<(Connected, Vec<u8>)> {
+    let tcp = tcp_connect(url.addr, sources, conn, timeout)?;
+    let mut c = match (url.tls, tls) {
+        (false, _) => Connected::Plain(tcp),
+        (true, Some(cfg)) => {
+            let session = super::tls::session(cfg, &url.server_name)?;
+            Connected::Tls(Box::new(rustls::StreamOwned::new(session, tcp)))
+        }
+        (true, None) => return Err(io::Error::other("wss:// without a TLS configuration")),
+    };
+    c.set_read_timeout(Some(timeout))?;
+    let early = crate::client::upgrade_on(&mut c, &url.host, target, headers)?;
+    c.set_read_timeout(None)?;
+    Ok((c, early))
+}
+
 /// Opens a TCP connection to `addr` from the source address of connection `conn`, within
 /// `timeout`.
 pub fn tcp_connect(
@@ -253,7 +330,14 @@ mod tests {
         let u = UrlTemplate::parse("ws://localhost:9/x").unwrap();
         assert!(u.addr.ip().is_loopback());
         assert!(UrlTemplate::parse("http://x").is_err());
-        assert!(UrlTemplate::parse("wss://x").unwrap_err().contains("wss"));
+        let t = UrlTemplate::parse("wss://localhost/feed").unwrap();
+        assert!(t.tls);
+        assert_eq!(t.addr.port(), 443);
+        assert_eq!(t.server_name, "localhost");
+        assert_eq!(
+            UrlTemplate::parse("ws://127.0.0.1:9/").unwrap().server_name,
+            "127.0.0.1"
+        );
         assert!(UrlTemplate::parse("ws://{user}.x:1/").is_err());
     }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 use mio::{Events, Poll, Token};
 
 use super::drive::{self, StopRule};
-use super::net::tcp_connect;
+use super::net::open;
 use super::pointer::Pointer;
 use super::report::{Aggregate, LoadReport, Outcome};
 use super::schedule::RateProfile;
@@ -224,17 +224,18 @@ impl Publisher {
 fn open_ingest(opts: &LoadOptions, index: usize) -> Result<WsConn, String> {
     let url = opts.ingest_url.as_ref().expect("set by the command line");
     let key = opts.api_key.as_deref().expect("validated");
-    let mut s = tcp_connect(url.addr, &opts.sources, index, opts.handshake_timeout)
-        .map_err(|e| format!("ingest: connect to {}: {e}", url.addr))?;
-    let early = crate::client::upgrade(
-        &mut s,
-        &url.host,
+    let headers = format!("Authorization: Bearer {key}\r\n");
+    let (c, early) = open(
+        url,
+        &opts.sources,
+        index,
         &url.target,
-        &format!("Authorization: Bearer {key}\r\n"),
+        &headers,
+        opts.tls.as_ref(),
         opts.handshake_timeout,
     )
-    .map_err(|e| format!("ingest: upgrade {}: {e}", url.target))?;
-    WsConn::new(s, early, 64 << 10).map_err(|e| e.to_string())
+    .map_err(|e| format!("ingest {}{}: {e}", url.host, url.target))?;
+    WsConn::new(c, early, 64 << 10).map_err(|e| e.to_string())
 }
 
 pub(super) fn run(opts: &LoadOptions) -> Result<LoadReport, String> {

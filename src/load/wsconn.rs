@@ -1,10 +1,12 @@
 //! One load connection after its handshake: a non-blocking socket on a worker's mio poll, the
 //! frame reader, and the bytes waiting to be written (messages, pongs, the close).
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
+
+use super::net::Connected;
 
 use crate::client::{encode_masked, FrameReader, Kind};
 
@@ -22,8 +24,63 @@ pub(crate) struct ReadEnd {
     pub bytes: u64,
 }
 
+/// A non-blocking socket, plain or in a TLS session.
+pub(crate) enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Stream {
+    /// The socket, to register with a poll.
+    pub(crate) fn socket(&mut self) -> &mut TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => &mut s.sock,
+        }
+    }
+
+    /// TLS records encrypted and not yet written to the socket.
+    fn tls_pending(&self) -> bool {
+        matches!(self, Stream::Tls(s) if s.conn.wants_write())
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            // rustls takes plaintext until its buffer is full, then 0: the socket is behind.
+            Stream::Tls(s) => match s.write(buf)? {
+                0 if !buf.is_empty() => Err(io::ErrorKind::WouldBlock.into()),
+                n => Ok(n),
+            },
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(_) => Ok(()),
+            Stream::Tls(s) => {
+                while s.conn.wants_write() {
+                    s.conn.write_tls(&mut s.sock)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 pub(crate) struct WsConn {
-    pub stream: TcpStream,
+    pub stream: Stream,
     reader: FrameReader,
     out: Vec<u8>,
     /// Where in `out` unwritten bytes start.
@@ -36,15 +93,24 @@ pub(crate) struct WsConn {
 
 impl WsConn {
     /// Wraps a connected, upgraded blocking stream; `early` is what came after the 101.
-    pub(crate) fn new(
-        stream: std::net::TcpStream,
-        early: Vec<u8>,
-        read_chunk: usize,
-    ) -> io::Result<WsConn> {
-        stream.set_nonblocking(true)?;
+    pub(crate) fn new(stream: Connected, early: Vec<u8>, read_chunk: usize) -> io::Result<WsConn> {
+        let stream = match stream {
+            Connected::Plain(s) => {
+                s.set_nonblocking(true)?;
+                Stream::Plain(TcpStream::from_std(s))
+            }
+            Connected::Tls(t) => {
+                let rustls::StreamOwned { conn, sock } = *t;
+                sock.set_nonblocking(true)?;
+                Stream::Tls(Box::new(rustls::StreamOwned::new(
+                    conn,
+                    TcpStream::from_std(sock),
+                )))
+            }
+        };
         let seed = getrandom::u64().map_err(io::Error::other)? | 1;
         Ok(WsConn {
-            stream: TcpStream::from_std(stream),
+            stream,
             reader: FrameReader::new(early, read_chunk),
             out: Vec::new(),
             out_at: 0,
@@ -56,10 +122,14 @@ impl WsConn {
 
     pub(crate) fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
         registry.register(
-            &mut self.stream,
+            self.stream.socket(),
             token,
             Interest::READABLE | Interest::WRITABLE,
         )
+    }
+
+    pub(crate) fn deregister(&mut self, registry: &Registry) {
+        let _ = registry.deregister(self.stream.socket());
     }
 
     fn mask(&mut self) -> [u8; 4] {
@@ -77,9 +147,9 @@ impl WsConn {
         encode_masked(&mut self.out, TEXT, payload, m);
     }
 
-    /// Bytes queued and not yet written.
+    /// Bytes queued and not yet written (at least 1 while TLS records wait for the socket).
     pub(crate) fn pending(&self) -> usize {
-        self.out.len() - self.out_at
+        (self.out.len() - self.out_at).max(usize::from(self.stream.tls_pending()))
     }
 
     /// Writes what is queued until the socket refuses more.
@@ -100,7 +170,10 @@ impl WsConn {
             self.out.drain(..self.out_at);
             self.out_at = 0;
         }
-        Ok(())
+        match self.stream.flush() {
+            Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// Reads everything available and calls `data` for each text or binary frame. Answers
@@ -133,7 +206,9 @@ impl WsConn {
                 Err(e)
                     if matches!(
                         e.kind(),
-                        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+                        io::ErrorKind::ConnectionReset
+                            | io::ErrorKind::BrokenPipe
+                            | io::ErrorKind::UnexpectedEof
                     ) =>
                 {
                     end.closed = true;
@@ -153,7 +228,9 @@ impl WsConn {
                 end.closed = true;
                 break;
             }
-            if short && !close {
+            // A short read drains a plain socket; TLS may hold more records: read on to
+            // WouldBlock.
+            if short && !close && matches!(self.stream, Stream::Plain(_)) {
                 break;
             }
         }

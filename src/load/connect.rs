@@ -1,25 +1,69 @@
 //! `connect`: connections opened at an open-loop rate (or back to back), each handshake
 //! measured from its intended start (corrected) and its actual start; each connection is then
 //! held idle (answering pings) for `--hold`, or to the end of the run, and closed.
+//!
+//! A worker keeps the schedule and holds the connections; the handshakes themselves (TCP,
+//! TLS, the upgrade: blocking steps) run on a pool of [`OPENERS`] opener threads per worker, so
+//! one slow handshake delays no other attempt. An attempt that waits for a free opener starts
+//! late, and that lateness is the generator lag it reports.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mio::{Events, Poll, Token};
+use crossbeam_channel::{Receiver, Sender};
+use mio::{Events, Poll, Token, Waker};
 
 use super::drive::{self, open_one, read_chunk, StopRule};
+use super::net::Connected;
 use super::report::{Aggregate, LoadReport, Outcome};
 use super::schedule::RateProfile;
 use super::wsconn::WsConn;
-use super::{Control, LoadOptions, Ticker};
+use super::{Control, ErrKind, LoadOptions, Ticker};
 use crate::emitter::unix_ns;
+
+/// Handshakes in flight at once per worker.
+pub(crate) const OPENERS: usize = 16;
+/// The token of the worker's waker (openers wake it with a result).
+const WAKER: Token = Token(usize::MAX);
+
+/// An attempt to open connection `conn`, due at `due` (unix ns).
+struct Job {
+    conn: usize,
+    due: u64,
+}
+
+/// What an opener did with a job.
+struct Done {
+    due: u64,
+    began: u64,
+    finished: u64,
+    result: Result<(Connected, Vec<u8>), ErrKind>,
+}
+
+/// An opener thread: takes jobs until the channel closes.
+fn opener(opts: Arc<LoadOptions>, jobs: Receiver<Job>, done: Sender<Done>, waker: Arc<Waker>) {
+    while let Ok(job) = jobs.recv() {
+        let began = unix_ns();
+        let result = open_one(&opts, &opts.url, job.conn, "").map_err(|(kind, _)| kind);
+        let d = Done {
+            due: job.due,
+            began,
+            finished: unix_ns(),
+            result,
+        };
+        if done.send(d).is_err() {
+            return;
+        }
+        let _ = waker.wake();
+    }
+}
 
 struct Worker {
     /// Connection indices this worker opens.
     indices: Vec<usize>,
-    /// `None`: back to back (closed loop).
+    /// `None`: back to back (closed loop: the next attempt when an opener is free).
     profile: Option<RateProfile>,
     hold: Option<Duration>,
     deadline_ns: u64,
@@ -28,96 +72,126 @@ struct Worker {
 impl Worker {
     fn run(
         self,
-        opts: LoadOptions,
+        opts: Arc<LoadOptions>,
         mut ticker: Ticker,
         control: Arc<Control>,
         start_ns: u64,
     ) -> std::io::Result<()> {
         let mut poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (job_tx, job_rx) = crossbeam_channel::unbounded::<Job>();
+        let (done_tx, done_rx) = crossbeam_channel::unbounded::<Done>();
+        let openers: Vec<_> = (0..OPENERS.min(self.indices.len()))
+            .map(|i| {
+                let (o, j, d, w) = (opts.clone(), job_rx.clone(), done_tx.clone(), waker.clone());
+                std::thread::Builder::new()
+                    .name(format!("load-open-{i}"))
+                    .spawn(move || opener(o, j, d, w))
+            })
+            .collect::<Result<_, _>>()?;
+        drop(done_tx);
         let mut events = Events::with_capacity(256);
         // Held connections by token, and when each is closed (`u64::MAX`: at the end).
-        let mut held: Vec<Option<(WsConn, u64)>> = Vec::new();
+        let mut held: Vec<Option<WsConn>> = Vec::new();
         let mut expiry: VecDeque<(u64, usize)> = VecDeque::new();
         let chunk = read_chunk(opts.connections).min(4096);
-        let mut j = 0usize;
+        let (mut dispatched, mut finished) = (0usize, 0usize);
         let mut scheduled = 0u64;
         let mut opening = true;
         loop {
             let now = unix_ns();
             ticker.advance(now);
-            if opening && (j >= self.indices.len() || now >= self.deadline_ns || control.stopped())
+            if opening
+                && (dispatched >= self.indices.len()
+                    || now >= self.deadline_ns
+                    || control.stopped())
             {
                 opening = false;
                 scheduled = match &self.profile {
                     Some(p) => (p.count_by((now - start_ns) as f64 / 1e9).ceil() as u64)
                         .min(self.indices.len() as u64),
-                    None => j as u64,
+                    None => dispatched as u64,
                 };
+                // Stopped early (the deadline, or the run stops): attempts not yet started are
+                // dropped, and count as behind schedule.
+                if dispatched < self.indices.len() {
+                    while job_rx.try_recv().is_ok() {
+                        dispatched -= 1;
+                    }
+                }
+            }
+            // Hand every attempt now due to the openers.
+            let mut next_due = u64::MAX;
+            while opening && dispatched < self.indices.len() {
+                let due = match &self.profile {
+                    Some(p) => start_ns + (p.time_of(dispatched as u64) * 1e9) as u64,
+                    // Back to back: keep every opener busy, no more.
+                    None if dispatched - finished < OPENERS => now,
+                    None => break,
+                };
+                if due > now {
+                    next_due = due;
+                    break;
+                }
+                let _ = job_tx.send(Job {
+                    conn: self.indices[dispatched],
+                    due,
+                });
+                dispatched += 1;
+            }
+            // Results of finished handshakes.
+            while let Ok(d) = done_rx.try_recv() {
+                finished += 1;
+                ticker.advance(d.finished);
+                let tick = &mut ticker.tick;
+                tick.rec.sent(d.due, d.began);
+                tick.sent += 1;
+                control.sent.fetch_add(1, Ordering::Relaxed);
+                match d.result {
+                    Ok((stream, early)) => {
+                        tick.rec.reply(d.due, d.began, d.finished);
+                        tick.done += 1;
+                        tick.last_done_ns = tick.last_done_ns.max(d.finished);
+                        control.done.fetch_add(1, Ordering::Relaxed);
+                        let mut c = WsConn::new(stream, early, chunk)?;
+                        let tok = held.len();
+                        c.register(poll.registry(), Token(tok))?;
+                        held.push(Some(c));
+                        if let Some(h) = self.hold {
+                            expiry.push_back((d.finished + h.as_nanos() as u64, tok));
+                        }
+                    }
+                    Err(kind) => tick.errors.add(kind, 1),
+                }
             }
             // Close connections whose hold is over.
+            let now = unix_ns();
             while expiry.front().is_some_and(|(at, _)| *at <= now) {
                 let (_, tok) = expiry.pop_front().expect("checked");
-                if let Some((mut c, _)) = held[tok].take() {
+                if let Some(mut c) = held[tok].take() {
                     c.deregister(poll.registry());
                     c.close();
                 }
             }
-            let live = held.iter().filter(|h| h.is_some()).count();
-            if !opening && (live == 0 || control.stopped() || now >= self.deadline_ns) {
+            let in_flight = dispatched > finished;
+            let live = held.iter().any(Option::is_some);
+            if !opening && !in_flight && (!live || control.stopped() || now >= self.deadline_ns) {
                 break;
-            }
-            let mut next_due = u64::MAX;
-            if opening {
-                let due = match &self.profile {
-                    Some(p) => start_ns + (p.time_of(j as u64) * 1e9) as u64,
-                    None => now,
-                };
-                if due <= now {
-                    let conn = self.indices[j];
-                    j += 1;
-                    let began = unix_ns();
-                    ticker.tick.rec.sent(due, began);
-                    ticker.tick.sent += 1;
-                    control.sent.fetch_add(1, Ordering::Relaxed);
-                    match open_one(&opts, &opts.url, conn, "") {
-                        Ok((stream, early)) => {
-                            let done = unix_ns();
-                            ticker.advance(done);
-                            let tick = &mut ticker.tick;
-                            tick.rec.reply(due, began, done);
-                            tick.done += 1;
-                            tick.last_done_ns = done;
-                            control.done.fetch_add(1, Ordering::Relaxed);
-                            if let Ok(mut c) = WsConn::new(stream, early, chunk) {
-                                let tok = held.len();
-                                c.register(poll.registry(), Token(tok))?;
-                                let close_at =
-                                    self.hold.map_or(u64::MAX, |h| done + h.as_nanos() as u64);
-                                held.push(Some((c, close_at)));
-                                if close_at != u64::MAX {
-                                    expiry.push_back((close_at, tok));
-                                }
-                            }
-                        }
-                        Err((kind, _why)) => ticker.tick.errors.add(kind, 1),
-                    }
-                    continue;
-                }
-                next_due = due;
             }
             let wake = next_due
                 .min(ticker.next_boundary())
                 .min(expiry.front().map_or(u64::MAX, |e| e.0))
                 .min(self.deadline_ns);
-            let wait = wake.saturating_sub(unix_ns()).min(50_000_000);
-            poll.poll(&mut events, Some(Duration::from_nanos(wait)))?;
+            drive::wait(&mut poll, &mut events, wake, wake == next_due)?;
             for ev in events.iter() {
-                let tok = ev.token().0;
-                let Some((c, _)) = held[tok].as_mut() else {
+                let tok = ev.token();
+                if tok == WAKER {
+                    continue;
+                }
+                let Some(c) = held[tok.0].as_mut() else {
                     continue;
                 };
-                let r = c.read(|_| {});
-                let closed = match r {
+                let closed = match c.read(|_| {}) {
                     Ok(end) => {
                         ticker.tick.bytes += end.bytes;
                         end.closed
@@ -126,15 +200,19 @@ impl Worker {
                 };
                 if closed {
                     if !control.stopped() {
-                        ticker.tick.errors.add(super::ErrKind::Closed, 1);
+                        ticker.tick.errors.add(ErrKind::Closed, 1);
                     }
-                    if let Some((mut c, _)) = held[tok].take() {
+                    if let Some(mut c) = held[tok.0].take() {
                         c.deregister(poll.registry());
                     }
                 }
             }
         }
-        for (c, _) in held.iter_mut().flatten() {
+        drop(job_tx);
+        for o in openers {
+            let _ = o.join();
+        }
+        for c in held.iter_mut().flatten() {
             c.close();
         }
         ticker.finish(scheduled);
@@ -151,6 +229,7 @@ pub(super) fn run(opts: &LoadOptions) -> Result<LoadReport, String> {
     let deadline_ns = opts
         .duration
         .map_or(u64::MAX, |d| start_ns + d.as_nanos() as u64);
+    let shared = Arc::new(opts.clone());
     let mut handles = Vec::new();
     for k in 0..threads {
         let w = Worker {
@@ -160,7 +239,7 @@ pub(super) fn run(opts: &LoadOptions) -> Result<LoadReport, String> {
             deadline_ns,
         };
         let ticker = Ticker::new(k, start_ns, opts.interval, tx.clone());
-        let (control, o) = (control.clone(), opts.clone());
+        let (control, o) = (control.clone(), shared.clone());
         handles.push(drive::spawn(format!("load-connect-{k}"), move || {
             w.run(o, ticker, control, start_ns)
         })?);

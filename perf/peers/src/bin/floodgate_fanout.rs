@@ -27,7 +27,14 @@ fn main() {
     // floodgate's frames also carry `"run_id":"r"` (13 bytes): the pad is shorter by as much,
     // so the frames are as long as the other peers'.
     let pad = w.pad();
-    let data = serde_json::json!({ "pad": &pad[..pad.len().saturating_sub(13).max(1)] });
+    // The event's data as an application would type it: a struct, serialized on emit.
+    #[derive(serde::Serialize)]
+    struct Data<'a> {
+        pad: &'a str,
+    }
+    let data = Data {
+        pad: &pad[..pad.len().saturating_sub(13).max(1)],
+    };
     let mut em = gw.emitter();
     for k in 0..w.events {
         let user = &users[(k % w.connections as u64) as usize];

@@ -7,21 +7,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-fn python_has_websockets() -> bool {
-    Command::new("python3")
-        .args(["-c", "import websockets"])
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 #[test]
 fn python_websockets_client_receives_its_events() {
-    if !python_has_websockets() {
-        assert!(
-            std::env::var_os("FLOODGATE_REQUIRE_PYTHON").is_none(),
-            "python3 with `websockets` is required here (scripts/test installs it)"
-        );
-        eprintln!("skipped: python3 `websockets` not installed (scripts/test installs it)");
+    if !util::python_websockets() {
         return;
     }
     let gw = util::builder().build().unwrap();

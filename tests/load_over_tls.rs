@@ -6,13 +6,6 @@ mod util;
 use std::io::BufReader;
 use std::process::{Command, Stdio};
 
-fn python_has_websockets() -> bool {
-    Command::new("python3")
-        .args(["-c", "import websockets"])
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// Kills the server it holds (a process this test started) when dropped.
 struct Server(std::process::Child);
 
@@ -25,12 +18,7 @@ impl Drop for Server {
 
 #[test]
 fn echo_over_wss_trusts_the_given_ca_and_only_it() {
-    if !python_has_websockets() {
-        assert!(
-            std::env::var_os("FLOODGATE_REQUIRE_PYTHON").is_none(),
-            "python3 with `websockets` is required here (scripts/test installs it)"
-        );
-        eprintln!("skipped: python3 `websockets` not installed (scripts/test installs it)");
+    if !util::python_websockets() {
         return;
     }
     let dir = util::temp_dir("load-tls");

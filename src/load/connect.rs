@@ -15,9 +15,9 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 use mio::{Events, Poll, Token, Waker};
 
-use super::drive::{self, open_one, read_chunk, StopRule};
+use super::drive::{self, open_one, read_chunk, Run, StopRule};
 use super::net::Connected;
-use super::report::{Aggregate, LoadReport, Outcome};
+use super::report::{Aggregate, LoadReport};
 use super::schedule::RateProfile;
 use super::wsconn::WsConn;
 use super::{Control, ErrKind, LoadOptions, Ticker};
@@ -224,7 +224,7 @@ pub(super) fn run(opts: &LoadOptions) -> Result<LoadReport, String> {
     let control = Control::new();
     let threads = opts.threads.clamp(1, opts.connections);
     let (tx, rx) = crossbeam_channel::unbounded();
-    let mut agg = Aggregate::new(threads, opts.interval, opts.hdr_log.as_deref(), opts)?;
+    let agg = Aggregate::new(threads, opts.interval, opts.hdr_log.as_deref(), opts)?;
     let start_ns = unix_ns();
     let deadline_ns = opts
         .duration
@@ -256,19 +256,17 @@ pub(super) fn run(opts: &LoadOptions) -> Result<LoadReport, String> {
             .max(opts.hold.unwrap_or_default() + Duration::from_secs(1)),
         unit: "connections",
     };
-    let (end_ns, incomplete) =
-        drive::run_to_end(rx, &control, &mut agg, &rule, opts.progress, handles);
-    Ok(LoadReport::build(Outcome {
+    let run = Run {
         opts,
-        agg: &agg,
+        control,
+        agg,
+        rx,
         start_ns,
-        end_ns,
-        latency_from: "schedule",
-        rate_text: Some(
-            opts.rate
-                .as_ref()
-                .map_or("back to back (closed loop)".into(), |r| r.to_string()),
-        ),
-        incomplete,
-    }))
+        setup_errors: Default::default(),
+    };
+    let rate = opts
+        .rate
+        .as_ref()
+        .map_or("back to back (closed loop)".into(), |r| r.to_string());
+    Ok(run.finish(&rule, handles, "schedule", Some(rate), |_| {}))
 }

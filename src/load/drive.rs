@@ -136,7 +136,7 @@ pub(crate) fn spawn(
 
 /// Runs the main loop ([`monitor`]) until every worker has finished, then joins them. Returns
 /// when the run ended (unix ns) and, if it could not complete, why.
-pub(crate) fn run_to_end(
+fn run_to_end(
     rx: Receiver<Tick>,
     control: &Control,
     agg: &mut Aggregate,
@@ -159,6 +159,51 @@ pub(crate) fn run_to_end(
     (end_ns, incomplete)
 }
 
+/// The main thread's side of a run, from the moment the workers are started.
+pub(crate) struct Run<'a> {
+    pub opts: &'a LoadOptions,
+    pub control: std::sync::Arc<Control>,
+    pub agg: Aggregate,
+    pub rx: Receiver<Tick>,
+    pub start_ns: u64,
+    /// Connections that failed to open before the workers started.
+    pub setup_errors: Errors,
+}
+
+impl Run<'_> {
+    /// Runs the main loop until every worker has finished (stopping them by `rule`), joins
+    /// them, lets `settle` add what only the scenario knows, and builds the report.
+    pub(crate) fn finish(
+        mut self,
+        rule: &StopRule,
+        workers: Vec<Worker>,
+        latency_from: &'static str,
+        rate_text: Option<String>,
+        settle: impl FnOnce(&mut Aggregate),
+    ) -> super::report::LoadReport {
+        let progress = self.opts.progress;
+        let (end_ns, incomplete) = run_to_end(
+            self.rx,
+            &self.control,
+            &mut self.agg,
+            rule,
+            progress,
+            workers,
+        );
+        settle(&mut self.agg);
+        self.agg.errors.merge(&self.setup_errors);
+        super::report::LoadReport::build(super::report::Outcome {
+            opts: self.opts,
+            agg: &self.agg,
+            start_ns: self.start_ns,
+            end_ns,
+            latency_from,
+            rate_text,
+            incomplete,
+        })
+    }
+}
+
 /// When the main loop stops the run.
 pub(crate) struct StopRule {
     /// Stop once this many units are done.
@@ -170,6 +215,19 @@ pub(crate) struct StopRule {
     pub idle: Duration,
     /// What a unit is, for messages ("events", "replies", "connections").
     pub unit: &'static str,
+}
+
+impl StopRule {
+    /// Stop after `--events` units or `--duration`, whichever comes first.
+    pub(crate) fn events_or_duration(opts: &LoadOptions, unit: &'static str) -> StopRule {
+        StopRule {
+            target: opts.events,
+            dynamic_target: None,
+            duration: opts.duration,
+            idle: opts.idle_timeout,
+            unit,
+        }
+    }
 }
 
 /// Merges ticks until every worker has sent its last one, stopping the workers when the rule

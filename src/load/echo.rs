@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use mio::{Events, Poll, Token};
 
-use super::drive::{self, StopRule};
+use super::drive::{self, Run, StopRule};
 use super::pointer::Pointer;
-use super::report::{Aggregate, LoadReport, Outcome};
+use super::report::{Aggregate, LoadReport};
 use super::schedule::RateProfile;
 use super::wsconn::WsConn;
 use super::{share, Control, ErrKind, LoadOptions, Ticker};
@@ -223,7 +223,7 @@ pub(super) fn run(opts: &LoadOptions) -> Result<LoadReport, String> {
     let control = Control::new();
     let threads = opts.threads.clamp(1, conns.len());
     let (tx, rx) = crossbeam_channel::unbounded();
-    let mut agg = Aggregate::new(threads, opts.interval, opts.hdr_log.as_deref(), opts)?;
+    let agg = Aggregate::new(threads, opts.interval, opts.hdr_log.as_deref(), opts)?;
     let start_ns = unix_ns();
     let n = conns.len();
     let mut conns: Vec<Option<WsConn>> = conns.into_iter().map(|(_, c)| Some(c)).collect();
@@ -250,25 +250,22 @@ pub(super) fn run(opts: &LoadOptions) -> Result<LoadReport, String> {
         })?);
     }
     drop(tx);
-    let rule = StopRule {
-        target: opts.events,
-        dynamic_target: None,
-        duration: opts.duration,
-        idle: opts.idle_timeout,
-        unit: "replies",
-    };
-    let (end_ns, incomplete) =
-        drive::run_to_end(rx, &control, &mut agg, &rule, opts.progress, handles);
-    agg.errors.merge(&setup_errors);
-    Ok(LoadReport::build(Outcome {
+    let run = Run {
         opts,
-        agg: &agg,
+        control,
+        agg,
+        rx,
         start_ns,
-        end_ns,
-        latency_from: "schedule",
-        rate_text: Some(profile.to_string()),
-        incomplete,
-    }))
+        setup_errors,
+    };
+    let rule = StopRule::events_or_duration(opts, "replies");
+    Ok(run.finish(
+        &rule,
+        handles,
+        "schedule",
+        Some(profile.to_string()),
+        |_| {},
+    ))
 }
 
 #[cfg(test)]

@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use mio::{Events, Poll, Token};
 
-use super::drive::{self, StopRule};
+use super::drive::{self, Run, StopRule};
 use super::net::open;
 use super::pointer::Pointer;
-use super::report::{Aggregate, LoadReport, Outcome};
+use super::report::{Aggregate, LoadReport};
 use super::schedule::RateProfile;
 use super::subscribe::{spawn_receivers, RecvCfg, Reporting};
 use super::wsconn::WsConn;
@@ -247,7 +247,7 @@ pub(super) fn run(opts: &LoadOptions) -> Result<LoadReport, String> {
     let control = Control::new();
     let (tx, rx) = crossbeam_channel::unbounded();
     let receivers = opts.threads.clamp(1, subs.len());
-    let mut agg = Aggregate::new(
+    let agg = Aggregate::new(
         receivers + publishers.len(),
         opts.interval,
         opts.hdr_log.as_deref(),
@@ -311,22 +311,28 @@ pub(super) fn run(opts: &LoadOptions) -> Result<LoadReport, String> {
         idle: opts.idle_timeout,
         unit: "events",
     };
-    let (end_ns, incomplete) =
-        drive::run_to_end(rx, &control, &mut agg, &rule, opts.progress, handles);
-    let accepted = totals.accepted.load(Ordering::Acquire);
-    if agg.done < accepted {
-        agg.errors.add(ErrKind::Missing, accepted - agg.done);
-    }
-    agg.errors.merge(&setup_errors);
-    Ok(LoadReport::build(Outcome {
+    let run = Run {
         opts,
-        agg: &agg,
+        control,
+        agg,
+        rx,
         start_ns,
-        end_ns,
-        latency_from: "schedule",
-        rate_text: Some(profile.to_string()),
-        incomplete,
-    }))
+        setup_errors,
+    };
+    let report = run.finish(
+        &rule,
+        handles,
+        "schedule",
+        Some(profile.to_string()),
+        |agg| {
+            // Events the gateway accepted that never arrived.
+            let accepted = totals.accepted.load(Ordering::Acquire);
+            if agg.done < accepted {
+                agg.errors.add(ErrKind::Missing, accepted - agg.done);
+            }
+        },
+    );
+    Ok(report)
 }
 
 #[cfg(test)]

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use mio::{Events, Poll, Token};
 
-use super::drive::{self, StopRule};
+use super::drive::{self, Run, StopRule};
 use super::pointer::Pointer;
-use super::report::{Aggregate, LoadReport, Outcome};
+use super::report::{Aggregate, LoadReport};
 use super::wsconn::WsConn;
 use super::{share, Control, ErrKind, LoadOptions, Tick, Ticker, TsUnit};
 use crate::emitter::unix_ns;
@@ -219,7 +219,7 @@ pub(super) fn run(opts: &LoadOptions) -> Result<LoadReport, String> {
         target: opts.events,
     };
     let workers = opts.threads.clamp(1, conns.len());
-    let mut agg = Aggregate::new(workers, opts.interval, opts.hdr_log.as_deref(), opts)?;
+    let agg = Aggregate::new(workers, opts.interval, opts.hdr_log.as_deref(), opts)?;
     let reporting = Reporting {
         first_worker: 0,
         start_ns,
@@ -229,29 +229,21 @@ pub(super) fn run(opts: &LoadOptions) -> Result<LoadReport, String> {
     };
     let handles = spawn_receivers(conns, workers, &cfg, reporting)?;
     drop(tx);
-    let rule = StopRule {
-        target: opts.events,
-        dynamic_target: None,
-        duration: opts.duration,
-        idle: opts.idle_timeout,
-        unit: "events",
-    };
-    let (end_ns, incomplete) =
-        drive::run_to_end(rx, &control, &mut agg, &rule, opts.progress, handles);
-    agg.errors.merge(&setup_errors);
-    Ok(LoadReport::build(Outcome {
+    let run = Run {
         opts,
-        agg: &agg,
+        control,
+        agg,
+        rx,
         start_ns,
-        end_ns,
-        latency_from: if opts.latency_field.is_some() {
-            "frame_timestamp"
-        } else {
-            "none"
-        },
-        rate_text: None,
-        incomplete,
-    }))
+        setup_errors,
+    };
+    let rule = StopRule::events_or_duration(opts, "events");
+    let from = if opts.latency_field.is_some() {
+        "frame_timestamp"
+    } else {
+        "none"
+    };
+    Ok(run.finish(&rule, handles, from, None, |_| {}))
 }
 
 #[cfg(test)]

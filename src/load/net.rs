@@ -351,6 +351,23 @@ mod tests {
     }
 
     #[test]
+    fn connections_leave_from_their_source_address() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let sources = Sources::parse("127.0.0.2-127.0.0.3").unwrap();
+        for conn in 0..4 {
+            let _c = tcp_connect(addr, &sources, conn, Duration::from_secs(5)).unwrap();
+            let (_s, peer) = l.accept().unwrap();
+            let want = if conn % 2 == 0 {
+                "127.0.0.2"
+            } else {
+                "127.0.0.3"
+            };
+            assert_eq!(peer.ip().to_string(), want, "connection {conn}");
+        }
+    }
+
+    #[test]
     fn the_preflight_names_what_to_change() {
         let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
         preflight(10, addr, &Sources::default()).unwrap();

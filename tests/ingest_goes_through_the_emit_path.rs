@@ -302,3 +302,34 @@ fn a_short_api_key_is_refused_with_the_setting_named() {
         .unwrap_err();
     assert!(e.to_string().contains("ingest_max_events_per_sec"), "{e}");
 }
+
+#[test]
+fn ingest_connections_are_bounded() {
+    let gw = util::builder()
+        .ingest_api_key(KEY)
+        .ingest_max_connections(1)
+        .build()
+        .unwrap();
+    let addr = gw.local_addr();
+    let mut first = Publisher::connect(addr);
+    let (code, _, body) = first.post(KEY, r#"[{"user":"erin","type":"agent_started"}]"#);
+    assert_eq!(code, 200, "{body}");
+    // The first connection is still open (keep-alive): a second one is refused.
+    let resp = util::http(
+        addr,
+        &format!(
+            "POST /api/publish HTTP/1.1\r\nAuthorization: Bearer {KEY}\r\nContent-Length: 2\r\n\r\n[]"
+        ),
+    );
+    assert!(
+        resp.starts_with("HTTP/1.1 503") && resp.contains("ingest_max_connections"),
+        "{resp}"
+    );
+    // Once it closes, a new publisher gets in.
+    drop(first);
+    util::eventually(Duration::from_secs(5), "the slot is free again", || {
+        let mut p = Publisher::connect(addr);
+        p.post(KEY, "[]").0 == 200
+    });
+    assert_eq!(gw.metrics().ingest.batches, 2);
+}

@@ -392,12 +392,35 @@ pub(crate) fn response(
     content_type: &str,
     body: &str,
 ) -> Vec<u8> {
-    format!(
+    response_on(
+        status,
+        reason,
+        extra_headers,
+        content_type,
+        body.as_bytes(),
+        false,
+    )
+}
+
+/// A complete response; with `keep_alive` the connection stays open for the next request
+/// (the ingest endpoint's keep-alive `POST`s), otherwise it ends.
+pub(crate) fn response_on(
+    status: u16,
+    reason: &str,
+    extra_headers: &str,
+    content_type: &str,
+    body: &[u8],
+    keep_alive: bool,
+) -> Vec<u8> {
+    let connection = if keep_alive { "keep-alive" } else { "close" };
+    let mut out = format!(
         "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-         Connection: close\r\n{extra_headers}\r\n{body}",
+         Connection: {connection}\r\n{extra_headers}\r\n",
         body.len()
     )
-    .into_bytes()
+    .into_bytes();
+    out.extend_from_slice(body);
+    out
 }
 
 /// `401 Unauthorized` with an RFC 6750 challenge; `why` is safe to show (it names the token

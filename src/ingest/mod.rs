@@ -160,6 +160,10 @@ pub(crate) struct Hub {
     epoch: Instant,
     closing: AtomicBool,
     running: Mutex<Vec<Running>>,
+    /// Emitters of connections that ended, for the next ones: an emitter is a ring per shard,
+    /// too much to build and tear down for every one-shot `POST`. At most
+    /// `ingest_max_connections` ever exist.
+    idle_emitters: Mutex<Vec<Emitter>>,
     next_id: AtomicUsize,
 }
 
@@ -172,8 +176,27 @@ impl Hub {
             epoch: Instant::now(),
             closing: AtomicBool::new(false),
             running: Mutex::new(Vec::new()),
+            idle_emitters: Mutex::new(Vec::new()),
             next_id: AtomicUsize::new(0),
         }
+    }
+
+    /// An emitter for a new connection's thread: one a finished connection left, or a new one.
+    /// (The mutex hands it from one thread to the next, so its rings keep one producer.)
+    fn take_emitter(&self) -> Emitter {
+        let idle = self
+            .idle_emitters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop();
+        idle.unwrap_or_else(|| Emitter::new(self.shared.clone()))
+    }
+
+    fn give_back(&self, emitter: Emitter) {
+        self.idle_emitters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(emitter);
     }
 
     fn counters(&self) -> &Counters {
@@ -232,14 +255,18 @@ impl Hub {
                 let _ = stream.set_nodelay(true);
                 let _ = stream.set_read_timeout(Some(POLL));
                 let mut conn = Conn {
-                    emitter: Emitter::new(hub.shared.clone()),
+                    emitter: hub.take_emitter(),
                     hub: &hub,
                     rejections: Vec::new(),
                 };
-                let _ = match endpoint {
+                let ended = match endpoint {
                     Endpoint::Publish => conn.serve_http(stream, buf),
                     Endpoint::Socket => conn.serve_socket(stream, buf),
                 };
+                if let Err(e) = ended {
+                    tracing::debug!(error = %e, "ingest connection ended");
+                }
+                hub.give_back(conn.emitter);
                 hub.counters().connections.fetch_sub(1, Ordering::Relaxed);
             });
         match spawned {
@@ -281,7 +308,7 @@ struct Conn<'h> {
     rejections: Vec<Rejection>,
 }
 
-/// Why a connection ended early (only logged at debug level).
+/// Why a connection ended early (logged at debug level: a publisher that went away).
 type Ended = io::Result<()>;
 
 impl Conn<'_> {
@@ -396,18 +423,16 @@ impl Conn<'_> {
                     None => {}
                 }
             };
-            let respond =
-                |stream: &mut TcpStream, status, reason, extra: &str, body: &[u8], keep| {
-                    let conn = if keep { "keep-alive" } else { "close" };
-                    let mut resp = format!(
-                        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n\
-                     Content-Length: {}\r\nConnection: {conn}\r\n{extra}\r\n",
-                        body.len()
-                    )
-                    .into_bytes();
-                    resp.extend_from_slice(body);
-                    stream.write_all(&resp)
-                };
+            let respond = |stream: &mut TcpStream,
+                           status,
+                           reason,
+                           extra: &str,
+                           body: &[u8],
+                           keep| {
+                let resp =
+                    handshake::response_on(status, reason, extra, "application/json", body, keep);
+                stream.write_all(&resp)
+            };
             if let Some((status, reason, code, msg)) = head.refusal(hub) {
                 let body = batch::batch_error(None, code, msg);
                 respond(&mut stream, status, reason, "", &body, false)?;

@@ -106,23 +106,22 @@ fn echo_over_wss_trusts_the_given_ca_and_only_it() {
     let port = util::read_line_starting(&mut BufReader::new(stdout), "port ");
     let url = format!("wss://127.0.0.1:{port}/");
     let run = |extra: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_floodgate"))
-            .args([
-                "load",
-                "echo",
-                "--url",
-                &url,
-                "--connections",
-                "2",
-                "--rate",
-                "400",
-                "--duration",
-                "1s",
-                "--json",
-            ])
-            .args(extra)
-            .output()
-            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_floodgate"));
+        cmd.args([
+            "load",
+            "echo",
+            "--url",
+            &url,
+            "--connections",
+            "2",
+            "--rate",
+            "400",
+            "--duration",
+            "1s",
+            "--json",
+        ])
+        .args(extra);
+        let out = util::output_within(&mut cmd, std::time::Duration::from_secs(60));
         (
             out.status.code().unwrap(),
             String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -15,11 +15,12 @@ use serde_json::Value;
 const KEY: &str = "load-test-ingest-key-0123456789";
 
 fn load(args: &[&str]) -> (i32, Option<Value>, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_floodgate"))
-        .arg("load")
-        .args(args)
-        .output()
-        .expect("run floodgate load");
+    let out = util::output_within(
+        Command::new(env!("CARGO_BIN_EXE_floodgate"))
+            .arg("load")
+            .args(args),
+        Duration::from_secs(60),
+    );
     let code = out.status.code().expect("exited");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let json = serde_json::from_str(stdout.trim()).ok();

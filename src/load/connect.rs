@@ -17,7 +17,7 @@ use mio::{Events, Poll, Token, Waker};
 
 use super::drive::{self, open_one, read_chunk, Run, StopRule};
 use super::net::Connected;
-use super::report::{Aggregate, LoadReport};
+use super::report::LoadReport;
 use super::schedule::RateProfile;
 use super::wsconn::WsConn;
 use super::{Control, ErrKind, LoadOptions, Ticker};
@@ -221,11 +221,9 @@ impl Worker {
 }
 
 pub(super) fn run(opts: &LoadOptions) -> Result<LoadReport, String> {
-    let control = Control::new();
     let threads = opts.threads.clamp(1, opts.connections);
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let agg = Aggregate::new(threads, opts.interval, opts.hdr_log.as_deref(), opts)?;
-    let start_ns = unix_ns();
+    let run = Run::start(opts, threads, Default::default())?;
+    let start_ns = run.start_ns;
     let deadline_ns = opts
         .duration
         .map_or(u64::MAX, |d| start_ns + d.as_nanos() as u64);
@@ -238,13 +236,11 @@ pub(super) fn run(opts: &LoadOptions) -> Result<LoadReport, String> {
             hold: opts.hold,
             deadline_ns,
         };
-        let ticker = Ticker::new(k, start_ns, opts.interval, tx.clone());
-        let (control, o) = (control.clone(), shared.clone());
+        let (ticker, control, o) = (run.ticker(k), run.control.clone(), shared.clone());
         handles.push(drive::spawn(format!("load-connect-{k}"), move || {
             w.run(o, ticker, control, start_ns)
         })?);
     }
-    drop(tx);
     // The workers end by themselves: when every connection was opened and its hold is over,
     // or at --duration.
     let rule = StopRule {
@@ -255,14 +251,6 @@ pub(super) fn run(opts: &LoadOptions) -> Result<LoadReport, String> {
             .idle_timeout
             .max(opts.hold.unwrap_or_default() + Duration::from_secs(1)),
         unit: "connections",
-    };
-    let run = Run {
-        opts,
-        control,
-        agg,
-        rx,
-        start_ns,
-        setup_errors: Default::default(),
     };
     let rate = opts
         .rate

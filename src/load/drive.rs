@@ -10,7 +10,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use super::net::{open, Connected, UrlTemplate};
 use super::report::Aggregate;
 use super::wsconn::WsConn;
-use super::{Control, ErrKind, Errors, LoadOptions, Tick};
+use super::{Control, ErrKind, Errors, LoadOptions, Tick, Ticker};
 use crate::emitter::unix_ns;
 
 /// The read buffer per connection: 64 KiB, less with many connections (64 MiB in all at most,
@@ -159,18 +159,46 @@ fn run_to_end(
     (end_ns, incomplete)
 }
 
-/// The main thread's side of a run, from the moment the workers are started.
+/// The main thread's side of a run: the control the workers share, the interval clock and
+/// channel their ticks come in by, and the aggregate of those ticks.
 pub(crate) struct Run<'a> {
     pub opts: &'a LoadOptions,
     pub control: std::sync::Arc<Control>,
-    pub agg: Aggregate,
-    pub rx: Receiver<Tick>,
+    /// When measuring started (unix ns): interval 0 begins here.
     pub start_ns: u64,
+    agg: Aggregate,
+    tx: crossbeam_channel::Sender<Tick>,
+    rx: Receiver<Tick>,
     /// Connections that failed to open before the workers started.
-    pub setup_errors: Errors,
+    setup_errors: Errors,
 }
 
-impl Run<'_> {
+impl<'a> Run<'a> {
+    /// Starts the clock for `workers` workers (each reports with a [`Ticker`] from
+    /// [`ticker`](Self::ticker)).
+    pub(crate) fn start(
+        opts: &'a LoadOptions,
+        workers: usize,
+        setup_errors: Errors,
+    ) -> Result<Run<'a>, String> {
+        let agg = Aggregate::new(workers, opts.interval, opts.hdr_log.as_deref(), opts)?;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        Ok(Run {
+            opts,
+            control: Control::new(),
+            start_ns: unix_ns(),
+            agg,
+            tx,
+            rx,
+            setup_errors,
+        })
+    }
+
+    /// The interval clock of worker `worker`.
+    pub(crate) fn ticker(&self, worker: usize) -> Ticker {
+        Ticker::new(worker, self.start_ns, self.opts.interval, self.tx.clone())
+    }
+
     /// Runs the main loop until every worker has finished (stopping them by `rule`), joins
     /// them, lets `settle` add what only the scenario knows, and builds the report.
     pub(crate) fn finish(
@@ -181,6 +209,8 @@ impl Run<'_> {
         rate_text: Option<String>,
         settle: impl FnOnce(&mut Aggregate),
     ) -> super::report::LoadReport {
+        // Only the workers' senders are left now: the channel closes when the last one ends.
+        drop(self.tx);
         let progress = self.opts.progress;
         let (end_ns, incomplete) = run_to_end(
             self.rx,
@@ -345,5 +375,29 @@ pub(crate) fn wait(
         poll.poll(events, Some(Duration::ZERO))
     } else {
         poll.poll(events, Some(Duration::from_nanos(wait)))
+    }
+}
+
+/// Deals `items` out to `parts` shares, item `i` to share `i % parts`.
+pub(crate) fn deal<T>(items: Vec<T>, parts: usize) -> Vec<Vec<T>> {
+    let parts = parts.max(1);
+    let mut shares: Vec<Vec<T>> = (0..parts).map(|_| Vec::new()).collect();
+    for (i, item) in items.into_iter().enumerate() {
+        shares[i % parts].push(item);
+    }
+    shares
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dealing_gives_each_item_to_one_share_in_turn() {
+        assert_eq!(
+            deal((0..7).collect(), 3),
+            vec![vec![0, 3, 6], vec![1, 4], vec![2, 5]]
+        );
+        assert_eq!(deal(vec![1, 2], 0), vec![vec![1, 2]]);
     }
 }

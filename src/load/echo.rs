@@ -15,10 +15,10 @@ use mio::{Events, Poll, Token};
 
 use super::drive::{self, Run, StopRule};
 use super::pointer::Pointer;
-use super::report::{Aggregate, LoadReport};
+use super::report::LoadReport;
 use super::schedule::RateProfile;
 use super::wsconn::WsConn;
-use super::{share, Control, ErrKind, LoadOptions, Ticker};
+use super::{share_of, Control, ErrKind, LoadOptions, Ticker};
 use crate::emitter::unix_ns;
 
 /// Messages in flight per connection at most; past it the oldest counts as missing.
@@ -220,44 +220,24 @@ impl Worker {
 pub(super) fn run(opts: &LoadOptions) -> Result<LoadReport, String> {
     let profile = opts.rate.clone().expect("validated: echo has a rate");
     let (conns, setup_errors) = drive::open_all(opts, &opts.url, 0..opts.connections, "")?;
-    let control = Control::new();
     let threads = opts.threads.clamp(1, conns.len());
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let agg = Aggregate::new(threads, opts.interval, opts.hdr_log.as_deref(), opts)?;
-    let start_ns = unix_ns();
-    let n = conns.len();
-    let mut conns: Vec<Option<WsConn>> = conns.into_iter().map(|(_, c)| Some(c)).collect();
+    let run = Run::start(opts, threads, setup_errors)?;
+    let conns: Vec<WsConn> = conns.into_iter().map(|(_, c)| c).collect();
     let mut handles = Vec::new();
-    for k in 0..threads {
-        let mine: Vec<WsConn> = share(n, threads, k)
-            .map(|i| conns[i].take().expect("once"))
-            .collect();
-        let limit = opts.events.map_or(u64::MAX, |e| {
-            e / threads as u64 + u64::from((k as u64) < e % threads as u64)
-        });
+    for (k, mine) in drive::deal(conns, threads).into_iter().enumerate() {
         let w = Worker {
             queues: mine.iter().map(|_| VecDeque::new()).collect(),
             conns: mine,
             profile: profile.scaled(1.0 / threads as f64),
-            limit,
+            limit: share_of(opts.events, threads, k),
             bytes: opts.message_bytes,
             id_ptr: Pointer::parse("/id").expect("valid"),
         };
-        let ticker = Ticker::new(k, start_ns, opts.interval, tx.clone());
-        let control = control.clone();
+        let (ticker, control, start_ns) = (run.ticker(k), run.control.clone(), run.start_ns);
         handles.push(drive::spawn(format!("load-echo-{k}"), move || {
             w.run(ticker, control, start_ns)
         })?);
     }
-    drop(tx);
-    let run = Run {
-        opts,
-        control,
-        agg,
-        rx,
-        start_ns,
-        setup_errors,
-    };
     let rule = StopRule::events_or_duration(opts, "replies");
     Ok(run.finish(
         &rule,

@@ -310,8 +310,6 @@ pub(crate) struct Control {
     pub done: AtomicU64,
     /// Messages sent by generators.
     pub sent: AtomicU64,
-    /// When the measurement started (unix ns), set once every connection is up.
-    pub start_ns: AtomicU64,
 }
 
 impl Control {
@@ -320,7 +318,6 @@ impl Control {
             stop: AtomicBool::new(false),
             done: AtomicU64::new(0),
             sent: AtomicU64::new(0),
-            start_ns: AtomicU64::new(0),
         })
     }
 
@@ -555,6 +552,13 @@ pub(crate) fn share(n: usize, parts: usize, k: usize) -> impl Iterator<Item = us
     (k..n).step_by(parts.max(1))
 }
 
+/// How many of `total` units share `k` of `parts` gets (the first `total % parts` get one
+/// more); `None` (no limit) stays unlimited.
+pub(crate) fn share_of(total: Option<u64>, parts: usize, k: usize) -> u64 {
+    let (parts, k) = (parts.max(1) as u64, k as u64);
+    total.map_or(u64::MAX, |t| t / parts + u64::from(k < t % parts))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -605,5 +609,8 @@ mod tests {
         let mut all: Vec<usize> = (0..3).flat_map(|k| share(10, 3, k)).collect();
         all.sort();
         assert_eq!(all, (0..10).collect::<Vec<_>>());
+        let counts: Vec<u64> = (0..3).map(|k| share_of(Some(10), 3, k)).collect();
+        assert_eq!(counts, [4, 3, 3]);
+        assert_eq!(share_of(None, 3, 0), u64::MAX);
     }
 }

@@ -16,11 +16,11 @@ use mio::{Events, Poll, Token};
 use super::drive::{self, Run, StopRule};
 use super::net::open;
 use super::pointer::Pointer;
-use super::report::{Aggregate, LoadReport};
+use super::report::LoadReport;
 use super::schedule::RateProfile;
-use super::subscribe::{spawn_receivers, RecvCfg, Reporting};
+use super::subscribe::{spawn_receivers, RecvCfg};
 use super::wsconn::WsConn;
-use super::{Control, ErrKind, LoadOptions, Ticker, TsUnit};
+use super::{share_of, Control, ErrKind, LoadOptions, Ticker, TsUnit};
 use crate::emitter::unix_ns;
 
 /// After publishing stops, how long a publisher waits for its last answers.
@@ -83,6 +83,8 @@ impl Publisher {
         self.conn.register(poll.registry(), Token(0))?;
         let mut events = Events::with_capacity(64);
         let mut buf = Vec::with_capacity(self.batch * (self.bytes + 96) + 64);
+        // When each event of the batch being built was due.
+        let mut dues: Vec<u64> = Vec::with_capacity(self.batch);
         let (mut j, mut batch_id, mut answered) = (0u64, 0u64, 0u64);
         let mut accepted = 0u64;
         let mut scheduled = 0u64;
@@ -117,7 +119,7 @@ impl Publisher {
                     buf.extend_from_slice(itoa::Buffer::new().format(batch_id).as_bytes());
                     buf.extend_from_slice(b",\"events\":[");
                     let mut n = 0u64;
-                    let mut dues = Vec::new();
+                    dues.clear();
                     while j < self.limit && (n as usize) < self.batch {
                         let due = start_ns + (self.profile.time_of(j) * 1e9) as u64;
                         if due > now {
@@ -140,7 +142,7 @@ impl Publisher {
                     let sent = unix_ns();
                     stamp(&mut buf, sent);
                     self.conn.queue_text(&buf);
-                    for due in dues {
+                    for &due in &dues {
                         ticker.tick.rec.sent(due, sent);
                     }
                     ticker.tick.sent += n;
@@ -244,16 +246,8 @@ pub(super) fn run(opts: &LoadOptions) -> Result<LoadReport, String> {
     let publishers: Vec<WsConn> = (0..opts.publishers)
         .map(|i| open_ingest(opts, i))
         .collect::<Result<_, _>>()?;
-    let control = Control::new();
-    let (tx, rx) = crossbeam_channel::unbounded();
     let receivers = opts.threads.clamp(1, subs.len());
-    let agg = Aggregate::new(
-        receivers + publishers.len(),
-        opts.interval,
-        opts.hdr_log.as_deref(),
-        opts,
-    )?;
-    let start_ns = unix_ns();
+    let run = Run::start(opts, receivers + publishers.len(), setup_errors)?;
     let cfg = RecvCfg {
         seq: Some(Pointer::parse("/seq").expect("valid")),
         gapless: true,
@@ -262,46 +256,38 @@ pub(super) fn run(opts: &LoadOptions) -> Result<LoadReport, String> {
         unit: TsUnit::Ns,
         target: None,
     };
-    let reporting = Reporting {
-        first_worker: 0,
-        start_ns,
-        interval: opts.interval,
-        tx: &tx,
-        control: &control,
-    };
-    let mut handles = spawn_receivers(subs, receivers, &cfg, reporting)?;
+    let mut handles = spawn_receivers(subs, receivers, &cfg, 0, &run)?;
     let totals = Arc::new(Totals {
         accepted: AtomicU64::new(0),
         running: AtomicUsize::new(publishers.len()),
         target: Arc::new(AtomicU64::new(u64::MAX)),
     });
-    let count = publishers.len() as u64;
+    let count = publishers.len();
+    let start_ns = run.start_ns;
     let deadline_ns = opts
         .duration
         .map_or(u64::MAX, |d| start_ns + d.as_nanos() as u64);
     for (i, conn) in publishers.into_iter().enumerate() {
-        let i = i as u64;
-        let limit = opts
-            .events
-            .map_or(u64::MAX, |e| e / count + u64::from(i < e % count));
         let p = Publisher {
             conn,
-            index: i,
-            count,
+            index: i as u64,
+            count: count as u64,
             users: opts.connections as u64,
             profile: profile.scaled(1.0 / count as f64),
-            limit,
+            limit: share_of(opts.events, count, i),
             batch: opts.batch,
             bytes: opts.message_bytes,
             deadline_ns,
         };
-        let ticker = Ticker::new(receivers + i as usize, start_ns, opts.interval, tx.clone());
-        let (control, totals) = (control.clone(), totals.clone());
+        let (ticker, control, totals) = (
+            run.ticker(receivers + i),
+            run.control.clone(),
+            totals.clone(),
+        );
         handles.push(drive::spawn(format!("load-publish-{i}"), move || {
             p.run(ticker, control, totals, start_ns)
         })?);
     }
-    drop(tx);
     // Stops when the subscribers have every accepted event (the target is known once the
     // publishers finish), or when nothing arrives for the idle timeout.
     let rule = StopRule {
@@ -310,14 +296,6 @@ pub(super) fn run(opts: &LoadOptions) -> Result<LoadReport, String> {
         duration: None,
         idle: opts.idle_timeout,
         unit: "events",
-    };
-    let run = Run {
-        opts,
-        control,
-        agg,
-        rx,
-        start_ns,
-        setup_errors,
     };
     let report = run.finish(
         &rule,

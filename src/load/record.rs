@@ -46,15 +46,16 @@ impl Default for Recorder {
 }
 
 impl Recorder {
-    /// Records one message. Times are nanoseconds on one clock; a reply that seems to arrive
-    /// before it was sent (clock steps) counts as 1 ns rather than being dropped.
+    /// Records a whole message at once: [`sent`](Self::sent) and [`reply`](Self::reply).
+    #[cfg(test)]
     pub fn message(&mut self, intended: u64, sent: u64, received: u64) {
         self.reply(intended, sent, received);
         self.sent(intended, sent);
     }
 
     /// Records a reply or delivery (corrected and uncorrected); the lag was recorded when the
-    /// message left ([`sent`](Self::sent)).
+    /// message left ([`sent`](Self::sent)). Times are nanoseconds on one clock; a reply that
+    /// seems to arrive before it was sent (a clock step) counts as 1 ns rather than vanishing.
     pub fn reply(&mut self, intended: u64, sent: u64, received: u64) {
         self.corrected
             .saturating_record(received.saturating_sub(intended).max(1));

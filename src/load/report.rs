@@ -473,11 +473,7 @@ impl LoadReport {
         };
         match &self.latency_us {
             Some(l) => {
-                let from = match self.latency_from {
-                    "schedule" => "latency",
-                    _ => "latency",
-                };
-                out.push_str(&lat(from, l));
+                out.push_str(&lat("latency", l));
                 if let Some(u) = &self.uncorrected_latency_us {
                     out.push_str(&lat("uncorrected", u));
                     let _ = writeln!(

@@ -9,9 +9,9 @@ use mio::{Events, Poll, Token};
 
 use super::drive::{self, Run, StopRule};
 use super::pointer::Pointer;
-use super::report::{Aggregate, LoadReport};
+use super::report::LoadReport;
 use super::wsconn::WsConn;
-use super::{share, Control, ErrKind, LoadOptions, Tick, Ticker, TsUnit};
+use super::{Control, ErrKind, LoadOptions, Tick, Ticker, TsUnit};
 use crate::emitter::unix_ns;
 
 /// How received frames are read.
@@ -99,56 +99,59 @@ pub(crate) fn receive_loop(
     }
     let mut states: Vec<SeqState> = conns.iter().map(|_| SeqState { last: None }).collect();
     let mut events = Events::with_capacity(1024);
-    let mut open = conns.len();
-    // Frames that arrived before the workers started are read at once (edge-triggered).
-    let mut first = true;
+    let n = conns.len();
+    let mut open = n;
+    // Reads connection `i` (all it has), counting what it got; true if it just closed.
+    let mut serve = |i: usize, ticker: &mut Ticker| -> bool {
+        let c = &mut conns[i];
+        if c.closed {
+            return false;
+        }
+        let now_ns = unix_ns();
+        ticker.advance(now_ns);
+        let tick = &mut ticker.tick;
+        let before = tick.done;
+        let state = &mut states[i];
+        let result = c.read(|p| on_frame(&cfg, state, p, now_ns, tick));
+        let _ = c.flush();
+        // Relaxed: a progress counter.
+        control
+            .done
+            .fetch_add(tick.done - before, Ordering::Relaxed);
+        match result {
+            Ok(end) => {
+                tick.bytes += end.bytes;
+                if end.closed {
+                    // Relaxed: progress counter; a close racing the last events of other
+                    // connections may be counted, which errs on the side of reporting.
+                    let all_in = cfg
+                        .target
+                        .is_some_and(|t| control.done.load(Ordering::Relaxed) >= t);
+                    if !control.stopped() && !all_in {
+                        tick.errors.add(ErrKind::Closed, 1);
+                    }
+                }
+                end.closed
+            }
+            Err(_) => {
+                c.closed = true;
+                tick.errors.add(ErrKind::Protocol, 1);
+                true
+            }
+        }
+    };
+    // Frames that arrived before the worker started are read at once (edge-triggered: no
+    // event would announce them).
+    for i in 0..n {
+        open -= usize::from(serve(i, &mut ticker));
+    }
     while open > 0 && !control.stopped() {
         let now = unix_ns();
         ticker.advance(now);
         let wait = ticker.next_boundary().saturating_sub(now).min(50_000_000);
         poll.poll(&mut events, Some(Duration::from_nanos(wait)))?;
-        let ready: Vec<usize> = if first {
-            first = false;
-            (0..conns.len()).collect()
-        } else {
-            events.iter().map(|e| e.token().0).collect()
-        };
-        for i in ready {
-            let c = &mut conns[i];
-            if c.closed {
-                continue;
-            }
-            let now_ns = unix_ns();
-            ticker.advance(now_ns);
-            let tick = &mut ticker.tick;
-            let before = tick.done;
-            let state = &mut states[i];
-            let result = c.read(|p| on_frame(&cfg, state, p, now_ns, tick));
-            let _ = c.flush();
-            let got = tick.done - before;
-            // Relaxed: a progress counter.
-            control.done.fetch_add(got, Ordering::Relaxed);
-            match result {
-                Ok(end) => {
-                    tick.bytes += end.bytes;
-                    if end.closed {
-                        open -= 1;
-                        // Relaxed: progress counter; a close racing the last events of other
-                        // connections may be counted, which errs on the side of reporting.
-                        let all_in = cfg
-                            .target
-                            .is_some_and(|t| control.done.load(Ordering::Relaxed) >= t);
-                        if !control.stopped() && !all_in {
-                            tick.errors.add(ErrKind::Closed, 1);
-                        }
-                    }
-                }
-                Err(_) => {
-                    c.closed = true;
-                    open -= 1;
-                    tick.errors.add(ErrKind::Protocol, 1);
-                }
-            }
+        for ev in events.iter() {
+            open -= usize::from(serve(ev.token().0, &mut ticker));
         }
     }
     for c in conns.iter_mut() {
@@ -158,45 +161,23 @@ pub(crate) fn receive_loop(
     Ok(())
 }
 
-/// Where receiving workers report: the first worker index, the interval clock, the channel and
-/// the shared control.
-pub(crate) struct Reporting<'a> {
-    pub first_worker: usize,
-    pub start_ns: u64,
-    pub interval: Duration,
-    pub tx: &'a crossbeam_channel::Sender<Tick>,
-    pub control: &'a Arc<Control>,
-}
-
-/// Starts receiving workers for `conns` (split over `threads`).
+/// Starts receiving workers for `conns` (dealt out to `threads`), numbered from
+/// `first_worker` on `run`'s clock.
 pub(crate) fn spawn_receivers(
     conns: Vec<(usize, WsConn)>,
     threads: usize,
     cfg: &RecvCfg,
-    r: Reporting<'_>,
+    first_worker: usize,
+    run: &Run<'_>,
 ) -> Result<Vec<drive::Worker>, String> {
-    let Reporting {
-        first_worker,
-        start_ns,
-        interval,
-        tx,
-        control,
-    } = r;
-    let threads = threads.clamp(1, conns.len().max(1));
-    let mut shares: Vec<Vec<WsConn>> = (0..threads).map(|_| Vec::new()).collect();
-    let n = conns.len();
-    let mut conns: Vec<Option<WsConn>> = conns.into_iter().map(|(_, c)| Some(c)).collect();
-    for (k, s) in shares.iter_mut().enumerate() {
-        for i in share(n, threads, k) {
-            s.push(conns[i].take().expect("each index once"));
-        }
-    }
-    shares
+    let parts = threads.clamp(1, conns.len().max(1));
+    let conns: Vec<WsConn> = conns.into_iter().map(|(_, c)| c).collect();
+    drive::deal(conns, parts)
         .into_iter()
         .enumerate()
         .map(|(k, s)| {
-            let ticker = Ticker::new(first_worker + k, start_ns, interval, tx.clone());
-            let (cfg, control) = (cfg.clone(), control.clone());
+            let ticker = run.ticker(first_worker + k);
+            let (cfg, control) = (cfg.clone(), run.control.clone());
             drive::spawn(format!("load-recv-{k}"), move || {
                 receive_loop(s, cfg, ticker, control)
             })
@@ -206,10 +187,8 @@ pub(crate) fn spawn_receivers(
 
 pub(super) fn run(opts: &LoadOptions) -> Result<LoadReport, String> {
     let (conns, setup_errors) = drive::open_all(opts, &opts.url, 0..opts.connections, "")?;
-    let control = Control::new();
-    let start_ns = unix_ns();
-    control.start_ns.store(start_ns, Ordering::Relaxed);
-    let (tx, rx) = crossbeam_channel::unbounded();
+    let workers = opts.threads.clamp(1, conns.len());
+    let run = Run::start(opts, workers, setup_errors)?;
     let cfg = RecvCfg {
         seq: opts.seq.clone(),
         gapless: opts.gapless,
@@ -218,25 +197,7 @@ pub(super) fn run(opts: &LoadOptions) -> Result<LoadReport, String> {
         unit: opts.ts_unit,
         target: opts.events,
     };
-    let workers = opts.threads.clamp(1, conns.len());
-    let agg = Aggregate::new(workers, opts.interval, opts.hdr_log.as_deref(), opts)?;
-    let reporting = Reporting {
-        first_worker: 0,
-        start_ns,
-        interval: opts.interval,
-        tx: &tx,
-        control: &control,
-    };
-    let handles = spawn_receivers(conns, workers, &cfg, reporting)?;
-    drop(tx);
-    let run = Run {
-        opts,
-        control,
-        agg,
-        rx,
-        start_ns,
-        setup_errors,
-    };
+    let handles = spawn_receivers(conns, workers, &cfg, 0, &run)?;
     let rule = StopRule::events_or_duration(opts, "events");
     let from = if opts.latency_field.is_some() {
         "frame_timestamp"

@@ -287,8 +287,11 @@ struct BenchArgs {
     ring_capacity: usize,
     /// The gateway's history_max_events: events kept per user for resume (0 = none). The bench
     /// sizes history_max_bytes and history_total_bytes so that this count is what limits it.
-    #[arg(long, default_value_t = 1024)]
-    history_max_events: usize,
+    /// Default: 1024; with --chaos and no --spool, every event of the run (a resume must find
+    /// what its client missed, and an unthrottled producer outruns any smaller history; the
+    /// gateway then holds about events x (payload-bytes + 64) bytes of history).
+    #[arg(long)]
+    history_max_events: Option<usize>,
     /// Every 100 ms, drop a random 10% of the connections mid-stream and reconnect them with
     /// their cursor (`?since=&epoch=`); the report adds resumes, replayed events and gaps, and
     /// every event must still arrive exactly once, in order.
@@ -478,7 +481,15 @@ fn run_bench(a: BenchArgs) -> Result<ExitCode, Error> {
         max_batch_events: a.max_batch_events,
         max_batch_delay: a.max_batch_delay,
         ring_capacity: a.ring_capacity,
-        history_max_events: a.history_max_events,
+        history_max_events: a
+            .history_max_events
+            .unwrap_or(if a.chaos && a.spool.is_none() {
+                usize::try_from(a.events.div_ceil(a.connections.max(1) as u64))
+                    .unwrap_or(usize::MAX)
+                    .min(1 << 20)
+            } else {
+                1024
+            }),
         chaos: a.chaos,
         spool_dir: a.spool.clone(),
         spool_fsync: a.spool_fsync,

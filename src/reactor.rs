@@ -324,8 +324,10 @@ impl Shard {
             self.drain_rings(now, now_ns);
             // After the rings: history (and the spool) now hold every event routed so far.
             self.flush_spool(now);
+            // A stalled spool does not have what was routed last: replays wait for it.
             match self.spool.as_mut() {
-                Some(spool) => self.core.pump_replays(now, spool),
+                Some(spool) if !self.spool_stalled => self.core.pump_replays(now, spool),
+                Some(_) => {}
                 None => self.core.pump_replays(now, &mut NoCold),
             }
 

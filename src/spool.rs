@@ -203,8 +203,14 @@ pub(crate) struct Spool {
     /// The thread that syncs for `fsync = <interval>`.
     syncer: Option<Syncer>,
     scan_buf: Vec<u8>,
+    /// What `read_at` read last: bytes of one segment from logical position `win_pos` on.
+    win: Vec<u8>,
+    win_pos: u64,
     pub stats: SpoolStats,
 }
+
+/// Bytes `read_at` reads at once: the record asked for and, often, the user's next ones.
+const READ_WINDOW: usize = 32 * 1024;
 
 fn boot_id() -> String {
     fs::read_to_string("/proc/sys/kernel/random/boot_id")
@@ -383,6 +389,8 @@ impl Spool {
             healthy_marker: Some(marker),
             reader: None,
             scan_buf: Vec::new(),
+            win: Vec::new(),
+            win_pos: 0,
             stats: SpoolStats::default(),
         };
         spool.stats.bytes = spool.segments.iter().map(|s| s.len).sum();
@@ -737,6 +745,57 @@ fn recover_segment(
 impl ColdTier for Spool {
     fn start(&self) -> u64 {
         self.segments.front().map_or(self.head, |s| s.start)
+    }
+
+    fn read_at(&mut self, pos: u64, user: &[u8]) -> io::Result<Option<SpoolRecord<'_>>> {
+        let i = self.segments.partition_point(|s| s.start + s.len <= pos);
+        let Some(seg) = self.segments.get(i) else {
+            return Ok(None);
+        };
+        if pos < seg.start {
+            return Ok(None); // trimmed by retention
+        }
+        let (seg_start, seg_end) = (seg.start, seg.start + seg.len);
+        // The record's length, if its header is in the window.
+        let in_window = |win_pos: u64, win: &[u8]| -> Option<usize> {
+            let off = usize::try_from(pos.checked_sub(win_pos)?).ok()?;
+            let len = win.get(off..off + 4)?;
+            let need = durable::HEADER + u32::from_le_bytes(len.try_into().ok()?) as usize;
+            (off + need <= win.len()).then_some(off)
+        };
+        let off = match in_window(self.win_pos, &self.win) {
+            Some(off) => off,
+            None => {
+                if self.reader.as_ref().is_none_or(|(s, _)| *s != seg_start) {
+                    let f = File::open(segment_path(&self.dir, seg_start))?;
+                    self.reader = Some((seg_start, f));
+                }
+                let file = &self.reader.as_ref().expect("opened above").1;
+                let avail = (seg_end - pos) as usize;
+                self.win.resize(avail.min(READ_WINDOW), 0);
+                file.read_exact_at(&mut self.win, pos - seg_start)?;
+                self.win_pos = pos;
+                if in_window(pos, &self.win).is_none() {
+                    // One record larger than the window: read it whole (if it fits in the
+                    // segment; otherwise decoding says it is cut short).
+                    let len = self
+                        .win
+                        .get(..4)
+                        .map_or(0, |l| u32::from_le_bytes(l.try_into().expect("4 bytes")));
+                    let need = (durable::HEADER + len as usize).min(avail);
+                    self.win.resize(need, 0);
+                    file.read_exact_at(&mut self.win, pos - seg_start)?;
+                }
+                0
+            }
+        };
+        match durable::decode_for(&self.win[off..], user) {
+            Ok((r, _)) => Ok(r),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("spool record at {pos} is corrupt or cut short"),
+            )),
+        }
     }
 
     fn scan(

@@ -67,3 +67,38 @@ fn with_a_spool_and_no_memory_history_resumes_replay_from_disk_and_lose_nothing(
     check(&r, "spool");
     assert!(r["replayed_from_spool"].as_u64().unwrap() > 0, "{r}");
 }
+
+/// A process that keeps one core busy until dropped (killed by its PID).
+struct BusyCore(std::process::Child);
+
+impl BusyCore {
+    fn start() -> BusyCore {
+        let child = std::process::Command::new("sh")
+            .args(["-c", "while :; do :; done"])
+            .spawn()
+            .expect("start a busy loop");
+        BusyCore(child)
+    }
+}
+
+impl Drop for BusyCore {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn with_one_core_kept_busy_by_another_process_both_runs_still_lose_nothing() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    // Replays compete with live delivery for the one core left: a replay reads only its
+    // user's records, within a per-pass budget, so it cannot spiral.
+    let _busy = BusyCore::start();
+    let r = floodgate::__bench::run_chaos(64, 500_000, 100_000, 16_384, None);
+    check(&r, "memory history, one core busy");
+    let dir = std::env::temp_dir().join(format!("floodgate-chaos-busy-{}", std::process::id()));
+    let r = floodgate::__bench::run_chaos(64, 400_000, 100_000, 0, Some(dir.clone()));
+    let _ = std::fs::remove_dir_all(&dir);
+    check(&r, "spool, one core busy");
+    assert!(r["replayed_from_spool"].as_u64().unwrap() > 0, "{r}");
+}

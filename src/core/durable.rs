@@ -165,6 +165,10 @@ pub(crate) trait ColdTier {
         user: &[u8],
         visit: &mut dyn FnMut(u64, &SpoolRecord<'_>) -> bool,
     ) -> io::Result<Option<u64>>;
+    /// The record at `pos` if it is `user`'s (`None` when `pos` is no longer retained, or the
+    /// record there is another user's). Reading a user's records by position this way costs
+    /// what those records weigh, whatever other users wrote between them.
+    fn read_at(&mut self, pos: u64, user: &[u8]) -> io::Result<Option<SpoolRecord<'_>>>;
 }
 
 /// A cold tier that holds nothing (no spool configured).
@@ -183,6 +187,9 @@ impl ColdTier for NoCold {
     ) -> io::Result<Option<u64>> {
         Ok(None)
     }
+    fn read_at(&mut self, _: u64, _: &[u8]) -> io::Result<Option<SpoolRecord<'_>>> {
+        Ok(None)
+    }
 }
 
 /// A cold tier in memory, for tests: the bytes the core spooled, from position 0, with an
@@ -192,6 +199,10 @@ impl ColdTier for NoCold {
 pub(crate) struct MemCold {
     pub log: Vec<u8>,
     pub start: u64,
+    /// Records that `scan` decoded the header of (any user's).
+    pub scanned: u64,
+    /// Records read by position.
+    pub reads_at: u64,
 }
 
 #[cfg(test)]
@@ -227,6 +238,7 @@ impl ColdTier for MemCold {
                 return Ok(Some(at as u64));
             }
             let (r, len) = decode_for(&self.log[at..], user).expect("whole records");
+            self.scanned += 1;
             read += len;
             let go_on = r.is_none_or(|r| visit(at as u64, &r));
             at += len;
@@ -236,25 +248,58 @@ impl ColdTier for MemCold {
         }
         Ok(None)
     }
+    fn read_at(&mut self, pos: u64, user: &[u8]) -> io::Result<Option<SpoolRecord<'_>>> {
+        self.reads_at += 1;
+        if pos < self.start || pos as usize >= self.log.len() {
+            return Ok(None);
+        }
+        let (r, _) = decode_for(&self.log[pos as usize..], user)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "corrupt"))?;
+        Ok(r)
+    }
 }
 
 /// Checkpoints kept per user before they are thinned.
 const MAX_CHECKPOINTS: usize = 64;
+/// Positions of a user's most recent events kept one by one (8 bytes each, so at most 32 KiB
+/// per user; and never more than one per record the spool retains, each of which is at least
+/// 50 bytes).
+pub(crate) const DENSE_POSITIONS: usize = 4096;
 
-/// One user's sparse index into the spool: `(seq, position)` pairs, increasing in both, each
-/// the position of the user's record with that `seq`. A replay from `seq` scans forward from
-/// the last checkpoint at or before it. At most [`MAX_CHECKPOINTS`]; when full, every other one
-/// of the older half is dropped, so recent ranges (where most resumes land) stay dense and
-/// older ones get sparser. Scans get longer; nothing becomes unreachable.
+/// One user's index into the spool, in two parts:
+///
+/// - **dense**: the position of each of the user's last [`DENSE_POSITIONS`] events, so a replay
+///   of a recent range (where nearly every resume lands) reads that user's records and nothing
+///   else, however many other users' records lie between them;
+/// - **sparse**: `(seq, position)` checkpoints, increasing in both, for older ranges. A replay
+///   from an older `seq` scans forward from the last checkpoint at or before it. At most
+///   [`MAX_CHECKPOINTS`]; when full, every other one of the older half is dropped, so recent
+///   ranges stay dense and older ones get sparser. Scans get longer; nothing becomes
+///   unreachable.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct ColdIndex {
     points: VecDeque<(u64, u64)>,
+    /// `recent[i]` is the position of the event `recent_first + i`. Invariant: the seqs are
+    /// contiguous and the positions increase; at most [`DENSE_POSITIONS`] entries.
+    recent: VecDeque<u64>,
+    recent_first: u64,
 }
 
 impl ColdIndex {
-    /// Records that the user's event `seq` is at `pos`, if the last checkpoint is more than
-    /// `spacing` bytes back.
+    /// Records that the user's event `seq` is at `pos`: always in the dense part, and as a
+    /// checkpoint if the last one is more than `spacing` bytes back.
     pub(crate) fn note(&mut self, seq: u64, pos: u64, spacing: u64) {
+        if self.recent_first + self.recent.len() as u64 != seq {
+            // Not the next seq (recovery of a stream with a hole): start the run again.
+            self.recent.clear();
+            self.recent_first = seq;
+        }
+        debug_assert!(self.recent.back().is_none_or(|&last| last < pos));
+        if self.recent.len() == DENSE_POSITIONS {
+            self.recent.pop_front();
+            self.recent_first += 1;
+        }
+        self.recent.push_back(pos);
         if let Some(&(_, last)) = self.points.back() {
             if pos < last + spacing {
                 return;
@@ -273,7 +318,18 @@ impl ColdIndex {
     /// The oldest `seq` the spool may still hold for this user, if any. A scan may find that
     /// the first events after it were trimmed too (and says so with a gap).
     pub(crate) fn first_seq(&self) -> Option<u64> {
-        self.points.front().map(|&(seq, _)| seq)
+        match (self.points.front(), self.recent.is_empty()) {
+            (Some(&(seq, _)), false) => Some(seq.min(self.recent_first)),
+            (Some(&(seq, _)), true) => Some(seq),
+            (None, false) => Some(self.recent_first),
+            (None, true) => None,
+        }
+    }
+
+    /// The position of event `seq` if the dense part holds it.
+    pub(crate) fn position(&self, seq: u64) -> Option<u64> {
+        let i = seq.checked_sub(self.recent_first)?;
+        self.recent.get(usize::try_from(i).ok()?).copied()
     }
 
     /// Where to start scanning for `seq`: the last checkpoint at or before it (clamped to the
@@ -284,11 +340,15 @@ impl ColdIndex {
         Some(pos.max(start))
     }
 
-    /// Drops checkpoints wholly before `start` (keeping the last one before it, which still
-    /// bounds the scan).
+    /// Drops what lies wholly before `start`: dense positions, and checkpoints (keeping the
+    /// last one before it, which still bounds the scan).
     pub(crate) fn trim(&mut self, start: u64) {
         while self.points.len() > 1 && self.points[1].1 <= start {
             self.points.pop_front();
+        }
+        while self.recent.front().is_some_and(|&p| p < start) {
+            self.recent.pop_front();
+            self.recent_first += 1;
         }
     }
 

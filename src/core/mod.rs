@@ -46,8 +46,11 @@ const REPLAY_LOW_WATER: usize = 64 * 1024;
 const REPLAY_CHUNK: usize = 256 * 1024;
 /// How often `tick` evicts history past its age in every stream.
 const HISTORY_SWEEP: Duration = Duration::from_secs(1);
-/// Spool bytes a cold replay reads per pass at most, so one deep resume cannot stall a shard.
-const COLD_SCAN_BUDGET: usize = 4 << 20;
+/// Spool bytes one connection's scan (a replay older than its user's dense index) reads per
+/// pass at most, so one deep resume cannot stall a shard...
+const COLD_SCAN_BUDGET: usize = 1 << 20;
+/// ...and bytes all cold replays of a shard read per pass (by position or by scan).
+const COLD_PASS_BUDGET: usize = 4 << 20;
 /// Receipts of events that need no ack are updated for this long after routing.
 const TRACK_FOR: Duration = Duration::from_secs(60);
 /// Receipts tracked per user at most (the oldest stop being updated).
@@ -669,11 +672,38 @@ impl Core {
         } else {
             (cur.since + 1, None)
         };
-        redeliver_unacked(c, &u.unacked, from, &mut self.stats);
         c.delivered_through = from.saturating_sub(1).min(last);
-        if let Some((reason, lost_from, lost_to, previous)) = gap {
-            append_gap(&mut c.out, reason, epoch, lost_from, lost_to, previous);
-            self.stats.gaps += 1;
+        match gap {
+            None => redeliver_unacked(c, &u.unacked, from, &mut self.stats),
+            Some((reason, lost_from, lost_to, previous)) => {
+                // Unacked events before the hole were seen (or skipped) by the client; those
+                // inside it were not lost: they go in order between the pieces of the gap, so
+                // a `gap` names only what is really gone.
+                redeliver_unacked(c, &u.unacked, lost_from, &mut self.stats);
+                let mut at = lost_from;
+                let mut pieces = 0;
+                for e in u
+                    .unacked
+                    .iter()
+                    .filter(|e| (lost_from..=lost_to).contains(&e.seq))
+                {
+                    if e.seq > at {
+                        append_gap(&mut c.out, reason, epoch, at, e.seq - 1, previous);
+                        self.stats.gaps += 1;
+                        pieces += 1;
+                    }
+                    c.out.extend_from_slice(&e.frame);
+                    self.stats.events_redelivered += 1;
+                    at = e.seq + 1;
+                }
+                if at <= lost_to || (pieces == 0 && at == lost_from) {
+                    // (Always one `gap`: an `epoch_changed` one is sent even for an empty
+                    // range, for the previous cursor it carries.)
+                    append_gap(&mut c.out, reason, epoch, at, lost_to, previous);
+                    self.stats.gaps += 1;
+                }
+                c.raw_head = c.out.len();
+            }
         }
         if from <= last {
             c.replay = Some(from);
@@ -684,6 +714,9 @@ impl Core {
     /// Copies retained history into replaying connections that have room, and switches those
     /// that caught up to live delivery. Call once per pass, after the rings are drained.
     pub(crate) fn pump_replays(&mut self, now: Instant, cold: &mut dyn ColdTier) {
+        // Spool bytes all replays of this pass may read: a pass stays short, so live events
+        // and every other connection get their turn (the list rotates when it runs out).
+        let mut budget = COLD_PASS_BUDGET;
         let mut i = 0;
         while i < self.replaying.len() {
             let id = self.replaying[i];
@@ -709,8 +742,13 @@ impl Core {
             let mut next = next;
             let mem = u.memory_from();
             if next < mem && u.cold.first_seq().is_some() {
+                if budget == 0 {
+                    // Out of reading for this pass: the others go first next time.
+                    self.replaying.rotate_left(i);
+                    return;
+                }
                 // Older than memory: read it from the spool.
-                let more = cold_replay(c, u, next, mem, cold, &mut self.stats);
+                let more = cold_replay(c, u, next, mem, cold, &mut self.stats, &mut budget);
                 list_urgent(&mut self.urgent, c, id);
                 if more {
                     i += 1;
@@ -1604,6 +1642,7 @@ fn cold_replay(
     mem: u64,
     cold: &mut dyn ColdTier,
     stats: &mut Stats,
+    budget: &mut usize,
 ) -> bool {
     let Conn {
         kind: ConnKind::User(user),
@@ -1620,27 +1659,67 @@ fn cold_replay(
     let mut n = 0u64;
     let mut reached_memory = false;
     let mut gaps = 0;
-    let scanned = match cold_pos.or_else(|| u.cold.scan_from(next, cold.start())) {
-        None => Ok(None),
-        Some(pos) => cold.scan(pos, COLD_SCAN_BUDGET, user, &mut |_, r| {
-            if r.kind != KIND_EVENT || r.epoch != epoch || r.seq < want {
-                return true;
+    let mut failed = None;
+    let mut to_dense = false;
+    // Recent events by position: the user's records and nothing else are read.
+    if cold_pos.is_none() {
+        while want < mem && copied < REPLAY_CHUNK && *budget > 0 {
+            let Some(pos) = u.cold.position(want) else {
+                break;
+            };
+            match cold.read_at(pos, user) {
+                Ok(Some(r)) if r.kind == KIND_EVENT && r.epoch == epoch && r.seq == want => {
+                    out.extend_from_slice(r.frame);
+                    copied += r.frame.len();
+                    *budget = budget.saturating_sub(r.frame.len() + durable::HEADER);
+                    want += 1;
+                    n += 1;
+                }
+                // Trimmed by retention, or not what the index says: the scan below decides.
+                Ok(_) => break,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
             }
-            if r.seq >= mem {
-                reached_memory = true;
-                return false;
-            }
-            if r.seq > want {
-                // Trimmed from the spool (retention), or lost to a failed write.
-                append_gap(out, "history_evicted", epoch, want, r.seq - 1, None);
-                gaps += 1;
-            }
-            out.extend_from_slice(r.frame);
-            want = r.seq + 1;
-            n += 1;
-            copied += r.frame.len();
-            copied < REPLAY_CHUNK && want < mem
-        }),
+        }
+    }
+    let dense_done = want >= mem || copied >= REPLAY_CHUNK || *budget == 0;
+    let scanned = if let Some(e) = failed {
+        Err(e)
+    } else if dense_done {
+        Ok(Some(0))
+    } else {
+        // Older than the dense index: scan from the nearest checkpoint, within the budget.
+        let this_pass = COLD_SCAN_BUDGET.min(*budget);
+        *budget -= this_pass;
+        match cold_pos.or_else(|| u.cold.scan_from(want, cold.start())) {
+            None => Ok(None),
+            Some(pos) => cold.scan(pos, this_pass, user, &mut |_, r| {
+                if u.cold.position(want).is_some() {
+                    // Caught up with the dense index: read by position from here on.
+                    to_dense = true;
+                    return false;
+                }
+                if r.kind != KIND_EVENT || r.epoch != epoch || r.seq < want {
+                    return true;
+                }
+                if r.seq >= mem {
+                    reached_memory = true;
+                    return false;
+                }
+                if r.seq > want {
+                    // Trimmed from the spool (retention), or lost to a failed write.
+                    append_gap(out, "history_evicted", epoch, want, r.seq - 1, None);
+                    gaps += 1;
+                }
+                out.extend_from_slice(r.frame);
+                want = r.seq + 1;
+                n += 1;
+                copied += r.frame.len();
+                copied < REPLAY_CHUNK && want < mem
+            }),
+        }
     };
     stats.gaps += gaps;
     stats.events_replayed += n;
@@ -1651,6 +1730,11 @@ fn cold_replay(
         c.pending += n as usize;
     }
     let more = match scanned {
+        Ok(Some(_)) if dense_done => want < mem,
+        Ok(_) if to_dense => {
+            c.cold_pos = None;
+            want < mem
+        }
         Ok(Some(pos)) if !reached_memory && want < mem => {
             c.cold_pos = Some(pos);
             true

@@ -898,3 +898,194 @@ mod spool_retention {
         assert_eq!(events(&seen), (9..=20).collect::<Vec<_>>());
     }
 }
+
+mod spool_replay {
+    //! A replay from the spool costs what the user's own records weigh, is budgeted per pass,
+    //! and a client cut again and again while it replays still catches up.
+
+    use super::*;
+
+    fn spool_core() -> Core {
+        Core::new(cfg(|c| {
+            c.history_max_events = 0; // the spool is the only history
+            c.spool_dir = Some("unused-by-the-core".into());
+        }))
+    }
+
+    /// Pumps and writes `id` in full until it has nothing more; returns what it received.
+    fn drain_cold(
+        core: &mut Core,
+        id: ConnId,
+        cold: &mut durable::MemCold,
+        now: Instant,
+    ) -> Vec<Seen> {
+        let mut seen = Vec::new();
+        loop {
+            let before = seen.len();
+            core.pump_replays(now, cold);
+            let bytes = core.conn(id).out()[core.conn(id).written..].to_vec();
+            if !bytes.is_empty() {
+                core.on_written(id, bytes.len());
+                let mut r = FrameReader::new(bytes, 1024);
+                r.frames(|_, p| seen.push(decode(p))).unwrap();
+            }
+            if seen.len() == before && !core.replay_ready() {
+                return seen;
+            }
+        }
+    }
+
+    #[test]
+    fn a_replay_reads_only_its_users_records() {
+        let t0 = Instant::now();
+        let mut core = spool_core();
+        let users: Vec<String> = (0..64).map(|i| format!("u{i}")).collect();
+        let epoch = learn_epoch(&mut core, "u7", t0);
+        let mut cold = durable::MemCold::default();
+        for i in 1..=100 {
+            for u in &users {
+                core.route(&record(u, i), t0, 0);
+            }
+        }
+        cold.absorb(&mut core);
+        let id = resume(&mut core, "u7", 50, Some(epoch), t0);
+        let seen = drain_cold(&mut core, id, &mut cold, t0);
+        assert_eq!(events(&seen), (51..=100).collect::<Vec<_>>(), "{seen:?}");
+        assert_eq!(cold.scanned, 0, "no record was scanned past");
+        assert_eq!(cold.reads_at, 50, "one read per event replayed");
+    }
+
+    #[test]
+    fn older_than_the_dense_index_it_scans_and_still_replays_everything() {
+        let t0 = Instant::now();
+        let mut core = spool_core();
+        let epoch = learn_epoch(&mut core, "a", t0);
+        let mut cold = durable::MemCold::default();
+        let n = durable::DENSE_POSITIONS as u64 + 500;
+        for i in 1..=n {
+            core.route(&record("a", i), t0, 0);
+            core.route(&record("b", i), t0, 0);
+        }
+        cold.absorb(&mut core);
+        let id = resume(&mut core, "a", 10, Some(epoch), t0);
+        let seen = drain_cold(&mut core, id, &mut cold, t0);
+        assert_eq!(events(&seen), (11..=n).collect::<Vec<_>>());
+        assert!(cold.scanned > 0, "the oldest part came from a scan");
+        assert!(cold.reads_at >= durable::DENSE_POSITIONS as u64 - 1);
+    }
+
+    #[test]
+    fn all_replays_of_a_pass_share_one_read_budget_and_take_turns() {
+        let t0 = Instant::now();
+        let mut core = spool_core();
+        let users: Vec<String> = (0..40).map(|i| format!("u{i}")).collect();
+        let epochs: Vec<u64> = users
+            .iter()
+            .map(|u| learn_epoch(&mut core, u, t0))
+            .collect();
+        let mut cold = durable::MemCold::default();
+        let pad = "x".repeat(900);
+        for i in 1..=400u64 {
+            for u in &users {
+                let body = format!("\"i\":{i},\"pad\":\"{pad}\"}}");
+                core.route(&crate::__bench::record(u, body.as_bytes()), t0, 0);
+            }
+        }
+        cold.absorb(&mut core);
+        let ids: Vec<ConnId> = users
+            .iter()
+            .zip(&epochs)
+            .map(|(u, &e)| resume(&mut core, u, 0, Some(e), t0))
+            .collect();
+        let queued = |core: &Core| -> Vec<usize> {
+            ids.iter().map(|&id| core.conn(id).out().len()).collect()
+        };
+        let before = queued(&core);
+        core.pump_replays(t0, &mut cold);
+        let after = queued(&core);
+        let total: usize = after.iter().zip(&before).map(|(a, b)| a - b).sum();
+        assert!(total > 0);
+        assert!(
+            total <= COLD_PASS_BUDGET + REPLAY_CHUNK,
+            "one pass queued {total} bytes of replay"
+        );
+        let starved: Vec<usize> = (0..ids.len()).filter(|&k| after[k] == before[k]).collect();
+        assert!(!starved.is_empty(), "the budget ran out within the pass");
+        // The next pass serves those that waited first.
+        for &id in &ids {
+            let c = core.conn(id);
+            let n = c.out().len() - c.written;
+            if n > 0 {
+                core.on_written(id, n);
+            }
+        }
+        core.pump_replays(t0, &mut cold);
+        let third = queued(&core);
+        let served: Vec<usize> = (0..ids.len()).filter(|&k| third[k] > after[k]).collect();
+        assert!(!served.is_empty());
+        assert!(
+            served.iter().all(|k| starved.contains(k))
+                || starved.iter().all(|k| served.contains(k)),
+            "the connections that waited go first: waited {starved:?}, then served {served:?}"
+        );
+    }
+
+    #[test]
+    fn a_client_cut_again_and_again_while_it_replays_still_catches_up() {
+        let t0 = Instant::now();
+        let mut core = spool_core();
+        let epoch = learn_epoch(&mut core, "a", t0);
+        let mut cold = durable::MemCold::default();
+        let mut emitted = 0u64;
+        let mut emit = |core: &mut Core, cold: &mut durable::MemCold, k: u64| {
+            for _ in 0..k {
+                emitted += 1;
+                core.route(&record("a", emitted), t0, 0);
+                core.route(&record("noise", emitted), t0, 0);
+            }
+            cold.absorb(core);
+            emitted
+        };
+        emit(&mut core, &mut cold, 3000);
+        let mut cursor = 0u64;
+        let mut rounds = 0;
+        // Each life: connect with the cursor, one pass, the client reads only 8 KiB of what was
+        // queued, and the connection is cut; meanwhile 20 more events arrive.
+        loop {
+            rounds += 1;
+            assert!(
+                rounds < 500,
+                "no catch-up after {rounds} lives (cursor {cursor})"
+            );
+            let id = resume(&mut core, "a", cursor, Some(epoch), t0);
+            core.pump_replays(t0, &mut cold);
+            let out = core.conn(id).out().to_vec();
+            let take = out.len().min(8 << 10);
+            core.on_written(id, take);
+            let mut seen = Vec::new();
+            FrameReader::new(out[..take].to_vec(), 1024)
+                .frames(|_, p| seen.push(decode(p)))
+                .ok();
+            core.remove(id);
+            let before = cursor;
+            for s in &seen {
+                match s {
+                    Seen::Event(n) => {
+                        assert_eq!(*n, cursor + 1, "in order, once: {seen:?}");
+                        cursor = *n;
+                    }
+                    Seen::Gap { .. } => panic!("no gap may be needed: {seen:?}"),
+                    Seen::Hello { .. } => {}
+                }
+            }
+            let last = emit(&mut core, &mut cold, 20);
+            if cursor == last - 20 || cursor == last {
+                break;
+            }
+            assert!(
+                cursor > before,
+                "life {rounds} made no progress from {before}"
+            );
+        }
+    }
+}

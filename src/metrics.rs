@@ -136,6 +136,8 @@ counters! {
     /// Streams the spool found at start but could not keep (new epochs: a failed fsync, a
     /// repair, a reboot without `fsync = always`).
     streams_discarded_at_start,
+    /// Unacked events of those streams routed again at start as new events of the new epoch.
+    events_carried_to_new_epoch,
     /// Bytes the spool cut at start: torn tails, and with `spool_repair` corrupted records.
     spool_bytes_cut_at_start,
     /// Bytes written to the spool.
@@ -387,6 +389,12 @@ impl MetricsSnapshot {
             "gauge",
             "Streams the spool held but could not vouch for at start (they got new epochs).",
             &[("", s.streams_discarded_at_start)],
+        );
+        metric(
+            "events_carried_to_new_epoch",
+            "gauge",
+            "Unacked events of those streams sent again at start as new events of the new epoch.",
+            &[("", s.events_carried_to_new_epoch)],
         );
         metric(
             "spool_bytes_cut_at_start",

@@ -162,6 +162,9 @@ pub(crate) struct Recovery {
     /// Streams whose epoch could not be kept (a failed fsync in the last run, a repair, or a
     /// restart of the machine without `fsync = always`).
     pub discarded_streams: usize,
+    /// The unacked events of those streams, `(user, frames)`, oldest first: the core sends
+    /// them again as new events of the user's new stream, so none vanishes.
+    pub carried: Vec<(Box<[u8]>, Vec<Vec<u8>>)>,
 }
 
 #[derive(Debug)]
@@ -312,10 +315,15 @@ impl Spool {
             let (valid, bad) = recover_segment(&data, start, cfg, checkpoint_spacing, &mut rec);
             if let Some(kind) = bad {
                 let after = data.len() as u64 - valid;
-                // An interrupted last write is cut; damage anywhere else refuses the start.
+                // An interrupted last write is cut; damage anywhere else refuses the start. A
+                // record whose bytes are all there but whose checksum fails is damage too: a
+                // killed process leaves a record cut short, never a whole one with wrong bytes.
+                // (Only after a reboot, where the page cache may have lost any page, is it taken
+                // for a torn write: every stream then starts a new epoch anyway.)
                 let rest = &data[valid as usize..];
                 let torn = i == last
-                    && (kind == Bad::Truncated || record_reaches_end(rest))
+                    && (kind == Bad::Truncated
+                        || (record_reaches_end(rest) && (!record_complete(rest) || !continuity)))
                     && !holds_a_record(rest);
                 if torn {
                     tracing::warn!(file = %path.display(), bytes = after, "spool: cutting a torn tail");
@@ -363,7 +371,13 @@ impl Spool {
                  fsync = always, or a repair: continuity cannot be proven, so every stream of \
                  this shard starts a new epoch"
             );
-            rec.streams.clear();
+            rec.carried = rec
+                .streams
+                .drain()
+                .filter(|(_, s)| !s.unacked.is_empty())
+                .map(|(user, s)| (user, s.unacked.into_iter().map(|(_, f)| f).collect()))
+                .collect();
+            rec.carried.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         }
         for b in markers {
             let _ = fs::remove_file(dir.join(format!("healthy-{b}")));
@@ -674,6 +688,14 @@ fn record_reaches_end(rest: &[u8]) -> bool {
         }
         None => true,
     }
+}
+
+/// Whether every byte that the record at the start of `rest` declares is there.
+fn record_complete(rest: &[u8]) -> bool {
+    rest.get(..4).is_some_and(|len| {
+        let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
+        durable::HEADER.saturating_add(len) <= rest.len()
+    })
 }
 
 /// The most a torn tail can span: more than one write of the reactor ever takes.
@@ -1021,6 +1043,38 @@ mod tests {
     }
 
     #[test]
+    fn a_whole_last_record_with_a_bad_checksum_is_corruption_not_a_torn_tail() {
+        let dir = tmp("whole-bad-last");
+        let c = cfg(&dir);
+        let (mut s, _) = Spool::open(&c, 0, 1, 512).unwrap();
+        s.write(&events(b"u", 1, 5), Instant::now()).unwrap();
+        drop(s);
+        // A byte flips in the body of the last record (all of its bytes are there).
+        let seg = segment_path(&dir.join("shard-0"), 0);
+        let mut data = fs::read(&seg).unwrap();
+        let n = data.len();
+        data[n - 3] ^= 0x40;
+        fs::write(&seg, &data).unwrap();
+        // Cutting it as torn would keep the epoch and let event 5's seq be used again for
+        // another event, which a client holding the old event 5 would never get.
+        let err = Spool::open(&c, 0, 1, 512).err().expect("refuses to start");
+        assert!(matches!(err, SpoolError::Corrupt { .. }), "{err}");
+        let (_, rec) = Spool::open(
+            &SpoolConfig {
+                repair: true,
+                ..c.clone()
+            },
+            0,
+            1,
+            512,
+        )
+        .unwrap();
+        assert!(rec.repaired_bytes > 0);
+        assert_eq!(rec.discarded_streams, 1, "the stream starts a new epoch");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn a_torn_tail_is_cut_and_a_flipped_byte_refuses_the_start() {
         let dir = tmp("torn");
         let c = cfg(&dir);
@@ -1170,6 +1224,10 @@ mod tests {
             let (_, rec) = Spool::open(&c, 0, 1, 512).unwrap();
             assert_eq!(rec.streams.contains_key(&b"u"[..]), kept, "{fsync}");
             assert_eq!(rec.discarded_streams, usize::from(!kept), "{fsync}");
+            // Event 3 needs an ack and has none: a discarded stream hands it over to be sent
+            // again in the new epoch rather than letting it vanish.
+            let carried: Vec<usize> = rec.carried.iter().map(|(_, f)| f.len()).collect();
+            assert_eq!(carried, if kept { vec![] } else { vec![1] }, "{fsync}");
         }
         fs::remove_dir_all(&dir).unwrap();
     }

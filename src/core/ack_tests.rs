@@ -298,3 +298,43 @@ fn a_restored_stream_keeps_its_epoch_seq_and_unacked_events() {
         "positions go on"
     );
 }
+
+#[test]
+fn unacked_events_of_a_stream_that_starts_a_new_epoch_are_sent_again_in_it() {
+    let t0 = Instant::now();
+    let mut cold = durable::MemCold::default();
+    let frame = |seq: u64| {
+        let body = format!("\"type\":\"agent_completed\",\"ts\":1,\"ack\":true,\"i\":{seq}}}");
+        let (p, n) = frame::event_prefix(seq, body.len());
+        let mut f = p[..n].to_vec();
+        f.extend_from_slice(body.as_bytes());
+        f
+    };
+    // The spool could not vouch for the old stream (a reboot, a repair): it hands over the
+    // unacked events instead of the stream.
+    let rec = crate::spool::Recovery {
+        discarded_streams: 1,
+        carried: vec![(b"a"[..].into(), vec![frame(7), frame(9)])],
+        head: 100,
+        ..Default::default()
+    };
+    let mut core = Core::new(cfg(|c| c.spool_dir = Some("unused".into())));
+    core.restore(rec, t0);
+    assert_eq!(core.stats.events_carried_to_new_epoch, 2);
+    assert!(!core.spool_out.is_empty(), "spooled again in the new epoch");
+    let a = connect(&mut core, "a", None, t0);
+    let seen = take(&mut core, a, t0, &mut cold);
+    assert_eq!(
+        seen,
+        [
+            Seen::Hello(2),
+            Seen::Redelivery(2),
+            Seen::Event(1),
+            Seen::Event(2)
+        ],
+        "both unacked events, renumbered in the new stream, still waiting for an ack"
+    );
+    ack(&mut core, a, 2, t0);
+    let b = connect(&mut core, "a", None, t0);
+    assert_eq!(take(&mut core, b, t0, &mut cold), [Seen::Hello(2)]);
+}

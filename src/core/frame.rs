@@ -122,6 +122,13 @@ pub(crate) fn payload(buf: &[u8]) -> Option<&[u8]> {
     buf.get(hdr..hdr.checked_add(len)?)
 }
 
+/// The body of an event frame's payload `{"seq":N,<body>`: what the emitter encoded.
+pub(crate) fn body_after_seq(payload: &[u8]) -> Option<&[u8]> {
+    let rest = payload.strip_prefix(b"{\"seq\":")?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    rest[digits..].strip_prefix(b",")
+}
+
 /// The `seq` of the last event frame among the frames in `buf` (which starts at a frame
 /// boundary and holds whole frames).
 pub(crate) fn last_event_seq(buf: &[u8]) -> Option<u64> {

@@ -470,6 +470,28 @@ impl Core {
             self.users.insert(user, u);
         }
         self.stats.streams_recovered = self.users.len() as u64;
+        // Streams that had to start a new epoch lose their `seq` numbers, never their unacked
+        // events: each is routed again, as a new event of the new stream that needs an ack.
+        let mut record = Vec::new();
+        for (user, frames) in rec.carried {
+            let user_len = u8::try_from(user.len()).expect("user ids are at most 255 bytes");
+            for f in frames {
+                let Some(body) = frame::payload(&f).and_then(frame::body_after_seq) else {
+                    tracing::error!(
+                        "spool: an unacked event's frame cannot be read; not carried over"
+                    );
+                    continue;
+                };
+                record.clear();
+                record.extend_from_slice(&0u64.to_le_bytes());
+                record.push(crate::emitter::REC_ACK);
+                record.push(user_len);
+                record.extend_from_slice(&user);
+                record.extend_from_slice(body);
+                self.route(&record, now, 0);
+                self.stats.events_carried_to_new_epoch += 1;
+            }
+        }
     }
 
     /// The reactor wrote `spool_out` to the spool: mark the receipts that waited on it.

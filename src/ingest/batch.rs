@@ -63,6 +63,49 @@ pub(crate) enum BatchError {
     Malformed(String),
     /// More events than `ingest_max_batch_events`.
     TooMany { got: usize, max: usize },
+    /// Arrays and objects nested deeper than [`MAX_DEPTH`].
+    TooDeep,
+}
+
+/// How deep arrays and objects may nest in an ingest body, counting every level from the
+/// outermost (`[` of a batch is 1, an event's object 2, its `data` 3). Checked before any
+/// parser sees the body, so no input can exhaust a thread's stack.
+pub(crate) const MAX_DEPTH: usize = 64;
+
+/// Stack of an ingest thread. sonic-rs walks nested values recursively; a level costs a few
+/// hundred bytes in a release build and up to 50 KiB in a debug build, so [`MAX_DEPTH`]
+/// levels need at most about 3.2 MiB. Only touched pages take memory.
+pub(crate) const STACK_BYTES: usize = 16 << 20;
+
+/// Whether arrays and objects in the JSON text `body` nest deeper than `max` (strings and
+/// their escapes skipped; the text need not be valid JSON: the parser judges that).
+pub(crate) fn too_deep(body: &[u8], max: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in body {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 impl std::fmt::Display for BatchError {
@@ -72,6 +115,11 @@ impl std::fmt::Display for BatchError {
             BatchError::TooMany { got, max } => write!(
                 f,
                 "{got} events in one batch; ingest_max_batch_events is {max}"
+            ),
+            BatchError::TooDeep => write!(
+                f,
+                "arrays and objects nest deeper than {MAX_DEPTH} levels (the limit for ingest \
+                 bodies, counted from the outermost bracket)"
             ),
         }
     }
@@ -99,6 +147,9 @@ pub(crate) fn parse(
         id: Option<LazyValue<'a>>,
         #[serde(borrow)]
         events: Vec<LazyValue<'a>>,
+    }
+    if too_deep(body, MAX_DEPTH) {
+        return Err(BatchError::TooDeep);
     }
     let text = std::str::from_utf8(body)
         .map_err(|_| BatchError::Malformed("the body is not UTF-8".into()))?;
@@ -295,6 +346,40 @@ fn cost_ns(n: u64, rate: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nesting_past_the_limit_is_refused_before_any_parser_sees_it() {
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        // Anywhere: the whole body, an event's data, the envelope's id.
+        let bodies = [
+            deep(20_000),
+            format!(r#"[{{"user":"u","type":"t","data":{}}}]"#, deep(70)),
+            format!(r#"{{"id":{},"events":[]}}"#, deep(20_000)),
+        ];
+        for body in &bodies {
+            let err = parse(body.as_bytes(), 1000, true).err();
+            assert_eq!(err, Some(BatchError::TooDeep), "{}", &body[..40]);
+        }
+        assert!(BatchError::TooDeep.to_string().contains("64 levels"));
+        // At the limit it parses (the event's data may hold 61 levels inside the batch's 3),
+        // on a thread with an ingest thread's stack.
+        let ok = format!(r#"[{{"user":"u","type":"t","data":{{"x":{}}}}}]"#, deep(61));
+        std::thread::Builder::new()
+            .stack_size(STACK_BYTES)
+            .spawn(move || {
+                let b = parse(ok.as_bytes(), 1000, false).expect("64 levels are fine");
+                assert!(b.items[0].is_ok(), "{:?}", b.items[0].as_ref().err());
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        // Brackets inside strings do not count, escaped quotes included.
+        let s = format!(
+            r#"[{{"user":"u","type":"t","data":"\"{}"}}]"#,
+            "[".repeat(100)
+        );
+        assert!(parse(s.as_bytes(), 1000, false).unwrap().items[0].is_ok());
+    }
 
     #[test]
     fn an_array_parses_each_event_on_its_own() {

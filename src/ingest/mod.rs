@@ -248,6 +248,7 @@ impl Hub {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
         let spawned = std::thread::Builder::new()
             .name(format!("floodgate-ingest-{n}"))
+            .stack_size(batch::STACK_BYTES)
             .spawn(move || {
                 // Relaxed: a gauge.
                 hub.counters().connections.fetch_add(1, Ordering::Relaxed);
@@ -259,10 +260,14 @@ impl Hub {
                     hub: &hub,
                     rejections: Vec::new(),
                 };
+                let mut stream = stream;
                 let ended = match endpoint {
-                    Endpoint::Publish => conn.serve_http(stream, buf),
-                    Endpoint::Socket => conn.serve_socket(stream, buf),
+                    Endpoint::Publish => conn.serve_http(&mut stream, buf),
+                    Endpoint::Socket => conn.serve_socket(&mut stream, buf),
                 };
+                // The hub keeps a clone of the socket (to shut it down at shutdown), so
+                // dropping ours would not close the connection: close it here.
+                let _ = stream.shutdown(std::net::Shutdown::Both);
                 if let Err(e) = ended {
                     tracing::debug!(error = %e, "ingest connection ended");
                 }
@@ -323,6 +328,7 @@ impl Conn<'_> {
                 let code = match e {
                     BatchError::Malformed(_) => "malformed",
                     BatchError::TooMany { .. } => "too_many_events",
+                    BatchError::TooDeep => "too_deep",
                 };
                 return Answer::Refused {
                     status: 400,
@@ -402,7 +408,7 @@ impl Conn<'_> {
     }
 
     /// `POST /api/publish`, request after request on one keep-alive connection.
-    fn serve_http(&mut self, mut stream: TcpStream, mut buf: Vec<u8>) -> Ended {
+    fn serve_http(&mut self, stream: &mut TcpStream, mut buf: Vec<u8>) -> Ended {
         let hub = self.hub;
         let mut idle_since = Instant::now();
         let mut chunk = vec![0u8; 64 * 1024];
@@ -417,7 +423,7 @@ impl Conn<'_> {
                         return Ok(());
                     }
                 }
-                match read_some(&mut stream, &mut chunk, hub)? {
+                match read_some(stream, &mut chunk, hub)? {
                     Some(n) => buf.extend_from_slice(&chunk[..n]),
                     None if idle_since.elapsed() > HTTP_IDLE => return Ok(()),
                     None => {}
@@ -435,7 +441,7 @@ impl Conn<'_> {
             };
             if let Some((status, reason, code, msg)) = head.refusal(hub) {
                 let body = batch::batch_error(None, code, msg);
-                respond(&mut stream, status, reason, "", &body, false)?;
+                respond(stream, status, reason, "", &body, false)?;
                 return Ok(());
             }
             if head.content_length > hub.cfg.max_body_bytes {
@@ -447,7 +453,7 @@ impl Conn<'_> {
                         head.content_length, hub.cfg.max_body_bytes
                     ),
                 );
-                respond(&mut stream, 413, "Payload Too Large", "", &body, false)?;
+                respond(stream, 413, "Payload Too Large", "", &body, false)?;
                 return Ok(());
             }
             if head.expect_continue {
@@ -456,7 +462,7 @@ impl Conn<'_> {
             let end = head.head_len + head.content_length;
             let mut last_byte = Instant::now();
             while buf.len() < end {
-                if let Some(n) = read_some(&mut stream, &mut chunk, hub)? {
+                if let Some(n) = read_some(stream, &mut chunk, hub)? {
                     buf.extend_from_slice(&chunk[..n]);
                     last_byte = Instant::now();
                 } else if last_byte.elapsed() > HTTP_IDLE {
@@ -468,7 +474,7 @@ impl Conn<'_> {
             idle_since = Instant::now();
             let keep = head.keep_alive && !hub.stopping();
             match answer {
-                Answer::Done(body) => respond(&mut stream, 200, "OK", "", &body, keep)?,
+                Answer::Done(body) => respond(stream, 200, "OK", "", &body, keep)?,
                 Answer::Refused {
                     status,
                     body,
@@ -482,7 +488,7 @@ impl Conn<'_> {
                     } else {
                         "Bad Request"
                     };
-                    respond(&mut stream, status, reason, &extra, &body, keep)?;
+                    respond(stream, status, reason, &extra, &body, keep)?;
                 }
             }
             if !keep {
@@ -492,7 +498,7 @@ impl Conn<'_> {
     }
 
     /// `/api/ingest`: a WebSocket of batches, each answered in order.
-    fn serve_socket(&mut self, mut stream: TcpStream, buf: Vec<u8>) -> Ended {
+    fn serve_socket(&mut self, stream: &mut TcpStream, buf: Vec<u8>) -> Ended {
         let hub = self.hub;
         let req = match handshake::parse(&buf) {
             Ok(Some(req)) => req,

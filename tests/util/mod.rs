@@ -302,3 +302,107 @@ pub fn output_within(cmd: &mut std::process::Command, limit: Duration) -> std::p
         stderr: err_t.join().unwrap(),
     }
 }
+
+/// A `floodgate serve` process of the test's own, on 127.0.0.1:0, signing with [`SECRET`].
+/// Its stderr is read on a thread (kept for [`Serve::log`]); dropping it kills it by PID.
+pub struct Serve {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Serve {
+    /// Starts `floodgate serve --bind 127.0.0.1:0 ARGS` through `sh -c` with `shell_prefix`
+    /// before it (for example `ulimit -n 256;`), with `envs`.
+    pub fn start(shell_prefix: &str, args: &[&str], envs: &[(&str, &str)]) -> Serve {
+        use std::io::BufRead;
+        let bin = env!("CARGO_BIN_EXE_floodgate");
+        let script = format!("{shell_prefix} exec \"$0\" serve --bind 127.0.0.1:0 \"$@\"");
+        let mut cmd = std::process::Command::new("sh");
+        cmd.arg("-c")
+            .arg(script)
+            .arg(bin)
+            .args(args)
+            .env(
+                "FLOODGATE_JWT_HS256_SECRET",
+                std::str::from_utf8(SECRET).unwrap(),
+            )
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start floodgate serve");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let keep = log.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in lines.by_ref().map_while(Result::ok) {
+                if let Some(rest) = line.split("ws://").nth(1) {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(rest.split('/').next().unwrap_or_default().to_owned());
+                    }
+                }
+                let mut l = keep.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(a) => a.parse().expect("an address"),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "floodgate serve printed no address: {}",
+                    log.lock().unwrap()
+                );
+            }
+        };
+        Serve { child, addr, log }
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Whether it is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Its resident memory in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// `GET /metrics`, the value of the sample that starts with `name` (summed over labels).
+    pub fn metric(&self, name: &str) -> u64 {
+        let text = http(
+            self.addr,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .map(|v| v as u64)
+            .sum()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -2,6 +2,8 @@
 //! clear answer, and the gateway stays up with bounded memory.
 mod util;
 
+use std::time::{Duration, Instant};
+
 use util::Serve;
 
 const KEY: &str = "ingest-key-0123456789abcdef";
@@ -57,4 +59,78 @@ fn deeply_nested_json_is_refused_naming_the_limit_and_the_gateway_stays_up() {
     // And it still serves: a good batch is accepted.
     let (status, answer) = publish(serve.addr, r#"[{"user":"u","type":"agent_started"}]"#);
     assert!(status.contains(" 200 "), "{status} {answer}");
+}
+
+/// Opens a WebSocket on `path` over a raw socket (the handshake read, nothing after it).
+fn raw_ws(addr: std::net::SocketAddr, path: &str, token: Option<&str>) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(util::upgrade_request(path, &auth).as_bytes())
+        .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut b).unwrap();
+        head.push(b[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    s
+}
+
+/// A masked client frame (mask key 0, so the payload is as given).
+fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() <= 125);
+    let mut f = vec![0x80 | opcode, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+    f.extend_from_slice(payload);
+    f
+}
+
+#[test]
+fn pings_and_echoes_that_are_never_read_do_not_grow_memory() {
+    use std::io::Write;
+    let mut serve = Serve::start("", &["--echo", "--max-outbound-bytes", "1048576"], &[]);
+    let before = serve.rss_kib();
+    // Three clients that send and never read: two flood pings (125-byte payloads), one
+    // sends messages to /echo. Each sends 25 MB, so unbounded replies would hold 75 MB.
+    let floods: Vec<_> = (0..3)
+        .map(|i| {
+            let addr = serve.addr;
+            std::thread::spawn(move || {
+                let (mut s, frame) = if i < 2 {
+                    let tok = util::token(&format!("pinger{i}"));
+                    (
+                        raw_ws(addr, "/ws", Some(&tok)),
+                        client_frame(0x9, &[b'p'; 125]),
+                    )
+                } else {
+                    (raw_ws(addr, "/echo", None), client_frame(0x1, &[b'e'; 125]))
+                };
+                s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+                let batch = frame.repeat(500);
+                let mut sent = 0usize;
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while sent < (25 << 20) && Instant::now() < deadline {
+                    if s.write_all(&batch).is_err() {
+                        break; // closed as a slow consumer, or TCP pushed back for 5 s
+                    }
+                    sent += batch.len();
+                }
+                sent
+            })
+        })
+        .collect();
+    let sent: Vec<usize> = floods.into_iter().map(|t| t.join().unwrap()).collect();
+    let grown_mib = serve.rss_kib().saturating_sub(before) / 1024;
+    eprintln!("sent {sent:?} bytes; the gateway's RSS grew by {grown_mib} MiB");
+    assert!(serve.alive());
+    assert!(grown_mib < 24, "RSS grew by {grown_mib} MiB");
+    assert!(
+        serve.metric("floodgate_connections_closed_total{reason=\"slow_consumer\"}") >= 3,
+        "each flooder was closed as a slow consumer"
+    );
 }

@@ -38,6 +38,9 @@ pub const CLOSE_PONG_TIMEOUT: u16 = 4010;
 /// Close code sent to every connection on shutdown.
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 
+/// A closing connection may hold this much past `max_outbound_bytes` (its close frame and the
+/// replies tungstenite still owes) before it is dropped without waiting for the handshake.
+const CLOSING_SLACK: usize = 64 * 1024;
 /// Buffers bigger than this are released when they drain, so a burst does not pin memory.
 const SHRINK_ABOVE: usize = 256 * 1024;
 /// A replaying connection is refilled from history when its unsent bytes drop below this...
@@ -1073,6 +1076,7 @@ impl Core {
     /// acknowledgements, echoes) are queued in its outbound buffer.
     pub(crate) fn on_input(&mut self, id: ConnId, input: &[u8], now: Instant) {
         let close_timeout = self.cfg.close_timeout;
+        let max_out = self.cfg.max_outbound_bytes;
         let mut ack = None;
         let mut cursor_msg = None;
         let c = &mut self.conns[id];
@@ -1082,6 +1086,30 @@ impl Core {
             out: &mut c.out,
         };
         loop {
+            // Replies to the client's own messages (pongs, echoes) count against
+            // `max_outbound_bytes` like events: a client that sends and never reads is a slow
+            // consumer, closed with 4008; past the close frame, the connection is dropped.
+            let unsent = io.out.len() - c.written;
+            if unsent > max_out {
+                if c.state == State::Open {
+                    self.stats.closed_slow_consumer += 1;
+                    let frame = CloseFrame {
+                        code: CloseCode::from(CLOSE_SLOW_CONSUMER),
+                        reason: "slow consumer: replies to its own messages went unread".into(),
+                    };
+                    c.state = match c.ws.close(&mut io, Some(frame)) {
+                        Ok(()) => State::Closing {
+                            deadline: now + close_timeout,
+                        },
+                        Err(_) => State::Finished,
+                    };
+                    break;
+                }
+                if unsent > max_out + CLOSING_SLACK {
+                    c.state = State::Finished;
+                    break;
+                }
+            }
             match c.ws.read(&mut io) {
                 Ok(msg @ (Message::Text(_) | Message::Binary(_))) => {
                     self.stats.client_messages += 1;

@@ -525,3 +525,34 @@ fn a_breaker_that_opens_on_coalesced_frames_replays_every_event_they_stood_for()
     }
     assert_eq!(seqs, (1..=800).collect::<Vec<_>>());
 }
+
+#[test]
+fn replies_to_a_client_that_never_reads_count_against_max_outbound_bytes() {
+    let t0 = Instant::now();
+    let max = 256 << 10;
+    let mut core = Core::new(cfg(|c| {
+        c.max_outbound_bytes = max;
+        c.echo = true;
+    }));
+    let echo = open(&mut core, ConnKind::Echo, t0);
+    let ws = open(&mut core, user("a"), t0);
+    let ping = client_frame(Kind::Ping, &[7; 100]);
+    let msg = client_frame(Kind::Text, &[b'x'; 1000]);
+    // 10 MB of pings and echoed messages, none of the replies read.
+    for _ in 0..5_000 {
+        for (id, frame) in [(ws, &ping), (echo, &msg)] {
+            let chunk = frame.repeat(2);
+            core.on_input(id, &chunk, t0);
+        }
+    }
+    for id in [echo, ws] {
+        let c = core.conn(id);
+        let unsent = c.out().len() - c.written;
+        assert!(
+            unsent <= max + CLOSING_SLACK + 4096,
+            "{unsent} bytes queued for a client that reads nothing"
+        );
+        assert_ne!(c.state, State::Open, "closed as a slow consumer");
+    }
+    assert_eq!(core.stats.closed_slow_consumer, 2);
+}

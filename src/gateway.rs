@@ -428,6 +428,7 @@ impl GatewayBuilder {
     /// Validates everything, binds the listener and starts the reactor threads.
     pub fn build(self) -> Result<Gateway, Error> {
         let cfg = self.resolved()?;
+        raise_nofile(cfg.max_connections);
         let verifier = Verifier::new(&cfg.jwt, cfg.jwt_leeway)?;
         let (listener, local_addr) = reactor::bind(cfg.bind).map_err(|source| Error::Bind {
             addr: cfg.bind,
@@ -497,5 +498,26 @@ impl GatewayBuilder {
             threads,
             local_addr,
         })
+    }
+}
+
+/// Descriptors the gateway needs besides one per connection: listener, polls, wakers, spool
+/// segments, the dead-letter file, ingest sockets, and what the application holds.
+const FD_HEADROOM: u64 = 256;
+
+/// Raises the soft `nofile` limit to the hard one (only ever up: what a server should do, as
+/// Go's runtime does at start), and warns when even that is short of `max_connections`: past
+/// it, new connections are answered 503 until some close.
+fn raise_nofile(max_connections: usize) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < max_connections as u64 + FD_HEADROOM => tracing::warn!(
+            nofile = limit,
+            max_connections,
+            "the nofile limit is below max_connections + {FD_HEADROOM}: past it, new \
+             connections are refused with 503 (raise the hard limit, e.g. LimitNOFILE= in a \
+             systemd unit or `ulimit -Hn`, or lower max_connections)"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not read or raise the nofile limit"),
     }
 }

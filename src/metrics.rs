@@ -72,6 +72,10 @@ counters! {
     rejected_auth,
     /// Requests refused for a connection limit (503 total, 429 per user).
     rejected_limit,
+    /// `accept` calls that failed for want of file descriptors (EMFILE, ENFILE).
+    accept_fd_exhausted,
+    /// `accept` calls that failed for another reason (about one connection).
+    accept_errors,
     /// Requests refused as malformed, wrong method, wrong path or timed out.
     rejected_bad_request,
     /// Connections closed as slow consumers (4008).
@@ -245,6 +249,15 @@ impl MetricsSnapshot {
                 ("{reason=\"auth\"}", s.rejected_auth),
                 ("{reason=\"limit\"}", s.rejected_limit),
                 ("{reason=\"bad_request\"}", s.rejected_bad_request),
+            ],
+        );
+        metric(
+            "accept_errors_total",
+            "counter",
+            "Failed accept calls: out of file descriptors (the waiting connection gets 503), or other.",
+            &[
+                ("{reason=\"fd_exhausted\"}", s.accept_fd_exhausted),
+                ("{reason=\"other\"}", s.accept_errors),
             ],
         );
         metric(

@@ -195,6 +195,26 @@ pub(crate) struct Shard {
     spool_stalled: bool,
     /// When a stalled spool is tried again.
     spool_retry_at: Instant,
+    /// A file descriptor held in reserve (on /dev/null) by the accepting shard: when `accept`
+    /// fails for want of descriptors, it is closed so one waiting connection can be accepted
+    /// and refused with a 503, then opened again.
+    reserve_fd: Option<std::fs::File>,
+    /// `accept` ran out of file descriptors and has not succeeded since (one warning per
+    /// episode); while set, the listener is tried again every tick, since connections left
+    /// waiting in a full backlog raise no new readiness event.
+    fd_exhausted: bool,
+    /// `accept` failed for another reason that may last: try again on the next tick.
+    accept_retry: bool,
+}
+
+/// The answer to a connection accepted only to be refused while descriptors are exhausted.
+const FD_EXHAUSTED_503: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\
+    Content-Length: 44\r\nRetry-After: 1\r\nConnection: close\r\n\r\n\
+    the gateway is out of file descriptors now\r\n";
+
+/// Whether an `accept` error means the process or the system is out of file descriptors.
+fn out_of_fds(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
 /// What a shard starts with besides its configuration: its spool (with what it recovered)
@@ -245,7 +265,18 @@ impl Shard {
             dead_letters: durable.dead_letters,
             spool_stalled: false,
             spool_retry_at: Instant::now(),
-        })
+            reserve_fd: None,
+            fd_exhausted: false,
+            accept_retry: false,
+        }
+        .with_reserve_fd())
+    }
+
+    fn with_reserve_fd(mut self) -> Self {
+        if self.listener.is_some() {
+            self.reserve_fd = std::fs::File::open("/dev/null").ok();
+        }
+        self
     }
 
     fn parker(&self) -> &Parker {
@@ -338,6 +369,10 @@ impl Shard {
                 self.core.tick(now);
                 self.tick_spool(now);
                 self.expire_handshakes(now);
+                if self.fd_exhausted || self.accept_retry {
+                    self.accept_retry = false;
+                    self.accept(now);
+                }
                 if let Some(deadline) = self.shutdown_deadline {
                     if now >= deadline {
                         for id in self.core.conn_ids() {
@@ -530,11 +565,58 @@ impl Shard {
                     // The request may already be there (edge-triggered: no event would follow).
                     self.handshake_readable(key, now);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if self.fd_exhausted {
+                        self.fd_exhausted = false;
+                        tracing::info!("accept: file descriptors are available again");
+                    }
+                    return;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if out_of_fds(&e) => {
+                    self.core.stats.accept_fd_exhausted += 1;
+                    if !self.fd_exhausted {
+                        self.fd_exhausted = true;
+                        tracing::warn!(
+                            error = %e,
+                            "accept: out of file descriptors; new connections get 503 until \
+                             some close (raise the nofile limit, or lower max_connections)"
+                        );
+                    }
+                    // Free the reserve to take one waiting connection off the backlog and
+                    // refuse it, rather than leave it hanging; then take the reserve back.
+                    let Some(reserve) = self.reserve_fd.take() else {
+                        return; // tried again on the next tick
+                    };
+                    drop(reserve);
+                    let took_one = match listener.accept() {
+                        Ok((mut stream, _)) => {
+                            let _ = stream.write(FD_EXHAUSTED_503);
+                            self.core.stats.rejected_limit += 1;
+                            true // and closed here
+                        }
+                        Err(_) => false,
+                    };
+                    self.reserve_fd = std::fs::File::open("/dev/null").ok();
+                    // accept fails with EMFILE even when nothing waits: go round again only
+                    // after taking a connection off the backlog.
+                    if !took_one || self.reserve_fd.is_none() {
+                        return;
+                    }
+                }
                 Err(e) => {
-                    // EMFILE and friends: log and try again on the next readiness event.
-                    tracing::warn!(error = %e, "accept failed");
+                    self.core.stats.accept_errors += 1;
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ECONNABORTED | libc::EPROTO | libc::EPERM)
+                    ) {
+                        // About one connection only: go on with the next.
+                        tracing::debug!(error = %e, "accept failed");
+                        continue;
+                    }
+                    // Anything else (ENOBUFS, ENOMEM, ...): back off to the next tick.
+                    tracing::warn!(error = %e, "accept failed; trying again shortly");
+                    self.accept_retry = true;
                     return;
                 }
             }

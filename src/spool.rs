@@ -164,8 +164,11 @@ pub(crate) struct Recovery {
     pub discarded_streams: usize,
     /// The unacked events of those streams, `(user, frames)`, oldest first: the core sends
     /// them again as new events of the user's new stream, so none vanishes.
-    pub carried: Vec<(Box<[u8]>, Vec<Vec<u8>>)>,
+    pub carried: Vec<Carried>,
 }
+
+/// A user and the frames of its unacked events, oldest first (see [`Recovery::carried`]).
+pub(crate) type Carried = (Box<[u8]>, Vec<Vec<u8>>);
 
 #[derive(Debug)]
 struct Segment {

@@ -134,3 +134,61 @@ fn pings_and_echoes_that_are_never_read_do_not_grow_memory() {
         "each flooder was closed as a slow consumer"
     );
 }
+
+#[test]
+fn running_out_of_file_descriptors_refuses_with_503_and_recovers_when_they_return() {
+    use std::io::{Read, Write};
+    // 64 descriptors for the whole gateway process.
+    // Idle handshakes hold their descriptors for the whole test.
+    let serve = Serve::start("ulimit -n 64;", &["--handshake-timeout", "60s"], &[]);
+    // Idle connections: some take the gateway's last descriptors as pending handshakes, the
+    // rest would wait in the listen backlog (mio listens with a backlog of 1024) until it is
+    // full, after which the kernel drops new connection attempts without a word.
+    let idle: Vec<std::net::TcpStream> = (0..1200)
+        .filter_map(|_| std::net::TcpStream::connect(serve.addr).ok())
+        .collect();
+    assert!(idle.len() > 1100, "{} idle connections", idle.len());
+    // A client arriving now is told, not left hanging.
+    let mut late = std::net::TcpStream::connect_timeout(&serve.addr, Duration::from_secs(5))
+        .expect("the listener still takes connections");
+    late.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    late.write_all(util::upgrade_request("/ws", "").as_bytes())
+        .unwrap();
+    let mut answer = String::new();
+    let _ = late.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "got {answer:?}");
+    assert!(answer.contains("file descriptors"), "{answer}");
+    // The idle clients leave; the gateway accepts again (no new readiness event is needed).
+    drop(idle);
+    drop(late);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut ws = loop {
+        match util::try_connect(serve.addr, "/ws", Some(&util::token("back"))) {
+            Ok(ws) => break ws,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "no recovery: {e}\n{}",
+                    serve.log()
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    };
+    let hello = ws.read().expect("hello").into_text().unwrap();
+    assert!(hello.contains("\"type\":\"hello\""), "{hello}");
+    drop(ws);
+    let failed = serve.metric("floodgate_accept_errors_total{reason=\"fd_exhausted\"}");
+    let log = serve.log();
+    let warned = log.matches("accept: out of file descriptors").count();
+    eprintln!("{failed} accept calls failed for want of descriptors; {warned} warning(s)");
+    assert!(failed >= 1);
+    // One warning per episode, not one per failed accept (a recovery between two bursts of
+    // the test's connections may make a second episode).
+    assert!((1..=3).contains(&warned), "{warned} warnings:\n{log}");
+    assert!(
+        log.contains("nofile limit is below max_connections"),
+        "{log}"
+    );
+}

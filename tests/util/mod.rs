@@ -327,7 +327,6 @@ impl Serve {
                 "FLOODGATE_JWT_HS256_SECRET",
                 std::str::from_utf8(SECRET).unwrap(),
             )
-            .env("NO_COLOR", "1")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());
         for (k, v) in envs {

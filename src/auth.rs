@@ -14,8 +14,12 @@ use crate::error::Error;
 /// The claims floodgate reads. `exp` and `sub` are required; `nbf` is checked when present.
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
-    sub: String,
-    exp: u64,
+    /// Optional here only so that a token without it is answered "missing claim sub" rather
+    /// than "malformed" (the spec-claim check below requires it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sub: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    exp: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     nbf: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -30,7 +34,8 @@ pub(crate) enum AuthError {
     BadSignature,
     Expired,
     NotYetValid,
-    MissingClaim,
+    MissingSub,
+    MissingExp,
     BadSubject,
 }
 
@@ -42,10 +47,35 @@ impl AuthError {
             AuthError::BadSignature => "bad signature",
             AuthError::Expired => "token expired",
             AuthError::NotYetValid => "token not yet valid",
-            AuthError::MissingClaim => "missing required claim (sub, exp)",
+            AuthError::MissingSub => "missing required claim: sub (the user id)",
+            AuthError::MissingExp => "missing required claim: exp (expiry, unix seconds)",
             AuthError::BadSubject => "sub must be 1 to 255 bytes",
         }
     }
+}
+
+/// The DER encoding of the OID of the P-256 curve (prime256v1, 1.2.840.10045.3.1.7), which an
+/// ES256 key's SubjectPublicKeyInfo names.
+const P256_OID: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+
+/// Checks at start what the key parsers would only reveal by rejecting every token: that the
+/// PEM holds a public key (not a private key or a certificate), and for ES256 one on P-256.
+fn check_public_pem(text: &[u8], alg: &str, curve: Option<&[u8]>) -> Result<(), String> {
+    let pem = pem::parse(text).map_err(|e| format!("not a PEM file: {e}"))?;
+    let tag = pem.tag();
+    if tag != "PUBLIC KEY" && !(curve.is_none() && tag == "RSA PUBLIC KEY") {
+        return Err(format!(
+            "this PEM holds a `{tag}`; {alg} needs the public key (`-----BEGIN PUBLIC KEY-----`)"
+        ));
+    }
+    if let Some(oid) = curve {
+        if !pem.contents().windows(oid.len()).any(|w| w == oid) {
+            return Err(format!(
+                "not a P-256 (prime256v1) key, which {alg} requires (P-384 is ES384, P-521 ES512)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Checks tokens against one configured key.
@@ -57,9 +87,11 @@ pub(crate) struct Verifier {
 impl Verifier {
     pub(crate) fn new(key: &JwtKey, leeway: Duration) -> Result<Verifier, Error> {
         let read = |path: &std::path::Path| {
-            std::fs::read(path).map_err(|e| Error::Key {
-                path: path.display().to_string(),
-                reason: e.to_string(),
+            crate::config::read_small_file(path, crate::config::MAX_KEY_FILE).map_err(|e| {
+                Error::Key {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                }
             })
         };
         let bad_pem = |path: &std::path::Path, e: jsonwebtoken::errors::Error| Error::Key {
@@ -68,14 +100,28 @@ impl Verifier {
         };
         let (key, alg) = match key {
             JwtKey::Hs256(secret) => (DecodingKey::from_secret(secret), Algorithm::HS256),
-            JwtKey::Rs256(path) => (
-                DecodingKey::from_rsa_pem(&read(path)?).map_err(|e| bad_pem(path, e))?,
-                Algorithm::RS256,
-            ),
-            JwtKey::Es256(path) => (
-                DecodingKey::from_ec_pem(&read(path)?).map_err(|e| bad_pem(path, e))?,
-                Algorithm::ES256,
-            ),
+            JwtKey::Rs256(path) => {
+                let pem = read(path)?;
+                check_public_pem(&pem, "RS256", None).map_err(|reason| Error::Key {
+                    path: path.display().to_string(),
+                    reason,
+                })?;
+                (
+                    DecodingKey::from_rsa_pem(&pem).map_err(|e| bad_pem(path, e))?,
+                    Algorithm::RS256,
+                )
+            }
+            JwtKey::Es256(path) => {
+                let pem = read(path)?;
+                check_public_pem(&pem, "ES256", Some(P256_OID)).map_err(|reason| Error::Key {
+                    path: path.display().to_string(),
+                    reason,
+                })?;
+                (
+                    DecodingKey::from_ec_pem(&pem).map_err(|e| bad_pem(path, e))?,
+                    Algorithm::ES256,
+                )
+            }
         };
         let mut validation = Validation::new(alg);
         validation.leeway = leeway.as_secs();
@@ -96,11 +142,15 @@ impl Verifier {
                 }
                 ErrorKind::ExpiredSignature => AuthError::Expired,
                 ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-                ErrorKind::MissingRequiredClaim(_) => AuthError::MissingClaim,
+                ErrorKind::MissingRequiredClaim(c) if c == "sub" => AuthError::MissingSub,
+                ErrorKind::MissingRequiredClaim(_) => AuthError::MissingExp,
                 _ => AuthError::Malformed,
             },
         )?;
-        let sub = data.claims.sub;
+        let sub = data.claims.sub.ok_or(AuthError::MissingSub)?;
+        if data.claims.exp.is_none() {
+            return Err(AuthError::MissingExp);
+        }
         if sub.is_empty() || sub.len() > 255 {
             return Err(AuthError::BadSubject);
         }
@@ -114,8 +164,8 @@ pub fn mint_hs256(secret: &[u8], user: &str, ttl: Duration) -> Result<String, Er
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let claims = Claims {
-        sub: user.to_owned(),
-        exp: now + ttl.as_secs(),
+        sub: Some(user.to_owned()),
+        exp: Some(now + ttl.as_secs()),
         nbf: None,
         iat: Some(now),
     };

@@ -356,54 +356,14 @@ fn layered(config: Option<&Path>, flags: Settings) -> Result<Settings, Error> {
     Ok(file.overlay(flags))
 }
 
-/// Where `serve` keeps a generated dev secret, so `token` can sign for it.
-fn dev_secret_path() -> PathBuf {
-    let base = std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("floodgate").join("dev-secret")
-}
-
-fn load_or_create_dev_secret() -> Result<String, Error> {
-    let path = dev_secret_path();
-    if let Ok(s) = std::fs::read_to_string(&path) {
-        let s = s.trim().to_owned();
-        if s.len() >= crate::MIN_HS256_SECRET {
-            return Ok(s);
-        }
-    }
-    let mut raw = [0u8; 32];
-    getrandom::fill(&mut raw).map_err(|e| Error::Io(std::io::Error::other(e)))?;
-    let secret: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    write_private(&path, &secret)?;
-    Ok(secret)
-}
-
-fn write_private(path: &Path, text: &str) -> Result<(), Error> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(text.as_bytes())?;
-    Ok(())
-}
-
 fn serve(a: ServeArgs) -> Result<ExitCode, Error> {
     let mut settings = layered(a.config.as_deref(), a.settings)?;
     if !settings.has_jwt_key() {
-        let secret = load_or_create_dev_secret()?;
+        let secret = crate::devsecret::load_or_create()?;
         eprintln!(
             "floodgate: no JWT key configured; using the dev secret saved in {}\n  \
              secret: {secret}\n  mint a token: floodgate token --user u1",
-            dev_secret_path().display()
+            crate::devsecret::path().display()
         );
         settings.jwt_hs256_secret = Some(secret);
     }
@@ -445,18 +405,16 @@ fn token(a: TokenArgs) -> Result<ExitCode, Error> {
             };
             match from_file {
                 Some(s) => s,
-                None => std::fs::read_to_string(dev_secret_path())
-                    .map(|s| s.trim().to_owned())
-                    .map_err(|_| {
-                        Error::Config(crate::ConfigError::new(
-                            "jwt_hs256_secret",
-                            format!(
-                                "no secret given (--secret, FLOODGATE_JWT_HS256_SECRET or --config) and \
-                                 no dev secret saved at {} (run `floodgate serve` once)",
-                                dev_secret_path().display()
-                            ),
-                        ))
-                    })?,
+                None => crate::devsecret::load()?.ok_or_else(|| {
+                    Error::Config(crate::ConfigError::new(
+                        "jwt_hs256_secret",
+                        format!(
+                            "no secret given (--secret, FLOODGATE_JWT_HS256_SECRET or --config) and \
+                             no dev secret saved at {} (run `floodgate serve` once)",
+                            crate::devsecret::path().display()
+                        ),
+                    ))
+                })?,
             }
         }
     };

@@ -639,13 +639,44 @@ pub struct Settings {
     pub ingest_max_connections: Option<usize>,
 }
 
+/// The largest config file read.
+pub(crate) const MAX_CONFIG_FILE: u64 = 1 << 20;
+/// The largest JWT key file read.
+pub(crate) const MAX_KEY_FILE: u64 = 64 << 10;
+
+/// Reads a small file whole: a regular file (not a device, FIFO or directory, which could
+/// never end) of at most `max` bytes, refused otherwise with a reason that says so.
+pub(crate) fn read_small_file(path: &std::path::Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    let meta = file.metadata()?;
+    if !meta.file_type().is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let mut data = Vec::with_capacity(meta.len().min(max) as usize);
+    file.take(max + 1).read_to_end(&mut data)?;
+    if data.len() as u64 > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("larger than {max} bytes"),
+        ));
+    }
+    Ok(data)
+}
+
 impl Settings {
-    /// Reads a TOML file whose keys are the setting names above.
+    /// Reads a TOML file whose keys are the setting names above (a regular file of at most
+    /// 1 MiB).
     pub fn from_toml_file(path: &std::path::Path) -> Result<Settings, crate::Error> {
-        let text = std::fs::read_to_string(path).map_err(|e| crate::Error::ConfigFile {
+        let bad = |reason: String| crate::Error::ConfigFile {
             path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        let data = read_small_file(path, MAX_CONFIG_FILE).map_err(|e| bad(e.to_string()))?;
+        let text = String::from_utf8(data).map_err(|_| bad("not UTF-8".into()))?;
         toml::from_str(&text).map_err(|e| crate::Error::ConfigFile {
             path: path.display().to_string(),
             reason: e.to_string(),

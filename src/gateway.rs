@@ -428,8 +428,8 @@ impl GatewayBuilder {
     /// Validates everything, binds the listener and starts the reactor threads.
     pub fn build(self) -> Result<Gateway, Error> {
         let cfg = self.resolved()?;
-        raise_nofile(cfg.max_connections);
         let verifier = Verifier::new(&cfg.jwt, cfg.jwt_leeway)?;
+        raise_nofile(cfg.max_connections);
         let (listener, local_addr) = reactor::bind(cfg.bind).map_err(|source| Error::Bind {
             addr: cfg.bind,
             source,

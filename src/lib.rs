@@ -37,6 +37,7 @@ mod client;
 mod config;
 mod core;
 mod delivery;
+mod devsecret;
 mod emitter;
 mod error;
 mod event;

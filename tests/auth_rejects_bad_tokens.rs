@@ -86,6 +86,15 @@ fn bad_tokens_get_401_and_no_upgrade() {
                 "{what}: challenge header"
             );
             assert!(!resp.contains("101"), "{what}: no upgrade");
+            // A missing claim is named, not called "malformed".
+            let named = match what {
+                "no sub" => Some("missing required claim: sub"),
+                "no exp" => Some("missing required claim: exp"),
+                _ => None,
+            };
+            if let Some(named) = named {
+                assert!(resp.contains(named), "{what}: {resp}");
+            }
         }
     }
     util::eventually(
@@ -182,4 +191,34 @@ fn unreadable_key_files_are_a_clear_error() {
     assert!(matches!(err, floodgate::Error::Key { .. }), "{err}");
     assert!(err.to_string().contains("/nonexistent/key.pem"));
     assert!(err.is_fatal());
+}
+
+#[test]
+fn keys_that_could_never_verify_a_token_are_refused_at_start() {
+    let keys = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/keys");
+    let cases = [
+        // The private key where the public key goes.
+        ("rs256", keys.join("rs256_private.pem"), "PRIVATE KEY"),
+        ("es256", keys.join("es256_private.pem"), "PRIVATE KEY"),
+        // A key on another curve: ES256 is P-256 only.
+        ("es256", keys.join("p384_public.pem"), "P-256"),
+        // An RSA key given as the ES256 key.
+        ("es256", keys.join("rs256_public.pem"), "P-256"),
+        // A file that never ends.
+        ("rs256", "/dev/zero".into(), "not a regular file"),
+    ];
+    for (alg, path, why) in cases {
+        let b = floodgate::Gateway::builder().bind("127.0.0.1:0");
+        let b = match alg {
+            "rs256" => b.jwt_rs256_public_key(&path),
+            _ => b.jwt_es256_public_key(&path),
+        };
+        let err = b.build().unwrap_err();
+        assert!(matches!(err, floodgate::Error::Key { .. }), "{err}");
+        assert!(
+            err.to_string().contains(why),
+            "{alg} {}: {err}",
+            path.display()
+        );
+    }
 }

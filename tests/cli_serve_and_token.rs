@@ -125,3 +125,79 @@ fn invalid_settings_exit_2_naming_the_setting() {
     );
     let _ = std::fs::remove_file(cfg);
 }
+
+/// `serve` and `token` with no HOME and no XDG_STATE_HOME, temp files under `tmp`.
+fn no_home(cmd: &mut Command, tmp: &std::path::Path) {
+    cmd.env_remove("HOME")
+        .env_remove("XDG_STATE_HOME")
+        .env_remove("FLOODGATE_JWT_HS256_SECRET")
+        .env("TMPDIR", tmp);
+}
+
+#[test]
+fn the_dev_secret_lives_only_in_a_private_directory_and_planted_ones_are_refused() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let tmp = util::temp_dir("devsecret-cli");
+    let uid = std::fs::metadata(&tmp).unwrap().uid();
+    let dir = tmp.join(format!("floodgate-{uid}"));
+    // First start: a private directory and file are made.
+    let mut serve = Command::new(BIN);
+    serve.args(["serve", "--bind", "127.0.0.1:0"]);
+    no_home(&mut serve, &tmp);
+    let mut child = serve.stderr(Stdio::piped()).spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    assert!(lines.any(|l| l.unwrap().contains("listening on")));
+    let _ = child.kill();
+    let _ = child.wait();
+    let mode = |p: &std::path::Path| std::fs::symlink_metadata(p).unwrap().mode() & 0o7777;
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&dir.join("dev-secret")), 0o600);
+    let mut token = Command::new(BIN);
+    token.args(["token", "--user", "u"]);
+    no_home(&mut token, &tmp);
+    let out = util::output_within(&mut token, Duration::from_secs(20));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let refused = |why: &str| {
+        let mut serve = Command::new(BIN);
+        serve.args(["serve", "--bind", "127.0.0.1:0"]);
+        no_home(&mut serve, &tmp);
+        let out = util::output_within(&mut serve, Duration::from_secs(20));
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(2), "{why}: {err}");
+        assert!(
+            err.contains("dev secret") && err.contains(why),
+            "{why}: {err}"
+        );
+        let mut token = Command::new(BIN);
+        token.args(["token", "--user", "u"]);
+        no_home(&mut token, &tmp);
+        let out = util::output_within(&mut token, Duration::from_secs(20));
+        assert!(!out.status.success(), "token refuses too ({why})");
+    };
+    // Another local user could read the secret: refused, not used.
+    std::fs::set_permissions(
+        dir.join("dev-secret"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    refused("group or others");
+    // A symlink planted where the secret goes (to make the gateway use or overwrite a file it
+    // points to) is never followed.
+    std::fs::remove_file(dir.join("dev-secret")).unwrap();
+    let victim = tmp.join("victim");
+    std::fs::write(&victim, "x".repeat(40)).unwrap();
+    std::os::unix::fs::symlink(&victim, dir.join("dev-secret")).unwrap();
+    refused("symlink");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "x".repeat(40));
+    // A directory made by someone else (here: world-writable) is refused.
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    refused("group or others");
+    let _ = std::fs::remove_dir_all(&tmp);
+}

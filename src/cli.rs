@@ -315,10 +315,111 @@ struct BenchArgs {
     json: bool,
 }
 
+/// When a bad value came from an environment variable rather than the command line, the
+/// message naming the variable (clap's names the flag, which the user never typed).
+fn from_env(e: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue};
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let flag = arg.split_whitespace().next()?;
+    let long = flag.strip_prefix("--")?;
+    let typed = std::env::args()
+        .skip(1)
+        .any(|a| a == flag || a.starts_with(&format!("{flag}=")));
+    if typed {
+        return None;
+    }
+    fn env_of(cmd: &clap::Command, long: &str) -> Option<String> {
+        cmd.get_arguments()
+            .find(|a| a.get_long() == Some(long))
+            .and_then(|a| a.get_env())
+            .map(|v| v.to_string_lossy().into_owned())
+            .or_else(|| cmd.get_subcommands().find_map(|c| env_of(c, long)))
+    }
+    let var = env_of(&<Cli as clap::CommandFactory>::command(), long)?;
+    std::env::var_os(&var)?;
+    let value = e
+        .get(ContextKind::InvalidValue)
+        .map(|v| format!(" = `{v}`"))
+        .unwrap_or_default();
+    // clap's first line ends with the parser's reason after the flag.
+    let rendered = e.to_string();
+    let first = rendered.lines().next().unwrap_or_default();
+    let why = first.rsplit_once("': ").map_or(first, |(_, why)| why);
+    Some(format!(
+        "invalid environment variable `{var}`{value}: {why} (it sets {flag}; see `floodgate \
+         serve --help`)"
+    ))
+}
+
+/// Environment variables with the `FLOODGATE_` prefix that are not settings.
+const OTHER_ENV: [&str; 1] = ["FLOODGATE_LOG"];
+
+/// Every `FLOODGATE_*` variable some command reads, from the command line's definition.
+fn known_env_names() -> Vec<String> {
+    fn walk(cmd: &clap::Command, out: &mut Vec<String>) {
+        for arg in cmd.get_arguments() {
+            if let Some(env) = arg.get_env() {
+                out.push(env.to_string_lossy().into_owned());
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            walk(sub, out);
+        }
+    }
+    let mut out: Vec<String> = OTHER_ENV.iter().map(|s| s.to_string()).collect();
+    walk(&<Cli as clap::CommandFactory>::command(), &mut out);
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// A `FLOODGATE_*` variable that no command reads is a mistake (a misspelt setting would
+/// otherwise be silently ignored, where the config file refuses unknown keys). Variables
+/// beginning `FLOODGATE_TEST_` belong to the test suite and are let through.
+fn check_env_names(names: impl Iterator<Item = std::ffi::OsString>) -> Result<(), String> {
+    let known = known_env_names();
+    for name in names {
+        let name = name.to_string_lossy();
+        if !name.starts_with("FLOODGATE_")
+            || name.starts_with("FLOODGATE_TEST_")
+            || known.iter().any(|k| *k == name)
+        {
+            continue;
+        }
+        let nearest = known
+            .iter()
+            .min_by_key(|k| strsim::levenshtein(k, &name))
+            .filter(|k| strsim::levenshtein(k, &name) <= 3);
+        return Err(match nearest {
+            Some(k) => format!("unknown environment variable `{name}`; did you mean `{k}`?"),
+            None => format!(
+                "unknown environment variable `{name}` (`floodgate serve --help` lists the \
+                 FLOODGATE_* variables)"
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Runs the command line and returns the process exit code: 0 success, 1 a failed run (lost
 /// or misrouted events), 2 usage or configuration errors.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match <Cli as clap::Parser>::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => match from_env(&e) {
+            Some(msg) => {
+                eprintln!("floodgate: {msg}");
+                return ExitCode::from(2);
+            }
+            None => e.exit(),
+        },
+    };
+    if let Err(msg) = check_env_names(std::env::vars_os().map(|(k, _)| k)) {
+        eprintln!("floodgate: {msg}");
+        return ExitCode::from(2);
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FLOODGATE_LOG")

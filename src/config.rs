@@ -152,6 +152,27 @@ impl Config {
         fn err(setting: &'static str, reason: impl Into<String>) -> ConfigError {
             ConfigError::new(setting, reason)
         }
+        if self.spool_dir.is_none() {
+            // Spool settings without a spool would be silently ignored: say so instead.
+            let d = Config::defaults(JwtKey::Hs256(Vec::new()));
+            let set = [
+                ("spool_fsync", self.spool_fsync != d.spool_fsync),
+                ("spool_repair", self.spool_repair != d.spool_repair),
+                (
+                    "spool_segment_bytes",
+                    self.spool_segment_bytes != d.spool_segment_bytes,
+                ),
+                ("spool_max_bytes", self.spool_max_bytes != d.spool_max_bytes),
+                ("spool_max_age", self.spool_max_age != d.spool_max_age),
+            ];
+            if let Some((name, _)) = set.iter().find(|(_, differs)| *differs) {
+                return Err(err(
+                    name,
+                    "has no effect without spool_dir (--spool-dir, FLOODGATE_SPOOL_DIR): set \
+                     spool_dir too, or leave it out",
+                ));
+            }
+        }
         if let JwtKey::Hs256(secret) = &self.jwt {
             if secret.len() < MIN_HS256_SECRET {
                 return Err(err(

@@ -20,8 +20,10 @@ pub enum EmitError<T> {
     /// The user id is empty or longer than 255 bytes.
     #[error("the user id is empty or longer than 255 bytes")]
     InvalidUser(T),
-    /// A custom event type name is empty, too long or has characters outside `[A-Za-z0-9_.:-]`.
-    #[error("invalid event type name")]
+    /// A custom event type name is empty, too long, has characters outside `[A-Za-z0-9_.:-]`,
+    /// or is one of the protocol's own frame types (`hello`, `gap`, `redelivery`, `auth`,
+    /// `error`).
+    #[error("invalid event type name (1 to 64 bytes of [A-Za-z0-9_.:-], not a protocol frame type such as hello or gap)")]
     InvalidType(T),
     /// The event's data failed to serialize (its `Serialize` impl returned an error).
     #[error("the event's data failed to serialize")]

@@ -9,6 +9,8 @@ use serde::Serialize;
 
 /// The longest accepted event type name, in bytes.
 pub const MAX_TYPE_LEN: usize = 64;
+/// Type names of the protocol's own frames and messages, refused as custom event types.
+pub const RESERVED_TYPES: [&str; 5] = ["hello", "gap", "redelivery", "auth", "error"];
 
 /// The type of an event: the five agent lifecycle types, or a custom name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,11 +42,14 @@ impl<'a> EventType<'a> {
         }
     }
 
-    /// Whether the name is acceptable (always true for the built-in types).
+    /// Whether the name is acceptable (always true for the built-in types). A custom name
+    /// may not be one of the protocol's own frame types ([`RESERVED_TYPES`]), so a client
+    /// never takes an application's event for a `hello` or a `gap`.
     pub fn is_valid(&self) -> bool {
         match self {
             EventType::Custom(name) => {
-                !name.is_empty()
+                !RESERVED_TYPES.contains(name)
+                    && !name.is_empty()
                     && name.len() <= MAX_TYPE_LEN
                     && name.bytes().all(|b| {
                         b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-')
@@ -349,5 +354,9 @@ mod tests {
         assert!(!EventType::Custom("has space").is_valid());
         assert!(!EventType::Custom("quote\"").is_valid());
         assert!(!EventType::Custom(&"x".repeat(MAX_TYPE_LEN + 1)).is_valid());
+        for reserved in RESERVED_TYPES {
+            assert!(!EventType::Custom(reserved).is_valid(), "{reserved}");
+        }
+        assert!(EventType::Custom("hello_world").is_valid());
     }
 }

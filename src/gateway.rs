@@ -1,6 +1,7 @@
 //! [`Gateway`] and its one builder.
 
 use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
@@ -55,9 +56,11 @@ fn open_durable(
     }
     if let Some(path) = cfg.dead_letter_path() {
         for d in out.iter_mut() {
+            // 0600: dead letters are users' events.
             let f = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(0o600)
                 .open(&path)
                 .map_err(|e| {
                     let msg = format!("dead-letter file `{}`: {e}", path.display());

@@ -65,7 +65,7 @@ pub use crate::core::{CLOSE_GOING_AWAY, CLOSE_PONG_TIMEOUT, CLOSE_SLOW_CONSUMER}
 pub use crate::delivery::Delivery;
 pub use crate::emitter::{Emitter, MAX_USER_LEN};
 pub use crate::error::{ConfigError, EmitError, Error};
-pub use crate::event::{Event, EventType, NoData, MAX_TYPE_LEN};
+pub use crate::event::{Event, EventType, NoData, MAX_TYPE_LEN, RESERVED_TYPES};
 pub use crate::gateway::{Gateway, GatewayBuilder, ShutdownReport};
 pub use crate::ingest::IngestStats;
 pub use crate::metrics::{MetricsSnapshot, Stats};

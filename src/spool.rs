@@ -19,6 +19,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -218,6 +219,26 @@ pub(crate) struct Spool {
 /// Bytes `read_at` reads at once: the record asked for and, often, the user's next ones.
 const READ_WINDOW: usize = 32 * 1024;
 
+/// Creates `dir` and its missing parents with mode 0700: what the spool holds is every user's
+/// events, for this user's eyes only. (An existing directory keeps its mode.)
+fn private_dir_all(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Creates (or truncates) a file with mode 0600.
+fn private_file(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+}
+
 fn boot_id() -> String {
     fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|s| s.trim().replace('-', ""))
@@ -236,7 +257,7 @@ fn segment_path(dir: &Path, start: u64) -> PathBuf {
 
 /// Checks or writes `<dir>/meta` for `shards`.
 fn check_meta(dir: &Path, shards: usize) -> Result<(), SpoolError> {
-    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    private_dir_all(dir).map_err(io_err(dir))?;
     let path = dir.join("meta");
     match fs::read_to_string(&path) {
         Ok(text) => {
@@ -258,9 +279,14 @@ fn check_meta(dir: &Path, shards: usize) -> Result<(), SpoolError> {
             }
             Ok(())
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            fs::write(&path, format!("floodgate-spool 1\nshards {shards}\n")).map_err(io_err(&path))
-        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => private_file(&path)
+            .and_then(|mut f| {
+                std::io::Write::write_all(
+                    &mut f,
+                    format!("floodgate-spool 1\nshards {shards}\n").as_bytes(),
+                )
+            })
+            .map_err(io_err(&path)),
         Err(e) => Err(io_err(&path)(e)),
     }
 }
@@ -277,7 +303,7 @@ impl Spool {
     ) -> Result<(Spool, Recovery), SpoolError> {
         check_meta(&cfg.dir, shards)?;
         let dir = cfg.dir.join(format!("shard-{shard}"));
-        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        private_dir_all(&dir).map_err(io_err(&dir))?;
         let boot = boot_id();
         let mut markers = Vec::new();
         let mut starts = Vec::new();
@@ -386,7 +412,7 @@ impl Spool {
             let _ = fs::remove_file(dir.join(format!("healthy-{b}")));
         }
         let marker = dir.join(format!("healthy-{boot}"));
-        File::create(&marker).map_err(io_err(&marker))?;
+        private_file(&marker).map_err(io_err(&marker))?;
         sync_dir(&dir).map_err(io_err(&dir))?;
         let syncer = match cfg.fsync {
             FsyncPolicy::Interval(_) => Some(Syncer::start(shard).map_err(io_err(&dir))?),
@@ -487,6 +513,7 @@ impl Spool {
             let f = OpenOptions::new()
                 .create_new(true)
                 .append(true)
+                .mode(0o600)
                 .open(&path)?;
             if self.cfg.fsync != FsyncPolicy::Never {
                 sync_dir(&self.dir)?;
@@ -1043,6 +1070,22 @@ mod tests {
             .collect();
         assert_eq!(unacked, vec![9]);
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_spool_is_private_to_its_user() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tmp("private");
+        let (mut s, _) = Spool::open(&cfg(&dir), 0, 1, 512).unwrap();
+        s.write(&events(b"u", 1, 3), Instant::now()).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o777;
+        let shard = dir.join("shard-0");
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&shard), 0o700);
+        assert_eq!(mode(&dir.join("meta")), 0o600);
+        assert_eq!(mode(&segment_path(&shard, 0)), 0o600);
+        drop(s);
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -91,12 +91,20 @@ fn each_invalid_setting_is_named() {
                 .breaker_cooldown(Duration::from_secs(1)),
             "breaker_cooldown",
         ),
-        (b().spool_segment_bytes(1000), "spool_segment_bytes"),
         (
-            b().spool_segment_bytes(1 << 20).spool_max_bytes(1 << 20),
+            b().spool_dir("/unused").spool_segment_bytes(1000),
+            "spool_segment_bytes",
+        ),
+        (
+            b().spool_dir("/unused")
+                .spool_segment_bytes(1 << 20)
+                .spool_max_bytes(1 << 20),
             "spool_max_bytes",
         ),
-        (b().spool_max_age(Duration::ZERO), "spool_max_age"),
+        (
+            b().spool_dir("/unused").spool_max_age(Duration::ZERO),
+            "spool_max_age",
+        ),
         (b().spool_dir(""), "spool_dir"),
         (b().ack_timeout(Duration::ZERO), "ack_timeout"),
         (b().ack_max_pending(1 << 20), "ack_max_pending"),
@@ -140,4 +148,60 @@ fn a_taken_port_is_a_bind_error() {
     assert!(matches!(err, Error::Bind { .. }), "{err}");
     assert!(err.to_string().contains(&first.local_addr().to_string()));
     first.shutdown().unwrap();
+}
+
+#[test]
+fn spool_settings_without_a_spool_dir_are_refused_not_ignored() {
+    assert_eq!(
+        setting_of(util::builder().spool_repair(true)),
+        "spool_repair"
+    );
+    assert_eq!(
+        setting_of(util::builder().spool_fsync(floodgate::FsyncPolicy::Always)),
+        "spool_fsync"
+    );
+}
+
+/// Runs `floodgate serve` with `envs` and returns its exit code and stderr.
+fn serve_with_env(envs: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_floodgate"));
+    cmd.args(["serve", "--bind", "127.0.0.1:0"]).env(
+        "FLOODGATE_JWT_HS256_SECRET",
+        "cli-test-secret-cli-test-secret-cli!",
+    );
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = util::output_within(&mut cmd, Duration::from_secs(20));
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn environment_mistakes_name_the_variable() {
+    // A misspelt variable is refused (the TOML file refuses unknown keys too), with the
+    // nearest real one.
+    let (code, err) = serve_with_env(&[("FLOODGATE_MAX_CONECTIONS", "5")]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("FLOODGATE_MAX_CONECTIONS"), "{err}");
+    assert!(
+        err.contains("did you mean `FLOODGATE_MAX_CONNECTIONS`"),
+        "{err}"
+    );
+    // A bad value names the variable it came from, not the flag nobody typed.
+    let (code, err) = serve_with_env(&[("FLOODGATE_MAX_CONNECTIONS", "lots")]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("environment variable `FLOODGATE_MAX_CONNECTIONS` = `lots`"),
+        "{err}"
+    );
+    // A set but unusable secret is an error, never a fall back to the dev secret.
+    let (code, err) = serve_with_env(&[("FLOODGATE_JWT_HS256_SECRET", "")]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("jwt_hs256_secret") && !err.contains("dev secret"),
+        "{err}"
+    );
 }

@@ -25,7 +25,7 @@ fn user(i: usize) -> String {
 #[test]
 #[ignore = "the child process of kill_9_while_emitting_loses_nothing_reported_spooled"]
 fn crash_child() {
-    let dir = std::env::var_os("FLOODGATE_CRASH_DIR")
+    let dir = std::env::var_os("FLOODGATE_TEST_CRASH_DIR")
         .expect("run by kill_9_while_emitting_loses_nothing_reported_spooled");
     let gw = Arc::new(util::builder().spool_dir(dir).build().unwrap());
     println!("addr {}", gw.local_addr());
@@ -84,7 +84,10 @@ struct Seen {
 #[test]
 fn kill_9_while_emitting_loses_nothing_reported_spooled() {
     let dir = util::temp_dir("crash");
-    let mut child = util::spawn_child("crash_child", &[("FLOODGATE_CRASH_DIR", dir.as_os_str())]);
+    let mut child = util::spawn_child(
+        "crash_child",
+        &[("FLOODGATE_TEST_CRASH_DIR", dir.as_os_str())],
+    );
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let addr: std::net::SocketAddr = util::read_line_starting(&mut stdout, "addr ")
         .parse()

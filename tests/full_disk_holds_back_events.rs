@@ -13,12 +13,12 @@ use serde_json::json;
 
 const T: Duration = Duration::from_secs(20);
 
-/// Runs inside the namespace, with `FLOODGATE_FULL_DISK` on a fresh 2 MiB tmpfs.
+/// Runs inside the namespace, with `FLOODGATE_TEST_FULL_DISK` on a fresh 2 MiB tmpfs.
 #[test]
 #[ignore = "the child process of a_full_disk_holds_back_events_and_loses_none"]
 fn full_disk_child() {
     let disk = std::path::PathBuf::from(
-        std::env::var_os("FLOODGATE_FULL_DISK").expect("run by a_full_disk_holds_back_..."),
+        std::env::var_os("FLOODGATE_TEST_FULL_DISK").expect("run by a_full_disk_holds_back_..."),
     );
     // Fill the disk, then free 256 KiB: room for a few hundred events.
     let filler = disk.join("filler");
@@ -144,11 +144,11 @@ fn a_full_disk_holds_back_events_and_loses_none() {
     let out = std::process::Command::new("unshare")
         .args(["-rm", "sh", "-c"])
         .arg(
-            "mount -t tmpfs -o size=2m tmpfs \"$FLOODGATE_FULL_DISK\" && exec \"$0\" \
+            "mount -t tmpfs -o size=2m tmpfs \"$FLOODGATE_TEST_FULL_DISK\" && exec \"$0\" \
              full_disk_child --exact --ignored --nocapture --test-threads=1",
         )
         .arg(&exe)
-        .env("FLOODGATE_FULL_DISK", &dir)
+        .env("FLOODGATE_TEST_FULL_DISK", &dir)
         .output()
         .expect("unshare (util-linux) runs");
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -245,7 +245,7 @@ pub fn segments(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-/// Whether python3 with `websockets` is here. Where it must be (`FLOODGATE_REQUIRE_PYTHON`, set
+/// Whether python3 with `websockets` is here. Where it must be (`FLOODGATE_TEST_REQUIRE_PYTHON`, set
 /// by scripts/test), its absence fails the test; elsewhere the caller skips, saying so.
 pub fn python_websockets() -> bool {
     let ok = std::process::Command::new("python3")
@@ -254,7 +254,7 @@ pub fn python_websockets() -> bool {
         .is_ok_and(|s| s.success());
     if !ok {
         assert!(
-            std::env::var_os("FLOODGATE_REQUIRE_PYTHON").is_none(),
+            std::env::var_os("FLOODGATE_TEST_REQUIRE_PYTHON").is_none(),
             "python3 with `websockets` is required here (scripts/test installs it)"
         );
         eprintln!("skipped: python3 `websockets` not installed (scripts/test installs it)");

@@ -46,6 +46,7 @@ mod event;
 pub mod gate;
 mod gateway;
 mod ingest;
+mod json;
 /// The `floodgate load` harness (used by the binary and the tests; not a stable API).
 #[doc(hidden)]
 pub mod load;

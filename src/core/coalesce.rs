@@ -9,8 +9,6 @@
 //! events above all) is queued as it is. History keeps every event apart, so a replay sends
 //! them one by one. This is the slow path: nothing here runs while a connection keeps up.
 
-use serde_json::{Map, Value};
-
 /// How an `agent_thinking` body starts (the emitter writes `type` first).
 pub(crate) const THINKING: &[u8] = b"\"type\":\"agent_thinking\"";
 
@@ -22,70 +20,93 @@ pub(crate) struct Tail {
     pub end: usize,
 }
 
+/// Values nested deeper than this in either event keep the two apart (the lookups below walk
+/// nested values; a reactor thread's stack is not an ingest thread's).
+const MAX_DEPTH: usize = 32;
+
 /// The body (everything after the `{"seq":N,` prefix) of the frame that replaces the frame
 /// whose payload is `old` and the event whose body is `new`, or `None` if they must stay
-/// apart.
+/// apart. The result is the new event's own bytes with two changes: `"coalesced":k` after its
+/// `ts`, and its `data.delta` string replaced by the two deltas joined. Every other byte (key
+/// order, numbers of any size, spacing) is the application's, untouched.
 pub(crate) fn merge(old: &[u8], new: &[u8]) -> Option<Vec<u8>> {
-    let old: Map<String, Value> = serde_json::from_slice(old).ok()?;
-    let mut whole = Vec::with_capacity(new.len() + 1);
-    whole.push(b'{');
-    whole.extend_from_slice(new);
-    let new: Map<String, Value> = serde_json::from_slice(&whole).ok()?;
-    for e in [&old, &new] {
-        if e.get("type")?.as_str()? != "agent_thinking" || e.contains_key("ack") {
+    if crate::json::too_deep(old, MAX_DEPTH) || crate::json::too_deep(new, MAX_DEPTH) {
+        return None;
+    }
+    let old = std::str::from_utf8(old).ok()?;
+    let mut whole = String::with_capacity(new.len() + 1);
+    whole.push('{');
+    whole.push_str(std::str::from_utf8(new).ok()?);
+    let new_s = whole.as_str();
+    let raw = |json: &str, path: &[&str]| -> Option<String> {
+        sonic_rs::get(json, path)
+            .ok()
+            .map(|v| v.as_raw_str().to_owned())
+    };
+    for e in [old, new_s] {
+        if raw(e, &["type"])? != "\"agent_thinking\"" || raw(e, &["ack"]).is_some() {
             return None;
         }
     }
-    let run = new.get("run_id")?;
-    if old.get("run_id")? != run || old.get("thread_id") != new.get("thread_id") {
+    if raw(old, &["run_id"])? != raw(new_s, &["run_id"])?
+        || raw(old, &["thread_id"]) != raw(new_s, &["thread_id"])
+    {
         return None;
     }
-    let (Some(Value::String(a)), Some(Value::Object(data))) =
-        (old.get("data")?.as_object()?.get("delta"), new.get("data"))
-    else {
+    let a: String = serde_json::from_str(&raw(old, &["data", "delta"])?).ok()?;
+    let b_lazy = sonic_rs::get(new_s, &["data", "delta"]).ok()?;
+    let b_raw = b_lazy.as_raw_str();
+    let b: String = serde_json::from_str(b_raw).ok()?;
+    // Where the new delta's text lies in `new` (the lookup borrows from its input).
+    let start = (b_raw.as_ptr() as usize).checked_sub(new_s.as_ptr() as usize)?;
+    let end = start + b_raw.len();
+    if end > new_s.len() || &new_s[start..end] != b_raw {
         return None;
-    };
-    let Some(Value::String(b)) = data.get("delta") else {
-        return None;
-    };
-    let mut data = data.clone();
-    data.insert("delta".into(), Value::String(format!("{a}{b}")));
-    let k = old.get("coalesced").and_then(Value::as_u64).unwrap_or(1) + 1;
-    let mut body = Vec::with_capacity(whole.len() + a.len() + 24);
-    body.extend_from_slice(b"\"type\":\"agent_thinking\",\"ts\":");
-    serde_json::to_writer(&mut body, new.get("ts")?).ok()?;
-    body.extend_from_slice(format!(",\"coalesced\":{k},\"run_id\":").as_bytes());
-    serde_json::to_writer(&mut body, run).ok()?;
-    if let Some(t) = new.get("thread_id") {
-        body.extend_from_slice(b",\"thread_id\":");
-        serde_json::to_writer(&mut body, t).ok()?;
     }
-    body.extend_from_slice(b",\"data\":");
-    serde_json::to_writer(&mut body, &data).ok()?;
-    body.push(b'}');
+    // `"type":"agent_thinking","ts":<digits>`: the emitter writes these first.
+    let after_ts = new_s[1..]
+        .strip_prefix("\"type\":\"agent_thinking\",\"ts\":")
+        .map(|rest| {
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            new_s.len() - rest.len() + digits
+        })?;
+    let k = first_covered_count(old.as_bytes()) + 1;
+    let joined = serde_json::to_string(&format!("{a}{b}")).ok()?;
+    let mut body = Vec::with_capacity(new_s.len() + joined.len() + 20);
+    body.extend_from_slice(new_s[1..after_ts].as_bytes());
+    body.extend_from_slice(format!(",\"coalesced\":{k}").as_bytes());
+    body.extend_from_slice(new_s[after_ts..start].as_bytes());
+    body.extend_from_slice(joined.as_bytes());
+    body.extend_from_slice(new_s[end..].as_bytes());
     Some(body)
 }
 
-/// The first `seq` an event frame stands for: its `seq`, or `seq - coalesced + 1`.
-pub(crate) fn first_covered(payload: &[u8], seq: u64) -> u64 {
+/// How many events the frame with payload `payload` stands for (its `coalesced`, else 1).
+fn first_covered_count(payload: &[u8]) -> u64 {
     let Some(at) = memchr::memmem::find(payload, b",\"coalesced\":") else {
-        return seq;
+        return 1;
     };
     let digits = &payload[at + 13..];
     let end = digits
         .iter()
         .position(|b| !b.is_ascii_digit())
         .unwrap_or(digits.len());
-    let k: u64 = std::str::from_utf8(&digits[..end])
+    std::str::from_utf8(&digits[..end])
         .ok()
         .and_then(|d| d.parse().ok())
-        .unwrap_or(1);
-    seq + 1 - k.clamp(1, seq)
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// The first `seq` an event frame stands for: its `seq`, or `seq - coalesced + 1`.
+pub(crate) fn first_covered(payload: &[u8], seq: u64) -> u64 {
+    seq + 1 - first_covered_count(payload).clamp(1, seq.max(1))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     fn thinking(run: &str, delta: &str) -> Vec<u8> {
         let data = serde_json::json!({ "delta": delta, "step": 1 });
@@ -138,5 +159,24 @@ mod tests {
             .encode_body(1, &mut body)
             .unwrap();
         assert!(merge(&old, &body).is_none());
+    }
+
+    #[test]
+    fn the_merged_frame_keeps_the_applications_bytes() {
+        // Numbers beyond f64, key order, and other members stay exactly as emitted.
+        let raw = br#""type":"agent_thinking","ts":9,"run_id":"r","data":{"z":123456789012345678901234567890,"delta":"lo \"x\"","a":[1.50,2e3]}}"#;
+        let old = payload(4, &thinking("r", "Hel"));
+        let merged = merge(&old, raw).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&merged).unwrap(),
+            r#""type":"agent_thinking","ts":9,"coalesced":2,"run_id":"r","data":{"z":123456789012345678901234567890,"delta":"Hello \"x\"","a":[1.50,2e3]}}"#
+        );
+        // Deeply nested data is left alone rather than walked on a reactor's stack.
+        let deep = format!(
+            r#""type":"agent_thinking","ts":9,"run_id":"r","data":{{"delta":"x","n":{}{}}}}}"#,
+            "[".repeat(40),
+            "]".repeat(40)
+        );
+        assert!(merge(&old, deep.as_bytes()).is_none());
     }
 }

@@ -77,37 +77,6 @@ pub(crate) const MAX_DEPTH: usize = 64;
 /// levels need at most about 3.2 MiB. Only touched pages take memory.
 pub(crate) const STACK_BYTES: usize = 16 << 20;
 
-/// Whether arrays and objects in the JSON text `body` nest deeper than `max` (strings and
-/// their escapes skipped; the text need not be valid JSON: the parser judges that).
-pub(crate) fn too_deep(body: &[u8], max: usize) -> bool {
-    let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in body {
-        if in_string {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > max {
-                    return true;
-                }
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    false
-}
-
 impl std::fmt::Display for BatchError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -148,7 +117,7 @@ pub(crate) fn parse(
         #[serde(borrow)]
         events: Vec<LazyValue<'a>>,
     }
-    if too_deep(body, MAX_DEPTH) {
+    if crate::json::too_deep(body, MAX_DEPTH) {
         return Err(BatchError::TooDeep);
     }
     let text = std::str::from_utf8(body)

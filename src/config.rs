@@ -80,6 +80,7 @@ pub(crate) struct Config {
     pub ingest_max_batch_events: usize,
     pub ingest_max_events_per_sec: u64,
     pub ingest_max_connections: usize,
+    pub ingest_idle_timeout: Duration,
 }
 
 impl Config {
@@ -127,6 +128,7 @@ impl Config {
             ingest_max_batch_events: 1000,
             ingest_max_events_per_sec: 1_000_000,
             ingest_max_connections: 64,
+            ingest_idle_timeout: Duration::from_secs(60),
         }
     }
 
@@ -372,6 +374,11 @@ impl Config {
         if !(1..=4096).contains(&self.ingest_max_connections) {
             return Err(err("ingest_max_connections", "must be from 1 to 4096"));
         }
+        if !(Duration::from_millis(100)..=Duration::from_secs(3600))
+            .contains(&self.ingest_idle_timeout)
+        {
+            return Err(err("ingest_idle_timeout", "must be from 100ms to 1h"));
+        }
         if self.history_max_events > 1 << 20 {
             return Err(err(
                 "history_max_events",
@@ -456,7 +463,8 @@ macro_rules! with_plain_settings {
             ingest_max_body_bytes,
             ingest_max_batch_events,
             ingest_max_events_per_sec,
-            ingest_max_connections
+            ingest_max_connections,
+            ingest_idle_timeout
         )
     };
 }
@@ -658,6 +666,11 @@ pub struct Settings {
     /// Open ingest connections at most (each has a thread and an emitter) [default: 64]
     #[arg(long, env = "FLOODGATE_INGEST_MAX_CONNECTIONS", value_name = "N")]
     pub ingest_max_connections: Option<usize>,
+    /// An ingest connection (a keep-alive POST connection or an /api/ingest socket) that
+    /// sends nothing this long is closed, freeing its slot [default: 60s]
+    #[arg(long, env = "FLOODGATE_INGEST_IDLE_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[serde(default, with = "humantime_serde")]
+    pub ingest_idle_timeout: Option<Duration>,
 }
 
 /// The largest config file read.

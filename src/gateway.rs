@@ -339,6 +339,9 @@ impl GatewayBuilder {
         ingest_max_events_per_sec: u64,
         /// Open ingest connections at most [default 64, 1 to 4096].
         ingest_max_connections: usize,
+        /// An ingest connection that sends nothing this long is closed [default 60 s, 100 ms
+        /// to 1 h].
+        ingest_idle_timeout: Duration,
     }
 
     /// Turns on the ingest endpoints for out-of-process publishers (`POST /api/publish` and

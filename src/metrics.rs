@@ -512,6 +512,12 @@ impl MetricsSnapshot {
             &[("", i.connections)],
         );
         metric(
+            "ingest_connections_closed_idle_total",
+            "counter",
+            "Ingest connections closed after ingest_idle_timeout without a byte from the publisher.",
+            &[("", i.closed_idle)],
+        );
+        metric(
             "reactor_passes_total",
             "counter",
             "Reactor loop passes.",

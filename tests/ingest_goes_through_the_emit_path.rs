@@ -333,3 +333,34 @@ fn ingest_connections_are_bounded() {
     });
     assert_eq!(gw.metrics().ingest.batches, 2);
 }
+
+#[test]
+fn idle_ingest_connections_are_closed_and_free_their_slots() {
+    let gw = util::builder()
+        .ingest_api_key(KEY)
+        .ingest_max_connections(2)
+        .ingest_idle_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let addr = gw.local_addr();
+    // Both slots taken by publishers that then say nothing: a socket and a keep-alive POST.
+    let mut socket = util::try_connect(addr, "/api/ingest", Some(KEY)).expect("ingest socket");
+    let mut post = Publisher::connect(addr);
+    assert_eq!(post.post(KEY, "[]").0, 200);
+    util::eventually(
+        Duration::from_secs(5),
+        "both idle connections closed",
+        || gw.metrics().ingest.closed_idle == 2,
+    );
+    // The socket was told why (1008), and the slots are free for a new publisher.
+    match socket.read() {
+        Ok(tungstenite::Message::Close(Some(f))) => {
+            assert_eq!(u16::from(f.code), 1008);
+            assert!(f.reason.contains("ingest_idle_timeout"), "{}", f.reason);
+        }
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    let mut fresh = Publisher::connect(addr);
+    assert_eq!(fresh.post(KEY, "[]").0, 200);
+    drop(post);
+}

@@ -40,8 +40,6 @@ use self::batch::{BatchError, RateLimit, Rejection};
 /// How long an ingest thread waits for room in a full ring before answering `full` for the
 /// rest of the batch.
 pub(crate) const FULL_WAIT: Duration = Duration::from_secs(1);
-/// An idle keep-alive `POST` connection is closed after this long.
-const HTTP_IDLE: Duration = Duration::from_secs(60);
 /// How often a blocked read wakes to see whether the gateway is stopping.
 const POLL: Duration = Duration::from_millis(100);
 /// How long shutdown waits for ingest threads to close by themselves.
@@ -66,6 +64,8 @@ pub(crate) struct IngestConfig {
     pub max_batch_events: usize,
     pub max_events_per_sec: u64,
     pub max_connections: usize,
+    /// A connection that sends nothing this long is closed.
+    pub idle_timeout: Duration,
 }
 
 impl IngestConfig {
@@ -76,6 +76,7 @@ impl IngestConfig {
             max_batch_events: cfg.ingest_max_batch_events,
             max_events_per_sec: cfg.ingest_max_events_per_sec,
             max_connections: cfg.ingest_max_connections,
+            idle_timeout: cfg.ingest_idle_timeout,
         }
     }
 }
@@ -111,6 +112,7 @@ pub(crate) struct Counters {
     batches_refused: AtomicU64,
     rate_limited: AtomicU64,
     connections: AtomicU64,
+    closed_idle: AtomicU64,
 }
 
 /// A copy of the ingest counters.
@@ -129,6 +131,8 @@ pub struct IngestStats {
     pub rate_limited: u64,
     /// Ingest connections open now.
     pub connections: u64,
+    /// Ingest connections closed after `ingest_idle_timeout` without a byte.
+    pub closed_idle: u64,
 }
 
 impl Counters {
@@ -141,6 +145,7 @@ impl Counters {
             batches_refused: self.batches_refused.load(Ordering::Relaxed),
             rate_limited: self.rate_limited.load(Ordering::Relaxed),
             connections: self.connections.load(Ordering::Relaxed),
+            closed_idle: self.closed_idle.load(Ordering::Relaxed),
         }
     }
 }
@@ -425,7 +430,10 @@ impl Conn<'_> {
                 }
                 match read_some(stream, &mut chunk, hub)? {
                     Some(n) => buf.extend_from_slice(&chunk[..n]),
-                    None if idle_since.elapsed() > HTTP_IDLE => return Ok(()),
+                    None if idle_since.elapsed() > hub.cfg.idle_timeout => {
+                        hub.counters().closed_idle.fetch_add(1, Ordering::Relaxed);
+                        return Ok(());
+                    }
                     None => {}
                 }
             };
@@ -465,7 +473,7 @@ impl Conn<'_> {
                 if let Some(n) = read_some(stream, &mut chunk, hub)? {
                     buf.extend_from_slice(&chunk[..n]);
                     last_byte = Instant::now();
-                } else if last_byte.elapsed() > HTTP_IDLE {
+                } else if last_byte.elapsed() > hub.cfg.idle_timeout {
                     return Ok(());
                 }
             }
@@ -513,7 +521,17 @@ impl Conn<'_> {
             .max_message_size(Some(hub.cfg.max_body_bytes))
             .max_frame_size(Some(hub.cfg.max_body_bytes));
         let mut ws = WebSocket::from_partially_read(stream, early, Role::Server, Some(cfg));
+        let mut last_seen = Instant::now();
         loop {
+            if last_seen.elapsed() > hub.cfg.idle_timeout {
+                let _ = ws.close(Some(tungstenite::protocol::CloseFrame {
+                    code: tungstenite::protocol::frame::coding::CloseCode::Policy,
+                    reason: "idle: nothing received for ingest_idle_timeout".into(),
+                }));
+                let _ = ws.flush();
+                hub.counters().closed_idle.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
             if hub.stopping() {
                 let _ = ws.close(Some(tungstenite::protocol::CloseFrame {
                     code: tungstenite::protocol::frame::coding::CloseCode::Away,
@@ -523,7 +541,10 @@ impl Conn<'_> {
                 return Ok(());
             }
             let msg = match ws.read() {
-                Ok(m) => m,
+                Ok(m) => {
+                    last_seen = Instant::now();
+                    m
+                }
                 Err(tungstenite::Error::Io(e))
                     if matches!(
                         e.kind(),

@@ -73,11 +73,12 @@ pub(crate) fn merge(old: &[u8], new: &[u8]) -> Option<Vec<u8>> {
     let k = first_covered_count(old.as_bytes()) + 1;
     let joined = serde_json::to_string(&format!("{a}{b}")).ok()?;
     let mut body = Vec::with_capacity(new_s.len() + joined.len() + 20);
-    body.extend_from_slice(new_s[1..after_ts].as_bytes());
+    let new_b = new_s.as_bytes();
+    body.extend_from_slice(&new_b[1..after_ts]);
     body.extend_from_slice(format!(",\"coalesced\":{k}").as_bytes());
-    body.extend_from_slice(new_s[after_ts..start].as_bytes());
+    body.extend_from_slice(&new_b[after_ts..start]);
     body.extend_from_slice(joined.as_bytes());
-    body.extend_from_slice(new_s[end..].as_bytes());
+    body.extend_from_slice(&new_b[end..]);
     Some(body)
 }
 

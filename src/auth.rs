@@ -134,6 +134,12 @@ impl Verifier {
 
     /// Returns the user id (`sub`) of a valid token.
     pub(crate) fn verify(&self, token: Option<&str>) -> Result<Box<[u8]>, AuthError> {
+        self.verify_until(token).map(|(user, _)| user)
+    }
+
+    /// Returns the user id (`sub`) of a valid token and the unix second from which it is no
+    /// longer accepted (its `exp` plus the leeway).
+    pub(crate) fn verify_until(&self, token: Option<&str>) -> Result<(Box<[u8]>, u64), AuthError> {
         let token = token.ok_or(AuthError::Missing)?;
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
             |e| match e.kind() {
@@ -154,7 +160,12 @@ impl Verifier {
         if sub.is_empty() || sub.len() > 255 {
             return Err(AuthError::BadSubject);
         }
-        Ok(sub.into_bytes().into_boxed_slice())
+        let until = data
+            .claims
+            .exp
+            .unwrap_or(0)
+            .saturating_add(self.validation.leeway);
+        Ok((sub.into_bytes().into_boxed_slice(), until))
     }
 }
 

@@ -80,6 +80,12 @@ counters! {
     rejected_bad_request,
     /// Connections closed as slow consumers (4008).
     closed_slow_consumer,
+    /// Connections closed because their token expired (4001).
+    closed_token_expired,
+    /// Connections closed because an in-band `auth` message was refused (4003).
+    closed_auth_refused,
+    /// In-band `auth` messages that renewed a connection's token.
+    reauthenticated,
     /// Connections closed for not answering a ping (4010).
     closed_pong_timeout,
     /// Events taken from the rings.
@@ -252,6 +258,12 @@ impl MetricsSnapshot {
             ],
         );
         metric(
+            "auth_renewed_total",
+            "counter",
+            "In-band auth messages whose fresh token renewed a connection.",
+            &[("", s.reauthenticated)],
+        );
+        metric(
             "accept_errors_total",
             "counter",
             "Failed accept calls: out of file descriptors (the waiting connection gets 503), or other.",
@@ -266,6 +278,8 @@ impl MetricsSnapshot {
             "Connections closed by the server for misbehaviour, by reason.",
             &[
                 ("{reason=\"slow_consumer\"}", s.closed_slow_consumer),
+                ("{reason=\"token_expired\"}", s.closed_token_expired),
+                ("{reason=\"auth_refused\"}", s.closed_auth_refused),
                 ("{reason=\"pong_timeout\"}", s.closed_pong_timeout),
             ],
         );

@@ -86,6 +86,8 @@ pub(crate) enum Cmd {
         response: Vec<u8>,
         early: Vec<u8>,
         start: Start,
+        /// Unix second from which the connection's token is no longer valid.
+        expires: Option<u64>,
     },
     /// Deliver what was accepted, close every connection with 1001, and stop.
     Shutdown,
@@ -211,6 +213,12 @@ pub(crate) struct Shard {
 const FD_EXHAUSTED_503: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\
     Content-Length: 44\r\nRetry-After: 1\r\nConnection: close\r\n\r\n\
     the gateway is out of file descriptors now\r\n";
+
+/// The instant of the unix second `unix_secs`, seen from `now` (past ones are `now`).
+fn instant_of(unix_secs: u64, now: Instant) -> Instant {
+    let now_secs = unix_ns() / 1_000_000_000;
+    now + Duration::from_secs(unix_secs.saturating_sub(now_secs))
+}
 
 /// Whether an `accept` error means the process or the system is out of file descriptors.
 fn out_of_fds(e: &io::Error) -> bool {
@@ -349,6 +357,7 @@ impl Shard {
                     self.read_conn(id, now);
                 }
             }
+            self.verify_auth_requests(now);
             while let Ok(cmd) = self.rx.try_recv() {
                 self.command(cmd, now, now_ns);
             }
@@ -507,7 +516,8 @@ impl Shard {
                 response,
                 early,
                 start,
-            } => self.adopt(stream, kind, &response, &early, start, now),
+                expires,
+            } => self.adopt(stream, kind, &response, &early, start, expires, now),
             Cmd::Shutdown => self.begin_shutdown(now, now_ns),
         }
     }
@@ -658,10 +668,19 @@ impl Shard {
         };
         let verifier = &self.common.verifier;
         let ingest = &self.common.ingest;
+        let mut expires = None;
         let decision = handshake::decide(
             &req,
             self.cfg.echo,
-            |token| verifier.verify(token).map_err(AuthError::as_str),
+            |token| {
+                verifier
+                    .verify_until(token)
+                    .map(|(user, until)| {
+                        expires = Some(until);
+                        user
+                    })
+                    .map_err(AuthError::as_str)
+            },
             |key| ingest.check_key(key),
         );
         let (kind, response, start) = match decision {
@@ -708,7 +727,7 @@ impl Shard {
             ConnKind::Echo => self.index,
         };
         if home == self.index {
-            self.adopt(hs.stream, kind, &response, &early, start, now);
+            self.adopt(hs.stream, kind, &response, &early, start, expires, now);
         } else {
             self.common.peers[home].send(Cmd::Adopt {
                 stream: hs.stream,
@@ -716,6 +735,7 @@ impl Shard {
                 response,
                 early,
                 start,
+                expires,
             });
         }
     }
@@ -739,6 +759,7 @@ impl Shard {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn adopt(
         &mut self,
         mut stream: TcpStream,
@@ -746,6 +767,7 @@ impl Shard {
         response: &[u8],
         early: &[u8],
         start: Start,
+        expires: Option<u64>,
         now: Instant,
     ) {
         if self.shutdown_deadline.is_some() {
@@ -780,6 +802,8 @@ impl Shard {
             self.common.open.fetch_sub(1, Ordering::Relaxed);
             return;
         }
+        self.core
+            .set_expiry(id, expires.map(|until| instant_of(until, now)));
         if self.sockets.len() <= id {
             self.sockets.resize_with(id + 1, || None);
         }
@@ -787,6 +811,19 @@ impl Shard {
         // Write the 101 now, and read anything that arrived before registration.
         self.flush(id);
         self.read_conn(id, now);
+    }
+
+    /// Verifies the tokens of in-band `auth` messages and hands the outcomes to the core.
+    fn verify_auth_requests(&mut self, now: Instant) {
+        for (id, token) in self.core.take_auth_requests() {
+            let verified = self
+                .common
+                .verifier
+                .verify_until(Some(&token))
+                .map(|(user, until)| (user, Some(instant_of(until, now))))
+                .map_err(AuthError::as_str);
+            self.core.on_reauth(id, verified, now);
+        }
     }
 
     fn read_conn(&mut self, id: ConnId, now: Instant) {

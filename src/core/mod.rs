@@ -35,6 +35,11 @@ use keepalive::{Keepalive, Liveness};
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 /// Close code for a connection that did not answer a ping within `pong_timeout`.
 pub const CLOSE_PONG_TIMEOUT: u16 = 4010;
+/// Close code for a connection whose token expired without a fresh one sent in-band.
+pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
+/// Close code for a connection whose in-band `auth` message was refused (an invalid token,
+/// or one for another user).
+pub const CLOSE_AUTH_REFUSED: u16 = 4003;
 /// Close code sent to every connection on shutdown.
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 
@@ -204,6 +209,9 @@ pub(crate) struct Conn {
     awaiting_cursor: Option<Instant>,
     /// `seq` of the last event frame completely written (for receipts).
     delivered_through: u64,
+    /// When the connection's token (plus leeway) expires, if it does: the connection is
+    /// closed with 4001 then, unless an in-band `auth` message renews it.
+    expires: Option<Instant>,
     /// The last frame in `out`, if it is an `agent_thinking` frame queued while the connection
     /// was behind (see [`coalesce`]).
     tail_thinking: Option<coalesce::Tail>,
@@ -385,6 +393,9 @@ impl<'a> Record<'a> {
 /// The state machine of one reactor shard.
 pub(crate) struct Core {
     cfg: CoreConfig,
+    /// In-band `auth` messages waiting for the reactor to verify their token (the core does
+    /// no cryptography): at most one per connection, the latest.
+    auth_requests: Vec<(ConnId, String)>,
     users: HashMap<Box<[u8]>, UserState, foldhash::fast::RandomState>,
     /// Users with at least one connection.
     online_users: usize,
@@ -429,6 +440,7 @@ impl Core {
         };
         Core {
             cfg,
+            auth_requests: Vec::new(),
             users: HashMap::default(),
             online_users: 0,
             conns: Slab::new(),
@@ -512,6 +524,53 @@ impl Core {
         }
     }
 
+    /// Sets when connection `id`'s token expires (`None`: never).
+    pub(crate) fn set_expiry(&mut self, id: ConnId, at: Option<Instant>) {
+        if let Some(c) = self.conns.get_mut(id) {
+            c.expires = at;
+        }
+    }
+
+    /// In-band `auth` messages received since the last call, for the reactor to verify and
+    /// answer with [`Core::on_reauth`].
+    pub(crate) fn take_auth_requests(&mut self) -> Vec<(ConnId, String)> {
+        std::mem::take(&mut self.auth_requests)
+    }
+
+    /// The outcome of verifying connection `id`'s in-band token: the token's user and when it
+    /// expires, or why it was refused. A valid token of the same user renews the connection
+    /// (answered `{"type":"auth","ok":true}`); anything else closes it with 4003.
+    pub(crate) fn on_reauth(
+        &mut self,
+        id: ConnId,
+        verified: Result<(Box<[u8]>, Option<Instant>), &str>,
+        now: Instant,
+    ) {
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        if c.state != State::Open {
+            return;
+        }
+        let ConnKind::User(user) = &c.kind else {
+            return;
+        };
+        let refusal = match verified {
+            Ok((u, at)) if u == *user => {
+                c.expires = at;
+                self.stats.reauthenticated += 1;
+                frame::append_text(&mut c.out, br#"{"type":"auth","ok":true}"#);
+                list_urgent(&mut self.urgent, c, id);
+                return;
+            }
+            Ok(_) => "auth refused: the token is for another user".to_owned(),
+            Err(why) => format!("auth refused: {why}"),
+        };
+        self.stats.closed_auth_refused += 1;
+        close_conn(c, CLOSE_AUTH_REFUSED, &refusal, now, self.cfg.close_timeout);
+        list_urgent(&mut self.urgent, c, id);
+    }
+
     /// Number of open connections.
     pub(crate) fn connection_count(&self) -> usize {
         self.conns.len()
@@ -579,6 +638,7 @@ impl Core {
             replay: None,
             last_queued_seq: 0,
             cold_pos: None,
+            expires: None,
             awaiting_cursor: None,
             delivered_through: 0,
             tail_thinking: None,
@@ -1141,9 +1201,13 @@ impl Core {
                         continue;
                     }
                     if let (ConnKind::User(_), Message::Text(text)) = (&c.kind, &msg) {
-                        match parse_ack(text.as_bytes()) {
-                            Some(n) => ack = Some(ack.map_or(n, |a: u64| a.max(n))),
-                            None => self.stats.client_messages_ignored += 1,
+                        if let Some(n) = parse_ack(text.as_bytes()) {
+                            ack = Some(ack.map_or(n, |a: u64| a.max(n)));
+                        } else if let Some(token) = parse_auth(text.as_bytes()) {
+                            self.auth_requests.retain(|(other, _)| *other != id);
+                            self.auth_requests.push((id, token));
+                        } else {
+                            self.stats.client_messages_ignored += 1;
                         }
                     }
                     if c.kind == ConnKind::Echo && c.state == State::Open {
@@ -1416,6 +1480,19 @@ impl Core {
         for id in late {
             // No cursor came: start live, as if none had been asked for.
             self.register(id, None, now);
+        }
+        for (id, c) in self.conns.iter_mut() {
+            if c.state == State::Open && c.expires.is_some_and(|at| now >= at) {
+                self.stats.closed_token_expired += 1;
+                close_conn(
+                    c,
+                    CLOSE_TOKEN_EXPIRED,
+                    "token expired: reconnect, or send {\"type\":\"auth\",\"token\":..} before exp",
+                    now,
+                    self.cfg.close_timeout,
+                );
+                list_urgent(&mut self.urgent, c, id);
+            }
         }
         let mut tripped = Vec::new();
         for (id, c) in self.conns.iter_mut() {
@@ -1843,6 +1920,26 @@ fn spool_settle(out: &mut Vec<u8>, user: &[u8], epoch: u64, seq: u64, expired: b
     };
     durable::encode(out, &r, &[]) as u64
 }
+
+/// `{"type":"auth","token":"..."}` as the token (at most [`MAX_AUTH_TOKEN`] bytes).
+fn parse_auth(text: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Msg {
+        #[serde(rename = "type")]
+        kind: String,
+        token: String,
+    }
+    if text.len() > MAX_AUTH_TOKEN + 64 {
+        return None;
+    }
+    serde_json::from_slice::<Msg>(text)
+        .ok()
+        .filter(|m| m.kind == "auth")
+        .map(|m| m.token)
+}
+
+/// The longest token an in-band `auth` message may carry.
+const MAX_AUTH_TOKEN: usize = 8192;
 
 /// `{"ack":N}` (other members ignored) as N.
 fn parse_ack(text: &[u8]) -> Option<u64> {

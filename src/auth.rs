@@ -36,6 +36,8 @@ pub(crate) enum AuthError {
     NotYetValid,
     MissingSub,
     MissingExp,
+    BadAudience,
+    BadIssuer,
     BadSubject,
 }
 
@@ -49,6 +51,8 @@ impl AuthError {
             AuthError::NotYetValid => "token not yet valid",
             AuthError::MissingSub => "missing required claim: sub (the user id)",
             AuthError::MissingExp => "missing required claim: exp (expiry, unix seconds)",
+            AuthError::BadAudience => "aud is missing or not the audience this gateway accepts",
+            AuthError::BadIssuer => "iss is missing or not the issuer this gateway accepts",
             AuthError::BadSubject => "sub must be 1 to 255 bytes",
         }
     }
@@ -132,6 +136,22 @@ impl Verifier {
         Ok(Verifier { key, validation })
     }
 
+    /// Also requires `aud` and `iss`, where configured.
+    pub(crate) fn with_claims(mut self, audience: Option<&str>, issuer: Option<&str>) -> Self {
+        let mut required = vec!["exp", "sub"];
+        if let Some(aud) = audience {
+            self.validation.set_audience(&[aud]);
+            self.validation.validate_aud = true;
+            required.push("aud");
+        }
+        if let Some(iss) = issuer {
+            self.validation.set_issuer(&[iss]);
+            required.push("iss");
+        }
+        self.validation.set_required_spec_claims(&required);
+        self
+    }
+
     /// Returns the user id (`sub`) of a valid token.
     pub(crate) fn verify(&self, token: Option<&str>) -> Result<Box<[u8]>, AuthError> {
         self.verify_until(token).map(|(user, _)| user)
@@ -149,7 +169,11 @@ impl Verifier {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
                 ErrorKind::ImmatureSignature => AuthError::NotYetValid,
                 ErrorKind::MissingRequiredClaim(c) if c == "sub" => AuthError::MissingSub,
+                ErrorKind::MissingRequiredClaim(c) if c == "aud" => AuthError::BadAudience,
+                ErrorKind::MissingRequiredClaim(c) if c == "iss" => AuthError::BadIssuer,
                 ErrorKind::MissingRequiredClaim(_) => AuthError::MissingExp,
+                ErrorKind::InvalidAudience => AuthError::BadAudience,
+                ErrorKind::InvalidIssuer => AuthError::BadIssuer,
                 _ => AuthError::Malformed,
             },
         )?;

@@ -41,6 +41,12 @@ pub(crate) struct Config {
     pub bind: SocketAddr,
     pub jwt: JwtKey,
     pub jwt_leeway: Duration,
+    /// Required `aud` (when set).
+    pub jwt_audience: Option<String>,
+    /// Required `iss` (when set).
+    pub jwt_issuer: Option<String>,
+    /// Browser origins allowed to open WebSockets (empty: all).
+    pub allowed_origins: Vec<String>,
     pub shards: usize,
     pub ring_capacity: usize,
     pub max_event_bytes: usize,
@@ -89,6 +95,9 @@ impl Config {
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
             jwt,
             jwt_leeway: Duration::from_secs(30),
+            jwt_audience: None,
+            jwt_issuer: None,
+            allowed_origins: Vec::new(),
             shards: 0,
             ring_capacity: 1 << 20,
             max_event_bytes: 64 << 10,
@@ -184,6 +193,17 @@ impl Config {
                         secret.len()
                     ),
                 ));
+            }
+        }
+        if let Err(why) = crate::core::handshake::OriginPolicy::new(&self.allowed_origins) {
+            return Err(err("allowed_origins", why));
+        }
+        for (name, v) in [
+            ("jwt_audience", &self.jwt_audience),
+            ("jwt_issuer", &self.jwt_issuer),
+        ] {
+            if v.as_ref().is_some_and(|v| v.is_empty() || v.len() > 1024) {
+                return Err(err(name, "must be 1 to 1024 bytes when set"));
             }
         }
         if self.jwt_leeway > Duration::from_secs(600) {
@@ -501,6 +521,23 @@ pub struct Settings {
     #[arg(long, env = "FLOODGATE_JWT_LEEWAY", value_parser = humantime::parse_duration, value_name = "DURATION")]
     #[serde(default, with = "humantime_serde")]
     pub jwt_leeway: Option<Duration>,
+    /// Tokens must carry this `aud` (one of theirs, if a list) [default: not checked]
+    #[arg(long, env = "FLOODGATE_JWT_AUDIENCE", value_name = "AUD")]
+    pub jwt_audience: Option<String>,
+    /// Tokens must carry this `iss` [default: not checked]
+    #[arg(long, env = "FLOODGATE_JWT_ISSUER", value_name = "ISS")]
+    pub jwt_issuer: Option<String>,
+    /// Browser origins allowed to open WebSockets, comma-separated: exact
+    /// (`https://app.example.com`) or any subdomain (`https://*.example.com`). A handshake
+    /// from another Origin gets 403; one without an Origin header (not a browser) is let
+    /// through [default: every origin]
+    #[arg(
+        long,
+        env = "FLOODGATE_ALLOWED_ORIGINS",
+        value_name = "ORIGINS",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Option<Vec<String>>,
     /// Reactor threads; a user's connections all live on the shard its id hashes to. 0 = one per
     /// core [default: 0]
     #[arg(long, env = "FLOODGATE_SHARDS", value_name = "N")]
@@ -729,7 +766,10 @@ impl Settings {
             jwt_es256_public_key,
             spool_dir,
             dead_letter_file,
-            ingest_api_key
+            ingest_api_key,
+            jwt_audience,
+            jwt_issuer,
+            allowed_origins
         );
         with_plain_settings!(take);
         self

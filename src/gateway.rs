@@ -361,6 +361,30 @@ impl GatewayBuilder {
         self
     }
 
+    /// Tokens must carry this `aud` claim (or a list holding it) [default: `aud` not checked].
+    pub fn jwt_audience(mut self, aud: impl Into<String>) -> Self {
+        self.cfg.jwt_audience = Some(aud.into());
+        self
+    }
+
+    /// Tokens must carry this `iss` claim [default: `iss` not checked].
+    pub fn jwt_issuer(mut self, iss: impl Into<String>) -> Self {
+        self.cfg.jwt_issuer = Some(iss.into());
+        self
+    }
+
+    /// Browser origins allowed to open WebSockets: exact (`https://app.example.com`) or any
+    /// subdomain (`https://*.example.com`). A handshake whose `Origin` header is another gets
+    /// 403; one without the header (not from a browser) is let through, since the token
+    /// guards every connection [default: empty, every origin].
+    pub fn allowed_origins<S: Into<String>>(
+        mut self,
+        origins: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.cfg.allowed_origins = origins.into_iter().map(Into::into).collect();
+        self
+    }
+
     /// Appends dead-lettered events to this file, one JSON object per line [default
     /// `<spool_dir>/dead-letter.jsonl`; without a spool they are logged at warn level].
     pub fn dead_letter_file(mut self, file: impl Into<PathBuf>) -> Self {
@@ -391,6 +415,15 @@ impl GatewayBuilder {
         }
         if let Some(v) = s.ingest_api_key {
             self = self.ingest_api_key(v);
+        }
+        if let Some(v) = s.jwt_audience {
+            self.cfg.jwt_audience = Some(v);
+        }
+        if let Some(v) = s.jwt_issuer {
+            self.cfg.jwt_issuer = Some(v);
+        }
+        if let Some(v) = s.allowed_origins {
+            self.cfg.allowed_origins = v;
         }
         macro_rules! apply {
             ($($f:ident),*) => { $( if let Some(v) = s.$f { self.cfg.$f = v; } )* };
@@ -434,7 +467,8 @@ impl GatewayBuilder {
     /// Validates everything, binds the listener and starts the reactor threads.
     pub fn build(self) -> Result<Gateway, Error> {
         let cfg = self.resolved()?;
-        let verifier = Verifier::new(&cfg.jwt, cfg.jwt_leeway)?;
+        let verifier = Verifier::new(&cfg.jwt, cfg.jwt_leeway)?
+            .with_claims(cfg.jwt_audience.as_deref(), cfg.jwt_issuer.as_deref());
         raise_nofile(cfg.max_connections);
         let (listener, local_addr) = reactor::bind(cfg.bind).map_err(|source| Error::Bind {
             addr: cfg.bind,
@@ -474,6 +508,8 @@ impl GatewayBuilder {
         core.epoch_seed = getrandom::u64().map_err(|e| Error::Io(std::io::Error::other(e)))?;
         let rcfg = ReactorConfig {
             echo: cfg.echo,
+            origins: crate::core::handshake::OriginPolicy::new(&cfg.allowed_origins)
+                .expect("validated"),
             max_connections: cfg.max_connections,
             handshake_timeout: cfg.handshake_timeout,
             shutdown_timeout: cfg.shutdown_timeout,

@@ -72,6 +72,8 @@ counters! {
     rejected_auth,
     /// Requests refused for a connection limit (503 total, 429 per user).
     rejected_limit,
+    /// Handshakes refused for their `Origin` (not in `allowed_origins`).
+    rejected_origin,
     /// `accept` calls that failed for want of file descriptors (EMFILE, ENFILE).
     accept_fd_exhausted,
     /// `accept` calls that failed for another reason (about one connection).
@@ -254,6 +256,7 @@ impl MetricsSnapshot {
             &[
                 ("{reason=\"auth\"}", s.rejected_auth),
                 ("{reason=\"limit\"}", s.rejected_limit),
+                ("{reason=\"origin\"}", s.rejected_origin),
                 ("{reason=\"bad_request\"}", s.rejected_bad_request),
             ],
         );

@@ -130,6 +130,8 @@ pub(crate) struct ShardReport {
 #[derive(Clone)]
 pub(crate) struct ReactorConfig {
     pub echo: bool,
+    /// Browser origins allowed to open WebSockets.
+    pub origins: handshake::OriginPolicy,
     pub max_connections: usize,
     pub handshake_timeout: Duration,
     pub shutdown_timeout: Duration,
@@ -672,6 +674,7 @@ impl Shard {
         let decision = handshake::decide(
             &req,
             self.cfg.echo,
+            &self.cfg.origins,
             |token| {
                 verifier
                     .verify_until(token)
@@ -705,6 +708,7 @@ impl Shard {
             Decision::Respond { response, refused } => {
                 match refused {
                     Some(Refusal::Auth) => self.core.stats.rejected_auth += 1,
+                    Some(Refusal::Origin) => self.core.stats.rejected_origin += 1,
                     Some(Refusal::BadRequest) => self.core.stats.rejected_bad_request += 1,
                     None => {}
                 }

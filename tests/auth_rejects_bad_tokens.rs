@@ -222,3 +222,84 @@ fn keys_that_could_never_verify_a_token_are_refused_at_start() {
         );
     }
 }
+
+#[test]
+fn audience_issuer_and_origin_are_checked_where_configured() {
+    let gw = util::builder()
+        .jwt_audience("floodgate")
+        .jwt_issuer("https://auth.example.com")
+        .allowed_origins(["https://app.example.com", "https://*.example.org"])
+        .build()
+        .unwrap();
+    let addr = gw.local_addr();
+    let now = util::now_secs();
+    let tok = |claims: serde_json::Value| util::sign(&claims, util::SECRET);
+    let good =
+        json!({"sub": "u", "exp": now + 60, "aud": "floodgate", "iss": "https://auth.example.com"});
+    let cases = [
+        (
+            "no aud",
+            json!({"sub": "u", "exp": now + 60, "iss": "https://auth.example.com"}),
+            "aud",
+        ),
+        (
+            "other aud",
+            json!({"sub": "u", "exp": now + 60, "aud": "x", "iss": "https://auth.example.com"}),
+            "aud",
+        ),
+        (
+            "no iss",
+            json!({"sub": "u", "exp": now + 60, "aud": "floodgate"}),
+            "iss",
+        ),
+        (
+            "other iss",
+            json!({"sub": "u", "exp": now + 60, "aud": "floodgate", "iss": "evil"}),
+            "iss",
+        ),
+    ];
+    for (what, claims, named) in cases {
+        let req =
+            util::upgrade_request("/ws", &format!("Authorization: Bearer {}\r\n", tok(claims)));
+        let resp = util::http(addr, &req);
+        assert!(resp.starts_with("HTTP/1.1 401"), "{what}: {resp}");
+        assert!(resp.contains(named), "{what}: {resp}");
+    }
+    let auth = format!("Authorization: Bearer {}\r\n", tok(good));
+    for (origin, ok) in [
+        (None, true),
+        (Some("https://app.example.com"), true),
+        (Some("https://a.example.org"), true),
+        (Some("https://evil.example.com"), false),
+        (Some("null"), false),
+    ] {
+        let extra = match origin {
+            Some(o) => format!("{auth}Origin: {o}\r\n"),
+            None => auth.clone(),
+        };
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        std::io::Write::write_all(&mut s, util::upgrade_request("/ws", &extra).as_bytes()).unwrap();
+        let mut head = [0u8; 12];
+        std::io::Read::read_exact(&mut s, &mut head).unwrap();
+        let head = String::from_utf8_lossy(&head).into_owned();
+        let want = if ok { "HTTP/1.1 101" } else { "HTTP/1.1 403" };
+        assert_eq!(head, want, "origin {origin:?}");
+    }
+    util::eventually(
+        std::time::Duration::from_secs(5),
+        "origin refusals counted",
+        || gw.metrics().stats.rejected_origin == 2,
+    );
+    gw.shutdown().unwrap();
+}
+
+#[test]
+fn a_malformed_allowed_origin_is_refused_naming_the_setting() {
+    let e = util::builder()
+        .allowed_origins(["example.com"])
+        .build()
+        .unwrap_err();
+    assert!(e.to_string().contains("allowed_origins"), "{e}");
+}

@@ -42,6 +42,8 @@ pub(crate) struct Request {
     pub bad_version: bool,
     /// The bearer token from `Authorization: Bearer` or the `token` query parameter.
     pub token: Option<String>,
+    /// The `Origin` header (browsers send it on every WebSocket handshake).
+    pub origin: Option<String>,
     /// How the stream starts, from the `since`, `epoch` and `resume` query parameters, or why
     /// they are invalid.
     pub start: Result<Start, &'static str>,
@@ -125,6 +127,7 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Option<Request>, HeadError> {
         upgrade_key,
         bad_version: wants_upgrade && !version_ok,
         token: bearer.or(query_token).filter(|t| !t.is_empty()),
+        origin: header("origin").map(str::to_owned),
         start: parse_start(query),
         head_len,
     }))
@@ -195,6 +198,8 @@ pub(crate) enum Refusal {
     BadRequest,
     /// Missing or invalid token.
     Auth,
+    /// A browser's `Origin` not in `allowed_origins`.
+    Origin,
 }
 
 /// What to do with a complete request head.
@@ -218,12 +223,70 @@ pub(crate) enum Decision {
     },
 }
 
+/// Which browser origins may open WebSockets (`allowed_origins`): exact origins
+/// (`https://app.example.com`) and patterns whose host starts with `*.`
+/// (`https://*.example.com`, any subdomain, not the bare domain). Empty: every origin. A
+/// handshake without an `Origin` header (not from a browser) is always let through: the header
+/// guards browsers against cross-site use, the token guards everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct OriginPolicy {
+    allowed: Vec<String>,
+}
+
+impl OriginPolicy {
+    /// A policy of these entries, each `scheme://host[:port]` with an optional `*.` before
+    /// the host; an entry otherwise shaped is refused with the reason.
+    pub(crate) fn new(entries: &[String]) -> Result<OriginPolicy, String> {
+        let mut allowed = Vec::with_capacity(entries.len());
+        for e in entries {
+            let e = e.trim().trim_end_matches('/').to_ascii_lowercase();
+            let (scheme, host) = e
+                .split_once("://")
+                .ok_or_else(|| format!("`{e}` is not an origin like https://app.example.com"))?;
+            let host_ok = |h: &str| {
+                !h.is_empty()
+                    && h.bytes().all(|b| {
+                        b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']')
+                    })
+            };
+            let bare = host.strip_prefix("*.").unwrap_or(host);
+            if scheme.is_empty() || !host_ok(bare) {
+                return Err(format!(
+                    "`{e}` is not an origin like https://app.example.com or https://*.example.com"
+                ));
+            }
+            allowed.push(e);
+        }
+        Ok(OriginPolicy { allowed })
+    }
+
+    /// Whether a handshake with this `Origin` header may proceed.
+    pub(crate) fn allows(&self, origin: Option<&str>) -> bool {
+        let Some(origin) = origin else {
+            return true;
+        };
+        if self.allowed.is_empty() {
+            return true;
+        }
+        let origin = origin.trim().to_ascii_lowercase();
+        self.allowed.iter().any(|a| match a.split_once("://*.") {
+            None => *a == origin,
+            Some((scheme, domain)) => origin
+                .strip_prefix(scheme)
+                .and_then(|o| o.strip_prefix("://"))
+                .and_then(|host| host.strip_suffix(domain))
+                .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
+        })
+    }
+}
+
 /// Decides the answer to `req`. `echo` says whether `/echo` is enabled; `verify` checks a token
 /// and returns its user id or a reason safe to show the client; `ingest_key` checks the
 /// ingest API key.
 pub(crate) fn decide(
     req: &Request,
     echo: bool,
+    origins: &OriginPolicy,
     verify: impl FnOnce(Option<&str>) -> Result<Box<[u8]>, &'static str>,
     ingest_key: impl FnOnce(Option<&str>) -> KeyCheck,
 ) -> Decision {
@@ -285,6 +348,10 @@ pub(crate) fn decide(
         };
         return refuse(resp, Refusal::BadRequest);
     };
+    if !origins.allows(req.origin.as_deref()) {
+        let body = "this Origin may not open WebSockets here (allowed_origins)\n";
+        return refuse(error(403, "Forbidden", body), Refusal::Origin);
+    }
     let (kind, start) = if req.route == Route::Echo {
         (ConnKind::Echo, Start::Live)
     } else {
@@ -551,7 +618,7 @@ mod tests {
             Some("the-ingest-key") => KeyCheck::Valid,
             _ => KeyCheck::Invalid,
         };
-        match decide(&req, echo, verify, key) {
+        match decide(&req, echo, &OriginPolicy::default(), verify, key) {
             Decision::Respond { response, refused } => {
                 (String::from_utf8(response).unwrap(), refused)
             }
@@ -641,7 +708,13 @@ mod tests {
         .0
         .starts_with("HTTP/1.1 426"));
         let req = parse(post("").as_bytes()).unwrap().unwrap();
-        let off = decide(&req, false, |_| Err("x"), |_| KeyCheck::Disabled);
+        let off = decide(
+            &req,
+            false,
+            &OriginPolicy::default(),
+            |_| Err("x"),
+            |_| KeyCheck::Disabled,
+        );
         assert!(
             matches!(&off, Decision::Respond { response, .. } if response.starts_with(b"HTTP/1.1 404")),
             "{off:?}"
@@ -652,5 +725,66 @@ mod tests {
     fn accept_key_matches_rfc_example() {
         let resp = String::from_utf8(switching_protocols("dGhlIHNhbXBsZSBub25jZQ==")).unwrap();
         assert!(resp.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+    }
+
+    #[test]
+    fn origins_match_exactly_or_as_subdomains_of_a_pattern() {
+        let p = OriginPolicy::new(&[
+            "https://app.example.com".into(),
+            "https://*.example.org/".into(),
+        ])
+        .unwrap();
+        assert!(p.allows(Some("https://app.example.com")));
+        assert!(p.allows(Some("HTTPS://APP.EXAMPLE.COM")));
+        assert!(p.allows(Some("https://a.b.example.org")));
+        assert!(p.allows(None), "not a browser");
+        for bad in [
+            "https://evil.com",
+            "http://app.example.com",
+            "https://app.example.com.evil.com",
+            "https://example.org",
+            "https://evilexample.org",
+            "https://app.example.com:8443",
+            "null",
+        ] {
+            assert!(!p.allows(Some(bad)), "{bad}");
+        }
+        assert!(OriginPolicy::default().allows(Some("https://anything")));
+        assert!(OriginPolicy::new(&["example.com".into()]).is_err());
+        assert!(OriginPolicy::new(&["https://exa mple.com".into()]).is_err());
+    }
+
+    #[test]
+    fn a_browser_from_another_origin_gets_403() {
+        let p = OriginPolicy::new(&["https://app.example.com".into()]).unwrap();
+        let head = UPGRADE.replace("Host: x\r\n", "Host: x\r\nOrigin: https://evil.com\r\n");
+        let req = parse(head.as_bytes()).unwrap().unwrap();
+        let d = decide(
+            &req,
+            false,
+            &p,
+            |_| Ok(b"u"[..].into()),
+            |_| KeyCheck::Disabled,
+        );
+        match d {
+            Decision::Respond { response, refused } => {
+                assert!(response.starts_with(b"HTTP/1.1 403"));
+                assert_eq!(refused, Some(Refusal::Origin));
+            }
+            other => panic!("{other:?}"),
+        }
+        let ok = UPGRADE.replace(
+            "Host: x\r\n",
+            "Host: x\r\nOrigin: https://app.example.com\r\n",
+        );
+        let req = parse(ok.as_bytes()).unwrap().unwrap();
+        let d = decide(
+            &req,
+            false,
+            &p,
+            |_| Ok(b"u"[..].into()),
+            |_| KeyCheck::Disabled,
+        );
+        assert!(matches!(d, Decision::Upgrade { .. }));
     }
 }

@@ -113,6 +113,20 @@ impl Gateway {
         Emitter::new(self.shared.clone())
     }
 
+    /// Closes every open connection of `user` with close code 4002 (`CLOSE_DISCONNECTED`),
+    /// for example when the user is revoked. It happens on the user's shard's next pass (this
+    /// call only sends the order). It does not stop the user from connecting again with a token
+    /// that is still valid: revoke by also no longer issuing tokens (a connection lives only
+    /// as long as its token, see `CLOSE_TOKEN_EXPIRED`). The same is available to other
+    /// processes as `POST /api/disconnect` with the ingest API key.
+    pub fn disconnect_user(&self, user: &str) -> Result<(), Error> {
+        if user.is_empty() || user.len() > crate::MAX_USER_LEN {
+            return Err(crate::ConfigError::new("user", "must be 1 to 255 bytes").into());
+        }
+        disconnect(&self.shared, user.as_bytes());
+        Ok(())
+    }
+
     /// The address the gateway listens on (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
@@ -562,4 +576,10 @@ fn raise_nofile(max_connections: usize) {
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "could not read or raise the nofile limit"),
     }
+}
+
+/// Sends the user's home shard the order to close every connection of `user`.
+pub(crate) fn disconnect(shared: &Shared, user: &[u8]) {
+    let home = crate::emitter::shard_of(user, shared.shards.len());
+    shared.shards[home].send(crate::reactor::Cmd::Disconnect(user.into()));
 }

@@ -63,8 +63,8 @@ pub mod cli;
 pub use crate::auth::mint_hs256;
 pub use crate::config::{Settings, MIN_HS256_SECRET};
 pub use crate::core::{
-    CLOSE_AUTH_REFUSED, CLOSE_GOING_AWAY, CLOSE_PONG_TIMEOUT, CLOSE_SLOW_CONSUMER,
-    CLOSE_TOKEN_EXPIRED,
+    CLOSE_AUTH_REFUSED, CLOSE_DISCONNECTED, CLOSE_GOING_AWAY, CLOSE_PONG_TIMEOUT,
+    CLOSE_SLOW_CONSUMER, CLOSE_TOKEN_EXPIRED,
 };
 pub use crate::delivery::Delivery;
 pub use crate::emitter::{Emitter, MAX_USER_LEN};

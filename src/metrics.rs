@@ -82,6 +82,8 @@ counters! {
     rejected_bad_request,
     /// Connections closed as slow consumers (4008).
     closed_slow_consumer,
+    /// Connections closed because the application disconnected their user (4002).
+    closed_disconnected,
     /// Connections closed because their token expired (4001).
     closed_token_expired,
     /// Connections closed because an in-band `auth` message was refused (4003).
@@ -282,6 +284,7 @@ impl MetricsSnapshot {
             &[
                 ("{reason=\"slow_consumer\"}", s.closed_slow_consumer),
                 ("{reason=\"token_expired\"}", s.closed_token_expired),
+                ("{reason=\"disconnected\"}", s.closed_disconnected),
                 ("{reason=\"auth_refused\"}", s.closed_auth_refused),
                 ("{reason=\"pong_timeout\"}", s.closed_pong_timeout),
             ],

@@ -89,6 +89,8 @@ pub(crate) enum Cmd {
         /// Unix second from which the connection's token is no longer valid.
         expires: Option<u64>,
     },
+    /// Close every connection of this user (4002).
+    Disconnect(Box<[u8]>),
     /// Deliver what was accepted, close every connection with 1001, and stop.
     Shutdown,
 }
@@ -520,6 +522,9 @@ impl Shard {
                 start,
                 expires,
             } => self.adopt(stream, kind, &response, &early, start, expires, now),
+            Cmd::Disconnect(user) => {
+                self.core.disconnect_user(&user, now);
+            }
             Cmd::Shutdown => self.begin_shutdown(now, now_ns),
         }
     }

@@ -24,6 +24,8 @@ pub(crate) enum Route {
     Publish,
     /// `/api/ingest`: a WebSocket of batches from another process.
     Ingest,
+    /// `/api/disconnect`: close every connection of a user (POST, the ingest key).
+    Disconnect,
     /// Anything else.
     NotFound,
 }
@@ -85,6 +87,7 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Option<Request>, HeadError> {
         "/metrics" => Route::Metrics,
         "/api/publish" => Route::Publish,
         "/api/ingest" => Route::Ingest,
+        "/api/disconnect" => Route::Disconnect,
         _ => Route::NotFound,
     };
     let header = |name: &str| {
@@ -294,7 +297,10 @@ pub(crate) fn decide(
         response,
         refused: Some(refused),
     };
-    if matches!(req.route, Route::Publish | Route::Ingest) {
+    if matches!(
+        req.route,
+        Route::Publish | Route::Ingest | Route::Disconnect
+    ) {
         return decide_ingest(req, ingest_key);
     }
     if !req.is_get {
@@ -315,7 +321,7 @@ pub(crate) fn decide(
             }
         }
         Route::Metrics => return Decision::Metrics,
-        Route::NotFound | Route::Publish | Route::Ingest => {
+        Route::NotFound | Route::Publish | Route::Ingest | Route::Disconnect => {
             return refuse(error(404, "Not Found", "not found\n"), Refusal::BadRequest)
         }
         Route::Echo if !echo => {
@@ -380,7 +386,7 @@ fn decide_ingest(req: &Request, ingest_key: impl FnOnce(Option<&str>) -> KeyChec
         response,
         refused: Some(refused),
     };
-    let endpoint = if req.route == Route::Publish {
+    let endpoint = if matches!(req.route, Route::Publish | Route::Disconnect) {
         if !req.is_post {
             let resp = response(
                 405,

@@ -40,6 +40,9 @@ pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
 /// Close code for a connection whose in-band `auth` message was refused (an invalid token,
 /// or one for another user).
 pub const CLOSE_AUTH_REFUSED: u16 = 4003;
+/// Close code for every connection of a user the application disconnected
+/// (`Gateway::disconnect_user`, `POST /api/disconnect`).
+pub const CLOSE_DISCONNECTED: u16 = 4002;
 /// Close code sent to every connection on shutdown.
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 
@@ -522,6 +525,30 @@ impl Core {
         for u in self.users.values_mut() {
             u.cold.trim(start);
         }
+    }
+
+    /// Closes every connection of `user` with 4002; returns how many.
+    pub(crate) fn disconnect_user(&mut self, user: &[u8], now: Instant) -> usize {
+        let ids: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(&c.kind, ConnKind::User(u) if **u == *user))
+            .filter(|(_, c)| matches!(c.state, State::Open))
+            .map(|(id, _)| id)
+            .collect();
+        for &id in &ids {
+            let c = &mut self.conns[id];
+            close_conn(
+                c,
+                CLOSE_DISCONNECTED,
+                "disconnected by the server",
+                now,
+                self.cfg.close_timeout,
+            );
+            list_urgent(&mut self.urgent, c, id);
+        }
+        self.stats.closed_disconnected += ids.len() as u64;
+        ids.len()
     }
 
     /// Sets when connection `id`'s token expires (`None`: never).

@@ -412,6 +412,36 @@ impl Conn<'_> {
         Answer::Done(batch::outcome(parsed.id, accepted, &self.rejections))
     }
 
+    /// `POST /api/disconnect` with `{"user":"..."}`: every connection of the user is closed
+    /// (4002) on its shard's next pass.
+    fn disconnect(&mut self, body: &[u8]) -> Answer {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Req {
+            user: String,
+        }
+        let refused = |msg: &str| Answer::Refused {
+            status: 400,
+            body: batch::batch_error(None, "malformed", msg),
+            retry_after: None,
+        };
+        if crate::json::too_deep(body, 4) {
+            return refused("expected {\"user\":\"...\"}");
+        }
+        let user = match serde_json::from_slice::<Req>(body) {
+            Ok(r) => r.user,
+            Err(e) => return refused(&format!("expected {{\"user\":\"...\"}}: {e}")),
+        };
+        if user.is_empty() || user.len() > crate::MAX_USER_LEN {
+            return refused("user must be 1 to 255 bytes");
+        }
+        crate::gateway::disconnect(&self.hub.shared, user.as_bytes());
+        let mut out = b"{\"user\":".to_vec();
+        serde_json::to_writer(&mut out, &user).expect("a string serializes");
+        out.extend_from_slice(b",\"disconnected\":true}");
+        Answer::Done(out)
+    }
+
     /// `POST /api/publish`, request after request on one keep-alive connection.
     fn serve_http(&mut self, stream: &mut TcpStream, mut buf: Vec<u8>) -> Ended {
         let hub = self.hub;
@@ -477,7 +507,11 @@ impl Conn<'_> {
                     return Ok(());
                 }
             }
-            let answer = self.emit_batch(&buf[head.head_len..end], false);
+            let answer = if head.disconnect {
+                self.disconnect(&buf[head.head_len..end])
+            } else {
+                self.emit_batch(&buf[head.head_len..end], false)
+            };
             buf.drain(..end);
             idle_since = Instant::now();
             let keep = head.keep_alive && !hub.stopping();
@@ -623,6 +657,8 @@ struct PostHead {
     keep_alive: bool,
     expect_continue: bool,
     path_ok: bool,
+    /// `POST /api/disconnect` rather than `/api/publish`.
+    disconnect: bool,
     method_ok: bool,
     /// `Transfer-Encoding` was given (chunked bodies are not accepted).
     chunked: bool,
@@ -637,7 +673,7 @@ impl PostHead {
                 404,
                 "Not Found",
                 "not_found",
-                "this connection serves POST /api/publish only",
+                "this connection serves POST /api/publish and /api/disconnect only",
             ));
         }
         if !self.method_ok {
@@ -722,7 +758,11 @@ fn parse_post_head(buf: &[u8]) -> Result<Option<PostHead>, Vec<u8>> {
         content_length,
         keep_alive,
         expect_continue: header("expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue")),
-        path_ok: path.split('?').next() == Some("/api/publish"),
+        path_ok: matches!(
+            path.split('?').next(),
+            Some("/api/publish" | "/api/disconnect")
+        ),
+        disconnect: path.split('?').next() == Some("/api/disconnect"),
         method_ok: req.method == Some("POST"),
         chunked: header("transfer-encoding").is_some(),
         bearer,

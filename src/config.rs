@@ -55,6 +55,8 @@ pub(crate) struct Config {
     pub max_outbound_bytes: usize,
     pub max_connections: usize,
     pub max_connections_per_user: usize,
+    pub max_connections_per_ip: usize,
+    pub max_pending_handshakes_per_ip: usize,
     pub max_frame_size: usize,
     pub max_message_size: usize,
     pub read_buffer_size: usize,
@@ -106,6 +108,8 @@ impl Config {
             max_outbound_bytes: 8 << 20,
             max_connections: 100_000,
             max_connections_per_user: 64,
+            max_connections_per_ip: 0,
+            max_pending_handshakes_per_ip: 128,
             max_frame_size: 64 << 10,
             max_message_size: 1 << 20,
             read_buffer_size: 4096,
@@ -194,6 +198,12 @@ impl Config {
                     ),
                 ));
             }
+        }
+        if !(1..=4096).contains(&self.max_pending_handshakes_per_ip) {
+            return Err(err(
+                "max_pending_handshakes_per_ip",
+                "must be from 1 to 4096",
+            ));
         }
         if let Err(why) = crate::core::handshake::OriginPolicy::new(&self.allowed_origins) {
             return Err(err("allowed_origins", why));
@@ -456,6 +466,8 @@ macro_rules! with_plain_settings {
             max_outbound_bytes,
             max_connections,
             max_connections_per_user,
+            max_connections_per_ip,
+            max_pending_handshakes_per_ip,
             max_frame_size,
             max_message_size,
             read_buffer_size,
@@ -567,6 +579,17 @@ pub struct Settings {
     /// Open WebSocket connections allowed per user [default: 64]
     #[arg(long, env = "FLOODGATE_MAX_CONNECTIONS_PER_USER", value_name = "N")]
     pub max_connections_per_user: Option<usize>,
+    /// Open WebSocket connections from one peer address; more get HTTP 503; 0 = no limit
+    /// (clients behind a proxy share its address) [default: 0]
+    #[arg(long, env = "FLOODGATE_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+    pub max_connections_per_ip: Option<usize>,
+    /// Handshakes in progress from one peer address; more get HTTP 503 at once [default: 128]
+    #[arg(
+        long,
+        env = "FLOODGATE_MAX_PENDING_HANDSHAKES_PER_IP",
+        value_name = "N"
+    )]
+    pub max_pending_handshakes_per_ip: Option<usize>,
     /// Largest inbound frame payload [default: 65536]
     #[arg(long, env = "FLOODGATE_MAX_FRAME_SIZE", value_name = "BYTES")]
     pub max_frame_size: Option<usize>,

@@ -282,6 +282,12 @@ impl GatewayBuilder {
         max_connections: usize,
         /// Open WebSocket connections per user; more get HTTP 429 [default 64].
         max_connections_per_user: usize,
+        /// Open WebSocket connections from one peer address; more get HTTP 503; 0 = no limit
+        /// [default 0: clients behind a proxy or load balancer all share its address].
+        max_connections_per_ip: usize,
+        /// Handshakes in progress (accepted, request head not yet complete) from one peer
+        /// address; more get HTTP 503 at once [default 128, 1 to 4096].
+        max_pending_handshakes_per_ip: usize,
         /// Largest inbound frame payload [default 64 KiB, at least 125].
         max_frame_size: usize,
         /// Largest inbound message [default 1 MiB, at least `max_frame_size`].
@@ -512,6 +518,7 @@ impl GatewayBuilder {
             shared.clone(),
         ));
         let common = Arc::new(Common {
+            per_ip: Default::default(),
             peers: shared.shards.clone(),
             verifier,
             registry,
@@ -522,6 +529,8 @@ impl GatewayBuilder {
         core.epoch_seed = getrandom::u64().map_err(|e| Error::Io(std::io::Error::other(e)))?;
         let rcfg = ReactorConfig {
             echo: cfg.echo,
+            max_pending_per_ip: cfg.max_pending_handshakes_per_ip,
+            max_connections_per_ip: cfg.max_connections_per_ip,
             origins: crate::core::handshake::OriginPolicy::new(&cfg.allowed_origins)
                 .expect("validated"),
             max_connections: cfg.max_connections,

@@ -6,7 +6,9 @@
 //! bounded chunks into the core, write each connection the core says is due with one `write`
 //! (looping only on a partial write), then run timers every [`TICK`].
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
+use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -88,6 +90,8 @@ pub(crate) enum Cmd {
         start: Start,
         /// Unix second from which the connection's token is no longer valid.
         expires: Option<u64>,
+        /// The peer's address (its slot in `Common::per_ip`).
+        ip: IpAddr,
     },
     /// Close every connection of this user (4002).
     Disconnect(Box<[u8]>),
@@ -132,6 +136,10 @@ pub(crate) struct ShardReport {
 #[derive(Clone)]
 pub(crate) struct ReactorConfig {
     pub echo: bool,
+    /// Handshakes in progress from one address at most.
+    pub max_pending_per_ip: usize,
+    /// Open connections from one address at most (0: no limit).
+    pub max_connections_per_ip: usize,
     /// Browser origins allowed to open WebSockets.
     pub origins: handshake::OriginPolicy,
     pub max_connections: usize,
@@ -149,12 +157,52 @@ pub(crate) struct Common {
     pub open: AtomicUsize,
     /// The ingest endpoints, which take over connections that ask for them.
     pub ingest: Arc<crate::ingest::Hub>,
+    /// Open connections per peer address (for `max_connections_per_ip`).
+    pub per_ip: PerIp,
 }
 
 struct Handshake {
     stream: TcpStream,
     buf: Vec<u8>,
     deadline: Instant,
+    /// The peer's address, for the per-address limits.
+    ip: IpAddr,
+}
+
+/// Open connections per peer address, shared by the shards, for `max_connections_per_ip`
+/// (touched when a connection opens or closes, never per event; not at all when the limit is
+/// off).
+#[derive(Default)]
+pub(crate) struct PerIp(std::sync::Mutex<HashMap<IpAddr, usize>>);
+
+impl PerIp {
+    /// Takes a slot for `ip` if it has fewer than `max` (0: no limit, nothing counted).
+    fn take(&self, ip: IpAddr, max: usize) -> bool {
+        if max == 0 {
+            return true;
+        }
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// Gives back a slot that `take` gave.
+    fn give(&self, ip: IpAddr, max: usize) {
+        if max == 0 {
+            return;
+        }
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&ip);
+            }
+        }
+    }
 }
 
 /// Creates a shard's poller, waker and command channel.
@@ -178,7 +226,7 @@ pub(crate) struct Shard {
     core: Core,
     /// Sockets by connection id, with whether WRITABLE interest is registered (only while a
     /// write is blocked, so writable edges do not wake the reactor for nothing).
-    sockets: Vec<Option<(TcpStream, bool)>>,
+    sockets: Vec<Option<(TcpStream, bool, IpAddr)>>,
     rings: Vec<Consumer>,
     listener: Option<TcpListener>,
     handshakes: Slab<Handshake>,
@@ -211,6 +259,8 @@ pub(crate) struct Shard {
     fd_exhausted: bool,
     /// `accept` failed for another reason that may last: try again on the next tick.
     accept_retry: bool,
+    /// Handshakes in progress per peer address (accepting shard only).
+    pending_by_ip: HashMap<IpAddr, usize>,
 }
 
 /// The answer to a connection accepted only to be refused while descriptors are exhausted.
@@ -280,6 +330,7 @@ impl Shard {
             reserve_fd: None,
             fd_exhausted: false,
             accept_retry: false,
+            pending_by_ip: HashMap::new(),
         }
         .with_reserve_fd())
     }
@@ -521,7 +572,8 @@ impl Shard {
                 early,
                 start,
                 expires,
-            } => self.adopt(stream, kind, &response, &early, start, expires, now),
+                ip,
+            } => self.adopt(stream, kind, &response, &early, start, expires, ip, now),
             Cmd::Disconnect(user) => {
                 self.core.disconnect_user(&user, now);
             }
@@ -538,6 +590,7 @@ impl Shard {
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }
+        self.pending_by_ip.clear();
         for (_, mut hs) in std::mem::take(&mut self.handshakes) {
             let _ = self.poll.registry().deregister(&mut hs.stream);
         }
@@ -557,10 +610,20 @@ impl Shard {
                 return;
             };
             match listener.accept() {
-                Ok((mut stream, _peer)) => {
-                    if self.handshakes.len() >= MAX_HANDSHAKES {
+                Ok((mut stream, peer)) => {
+                    let ip = peer.ip();
+                    let pending = self.pending_by_ip.get(&ip).copied().unwrap_or(0);
+                    let refusal = if self.handshakes.len() >= MAX_HANDSHAKES {
+                        Some("too many handshakes in progress\n")
+                    } else if pending >= self.cfg.max_pending_per_ip {
+                        Some("too many handshakes in progress from this address\n")
+                    } else {
+                        None
+                    };
+                    if let Some(why) = refusal {
                         self.core.stats.rejected_limit += 1;
-                        continue; // dropped: closes the socket
+                        let _ = stream.write(&handshake::error(503, "Service Unavailable", why));
+                        continue; // and closed
                     }
                     let _ = stream.set_nodelay(true);
                     let entry = self.handshakes.vacant_entry();
@@ -578,7 +641,9 @@ impl Shard {
                         stream,
                         buf: Vec::with_capacity(1024),
                         deadline: now + self.cfg.handshake_timeout,
+                        ip,
                     });
+                    *self.pending_by_ip.entry(ip).or_insert(0) += 1;
                     // The request may already be there (edge-triggered: no event would follow).
                     self.handshake_readable(key, now);
                 }
@@ -661,7 +726,7 @@ impl Shard {
                 Err(_) => break Err(None),
             }
         };
-        let mut hs = self.handshakes.remove(key);
+        let mut hs = self.take_handshake(key);
         let _ = self.poll.registry().deregister(&mut hs.stream);
         let req = match parsed {
             Ok(req) => req,
@@ -730,13 +795,30 @@ impl Shard {
             let _ = hs.stream.write(&resp);
             return;
         }
+        if !self
+            .common
+            .per_ip
+            .take(hs.ip, self.cfg.max_connections_per_ip)
+        {
+            self.common.open.fetch_sub(1, Ordering::Relaxed);
+            self.core.stats.rejected_limit += 1;
+            let resp = handshake::error(
+                503,
+                "Service Unavailable",
+                "connection limit reached for this address (max_connections_per_ip)\n",
+            );
+            let _ = hs.stream.write(&resp);
+            return;
+        }
         let early = hs.buf[req.head_len..].to_vec();
         let home = match &kind {
             ConnKind::User(user) => shard_of(user, self.common.peers.len()),
             ConnKind::Echo => self.index,
         };
         if home == self.index {
-            self.adopt(hs.stream, kind, &response, &early, start, expires, now);
+            self.adopt(
+                hs.stream, kind, &response, &early, start, expires, hs.ip, now,
+            );
         } else {
             self.common.peers[home].send(Cmd::Adopt {
                 stream: hs.stream,
@@ -745,8 +827,28 @@ impl Shard {
                 early,
                 start,
                 expires,
+                ip: hs.ip,
             });
         }
+    }
+
+    /// Removes handshake `key`, giving back its address's pending slot.
+    fn take_handshake(&mut self, key: usize) -> Handshake {
+        let hs = self.handshakes.remove(key);
+        if let Some(n) = self.pending_by_ip.get_mut(&hs.ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.pending_by_ip.remove(&hs.ip);
+            }
+        }
+        hs
+    }
+
+    /// Gives back a connection's slots: in `max_connections` and its address's.
+    fn release_slot(&self, ip: IpAddr) {
+        // Relaxed: see `handshake_readable`.
+        self.common.open.fetch_sub(1, Ordering::Relaxed);
+        self.common.per_ip.give(ip, self.cfg.max_connections_per_ip);
     }
 
     fn expire_handshakes(&mut self, now: Instant) {
@@ -757,7 +859,7 @@ impl Shard {
             .map(|(k, _)| k)
             .collect();
         for k in expired {
-            let mut hs = self.handshakes.remove(k);
+            let mut hs = self.take_handshake(k);
             let _ = self.poll.registry().deregister(&mut hs.stream);
             self.core.stats.rejected_bad_request += 1;
             let _ = hs.stream.write(&handshake::error(
@@ -777,10 +879,11 @@ impl Shard {
         early: &[u8],
         start: Start,
         expires: Option<u64>,
+        ip: IpAddr,
         now: Instant,
     ) {
         if self.shutdown_deadline.is_some() {
-            self.common.open.fetch_sub(1, Ordering::Relaxed);
+            self.release_slot(ip);
             let _ = stream.write(&handshake::error(
                 503,
                 "Service Unavailable",
@@ -792,7 +895,7 @@ impl Shard {
             Ok(id) => id,
             Err(_) => {
                 // Relaxed: see `handshake_readable`.
-                self.common.open.fetch_sub(1, Ordering::Relaxed);
+                self.release_slot(ip);
                 let _ = stream.write(&handshake::error(
                     429,
                     "Too Many Requests",
@@ -808,7 +911,7 @@ impl Shard {
             .is_err()
         {
             self.core.remove(id);
-            self.common.open.fetch_sub(1, Ordering::Relaxed);
+            self.release_slot(ip);
             return;
         }
         self.core
@@ -816,7 +919,7 @@ impl Shard {
         if self.sockets.len() <= id {
             self.sockets.resize_with(id + 1, || None);
         }
-        self.sockets[id] = Some((stream, false));
+        self.sockets[id] = Some((stream, false, ip));
         // Write the 101 now, and read anything that arrived before registration.
         self.flush(id);
         self.read_conn(id, now);
@@ -836,7 +939,7 @@ impl Shard {
     }
 
     fn read_conn(&mut self, id: ConnId, now: Instant) {
-        let Some(Some((stream, _))) = self.sockets.get_mut(id) else {
+        let Some(Some((stream, _, _))) = self.sockets.get_mut(id) else {
             return;
         };
         for _ in 0..READS_PER_PASS {
@@ -860,7 +963,7 @@ impl Shard {
     /// Writes `id`'s queued bytes: one `write` call, more only after a partial write. A refused
     /// write registers WRITABLE interest; it is dropped again once the buffer is empty.
     fn flush(&mut self, id: ConnId) {
-        let Some(Some((stream, want_writable))) = self.sockets.get_mut(id) else {
+        let Some(Some((stream, want_writable, _))) = self.sockets.get_mut(id) else {
             return;
         };
         if self.spool_stalled {
@@ -929,13 +1032,12 @@ impl Shard {
         self.dead.sort_unstable();
         self.dead.dedup();
         for id in std::mem::take(&mut self.dead) {
-            let Some((mut stream, _)) = self.sockets.get_mut(id).and_then(Option::take) else {
+            let Some((mut stream, _, ip)) = self.sockets.get_mut(id).and_then(Option::take) else {
                 continue;
             };
             let _ = self.poll.registry().deregister(&mut stream);
             self.core.remove(id);
-            // Relaxed: see `handshake_readable`.
-            self.common.open.fetch_sub(1, Ordering::Relaxed);
+            self.release_slot(ip);
         }
     }
 }

@@ -192,3 +192,66 @@ fn running_out_of_file_descriptors_refuses_with_503_and_recovers_when_they_retur
         "{log}"
     );
 }
+
+/// A TCP connection to `to` from the local address `from` (another loopback address).
+fn connect_from(from: &str, to: std::net::SocketAddr) -> std::net::TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let from: std::net::SocketAddr = format!("{from}:0").parse().unwrap();
+    s.bind(&from.into()).unwrap();
+    s.connect(&to.into()).unwrap();
+    s.into()
+}
+
+#[test]
+fn idle_handshakes_from_one_address_cannot_lock_out_the_others() {
+    use std::io::{Read, Write};
+    let serve = Serve::start("", &["--handshake-timeout", "60s"], &[]);
+    // 1000 connections from 127.0.0.2 that never send a request head.
+    let mut idle = Vec::new();
+    let mut refused = 0;
+    for _ in 0..1000 {
+        let mut s = connect_from("127.0.0.2", serve.addr);
+        s.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+        let mut b = [0u8; 12];
+        if s.read_exact(&mut b).is_ok() {
+            assert_eq!(&b, b"HTTP/1.1 503");
+            refused += 1;
+        } else {
+            idle.push(s);
+        }
+    }
+    // Past 128 pending from that address, each new one is told 503 at once.
+    assert!(refused >= 800, "{refused} refused, {} idle", idle.len());
+    // Someone else still gets in.
+    let mut ws = util::try_connect(serve.addr, "/ws", Some(&util::token("other")))
+        .expect("another address is served");
+    assert!(ws.read().unwrap().into_text().unwrap().contains("hello"));
+    let mut late = connect_from("127.0.0.2", serve.addr);
+    late.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    late.write_all(util::upgrade_request("/ws", "").as_bytes())
+        .unwrap();
+    let mut answer = String::new();
+    let _ = late.read_to_string(&mut answer);
+    assert!(answer.contains("from this address"), "{answer}");
+    drop(idle);
+}
+
+#[test]
+fn connections_per_address_are_bounded_when_configured() {
+    let serve = Serve::start("", &["--max-connections-per-ip", "3"], &[]);
+    let tok = util::token("many");
+    let open: Vec<_> = (0..3)
+        .map(|_| util::try_connect(serve.addr, "/ws", Some(&tok)).expect("within the limit"))
+        .collect();
+    let fourth = util::try_connect(serve.addr, "/ws", Some(&tok));
+    match fourth {
+        Err(tungstenite::Error::Http(r)) => assert_eq!(r.status(), 503),
+        other => panic!("expected 503, got {:?}", other.map(|_| ())),
+    }
+    drop(open);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while util::try_connect(serve.addr, "/ws", Some(&tok)).is_err() {
+        assert!(Instant::now() < deadline, "the slots never came back");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -89,6 +89,8 @@ pub(crate) struct Config {
     pub ingest_max_events_per_sec: u64,
     pub ingest_max_connections: usize,
     pub ingest_idle_timeout: Duration,
+    pub ingest_dedupe_window: Duration,
+    pub ingest_dedupe_capacity: usize,
 }
 
 impl Config {
@@ -142,6 +144,8 @@ impl Config {
             ingest_max_events_per_sec: 1_000_000,
             ingest_max_connections: 64,
             ingest_idle_timeout: Duration::from_secs(60),
+            ingest_dedupe_window: Duration::from_secs(600),
+            ingest_dedupe_capacity: 100_000,
         }
     }
 
@@ -409,6 +413,12 @@ impl Config {
         {
             return Err(err("ingest_idle_timeout", "must be from 100ms to 1h"));
         }
+        if self.ingest_dedupe_window > Duration::from_secs(86400) {
+            return Err(err("ingest_dedupe_window", "must be at most 24h"));
+        }
+        if !(1..=10_000_000).contains(&self.ingest_dedupe_capacity) {
+            return Err(err("ingest_dedupe_capacity", "must be from 1 to 10000000"));
+        }
         if self.history_max_events > 1 << 20 {
             return Err(err(
                 "history_max_events",
@@ -496,7 +506,9 @@ macro_rules! with_plain_settings {
             ingest_max_batch_events,
             ingest_max_events_per_sec,
             ingest_max_connections,
-            ingest_idle_timeout
+            ingest_idle_timeout,
+            ingest_dedupe_window,
+            ingest_dedupe_capacity
         )
     };
 }
@@ -731,6 +743,15 @@ pub struct Settings {
     #[arg(long, env = "FLOODGATE_INGEST_IDLE_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
     #[serde(default, with = "humantime_serde")]
     pub ingest_idle_timeout: Option<Duration>,
+    /// How long an accepted event's `idempotency_key` is remembered (per user): the same key
+    /// again within it is answered `duplicate` and not emitted [default: 10m]
+    #[arg(long, env = "FLOODGATE_INGEST_DEDUPE_WINDOW", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[serde(default, with = "humantime_serde")]
+    pub ingest_dedupe_window: Option<Duration>,
+    /// Idempotency keys remembered at most (about 100 bytes each); past it the oldest are
+    /// forgotten before their window ends [default: 100000]
+    #[arg(long, env = "FLOODGATE_INGEST_DEDUPE_CAPACITY", value_name = "N")]
+    pub ingest_dedupe_capacity: Option<usize>,
 }
 
 /// The largest config file read.

@@ -362,6 +362,12 @@ impl GatewayBuilder {
         /// An ingest connection that sends nothing this long is closed [default 60 s, 100 ms
         /// to 1 h].
         ingest_idle_timeout: Duration,
+        /// How long an accepted event's `idempotency_key` is remembered per user; the same
+        /// key again within it is answered `duplicate` [default 10 min, at most 24 h].
+        ingest_dedupe_window: Duration,
+        /// Idempotency keys remembered at most; past it the oldest are forgotten early
+        /// [default 100 000, 1 to 10 000 000].
+        ingest_dedupe_capacity: usize,
     }
 
     /// Turns on the ingest endpoints for out-of-process publishers (`POST /api/publish` and

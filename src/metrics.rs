@@ -513,6 +513,7 @@ impl MetricsSnapshot {
             &[
                 ("{outcome=\"accepted\"}", i.events_accepted),
                 ("{outcome=\"rejected\"}", i.events_rejected),
+                ("{outcome=\"duplicate\"}", i.duplicates),
             ],
         );
         metric(

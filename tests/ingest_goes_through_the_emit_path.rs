@@ -364,3 +364,45 @@ fn idle_ingest_connections_are_closed_and_free_their_slots() {
     assert_eq!(fresh.post(KEY, "[]").0, 200);
     drop(post);
 }
+
+#[test]
+fn a_retried_batch_with_idempotency_keys_makes_no_duplicates() {
+    let gw = util::builder().ingest_api_key(KEY).build().unwrap();
+    let addr = gw.local_addr();
+    let mut frank = util::connect(addr, &util::token("frank"));
+    let batch = r#"[{"user":"frank","type":"tool_completed","idempotency_key":"call-1"},
+                    {"user":"frank","type":"tool_completed","idempotency_key":"call-2"}]"#;
+    let mut p = Publisher::connect(addr);
+    let (code, _, body) = p.post(KEY, batch);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(r#""accepted":2"#), "{body}");
+    // The publisher timed out and sends the same batch again, plus one new event.
+    let retry = r#"[{"user":"frank","type":"tool_completed","idempotency_key":"call-1"},
+                    {"user":"frank","type":"tool_completed","idempotency_key":"call-2"},
+                    {"user":"frank","type":"tool_completed","idempotency_key":"call-3"}]"#;
+    let (code, _, body) = p.post(KEY, retry);
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["accepted"], 1, "{body}");
+    let codes: Vec<&str> = v["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes, ["duplicate", "duplicate"], "{body}");
+    // The client got each event once: a marker sent last is the 4th event of the stream.
+    let (_, _, body) = p.post(KEY, r#"[{"user":"frank","type":"marker"}]"#);
+    assert!(body.contains(r#""accepted":1"#), "{body}");
+    let got = util::read_events(&mut frank, 4, Duration::from_secs(10));
+    let seqs: Vec<u64> = got.iter().map(|v| v["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [1, 2, 3, 4]);
+    assert_eq!(got[3]["type"], "marker", "{got:?}");
+    assert_eq!(gw.metrics().ingest.duplicates, 2);
+    // The same key for another user is that user's own.
+    let (_, _, body) = p.post(
+        KEY,
+        r#"[{"user":"gina","type":"x","idempotency_key":"call-1"}]"#,
+    );
+    assert!(body.contains(r#""accepted":1"#), "{body}");
+}

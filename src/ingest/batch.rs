@@ -29,6 +29,75 @@ pub(crate) struct Item<'a> {
     /// Overrides whether clients must ack it (default: only `agent_completed`).
     #[serde(default)]
     pub ack: Option<bool>,
+    /// A key the publisher chooses (1 to [`MAX_IDEMPOTENCY_KEY`] bytes): an event whose key
+    /// was accepted for the same user within `ingest_dedupe_window` is answered `duplicate`
+    /// and not emitted again, so a batch retried after a timeout makes no duplicates.
+    #[serde(borrow, default)]
+    pub idempotency_key: Option<Cow<'a, str>>,
+}
+
+/// The longest idempotency key.
+pub(crate) const MAX_IDEMPOTENCY_KEY: usize = 128;
+
+/// The idempotency keys accepted lately: `(user, key)` pairs, each remembered for `window`
+/// after it was accepted, at most `capacity` at once (past that, the oldest is forgotten
+/// early and counted). Pure: the time is an argument.
+#[derive(Debug)]
+pub(crate) struct Dedupe {
+    window: std::time::Duration,
+    capacity: usize,
+    seen: std::collections::HashSet<(Box<str>, Box<str>)>,
+    order: std::collections::VecDeque<(std::time::Instant, (Box<str>, Box<str>))>,
+    /// Keys forgotten before their window ended, for want of room.
+    pub evicted_early: u64,
+}
+
+impl Dedupe {
+    pub(crate) fn new(window: std::time::Duration, capacity: usize) -> Dedupe {
+        Dedupe {
+            window,
+            capacity,
+            seen: Default::default(),
+            order: Default::default(),
+            evicted_early: 0,
+        }
+    }
+
+    /// Claims `(user, key)` at `now`: true if it was not claimed within the window (it is
+    /// now), false for a duplicate.
+    pub(crate) fn claim(&mut self, user: &str, key: &str, now: std::time::Instant) -> bool {
+        while self
+            .order
+            .front()
+            .is_some_and(|(at, _)| now.saturating_duration_since(*at) >= self.window)
+        {
+            let (_, k) = self.order.pop_front().expect("front exists");
+            self.seen.remove(&k);
+        }
+        let k: (Box<str>, Box<str>) = (user.into(), key.into());
+        if self.seen.contains(&k) {
+            return false;
+        }
+        if self.order.len() >= self.capacity {
+            if let Some((_, old)) = self.order.pop_front() {
+                self.seen.remove(&old);
+                self.evicted_early += 1;
+            }
+        }
+        self.seen.insert(k.clone());
+        self.order.push_back((now, k));
+        true
+    }
+
+    /// Gives a claim back (the event could not be emitted: a retry must not be a duplicate).
+    pub(crate) fn release(&mut self, user: &str, key: &str) {
+        let k: (Box<str>, Box<str>) = (user.into(), key.into());
+        if self.seen.remove(&k) {
+            if let Some(i) = self.order.iter().rposition(|(_, o)| *o == k) {
+                self.order.remove(i);
+            }
+        }
+    }
 }
 
 impl Item<'_> {
@@ -315,6 +384,29 @@ fn cost_ns(n: u64, rate: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_is_a_duplicate_within_its_window_only_and_per_user() {
+        let t0 = std::time::Instant::now();
+        let sec = std::time::Duration::from_secs(1);
+        let mut d = Dedupe::new(10 * sec, 3);
+        assert!(d.claim("u", "k1", t0));
+        assert!(
+            !d.claim("u", "k1", t0 + 9 * sec),
+            "a retry within the window"
+        );
+        assert!(d.claim("v", "k1", t0), "another user's key space");
+        assert!(d.claim("u", "k1", t0 + 10 * sec), "after the window");
+        // Released claims (the emit failed) may be retried.
+        assert!(d.claim("u", "k2", t0 + 10 * sec));
+        d.release("u", "k2");
+        assert!(d.claim("u", "k2", t0 + 10 * sec));
+        // Bounded: past the capacity the oldest is forgotten early, and counted.
+        assert!(d.claim("u", "k3", t0 + 10 * sec));
+        assert!(d.claim("u", "k4", t0 + 10 * sec));
+        assert!(d.evicted_early >= 1);
+        assert!(d.order.len() <= 3 && d.seen.len() <= 3);
+    }
 
     #[test]
     fn nesting_past_the_limit_is_refused_before_any_parser_sees_it() {

@@ -66,6 +66,10 @@ pub(crate) struct IngestConfig {
     pub max_connections: usize,
     /// A connection that sends nothing this long is closed.
     pub idle_timeout: Duration,
+    /// How long an accepted idempotency key is remembered...
+    pub dedupe_window: Duration,
+    /// ...and how many at most.
+    pub dedupe_capacity: usize,
 }
 
 impl IngestConfig {
@@ -77,6 +81,8 @@ impl IngestConfig {
             max_events_per_sec: cfg.ingest_max_events_per_sec,
             max_connections: cfg.ingest_max_connections,
             idle_timeout: cfg.ingest_idle_timeout,
+            dedupe_window: cfg.ingest_dedupe_window,
+            dedupe_capacity: cfg.ingest_dedupe_capacity,
         }
     }
 }
@@ -113,6 +119,7 @@ pub(crate) struct Counters {
     rate_limited: AtomicU64,
     connections: AtomicU64,
     closed_idle: AtomicU64,
+    duplicates: AtomicU64,
 }
 
 /// A copy of the ingest counters.
@@ -133,6 +140,8 @@ pub struct IngestStats {
     pub connections: u64,
     /// Ingest connections closed after `ingest_idle_timeout` without a byte.
     pub closed_idle: u64,
+    /// Events answered `duplicate` (their idempotency key was accepted lately).
+    pub duplicates: u64,
 }
 
 impl Counters {
@@ -146,6 +155,7 @@ impl Counters {
             rate_limited: self.rate_limited.load(Ordering::Relaxed),
             connections: self.connections.load(Ordering::Relaxed),
             closed_idle: self.closed_idle.load(Ordering::Relaxed),
+            duplicates: self.duplicates.load(Ordering::Relaxed),
         }
     }
 }
@@ -170,10 +180,14 @@ pub(crate) struct Hub {
     /// `ingest_max_connections` ever exist.
     idle_emitters: Mutex<Vec<Emitter>>,
     next_id: AtomicUsize,
+    /// Idempotency keys accepted within `ingest_dedupe_window` (locked once per event that
+    /// carries a key; the ingest threads are the edge, not the emit path).
+    dedupe: Mutex<batch::Dedupe>,
 }
 
 impl Hub {
     pub(crate) fn new(cfg: IngestConfig, shared: Arc<Shared>) -> Hub {
+        let dedupe = Mutex::new(batch::Dedupe::new(cfg.dedupe_window, cfg.dedupe_capacity));
         Hub {
             rate: RateLimit::new(cfg.max_events_per_sec, cfg.max_batch_events),
             cfg,
@@ -183,6 +197,7 @@ impl Hub {
             running: Mutex::new(Vec::new()),
             idle_emitters: Mutex::new(Vec::new()),
             next_id: AtomicUsize::new(0),
+            dedupe,
         }
     }
 
@@ -376,6 +391,33 @@ impl Conn<'_> {
                     continue;
                 }
             };
+            let key = item.idempotency_key.as_deref();
+            if let Some(k) = key {
+                if k.is_empty() || k.len() > batch::MAX_IDEMPOTENCY_KEY {
+                    self.rejections.push(Rejection {
+                        index,
+                        code: "invalid_event",
+                        message: format!(
+                            "idempotency_key must be 1 to {} bytes",
+                            batch::MAX_IDEMPOTENCY_KEY
+                        ),
+                    });
+                    continue;
+                }
+                let mut d = hub.dedupe.lock().unwrap_or_else(|p| p.into_inner());
+                if !d.claim(&item.user, k, Instant::now()) {
+                    drop(d);
+                    counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                    self.rejections.push(Rejection {
+                        index,
+                        code: "duplicate",
+                        message: "an event with this idempotency_key was accepted for this \
+                                  user within ingest_dedupe_window; not emitted again"
+                            .into(),
+                    });
+                    continue;
+                }
+            }
             let backoff = crossbeam_utils::Backoff::new();
             loop {
                 match self.emitter.emit(&item.user, item.event()) {
@@ -396,6 +438,11 @@ impl Conn<'_> {
                         }
                     }
                     Err(e) => {
+                        if let Some(k) = key {
+                            // Not emitted: a retry of it must not count as a duplicate.
+                            let mut d = hub.dedupe.lock().unwrap_or_else(|p| p.into_inner());
+                            d.release(&item.user, k);
+                        }
                         self.rejections.push(Rejection::from_emit(index, &e));
                         break;
                     }

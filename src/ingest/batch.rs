@@ -39,6 +39,9 @@ pub(crate) struct Item<'a> {
 /// The longest idempotency key.
 pub(crate) const MAX_IDEMPOTENCY_KEY: usize = 128;
 
+/// A user and one of its idempotency keys.
+type UserKey = (Box<str>, Box<str>);
+
 /// The idempotency keys accepted lately: `(user, key)` pairs, each remembered for `window`
 /// after it was accepted, at most `capacity` at once (past that, the oldest is forgotten
 /// early and counted). Pure: the time is an argument.
@@ -46,8 +49,8 @@ pub(crate) const MAX_IDEMPOTENCY_KEY: usize = 128;
 pub(crate) struct Dedupe {
     window: std::time::Duration,
     capacity: usize,
-    seen: std::collections::HashSet<(Box<str>, Box<str>)>,
-    order: std::collections::VecDeque<(std::time::Instant, (Box<str>, Box<str>))>,
+    seen: std::collections::HashSet<UserKey>,
+    order: std::collections::VecDeque<(std::time::Instant, UserKey)>,
     /// Keys forgotten before their window ended, for want of room.
     pub evicted_early: u64,
 }
@@ -74,7 +77,7 @@ impl Dedupe {
             let (_, k) = self.order.pop_front().expect("front exists");
             self.seen.remove(&k);
         }
-        let k: (Box<str>, Box<str>) = (user.into(), key.into());
+        let k: UserKey = (user.into(), key.into());
         if self.seen.contains(&k) {
             return false;
         }
@@ -91,7 +94,7 @@ impl Dedupe {
 
     /// Gives a claim back (the event could not be emitted: a retry must not be a duplicate).
     pub(crate) fn release(&mut self, user: &str, key: &str) {
-        let k: (Box<str>, Box<str>) = (user.into(), key.into());
+        let k: UserKey = (user.into(), key.into());
         if self.seen.remove(&k) {
             if let Some(i) = self.order.iter().rposition(|(_, o)| *o == k) {
                 self.order.remove(i);

@@ -41,6 +41,8 @@ mod devsecret;
 mod emitter;
 mod error;
 mod event;
+#[doc(hidden)]
+pub mod fuzz;
 /// The `floodgate perf-gate` regression gate (used by the binary; not a stable API).
 #[doc(hidden)]
 pub mod gate;

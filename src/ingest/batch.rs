@@ -169,7 +169,7 @@ impl std::fmt::Display for BatchError {
 /// A parsed batch: its optional id (raw JSON, echoed back on the socket) and each element,
 /// parsed or with the reason it could not be.
 pub(crate) struct Batch<'a> {
-    pub id: Option<&'a str>,
+    pub id: Option<Cow<'a, str>>,
     pub items: Vec<Result<Item<'a>, String>>,
 }
 
@@ -195,7 +195,7 @@ pub(crate) fn parse(
     let text = std::str::from_utf8(body)
         .map_err(|_| BatchError::Malformed("the body is not UTF-8".into()))?;
     let first = text.trim_start().as_bytes().first().copied();
-    let (id, elements): (Option<&str>, Vec<LazyValue<'_>>) = match first {
+    let (id, elements): (Option<Cow<'_, str>>, Vec<LazyValue<'_>>) = match first {
         Some(b'[') => (
             None,
             sonic_rs::from_str(text).map_err(|e| malformed(&e, envelope))?,
@@ -203,8 +203,12 @@ pub(crate) fn parse(
         Some(b'{') if envelope => {
             let env: Envelope<'_> =
                 sonic_rs::from_str(text).map_err(|e| malformed(&e, envelope))?;
-            // The id's raw text lives in `text`; find it there so it outlives the envelope.
-            let id = env.id.map(|v| raw_within(text, v.as_raw_str()));
+            // The id's raw text lives in `text`; find it there so it outlives the envelope (a
+            // lazy value may also hold a copy of its text: then the copy is kept).
+            let id = env.id.map(|v| {
+                let raw = v.as_raw_str();
+                raw_within(text, raw).map_or_else(|| Cow::Owned(raw.to_owned()), Cow::Borrowed)
+            });
             (id, env.events)
         }
         _ => return Err(malformed(&"expected a JSON array", envelope)),
@@ -218,7 +222,10 @@ pub(crate) fn parse(
     let items = elements
         .into_iter()
         .map(|raw| {
-            let s = raw_within(text, raw.as_raw_str());
+            // An element whose text is not a slice of the body cannot be an object (only
+            // strings with escapes are copied): not an event.
+            let s = raw_within(text, raw.as_raw_str())
+                .ok_or_else(|| "invalid type: expected an event object".to_owned())?;
             sonic_rs::from_str::<Item<'_>>(s).map_err(|e| {
                 let msg = e.to_string();
                 // sonic-rs appends the offending input; keep the first line.
@@ -240,12 +247,14 @@ fn malformed(e: &dyn std::fmt::Display, envelope: bool) -> BatchError {
     BatchError::Malformed(format!("expected {want}: {first}"))
 }
 
-/// `inner` is a slice of `outer` (sonic-rs lazy values borrow the input they were parsed from);
-/// this re-borrows it from `outer` so it lives as long as `outer` does.
-fn raw_within<'a>(outer: &'a str, inner: &str) -> &'a str {
-    let start = inner.as_ptr() as usize - outer.as_ptr() as usize;
-    debug_assert!(start + inner.len() <= outer.len());
-    &outer[start..start + inner.len()]
+/// `inner` re-borrowed from `outer`, so it lives as long as `outer` does, if it is a slice of
+/// it (sonic-rs lazy values mostly borrow the input they were parsed from, but not always:
+/// `None` then).
+fn raw_within<'a>(outer: &'a str, inner: &str) -> Option<&'a str> {
+    let start = (inner.as_ptr() as usize).checked_sub(outer.as_ptr() as usize)?;
+    let end = start.checked_add(inner.len())?;
+    let slice = outer.get(start..end)?;
+    (slice.as_ptr() == inner.as_ptr()).then_some(slice)
 }
 
 /// Why one event of a batch was not accepted: a stable code for programs and a message.
@@ -389,6 +398,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_envelope_id_with_escapes_is_echoed_as_sent() {
+        // sonic-rs hands such a value back as a copy, not a slice of the body (found by the
+        // ingest_batch fuzz target: the id's position was computed from it and panicked).
+        let body = br#"{"id":"b-\"1","events":[{"user":"u","type":"t"},"a\"b"]}"#;
+        let b = parse(body, 10, true).unwrap();
+        assert_eq!(b.id.as_deref(), Some(r#""b-\"1""#));
+        assert!(b.items[0].is_ok());
+        assert!(b.items[1].is_err(), "a string is not an event");
+        let out = outcome(b.id.as_deref(), 1, &[]);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["id"], "b-\"1");
+    }
+
+    #[test]
     fn a_key_is_a_duplicate_within_its_window_only_and_per_user() {
         let t0 = std::time::Instant::now();
         let sec = std::time::Duration::from_secs(1);
@@ -476,9 +499,9 @@ mod tests {
     fn the_socket_form_carries_an_id_that_is_echoed() {
         let body = br#"{"id":"b-17","events":[{"user":"u","type":"agent_started"}]}"#;
         let b = parse(body, 10, true).unwrap();
-        assert_eq!(b.id, Some("\"b-17\""));
+        assert_eq!(b.id.as_deref(), Some("\"b-17\""));
         assert_eq!(b.items.len(), 1);
-        let out = outcome(b.id, 1, &[]);
+        let out = outcome(b.id.as_deref(), 1, &[]);
         assert_eq!(
             std::str::from_utf8(&out).unwrap(),
             r#"{"id":"b-17","accepted":1,"rejected":0,"errors":[]}"#

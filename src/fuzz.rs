@@ -15,8 +15,11 @@ use crate::core::handshake::{self, OriginPolicy};
 use crate::core::{ConnKind, Core, CoreConfig, Start};
 use crate::ingest::KeyCheck;
 
+/// A fuzz target: one input, no result; it panics when something is wrong.
+pub type Target = fn(&[u8]);
+
 /// Every target, by name (the names of `fuzz/fuzz_targets/*.rs` and of the corpus folders).
-pub const TARGETS: [(&str, fn(&[u8])); 8] = [
+pub const TARGETS: [(&str, Target); 8] = [
     ("http_head", http_head),
     ("cursor", cursor),
     ("client_frames", client_frames),

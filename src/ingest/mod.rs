@@ -824,28 +824,6 @@ fn parse_post_head(buf: &[u8]) -> Result<Option<PostHead>, Vec<u8>> {
     }))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_post_head_gives_length_keep_alive_and_key() {
-        let raw = b"POST /api/publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k3y\r\n\
-                    Content-Length: 12\r\nExpect: 100-continue\r\n\r\n[]";
-        let h = parse_post_head(raw).unwrap().unwrap();
-        assert_eq!(h.content_length, 12);
-        assert!(h.keep_alive && h.expect_continue && h.path_ok && h.method_ok);
-        assert_eq!(h.bearer.as_deref(), Some("k3y"));
-        assert_eq!(&raw[h.head_len..], b"[]");
-        let h = parse_post_head(b"POST /api/publish HTTP/1.0\r\n\r\n")
-            .unwrap()
-            .unwrap();
-        assert!(!h.keep_alive, "HTTP/1.0 closes unless asked");
-        assert!(parse_post_head(b"POST /api/pub").unwrap().is_none());
-        assert!(parse_post_head(b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n").is_err());
-    }
-}
-
 /// Fuzz target body: the `POST` head parser and its refusals.
 pub(crate) fn fuzz_post_head(data: &[u8]) {
     if let Ok(Some(h)) = parse_post_head(data) {
@@ -880,5 +858,27 @@ pub(crate) fn fuzz_batch(data: &[u8], envelope: bool) {
             let out = batch::batch_error(None, "malformed", &e.to_string());
             serde_json::from_slice::<serde_json::Value>(&out).expect("the answer is JSON");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_post_head_gives_length_keep_alive_and_key() {
+        let raw = b"POST /api/publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k3y\r\n\
+                    Content-Length: 12\r\nExpect: 100-continue\r\n\r\n[]";
+        let h = parse_post_head(raw).unwrap().unwrap();
+        assert_eq!(h.content_length, 12);
+        assert!(h.keep_alive && h.expect_continue && h.path_ok && h.method_ok);
+        assert_eq!(h.bearer.as_deref(), Some("k3y"));
+        assert_eq!(&raw[h.head_len..], b"[]");
+        let h = parse_post_head(b"POST /api/publish HTTP/1.0\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(!h.keep_alive, "HTTP/1.0 closes unless asked");
+        assert!(parse_post_head(b"POST /api/pub").unwrap().is_none());
+        assert!(parse_post_head(b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n").is_err());
     }
 }

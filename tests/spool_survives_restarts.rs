@@ -197,3 +197,52 @@ fn a_spool_written_with_another_shard_count_is_refused_with_a_clear_error() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_flipped_byte_in_the_last_record_refuses_the_start_and_a_repair_keeps_the_unacked_events() {
+    let dir = util::temp_dir("last-record");
+    let gw = builder(&dir).build().unwrap();
+    let token = util::token("ivy");
+    let (mut ws, hello) = util::connect_to(gw.local_addr(), "/ws", &token);
+    let epoch = hello["epoch"].as_str().unwrap().to_owned();
+    // Two events that need an ack (never acked), then one that does not.
+    let mut em = gw.emitter();
+    for i in 1..=2 {
+        let data = json!({ "i": i });
+        util::emit_retrying(
+            &mut em,
+            "ivy",
+            floodgate::Event::agent_completed("r", &data),
+        );
+    }
+    emit_n(&gw, "ivy", 3, 3);
+    read_through(&mut ws, 3);
+    drop(ws);
+    drop(em);
+    gw.shutdown().unwrap();
+    // kill -9 could not do this (it cuts a record short); a flipped bit on disk can: the last
+    // record is whole but its checksum fails.
+    let seg = user_segment(&dir);
+    let mut data = std::fs::read(&seg).unwrap();
+    let n = data.len();
+    data[n - 2] ^= 0x20;
+    std::fs::write(&seg, &data).unwrap();
+    let err = builder(&dir).build().err().expect("refuses to start");
+    assert!(matches!(err, floodgate::Error::Spool(_)), "{err}");
+    assert!(err.to_string().contains("corrupted"), "{err}");
+    // With repair: a new epoch (seq 3 could otherwise be reused for another event), and the
+    // two unacked events come again as events of the new stream, still needing an ack.
+    let gw = builder(&dir).spool_repair(true).build().unwrap();
+    let (mut ws, hello) = util::connect_to(gw.local_addr(), "/ws", &token);
+    assert_ne!(hello["epoch"].as_str().unwrap(), epoch);
+    let frames = util::read_events(&mut ws, 2, T);
+    assert_eq!(seqs(&frames), [1, 2]);
+    for f in &frames {
+        assert_eq!(f["type"], "agent_completed");
+        assert_eq!(f["ack"], true);
+    }
+    assert_eq!(gw.metrics().stats.events_carried_to_new_epoch, 2);
+    drop(ws);
+    gw.shutdown().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

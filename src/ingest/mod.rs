@@ -283,12 +283,11 @@ impl Hub {
                 let mut stream = stream;
                 // A bug triggered by one publisher's input ends that connection, logged, and
                 // frees its slot and emitter; it takes nothing else down.
-                let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    match endpoint {
+                let served =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match endpoint {
                         Endpoint::Publish => conn.serve_http(&mut stream, buf),
                         Endpoint::Socket => conn.serve_socket(&mut stream, buf),
-                    }
-                }));
+                    }));
                 let ended = served.unwrap_or_else(|_| {
                     tracing::error!("an ingest connection's thread panicked; connection closed");
                     Err(io::Error::other("panicked"))
@@ -464,7 +463,11 @@ impl Conn<'_> {
         counters
             .rejected
             .fetch_add(self.rejections.len() as u64, Ordering::Relaxed);
-        Answer::Done(batch::outcome(parsed.id.as_deref(), accepted, &self.rejections))
+        Answer::Done(batch::outcome(
+            parsed.id.as_deref(),
+            accepted,
+            &self.rejections,
+        ))
     }
 
     /// `POST /api/disconnect` with `{"user":"..."}`: every connection of the user is closed

@@ -227,7 +227,7 @@ fn a_flipped_byte_in_the_last_record_refuses_the_start_and_a_repair_keeps_the_un
     let n = data.len();
     data[n - 2] ^= 0x20;
     std::fs::write(&seg, &data).unwrap();
-    let err = builder(&dir).build().err().expect("refuses to start");
+    let err = builder(&dir).build().expect_err("refuses to start");
     assert!(matches!(err, floodgate::Error::Spool(_)), "{err}");
     assert!(err.to_string().contains("corrupted"), "{err}");
     // With repair: a new epoch (seq 3 could otherwise be reused for another event), and the

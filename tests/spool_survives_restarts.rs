@@ -241,7 +241,10 @@ fn a_flipped_byte_in_the_last_record_refuses_the_start_and_a_repair_keeps_the_un
         assert_eq!(f["type"], "agent_completed");
         assert_eq!(f["ack"], true);
     }
-    assert_eq!(gw.metrics().stats.events_carried_to_new_epoch, 2);
+    // (Counters are published at the end of the reactor pass that wrote the frames.)
+    util::eventually(Duration::from_secs(5), "counted", || {
+        gw.metrics().stats.events_carried_to_new_epoch == 2
+    });
     drop(ws);
     gw.shutdown().unwrap();
     let _ = std::fs::remove_dir_all(&dir);

@@ -318,6 +318,9 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, crate::Error> {
                 .history_total_bytes((history_user_bytes * opts.connections).max(64 << 20))
                 .max_event_bytes((opts.ring_capacity / 4 - 512).min(64 << 10))
                 .max_connections_per_user(4)
+                // What the run needs (reconnects included), not the server default, so the
+                // nofile check at start judges this run.
+                .max_connections((opts.connections * 4).max(64))
                 .build()?
         }),
         ServerKind::RawTcp => Server::Raw(raw::RawServer::start(opts.connections, &secret)?),

@@ -114,25 +114,39 @@ fn pings_and_echoes_that_are_never_read_do_not_grow_memory() {
                 let batch = frame.repeat(500);
                 let mut sent = 0usize;
                 let deadline = Instant::now() + Duration::from_secs(30);
+                let mut why = None;
                 while sent < (25 << 20) && Instant::now() < deadline {
-                    if s.write_all(&batch).is_err() {
-                        break; // closed as a slow consumer, or TCP pushed back for 5 s
+                    if let Err(e) = s.write_all(&batch) {
+                        why = Some(e.kind()); // closed as a slow consumer, or pushed back for 5 s
+                        break;
                     }
                     sent += batch.len();
                 }
-                sent
+                (sent, why)
             })
         })
         .collect();
-    let sent: Vec<usize> = floods.into_iter().map(|t| t.join().unwrap()).collect();
+    let sent: Vec<(usize, Option<std::io::ErrorKind>)> =
+        floods.into_iter().map(|t| t.join().unwrap()).collect();
     let grown_mib = serve.rss_kib().saturating_sub(before) / 1024;
     eprintln!("sent {sent:?} bytes; the gateway's RSS grew by {grown_mib} MiB");
     assert!(serve.alive());
     assert!(grown_mib < 24, "RSS grew by {grown_mib} MiB");
-    assert!(
-        serve.metric("floodgate_connections_closed_total{reason=\"slow_consumer\"}") >= 3,
-        "each flooder was closed as a slow consumer"
-    );
+    // Each flooder was cut off by the gateway (4008, then the socket dropped), or got to the
+    // end because the gateway answered its pings with fewer pongs (RFC 6455 lets a pong stand
+    // for the pings before it) and so never held much: either way memory stayed bounded.
+    for (i, (n, why)) in sent.iter().enumerate() {
+        assert!(
+            *n >= 25 << 20
+                || matches!(
+                    why,
+                    Some(std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe)
+                ),
+            "flooder {i} stopped after {n} bytes without being cut off: {why:?}"
+        );
+    }
+    let closed = serve.metric("floodgate_connections_closed_total{reason=\"slow_consumer\"}");
+    assert!(closed >= 1, "no flooder was closed as a slow consumer");
 }
 
 #[test]

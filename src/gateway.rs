@@ -490,7 +490,10 @@ impl GatewayBuilder {
         Ok(cfg)
     }
 
-    /// Validates everything, binds the listener and starts the reactor threads.
+    /// Validates everything, binds the listener and starts the reactor threads. It also raises
+    /// the process's soft `nofile` limit to its hard limit (never lowers it), as a server
+    /// needs a descriptor per connection, and logs a warning when even the hard limit is
+    /// below `max_connections` + 256.
     pub fn build(self) -> Result<Gateway, Error> {
         let cfg = self.resolved()?;
         let verifier = Verifier::new(&cfg.jwt, cfg.jwt_leeway)?

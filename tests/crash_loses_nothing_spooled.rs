@@ -126,6 +126,11 @@ fn kill_9_while_emitting_loses_nothing_reported_spooled() {
         std::thread::spawn(move || {
             let mut line = String::new();
             while stdout.read_line(&mut line).unwrap_or(0) > 0 {
+                // A line cut short by the kill (a write to the pipe may land in parts) is not
+                // a report: only whole lines count.
+                if !line.ends_with('\n') {
+                    break;
+                }
                 if let Some(rest) = line.trim().strip_prefix("spooled ") {
                     let (u, s) = rest.split_once(' ').unwrap();
                     let mut m = spooled.lock().unwrap();

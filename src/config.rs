@@ -236,7 +236,7 @@ impl Config {
                 ),
             ));
         }
-        let event_limit = self.ring_capacity / 4 - crate::emitter::RECORD_OVERHEAD;
+        let event_limit = self.ring_capacity / 4 - crate::record::RECORD_OVERHEAD;
         if self.max_event_bytes < 256 || self.max_event_bytes > event_limit {
             return Err(err(
                 "max_event_bytes",

@@ -10,7 +10,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::emitter::user_hash as hash;
+use crate::record::user_hash as hash;
 
 /// Slots in the table (a power of two): 512 KiB. The slot comes from the hash's low bits and
 /// the tag from its high half, so the shard choice (`hash % shards`) does not bias the tag.

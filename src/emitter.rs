@@ -1,13 +1,8 @@
 //! The producer side: [`Emitter`], one per producing thread.
 //!
-//! # Record layout
-//! Each event becomes one ring record: `ts` (u64 LE, unix ns), `flags` (u8: bit 0 the event
-//! needs an ack, bit 1 a receipt ticket follows the user id), `user_len` (u8), the user id
-//! bytes, the ticket (8 bytes, only with bit 1), then the frame body (see [`Event`]). The
-//! reactor parses it with [`crate::core::Record::parse`].
+//! Each event becomes one ring record (the layout is in [`crate::record`]).
 
 use std::cell::Cell;
-use std::hash::BuildHasher;
 use std::marker::PhantomData;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -21,31 +16,7 @@ use crate::gateway::Shared;
 use crate::receipt::{Receipt, Ticket};
 use crate::ring::{self, Producer, PushError};
 
-/// Ring bytes a record needs beyond its body, at most: ring header (8), `ts` (8), `flags` (1),
-/// `user_len` (1), a 255-byte user id, a receipt ticket (8) and 8-byte alignment padding.
-pub(crate) const RECORD_OVERHEAD: usize = 8 + 8 + 1 + 1 + 255 + 8 + 8;
-
-/// Record flag: the event needs a client ack.
-pub(crate) const REC_ACK: u8 = 1;
-/// Record flag: a receipt ticket follows the user id.
-pub(crate) const REC_TICKET: u8 = 2;
-
-/// The longest user id, in bytes.
-pub const MAX_USER_LEN: usize = 255;
-
-/// A hash of a user id that is stable within the process (a fixed seed), for placing users on
-/// shards and in the delivery table.
-pub(crate) fn user_hash(user: &[u8]) -> u64 {
-    foldhash::fast::FixedState::with_seed(0x9e37_79b9_7f4a_7c15).hash_one(user)
-}
-
-/// The shard that owns `user`'s connections and sequence. Emitters and the acceptor must agree.
-pub(crate) fn shard_of(user: &[u8], shards: usize) -> usize {
-    if shards == 1 {
-        return 0;
-    }
-    (user_hash(user) % shards as u64) as usize
-}
+use crate::record::{shard_of, MAX_USER_LEN};
 
 /// Unix time in nanoseconds (vDSO `clock_gettime`, no syscall).
 pub(crate) fn unix_ns() -> u64 {
@@ -158,14 +129,10 @@ impl Emitter {
             return Err(EmitError::TooLarge(event));
         }
         let shard = shard_of(user.as_bytes(), self.producers.len());
-        let mut head = [0u8; 10];
-        head[..8].copy_from_slice(&ts.to_le_bytes());
-        head[8] = if event.needs_ack() { REC_ACK } else { 0 };
-        head[9] = user.len() as u8;
+        let head = crate::record::head(ts, event.needs_ack(), ticket.is_some(), user.len() as u8);
         let pushed = match ticket {
             None => self.producers[shard].push(&[&head, user.as_bytes(), &self.scratch]),
             Some(t) => {
-                head[8] |= REC_TICKET;
                 let t = t.to_bytes();
                 self.producers[shard].push(&[&head, user.as_bytes(), &t, &self.scratch])
             }

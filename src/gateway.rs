@@ -598,6 +598,6 @@ fn raise_nofile(max_connections: usize) {
 
 /// Sends the user's home shard the order to close every connection of `user`.
 pub(crate) fn disconnect(shared: &Shared, user: &[u8]) {
-    let home = crate::emitter::shard_of(user, shared.shards.len());
+    let home = crate::record::shard_of(user, shared.shards.len());
     shared.shards[home].send(crate::reactor::Cmd::Disconnect(user.into()));
 }

@@ -55,6 +55,7 @@ pub mod load;
 mod metrics;
 mod reactor;
 mod receipt;
+mod record;
 mod ring;
 mod spool;
 
@@ -69,13 +70,14 @@ pub use crate::core::{
     CLOSE_SLOW_CONSUMER, CLOSE_TOKEN_EXPIRED,
 };
 pub use crate::delivery::Delivery;
-pub use crate::emitter::{Emitter, MAX_USER_LEN};
+pub use crate::emitter::Emitter;
 pub use crate::error::{ConfigError, EmitError, Error};
 pub use crate::event::{Event, EventType, NoData, MAX_TYPE_LEN, RESERVED_TYPES};
 pub use crate::gateway::{Gateway, GatewayBuilder, ShutdownReport};
 pub use crate::ingest::IngestStats;
 pub use crate::metrics::{MetricsSnapshot, Stats};
 pub use crate::receipt::{Receipt, ReceiptStatus};
+pub use crate::record::MAX_USER_LEN;
 pub use crate::spool::{FsyncPolicy, SpoolError};
 
 /// Internals exposed only for the criterion benchmarks; not a stable API.
@@ -406,11 +408,7 @@ pub mod __bench {
     /// Like [`record`], for an event that needs an ack when `ack` is set.
     pub fn record_flags(user: &str, body: &[u8], ack: bool) -> Vec<u8> {
         let mut r = Vec::with_capacity(10 + user.len() + body.len());
-        r.extend_from_slice(&0u64.to_le_bytes());
-        r.push(if ack { crate::emitter::REC_ACK } else { 0 });
-        r.push(user.len() as u8);
-        r.extend_from_slice(user.as_bytes());
-        r.extend_from_slice(body);
+        crate::record::encode(&mut r, 0, ack, user.as_bytes(), None, body);
         r
     }
 }

@@ -24,8 +24,9 @@ use crate::auth::{AuthError, Verifier};
 use crate::core::durable::NoCold;
 use crate::core::handshake::{self, Decision, Refusal};
 use crate::core::{ConnId, ConnKind, Core, CoreConfig, Start, CLOSE_GOING_AWAY};
-use crate::emitter::{shard_of, unix_ns};
+use crate::emitter::unix_ns;
 use crate::metrics::Registry;
+use crate::record::shard_of;
 use crate::ring::Consumer;
 use crate::spool::{Recovery, Spool};
 

@@ -19,16 +19,9 @@ fn cfg(f: impl FnOnce(&mut Config)) -> CoreConfig {
 
 /// A ring record for `user`'s event `i`, needing an ack if `ack`, with a receipt `ticket`.
 fn rec(user: &str, i: u64, ack: bool, ticket: Option<Ticket>) -> Vec<u8> {
-    use crate::emitter::{REC_ACK, REC_TICKET};
     let mut r = Vec::new();
-    r.extend_from_slice(&0u64.to_le_bytes());
-    r.push(if ack { REC_ACK } else { 0 } | if ticket.is_some() { REC_TICKET } else { 0 });
-    r.push(user.len() as u8);
-    r.extend_from_slice(user.as_bytes());
-    if let Some(t) = ticket {
-        r.extend_from_slice(&t.to_bytes());
-    }
-    r.extend_from_slice(format!("\"i\":{i}}}").as_bytes());
+    let body = format!("\"i\":{i}}}");
+    crate::record::encode(&mut r, 0, ack, user.as_bytes(), ticket, body.as_bytes());
     r
 }
 

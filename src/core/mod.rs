@@ -25,6 +25,7 @@ use tungstenite::{Error as WsError, Message};
 
 use crate::metrics::Stats;
 use crate::receipt::{Progress, ReceiptBoard, Ticket};
+use crate::record::Record;
 use batch::BatchPolicy;
 use breaker::{Breaker, BreakerPolicy, Cause, Transition};
 use durable::{ColdIndex, ColdTier, SpoolRecord, FLAG_ACK, FLAG_EXPIRED, KIND_ACK, KIND_EVENT};
@@ -362,37 +363,6 @@ impl Write for Io<'_> {
     }
 }
 
-/// A parsed ring record (see [`crate::emitter`] for the layout).
-pub(crate) struct Record<'a> {
-    pub ts_unix_ns: u64,
-    pub needs_ack: bool,
-    pub ticket: Option<Ticket>,
-    pub user: &'a [u8],
-    pub body: &'a [u8],
-}
-
-impl<'a> Record<'a> {
-    /// Splits a ring record. The emitter is the only writer, so a malformed record is a bug.
-    pub(crate) fn parse(rec: &'a [u8]) -> Record<'a> {
-        use crate::emitter::{REC_ACK, REC_TICKET};
-        let ts_unix_ns = u64::from_le_bytes(rec[..8].try_into().expect("record header"));
-        let flags = rec[8];
-        let ulen = rec[9] as usize;
-        let mut at = 10 + ulen;
-        let ticket = (flags & REC_TICKET != 0).then(|| {
-            at += 8;
-            Ticket::from_bytes(rec[at - 8..at].try_into().expect("ticket"))
-        });
-        Record {
-            ts_unix_ns,
-            needs_ack: flags & REC_ACK != 0,
-            ticket,
-            user: &rec[10..10 + ulen],
-            body: &rec[at..],
-        }
-    }
-}
-
 /// The state machine of one reactor shard.
 pub(crate) struct Core {
     cfg: CoreConfig,
@@ -492,7 +462,6 @@ impl Core {
         // events: each is routed again, as a new event of the new stream that needs an ack.
         let mut record = Vec::new();
         for (user, frames) in rec.carried {
-            let user_len = u8::try_from(user.len()).expect("user ids are at most 255 bytes");
             for f in frames {
                 let Some(body) = frame::payload(&f).and_then(frame::body_after_seq) else {
                     tracing::error!(
@@ -501,11 +470,7 @@ impl Core {
                     continue;
                 };
                 record.clear();
-                record.extend_from_slice(&0u64.to_le_bytes());
-                record.push(crate::emitter::REC_ACK);
-                record.push(user_len);
-                record.extend_from_slice(&user);
-                record.extend_from_slice(body);
+                crate::record::encode(&mut record, 0, true, &user, None, body);
                 self.route(&record, now, 0);
                 self.stats.events_carried_to_new_epoch += 1;
             }

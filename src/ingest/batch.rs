@@ -226,14 +226,30 @@ pub(crate) fn parse(
             // strings with escapes are copied): not an event.
             let s = raw_within(text, raw.as_raw_str())
                 .ok_or_else(|| "invalid type: expected an event object".to_owned())?;
-            sonic_rs::from_str::<Item<'_>>(s).map_err(|e| {
+            let item = sonic_rs::from_str::<Item<'_>>(s).map_err(|e| {
                 let msg = e.to_string();
                 // sonic-rs appends the offending input; keep the first line.
                 msg.lines().next().unwrap_or("invalid event").to_owned()
-            })
+            })?;
+            // `data` is passed to clients as it came: it must be valid JSON to the last escape
+            // (sonic-rs skips over a lazy value without checking its string escapes).
+            if let Some(d) = &item.data {
+                valid_json(d.as_raw_str()).map_err(|e| format!("data is not valid JSON: {e}"))?;
+            }
+            Ok(item)
         })
         .collect();
+    // The id is echoed in the answer as it came: the same check.
+    if let Some(id) = &id {
+        valid_json(id)
+            .map_err(|e| BatchError::Malformed(format!("the batch's id is not valid JSON: {e}")))?;
+    }
     Ok(Batch { id, items })
+}
+
+/// Checks that `raw` is one complete, valid JSON value (escapes included), without building it.
+fn valid_json(raw: &str) -> Result<(), serde_json::Error> {
+    serde_json::from_str::<serde::de::IgnoredAny>(raw).map(|_| ())
 }
 
 fn malformed(e: &dyn std::fmt::Display, envelope: bool) -> BatchError {
@@ -396,6 +412,20 @@ fn cost_ns(n: u64, rate: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn invalid_escapes_in_data_or_the_id_never_reach_a_client_or_an_answer() {
+        // Found by the ingest_batch fuzz target: sonic-rs skips lazy values without checking
+        // string escapes, so they would have gone out as they came.
+        let body = include_bytes!("../../fuzz/corpus/ingest_batch/regression-invalid-escape-in-id");
+        let e = parse(body, 10, true).err().expect("refused whole");
+        assert!(e.to_string().contains("id is not valid JSON"), "{e}");
+        let body = br#"[{"user":"u","type":"t","data":{"x":"\u00zz"}},{"user":"u","type":"t","data":{"x":"\u00e9"}}]"#;
+        let b = parse(body, 10, false).unwrap();
+        let first = b.items[0].as_ref().err().expect("refused alone");
+        assert!(first.contains("data is not valid JSON"), "{first}");
+        assert!(b.items[1].is_ok());
+    }
 
     #[test]
     fn an_envelope_id_with_escapes_is_echoed_as_sent() {

@@ -422,7 +422,7 @@ mod tests {
         assert!(e.to_string().contains("id is not valid JSON"), "{e}");
         let body = br#"[{"user":"u","type":"t","data":{"x":"\u00zz"}},{"user":"u","type":"t","data":{"x":"\u00e9"}}]"#;
         let b = parse(body, 10, false).unwrap();
-        let first = b.items[0].as_ref().err().expect("refused alone");
+        let first = b.items[0].as_ref().expect_err("refused alone");
         assert!(first.contains("data is not valid JSON"), "{first}");
         assert!(b.items[1].is_ok());
     }

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
+use tungstenite::protocol::WebSocketConfig;
 
+use crate::core::{checkpoint_spacing, BatchPolicy, BreakerPolicy, CoreConfig, HistoryLimits};
 use crate::error::ConfigError;
 use crate::spool::FsyncPolicy;
 
@@ -33,6 +35,16 @@ impl std::fmt::Debug for JwtKey {
 
 /// The smallest HS256 secret accepted, in bytes (RFC 7518 section 3.2: at least 256 bits).
 pub const MIN_HS256_SECRET: usize = 32;
+
+/// The ingest API key; `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct ApiKey(pub String);
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
 
 /// A complete, validated configuration. Obtain one through
 /// [`Gateway::builder`](crate::Gateway::builder); defaults are documented on each setter.
@@ -83,7 +95,7 @@ pub(crate) struct Config {
     pub ack_max_pending: usize,
     pub receipt_capacity: usize,
     pub dead_letter_file: Option<PathBuf>,
-    pub ingest_api_key: Option<crate::ingest::ApiKey>,
+    pub ingest_api_key: Option<ApiKey>,
     pub ingest_max_body_bytes: usize,
     pub ingest_max_batch_events: usize,
     pub ingest_max_events_per_sec: u64,
@@ -146,6 +158,45 @@ impl Config {
             ingest_idle_timeout: Duration::from_secs(60),
             ingest_dedupe_window: Duration::from_secs(600),
             ingest_dedupe_capacity: 100_000,
+        }
+    }
+
+    /// The core's configuration for one of `shard_count()` shards. The delivery and receipt
+    /// boards are not configuration: the gateway hands them to `Core::new`.
+    pub(crate) fn core(&self) -> CoreConfig {
+        let mut ws = WebSocketConfig::default();
+        ws.read_buffer_size = self.read_buffer_size;
+        ws.write_buffer_size = 0;
+        ws.max_frame_size = Some(self.max_frame_size);
+        ws.max_message_size = Some(self.max_message_size);
+        CoreConfig {
+            batch: BatchPolicy {
+                max_events: self.max_batch_events,
+                max_delay: self.max_batch_delay,
+            },
+            max_outbound_bytes: self.max_outbound_bytes,
+            max_connections_per_user: self.max_connections_per_user,
+            ping_interval: self.ping_interval,
+            pong_timeout: self.pong_timeout,
+            close_timeout: self.close_timeout,
+            max_offline_users: self.max_offline_users,
+            ws,
+            history: HistoryLimits {
+                max_events: self.history_max_events,
+                max_bytes: self.history_max_bytes,
+                max_age: self.history_max_age,
+            },
+            history_budget: self.history_total_bytes / self.shard_count().max(1),
+            epoch_seed: 0,
+            breaker: BreakerPolicy {
+                high_water: self.max_outbound_bytes / 2,
+                trip_after: self.breaker_trip_after,
+                cooldown: self.breaker_cooldown,
+            },
+            spool: self.spool_dir.is_some(),
+            spool_checkpoint_bytes: checkpoint_spacing(self.spool_segment_bytes),
+            ack_timeout: self.ack_timeout,
+            ack_max_pending: self.ack_max_pending,
         }
     }
 
@@ -381,7 +432,7 @@ impl Config {
         if !(1..=1 << 24).contains(&self.receipt_capacity) {
             return Err(err("receipt_capacity", "must be from 1 to 16777216"));
         }
-        if let Some(crate::ingest::ApiKey(key)) = &self.ingest_api_key {
+        if let Some(ApiKey(key)) = &self.ingest_api_key {
             if key.len() < 16 || key.bytes().any(|b| !b.is_ascii_graphic()) {
                 return Err(err(
                     "ingest_api_key",
@@ -833,6 +884,18 @@ mod tests {
 
     fn valid() -> Config {
         Config::defaults(JwtKey::Hs256(vec![7; 32]))
+    }
+
+    #[test]
+    fn the_cores_defaults_are_the_documented_ones() {
+        // The core's tests run on `CoreConfig::default()`: it must be what a gateway on
+        // default settings gives each of its shards (one shard: the whole history budget).
+        let mut c = valid();
+        c.shards = 1;
+        assert_eq!(
+            format!("{:?}", c.core()),
+            format!("{:?}", CoreConfig::default())
+        );
     }
 
     #[test]

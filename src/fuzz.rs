@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Config, JwtKey};
 use crate::core::durable;
+use crate::core::handshake::KeyCheck;
 use crate::core::handshake::{self, OriginPolicy};
-use crate::core::{ConnKind, Core, CoreConfig, Start};
-use crate::ingest::KeyCheck;
+use crate::core::{Boards, ConnKind, Core, Start};
 
 /// A fuzz target: one input, no result; it panics when something is wrong.
 pub type Target = fn(&[u8]);
@@ -84,7 +84,7 @@ fn small_core() -> Core {
     c.history_total_bytes = 256 << 10;
     c.receipt_capacity = 16;
     c.validate().expect("valid");
-    Core::new(CoreConfig::from_config(&c))
+    Core::new(c.core(), Boards::new(c.receipt_capacity), Instant::now())
 }
 
 /// Bytes from a client on an open connection: frames of any kind, fragmented or not, masked or

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::auth::Verifier;
 use crate::config::{Config, JwtKey, Settings};
-use crate::core::CoreConfig;
+use crate::core::Boards;
 use crate::emitter::Emitter;
 use crate::error::{ConfigError, Error};
 use crate::metrics::{MetricsSnapshot, Registry};
@@ -374,7 +374,7 @@ impl GatewayBuilder {
     /// the `/api/ingest` WebSocket), which must present this key as
     /// `Authorization: Bearer <key>`; at least 16 printable characters [default: off].
     pub fn ingest_api_key(mut self, key: impl Into<String>) -> Self {
-        self.cfg.ingest_api_key = Some(crate::ingest::ApiKey(key.into()));
+        self.cfg.ingest_api_key = Some(crate::config::ApiKey(key.into()));
         self
     }
 
@@ -512,15 +512,16 @@ impl GatewayBuilder {
             handles.push(handle);
         }
         let registry = Arc::new(Registry::new(n));
-        let mut core = CoreConfig::from_config(&cfg);
+        let mut core = cfg.core();
+        let boards = Boards::new(cfg.receipt_capacity);
         // Emitters reach the shards through the same handles the reactors use among themselves.
         let shared = Arc::new(Shared {
             shards: handles.into_boxed_slice(),
             registry: registry.clone(),
             ring_capacity: cfg.ring_capacity,
             max_event_bytes: cfg.max_event_bytes,
-            board: core.board.clone(),
-            receipts: core.receipts.clone(),
+            board: boards.delivery.clone(),
+            receipts: boards.receipts.clone(),
         });
         let ingest = Arc::new(crate::ingest::Hub::new(
             crate::ingest::IngestConfig::from_config(&cfg),
@@ -546,6 +547,7 @@ impl GatewayBuilder {
             handshake_timeout: cfg.handshake_timeout,
             shutdown_timeout: cfg.shutdown_timeout,
             core,
+            boards,
         };
         let mut durables = open_durable(&cfg, n, rcfg.core.spool_checkpoint_bytes)?;
         let mut listener = Some(listener);

@@ -124,8 +124,9 @@ pub mod __bench {
             if !history {
                 cfg.history_max_events = 0;
             }
-            let mut core = crate::core::Core::new(crate::core::CoreConfig::from_config(&cfg));
             let now = std::time::Instant::now();
+            let boards = crate::core::Boards::new(cfg.receipt_capacity);
+            let mut core = crate::core::Core::new(cfg.core(), boards, now);
             for i in 0..users {
                 let user = format!("u{i}").into_bytes().into_boxed_slice();
                 core.adopt(crate::core::ConnKind::User(user), b"", b"", None, now)
@@ -167,8 +168,9 @@ pub mod __bench {
             cfg.history_max_bytes = 1 << 30;
             cfg.history_total_bytes = 1 << 30;
             cfg.shards = 1; // the whole history budget on this one core
-            let mut core = crate::core::Core::new(crate::core::CoreConfig::from_config(&cfg));
             let now = std::time::Instant::now();
+            let boards = crate::core::Boards::new(cfg.receipt_capacity);
+            let mut core = crate::core::Core::new(cfg.core(), boards, now);
             let rec = record("r", body);
             for _ in 0..events {
                 core.route(&rec, now, 0);

@@ -22,13 +22,14 @@ use slab::Slab;
 
 use crate::auth::{AuthError, Verifier};
 use crate::core::durable::NoCold;
+use crate::core::durable::Recovery;
 use crate::core::handshake::{self, Decision, Refusal};
-use crate::core::{ConnId, ConnKind, Core, CoreConfig, Start, CLOSE_GOING_AWAY};
+use crate::core::{Boards, ConnId, ConnKind, Core, CoreConfig, Start, CLOSE_GOING_AWAY};
 use crate::emitter::unix_ns;
 use crate::metrics::Registry;
 use crate::record::shard_of;
 use crate::ring::Consumer;
-use crate::spool::{Recovery, Spool};
+use crate::spool::Spool;
 
 /// Timer resolution for pings, pong and close timeouts and handshake deadlines.
 const TICK: Duration = Duration::from_millis(100);
@@ -147,6 +148,8 @@ pub(crate) struct ReactorConfig {
     pub handshake_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub core: CoreConfig,
+    /// The tables every shard shares with emitters.
+    pub boards: Boards,
 }
 
 /// State every shard shares.
@@ -301,9 +304,10 @@ impl Shard {
         if let Some(l) = listener.as_mut() {
             poll.registry().register(l, LISTENER, Interest::READABLE)?;
         }
-        let mut core = Core::new(cfg.core.clone());
+        let now = Instant::now();
+        let mut core = Core::new(cfg.core.clone(), cfg.boards.clone(), now);
         let spool = durable.spool.map(|(spool, recovery)| {
-            core.restore(recovery, Instant::now());
+            core.restore(recovery, now);
             spool
         });
         Ok(Shard {

@@ -15,7 +15,7 @@
 //!   that lost a write removes it, and the next start gives every stream of that shard a new
 //!   epoch, since it can no longer prove that `(epoch, seq)` names one event.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
@@ -26,7 +26,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::core::durable::{
-    self, Bad, ColdIndex, ColdTier, SpoolRecord, FLAG_ACK, FLAG_EXPIRED, KIND_ACK, KIND_EVENT,
+    self, Bad, ColdTier, RecoveredStream, Recovery, SpoolRecord, FLAG_ACK, FLAG_EXPIRED, KIND_ACK,
+    KIND_EVENT,
 };
 
 /// When the spool calls `fdatasync`.
@@ -137,39 +138,6 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
         source,
     }
 }
-
-/// One user's stream as found on disk.
-#[derive(Debug, Default)]
-pub(crate) struct RecoveredStream {
-    pub epoch: u64,
-    pub last_seq: u64,
-    pub index: ColdIndex,
-    /// The highest `seq` a client acked.
-    pub acked: u64,
-    /// Events that need an ack and have none: `(seq, frame)`, oldest first.
-    pub unacked: VecDeque<(u64, Vec<u8>)>,
-}
-
-/// What [`Spool::open`] found.
-#[derive(Debug, Default)]
-pub(crate) struct Recovery {
-    pub streams: HashMap<Box<[u8]>, RecoveredStream>,
-    /// Logical position of the next record.
-    pub head: u64,
-    /// Bytes cut from a torn tail.
-    pub torn_bytes: u64,
-    /// Bytes cut at a corrupted record (only with `repair`).
-    pub repaired_bytes: u64,
-    /// Streams whose epoch could not be kept (a failed fsync in the last run, a repair, or a
-    /// restart of the machine without `fsync = always`).
-    pub discarded_streams: usize,
-    /// The unacked events of those streams, `(user, frames)`, oldest first: the core sends
-    /// them again as new events of the user's new stream, so none vanishes.
-    pub carried: Vec<Carried>,
-}
-
-/// A user and the frames of its unacked events, oldest first (see [`Recovery::carried`]).
-pub(crate) type Carried = (Box<[u8]>, Vec<Vec<u8>>);
 
 #[derive(Debug)]
 struct Segment {

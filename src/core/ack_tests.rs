@@ -1,32 +1,22 @@
 //! Acked delivery, redelivery, dead letters and receipts, on a virtual clock.
 
+use super::testing::{self, ack, user};
 use super::*;
-use crate::client::{client_frame, FrameReader, Kind};
-use crate::config::{Config, JwtKey};
 use crate::receipt::ReceiptStatus;
 
 const S: Duration = Duration::from_secs(1);
 
-fn cfg(f: impl FnOnce(&mut Config)) -> CoreConfig {
-    let mut c = Config::defaults(JwtKey::Hs256(vec![0; 32]));
-    c.ping_interval = Duration::ZERO;
-    f(&mut c);
-    c.validate().unwrap();
-    let mut core = CoreConfig::from_config(&c);
-    core.epoch_seed = 3;
-    core
+fn cfg(f: impl FnOnce(&mut CoreConfig)) -> CoreConfig {
+    testing::config(|c| {
+        c.ping_interval = Duration::ZERO;
+        c.epoch_seed = 3;
+        f(c)
+    })
 }
 
 /// A ring record for `user`'s event `i`, needing an ack if `ack`, with a receipt `ticket`.
 fn rec(user: &str, i: u64, ack: bool, ticket: Option<Ticket>) -> Vec<u8> {
-    let mut r = Vec::new();
-    let body = format!("\"i\":{i}}}");
-    crate::record::encode(&mut r, 0, ack, user.as_bytes(), ticket, body.as_bytes());
-    r
-}
-
-fn user(u: &str) -> ConnKind {
-    ConnKind::User(u.as_bytes().into())
+    testing::record_with(user, format!("\"i\":{i}}}").as_bytes(), ack, ticket)
 }
 
 /// What a client sees, decoded: protocol frames by type, events by seq.
@@ -44,18 +34,12 @@ fn take(core: &mut Core, id: ConnId, now: Instant, cold: &mut durable::MemCold) 
     loop {
         cold.absorb(core);
         core.pump_replays(now, cold);
-        let mut due = Vec::new();
-        core.take_writable(now, true, &mut due);
-        let bytes = core.conn(id).out().to_vec();
-        if bytes.is_empty() {
+        testing::writable(core, now, true);
+        let frames = testing::write_all(core, id);
+        if frames.is_empty() {
             return seen;
         }
-        core.on_written(id, bytes.len());
-        // The 101 (empty in these tests) is followed by frames only.
-        let mut r = FrameReader::new(bytes, 1024);
-        r.frames(|k, p| {
-            assert_eq!(k, Kind::Text);
-            let v: serde_json::Value = serde_json::from_slice(p).unwrap();
+        for v in testing::json(&frames) {
             seen.push(match (v["seq"].as_u64(), v["type"].as_str()) {
                 (Some(s), _) => Seen::Event(s),
                 (None, Some("hello")) => Seen::Hello(v["last_seq"].as_u64().unwrap()),
@@ -65,25 +49,19 @@ fn take(core: &mut Core, id: ConnId, now: Instant, cold: &mut durable::MemCold) 
                 }
                 _ => panic!("unexpected frame {v}"),
             });
-        })
-        .unwrap();
+        }
     }
 }
 
-fn ack(core: &mut Core, id: ConnId, n: u64, now: Instant) {
-    let msg = format!("{{\"ack\":{n}}}");
-    core.on_input(id, &client_frame(Kind::Text, msg.as_bytes()), now);
-}
-
 fn connect(core: &mut Core, u: &str, cursor: Option<Cursor>, now: Instant) -> ConnId {
-    core.adopt(user(u), b"", b"", cursor, now).unwrap()
+    testing::connect(core, user(u), cursor, now)
 }
 
 #[test]
 fn an_ack_settles_events_and_a_new_connection_gets_the_unacked_ones_again() {
     let t0 = Instant::now();
     let mut cold = durable::MemCold::default();
-    let mut core = Core::new(cfg(|_| {}));
+    let mut core = testing::core(cfg(|_| {}));
     let a = connect(&mut core, "a", None, t0);
     for i in 1..=5 {
         core.route(&rec("a", i, i % 2 == 0, None), t0, 0);
@@ -117,7 +95,7 @@ fn an_ack_settles_events_and_a_new_connection_gets_the_unacked_ones_again() {
 fn a_resume_redelivers_unacked_events_its_cursor_already_passed_then_replays() {
     let t0 = Instant::now();
     let mut cold = durable::MemCold::default();
-    let mut core = Core::new(cfg(|_| {}));
+    let mut core = testing::core(cfg(|_| {}));
     let a = connect(&mut core, "a", None, t0);
     for i in 1..=6 {
         core.route(&rec("a", i, i == 3, None), t0, 0);
@@ -149,9 +127,9 @@ fn a_resume_redelivers_unacked_events_its_cursor_already_passed_then_replays() {
 fn unacked_events_past_the_timeout_are_dead_lettered_and_not_sent_again() {
     let t0 = Instant::now();
     let mut cold = durable::MemCold::default();
-    let mut core = Core::new(cfg(|c| {
+    let mut core = testing::core(cfg(|c| {
         c.ack_timeout = 30 * S;
-        c.spool_dir = Some("unused".into());
+        c.spool = true;
     }));
     core.route(&rec("a", 1, true, None), t0, 0);
     core.route(&rec("a", 2, true, None), t0 + 20 * S, 0);
@@ -181,7 +159,7 @@ fn unacked_events_past_the_timeout_are_dead_lettered_and_not_sent_again() {
 #[test]
 fn past_ack_max_pending_the_oldest_unacked_event_is_dead_lettered() {
     let t0 = Instant::now();
-    let mut core = Core::new(cfg(|c| c.ack_max_pending = 2));
+    let mut core = testing::core(cfg(|c| c.ack_max_pending = 2));
     for i in 1..=3 {
         core.route(&rec("a", i, true, None), t0, 0);
     }
@@ -197,9 +175,9 @@ fn past_ack_max_pending_the_oldest_unacked_event_is_dead_lettered() {
 #[test]
 fn a_dropped_offline_stream_dead_letters_its_unacked_events() {
     let t0 = Instant::now();
-    let mut core = Core::new(cfg(|c| {
+    let mut core = testing::core(cfg(|c| {
         c.max_offline_users = 1;
-        c.spool_dir = Some("unused".into());
+        c.spool = true;
     }));
     core.route(&rec("a", 1, true, None), t0, 0);
     // A second offline user: the first's stream is dropped, its unacked event with it.
@@ -222,8 +200,8 @@ fn a_dropped_offline_stream_dead_letters_its_unacked_events() {
 fn a_receipt_follows_its_event_through_spool_write_and_ack() {
     let t0 = Instant::now();
     let mut cold = durable::MemCold::default();
-    let mut core = Core::new(cfg(|c| c.spool_dir = Some("unused".into())));
-    let board = core.cfg.receipts.clone();
+    let mut core = testing::core(cfg(|c| c.spool = true));
+    let board = core.boards.receipts.clone();
     let a1 = connect(&mut core, "a", None, t0);
     let a2 = connect(&mut core, "a", None, t0);
     take(&mut core, a1, t0, &mut cold);
@@ -259,14 +237,14 @@ fn a_receipt_follows_its_event_through_spool_write_and_ack() {
 fn a_restored_stream_keeps_its_epoch_seq_and_unacked_events() {
     let t0 = Instant::now();
     let mut cold = durable::MemCold::default();
-    let mut rec_streams = crate::spool::Recovery::default();
+    let mut rec_streams = crate::core::durable::Recovery::default();
     let frame = {
         let (p, n) = frame::event_prefix(7, 6);
         let mut f = p[..n].to_vec();
         f.extend_from_slice(b"\"i\":7}");
         f
     };
-    let mut s = crate::spool::RecoveredStream {
+    let mut s = crate::core::durable::RecoveredStream {
         epoch: 0xabc,
         last_seq: 9,
         acked: 6,
@@ -275,7 +253,7 @@ fn a_restored_stream_keeps_its_epoch_seq_and_unacked_events() {
     s.unacked.push_back((7, frame));
     rec_streams.streams.insert(b"a"[..].into(), s);
     rec_streams.head = 4096;
-    let mut core = Core::new(cfg(|c| c.spool_dir = Some("unused".into())));
+    let mut core = testing::core(cfg(|c| c.spool = true));
     core.restore(rec_streams, t0);
     let a = connect(&mut core, "a", None, t0);
     assert_eq!(
@@ -305,13 +283,13 @@ fn unacked_events_of_a_stream_that_starts_a_new_epoch_are_sent_again_in_it() {
     };
     // The spool could not vouch for the old stream (a reboot, a repair): it hands over the
     // unacked events instead of the stream.
-    let rec = crate::spool::Recovery {
+    let rec = crate::core::durable::Recovery {
         discarded_streams: 1,
         carried: vec![(b"a"[..].into(), vec![frame(7), frame(9)])],
         head: 100,
         ..Default::default()
     };
-    let mut core = Core::new(cfg(|c| c.spool_dir = Some("unused".into())));
+    let mut core = testing::core(cfg(|c| c.spool = true));
     core.restore(rec, t0);
     assert_eq!(core.stats.events_carried_to_new_epoch, 2);
     assert!(!core.spool_out.is_empty(), "spooled again in the new epoch");

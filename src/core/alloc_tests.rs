@@ -5,9 +5,8 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
+use super::testing;
 use super::*;
-use crate::client::{client_frame, Kind};
-use crate::config::{Config, JwtKey};
 
 struct Counting;
 
@@ -52,23 +51,18 @@ fn allocations_during(f: impl FnOnce()) -> u64 {
 
 #[test]
 fn routing_with_history_spool_and_acks_allocates_nothing_per_event_once_warm() {
-    let mut c = Config::defaults(JwtKey::Hs256(vec![0; 32]));
-    c.shards = 1;
-    c.max_event_bytes = 4096;
-    c.history_max_bytes = 64 << 10;
-    c.history_total_bytes = 256 << 10; // small, so the log is full (and reused) after warm-up
-    c.spool_dir = Some("unused-by-the-core".into());
-    c.ping_interval = Duration::ZERO;
-    c.validate().unwrap();
-    let mut core = Core::new(CoreConfig::from_config(&c));
+    let mut core = testing::core(testing::config(|c| {
+        c.history.max_bytes = 64 << 10;
+        c.history_budget = 256 << 10; // small, so the log is full (and reused) after warm-up
+        c.spool = true;
+        c.ping_interval = Duration::ZERO;
+    }));
     let t0 = Instant::now();
     let users = ["a", "b", "c", "d"];
     let ids: Vec<ConnId> = users
         .iter()
         .map(|u| {
-            let id = core
-                .adopt(ConnKind::User(u.as_bytes().into()), b"", b"", None, t0)
-                .unwrap();
+            let id = testing::connect(&mut core, testing::user(u), None, t0);
             core.on_written(id, core.conn(id).out().len());
             id
         })
@@ -78,8 +72,8 @@ fn routing_with_history_spool_and_acks_allocates_nothing_per_event_once_warm() {
         .iter()
         .flat_map(|u| {
             [
-                crate::__bench::record_flags(u, body, true),
-                crate::__bench::record_flags(u, br#""type":"agent_thinking","ts":1}"#, false),
+                testing::record_with(u, body, true, None),
+                testing::record(u, br#""type":"agent_thinking","ts":1}"#),
             ]
         })
         .collect();
@@ -101,8 +95,7 @@ fn routing_with_history_spool_and_acks_allocates_nothing_per_event_once_warm() {
     let ack_all = |core: &mut Core| {
         for (u, &id) in users.iter().zip(&ids) {
             let last = core.last_seq(u.as_bytes());
-            let msg = format!("{{\"ack\":{last}}}");
-            core.on_input(id, &client_frame(Kind::Text, msg.as_bytes()), t0);
+            testing::ack(core, id, last, t0);
         }
         core.on_spooled();
     };

@@ -23,7 +23,7 @@
 //!   [u8]  frame    events only: the WebSocket frame exactly as written to sockets
 //! ```
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 
 /// Bytes before a record's body.
@@ -194,6 +194,39 @@ impl ColdTier for NoCold {
 
 /// A cold tier in memory, for tests: the bytes the core spooled, from position 0, with an
 /// adjustable start (as if retention deleted what lies before it).
+/// One user's stream as found on disk.
+#[derive(Debug, Default)]
+pub(crate) struct RecoveredStream {
+    pub epoch: u64,
+    pub last_seq: u64,
+    pub index: ColdIndex,
+    /// The highest `seq` a client acked.
+    pub acked: u64,
+    /// Events that need an ack and have none: `(seq, frame)`, oldest first.
+    pub unacked: VecDeque<(u64, Vec<u8>)>,
+}
+
+/// What a spool found when it opened (`Spool::open`), for [`Core::restore`](crate::core::Core::restore).
+#[derive(Debug, Default)]
+pub(crate) struct Recovery {
+    pub streams: HashMap<Box<[u8]>, RecoveredStream>,
+    /// Logical position of the next record.
+    pub head: u64,
+    /// Bytes cut from a torn tail.
+    pub torn_bytes: u64,
+    /// Bytes cut at a corrupted record (only with `repair`).
+    pub repaired_bytes: u64,
+    /// Streams whose epoch could not be kept (a failed fsync in the last run, a repair, or a
+    /// restart of the machine without `fsync = always`).
+    pub discarded_streams: usize,
+    /// The unacked events of those streams, `(user, frames)`, oldest first: the core sends
+    /// them again as new events of the user's new stream, so none vanishes.
+    pub carried: Vec<Carried>,
+}
+
+/// A user and the frames of its unacked events, oldest first (see [`Recovery::carried`]).
+pub(crate) type Carried = (Box<[u8]>, Vec<Vec<u8>>);
+
 #[cfg(test)]
 #[derive(Debug, Default)]
 pub(crate) struct MemCold {

@@ -3,7 +3,27 @@
 //! socket and only carries out the [`Decision`].
 
 use super::{ConnKind, Cursor, Start};
-use crate::ingest::{Endpoint, KeyCheck};
+
+/// Which endpoint a handed-over connection asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Endpoint {
+    /// `POST /api/publish`.
+    Publish,
+    /// `GET /api/ingest` with a WebSocket upgrade (the key is the upgrade's
+    /// `Sec-WebSocket-Key`).
+    Socket,
+}
+
+/// The outcome of checking a request's API key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyCheck {
+    /// Ingest is off (no `ingest_api_key`).
+    Disabled,
+    /// The bearer token is the key.
+    Valid,
+    /// Missing or wrong.
+    Invalid,
+}
 
 /// The largest request head accepted; past it the client gets 431.
 pub(crate) const MAX_HEAD_BYTES: usize = 8 * 1024;

@@ -6,11 +6,13 @@
 pub(crate) mod batch;
 pub(crate) mod breaker;
 pub(crate) mod coalesce;
+mod config;
 pub(crate) mod durable;
 pub(crate) mod frame;
 pub(crate) mod handshake;
 pub(crate) mod history;
 pub(crate) mod keepalive;
+pub(crate) mod stats;
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
@@ -20,17 +22,21 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BytesMut};
 use slab::Slab;
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig, WebSocketContext};
+use tungstenite::protocol::{CloseFrame, Role, WebSocketContext};
 use tungstenite::{Error as WsError, Message};
 
-use crate::metrics::Stats;
+use crate::delivery::DeliveryBoard;
 use crate::receipt::{Progress, ReceiptBoard, Ticket};
 use crate::record::Record;
-use batch::BatchPolicy;
-use breaker::{Breaker, BreakerPolicy, Cause, Transition};
+pub(crate) use batch::BatchPolicy;
+pub(crate) use breaker::BreakerPolicy;
+use breaker::{Breaker, Cause, Transition};
+pub(crate) use config::{checkpoint_spacing, CoreConfig};
 use durable::{ColdIndex, ColdTier, SpoolRecord, FLAG_ACK, FLAG_EXPIRED, KIND_ACK, KIND_EVENT};
-use history::{History, HistoryClock, HistoryLimits, Log};
+pub(crate) use history::HistoryLimits;
+use history::{History, HistoryClock, Log};
 use keepalive::{Keepalive, Liveness};
+use stats::Stats;
 
 /// Close code for a slow consumer: its outbound buffer went over `max_outbound_bytes`.
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
@@ -70,81 +76,6 @@ const MAX_TRACKED: usize = 4096;
 
 /// Index of a connection in its shard.
 pub(crate) type ConnId = usize;
-
-/// The parts of the configuration the core needs.
-#[derive(Debug, Clone)]
-pub(crate) struct CoreConfig {
-    pub batch: BatchPolicy,
-    pub max_outbound_bytes: usize,
-    pub max_connections_per_user: usize,
-    pub ping_interval: Duration,
-    pub pong_timeout: Duration,
-    pub close_timeout: Duration,
-    pub max_offline_users: usize,
-    pub ws: WebSocketConfig,
-    /// Per-user history limits.
-    pub history: HistoryLimits,
-    /// Bytes of the shard's history log: its whole memory for history.
-    pub history_budget: usize,
-    /// Mixed into every stream epoch this shard creates (random per process).
-    pub epoch_seed: u64,
-    /// Per-connection circuit breakers.
-    pub breaker: BreakerPolicy,
-    /// Where users' delivery states are published for emitters (shared by all shards).
-    pub board: Arc<crate::delivery::DeliveryBoard>,
-    /// Receipt slots of tracked events (shared with emitters).
-    pub receipts: Arc<ReceiptBoard>,
-    /// Encode every routed event (and every ack) into `Core::spool_out` for the spool.
-    pub spool: bool,
-    /// Spool bytes between two checkpoints of a user's cold index.
-    pub spool_checkpoint_bytes: u64,
-    /// An event that needs an ack and gets none this long after routing is dead-lettered.
-    pub ack_timeout: Duration,
-    /// Unacked events kept per user; past this the oldest is dead-lettered.
-    pub ack_max_pending: usize,
-}
-
-impl CoreConfig {
-    pub(crate) fn from_config(c: &crate::config::Config) -> Self {
-        let mut ws = WebSocketConfig::default();
-        ws.read_buffer_size = c.read_buffer_size;
-        ws.write_buffer_size = 0;
-        ws.max_frame_size = Some(c.max_frame_size);
-        ws.max_message_size = Some(c.max_message_size);
-        CoreConfig {
-            batch: BatchPolicy {
-                max_events: c.max_batch_events,
-                max_delay: c.max_batch_delay,
-            },
-            max_outbound_bytes: c.max_outbound_bytes,
-            max_connections_per_user: c.max_connections_per_user,
-            ping_interval: c.ping_interval,
-            pong_timeout: c.pong_timeout,
-            close_timeout: c.close_timeout,
-            max_offline_users: c.max_offline_users,
-            ws,
-            history: HistoryLimits {
-                max_events: c.history_max_events,
-                max_bytes: c.history_max_bytes,
-                max_age: c.history_max_age,
-            },
-            history_budget: c.history_total_bytes / c.shard_count().max(1),
-            epoch_seed: 0,
-            breaker: BreakerPolicy {
-                high_water: c.max_outbound_bytes / 2,
-                trip_after: c.breaker_trip_after,
-                cooldown: c.breaker_cooldown,
-            },
-            board: Arc::new(crate::delivery::DeliveryBoard::new()),
-            receipts: Arc::new(ReceiptBoard::new(c.receipt_capacity)),
-            spool: c.spool_dir.is_some(),
-            // A resume scans at most about this much of other users' records.
-            spool_checkpoint_bytes: (c.spool_segment_bytes / 4).clamp(4096, 1 << 20),
-            ack_timeout: c.ack_timeout,
-            ack_max_pending: c.ack_max_pending,
-        }
-    }
-}
 
 /// What a connection is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -363,9 +294,31 @@ impl Write for Io<'_> {
     }
 }
 
+/// The tables a shard shares with emitters, made by the gateway and handed to every shard's
+/// [`Core::new`]: users' delivery states and the receipt slots of tracked events.
+#[derive(Clone)]
+pub(crate) struct Boards {
+    /// Where users' delivery states are published for emitters.
+    pub delivery: Arc<DeliveryBoard>,
+    /// Receipt slots of tracked events.
+    pub receipts: Arc<ReceiptBoard>,
+}
+
+impl Boards {
+    /// Empty boards with `receipt_capacity` receipt slots.
+    pub(crate) fn new(receipt_capacity: usize) -> Boards {
+        Boards {
+            delivery: Arc::new(DeliveryBoard::new()),
+            receipts: Arc::new(ReceiptBoard::new(receipt_capacity)),
+        }
+    }
+}
+
 /// The state machine of one reactor shard.
 pub(crate) struct Core {
     cfg: CoreConfig,
+    /// The tables shared with emitters.
+    boards: Boards,
     /// In-band `auth` messages waiting for the reactor to verify their token (the core does
     /// no cryptography): at most one per connection, the latest.
     auth_requests: Vec<(ConnId, String)>,
@@ -405,7 +358,9 @@ pub(crate) struct Core {
 }
 
 impl Core {
-    pub(crate) fn new(cfg: CoreConfig) -> Self {
+    /// A shard's core. `now` starts its timers (the core never reads the clock).
+    pub(crate) fn new(mut cfg: CoreConfig, boards: Boards, now: Instant) -> Self {
+        cfg.breaker.high_water = cfg.max_outbound_bytes / 2;
         let log_bytes = if cfg.history.max_events == 0 {
             0
         } else {
@@ -413,6 +368,7 @@ impl Core {
         };
         Core {
             cfg,
+            boards,
             auth_requests: Vec::new(),
             users: HashMap::default(),
             online_users: 0,
@@ -423,7 +379,7 @@ impl Core {
             streams_created: 0,
             log: Log::new(log_bytes),
             clock: HistoryClock::default(),
-            next_history_sweep: Instant::now(),
+            next_history_sweep: now,
             spool_out: Vec::new(),
             spool_pos: 0,
             spool_tickets: Vec::new(),
@@ -436,7 +392,7 @@ impl Core {
 
     /// Takes over the streams a spool recovered (epochs, last `seq`s, cold indexes, unacked
     /// events) and continues the spool's positions at `head`.
-    pub(crate) fn restore(&mut self, rec: crate::spool::Recovery, now: Instant) {
+    pub(crate) fn restore(&mut self, rec: durable::Recovery, now: Instant) {
         self.spool_pos = rec.head;
         self.stats.spool_bytes_cut_at_start = rec.torn_bytes + rec.repaired_bytes;
         self.stats.streams_discarded_at_start = rec.discarded_streams as u64;
@@ -480,7 +436,7 @@ impl Core {
     /// The reactor wrote `spool_out` to the spool: mark the receipts that waited on it.
     pub(crate) fn on_spooled(&mut self) {
         for t in self.spool_tickets.drain(..) {
-            self.cfg.receipts.update(t, Progress::Spooled);
+            self.boards.receipts.update(t, Progress::Spooled);
         }
         self.spool_out.clear();
     }
@@ -711,7 +667,7 @@ impl Core {
             d.health = d.health.min(b.health());
             d.breaker_trips = d.breaker_trips.saturating_add(b.trips().min(255) as u8);
         }
-        self.cfg.board.publish(user, d);
+        self.boards.delivery.publish(user, d);
     }
 
     /// Queues `hello` on the new connection `id` and works out what it must replay.
@@ -887,6 +843,7 @@ impl Core {
         let rec = Record::parse(record);
         let Core {
             cfg,
+            boards,
             users,
             conns,
             dirty,
@@ -929,7 +886,7 @@ impl Core {
             user.cold.note(seq, at, cfg.spool_checkpoint_bytes);
         }
         if let Some(t) = rec.ticket {
-            cfg.receipts.update(t, Progress::Routed(seq));
+            boards.receipts.update(t, Progress::Routed(seq));
             if cfg.spool {
                 spool_tickets.push(t);
             }
@@ -950,6 +907,7 @@ impl Core {
                 let oldest = user.unacked.pop_front().expect("full");
                 let mut x = Expiry {
                     cfg,
+                    receipts: &boards.receipts,
                     stats,
                     dead_out,
                     spool_out,
@@ -1060,6 +1018,7 @@ impl Core {
         let Core {
             users,
             cfg,
+            boards,
             dead_out,
             stats,
             tracked_count,
@@ -1070,6 +1029,7 @@ impl Core {
         } = self;
         let mut x = Expiry {
             cfg,
+            receipts: &boards.receipts,
             stats,
             dead_out,
             spool_out,
@@ -1094,6 +1054,7 @@ impl Core {
         let (limits, tail, ms) = (self.cfg.history, self.log.tail(), self.clock.ms(now));
         let mut x = Expiry {
             cfg: &self.cfg,
+            receipts: &self.boards.receipts,
             stats: &mut self.stats,
             dead_out: &mut self.dead_out,
             spool_out: &mut self.spool_out,
@@ -1270,6 +1231,7 @@ impl Core {
         let before = self.stats.events_dead_lettered;
         let mut x = Expiry {
             cfg: &self.cfg,
+            receipts: &self.boards.receipts,
             stats: &mut self.stats,
             dead_out: &mut self.dead_out,
             spool_out: &mut self.spool_out,
@@ -1305,7 +1267,7 @@ impl Core {
             self.stats.events_acked += 1;
         }
         for t in u.tracked.iter().filter(|t| t.needs_ack && t.seq <= n) {
-            self.cfg.receipts.update(t.ticket, Progress::Acked);
+            self.boards.receipts.update(t.ticket, Progress::Acked);
         }
         if self.cfg.spool {
             self.spool_pos += spool_settle(&mut self.spool_out, user, u.epoch, n, false);
@@ -1432,7 +1394,7 @@ impl Core {
                 .iter()
                 .filter(|t| t.seq > from && t.seq <= through)
             {
-                self.cfg.receipts.update(t.ticket, Progress::Written);
+                self.boards.receipts.update(t.ticket, Progress::Written);
             }
         }
     }
@@ -1958,6 +1920,7 @@ fn recycle(pool: &mut Vec<Vec<u8>>, mut frame: Vec<u8>) {
 /// What settling an unacked event without an ack writes to: see [`expire_unacked`].
 struct Expiry<'a> {
     cfg: &'a CoreConfig,
+    receipts: &'a ReceiptBoard,
     stats: &'a mut Stats,
     dead_out: &'a mut Vec<u8>,
     spool_out: &'a mut Vec<u8>,
@@ -1992,7 +1955,7 @@ fn expire_unacked(
     out.extend_from_slice(b"}\n");
     x.stats.events_dead_lettered += 1;
     if let Some(t) = tracked.iter().find(|t| t.seq == e.seq) {
-        x.cfg.receipts.update(t.ticket, Progress::DeadLettered);
+        x.receipts.update(t.ticket, Progress::DeadLettered);
     }
     if x.cfg.spool {
         *x.spool_pos += spool_settle(x.spool_out, user, epoch, e.seq, true);
@@ -2039,5 +2002,7 @@ mod ack_tests;
 mod alloc_tests;
 #[cfg(test)]
 mod resume_tests;
+#[cfg(test)]
+mod testing;
 #[cfg(test)]
 mod tests;

@@ -1,24 +1,14 @@
 //! Resume, history and the replay seam, on a virtual clock.
 
+use super::testing::{self, numbered as record, user};
 use super::*;
 use crate::client::{FrameReader, Kind};
-use crate::config::{Config, JwtKey};
 
-fn cfg(f: impl FnOnce(&mut Config)) -> CoreConfig {
-    let mut c = Config::defaults(JwtKey::Hs256(vec![0; 32]));
-    f(&mut c);
-    c.validate().unwrap();
-    let mut core = CoreConfig::from_config(&c);
-    core.epoch_seed = 7;
-    core
-}
-
-fn record(user: &str, i: u64) -> Vec<u8> {
-    crate::__bench::record(user, format!("\"i\":{i}}}").as_bytes())
-}
-
-fn user(u: &str) -> ConnKind {
-    ConnKind::User(u.as_bytes().into())
+fn cfg(f: impl FnOnce(&mut CoreConfig)) -> CoreConfig {
+    testing::config(|c| {
+        c.epoch_seed = 7;
+        f(c)
+    })
 }
 
 /// What a client saw, frame by frame.
@@ -36,19 +26,20 @@ fn field<'a>(v: &'a serde_json::Value, k: &str) -> &'a serde_json::Value {
 fn decode(payload: &[u8]) -> Seen {
     let v: serde_json::Value = serde_json::from_slice(payload)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(payload)));
-    let hex = |k: &str| u64::from_str_radix(field(&v, k).as_str().unwrap(), 16).unwrap();
+    let v = &v;
+    let hex = |k: &str| u64::from_str_radix(field(v, k).as_str().unwrap(), 16).unwrap();
     if let Some(seq) = v.get("seq") {
         return Seen::Event(seq.as_u64().unwrap());
     }
-    match field(&v, "type").as_str().unwrap() {
+    match field(v, "type").as_str().unwrap() {
         "hello" => Seen::Hello {
             epoch: hex("epoch"),
-            last_seq: field(&v, "last_seq").as_u64().unwrap(),
+            last_seq: field(v, "last_seq").as_u64().unwrap(),
         },
         "gap" => Seen::Gap {
-            reason: field(&v, "reason").as_str().unwrap().to_owned(),
-            from: field(&v, "from").as_u64().unwrap(),
-            to: field(&v, "to").as_u64().unwrap(),
+            reason: field(v, "reason").as_str().unwrap().to_owned(),
+            from: field(v, "from").as_u64().unwrap(),
+            to: field(v, "to").as_u64().unwrap(),
         },
         other => panic!("unexpected frame type {other}"),
     }
@@ -58,20 +49,15 @@ fn decode(payload: &[u8]) -> Seen {
 /// Returns what `id` received.
 fn pass(core: &mut Core, id: ConnId, now: Instant) -> Vec<Seen> {
     core.pump_replays(now, &mut durable::NoCold);
-    let mut due = Vec::new();
-    core.take_writable(now, true, &mut due);
-    let bytes = core.conn(id).out().to_vec();
-    if !bytes.is_empty() {
-        core.on_written(id, bytes.len());
-    }
-    let mut r = FrameReader::new(bytes, 1024);
-    let mut seen = Vec::new();
-    r.frames(|k, p| {
-        assert_eq!(k, Kind::Text);
-        seen.push(decode(p));
-    })
-    .unwrap();
-    seen
+    testing::writable(core, now, true);
+    let frames = testing::write_all(core, id);
+    frames
+        .iter()
+        .map(|(k, p)| {
+            assert_eq!(*k, Kind::Text);
+            decode(p)
+        })
+        .collect()
 }
 
 /// Passes until `id` has nothing more to replay or write.
@@ -88,8 +74,7 @@ fn drain(core: &mut Core, id: ConnId, now: Instant) -> Vec<Seen> {
 
 /// Connects as `u` with the cursor `(epoch, since)`.
 fn resume(core: &mut Core, u: &str, since: u64, epoch: Option<u64>, now: Instant) -> ConnId {
-    let cursor = Cursor { since, epoch };
-    core.adopt(user(u), b"", b"", Some(cursor), now).unwrap()
+    testing::connect(core, user(u), Some(Cursor { since, epoch }), now)
 }
 
 /// Connects as `u` (live only) and writes the `hello`, so what follows is events.
@@ -127,7 +112,7 @@ fn hello(seen: &[Seen]) -> (u64, u64) {
 #[test]
 fn every_connection_starts_with_hello_carrying_the_cursor() {
     let t0 = Instant::now();
-    let mut core = Core::new(cfg(|_| {}));
+    let mut core = testing::core(cfg(|_| {}));
     for i in 1..=3 {
         core.route(&record("a", i), t0, 0);
     }
@@ -142,7 +127,7 @@ fn every_connection_starts_with_hello_carrying_the_cursor() {
 #[test]
 fn resume_replays_what_was_missed_then_goes_live_without_duplicate_or_gap() {
     let t0 = Instant::now();
-    let mut core = Core::new(cfg(|_| {}));
+    let mut core = testing::core(cfg(|_| {}));
     let a = core.adopt(user("a"), b"", b"", None, t0).unwrap();
     for i in 1..=5 {
         core.route(&record("a", i), t0, 0);
@@ -171,7 +156,7 @@ fn resume_replays_what_was_missed_then_goes_live_without_duplicate_or_gap() {
 #[test]
 fn evicted_history_is_reported_as_an_explicit_gap() {
     let t0 = Instant::now();
-    let mut core = Core::new(cfg(|c| c.history_max_events = 4));
+    let mut core = testing::core(cfg(|c| c.history.max_events = 4));
     let epoch = learn_epoch(&mut core, "a", t0);
     for i in 1..=10 {
         core.route(&record("a", i), t0, 0);
@@ -193,7 +178,7 @@ fn evicted_history_is_reported_as_an_explicit_gap() {
 #[test]
 fn history_past_its_age_is_gone_and_said_so() {
     let t0 = Instant::now();
-    let mut core = Core::new(cfg(|c| c.history_max_age = Duration::from_secs(60)));
+    let mut core = testing::core(cfg(|c| c.history.max_age = Duration::from_secs(60)));
     let epoch = learn_epoch(&mut core, "a", t0);
     core.route(&record("a", 1), t0, 0);
     core.route(&record("a", 2), t0 + Duration::from_secs(50), 0);
@@ -221,7 +206,7 @@ fn history_past_its_age_is_gone_and_said_so() {
 #[test]
 fn a_cursor_from_another_epoch_gets_a_gap_and_the_retained_stream() {
     let t0 = Instant::now();
-    let mut core = Core::new(cfg(|_| {}));
+    let mut core = testing::core(cfg(|_| {}));
     for i in 1..=3 {
         core.route(&record("a", i), t0, 0);
     }
@@ -238,7 +223,7 @@ fn a_cursor_from_another_epoch_gets_a_gap_and_the_retained_stream() {
 #[test]
 fn a_cursor_ahead_of_the_stream_is_reported_and_live_continues() {
     let t0 = Instant::now();
-    let mut core = Core::new(cfg(|_| {}));
+    let mut core = testing::core(cfg(|_| {}));
     let probe = core.adopt(user("a"), b"", b"", None, t0).unwrap();
     let (epoch, _) = hello(&drain(&mut core, probe, t0));
     core.route(&record("a", 1), t0, 0);
@@ -252,7 +237,7 @@ fn a_cursor_ahead_of_the_stream_is_reported_and_live_continues() {
 #[test]
 fn evicted_offline_streams_get_a_new_epoch() {
     let t0 = Instant::now();
-    let mut core = Core::new(cfg(|c| c.max_offline_users = 1));
+    let mut core = testing::core(cfg(|c| c.max_offline_users = 1));
     let a = core.adopt(user("a"), b"", b"", None, t0).unwrap();
     let (epoch, _) = hello(&drain(&mut core, a, t0));
     core.route(&record("a", 1), t0, 0);
@@ -269,9 +254,9 @@ fn evicted_offline_streams_get_a_new_epoch() {
 #[test]
 fn a_long_replay_goes_out_in_bounded_chunks() {
     let t0 = Instant::now();
-    let mut core = Core::new(cfg(|c| {
-        c.history_max_events = 100_000;
-        c.history_max_bytes = 16 << 20;
+    let mut core = testing::core(cfg(|c| {
+        c.history.max_events = 100_000;
+        c.history.max_bytes = 16 << 20;
     }));
     let n = 60_000u64;
     for i in 1..=n {
@@ -305,7 +290,7 @@ fn a_long_replay_goes_out_in_bounded_chunks() {
 #[test]
 fn partial_writes_count_delivered_events_exactly() {
     let t0 = Instant::now();
-    let mut core = Core::new(cfg(|_| {}));
+    let mut core = testing::core(cfg(|_| {}));
     let id = core
         .adopt(user("a"), b"HTTP/1.1 101 Switching\r\n\r\n", b"", None, t0)
         .unwrap();
@@ -334,7 +319,7 @@ fn partial_writes_count_delivered_events_exactly() {
 #[test]
 fn a_half_written_frame_counts_as_dropped_when_the_connection_goes() {
     let t0 = Instant::now();
-    let mut core = Core::new(cfg(|_| {}));
+    let mut core = testing::core(cfg(|_| {}));
     let id = connected(&mut core, "a", t0);
     for i in 1..=3 {
         core.route(&record("a", i), t0, 0);
@@ -418,13 +403,12 @@ mod seam {
     fn run(ops: &[Op], history: usize, spool: bool) -> (Client, u64) {
         let t0 = Instant::now();
         let mut now = t0;
-        let mut core = Core::new(cfg(|c| {
-            c.history_max_events = history;
+        let mut core = testing::core(cfg(|c| {
+            c.history.max_events = history;
             c.ping_interval = Duration::ZERO; // Tick jumps minutes; pings are tested elsewhere
             if spool {
-                c.spool_dir = Some("unused-by-the-core".into());
-                c.spool_segment_bytes = 64 << 10; // checkpoints every 16 KiB
-                c.spool_max_bytes = 128 << 10;
+                c.spool = true;
+                c.spool_checkpoint_bytes = checkpoint_spacing(64 << 10); // checkpoints every 16 KiB
             }
         }));
         // Without a spool the core encodes nothing and never reads it.
@@ -607,9 +591,9 @@ mod seam {
 #[test]
 fn without_history_a_resume_gets_a_gap_for_everything_it_missed() {
     let t0 = Instant::now();
-    let mut core = Core::new(cfg(|c| {
-        c.history_max_events = 0;
-        c.breaker_cooldown = Duration::ZERO;
+    let mut core = testing::core(cfg(|c| {
+        c.history.max_events = 0;
+        c.breaker.cooldown = Duration::ZERO;
     }));
     let epoch = learn_epoch(&mut core, "a", t0);
     for i in 1..=5 {
@@ -639,19 +623,18 @@ mod breakers {
     const S: Duration = Duration::from_secs(1);
 
     fn core() -> Core {
-        Core::new(cfg(|c| {
-            c.max_event_bytes = 1000;
+        testing::core(cfg(|c| {
             c.max_outbound_bytes = 8000;
-            c.breaker_trip_after = S;
-            c.breaker_cooldown = 5 * S;
-            c.history_max_events = 10_000;
+            c.breaker.trip_after = S;
+            c.breaker.cooldown = 5 * S;
+            c.history.max_events = 10_000;
         }))
     }
 
     /// An event of about 120 bytes on the wire.
     fn big(user: &str, i: u64) -> Vec<u8> {
         let body = format!("\"i\":{i},\"pad\":\"{}\"}}", "p".repeat(100));
-        crate::__bench::record(user, body.as_bytes())
+        testing::record(user, body.as_bytes())
     }
 
     #[test]
@@ -789,7 +772,7 @@ mod first_message {
     #[test]
     fn nothing_is_sent_until_the_cursor_message_then_the_replay_seam_holds() {
         let t0 = Instant::now();
-        let mut core = Core::new(cfg(|_| {}));
+        let mut core = testing::core(cfg(|_| {}));
         let epoch = learn_epoch(&mut core, "a", t0);
         for i in 1..=5 {
             core.route(&record("a", i), t0, 0);
@@ -813,7 +796,7 @@ mod first_message {
     #[test]
     fn a_bad_cursor_message_closes_with_1008_and_silence_starts_live() {
         let t0 = Instant::now();
-        let mut core = Core::new(cfg(|_| {}));
+        let mut core = testing::core(cfg(|_| {}));
         let bad = await_cursor(&mut core, "a", t0);
         core.on_input(bad, &client_frame(Kind::Text, b"{\"since\":5}"), t0);
         let mut due = Vec::new();
@@ -858,9 +841,9 @@ mod spool_retention {
     #[test]
     fn a_resume_into_trimmed_spool_gets_a_gap_then_what_is_left() {
         let t0 = Instant::now();
-        let mut core = Core::new(cfg(|c| {
-            c.history_max_events = 0; // the spool is the only history
-            c.spool_dir = Some("unused-by-the-core".into());
+        let mut core = testing::core(cfg(|c| {
+            c.history.max_events = 0; // the spool is the only history
+            c.spool = true;
         }));
         let epoch = learn_epoch(&mut core, "a", t0);
         let mut cold = durable::MemCold::default();
@@ -906,9 +889,9 @@ mod spool_replay {
     use super::*;
 
     fn spool_core() -> Core {
-        Core::new(cfg(|c| {
-            c.history_max_events = 0; // the spool is the only history
-            c.spool_dir = Some("unused-by-the-core".into());
+        testing::core(cfg(|c| {
+            c.history.max_events = 0; // the spool is the only history
+            c.spool = true;
         }))
     }
 
@@ -988,7 +971,7 @@ mod spool_replay {
         for i in 1..=400u64 {
             for u in &users {
                 let body = format!("\"i\":{i},\"pad\":\"{pad}\"}}");
-                core.route(&crate::__bench::record(u, body.as_bytes()), t0, 0);
+                core.route(&testing::record(u, body.as_bytes()), t0, 0);
             }
         }
         cold.absorb(&mut core);

@@ -1,40 +1,23 @@
 //! The core on a virtual clock: no sockets, no real time.
 
+use super::testing::{self, user, writable, write_all as take_out};
 use super::*;
-use crate::client::{client_frame, FrameReader, Kind};
-use crate::config::{Config, JwtKey};
+use crate::client::{client_frame, Kind};
 
 const MS: Duration = Duration::from_millis(1);
 const S: Duration = Duration::from_secs(1);
 
-fn cfg(f: impl FnOnce(&mut Config)) -> CoreConfig {
-    let mut c = Config::defaults(JwtKey::Hs256(vec![0; 32]));
-    f(&mut c);
-    c.validate().unwrap();
-    CoreConfig::from_config(&c)
+fn cfg(f: impl FnOnce(&mut CoreConfig)) -> CoreConfig {
+    testing::config(f)
 }
 
 fn record(user: &str, body: &str) -> Vec<u8> {
-    crate::__bench::record(user, body.as_bytes())
-}
-
-fn user(u: &str) -> ConnKind {
-    ConnKind::User(u.as_bytes().into())
-}
-
-/// Everything queued for `id`, decoded, as (kind, payload) pairs; marks it written.
-fn take_out(core: &mut Core, id: ConnId) -> Vec<(Kind, Vec<u8>)> {
-    let bytes = core.conn(id).out().to_vec();
-    core.on_written(id, bytes.len());
-    let mut r = FrameReader::new(bytes, 1024);
-    let mut out = Vec::new();
-    r.frames(|k, p| out.push((k, p.to_vec()))).unwrap();
-    out
+    testing::record(user, body.as_bytes())
 }
 
 /// Adopts a connection and clears its initial write, as the reactor does on adoption.
 fn open(core: &mut Core, kind: ConnKind, now: Instant) -> ConnId {
-    let id = core.adopt(kind, b"", b"", None, now).unwrap();
+    let id = testing::connect(core, kind, None, now);
     writable(core, now, false);
     take_out(core, id);
     id
@@ -44,16 +27,10 @@ fn text(s: &str) -> (Kind, Vec<u8>) {
     (Kind::Text, s.as_bytes().to_vec())
 }
 
-fn writable(core: &mut Core, now: Instant, pass_end: bool) -> Vec<ConnId> {
-    let mut v = Vec::new();
-    core.take_writable(now, pass_end, &mut v);
-    v
-}
-
 #[test]
 fn routes_by_user_with_gapless_seq_to_every_connection() {
     let t0 = Instant::now();
-    let mut core = Core::new(cfg(|_| {}));
+    let mut core = testing::core(cfg(|_| {}));
     let a1 = open(&mut core, user("a"), t0);
     let a2 = open(&mut core, user("a"), t0);
     let b = open(&mut core, user("b"), t0);
@@ -88,9 +65,9 @@ fn routes_by_user_with_gapless_seq_to_every_connection() {
 #[test]
 fn batches_wait_for_delay_or_count() {
     let t0 = Instant::now();
-    let mut core = Core::new(cfg(|c| {
-        c.max_batch_events = 4;
-        c.max_batch_delay = 2 * MS;
+    let mut core = testing::core(cfg(|c| {
+        c.batch.max_events = 4;
+        c.batch.max_delay = 2 * MS;
     }));
     let id = open(&mut core, user("a"), t0);
     core.route(&record("a", "}"), t0, 0);
@@ -121,7 +98,7 @@ fn batches_wait_for_delay_or_count() {
 #[test]
 fn zero_delay_flushes_every_pass() {
     let t0 = Instant::now();
-    let mut core = Core::new(cfg(|_| {}));
+    let mut core = testing::core(cfg(|_| {}));
     let id = open(&mut core, user("a"), t0);
     core.route(&record("a", "}"), t0, 0);
     assert!(writable(&mut core, t0, false).is_empty());
@@ -132,7 +109,7 @@ fn zero_delay_flushes_every_pass() {
 #[test]
 fn blocked_sockets_are_not_retried_until_writable() {
     let t0 = Instant::now();
-    let mut core = Core::new(cfg(|_| {}));
+    let mut core = testing::core(cfg(|_| {}));
     let id = open(&mut core, user("a"), t0);
     core.route(&record("a", "}"), t0, 0);
     core.on_write_blocked(id);
@@ -144,10 +121,9 @@ fn blocked_sockets_are_not_retried_until_writable() {
 #[test]
 fn without_a_breaker_a_slow_consumer_is_closed_with_4008_and_memory_is_capped() {
     let t0 = Instant::now();
-    let mut core = Core::new(cfg(|c| {
-        c.max_event_bytes = 1000;
+    let mut core = testing::core(cfg(|c| {
         c.max_outbound_bytes = 2200;
-        c.breaker_cooldown = Duration::ZERO;
+        c.breaker.cooldown = Duration::ZERO;
     }));
     let id = open(&mut core, user("a"), t0);
     let body = format!("\"x\":\"{}\"}}", "z".repeat(1000));
@@ -173,10 +149,10 @@ fn without_a_breaker_a_slow_consumer_is_closed_with_4008_and_memory_is_capped() 
 #[test]
 fn keepalive_pings_then_closes_silent_connections() {
     let t0 = Instant::now();
-    let mut core = Core::new(cfg(|c| {
+    let mut core = testing::core(cfg(|c| {
         c.ping_interval = 25 * S;
         c.pong_timeout = 10 * S;
-        c.breaker_cooldown = Duration::ZERO; // no breaker: a missed pong closes at once
+        c.breaker.cooldown = Duration::ZERO; // no breaker: a missed pong closes at once
     }));
     let quiet = open(&mut core, user("q"), t0);
     let talky = open(&mut core, user("t"), t0);
@@ -203,10 +179,10 @@ fn keepalive_pings_then_closes_silent_connections() {
 #[test]
 fn a_missed_pong_opens_the_breaker_and_a_connection_still_silent_after_the_cooldown_is_closed() {
     let t0 = Instant::now();
-    let mut core = Core::new(cfg(|c| {
+    let mut core = testing::core(cfg(|c| {
         c.ping_interval = 25 * S;
         c.pong_timeout = 10 * S;
-        c.breaker_cooldown = 30 * S;
+        c.breaker.cooldown = 30 * S;
     }));
     let late = open(&mut core, user("late"), t0);
     let gone = open(&mut core, user("gone"), t0);
@@ -242,8 +218,8 @@ fn a_missed_pong_opens_the_breaker_and_a_connection_still_silent_after_the_coold
 #[test]
 fn a_transient_write_error_opens_the_breaker_instead_of_dropping_the_connection() {
     let t0 = Instant::now();
-    let mut core = Core::new(cfg(|c| {
-        c.breaker_cooldown = 30 * S;
+    let mut core = testing::core(cfg(|c| {
+        c.breaker.cooldown = 30 * S;
         c.ping_interval = Duration::ZERO;
     }));
     let id = open(&mut core, user("w"), t0);
@@ -262,7 +238,7 @@ fn a_transient_write_error_opens_the_breaker_instead_of_dropping_the_connection(
         "refilled after the cool-down"
     );
     // Without breakers, the connection is dropped as before.
-    let mut core = Core::new(cfg(|c| c.breaker_cooldown = Duration::ZERO));
+    let mut core = testing::core(cfg(|c| c.breaker.cooldown = Duration::ZERO));
     let id = open(&mut core, user("w"), t0);
     assert!(!core.on_write_error(id, t0));
 }
@@ -270,7 +246,7 @@ fn a_transient_write_error_opens_the_breaker_instead_of_dropping_the_connection(
 #[test]
 fn client_close_is_answered_and_the_connection_finishes() {
     let t0 = Instant::now();
-    let mut core = Core::new(cfg(|_| {}));
+    let mut core = testing::core(cfg(|_| {}));
     let id = open(&mut core, user("a"), t0);
     core.on_input(id, &client_frame(Kind::Close, &1000u16.to_be_bytes()), t0);
     let frames = take_out(&mut core, id);
@@ -285,7 +261,7 @@ fn client_close_is_answered_and_the_connection_finishes() {
 #[test]
 fn protocol_errors_close_with_the_right_code() {
     let t0 = Instant::now();
-    let mut core = Core::new(cfg(|_| {}));
+    let mut core = testing::core(cfg(|_| {}));
     let id = core.adopt(ConnKind::Echo, b"", b"", None, t0).unwrap();
     // An unmasked client frame is a protocol error (1002).
     core.on_input(id, &[0x81, 0x01, b'x'], t0);
@@ -297,7 +273,7 @@ fn protocol_errors_close_with_the_right_code() {
 #[test]
 fn echo_connections_echo_and_answer_pings() {
     let t0 = Instant::now();
-    let mut core = Core::new(cfg(|_| {}));
+    let mut core = testing::core(cfg(|_| {}));
     let id = core
         .adopt(ConnKind::Echo, b"HTTP/1.1 101 ...\r\n\r\n", b"", None, t0)
         .unwrap();
@@ -319,7 +295,7 @@ fn echo_connections_echo_and_answer_pings() {
 #[test]
 fn per_user_connection_limit() {
     let t0 = Instant::now();
-    let mut core = Core::new(cfg(|c| c.max_connections_per_user = 2));
+    let mut core = testing::core(cfg(|c| c.max_connections_per_user = 2));
     core.adopt(user("a"), b"", b"", None, t0).unwrap();
     core.adopt(user("a"), b"", b"", None, t0).unwrap();
     assert_eq!(
@@ -332,7 +308,7 @@ fn per_user_connection_limit() {
 #[test]
 fn offline_users_are_bounded() {
     let t0 = Instant::now();
-    let mut core = Core::new(cfg(|c| c.max_offline_users = 10));
+    let mut core = testing::core(cfg(|c| c.max_offline_users = 10));
     core.adopt(user("online"), b"", b"", None, t0).unwrap();
     core.route(&record("online", "}"), t0, 0);
     for i in 0..100 {
@@ -353,7 +329,7 @@ fn offline_users_are_bounded() {
 #[test]
 fn shutdown_close_goes_after_queued_events() {
     let t0 = Instant::now();
-    let mut core = Core::new(cfg(|_| {}));
+    let mut core = testing::core(cfg(|_| {}));
     let id = open(&mut core, user("a"), t0);
     core.route(&record("a", "\"k\":1}"), t0, 0);
     core.close_all(CLOSE_GOING_AWAY, "bye", t0);
@@ -366,7 +342,7 @@ fn shutdown_close_goes_after_queued_events() {
 #[test]
 fn server_close_completes_when_the_client_answers() {
     let t0 = Instant::now();
-    let mut core = Core::new(cfg(|_| {}));
+    let mut core = testing::core(cfg(|_| {}));
     let id = open(&mut core, user("a"), t0);
     core.close_all(CLOSE_GOING_AWAY, "bye", t0);
     writable(&mut core, t0, false);
@@ -391,9 +367,9 @@ fn server_close_completes_when_the_client_answers() {
 #[test]
 fn oversized_messages_close_with_1009() {
     let t0 = Instant::now();
-    let mut core = Core::new(cfg(|c| {
-        c.max_frame_size = 200;
-        c.max_message_size = 200;
+    let mut core = testing::core(cfg(|c| {
+        c.ws.max_frame_size = Some(200);
+        c.ws.max_message_size = Some(200);
     }));
     let id = open(&mut core, ConnKind::Echo, t0);
     core.on_input(id, &client_frame(Kind::Text, &[b'a'; 300]), t0);
@@ -405,7 +381,7 @@ fn oversized_messages_close_with_1009() {
 #[test]
 fn a_connection_due_twice_in_a_pass_is_written_once() {
     let t0 = Instant::now();
-    let mut core = Core::new(cfg(|c| c.max_batch_events = 2));
+    let mut core = testing::core(cfg(|c| c.batch.max_events = 2));
     let id = open(&mut core, user("a"), t0);
     // Two events fill the batch (urgent) and the pass end makes it due as well.
     core.route(&record("a", "}"), t0, 0);
@@ -417,10 +393,9 @@ fn a_connection_due_twice_in_a_pass_is_written_once() {
 #[test]
 fn thinking_deltas_coalesce_for_a_connection_that_is_behind_and_lifecycle_events_stay_apart() {
     let t0 = Instant::now();
-    let mut core = Core::new(cfg(|c| {
-        c.max_event_bytes = 4096;
+    let mut core = testing::core(cfg(|c| {
         c.max_outbound_bytes = 64 << 10; // behind past 32 KiB unsent
-        c.breaker_trip_after = 60 * S; // and not tripped during this test
+        c.breaker.trip_after = 60 * S; // and not tripped during this test
         c.ping_interval = Duration::ZERO;
     }));
     let id = open(&mut core, user("a"), t0);
@@ -478,10 +453,9 @@ fn thinking_deltas_coalesce_for_a_connection_that_is_behind_and_lifecycle_events
 #[test]
 fn a_breaker_that_opens_on_coalesced_frames_replays_every_event_they_stood_for() {
     let t0 = Instant::now();
-    let mut core = Core::new(cfg(|c| {
-        c.max_event_bytes = 4096;
+    let mut core = testing::core(cfg(|c| {
         c.max_outbound_bytes = 64 << 10;
-        c.breaker_trip_after = 60 * S;
+        c.breaker.trip_after = 60 * S;
         c.ping_interval = Duration::ZERO;
     }));
     let id = open(&mut core, user("a"), t0);
@@ -530,9 +504,8 @@ fn a_breaker_that_opens_on_coalesced_frames_replays_every_event_they_stood_for()
 fn replies_to_a_client_that_never_reads_count_against_max_outbound_bytes() {
     let t0 = Instant::now();
     let max = 256 << 10;
-    let mut core = Core::new(cfg(|c| {
+    let mut core = testing::core(cfg(|c| {
         c.max_outbound_bytes = max;
-        c.echo = true;
     }));
     let echo = open(&mut core, ConnKind::Echo, t0);
     let ws = open(&mut core, user("a"), t0);

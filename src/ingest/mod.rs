@@ -30,7 +30,8 @@ use std::time::{Duration, Instant};
 use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
 
-use crate::core::handshake;
+use crate::config::ApiKey;
+use crate::core::handshake::{self, Endpoint, KeyCheck};
 use crate::emitter::Emitter;
 use crate::gateway::Shared;
 use crate::EmitError;
@@ -44,16 +45,6 @@ pub(crate) const FULL_WAIT: Duration = Duration::from_secs(1);
 const POLL: Duration = Duration::from_millis(100);
 /// How long shutdown waits for ingest threads to close by themselves.
 const STOP_WAIT: Duration = Duration::from_secs(2);
-
-/// The ingest API key; `Debug` does not show it.
-#[derive(Clone, PartialEq, Eq)]
-pub(crate) struct ApiKey(pub String);
-
-impl std::fmt::Debug for ApiKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ApiKey(<redacted>)")
-    }
-}
 
 /// The ingest limits (validated with the rest of the configuration).
 #[derive(Debug, Clone)]
@@ -85,27 +76,6 @@ impl IngestConfig {
             dedupe_capacity: cfg.ingest_dedupe_capacity,
         }
     }
-}
-
-/// Which endpoint a handed-over connection asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Endpoint {
-    /// `POST /api/publish`.
-    Publish,
-    /// `GET /api/ingest` with a WebSocket upgrade (the key is the upgrade's
-    /// `Sec-WebSocket-Key`).
-    Socket,
-}
-
-/// The outcome of checking a request's API key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum KeyCheck {
-    /// Ingest is off (no `ingest_api_key`).
-    Disabled,
-    /// The bearer token is the key.
-    Valid,
-    /// Missing or wrong.
-    Invalid,
 }
 
 /// Counters of the ingest endpoints, summed into [`crate::MetricsSnapshot::ingest`]. Touched

@@ -309,7 +309,7 @@ struct BenchArgs {
         default_value = "100ms",
         requires = "spool"
     )]
-    spool_fsync: crate::FsyncPolicy,
+    spool_fsync: crate::spool::FsyncPolicy,
     /// Print one JSON line instead of the text report.
     #[arg(long)]
     json: bool,
@@ -507,7 +507,7 @@ fn token(a: TokenArgs) -> Result<ExitCode, Error> {
             match from_file {
                 Some(s) => s,
                 None => crate::devsecret::load()?.ok_or_else(|| {
-                    Error::Config(crate::ConfigError::new(
+                    Error::Config(crate::error::ConfigError::new(
                         "jwt_hs256_secret",
                         format!(
                             "no secret given (--secret, FLOODGATE_JWT_HS256_SECRET or --config) and \
@@ -519,15 +519,15 @@ fn token(a: TokenArgs) -> Result<ExitCode, Error> {
             }
         }
     };
-    if secret.len() < crate::MIN_HS256_SECRET {
-        return Err(crate::ConfigError::new(
+    if secret.len() < crate::config::MIN_HS256_SECRET {
+        return Err(crate::error::ConfigError::new(
             "jwt_hs256_secret",
-            format!("must be at least {} bytes", crate::MIN_HS256_SECRET),
+            format!("must be at least {} bytes", crate::config::MIN_HS256_SECRET),
         )
         .into());
     }
-    if a.user.is_empty() || a.user.len() > crate::MAX_USER_LEN {
-        return Err(crate::ConfigError::new("user", "must be 1 to 255 bytes").into());
+    if a.user.is_empty() || a.user.len() > crate::record::MAX_USER_LEN {
+        return Err(crate::error::ConfigError::new("user", "must be 1 to 255 bytes").into());
     }
     println!("{}", crate::mint_hs256(secret.as_bytes(), &a.user, a.ttl)?);
     Ok(ExitCode::SUCCESS)
@@ -593,10 +593,10 @@ fn load_options(a: LoadArgs) -> Result<crate::load::LoadOptions, String> {
     };
     let tokens = match (&a.jwt_secret, &a.token_file) {
         (Some(s), _) => {
-            if s.len() < crate::MIN_HS256_SECRET {
+            if s.len() < crate::config::MIN_HS256_SECRET {
                 return Err(format!(
                     "--jwt-secret must be at least {} bytes",
-                    crate::MIN_HS256_SECRET
+                    crate::config::MIN_HS256_SECRET
                 ));
             }
             Tokens::Mint {

@@ -836,14 +836,14 @@ pub(crate) fn read_small_file(path: &std::path::Path, max: u64) -> std::io::Resu
 impl Settings {
     /// Reads a TOML file whose keys are the setting names above (a regular file of at most
     /// 1 MiB).
-    pub fn from_toml_file(path: &std::path::Path) -> Result<Settings, crate::Error> {
-        let bad = |reason: String| crate::Error::ConfigFile {
+    pub fn from_toml_file(path: &std::path::Path) -> Result<Settings, crate::error::Error> {
+        let bad = |reason: String| crate::error::Error::ConfigFile {
             path: path.display().to_string(),
             reason,
         };
         let data = read_small_file(path, MAX_CONFIG_FILE).map_err(|e| bad(e.to_string()))?;
         let text = String::from_utf8(data).map_err(|_| bad("not UTF-8".into()))?;
-        toml::from_str(&text).map_err(|e| crate::Error::ConfigFile {
+        toml::from_str(&text).map_err(|e| crate::error::Error::ConfigFile {
             path: path.display().to_string(),
             reason: e.to_string(),
         })

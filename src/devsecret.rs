@@ -130,10 +130,13 @@ fn read(path: &Path) -> Result<Option<String>, Error> {
     let mut text = String::new();
     (&mut file).take(MAX_LEN).read_to_string(&mut text)?;
     let secret = text.trim();
-    if secret.len() < crate::MIN_HS256_SECRET {
+    if secret.len() < crate::config::MIN_HS256_SECRET {
         return Err(refused(
             path,
-            format_args!("it holds fewer than {} bytes", crate::MIN_HS256_SECRET),
+            format_args!(
+                "it holds fewer than {} bytes",
+                crate::config::MIN_HS256_SECRET
+            ),
         ));
     }
     Ok(Some(secret.to_owned()))

@@ -6,23 +6,38 @@ use std::cell::Cell;
 use std::marker::PhantomData;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use crossbeam_channel::Sender;
+
+use crate::core::Boards;
 use crate::error::EmitError;
 use crate::event::{Event, EventType, NoData};
-use crate::gateway::Shared;
+use crate::metrics::Registry;
+use crate::park::Parker;
 use crate::receipt::{Receipt, Ticket};
-use crate::ring::{self, Producer, PushError};
-
 use crate::record::{shard_of, MAX_USER_LEN};
+use crate::ring::{self, Consumer, Producer, PushError};
 
-/// Unix time in nanoseconds (vDSO `clock_gettime`, no syscall).
-pub(crate) fn unix_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
+/// How an emitter reaches one reactor shard.
+pub(crate) struct ShardLink {
+    /// Where a new emitter's ring goes.
+    pub rings: Sender<Consumer>,
+    /// Wakes the shard when it sleeps.
+    pub parker: Arc<Parker>,
+}
+
+/// What every emitter of a gateway shares, made by the gateway.
+pub(crate) struct EmitterShared {
+    /// The shards, by index.
+    pub shards: Box<[ShardLink]>,
+    /// Counts emits refused with `Full`.
+    pub registry: Arc<Registry>,
+    pub ring_capacity: usize,
+    pub max_event_bytes: usize,
+    /// Users' delivery states and the receipt slots, shared with the shards.
+    pub boards: Boards,
 }
 
 /// Emits events for users. Create one per producing thread with
@@ -35,20 +50,23 @@ pub(crate) fn unix_ns() -> u64 {
 pub struct Emitter {
     /// One ring per shard, indexed by shard.
     producers: Box<[Producer]>,
-    shared: Arc<Shared>,
+    shared: Arc<EmitterShared>,
     /// Reused encoding buffer.
     scratch: Vec<u8>,
     _not_sync: PhantomData<Cell<()>>,
 }
 
 impl Emitter {
-    pub(crate) fn new(shared: Arc<Shared>) -> Emitter {
+    pub(crate) fn new(shared: Arc<EmitterShared>) -> Emitter {
         let producers = shared
             .shards
             .iter()
             .map(|shard| {
                 let (p, c) = ring::channel(shared.ring_capacity);
-                shard.add_ring(c);
+                // If the shard is gone the consumer is dropped, which closes the ring: pushes
+                // then fail with `Closed`.
+                let _ = shard.rings.send(c);
+                shard.parker.wake();
                 p
             })
             .collect();
@@ -101,7 +119,7 @@ impl Emitter {
         user: &str,
         event: Event<'a, D>,
     ) -> Result<Receipt, EmitError<Event<'a, D>>> {
-        let Some((receipt, ticket)) = self.shared.receipts.take() else {
+        let Some((receipt, ticket)) = self.shared.boards.receipts.take() else {
             return Err(EmitError::NoReceipt(event));
         };
         // On error the receipt is dropped here, which frees its slot.
@@ -120,7 +138,7 @@ impl Emitter {
         if !event.event_type().is_valid() {
             return Err(EmitError::InvalidType(event));
         }
-        let ts = unix_ns();
+        let ts = crate::record::unix_ns();
         self.scratch.clear();
         if event.encode_body(ts, &mut self.scratch).is_err() {
             return Err(EmitError::Unserializable(event));
@@ -161,8 +179,8 @@ impl Emitter {
     /// `None` if nothing is known: the user never connected to this gateway, or another user's
     /// state took its slot in the fixed-size table. The state is published when connections
     /// come and go and when a breaker changes state.
-    pub fn delivery(&self, user: &str) -> Option<crate::Delivery> {
-        self.shared.board.get(user.as_bytes())
+    pub fn delivery(&self, user: &str) -> Option<crate::delivery::Delivery> {
+        self.shared.boards.delivery.get(user.as_bytes())
     }
 
     /// Emits `agent_started` for `run_id`.

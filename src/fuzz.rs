@@ -164,8 +164,8 @@ pub fn config_file(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(s) = toml::from_str::<crate::Settings>(text) {
-        let _ = crate::Gateway::builder().settings(s).validate();
+    if let Ok(s) = toml::from_str::<crate::config::Settings>(text) {
+        let _ = crate::gateway::Gateway::builder().settings(s).validate();
     }
 }
 

@@ -11,22 +11,10 @@ use std::time::Duration;
 use crate::auth::Verifier;
 use crate::config::{Config, JwtKey, Settings};
 use crate::core::Boards;
-use crate::emitter::Emitter;
+use crate::emitter::{Emitter, EmitterShared, ShardLink};
 use crate::error::{ConfigError, Error};
 use crate::metrics::{MetricsSnapshot, Registry};
 use crate::reactor::{self, Cmd, Common, ReactorConfig, Shard, ShardHandle, ShardReport};
-
-/// What emitters share with the reactors.
-pub(crate) struct Shared {
-    pub shards: Box<[ShardHandle]>,
-    pub registry: Arc<Registry>,
-    pub ring_capacity: usize,
-    pub max_event_bytes: usize,
-    /// Users' delivery states, published by the shards.
-    pub board: Arc<crate::delivery::DeliveryBoard>,
-    /// Receipt slots for `emit_tracked`.
-    pub receipts: Arc<crate::receipt::ReceiptBoard>,
-}
 
 /// Opens each shard's spool (recovering what it holds) and the dead-letter file.
 fn open_durable(
@@ -76,7 +64,10 @@ fn open_durable(
 /// emitters. Build one with [`Gateway::builder`]; stop it with [`Gateway::shutdown`] (dropping
 /// it does the same, ignoring the report).
 pub struct Gateway {
-    shared: Arc<Shared>,
+    /// What its emitters share.
+    emitters: Arc<EmitterShared>,
+    /// The shards, by index.
+    shards: Box<[ShardHandle]>,
     /// The ingest endpoints' connection threads.
     ingest: Arc<crate::ingest::Hub>,
     threads: Vec<JoinHandle<ShardReport>>,
@@ -110,7 +101,7 @@ impl Gateway {
     /// A new emitter for one producing thread. Cheap enough to create per thread, not per event:
     /// it allocates one ring per shard (`ring_capacity` bytes each).
     pub fn emitter(&self) -> Emitter {
-        Emitter::new(self.shared.clone())
+        Emitter::new(self.emitters.clone())
     }
 
     /// Closes every open connection of `user` with close code 4002 (`CLOSE_DISCONNECTED`),
@@ -120,10 +111,10 @@ impl Gateway {
     /// as long as its token, see `CLOSE_TOKEN_EXPIRED`). The same is available to other
     /// processes as `POST /api/disconnect` with the ingest API key.
     pub fn disconnect_user(&self, user: &str) -> Result<(), Error> {
-        if user.is_empty() || user.len() > crate::MAX_USER_LEN {
-            return Err(crate::ConfigError::new("user", "must be 1 to 255 bytes").into());
+        if user.is_empty() || user.len() > crate::record::MAX_USER_LEN {
+            return Err(crate::error::ConfigError::new("user", "must be 1 to 255 bytes").into());
         }
-        disconnect(&self.shared, user.as_bytes());
+        reactor::disconnect(&self.shards, user.as_bytes());
         Ok(())
     }
 
@@ -134,7 +125,7 @@ impl Gateway {
 
     /// A sum of every shard's counters as last published (at most one reactor pass old).
     pub fn metrics(&self) -> MetricsSnapshot {
-        self.shared.registry.snapshot()
+        self.emitters.registry.snapshot()
     }
 
     /// Stops the gateway: stops accepting, routes every event already accepted into a ring,
@@ -148,7 +139,7 @@ impl Gateway {
     fn stop(&mut self) -> Result<ShutdownReport, Error> {
         // Publishers first: what they emitted is in the rings, which the shards drain below.
         self.ingest.shutdown();
-        for shard in self.shared.shards.iter() {
+        for shard in self.shards.iter() {
             shard.send(Cmd::Shutdown);
         }
         let mut report = ShutdownReport::default();
@@ -190,7 +181,7 @@ impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Gateway")
             .field("local_addr", &self.local_addr)
-            .field("shards", &self.shared.shards.len())
+            .field("shards", &self.shards.len())
             .finish_non_exhaustive()
     }
 }
@@ -338,7 +329,7 @@ impl GatewayBuilder {
         /// 30 days].
         spool_max_age: Duration,
         /// When the spool calls `fdatasync` [default every 100 ms].
-        spool_fsync: crate::FsyncPolicy,
+        spool_fsync: crate::spool::FsyncPolicy,
         /// Start despite a corrupted record mid-segment, cutting the segment there [default
         /// false: such a spool refuses to start with an error naming the file and offset].
         spool_repair: bool,
@@ -504,36 +495,38 @@ impl GatewayBuilder {
             source,
         })?;
         let n = cfg.shard_count();
-        let mut polls = Vec::with_capacity(n);
-        let mut handles = Vec::with_capacity(n);
-        for _ in 0..n {
-            let (poll, handle, rx) = reactor::prepare()?;
-            polls.push((poll, rx));
-            handles.push(handle);
-        }
+        let prepared = (0..n)
+            .map(|_| reactor::prepare())
+            .collect::<Result<Vec<_>, _>>()?;
+        let shards: Box<[ShardHandle]> = prepared.iter().map(|p| p.handle.clone()).collect();
         let registry = Arc::new(Registry::new(n));
         let mut core = cfg.core();
         let boards = Boards::new(cfg.receipt_capacity);
-        // Emitters reach the shards through the same handles the reactors use among themselves.
-        let shared = Arc::new(Shared {
-            shards: handles.into_boxed_slice(),
+        let emitters = Arc::new(EmitterShared {
+            shards: prepared
+                .iter()
+                .map(|p| ShardLink {
+                    rings: p.rings.clone(),
+                    parker: p.handle.parker.clone(),
+                })
+                .collect(),
             registry: registry.clone(),
             ring_capacity: cfg.ring_capacity,
             max_event_bytes: cfg.max_event_bytes,
-            board: boards.delivery.clone(),
-            receipts: boards.receipts.clone(),
+            boards: boards.clone(),
         });
         let ingest = Arc::new(crate::ingest::Hub::new(
             crate::ingest::IngestConfig::from_config(&cfg),
-            shared.clone(),
+            emitters.clone(),
+            shards.clone(),
         ));
         let common = Arc::new(Common {
             per_ip: Default::default(),
-            peers: shared.shards.clone(),
+            peers: shards.clone(),
             verifier,
             registry,
             open: AtomicUsize::new(0),
-            ingest: ingest.clone(),
+            ingest: Box::new(ingest.clone()),
         });
         // Epochs of this process's streams must not repeat those of an earlier run.
         core.epoch_seed = getrandom::u64().map_err(|e| Error::Io(std::io::Error::other(e)))?;
@@ -552,12 +545,11 @@ impl GatewayBuilder {
         let mut durables = open_durable(&cfg, n, rcfg.core.spool_checkpoint_bytes)?;
         let mut listener = Some(listener);
         let mut threads = Vec::with_capacity(n);
-        for (i, (poll, rx)) in polls.into_iter().enumerate() {
+        for (i, prepared) in prepared.into_iter().enumerate() {
             let durable = std::mem::take(&mut durables[i]);
             let shard = Shard::new(
                 i,
-                poll,
-                rx,
+                prepared,
                 common.clone(),
                 rcfg.clone(),
                 listener.take(),
@@ -569,7 +561,8 @@ impl GatewayBuilder {
             threads.push(t);
         }
         Ok(Gateway {
-            shared,
+            emitters,
+            shards,
             ingest,
             threads,
             local_addr,
@@ -596,10 +589,4 @@ fn raise_nofile(max_connections: usize) {
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "could not read or raise the nofile limit"),
     }
-}
-
-/// Sends the user's home shard the order to close every connection of `user`.
-pub(crate) fn disconnect(shared: &Shared, user: &[u8]) {
-    let home = crate::record::shard_of(user, shared.shards.len());
-    shared.shards[home].send(crate::reactor::Cmd::Disconnect(user.into()));
 }

@@ -53,6 +53,7 @@ mod json;
 #[doc(hidden)]
 pub mod load;
 mod metrics;
+mod park;
 mod reactor;
 mod receipt;
 mod record;
@@ -74,7 +75,7 @@ pub use crate::emitter::Emitter;
 pub use crate::error::{ConfigError, EmitError, Error};
 pub use crate::event::{Event, EventType, NoData, MAX_TYPE_LEN, RESERVED_TYPES};
 pub use crate::gateway::{Gateway, GatewayBuilder, ShutdownReport};
-pub use crate::ingest::IngestStats;
+pub use crate::metrics::IngestStats;
 pub use crate::metrics::{MetricsSnapshot, Stats};
 pub use crate::receipt::{Receipt, ReceiptStatus};
 pub use crate::record::MAX_USER_LEN;

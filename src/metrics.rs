@@ -44,7 +44,7 @@ pub struct MetricsSnapshot {
     /// Events refused by emitters because a ring was full ([`EmitError::Full`](crate::EmitError)).
     pub events_rejected_full: u64,
     /// The ingest endpoints (`/api/publish`, `/api/ingest`).
-    pub ingest: crate::IngestStats,
+    pub ingest: IngestStats,
 }
 
 impl MetricsSnapshot {
@@ -418,13 +418,65 @@ fn histogram(out: &mut String, name: &str, bounds: &[f64], buckets: &[u64], sum:
     let _ = writeln!(out, "floodgate_{name}_count {cum}");
 }
 
+/// Counters of the ingest endpoints, summed into [`MetricsSnapshot::ingest`]. Touched
+/// once per batch, never per event.
+#[derive(Default)]
+pub(crate) struct IngestCounters {
+    pub accepted: AtomicU64,
+    pub rejected: AtomicU64,
+    pub batches: AtomicU64,
+    pub batches_refused: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub connections: AtomicU64,
+    pub closed_idle: AtomicU64,
+    pub duplicates: AtomicU64,
+}
+
+/// A copy of the ingest counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct IngestStats {
+    /// Events accepted by the emitter from publishers.
+    pub events_accepted: u64,
+    /// Events of accepted batches that were refused one by one (see their `code`).
+    pub events_rejected: u64,
+    /// Batches answered (accepted in whole or in part).
+    pub batches: u64,
+    /// Batches refused whole: malformed, too large, too many events.
+    pub batches_refused: u64,
+    /// Batches refused by the rate limit.
+    pub rate_limited: u64,
+    /// Ingest connections open now.
+    pub connections: u64,
+    /// Ingest connections closed after `ingest_idle_timeout` without a byte.
+    pub closed_idle: u64,
+    /// Events answered `duplicate` (their idempotency key was accepted lately).
+    pub duplicates: u64,
+}
+
+impl IngestCounters {
+    pub(crate) fn snapshot(&self) -> IngestStats {
+        // Relaxed: independent statistics.
+        IngestStats {
+            events_accepted: self.accepted.load(Ordering::Relaxed),
+            events_rejected: self.rejected.load(Ordering::Relaxed),
+            batches: self.batches.load(Ordering::Relaxed),
+            batches_refused: self.batches_refused.load(Ordering::Relaxed),
+            rate_limited: self.rate_limited.load(Ordering::Relaxed),
+            connections: self.connections.load(Ordering::Relaxed),
+            closed_idle: self.closed_idle.load(Ordering::Relaxed),
+            duplicates: self.duplicates.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// The per-shard published blocks of one gateway.
 pub(crate) struct Registry {
     pub shards: Box<[CachePadded<Published>]>,
     /// Emit calls refused with `Full`. Touched only on that (cold) path.
     pub rejected_full: AtomicU64,
     /// The ingest endpoints' counters (touched once per batch).
-    pub ingest: crate::ingest::Counters,
+    pub ingest: IngestCounters,
 }
 
 impl Registry {

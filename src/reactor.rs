@@ -10,12 +10,11 @@ use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use crossbeam_utils::CachePadded;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
@@ -23,11 +22,11 @@ use slab::Slab;
 use crate::auth::{AuthError, Verifier};
 use crate::core::durable::NoCold;
 use crate::core::durable::Recovery;
-use crate::core::handshake::{self, Decision, Refusal};
+use crate::core::handshake::{self, Decision, Endpoint, KeyCheck, Refusal};
 use crate::core::{Boards, ConnId, ConnKind, Core, CoreConfig, Start, CLOSE_GOING_AWAY};
-use crate::emitter::unix_ns;
 use crate::metrics::Registry;
-use crate::record::shard_of;
+use crate::park::Parker;
+use crate::record::{shard_of, unix_ns};
 use crate::ring::Consumer;
 use crate::spool::Spool;
 
@@ -49,40 +48,8 @@ const LISTENER: Token = Token(usize::MAX - 2);
 /// Tokens at or above this (and below LISTENER) are handshakes; below are connections.
 const HANDSHAKE_BASE: usize = 1 << 40;
 
-/// Lets emitters wake a parked reactor without a syscall per event.
-///
-/// The reactor stores `sleeping = true`, issues a SeqCst fence, then checks every ring, then
-/// polls. An emitter publishes its record (`Producer::push` ends with a SeqCst fence), then loads
-/// `sleeping` and, only if set, clears it and wakes the poller. The two fences order the two
-/// store-then-load pairs, so at least one side sees the other: no lost wake-up. Loom checks this
-/// protocol (`ring::loom_tests::loom_no_lost_wakeup`).
-pub(crate) struct Parker {
-    sleeping: CachePadded<AtomicBool>,
-    waker: Waker,
-}
-
-impl Parker {
-    /// Called by an emitter after publishing a record.
-    #[inline]
-    pub(crate) fn unpark(&self) {
-        // Relaxed: ordered after the record's publication by the fence that ends
-        // `Producer::push` (see the type docs). The load first keeps the common case (reactor
-        // awake) to a read of a shared cache line.
-        if self.sleeping.load(Ordering::Relaxed) && self.sleeping.swap(false, Ordering::Relaxed) {
-            let _ = self.waker.wake();
-        }
-    }
-
-    /// Wakes the reactor whatever it is doing (for commands; not per event).
-    fn wake(&self) {
-        let _ = self.waker.wake();
-    }
-}
-
 /// A message to a shard.
 pub(crate) enum Cmd {
-    /// A new emitter's ring.
-    AddRing(Consumer),
     /// An authenticated connection whose user lives on this shard.
     Adopt {
         stream: TcpStream,
@@ -109,13 +76,7 @@ pub(crate) struct ShardHandle {
 }
 
 impl ShardHandle {
-    pub(crate) fn add_ring(&self, c: Consumer) {
-        // If the shard is gone the consumer is dropped, which closes the ring: the emitter's
-        // pushes then fail with Closed.
-        let _ = self.tx.send(Cmd::AddRing(c));
-        self.parker.wake();
-    }
-
+    /// Sends `cmd` and wakes the shard (if it is gone, the command is dropped).
     pub(crate) fn send(&self, cmd: Cmd) {
         let _ = self.tx.send(cmd);
         self.parker.wake();
@@ -152,6 +113,21 @@ pub(crate) struct ReactorConfig {
     pub boards: Boards,
 }
 
+/// Where the reactor hands the connections that ask for the ingest endpoints (`/api/publish`,
+/// `/api/ingest`, `/api/disconnect`), which are served by blocking threads of their own.
+pub(crate) trait Handoff: Send + Sync {
+    /// Checks a request's API key (`Authorization: Bearer <key>`).
+    fn check_key(&self, bearer: Option<&str>) -> KeyCheck;
+    /// Takes over `stream` (in blocking mode), whose bytes read so far are `buf`.
+    fn take(&self, stream: std::net::TcpStream, buf: Vec<u8>, endpoint: Endpoint);
+}
+
+/// Sends `user`'s home shard the order to close every connection of `user` (4002).
+pub(crate) fn disconnect(shards: &[ShardHandle], user: &[u8]) {
+    let home = shard_of(user, shards.len());
+    shards[home].send(Cmd::Disconnect(user.into()));
+}
+
 /// State every shard shares.
 pub(crate) struct Common {
     pub peers: Box<[ShardHandle]>,
@@ -160,7 +136,7 @@ pub(crate) struct Common {
     /// Open connections across all shards (for `max_connections`).
     pub open: AtomicUsize,
     /// The ingest endpoints, which take over connections that ask for them.
-    pub ingest: Arc<crate::ingest::Hub>,
+    pub ingest: Box<dyn Handoff>,
     /// Open connections per peer address (for `max_connections_per_ip`).
     pub per_ip: PerIp,
 }
@@ -209,22 +185,43 @@ impl PerIp {
     }
 }
 
-/// Creates a shard's poller, waker and command channel.
-pub(crate) fn prepare() -> io::Result<(Poll, ShardHandle, Receiver<Cmd>)> {
+/// A shard made but not started: how to reach it, and what it owns.
+pub(crate) struct Prepared {
+    /// Commands and wake-ups.
+    pub handle: ShardHandle,
+    /// Where emitters send their new rings (then wake the shard with `handle.parker`). If the
+    /// shard is gone the consumer is dropped, which closes the ring: the emitter's pushes then
+    /// fail with `Closed`.
+    pub rings: Sender<Consumer>,
+    poll: Poll,
+    cmds: Receiver<Cmd>,
+    new_rings: Receiver<Consumer>,
+}
+
+/// Creates a shard's poller, waker and channels.
+pub(crate) fn prepare() -> io::Result<Prepared> {
     let poll = Poll::new()?;
     let waker = Waker::new(poll.registry(), WAKER)?;
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let parker = Arc::new(Parker {
-        sleeping: CachePadded::new(AtomicBool::new(false)),
-        waker,
-    });
-    Ok((poll, ShardHandle { parker, tx }, rx))
+    let (tx, cmds) = crossbeam_channel::unbounded();
+    let (rings, new_rings) = crossbeam_channel::unbounded();
+    let parker = Arc::new(Parker::new(move || {
+        let _ = waker.wake();
+    }));
+    Ok(Prepared {
+        handle: ShardHandle { parker, tx },
+        rings,
+        poll,
+        cmds,
+        new_rings,
+    })
 }
 
 pub(crate) struct Shard {
     index: usize,
     poll: Poll,
     rx: Receiver<Cmd>,
+    /// New emitters' rings.
+    new_rings: Receiver<Consumer>,
     common: Arc<Common>,
     cfg: ReactorConfig,
     core: Core,
@@ -292,15 +289,21 @@ pub(crate) struct Durable {
 }
 
 impl Shard {
+    /// `prepared`'s shard number `index`. Its `handle` must be `common.peers[index]`.
     pub(crate) fn new(
         index: usize,
-        poll: Poll,
-        rx: Receiver<Cmd>,
+        prepared: Prepared,
         common: Arc<Common>,
         cfg: ReactorConfig,
         mut listener: Option<TcpListener>,
         durable: Durable,
     ) -> io::Result<Shard> {
+        let Prepared {
+            poll,
+            cmds: rx,
+            new_rings,
+            ..
+        } = prepared;
         if let Some(l) = listener.as_mut() {
             poll.registry().register(l, LISTENER, Interest::READABLE)?;
         }
@@ -314,6 +317,7 @@ impl Shard {
             index,
             poll,
             rx,
+            new_rings,
             core,
             common,
             cfg,
@@ -364,6 +368,7 @@ impl Shard {
             let has_work = |s: &Self| {
                 !s.reread.is_empty()
                     || !s.rx.is_empty()
+                    || !s.new_rings.is_empty()
                     || (!s.spool_stalled
                         && (s.core.replay_ready() || s.rings.iter().any(Consumer::has_pending)))
             };
@@ -372,9 +377,7 @@ impl Shard {
                 timeout = Duration::ZERO;
             } else {
                 // Park protocol (see `Parker`): announce, fence, re-check, then sleep.
-                // Relaxed store + SeqCst fence: mirrors the emitter's publish, fence, check.
-                self.parker().sleeping.store(true, Ordering::Relaxed);
-                std::sync::atomic::fence(Ordering::SeqCst);
+                self.parker().announce_sleep();
                 parked = true;
                 if has_work(&self) {
                     timeout = Duration::ZERO;
@@ -387,9 +390,7 @@ impl Shard {
                 }
             }
             if parked {
-                // Relaxed: only an optimisation (spares emitters a wake); a stale `true` costs
-                // one spurious wake-up.
-                self.parker().sleeping.store(false, Ordering::Relaxed);
+                self.parker().awake();
             }
             let now = Instant::now();
             let now_ns = unix_ns();
@@ -421,6 +422,7 @@ impl Shard {
             while let Ok(cmd) = self.rx.try_recv() {
                 self.command(cmd, now, now_ns);
             }
+            self.take_new_rings(now, now_ns);
             self.drain_rings(now, now_ns);
             // After the rings: history (and the spool) now hold every event routed so far.
             self.flush_spool(now);
@@ -562,14 +564,22 @@ impl Shard {
         self.scratch = due;
     }
 
-    fn command(&mut self, cmd: Cmd, now: Instant, now_ns: u64) {
-        match cmd {
-            Cmd::AddRing(c) if self.shutdown_deadline.is_some() => {
+    /// Takes the rings of emitters created since the last pass. After shutdown began, a new
+    /// ring is drained and closed at once (its emitter then gets `Closed`).
+    fn take_new_rings(&mut self, now: Instant, now_ns: u64) {
+        while let Ok(c) = self.new_rings.try_recv() {
+            if self.shutdown_deadline.is_some() {
                 let core = &mut self.core;
                 self.report.drained_at_shutdown +=
                     c.close_and_drain(|rec| core.route(rec, now, now_ns)) as u64;
+            } else {
+                self.rings.push(c);
             }
-            Cmd::AddRing(c) => self.rings.push(c),
+        }
+    }
+
+    fn command(&mut self, cmd: Cmd, now: Instant, now_ns: u64) {
+        match cmd {
             Cmd::Adopt {
                 stream,
                 kind,
@@ -771,7 +781,7 @@ impl Shard {
                 // The ingest thread reads the request (and its body) again from the start, in
                 // blocking mode.
                 let stream = std::net::TcpStream::from(std::os::fd::OwnedFd::from(hs.stream));
-                self.common.ingest.start(stream, hs.buf, endpoint);
+                self.common.ingest.take(stream, hs.buf, endpoint);
                 return;
             }
             Decision::Metrics => {

@@ -8,6 +8,7 @@
 //! bytes, only with [`REC_TICKET`]), then the frame body (see [`crate::Event`]).
 
 use std::hash::BuildHasher;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::receipt::Ticket;
 
@@ -93,6 +94,13 @@ impl<'a> Record<'a> {
             body: &rec[at..],
         }
     }
+}
+
+/// Unix time in nanoseconds, the clock of a record's `ts` (vDSO `clock_gettime`, no syscall).
+pub(crate) fn unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 #[cfg(test)]

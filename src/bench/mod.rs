@@ -24,7 +24,7 @@ use mio::{Events, Interest, Poll, Token};
 use serde::Serialize;
 
 use crate::client::{self, FrameReader, Kind};
-use crate::emitter::unix_ns;
+use crate::record::unix_ns;
 use crate::{EmitError, Event, EventType, Gateway};
 
 /// Which server the clients connect to.

@@ -16,7 +16,7 @@ use std::time::Duration;
 use crate::auth::Verifier;
 use crate::config::JwtKey;
 use crate::core::{frame, handshake};
-use crate::emitter::unix_ns;
+use crate::record::unix_ns;
 use crate::Event;
 
 /// One user's server side: its socket, its next `seq` and reused encode buffers.

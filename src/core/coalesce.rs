@@ -112,7 +112,7 @@ mod tests {
     fn thinking(run: &str, delta: &str) -> Vec<u8> {
         let data = serde_json::json!({ "delta": delta, "step": 1 });
         let mut out = Vec::new();
-        crate::Event::agent_thinking(run, &data)
+        crate::event::Event::agent_thinking(run, &data)
             .encode_body(7, &mut out)
             .unwrap();
         out
@@ -146,9 +146,9 @@ mod tests {
         assert!(merge(&old, &thinking("other", "b")).is_none());
         let data = serde_json::json!({ "delta": "b" });
         for ev in [
-            crate::Event::tool_executing("r", &data),
-            crate::Event::agent_thinking("r", &data).require_ack(),
-            crate::Event::agent_thinking("r", &data).thread("t"),
+            crate::event::Event::tool_executing("r", &data),
+            crate::event::Event::agent_thinking("r", &data).require_ack(),
+            crate::event::Event::agent_thinking("r", &data).thread("t"),
         ] {
             let mut body = Vec::new();
             ev.encode_body(1, &mut body).unwrap();
@@ -156,7 +156,7 @@ mod tests {
         }
         let numeric = serde_json::json!({ "delta": 3 });
         let mut body = Vec::new();
-        crate::Event::agent_thinking("r", &numeric)
+        crate::event::Event::agent_thinking("r", &numeric)
             .encode_body(1, &mut body)
             .unwrap();
         assert!(merge(&old, &body).is_none());

@@ -655,7 +655,7 @@ impl Core {
         let Some(u) = self.users.get(user) else {
             return;
         };
-        let mut d = crate::Delivery {
+        let mut d = crate::delivery::Delivery {
             connections: u.conns.len().min(255) as u8,
             breakers_open: 0,
             health: 100,

@@ -742,7 +742,7 @@ mod breakers {
         for i in 1..=100 {
             core.route(&big("a", i), t0, 0);
         }
-        let snap = crate::MetricsSnapshot {
+        let snap = crate::metrics::MetricsSnapshot {
             stats: core.stats.clone(),
             ..Default::default()
         };

@@ -399,7 +399,7 @@ fn thinking_deltas_coalesce_for_a_connection_that_is_behind_and_lifecycle_events
         c.ping_interval = Duration::ZERO;
     }));
     let id = open(&mut core, user("a"), t0);
-    let body = |ev: crate::Event<'_, serde_json::Value>| {
+    let body = |ev: crate::event::Event<'_, serde_json::Value>| {
         let mut out = Vec::new();
         ev.encode_body(1, &mut out).unwrap();
         String::from_utf8(out).unwrap()
@@ -409,14 +409,14 @@ fn thinking_deltas_coalesce_for_a_connection_that_is_behind_and_lifecycle_events
     for i in 1..=1200u64 {
         let rec = if i % 400 == 0 {
             lifecycle.push(i);
-            body(crate::Event::tool_executing(
+            body(crate::event::Event::tool_executing(
                 "r1",
                 &serde_json::json!({"tool": i}),
             ))
         } else {
             let delta = format!("d{i},");
             deltas.push_str(&delta);
-            body(crate::Event::agent_thinking(
+            body(crate::event::Event::agent_thinking(
                 "r1",
                 &serde_json::json!({ "delta": delta }),
             ))
@@ -462,7 +462,7 @@ fn a_breaker_that_opens_on_coalesced_frames_replays_every_event_they_stood_for()
     for i in 1..=800u64 {
         let mut b = Vec::new();
         let data = serde_json::json!({ "delta": format!("{i};") });
-        crate::Event::agent_thinking("r", &data)
+        crate::event::Event::agent_thinking("r", &data)
             .encode_body(1, &mut b)
             .unwrap();
         core.route(&record("a", std::str::from_utf8(&b).unwrap()), t0, 0);

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::Deserialize;
 use sonic_rs::LazyValue;
 
+use crate::error::EmitError;
 use crate::event::{Event, EventType};
-use crate::EmitError;
 
 /// One event as a publisher sends it. Unknown members are refused (a misspelt `data` would
 /// otherwise be dropped without a word).

@@ -22,7 +22,7 @@ pub(crate) mod batch;
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -32,9 +32,10 @@ use tungstenite::{Message, WebSocket};
 
 use crate::config::ApiKey;
 use crate::core::handshake::{self, Endpoint, KeyCheck};
-use crate::emitter::Emitter;
-use crate::gateway::Shared;
-use crate::EmitError;
+use crate::emitter::{Emitter, EmitterShared};
+use crate::error::EmitError;
+use crate::metrics::IngestCounters;
+use crate::reactor::{self, Handoff, ShardHandle};
 
 use self::batch::{BatchError, RateLimit, Rejection};
 
@@ -78,55 +79,14 @@ impl IngestConfig {
     }
 }
 
-/// Counters of the ingest endpoints, summed into [`crate::MetricsSnapshot::ingest`]. Touched
-/// once per batch, never per event.
-#[derive(Default)]
-pub(crate) struct Counters {
-    accepted: AtomicU64,
-    rejected: AtomicU64,
-    batches: AtomicU64,
-    batches_refused: AtomicU64,
-    rate_limited: AtomicU64,
-    connections: AtomicU64,
-    closed_idle: AtomicU64,
-    duplicates: AtomicU64,
-}
+/// The reactor hands the ingest endpoints' connections to the hub.
+impl Handoff for Arc<Hub> {
+    fn check_key(&self, bearer: Option<&str>) -> KeyCheck {
+        Hub::check_key(self, bearer)
+    }
 
-/// A copy of the ingest counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct IngestStats {
-    /// Events accepted by the emitter from publishers.
-    pub events_accepted: u64,
-    /// Events of accepted batches that were refused one by one (see their `code`).
-    pub events_rejected: u64,
-    /// Batches answered (accepted in whole or in part).
-    pub batches: u64,
-    /// Batches refused whole: malformed, too large, too many events.
-    pub batches_refused: u64,
-    /// Batches refused by the rate limit.
-    pub rate_limited: u64,
-    /// Ingest connections open now.
-    pub connections: u64,
-    /// Ingest connections closed after `ingest_idle_timeout` without a byte.
-    pub closed_idle: u64,
-    /// Events answered `duplicate` (their idempotency key was accepted lately).
-    pub duplicates: u64,
-}
-
-impl Counters {
-    pub(crate) fn snapshot(&self) -> IngestStats {
-        // Relaxed: independent statistics.
-        IngestStats {
-            events_accepted: self.accepted.load(Ordering::Relaxed),
-            events_rejected: self.rejected.load(Ordering::Relaxed),
-            batches: self.batches.load(Ordering::Relaxed),
-            batches_refused: self.batches_refused.load(Ordering::Relaxed),
-            rate_limited: self.rate_limited.load(Ordering::Relaxed),
-            connections: self.connections.load(Ordering::Relaxed),
-            closed_idle: self.closed_idle.load(Ordering::Relaxed),
-            duplicates: self.duplicates.load(Ordering::Relaxed),
-        }
+    fn take(&self, stream: TcpStream, buf: Vec<u8>, endpoint: Endpoint) {
+        self.start(stream, buf, endpoint);
     }
 }
 
@@ -139,7 +99,10 @@ struct Running {
 /// What every ingest thread shares, and the list of those threads.
 pub(crate) struct Hub {
     cfg: IngestConfig,
-    shared: Arc<Shared>,
+    /// What its emitters share.
+    emitters: Arc<EmitterShared>,
+    /// The shards, for `/api/disconnect`.
+    shards: Box<[ShardHandle]>,
     rate: RateLimit,
     /// The rate limit's clock starts here.
     epoch: Instant,
@@ -156,12 +119,17 @@ pub(crate) struct Hub {
 }
 
 impl Hub {
-    pub(crate) fn new(cfg: IngestConfig, shared: Arc<Shared>) -> Hub {
+    pub(crate) fn new(
+        cfg: IngestConfig,
+        emitters: Arc<EmitterShared>,
+        shards: Box<[ShardHandle]>,
+    ) -> Hub {
         let dedupe = Mutex::new(batch::Dedupe::new(cfg.dedupe_window, cfg.dedupe_capacity));
         Hub {
             rate: RateLimit::new(cfg.max_events_per_sec, cfg.max_batch_events),
             cfg,
-            shared,
+            emitters,
+            shards,
             epoch: Instant::now(),
             closing: AtomicBool::new(false),
             running: Mutex::new(Vec::new()),
@@ -179,7 +147,7 @@ impl Hub {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .pop();
-        idle.unwrap_or_else(|| Emitter::new(self.shared.clone()))
+        idle.unwrap_or_else(|| Emitter::new(self.emitters.clone()))
     }
 
     fn give_back(&self, emitter: Emitter) {
@@ -189,8 +157,8 @@ impl Hub {
             .push(emitter);
     }
 
-    fn counters(&self) -> &Counters {
-        &self.shared.registry.ingest
+    fn counters(&self) -> &IngestCounters {
+        &self.emitters.registry.ingest
     }
 
     /// Checks `Authorization: Bearer <key>` against `ingest_api_key` in constant time.
@@ -460,10 +428,10 @@ impl Conn<'_> {
             Ok(r) => r.user,
             Err(e) => return refused(&format!("expected {{\"user\":\"...\"}}: {e}")),
         };
-        if user.is_empty() || user.len() > crate::MAX_USER_LEN {
+        if user.is_empty() || user.len() > crate::record::MAX_USER_LEN {
             return refused("user must be 1 to 255 bytes");
         }
-        crate::gateway::disconnect(&self.hub.shared, user.as_bytes());
+        reactor::disconnect(&self.hub.shards, user.as_bytes());
         let mut out = b"{\"user\":".to_vec();
         serde_json::to_writer(&mut out, &user).expect("a string serializes");
         out.extend_from_slice(b",\"disconnected\":true}");

@@ -11,7 +11,7 @@ use super::net::{open, Connected, UrlTemplate};
 use super::report::Aggregate;
 use super::wsconn::WsConn;
 use super::{Control, ErrKind, Errors, LoadOptions, Tick, Ticker};
-use crate::emitter::unix_ns;
+use crate::record::unix_ns;
 
 /// The read buffer per connection: 64 KiB, less with many connections (64 MiB in all at most,
 /// 4 KiB each at least).

@@ -152,7 +152,9 @@ impl Verifier {
         self
     }
 
-    /// Returns the user id (`sub`) of a valid token.
+    /// Returns the user id (`sub`) of a valid token (for the bench's raw-TCP floor and tests;
+    /// the gateway uses [`verify_until`](Self::verify_until)).
+    #[cfg(any(test, feature = "cli"))]
     pub(crate) fn verify(&self, token: Option<&str>) -> Result<Box<[u8]>, AuthError> {
         self.verify_until(token).map(|(user, _)| user)
     }

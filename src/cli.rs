@@ -9,7 +9,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::bench::{self, BenchOptions};
-use crate::{Error, Gateway, Settings};
+use crate::config::Settings;
+use crate::error::Error;
+use crate::gateway::Gateway;
 
 /// floodgate: per-user events from application threads onto WebSocket connections.
 #[derive(Parser, Debug)]
@@ -83,7 +85,7 @@ struct GateArgs {
     /// Suites to run (repeatable) [default: instructions and criterion, plus e2e when
     /// --baseline-bin is given].
     #[arg(long, value_enum)]
-    suite: Vec<crate::gate::Suite>,
+    suite: Vec<floodgate_perf_gate::Suite>,
     /// A floodgate binary built from the baseline commit, for the e2e suite.
     #[arg(long, value_name = "PATH")]
     baseline_bin: Option<PathBuf>,
@@ -107,7 +109,7 @@ struct GateArgs {
 struct LoadArgs {
     /// What to do: subscribe, echo, publish or connect.
     #[arg(value_enum)]
-    scenario: crate::load::Scenario,
+    scenario: floodgate_load::Scenario,
     /// Where to connect: ws://host:port/path?query, or wss:// for TLS. The path and query may hold `{conn}` (the
     /// connection index), `{user}` (its user) and `{token}` (its token; otherwise tokens go in
     /// an `Authorization: Bearer` header). For publish: the gateway's /ws, where subscribers
@@ -159,26 +161,26 @@ struct LoadArgs {
     /// Open-loop rate, per second in total: a number (50000), a ramp
     /// (ramp:1000..50000/30s) or steps (steps:10000,20000,40000/10s). echo: messages;
     /// publish: events; connect: connections (default: back to back).
-    #[arg(long, value_parser = crate::load::RateProfile::parse)]
-    rate: Option<crate::load::RateProfile>,
+    #[arg(long, value_parser = floodgate_load::RateProfile::parse)]
+    rate: Option<floodgate_load::RateProfile>,
     /// The generator counts as overloaded (exit 3) when its p99 lag behind schedule passes
     /// this, or more than this much of the schedule was never sent.
     #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration)]
     max_lag: Duration,
     /// JSON pointer to a sequence number in received frames (e.g. /seq): checked per
     /// connection to be strictly increasing; frames without it are not counted as events.
-    #[arg(long, value_name = "POINTER", value_parser = crate::load::Pointer::parse)]
-    seq_field: Option<crate::load::Pointer>,
+    #[arg(long, value_name = "POINTER", value_parser = floodgate_load::Pointer::parse)]
+    seq_field: Option<floodgate_load::Pointer>,
     /// With --seq-field: the sequence must go up by exactly one; skipped numbers count as lost.
     #[arg(long)]
     gapless: bool,
     /// JSON pointer to a timestamp in received frames (e.g. /ts) to measure latency from
     /// (subscribe). The sender's clock must be this machine's, or synchronised with it.
-    #[arg(long, value_name = "POINTER", value_parser = crate::load::Pointer::parse)]
-    latency_field: Option<crate::load::Pointer>,
+    #[arg(long, value_name = "POINTER", value_parser = floodgate_load::Pointer::parse)]
+    latency_field: Option<floodgate_load::Pointer>,
     /// Unit of --latency-field since the Unix epoch.
-    #[arg(long, value_enum, default_value_t = crate::load::TsUnit::Auto)]
-    ts_unit: crate::load::TsUnit,
+    #[arg(long, value_enum, default_value_t = floodgate_load::TsUnit::Auto)]
+    ts_unit: floodgate_load::TsUnit,
     /// Bytes of each message (echo) or of each event (publish).
     #[arg(long, default_value_t = 150)]
     message_bytes: usize,
@@ -202,8 +204,8 @@ struct LoadArgs {
     idle_timeout: Duration,
     /// A pass/fail condition, repeatable: p50 .. p99.99, max, mean (latency with a unit:
     /// 'p99<2ms'), rate (per second: 'rate>500000'), errors (a fraction: 'errors<0.001').
-    #[arg(long, value_name = "EXPR", value_parser = crate::load::Threshold::parse)]
-    threshold: Vec<crate::load::Threshold>,
+    #[arg(long, value_name = "EXPR", value_parser = floodgate_load::Threshold::parse)]
+    threshold: Vec<floodgate_load::Threshold>,
     /// Print one JSON object (schema floodgate.load/1) instead of the text summary.
     #[arg(long)]
     json: bool,
@@ -529,7 +531,10 @@ fn token(a: TokenArgs) -> Result<ExitCode, Error> {
     if a.user.is_empty() || a.user.len() > crate::record::MAX_USER_LEN {
         return Err(crate::error::ConfigError::new("user", "must be 1 to 255 bytes").into());
     }
-    println!("{}", crate::mint_hs256(secret.as_bytes(), &a.user, a.ttl)?);
+    println!(
+        "{}",
+        crate::auth::mint_hs256(secret.as_bytes(), &a.user, a.ttl)?
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -580,8 +585,8 @@ fn run_bench(a: BenchArgs) -> Result<ExitCode, Error> {
     }
 }
 
-fn load_options(a: LoadArgs) -> Result<crate::load::LoadOptions, String> {
-    use crate::load::{LoadOptions, Scenario, Sources, Tokens, UrlTemplate};
+fn load_options(a: LoadArgs) -> Result<floodgate_load::LoadOptions, String> {
+    use floodgate_load::{LoadOptions, Scenario, Sources, Tokens, UrlTemplate};
     let url = UrlTemplate::parse(&a.url)?;
     let ingest_url = match (&a.ingest_url, a.scenario) {
         (Some(u), _) => Some(UrlTemplate::parse(u)?),
@@ -609,7 +614,7 @@ fn load_options(a: LoadArgs) -> Result<crate::load::LoadOptions, String> {
     };
     let wss = url.tls || ingest_url.as_ref().is_some_and(|u| u.tls);
     let tls = if wss {
-        Some(crate::load::tls_client_config(a.ca_file.as_deref())?)
+        Some(floodgate_load::tls_client_config(a.ca_file.as_deref())?)
     } else {
         None
     };
@@ -658,10 +663,10 @@ fn run_load(a: LoadArgs) -> ExitCode {
         Ok(o) => o,
         Err(e) => {
             eprintln!("floodgate load: {e}");
-            return ExitCode::from(crate::load::exit::USAGE);
+            return ExitCode::from(floodgate_load::exit::USAGE);
         }
     };
-    match crate::load::run(&opts) {
+    match floodgate_load::run(&opts) {
         Ok(report) => {
             if json {
                 println!(
@@ -691,7 +696,7 @@ fn run_gate(a: GateArgs) -> ExitCode {
 }
 
 fn gate(a: GateArgs) -> Result<ExitCode, String> {
-    use crate::gate::{self, Suite};
+    use floodgate_perf_gate::{self as gate, Suite};
     let repo = std::env::current_dir().map_err(|e| e.to_string())?;
     if !repo.join("benches/instructions.rs").exists() {
         return Err(

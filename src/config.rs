@@ -570,238 +570,344 @@ pub(crate) use with_plain_settings;
 /// Apply with [`GatewayBuilder::settings`](crate::GatewayBuilder::settings).
 ///
 /// Durations are written like `25s`, `1500ms` or `2m`; sizes are plain byte counts.
-#[derive(Debug, Clone, Default, Deserialize, clap::Args)]
+#[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct Settings {
     /// Address to listen on for WebSocket and HTTP [default: 127.0.0.1:8080]
-    #[arg(long, env = "FLOODGATE_BIND", value_name = "ADDR")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "FLOODGATE_BIND", value_name = "ADDR")
+    )]
     pub bind: Option<SocketAddr>,
     /// HS256 shared secret (at least 32 bytes) that client JWTs are signed with. If no key is
     /// configured, `serve` generates a dev secret and prints it
-    #[arg(
-        long,
-        env = "FLOODGATE_JWT_HS256_SECRET",
-        value_name = "SECRET",
-        hide_env_values = true
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long,
+            env = "FLOODGATE_JWT_HS256_SECRET",
+            value_name = "SECRET",
+            hide_env_values = true
+        )
     )]
     pub jwt_hs256_secret: Option<String>,
     /// RS256 public key (PEM file) that client JWTs are checked against
-    #[arg(long, env = "FLOODGATE_JWT_RS256_PUBLIC_KEY", value_name = "PEM")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "FLOODGATE_JWT_RS256_PUBLIC_KEY", value_name = "PEM")
+    )]
     pub jwt_rs256_public_key: Option<PathBuf>,
     /// ES256 public key (PEM file) that client JWTs are checked against
-    #[arg(long, env = "FLOODGATE_JWT_ES256_PUBLIC_KEY", value_name = "PEM")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "FLOODGATE_JWT_ES256_PUBLIC_KEY", value_name = "PEM")
+    )]
     pub jwt_es256_public_key: Option<PathBuf>,
     /// Clock skew tolerated on `exp` and `nbf` [default: 30s]
-    #[arg(long, env = "FLOODGATE_JWT_LEEWAY", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[cfg_attr(feature = "cli", arg(long, env = "FLOODGATE_JWT_LEEWAY", value_parser = humantime::parse_duration, value_name = "DURATION"))]
     #[serde(default, with = "humantime_serde")]
     pub jwt_leeway: Option<Duration>,
     /// Tokens must carry this `aud` (one of theirs, if a list) [default: not checked]
-    #[arg(long, env = "FLOODGATE_JWT_AUDIENCE", value_name = "AUD")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "FLOODGATE_JWT_AUDIENCE", value_name = "AUD")
+    )]
     pub jwt_audience: Option<String>,
     /// Tokens must carry this `iss` [default: not checked]
-    #[arg(long, env = "FLOODGATE_JWT_ISSUER", value_name = "ISS")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "FLOODGATE_JWT_ISSUER", value_name = "ISS")
+    )]
     pub jwt_issuer: Option<String>,
     /// Browser origins allowed to open WebSockets, comma-separated: exact
     /// (`https://app.example.com`) or any subdomain (`https://*.example.com`). A handshake
     /// from another Origin gets 403; one without an Origin header (not a browser) is let
     /// through [default: every origin]
-    #[arg(
-        long,
-        env = "FLOODGATE_ALLOWED_ORIGINS",
-        value_name = "ORIGINS",
-        value_delimiter = ','
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long,
+            env = "FLOODGATE_ALLOWED_ORIGINS",
+            value_name = "ORIGINS",
+            value_delimiter = ','
+        )
     )]
     pub allowed_origins: Option<Vec<String>>,
     /// Reactor threads; a user's connections all live on the shard its id hashes to. 0 = one per
     /// core [default: 0]
-    #[arg(long, env = "FLOODGATE_SHARDS", value_name = "N")]
+    #[cfg_attr(feature = "cli", arg(long, env = "FLOODGATE_SHARDS", value_name = "N"))]
     pub shards: Option<usize>,
     /// Bytes of each emitter-to-shard ring (power of two) [default: 1048576]
-    #[arg(long, env = "FLOODGATE_RING_CAPACITY", value_name = "BYTES")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "FLOODGATE_RING_CAPACITY", value_name = "BYTES")
+    )]
     pub ring_capacity: Option<usize>,
     /// Largest encoded event accepted by `emit` [default: 65536]
-    #[arg(long, env = "FLOODGATE_MAX_EVENT_BYTES", value_name = "BYTES")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "FLOODGATE_MAX_EVENT_BYTES", value_name = "BYTES")
+    )]
     pub max_event_bytes: Option<usize>,
     /// A connection's pending frames are written once this many are queued [default: 1024]
-    #[arg(long, env = "FLOODGATE_MAX_BATCH_EVENTS", value_name = "N")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "FLOODGATE_MAX_BATCH_EVENTS", value_name = "N")
+    )]
     pub max_batch_events: Option<usize>,
     /// ...or once the oldest pending frame is this old; 0 = write at the end of every reactor
     /// pass [default: 0]
-    #[arg(long, env = "FLOODGATE_MAX_BATCH_DELAY", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[cfg_attr(feature = "cli", arg(long, env = "FLOODGATE_MAX_BATCH_DELAY", value_parser = humantime::parse_duration, value_name = "DURATION"))]
     #[serde(default, with = "humantime_serde")]
     pub max_batch_delay: Option<Duration>,
     /// Per-connection cap on unsent bytes: a connection that would pass it (or stays over half
     /// of it for breaker_trip_after) has its breaker opened, its backlog leaving memory; with
     /// breakers off it is closed with code 4008 [default: 8388608]
-    #[arg(long, env = "FLOODGATE_MAX_OUTBOUND_BYTES", value_name = "BYTES")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "FLOODGATE_MAX_OUTBOUND_BYTES", value_name = "BYTES")
+    )]
     pub max_outbound_bytes: Option<usize>,
     /// Open WebSocket connections allowed in total [default: 100000]
-    #[arg(long, env = "FLOODGATE_MAX_CONNECTIONS", value_name = "N")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "FLOODGATE_MAX_CONNECTIONS", value_name = "N")
+    )]
     pub max_connections: Option<usize>,
     /// Open WebSocket connections allowed per user [default: 64]
-    #[arg(long, env = "FLOODGATE_MAX_CONNECTIONS_PER_USER", value_name = "N")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "FLOODGATE_MAX_CONNECTIONS_PER_USER", value_name = "N")
+    )]
     pub max_connections_per_user: Option<usize>,
     /// Open WebSocket connections from one peer address; more get HTTP 503; 0 = no limit
     /// (clients behind a proxy share its address) [default: 0]
-    #[arg(long, env = "FLOODGATE_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "FLOODGATE_MAX_CONNECTIONS_PER_IP", value_name = "N")
+    )]
     pub max_connections_per_ip: Option<usize>,
     /// Handshakes in progress from one peer address; more get HTTP 503 at once [default: 128]
-    #[arg(
-        long,
-        env = "FLOODGATE_MAX_PENDING_HANDSHAKES_PER_IP",
-        value_name = "N"
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long,
+            env = "FLOODGATE_MAX_PENDING_HANDSHAKES_PER_IP",
+            value_name = "N"
+        )
     )]
     pub max_pending_handshakes_per_ip: Option<usize>,
     /// Largest inbound frame payload [default: 65536]
-    #[arg(long, env = "FLOODGATE_MAX_FRAME_SIZE", value_name = "BYTES")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "FLOODGATE_MAX_FRAME_SIZE", value_name = "BYTES")
+    )]
     pub max_frame_size: Option<usize>,
     /// Largest inbound message (all its frames) [default: 1048576]
-    #[arg(long, env = "FLOODGATE_MAX_MESSAGE_SIZE", value_name = "BYTES")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "FLOODGATE_MAX_MESSAGE_SIZE", value_name = "BYTES")
+    )]
     pub max_message_size: Option<usize>,
     /// Per-connection read buffer; small keeps idle connections cheap [default: 4096]
-    #[arg(long, env = "FLOODGATE_READ_BUFFER_SIZE", value_name = "BYTES")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "FLOODGATE_READ_BUFFER_SIZE", value_name = "BYTES")
+    )]
     pub read_buffer_size: Option<usize>,
     /// Time a client has to complete its HTTP upgrade request [default: 5s]
-    #[arg(long, env = "FLOODGATE_HANDSHAKE_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[cfg_attr(feature = "cli", arg(long, env = "FLOODGATE_HANDSHAKE_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION"))]
     #[serde(default, with = "humantime_serde")]
     pub handshake_timeout: Option<Duration>,
     /// Interval between server pings; 0 = never ping [default: 25s]
-    #[arg(long, env = "FLOODGATE_PING_INTERVAL", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[cfg_attr(feature = "cli", arg(long, env = "FLOODGATE_PING_INTERVAL", value_parser = humantime::parse_duration, value_name = "DURATION"))]
     #[serde(default, with = "humantime_serde")]
     pub ping_interval: Option<Duration>,
     /// A connection that does not answer a ping within this time has its breaker opened, and is
     /// closed with 4010 if still silent after breaker_cooldown (at once with breakers off)
     /// [default: 10s]
-    #[arg(long, env = "FLOODGATE_PONG_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[cfg_attr(feature = "cli", arg(long, env = "FLOODGATE_PONG_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION"))]
     #[serde(default, with = "humantime_serde")]
     pub pong_timeout: Option<Duration>,
     /// After sending a close frame, how long to wait for the client's before dropping the socket
     /// [default: 5s]
-    #[arg(long, env = "FLOODGATE_CLOSE_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[cfg_attr(feature = "cli", arg(long, env = "FLOODGATE_CLOSE_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION"))]
     #[serde(default, with = "humantime_serde")]
     pub close_timeout: Option<Duration>,
     /// On shutdown, how long to keep flushing queued events before giving up (and reporting what
     /// was not delivered) [default: 5s]
-    #[arg(long, env = "FLOODGATE_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[cfg_attr(feature = "cli", arg(long, env = "FLOODGATE_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION"))]
     #[serde(default, with = "humantime_serde")]
     pub shutdown_timeout: Option<Duration>,
     /// Serve an unauthenticated echo endpoint at /echo (for protocol conformance tests)
     /// [default: false]
-    #[arg(long, env = "FLOODGATE_ECHO", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[cfg_attr(feature = "cli", arg(long, env = "FLOODGATE_ECHO", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true"))]
     pub echo: Option<bool>,
     /// Users with no open connection whose sequence counters are kept; past this, counters of
     /// offline users are dropped and their `seq` restarts at 1 [default: 1000000]
-    #[arg(long, env = "FLOODGATE_MAX_OFFLINE_USERS", value_name = "N")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "FLOODGATE_MAX_OFFLINE_USERS", value_name = "N")
+    )]
     pub max_offline_users: Option<usize>,
     /// Events kept per user for clients that reconnect with `?since=`; 0 = keep none (a resume
     /// then gets a `gap` frame for everything it missed) [default: 1024]
-    #[arg(long, env = "FLOODGATE_HISTORY_MAX_EVENTS", value_name = "N")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "FLOODGATE_HISTORY_MAX_EVENTS", value_name = "N")
+    )]
     pub history_max_events: Option<usize>,
     /// Bytes of event frames kept per user [default: 1048576]
-    #[arg(long, env = "FLOODGATE_HISTORY_MAX_BYTES", value_name = "BYTES")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "FLOODGATE_HISTORY_MAX_BYTES", value_name = "BYTES")
+    )]
     pub history_max_bytes: Option<usize>,
     /// Events older than this are no longer kept for resume [default: 10m]
-    #[arg(long, env = "FLOODGATE_HISTORY_MAX_AGE", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[cfg_attr(feature = "cli", arg(long, env = "FLOODGATE_HISTORY_MAX_AGE", value_parser = humantime::parse_duration, value_name = "DURATION"))]
     #[serde(default, with = "humantime_serde")]
     pub history_max_age: Option<Duration>,
     /// Memory for history, all users together: each shard keeps a ring of this size divided by
     /// the shard count, and the oldest frames are overwritten when it is full [default: 67108864]
-    #[arg(long, env = "FLOODGATE_HISTORY_TOTAL_BYTES", value_name = "BYTES")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "FLOODGATE_HISTORY_TOTAL_BYTES", value_name = "BYTES")
+    )]
     pub history_total_bytes: Option<usize>,
     /// A connection whose unsent bytes stay above half of max_outbound_bytes this long has its
     /// circuit breaker opened: its queued events leave memory (history keeps them) [default: 1s]
-    #[arg(long, env = "FLOODGATE_BREAKER_TRIP_AFTER", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[cfg_attr(feature = "cli", arg(long, env = "FLOODGATE_BREAKER_TRIP_AFTER", value_parser = humantime::parse_duration, value_name = "DURATION"))]
     #[serde(default, with = "humantime_serde")]
     pub breaker_trip_after: Option<Duration>,
     /// How long an open breaker stays open before the connection is refilled from history;
     /// 0 = no breaker (slow consumers are closed with 4008) [default: 30s]
-    #[arg(long, env = "FLOODGATE_BREAKER_COOLDOWN", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[cfg_attr(feature = "cli", arg(long, env = "FLOODGATE_BREAKER_COOLDOWN", value_parser = humantime::parse_duration, value_name = "DURATION"))]
     #[serde(default, with = "humantime_serde")]
     pub breaker_cooldown: Option<Duration>,
     /// Directory of the durable spool: every event is appended to segment files there before
     /// any client sees it, replays read from it when memory history no longer has the range,
     /// and a restart keeps each user's epoch and events. Unset = history in memory only
     /// [default: unset]
-    #[arg(long, env = "FLOODGATE_SPOOL_DIR", value_name = "DIR")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "FLOODGATE_SPOOL_DIR", value_name = "DIR")
+    )]
     pub spool_dir: Option<PathBuf>,
     /// Bytes per spool segment file (retention deletes whole segments) [default: 67108864]
-    #[arg(long, env = "FLOODGATE_SPOOL_SEGMENT_BYTES", value_name = "BYTES")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "FLOODGATE_SPOOL_SEGMENT_BYTES", value_name = "BYTES")
+    )]
     pub spool_segment_bytes: Option<u64>,
     /// Bytes of spool kept per shard; the oldest segments are deleted past it [default: 1073741824]
-    #[arg(long, env = "FLOODGATE_SPOOL_MAX_BYTES", value_name = "BYTES")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "FLOODGATE_SPOOL_MAX_BYTES", value_name = "BYTES")
+    )]
     pub spool_max_bytes: Option<u64>,
     /// Spool segments whose last write is older than this are deleted [default: 24h]
-    #[arg(long, env = "FLOODGATE_SPOOL_MAX_AGE", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[cfg_attr(feature = "cli", arg(long, env = "FLOODGATE_SPOOL_MAX_AGE", value_parser = humantime::parse_duration, value_name = "DURATION"))]
     #[serde(default, with = "humantime_serde")]
     pub spool_max_age: Option<Duration>,
     /// When the spool calls fdatasync: `always` (on the reactor, before the events reach any
     /// socket; survives power loss), an interval such as `100ms` (on a thread of its own, so a
     /// slow disk never stalls delivery), or `never` (the OS decides). A crash of the process
     /// loses nothing written in any mode [default: 100ms]
-    #[arg(
-        long,
-        env = "FLOODGATE_SPOOL_FSYNC",
-        value_name = "always|never|INTERVAL"
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long,
+            env = "FLOODGATE_SPOOL_FSYNC",
+            value_name = "always|never|INTERVAL"
+        )
     )]
     pub spool_fsync: Option<FsyncPolicy>,
     /// Start even if a spool segment has a corrupted record in its middle, cutting the segment
     /// there (that shard's streams start new epochs, so resuming clients are told); without
     /// it, such a spool refuses to start [default: false]
-    #[arg(long, env = "FLOODGATE_SPOOL_REPAIR", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[cfg_attr(feature = "cli", arg(long, env = "FLOODGATE_SPOOL_REPAIR", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true"))]
     pub spool_repair: Option<bool>,
     /// An event that needs an ack (agent_completed, or any marked so) and gets none this long
     /// after it was emitted goes to the dead-letter file [default: 10m]
-    #[arg(long, env = "FLOODGATE_ACK_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[cfg_attr(feature = "cli", arg(long, env = "FLOODGATE_ACK_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION"))]
     #[serde(default, with = "humantime_serde")]
     pub ack_timeout: Option<Duration>,
     /// Unacked events kept per user; past this the oldest is dead-lettered. 0 = events that
     /// need an ack are delivered like others, without redelivery [default: 1024]
-    #[arg(long, env = "FLOODGATE_ACK_MAX_PENDING", value_name = "N")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "FLOODGATE_ACK_MAX_PENDING", value_name = "N")
+    )]
     pub ack_max_pending: Option<usize>,
     /// Receipts (Emitter::emit_tracked) alive at once at most [default: 65536]
-    #[arg(long, env = "FLOODGATE_RECEIPT_CAPACITY", value_name = "N")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "FLOODGATE_RECEIPT_CAPACITY", value_name = "N")
+    )]
     pub receipt_capacity: Option<usize>,
     /// File that dead-lettered events are appended to, one JSON object per line [default:
     /// <spool_dir>/dead-letter.jsonl; without a spool, dead letters are logged]
-    #[arg(long, env = "FLOODGATE_DEAD_LETTER_FILE", value_name = "FILE")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "FLOODGATE_DEAD_LETTER_FILE", value_name = "FILE")
+    )]
     pub dead_letter_file: Option<PathBuf>,
     /// API key that out-of-process publishers present (`Authorization: Bearer <key>`) on
     /// POST /api/publish and the /api/ingest WebSocket; at least 16 characters. Unset = both
     /// endpoints are off [default: unset]
-    #[arg(
-        long,
-        env = "FLOODGATE_INGEST_API_KEY",
-        value_name = "KEY",
-        hide_env_values = true
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long,
+            env = "FLOODGATE_INGEST_API_KEY",
+            value_name = "KEY",
+            hide_env_values = true
+        )
     )]
     pub ingest_api_key: Option<String>,
     /// Largest ingest request body or WebSocket message [default: 1048576]
-    #[arg(long, env = "FLOODGATE_INGEST_MAX_BODY_BYTES", value_name = "BYTES")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "FLOODGATE_INGEST_MAX_BODY_BYTES", value_name = "BYTES")
+    )]
     pub ingest_max_body_bytes: Option<usize>,
     /// Most events in one ingest batch [default: 1000]
-    #[arg(long, env = "FLOODGATE_INGEST_MAX_BATCH_EVENTS", value_name = "N")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "FLOODGATE_INGEST_MAX_BATCH_EVENTS", value_name = "N")
+    )]
     pub ingest_max_batch_events: Option<usize>,
     /// Events per second accepted through ingest, all connections together; a batch over it
     /// is refused whole (HTTP 429 / `rate_limited`) [default: 1000000]
-    #[arg(long, env = "FLOODGATE_INGEST_MAX_EVENTS_PER_SEC", value_name = "N")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "FLOODGATE_INGEST_MAX_EVENTS_PER_SEC", value_name = "N")
+    )]
     pub ingest_max_events_per_sec: Option<u64>,
     /// Open ingest connections at most (each has a thread and an emitter) [default: 64]
-    #[arg(long, env = "FLOODGATE_INGEST_MAX_CONNECTIONS", value_name = "N")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "FLOODGATE_INGEST_MAX_CONNECTIONS", value_name = "N")
+    )]
     pub ingest_max_connections: Option<usize>,
     /// An ingest connection (a keep-alive POST connection or an /api/ingest socket) that
     /// sends nothing this long is closed, freeing its slot [default: 60s]
-    #[arg(long, env = "FLOODGATE_INGEST_IDLE_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[cfg_attr(feature = "cli", arg(long, env = "FLOODGATE_INGEST_IDLE_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION"))]
     #[serde(default, with = "humantime_serde")]
     pub ingest_idle_timeout: Option<Duration>,
     /// How long an accepted event's `idempotency_key` is remembered (per user): the same key
     /// again within it is answered `duplicate` and not emitted [default: 10m]
-    #[arg(long, env = "FLOODGATE_INGEST_DEDUPE_WINDOW", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[cfg_attr(feature = "cli", arg(long, env = "FLOODGATE_INGEST_DEDUPE_WINDOW", value_parser = humantime::parse_duration, value_name = "DURATION"))]
     #[serde(default, with = "humantime_serde")]
     pub ingest_dedupe_window: Option<Duration>,
     /// Idempotency keys remembered at most (about 100 bytes each); past it the oldest are
     /// forgotten before their window ends [default: 100000]
-    #[arg(long, env = "FLOODGATE_INGEST_DEDUPE_CAPACITY", value_name = "N")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "FLOODGATE_INGEST_DEDUPE_CAPACITY", value_name = "N")
+    )]
     pub ingest_dedupe_capacity: Option<usize>,
 }
 

@@ -32,26 +32,21 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 mod auth;
+#[cfg(feature = "cli")]
 mod bench;
-mod client;
 mod config;
 mod core;
 mod delivery;
+#[cfg(feature = "cli")]
 mod devsecret;
 mod emitter;
 mod error;
 mod event;
 #[doc(hidden)]
 pub mod fuzz;
-/// The `floodgate perf-gate` regression gate (used by the binary; not a stable API).
-#[doc(hidden)]
-pub mod gate;
 mod gateway;
 mod ingest;
 mod json;
-/// The `floodgate load` harness (used by the binary and the tests; not a stable API).
-#[doc(hidden)]
-pub mod load;
 mod metrics;
 mod park;
 mod reactor;
@@ -61,6 +56,7 @@ mod ring;
 mod spool;
 
 /// The `floodgate` command line (used by the binary; not a stable API).
+#[cfg(feature = "cli")]
 #[doc(hidden)]
 pub mod cli;
 
@@ -215,124 +211,10 @@ pub mod __bench {
         }
     }
 
-    /// A gateway holding `events` events of one user that nobody received, for measuring
-    /// what a reconnecting client's replay costs end to end, over a real socket.
-    pub struct SocketReplayBench {
-        gw: Option<crate::Gateway>,
-        token: String,
-        epoch: String,
-        events: u64,
-        spool: Option<std::path::PathBuf>,
-    }
-
-    impl SocketReplayBench {
-        /// Emits `events` events with a ~150-byte body to user `r`, kept in memory history or
-        /// (with `spool`) only in a spool under that directory (no memory history).
-        pub fn new(events: u64, spool: Option<&std::path::Path>) -> Self {
-            let secret = [7u8; 32];
-            let spool = spool.map(|d| d.join(format!("replay-{}", std::process::id())));
-            let mut b = crate::Gateway::builder()
-                .bind("127.0.0.1:0")
-                .jwt_hs256_secret(secret)
-                .shards(1)
-                .ring_capacity(64 << 20);
-            b = match &spool {
-                Some(dir) => b.spool_dir(dir).history_max_events(0),
-                None => b
-                    .history_max_events(events as usize)
-                    .history_max_bytes(1 << 30)
-                    .history_total_bytes(1 << 30),
-            };
-            let gw = b.build().expect("gateway");
-            let token = crate::auth::mint_hs256(&secret, "r", std::time::Duration::from_secs(3600))
-                .expect("token");
-            let (stream, early) = crate::client::connect(
-                gw.local_addr(),
-                "/ws",
-                &format!("Authorization: Bearer {token}\r\n"),
-                std::time::Duration::from_secs(5),
-            )
-            .expect("connect");
-            let mut reader = crate::client::FrameReader::new(early, 64 << 10);
-            let mut epoch = None;
-            let mut s = stream;
-            loop {
-                reader
-                    .frames(|kind, p| {
-                        if kind == crate::client::Kind::Text {
-                            let v: serde_json::Value = serde_json::from_slice(p).expect("json");
-                            epoch = v["epoch"].as_str().map(str::to_owned);
-                        }
-                    })
-                    .expect("frames");
-                if epoch.is_some() {
-                    break;
-                }
-                reader.fill(&mut s).expect("hello");
-            }
-            drop(s);
-            let mut em = gw.emitter();
-            let data = serde_json::json!({ "text": "x".repeat(100) });
-            for _ in 0..events {
-                while em.emit("r", crate::Event::custom("missed", &data)).is_err() {
-                    std::thread::yield_now();
-                }
-            }
-            while gw.metrics().stats.events_received < events {
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
-            SocketReplayBench {
-                gw: Some(gw),
-                token,
-                epoch: epoch.expect("epoch"),
-                events,
-                spool,
-            }
-        }
-
-        /// Connects with `since=0` and reads until every event arrived; returns the count.
-        pub fn replay_all(&mut self) -> u64 {
-            let gw = self.gw.as_ref().expect("running");
-            let (mut s, early) = crate::client::connect(
-                gw.local_addr(),
-                &format!("/ws?since=0&epoch={}", self.epoch),
-                &format!("Authorization: Bearer {}\r\n", self.token),
-                std::time::Duration::from_secs(5),
-            )
-            .expect("connect");
-            let mut reader = crate::client::FrameReader::new(early, 256 << 10);
-            let mut got = 0u64;
-            loop {
-                reader
-                    .frames(|_, p| got += u64::from(p.starts_with(b"{\"seq\":")))
-                    .expect("frames");
-                if got >= self.events {
-                    return got;
-                }
-                reader.fill(&mut s).expect("read");
-            }
-        }
-
-        /// Events a replay sends.
-        pub fn events(&self) -> u64 {
-            self.events
-        }
-    }
-
-    impl Drop for SocketReplayBench {
-        fn drop(&mut self) {
-            if let Some(gw) = self.gw.take() {
-                let _ = gw.shutdown();
-            }
-            if let Some(dir) = &self.spool {
-                let _ = std::fs::remove_dir_all(dir);
-            }
-        }
-    }
-
     /// Runs a quiet `floodgate bench --chaos` at `rate` events/s (0 = as fast as possible),
     /// with a spool under `spool` if given, and returns its report as JSON (the fields of
     /// `floodgate bench --json`).
+    #[cfg(feature = "cli")]
     pub fn run_chaos(
         connections: usize,
         events: u64,
@@ -356,6 +238,7 @@ pub mod __bench {
 
     /// Runs a quiet `floodgate bench` with `connections` clients and `events` events; true when
     /// every event arrived once, in order, at the right client.
+    #[cfg(feature = "cli")]
     pub fn run_bench(connections: usize, events: u64) -> bool {
         let opts = crate::bench::BenchOptions {
             connections,
@@ -369,43 +252,6 @@ pub mod __bench {
     /// Builds a ring record for `user` with `body`, as the emitter lays it out.
     pub fn record(user: &str, body: &[u8]) -> Vec<u8> {
         record_flags(user, body, false)
-    }
-
-    /// The load client's per-frame work: the frame reader, then the `/seq` and `/ts` members
-    /// by JSON pointer.
-    pub struct ClientParse {
-        reader: crate::client::FrameReader,
-        seq: crate::load::Pointer,
-        ts: crate::load::Pointer,
-    }
-
-    impl ClientParse {
-        /// A reader whose buffer takes `bytes` at once (allocated here, not per parse).
-        pub fn new(bytes: usize) -> Self {
-            ClientParse {
-                reader: crate::client::FrameReader::new(Vec::new(), bytes + 1024),
-                seq: crate::load::Pointer::parse("/seq").expect("valid"),
-                ts: crate::load::Pointer::parse("/ts").expect("valid"),
-            }
-        }
-
-        /// Reads `bytes` (whole server frames) as if from a socket and decodes every frame;
-        /// returns a sum of what was read, so nothing is optimised away.
-        pub fn parse(&mut self, mut bytes: &[u8]) -> u64 {
-            let (seq, ts) = (&self.seq, &self.ts);
-            let mut sum = 0u64;
-            while !bytes.is_empty() {
-                self.reader.fill(&mut bytes).expect("reading a slice");
-                self.reader
-                    .frames(|_, p| {
-                        sum = sum
-                            .wrapping_add(seq.u64_in(p).unwrap_or(0))
-                            .wrapping_add(ts.u64_in(p).unwrap_or(0));
-                    })
-                    .expect("valid frames");
-            }
-            sum
-        }
     }
 
     /// Like [`record`], for an event that needs an ack when `ack` is set.

@@ -507,6 +507,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn breaker_transitions_show_in_the_prometheus_text() {
+        use crate::core::testing;
+        use std::time::{Duration, Instant};
+        const S: Duration = Duration::from_secs(1);
+        let t0 = Instant::now();
+        let mut core = testing::core(testing::config(|c| {
+            c.max_outbound_bytes = 8000;
+            c.breaker.trip_after = S;
+            c.breaker.cooldown = 5 * S;
+            c.history.max_events = 10_000;
+        }));
+        let id = testing::connect(&mut core, testing::user("a"), None, t0);
+        testing::write_all(&mut core, id); // the hello
+        for i in 1..=100 {
+            // An event of about 120 bytes on the wire: 100 of them are over the high water.
+            let body = format!("\"i\":{i},\"pad\":\"{}\"}}", "p".repeat(100));
+            core.route(&testing::record("a", body.as_bytes()), t0, 0);
+        }
+        let snap = MetricsSnapshot {
+            stats: core.stats.clone(),
+            ..Default::default()
+        };
+        let text = snap.to_prometheus();
+        assert!(
+            text.contains("floodgate_breaker_transitions_total{to=\"open\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("floodgate_breakers_open 1"), "{text}");
+    }
+
+    #[test]
     fn publish_and_sum_across_shards() {
         let reg = Registry::new(2);
         let mut a = Stats {

@@ -23,9 +23,11 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use serde::Serialize;
 
-use crate::client::{self, FrameReader, Kind};
+use crate::error::EmitError;
+use crate::event::{Event, EventType};
+use crate::gateway::Gateway;
 use crate::record::unix_ns;
-use crate::{EmitError, Event, EventType, Gateway};
+use floodgate_wsclient::{self as client, FrameReader, Kind};
 
 /// Which server the clients connect to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -70,7 +72,7 @@ pub struct BenchOptions {
     /// Keep every event in a durable spool in this directory (`None` = memory history only).
     pub spool_dir: Option<std::path::PathBuf>,
     /// The spool's fsync policy.
-    pub spool_fsync: crate::FsyncPolicy,
+    pub spool_fsync: crate::spool::FsyncPolicy,
     /// Give up when no event arrives for this long.
     pub stall_timeout: Duration,
     pub progress: bool,
@@ -93,7 +95,7 @@ impl Default for BenchOptions {
             history_max_events: 1024,
             chaos: false,
             spool_dir: None,
-            spool_fsync: crate::FsyncPolicy::Interval(Duration::from_millis(100)),
+            spool_fsync: crate::spool::FsyncPolicy::Interval(Duration::from_millis(100)),
             stall_timeout: Duration::from_secs(10),
             progress: true,
         }
@@ -277,10 +279,10 @@ impl Drop for RemoveOnDrop {
 }
 
 /// Runs the bench. Errors are setup failures; a run that lost events still returns a report.
-pub fn run(opts: &BenchOptions) -> Result<BenchReport, crate::Error> {
+pub fn run(opts: &BenchOptions) -> Result<BenchReport, crate::error::Error> {
     validate(opts)?;
     let mut secret = [0u8; 32];
-    getrandom::fill(&mut secret).map_err(|e| crate::Error::Io(io::Error::other(e)))?;
+    getrandom::fill(&mut secret).map_err(|e| crate::error::Error::Io(io::Error::other(e)))?;
     // Room for `history_max_events` of every user: the log is sized so that only the per-user
     // count limit applies.
     let history_user_bytes = opts.history_max_events * (opts.payload_bytes + 64);
@@ -433,10 +435,9 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, crate::Error> {
         let (done, rest): (Vec<_>, Vec<_>) = pending.into_iter().partition(|h| h.is_finished());
         pending = rest;
         for h in done {
-            results.push(
-                h.join()
-                    .map_err(|_| crate::Error::ReactorPanicked("bench client panicked".into()))?,
-            );
+            results.push(h.join().map_err(|_| {
+                crate::error::Error::ReactorPanicked("bench client panicked".into())
+            })?);
         }
     }
     if let Some(bar) = bar {
@@ -448,7 +449,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, crate::Error> {
     for h in producer_handles {
         let (cpu, h) = h
             .join()
-            .map_err(|_| crate::Error::ReactorPanicked("bench producer panicked".into()))?;
+            .map_err(|_| crate::error::Error::ReactorPanicked("bench producer panicked".into()))?;
         producer_cpu += cpu;
         lag.add(&h).expect("same bounds");
     }
@@ -464,7 +465,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, crate::Error> {
         Server::Raw(raw) => {
             raw.close();
             let w = raw.writes();
-            crate::Stats {
+            crate::metrics::Stats {
                 write_syscalls: w,
                 frames_written: w,
                 ..Default::default()
@@ -556,7 +557,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, crate::Error> {
     })
 }
 
-fn validate(o: &BenchOptions) -> Result<(), crate::Error> {
+fn validate(o: &BenchOptions) -> Result<(), crate::error::Error> {
     use crate::error::ConfigError;
     let bad = |s: &'static str, r: &str| Err(ConfigError::new(s, r.to_owned()).into());
     if o.connections == 0 || o.connections > 50_000 {
@@ -597,7 +598,7 @@ enum Server {
 
 /// Where a producer sends its events.
 enum Sink {
-    Emitter(crate::Emitter),
+    Emitter(crate::emitter::Emitter),
     Raw(raw::RawSink),
 }
 

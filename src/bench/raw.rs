@@ -16,8 +16,8 @@ use std::time::Duration;
 use crate::auth::Verifier;
 use crate::config::JwtKey;
 use crate::core::{frame, handshake};
+use crate::event::Event;
 use crate::record::unix_ns;
-use crate::Event;
 
 /// One user's server side: its socket, its next `seq` and reused encode buffers.
 struct Slot {
@@ -39,7 +39,7 @@ pub(super) struct RawServer {
 impl RawServer {
     /// Listens on 127.0.0.1 and accepts `users` upgrades (user `u{i}` into slot `i`) in the
     /// background, verifying each token as the gateway would.
-    pub(super) fn start(users: usize, secret: &[u8]) -> Result<RawServer, crate::Error> {
+    pub(super) fn start(users: usize, secret: &[u8]) -> Result<RawServer, crate::error::Error> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?;
         let verifier = Verifier::new(&JwtKey::Hs256(secret.to_vec()), Duration::ZERO)?;
@@ -82,7 +82,7 @@ impl RawServer {
     }
 
     /// Waits until every client has been upgraded.
-    pub(super) fn wait_accepted(&mut self) -> Result<(), crate::Error> {
+    pub(super) fn wait_accepted(&mut self) -> Result<(), crate::error::Error> {
         if let Some(h) = self.acceptor.take() {
             h.join()
                 .map_err(|_| io::Error::other("raw acceptor panicked"))??;

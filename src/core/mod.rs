@@ -2003,6 +2003,6 @@ mod alloc_tests;
 #[cfg(test)]
 mod resume_tests;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 #[cfg(test)]
 mod tests;

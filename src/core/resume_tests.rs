@@ -2,7 +2,7 @@
 
 use super::testing::{self, numbered as record, user};
 use super::*;
-use crate::client::{FrameReader, Kind};
+use floodgate_wsclient::{FrameReader, Kind};
 
 fn cfg(f: impl FnOnce(&mut CoreConfig)) -> CoreConfig {
     testing::config(|c| {
@@ -733,33 +733,13 @@ mod breakers {
         reader.frames(|_, p| seen.push(decode(p))).unwrap();
         assert_eq!(events(&seen), (1..=40).collect::<Vec<_>>());
     }
-
-    #[test]
-    fn breaker_transitions_show_in_the_prometheus_text() {
-        let t0 = Instant::now();
-        let mut core = core();
-        connected(&mut core, "a", t0);
-        for i in 1..=100 {
-            core.route(&big("a", i), t0, 0);
-        }
-        let snap = crate::metrics::MetricsSnapshot {
-            stats: core.stats.clone(),
-            ..Default::default()
-        };
-        let text = snap.to_prometheus();
-        assert!(
-            text.contains("floodgate_breaker_transitions_total{to=\"open\"} 1"),
-            "{text}"
-        );
-        assert!(text.contains("floodgate_breakers_open 1"), "{text}");
-    }
 }
 
 mod first_message {
     //! `resume=message`: the cursor comes as the client's first WebSocket message.
 
     use super::*;
-    use crate::client::{client_frame, Kind};
+    use floodgate_wsclient::{client_frame, Kind};
 
     fn await_cursor(core: &mut Core, u: &str, now: Instant) -> ConnId {
         let id = core

@@ -1,5 +1,5 @@
 //! The one harness of the core's virtual-clock tests (`tests`, `resume_tests`, `ack_tests`,
-//! `alloc_tests`): it builds a core from a [`CoreConfig`] (never the gateway's `Config`), makes
+//! `alloc_tests`, and the metrics tests that need a core): it builds a core from a [`CoreConfig`] (never the gateway's `Config`), makes
 //! ring records as an emitter would, and plays the reactor and the client around it: it
 //! "writes" a connection's buffer as a socket taking every byte would and decodes the frames,
 //! and it sends client messages. No socket, no real clock: every call takes `now`.
@@ -9,48 +9,48 @@
 use std::time::Instant;
 
 use super::{Boards, ConnId, ConnKind, Core, CoreConfig, Cursor};
-use crate::client::{client_frame, FrameReader, Kind};
 use crate::receipt::Ticket;
+use floodgate_wsclient::{client_frame, FrameReader, Kind};
 
 /// Receipt slots of a test core.
 const RECEIPTS: usize = 1024;
 
 /// The core's defaults changed by `f`.
-pub(super) fn config(f: impl FnOnce(&mut CoreConfig)) -> CoreConfig {
+pub(crate) fn config(f: impl FnOnce(&mut CoreConfig)) -> CoreConfig {
     let mut c = CoreConfig::default();
     f(&mut c);
     c
 }
 
 /// A core with `cfg` and boards of its own.
-pub(super) fn core(cfg: CoreConfig) -> Core {
+pub(crate) fn core(cfg: CoreConfig) -> Core {
     Core::new(cfg, Boards::new(RECEIPTS), Instant::now())
 }
 
 /// A user connection's kind.
-pub(super) fn user(u: &str) -> ConnKind {
+pub(crate) fn user(u: &str) -> ConnKind {
     ConnKind::User(u.as_bytes().into())
 }
 
 /// A ring record for `user` with event body `body` (the JSON after `{"seq":N,`).
-pub(super) fn record(user: &str, body: &[u8]) -> Vec<u8> {
+pub(crate) fn record(user: &str, body: &[u8]) -> Vec<u8> {
     record_with(user, body, false, None)
 }
 
 /// A ring record for `user` with `body`, needing an ack if `ack`, with a receipt `ticket`.
-pub(super) fn record_with(user: &str, body: &[u8], ack: bool, ticket: Option<Ticket>) -> Vec<u8> {
+pub(crate) fn record_with(user: &str, body: &[u8], ack: bool, ticket: Option<Ticket>) -> Vec<u8> {
     let mut r = Vec::with_capacity(16 + user.len() + body.len());
     crate::record::encode(&mut r, 0, ack, user.as_bytes(), ticket, body);
     r
 }
 
 /// A ring record for `user`'s `i`-th event (body `"i":i`).
-pub(super) fn numbered(user: &str, i: u64) -> Vec<u8> {
+pub(crate) fn numbered(user: &str, i: u64) -> Vec<u8> {
     record(user, format!("\"i\":{i}}}").as_bytes())
 }
 
 /// Opens a connection for `kind` with an optional resume cursor.
-pub(super) fn connect(
+pub(crate) fn connect(
     core: &mut Core,
     kind: ConnKind,
     cursor: Option<Cursor>,
@@ -62,7 +62,7 @@ pub(super) fn connect(
 
 /// Everything queued for `id`, as a socket taking every byte would write it: marked written
 /// and decoded into frames (the HTTP head of these tests is empty).
-pub(super) fn write_all(core: &mut Core, id: ConnId) -> Vec<(Kind, Vec<u8>)> {
+pub(crate) fn write_all(core: &mut Core, id: ConnId) -> Vec<(Kind, Vec<u8>)> {
     let bytes = core.conn(id).out().to_vec();
     if !bytes.is_empty() {
         core.on_written(id, bytes.len());
@@ -75,14 +75,14 @@ pub(super) fn write_all(core: &mut Core, id: ConnId) -> Vec<(Kind, Vec<u8>)> {
 }
 
 /// The connections due for a write now (`pass_end`: the reactor's pass is over).
-pub(super) fn writable(core: &mut Core, now: Instant, pass_end: bool) -> Vec<ConnId> {
+pub(crate) fn writable(core: &mut Core, now: Instant, pass_end: bool) -> Vec<ConnId> {
     let mut v = Vec::new();
     core.take_writable(now, pass_end, &mut v);
     v
 }
 
 /// The text payloads of `frames` as JSON (any other kind of frame fails the test).
-pub(super) fn json(frames: &[(Kind, Vec<u8>)]) -> Vec<serde_json::Value> {
+pub(crate) fn json(frames: &[(Kind, Vec<u8>)]) -> Vec<serde_json::Value> {
     frames
         .iter()
         .map(|(k, p)| {
@@ -94,11 +94,11 @@ pub(super) fn json(frames: &[(Kind, Vec<u8>)]) -> Vec<serde_json::Value> {
 }
 
 /// A client sends a text message `text` on `id`.
-pub(super) fn send_text(core: &mut Core, id: ConnId, text: &str, now: Instant) {
+pub(crate) fn send_text(core: &mut Core, id: ConnId, text: &str, now: Instant) {
     core.on_input(id, &client_frame(Kind::Text, text.as_bytes()), now);
 }
 
 /// A client acks every event through `n` on `id`.
-pub(super) fn ack(core: &mut Core, id: ConnId, n: u64, now: Instant) {
+pub(crate) fn ack(core: &mut Core, id: ConnId, n: u64, now: Instant) {
     send_text(core, id, &format!("{{\"ack\":{n}}}"), now);
 }

@@ -2,7 +2,7 @@
 
 use super::testing::{self, user, writable, write_all as take_out};
 use super::*;
-use crate::client::{client_frame, Kind};
+use floodgate_wsclient::{client_frame, Kind};
 
 const MS: Duration = Duration::from_millis(1);
 const S: Duration = Duration::from_secs(1);

@@ -8,7 +8,7 @@ use mio::{Interest, Registry, Token};
 
 use super::net::Connected;
 
-use crate::client::{encode_masked, FrameReader, Kind};
+use floodgate_wsclient::{encode_masked, FrameReader, Kind};
 
 /// Text frame opcode.
 pub(crate) const TEXT: u8 = 1;

@@ -222,13 +222,18 @@ impl HdrLog {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
+    /// Every threshold passed.
     Pass,
+    /// A threshold failed.
     ThresholdFailed,
+    /// The generator could not keep its schedule.
     Overloaded,
+    /// The run could not complete.
     RunFailed,
 }
 
 impl Verdict {
+    /// The process exit code for this verdict (see [`exit`](crate::exit)).
     pub fn exit_code(self) -> u8 {
         match self {
             Verdict::Pass => exit::PASS,
@@ -265,21 +270,29 @@ pub struct ThresholdResult {
     pub passed: bool,
 }
 
-/// The result of a run. `--json` prints it; [`SCHEMA`] names the version.
+/// The result of a run. `--json` prints it; its `schema` names the version (`floodgate.load/1`).
 #[derive(Debug, Clone, Serialize)]
 pub struct LoadReport {
+    /// The report's schema and version (`floodgate.load/1`).
     pub schema: &'static str,
+    /// What the run did.
     pub scenario: Scenario,
+    /// Where the connections went.
     pub url: String,
+    /// Connections held.
     pub connections: usize,
+    /// Worker threads.
     pub threads: usize,
     /// Seconds measured: from when every connection was up to the last unit completed.
     pub elapsed_sec: f64,
     /// Units completed: events received (subscribe, publish), replies matched (echo),
     /// connections established (connect).
     pub events: u64,
+    /// `events` per second of `elapsed_sec`.
     pub events_per_sec: f64,
+    /// Payload bytes received.
     pub bytes_received: u64,
+    /// `bytes_received` in megabytes (10^6) per second.
     pub mb_per_sec: f64,
     /// Frames without the sequence field (such as a `hello`), not counted as events.
     pub other_frames: u64,
@@ -289,16 +302,21 @@ pub struct LoadReport {
     pub latency_us: Option<LatencyUs>,
     /// From the actual send time instead of the intended one (generating scenarios).
     pub uncorrected_latency_us: Option<LatencyUs>,
+    /// How well the generator kept its schedule (generating scenarios).
     pub generator: Option<Generator>,
+    /// Errors of every kind.
     pub errors_total: u64,
     /// Errors by kind (only kinds that occurred).
     pub errors: BTreeMap<&'static str, u64>,
     /// errors / (events + errors).
     pub error_rate: f64,
+    /// Each threshold and its outcome.
     pub thresholds: Vec<ThresholdResult>,
     /// Why the run could not complete, if it could not.
     pub incomplete: Option<String>,
+    /// How the run ended.
     pub verdict: Verdict,
+    /// The process exit code for `verdict`.
     pub exit_code: u8,
     /// Interval series (for the plot): seconds, rate, p99.
     #[serde(skip)]
@@ -563,7 +581,7 @@ fn us(v: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::load::{RateProfile, Threshold, UrlTemplate};
+    use crate::{RateProfile, Threshold, UrlTemplate};
 
     fn tick(worker: usize, index: u64, done: u64, last: bool) -> Tick {
         let mut t = Tick::new(worker, index);

@@ -14,9 +14,21 @@ pub enum RateProfile {
     /// `N`: the same rate throughout.
     Constant(f64),
     /// `ramp:A..B/D`: linearly from `A` to `B` over `D`, then `B`.
-    Ramp { from: f64, to: f64, over: Duration },
+    Ramp {
+        /// The rate at the start.
+        from: f64,
+        /// The rate at the end of the ramp, and after it.
+        to: f64,
+        /// How long the ramp lasts.
+        over: Duration,
+    },
     /// `steps:A,B,C/D`: each rate held for `D`, then the last one.
-    Steps { rates: Vec<f64>, each: Duration },
+    Steps {
+        /// The rates, in order.
+        rates: Vec<f64>,
+        /// How long each is held.
+        each: Duration,
+    },
 }
 
 impl RateProfile {

@@ -11,7 +11,7 @@ use super::net::{open, Connected, UrlTemplate};
 use super::report::Aggregate;
 use super::wsconn::WsConn;
 use super::{Control, ErrKind, Errors, LoadOptions, Tick, Ticker};
-use crate::record::unix_ns;
+use crate::unix_ns;
 
 /// The read buffer per connection: 64 KiB, less with many connections (64 MiB in all at most,
 /// 4 KiB each at least).
@@ -49,7 +49,7 @@ pub(crate) fn open_one(
     .map_err(|e| {
         let refused = e
             .get_ref()
-            .and_then(|inner| inner.downcast_ref::<crate::client::Refused>())
+            .and_then(|inner| inner.downcast_ref::<floodgate_wsclient::Refused>())
             .is_some();
         let kind = if refused || e.kind() == io::ErrorKind::InvalidData {
             ErrKind::HandshakeRefused

@@ -25,8 +25,11 @@ pub const SCHEMA: &str = "floodgate.perf-baseline/1";
 /// A suite of metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Suite {
+    /// Instructions per operation (callgrind).
     Instructions,
+    /// Criterion estimates (nanoseconds; reported, not gating).
     Criterion,
+    /// `floodgate bench` throughput against a baseline build.
     E2e,
 }
 
@@ -59,17 +62,22 @@ impl Suite {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Better {
+    /// Lower values are better (time, instructions).
     Lower,
+    /// Higher values are better (throughput).
     Higher,
 }
 
 /// One metric's recorded value and how far it may move.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Metric {
+    /// The value.
     pub value: f64,
+    /// Its unit.
     pub unit: String,
     /// A change worse than this, in per cent, fails the gate.
     pub limit_pct: f64,
+    /// Which direction is better.
     pub better: Better,
     /// Whether a change beyond the limit fails the gate (`false`: it is only reported).
     #[serde(default = "gating_default")]
@@ -83,16 +91,20 @@ fn gating_default() -> bool {
 /// `perf/baseline.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Baseline {
+    /// [`SCHEMA`].
     pub schema: String,
     /// When and from which commit the numbers were recorded.
     pub recorded: String,
+    /// The commit the baseline was recorded at.
     pub commit: String,
     /// What they were recorded on (instruction counts can depend on the CPU's features).
     pub machine: BTreeMap<String, String>,
+    /// The metrics by name.
     pub metrics: BTreeMap<String, Metric>,
 }
 
 impl Baseline {
+    /// Reads and checks a baseline file.
     pub fn load(path: &Path) -> Result<Baseline, String> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             format!(
@@ -116,15 +128,20 @@ impl Baseline {
 /// A measured value with its unit and direction.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Measured {
+    /// The value.
     pub value: f64,
+    /// Its unit.
     pub unit: &'static str,
+    /// Which direction is better.
     pub better: Better,
 }
 
 /// The verdict on one metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
+    /// Within its limit.
     Ok,
+    /// Worse than its limit allows.
     Regression,
     /// Better than the baseline by more than the limit: worth recording a new baseline.
     Improved,
@@ -139,14 +156,21 @@ pub enum Verdict {
 /// One row of the comparison.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
+    /// The metric's name.
     pub metric: String,
+    /// The baseline value, if the baseline has it.
     pub baseline: Option<f64>,
+    /// The value measured now, if measured.
     pub now: Option<f64>,
+    /// Its unit.
     pub unit: String,
     /// Per cent, positive = larger.
     pub change_pct: Option<f64>,
+    /// The allowed change in per cent, if any.
     pub limit_pct: Option<f64>,
+    /// Which direction is better.
     pub better: Better,
+    /// The outcome.
     pub verdict: Verdict,
 }
 

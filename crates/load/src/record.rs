@@ -20,8 +20,11 @@ pub fn histogram() -> Histogram<u64> {
 /// The three histograms a message feeds.
 #[derive(Clone)]
 pub struct Recorder {
+    /// Latency from when each message was due (coordinated omission corrected).
     pub corrected: Histogram<u64>,
+    /// Latency from when each message was actually sent.
     pub uncorrected: Histogram<u64>,
+    /// How far behind its schedule each message was sent.
     pub lag: Histogram<u64>,
 }
 
@@ -94,18 +97,26 @@ impl Recorder {
 /// Percentiles of a latency histogram in microseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct LatencyUs {
+    /// Median.
     pub p50: f64,
+    /// 90th percentile.
     pub p90: f64,
+    /// 99th percentile.
     pub p99: f64,
+    /// 99.9th percentile.
     pub p999: f64,
+    /// 99.99th percentile.
     pub p9999: f64,
+    /// Largest value.
     pub max: f64,
+    /// Arithmetic mean.
     pub mean: f64,
     /// Values recorded.
     pub count: u64,
 }
 
 impl LatencyUs {
+    /// The percentiles of `h`, whose values are nanoseconds.
     pub fn of(h: &Histogram<u64>) -> LatencyUs {
         if h.is_empty() {
             return LatencyUs::default();

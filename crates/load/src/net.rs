@@ -25,6 +25,7 @@ pub struct UrlTemplate {
 }
 
 impl UrlTemplate {
+    /// Parses `ws://` or `wss://` URL with optional `{conn}` and `{user}` placeholders.
     pub fn parse(url: &str) -> Result<UrlTemplate, String> {
         let (tls, rest) = if let Some(r) = url.strip_prefix("ws://") {
             (false, r)
@@ -98,10 +99,13 @@ impl UrlTemplate {
 /// Where each connection's token comes from.
 #[derive(Debug, Clone)]
 pub enum Tokens {
+    /// No token: connections send none.
     None,
     /// Minted per connection: HS256 with this secret, `sub` = the connection's user.
     Mint {
+        /// The shared HS256 secret.
         secret: Vec<u8>,
+        /// How long each token is valid.
         ttl: Duration,
     },
     /// One per line; connection `i` takes line `i % lines`.
@@ -109,6 +113,7 @@ pub enum Tokens {
 }
 
 impl Tokens {
+    /// Reads one token per line from `path` (blank lines skipped).
     pub fn from_file(path: &Path) -> Result<Tokens, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("token file `{}`: {e}", path.display()))?;
@@ -128,12 +133,33 @@ impl Tokens {
     pub fn for_conn(&self, conn: usize, user: &str) -> Result<Option<String>, String> {
         match self {
             Tokens::None => Ok(None),
-            Tokens::Mint { secret, ttl } => crate::auth::mint_hs256(secret, user, *ttl)
-                .map(Some)
-                .map_err(|e| e.to_string()),
+            Tokens::Mint { secret, ttl } => mint(secret, user, *ttl).map(Some),
             Tokens::List(l) => Ok(Some(l[conn % l.len()].clone())),
         }
     }
+}
+
+/// An HS256 token for `user` (`sub`), valid from now for `ttl`: what a server that shares
+/// `secret` accepts, floodgate's `/ws` among them.
+fn mint(secret: &[u8], user: &str, ttl: Duration) -> Result<String, String> {
+    #[derive(serde::Serialize)]
+    struct Claims<'a> {
+        sub: &'a str,
+        iat: u64,
+        exp: u64,
+    }
+    let iat = crate::unix_ns() / 1_000_000_000;
+    let claims = Claims {
+        sub: user,
+        iat,
+        exp: iat + ttl.as_secs(),
+    };
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .map_err(|e| format!("cannot mint a token: {e}"))
 }
 
 /// Source addresses to spread connections over (connection `i` uses `i % n`), each with its
@@ -243,7 +269,7 @@ pub fn open(
         (true, None) => return Err(io::Error::other("wss:// without a TLS configuration")),
     };
     c.set_read_timeout(Some(timeout))?;
-    let early = crate::client::upgrade_on(&mut c, &url.host, target, headers)?;
+    let early = floodgate_wsclient::upgrade_on(&mut c, &url.host, target, headers)?;
     c.set_read_timeout(None)?;
     Ok((c, early))
 }

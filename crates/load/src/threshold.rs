@@ -33,8 +33,11 @@ pub enum Op {
 /// One threshold as given on the command line.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Threshold {
+    /// As written on the command line.
     pub text: String,
+    /// What it measures.
     pub metric: Metric,
+    /// How the value is compared with `limit`.
     pub op: Op,
     /// Microseconds for latencies, per second for rate, a fraction for errors.
     pub limit: f64,

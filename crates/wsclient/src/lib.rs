@@ -1,4 +1,4 @@
-//! A lean WebSocket client for the bench and the load harness: a blocking RFC 6455
+//! A lean WebSocket client for floodgate's bench and load harness: a blocking RFC 6455
 //! handshake, then frames decoded straight out of a read buffer with tungstenite's header parser,
 //! so receiving a frame allocates nothing.
 
@@ -12,7 +12,7 @@ use tungstenite::protocol::frame::{Frame, FrameHeader};
 /// Opens a TCP connection to `addr` and upgrades it with `GET target`. `extra_headers` is
 /// inserted verbatim (each line ending in `\r\n`). Returns the stream (blocking mode) and any
 /// bytes the server sent after its 101 response.
-pub(crate) fn connect(
+pub fn connect(
     addr: SocketAddr,
     target: &str,
     extra_headers: &str,
@@ -33,7 +33,7 @@ pub(crate) fn connect(
 /// Why an upgrade failed, as the `io::Error` payload: the HTTP status the server answered with
 /// (0 when the response was not HTTP).
 #[derive(Debug)]
-pub(crate) struct Refused(pub u16);
+pub struct Refused(pub u16);
 
 impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -46,7 +46,7 @@ impl std::error::Error for Refused {}
 /// Sends the upgrade request for `target` on a connected `stream` (blocking, each read bounded
 /// by `timeout`) and checks the 101 and its `Sec-WebSocket-Accept`. Returns any bytes the
 /// server sent after the response. A non-101 answer is an error whose payload is [`Refused`].
-pub(crate) fn upgrade(
+pub fn upgrade(
     stream: &mut TcpStream,
     host: &str,
     target: &str,
@@ -60,7 +60,7 @@ pub(crate) fn upgrade(
 }
 
 /// [`upgrade`] over any blocking stream (a TLS session, say); the caller bounds its reads.
-pub(crate) fn upgrade_on(
+pub fn upgrade_on(
     stream: &mut (impl Read + Write),
     host: &str,
     target: &str,
@@ -143,17 +143,23 @@ fn base64_16(bytes: &[u8; 16]) -> String {
 
 /// A frame as seen by the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
+pub enum Kind {
+    /// A text frame (opcode 1).
     Text,
+    /// A binary frame (opcode 2).
     Binary,
+    /// A continuation of a fragmented message (opcode 0).
     Continuation,
+    /// A ping (opcode 9).
     Ping,
+    /// A pong (opcode 10).
     Pong,
+    /// A close frame (opcode 8).
     Close,
 }
 
 /// Decodes server frames from bytes read off a socket.
-pub(crate) struct FrameReader {
+pub struct FrameReader {
     /// Storage; only `start..end` holds unread bytes.
     buf: Vec<u8>,
     start: usize,
@@ -166,7 +172,7 @@ impl FrameReader {
     /// A reader that starts with the bytes `initial` (read past the handshake) and reads up to
     /// `chunk` bytes at a time. The buffer is allocated and zero-filled here, so its pages are
     /// touched before any measurement, not on the first event.
-    pub(crate) fn new(initial: Vec<u8>, chunk: usize) -> Self {
+    pub fn new(initial: Vec<u8>, chunk: usize) -> Self {
         let chunk = chunk.max(1024);
         let mut buf = initial;
         let end = buf.len();
@@ -184,7 +190,7 @@ impl FrameReader {
     /// means the receive queue was empty when it returned, so under edge-triggered polling
     /// the caller may wait for the next readiness event instead of reading again to see
     /// `WouldBlock` (epoll(7), "Level-triggered and edge-triggered").
-    pub(crate) fn fill(&mut self, src: &mut impl Read) -> io::Result<(usize, bool)> {
+    pub fn fill(&mut self, src: &mut impl Read) -> io::Result<(usize, bool)> {
         if self.start > 0 && self.start * 2 >= self.end {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
@@ -203,7 +209,7 @@ impl FrameReader {
 
     /// Calls `f` for every complete frame buffered. A masked or malformed server frame is an
     /// error (RFC 6455 5.1: servers never mask).
-    pub(crate) fn frames(&mut self, mut f: impl FnMut(Kind, &[u8])) -> io::Result<()> {
+    pub fn frames(&mut self, mut f: impl FnMut(Kind, &[u8])) -> io::Result<()> {
         loop {
             let mut cur = Cursor::new(&self.buf[self.start..self.end]);
             let (hdr, len) = match FrameHeader::parse(&mut cur) {
@@ -244,7 +250,7 @@ impl FrameReader {
 }
 
 /// A masked client frame (pong or close) ready to write.
-pub(crate) fn client_frame(kind: Kind, payload: &[u8]) -> Vec<u8> {
+pub fn client_frame(kind: Kind, payload: &[u8]) -> Vec<u8> {
     let mut frame = match kind {
         Kind::Pong => Frame::pong(payload.to_vec()),
         Kind::Ping => Frame::ping(payload.to_vec()),
@@ -277,9 +283,10 @@ mod tests {
     #[test]
     fn reader_yields_whole_frames_across_fills() {
         let mut bytes = Vec::new();
-        let (p, n) = crate::core::frame::event_prefix(1, 3);
-        bytes.extend_from_slice(&p[..n]);
-        bytes.extend_from_slice(b"\"a\"");
+        // A text frame (unmasked, as a server sends it), then an empty ping.
+        let text = b"{\"seq\":1,\"a\"";
+        bytes.extend_from_slice(&[0x81, text.len() as u8]);
+        bytes.extend_from_slice(text);
         bytes.extend_from_slice(&[0x89, 0x00]);
         let mut r = FrameReader::new(Vec::new(), 1024);
         let mut seen = Vec::new();
@@ -300,7 +307,7 @@ mod tests {
 /// Appends a final, masked client frame with `opcode` (1 text, 2 binary, 8 close, 9 ping,
 /// 10 pong) carrying `payload` to `out`, masked with `mask` (RFC 6455 5.3: the client picks a
 /// fresh unpredictable key per frame). Allocates only if `out` must grow.
-pub(crate) fn encode_masked(out: &mut Vec<u8>, opcode: u8, payload: &[u8], mask: [u8; 4]) {
+pub fn encode_masked(out: &mut Vec<u8>, opcode: u8, payload: &[u8], mask: [u8; 4]) {
     out.push(0x80 | opcode);
     let n = payload.len();
     if n < 126 {

@@ -21,7 +21,7 @@ use super::schedule::RateProfile;
 use super::subscribe::{spawn_receivers, RecvCfg};
 use super::wsconn::WsConn;
 use super::{share_of, Control, ErrKind, LoadOptions, Ticker, TsUnit};
-use crate::record::unix_ns;
+use crate::unix_ns;
 
 /// After publishing stops, how long a publisher waits for its last answers.
 const DRAIN: Duration = Duration::from_secs(5);

@@ -12,7 +12,7 @@ use super::pointer::Pointer;
 use super::report::LoadReport;
 use super::wsconn::WsConn;
 use super::{Control, ErrKind, LoadOptions, Tick, Ticker, TsUnit};
-use crate::record::unix_ns;
+use crate::unix_ns;
 
 /// How received frames are read.
 #[derive(Clone)]

@@ -21,7 +21,7 @@ use super::report::LoadReport;
 use super::schedule::RateProfile;
 use super::wsconn::WsConn;
 use super::{Control, ErrKind, LoadOptions, Ticker};
-use crate::record::unix_ns;
+use crate::unix_ns;
 
 /// Handshakes in flight at once per worker.
 pub(crate) const OPENERS: usize = 16;

@@ -7,8 +7,8 @@
 //!
 //! Threads: worker threads each own a share of the connections on a mio poll (and, for the
 //! generating scenarios, a share of the rate on their own open-loop schedule). Every
-//! `interval` each worker sends a [`Tick`] (its histograms and counts for that interval) to
-//! the main thread, which merges them ([`report::Aggregate`]), writes the HDR interval log,
+//! `interval` each worker sends a `Tick` (its histograms and counts for that interval) to
+//! the main thread, which merges them (`report::Aggregate`), writes the HDR interval log,
 //! keeps the (bounded) series for the plot and shows progress. Memory does not grow with the
 //! length of a run.
 
@@ -30,7 +30,7 @@ mod wsconn;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use self::net::{Sources, Tokens, UrlTemplate};
 pub use self::pointer::Pointer;
@@ -39,6 +39,13 @@ pub use self::report::{LoadReport, Verdict};
 pub use self::schedule::RateProfile;
 pub use self::threshold::Threshold;
 pub use self::tls::client_config as tls_client_config;
+
+/// Unix time in nanoseconds: the clock of send times, schedules and the `ts` of events read.
+pub(crate) fn unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
 
 /// Exit codes of `floodgate load`, distinct per outcome.
 pub mod exit {
@@ -77,9 +84,13 @@ pub enum TsUnit {
     /// Guess from the magnitude (seconds, milliseconds, microseconds or nanoseconds since
     /// the Unix epoch).
     Auto,
+    /// Seconds.
     S,
+    /// Milliseconds.
     Ms,
+    /// Microseconds.
     Us,
+    /// Nanoseconds.
     Ns,
 }
 
@@ -126,20 +137,25 @@ impl TsUnit {
 /// Everything a run needs, validated by [`LoadOptions::validate`].
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
+    /// What the run does.
     pub scenario: Scenario,
     /// Where connections go (for `publish`: the subscribers).
     pub url: UrlTemplate,
+    /// Connections held (for `publish`: subscribers).
     pub connections: usize,
     /// Connections opened per second while setting up (`None`: as fast as they complete).
     pub connect_rate: Option<f64>,
     /// `{user}` is this prefix and the connection index.
     pub user_prefix: String,
+    /// Where each connection's token comes from.
     pub tokens: Tokens,
+    /// Source addresses the connections are spread over.
     pub sources: Sources,
     /// TLS for `wss://` URLs.
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     /// Worker threads.
     pub threads: usize,
+    /// How long the measured phase lasts (`None`: until `events`).
     pub duration: Option<Duration>,
     /// Stop after this many events (received, replies, published or connections).
     pub events: Option<u64>,
@@ -154,6 +170,7 @@ pub struct LoadOptions {
     pub gapless: bool,
     /// A timestamp in received frames to measure latency from.
     pub latency_field: Option<Pointer>,
+    /// The unit of `latency_field`.
     pub ts_unit: TsUnit,
     /// Bytes of each message sent (echo) or event data (publish).
     pub message_bytes: usize,
@@ -163,15 +180,21 @@ pub struct LoadOptions {
     pub publishers: usize,
     /// The ingest socket (publish).
     pub ingest_url: Option<UrlTemplate>,
+    /// The ingest API key (publish).
     pub api_key: Option<String>,
     /// How long each connection is held (connect); `None`: until the end.
     pub hold: Option<Duration>,
     /// Give up when nothing arrives for this long.
     pub idle_timeout: Duration,
+    /// How long one WebSocket handshake may take.
     pub handshake_timeout: Duration,
+    /// Pass/fail conditions on the report.
     pub thresholds: Vec<Threshold>,
+    /// Show a progress line on stderr.
     pub progress: bool,
+    /// Write an HdrHistogram interval log here.
     pub hdr_log: Option<PathBuf>,
+    /// Write an SVG plot here.
     pub plot: Option<PathBuf>,
     /// Length of a reporting interval (progress, HDR log, plot).
     pub interval: Duration,

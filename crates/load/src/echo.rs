@@ -19,7 +19,7 @@ use super::report::LoadReport;
 use super::schedule::RateProfile;
 use super::wsconn::WsConn;
 use super::{share_of, Control, ErrKind, LoadOptions, Ticker};
-use crate::record::unix_ns;
+use crate::unix_ns;
 
 /// Messages in flight per connection at most; past it the oldest counts as missing.
 const MAX_IN_FLIGHT: usize = 1 << 16;

@@ -156,7 +156,10 @@ impl Producer {
         let mut at = self.head;
         if rec > to_end {
             debug_assert!(to_end >= HEADER as u64, "positions are 8-aligned");
-            self.shared.buf.write(pos as usize, &header(WRAP));
+            // SAFETY: `[head, head + to_end)` is free space (checked against `tail` above: the
+            // consumer has released it and reads only `[tail, head)`), and only this producer
+            // writes; it is published by the `head` store below.
+            unsafe { self.shared.buf.write(pos as usize, &header(WRAP)) };
             at += to_end;
         }
         let start = (at & self.shared.mask) as usize;
@@ -165,10 +168,15 @@ impl Producer {
             start + rec as usize <= cap as usize,
             "a record never straddles the end"
         );
-        self.shared.buf.write(start, &header(len as u32));
+        // SAFETY: `[at, at + rec)` is free space: `head + need - tail <= capacity` was checked
+        // above against a `tail` loaded with Acquire (the consumer released those bytes after
+        // reading them), the consumer reads only `[tail, head)`, and only this producer writes.
+        // The bytes are published by the `head` store below, not before.
+        unsafe { self.shared.buf.write(start, &header(len as u32)) };
         let mut off = start + HEADER;
         for part in parts {
-            self.shared.buf.write(off, part);
+            // SAFETY: as for the header: `off..off + part.len()` lies inside the same record.
+            unsafe { self.shared.buf.write(off, part) };
             off += part.len();
         }
         let new_head = at + rec;
@@ -243,14 +251,19 @@ impl Consumer {
         debug_assert!(head >= t && head - t <= self.shared.mask + 1);
         while t < head && n < max_records {
             let pos = (t & self.shared.mask) as usize;
-            let len = self.shared.buf.read_u32(pos);
+            // SAFETY: `t < head`, loaded with Acquire: the producer published this record's
+            // header, and it writes only outside `[tail, head)`, which includes this range.
+            let len = unsafe { self.shared.buf.read_u32(pos) };
             if len == WRAP {
                 t += self.shared.mask + 1 - pos as u64;
                 continue;
             }
             let len = len as usize;
             debug_assert!(pos + HEADER + len <= self.shared.mask as usize + 1);
-            self.shared.buf.read(pos + HEADER, len, &mut f);
+            // SAFETY: the record `[t, t + HEADER + len)` is published (`t < head`, Acquire) and
+            // not yet released (`tail` is stored only after this loop), so the producer leaves
+            // it alone while `f` reads it.
+            unsafe { self.shared.buf.read(pos + HEADER, len, &mut f) };
             t += (HEADER + padded(len)) as u64;
             n += 1;
         }
@@ -264,7 +277,7 @@ impl Consumer {
     }
 
     /// True when a record is visible. For the reactor's park protocol the caller must issue a
-    /// SeqCst fence between storing its `sleeping` flag and calling this (see `Parker`).
+    /// SeqCst fence between storing its `sleeping` flag and calling this (see `park::Parker`).
     pub fn has_pending(&self) -> bool {
         // Acquire: as in `drain`; the ordering against `sleeping` comes from the caller's fence.
         self.shared.head.load(Ordering::Acquire) != self.tail
@@ -312,7 +325,7 @@ impl Drop for Consumer {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Storage: the only unsafe code in the crate.
+// Storage: the only unsafe code of the gateway (see ARCHITECTURE.md, "Invariants").
 
 #[cfg(loom)]
 use storage_loom::Storage;
@@ -346,39 +359,64 @@ mod storage_std {
             Storage { ptr, len }
         }
 
-        /// Copies `src` to `[at, at + src.len())`. The caller (the producer) owns that range.
-        pub(super) fn write(&self, at: usize, src: &[u8]) {
+        /// Copies `src` to `[at, at + src.len())` (bounds are checked: out of bounds panics).
+        ///
+        /// # Safety
+        ///
+        /// No other thread may read or write any byte of that range until this returns and a
+        /// Release store (the ring's `head`) has published it. The ring's index protocol gives
+        /// this: the producer writes only free space, `[head, tail + capacity)`.
+        pub(super) unsafe fn write(&self, at: usize, src: &[u8]) {
             assert!(
                 at <= self.len && src.len() <= self.len - at,
                 "ring write out of bounds"
             );
-            // SAFETY: the range is in bounds (checked above) and, by the ring's index protocol, not
-            // being read or written by the consumer; `src` cannot overlap our own allocation
-            // because nobody else holds a reference into it.
+            // SAFETY: the range is in bounds (checked above) and, by the caller's contract, not
+            // accessed by another thread; `src` cannot overlap our allocation because nobody
+            // holds a reference into it outside `read`, which the contract excludes.
             unsafe {
                 std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.as_ptr().add(at), src.len());
             }
         }
 
-        /// Reads the little-endian `u32` at `at`. The caller (the consumer) owns that range.
-        pub(super) fn read_u32(&self, at: usize) -> u32 {
+        /// Reads the little-endian `u32` at `at`.
+        ///
+        /// # Safety
+        ///
+        /// As for [`read`](Self::read), for `[at, at + 4)`.
+        pub(super) unsafe fn read_u32(&self, at: usize) -> u32 {
             let mut out = 0;
-            self.read(at, 4, |b| {
-                out = u32::from_le_bytes([b[0], b[1], b[2], b[3]])
-            });
+            // SAFETY: the caller's contract is `read`'s, for these four bytes.
+            unsafe {
+                self.read(at, 4, |b| {
+                    out = u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+                })
+            };
             out
         }
 
-        /// Passes `[at, at + len)` to `f`. The caller (the consumer) owns that range.
-        pub(super) fn read<R>(&self, at: usize, len: usize, f: impl FnOnce(&[u8]) -> R) -> R {
+        /// Passes `[at, at + len)` to `f` (bounds are checked: out of bounds panics).
+        ///
+        /// # Safety
+        ///
+        /// No other thread may write any byte of that range until `f` returns, and its last
+        /// write must happen-before this call (an Acquire load of the ring's `head` that saw the
+        /// producer's Release store). The ring's index protocol gives this: the consumer reads
+        /// only published, unreleased bytes, `[tail, head)`.
+        pub(super) unsafe fn read<R>(
+            &self,
+            at: usize,
+            len: usize,
+            f: impl FnOnce(&[u8]) -> R,
+        ) -> R {
             assert!(
                 at <= self.len && len <= self.len - at,
                 "ring read out of bounds"
             );
             // The bytes are initialised (zeroed at construction, then only overwritten), and the
             // producer leaves them alone until the consumer releases them after `f` returns.
-            // SAFETY: in bounds (checked above), initialised and not written concurrently (see
-            // above); the slice does not outlive this call.
+            // SAFETY: in bounds (checked above), initialised, and by the caller's contract not
+            // written until `f` returns; the slice does not outlive this call.
             let slice = unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(at), len) };
             f(slice)
         }
@@ -417,22 +455,33 @@ mod storage_loom {
             }
         }
 
-        pub(super) fn write(&self, at: usize, src: &[u8]) {
+        /// As the std version: loom checks the contract.
+        pub(super) unsafe fn write(&self, at: usize, src: &[u8]) {
             for (i, b) in src.iter().enumerate() {
                 // SAFETY: loom checks that no other access to this cell races with this one.
                 self.cells[at + i].with_mut(|p| unsafe { *p = *b });
             }
         }
 
-        pub(super) fn read_u32(&self, at: usize) -> u32 {
+        /// As the std version: loom checks the contract.
+        pub(super) unsafe fn read_u32(&self, at: usize) -> u32 {
             let mut out = 0;
-            self.read(at, 4, |b| {
-                out = u32::from_le_bytes([b[0], b[1], b[2], b[3]])
-            });
+            // SAFETY: the caller's contract is `read`'s, for these four bytes.
+            unsafe {
+                self.read(at, 4, |b| {
+                    out = u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+                })
+            };
             out
         }
 
-        pub(super) fn read<R>(&self, at: usize, len: usize, f: impl FnOnce(&[u8]) -> R) -> R {
+        /// As the std version: loom checks the contract.
+        pub(super) unsafe fn read<R>(
+            &self,
+            at: usize,
+            len: usize,
+            f: impl FnOnce(&[u8]) -> R,
+        ) -> R {
             let copy: Vec<u8> = (at..at + len)
                 // SAFETY: loom checks that no other access to this cell races with this one.
                 .map(|i| self.cells[i].with(|p| unsafe { *p }))
@@ -645,7 +694,7 @@ mod loom_tests {
         });
     }
 
-    /// The reactor's sleep protocol (see `reactor::Parker`): set `sleeping`, re-check the ring,
+    /// The reactor's sleep protocol (see `park::Parker`): set `sleeping`, re-check the ring,
     /// then park; the producer publishes, then wakes only if `sleeping` was set. No lost wake-up:
     /// loom reports a deadlock if the consumer can park forever with a record pending.
     #[test]

@@ -1,46 +1,12 @@
 //! The emit path allocates nothing per event in steady state, proved with a counting allocator
-//! that counts only on the emitting thread.
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+//! (allocation-counter's, which counts only on the measuring thread).
 
-struct Counting;
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-    static COUNT: Cell<u64> = const { Cell::new(0) };
-}
-
-// SAFETY: forwards to the system allocator; the counters are thread-local plain cells.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.with(Cell::get) {
-            COUNT.with(|c| c.set(c.get() + 1));
-        }
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNTING.with(Cell::get) {
-            COUNT.with(|c| c.set(c.get() + 1));
-        }
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static A: Counting = Counting;
-
+/// Allocations (and reallocations) made on this thread while `f` runs. Checks first that the
+/// counting allocator is the one in use, so a zero can never be vacuous.
 fn allocations_during(f: impl FnOnce()) -> u64 {
-    COUNT.with(|c| c.set(0));
-    COUNTING.with(|c| c.set(true));
-    f();
-    COUNTING.with(|c| c.set(false));
-    COUNT.with(Cell::get)
+    let probe = allocation_counter::measure(|| drop(std::hint::black_box(vec![0u8; 64])));
+    assert_eq!(probe.count_total, 1, "the counting allocator is installed");
+    allocation_counter::measure(f).count_total
 }
 
 #[derive(serde::Serialize)]

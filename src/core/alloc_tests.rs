@@ -1,52 +1,16 @@
 //! Routing allocates nothing per event once warmed up, with history, a spool and events that
-//! need an ack: checked with a counting allocator that counts only on this test's thread (and
-//! only while asked to), so the other tests of the crate are not affected.
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+//! need an ack: checked with allocation-counter's counting allocator, which counts only on the
+//! measuring thread (and only while measuring), so the other tests of the crate are not affected.
 
 use super::testing;
 use super::*;
 
-struct Counting;
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-    static COUNT: Cell<u64> = const { Cell::new(0) };
-}
-
-// SAFETY: forwards every call to the system allocator unchanged; the counters are thread-local
-// plain cells (`try_with`, so a thread being torn down is never counted).
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.try_with(Cell::get).unwrap_or(false) {
-            let _ = COUNT.try_with(|c| c.set(c.get() + 1));
-        }
-        // SAFETY: the caller keeps `GlobalAlloc::alloc`'s contract, which is the same.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `System.alloc` through us, with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNTING.try_with(Cell::get).unwrap_or(false) {
-            let _ = COUNT.try_with(|c| c.set(c.get() + 1));
-        }
-        // SAFETY: as for `dealloc`, and the caller keeps `realloc`'s contract.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static A: Counting = Counting;
-
+/// Allocations (and reallocations) made on this thread while `f` runs. Checks first that the
+/// counting allocator is the one in use, so a zero can never be vacuous.
 fn allocations_during(f: impl FnOnce()) -> u64 {
-    COUNT.with(|c| c.set(0));
-    COUNTING.with(|c| c.set(true));
-    f();
-    COUNTING.with(|c| c.set(false));
-    COUNT.with(Cell::get)
+    let probe = allocation_counter::measure(|| drop(std::hint::black_box(vec![0u8; 64])));
+    assert_eq!(probe.count_total, 1, "the counting allocator is installed");
+    allocation_counter::measure(f).count_total
 }
 
 #[test]

@@ -18,6 +18,7 @@ const SLOTS: usize = 1 << 16;
 
 /// What the gateway knows about delivery to one user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Delivery {
     /// Open WebSocket connections of the user (255 means 255 or more).
     pub connections: u8,

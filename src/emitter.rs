@@ -81,7 +81,33 @@ impl Emitter {
     /// Emits `event` to every live connection of `user`. The event is stamped with the current
     /// time; the reactor assigns its `seq`.
     ///
-    /// On error the event is handed back inside [`EmitError`], and nothing was queued.
+    /// On error the event is handed back inside [`EmitError`], and nothing was queued. A full
+    /// ring (the shard is behind) is the one error worth waiting out:
+    ///
+    /// ```
+    /// use floodgate::{EmitError, Event};
+    /// # fn main() -> Result<(), floodgate::Error> {
+    /// let gw = floodgate::Gateway::builder()
+    ///     .bind("127.0.0.1:0")
+    ///     .jwt_hs256_secret("a-secret-of-at-least-thirty-two-bytes!")
+    ///     .build()?;
+    /// let mut em = gw.emitter();
+    /// let backoff = crossbeam_utils::Backoff::new();
+    /// let mut event = Event::agent_started("run-1");
+    /// loop {
+    ///     match em.emit("user-1", event) {
+    ///         Ok(()) => break,
+    ///         Err(EmitError::Full(back)) => {
+    ///             event = back; // the same event, handed back
+    ///             backoff.snooze();
+    ///         }
+    ///         Err(other) => return Err(other.into()), // why, without the event
+    ///     }
+    /// }
+    /// let report = gw.shutdown()?;
+    /// assert_eq!(report.metrics.stats.events_received, 1, "routed, even with nobody connected");
+    /// # Ok(()) }
+    /// ```
     pub fn emit<'a, D: Serialize + ?Sized>(
         &mut self,
         user: &str,
@@ -96,22 +122,25 @@ impl Emitter {
     /// (`receipt_capacity`); when every slot is held by a live receipt, this returns
     /// [`EmitError::NoReceipt`] and nothing was queued. Drop receipts you no longer need.
     ///
-    /// ```no_run
-    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let gw = floodgate::Gateway::builder()
-    /// #     .jwt_hs256_secret("a-secret-of-at-least-thirty-two-bytes!")
-    /// #     .spool_dir("/var/lib/floodgate")
-    /// #     .build()?;
+    /// ```
+    /// # fn main() -> Result<(), floodgate::Error> {
+    /// let dir = std::env::temp_dir().join(format!("floodgate-doc-{}", std::process::id()));
+    /// let gw = floodgate::Gateway::builder()
+    ///     .bind("127.0.0.1:0")
+    ///     .jwt_hs256_secret("a-secret-of-at-least-thirty-two-bytes!")
+    ///     .spool_dir(&dir)
+    ///     .build()?;
     /// let mut em = gw.emitter();
     /// let answer = serde_json::json!({"answer": 42});
-    /// let receipt = em
-    ///     .emit_tracked("user-1", floodgate::Event::agent_completed("run-1", &answer))
-    ///     .expect("ring has room and a receipt slot is free");
+    /// let receipt = em.emit_tracked("user-1", floodgate::Event::agent_completed("run-1", &answer))?;
     /// // Later, or from another thread: no lock is taken.
-    /// let s = receipt.wait_until(std::time::Duration::from_secs(1), |s| s.spooled);
-    /// if s.spooled {
-    ///     println!("event {} survives a crash; written to {} connections", s.seq.unwrap(), s.written_to);
-    /// }
+    /// let s = receipt.wait_until(std::time::Duration::from_secs(5), |s| s.spooled);
+    /// assert!(s.spooled, "on disk: it survives a crash of the process");
+    /// assert_eq!(s.seq, Some(1), "user-1's first event");
+    /// assert_eq!(s.written_to, 0, "nobody is connected as user-1");
+    /// drop(receipt); // frees its slot
+    /// gw.shutdown()?;
+    /// # std::fs::remove_dir_all(&dir).ok();
     /// # Ok(()) }
     /// ```
     pub fn emit_tracked<'a, D: Serialize + ?Sized>(

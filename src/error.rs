@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 
 /// Why [`Emitter::emit`](crate::Emitter::emit) did not accept an event. The event is handed back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum EmitError<T> {
     /// The ring to the user's reactor shard is full: the reactor is behind. Nothing was queued.
     /// Retry later (for example after `crossbeam_utils::Backoff::snooze`), or shed the event.
@@ -52,7 +53,64 @@ impl<T> EmitError<T> {
     /// True for [`EmitError::Full`] and [`EmitError::NoReceipt`]: the same event may succeed
     /// later. Every other variant will fail again for the same event.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, EmitError::Full(_) | EmitError::NoReceipt(_))
+        self.kind().is_retryable()
+    }
+
+    /// Which error this is, without the event.
+    pub fn kind(&self) -> EmitErrorKind {
+        match self {
+            EmitError::Full(_) => EmitErrorKind::Full,
+            EmitError::Closed(_) => EmitErrorKind::Closed,
+            EmitError::TooLarge(_) => EmitErrorKind::TooLarge,
+            EmitError::InvalidUser(_) => EmitErrorKind::InvalidUser,
+            EmitError::InvalidType(_) => EmitErrorKind::InvalidType,
+            EmitError::Unserializable(_) => EmitErrorKind::Unserializable,
+            EmitError::NoReceipt(_) => EmitErrorKind::NoReceipt,
+        }
+    }
+}
+
+/// An [`EmitError`] without its event: what `?` carries into [`Error::Emit`] from a function
+/// that does not want the event back. (Where you do, match on the `EmitError` or call
+/// [`EmitError::into_inner`] first.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+#[non_exhaustive]
+pub enum EmitErrorKind {
+    /// See [`EmitError::Full`].
+    #[error("ring to the reactor is full; retry later")]
+    Full,
+    /// See [`EmitError::Closed`].
+    #[error("the gateway has shut down")]
+    Closed,
+    /// See [`EmitError::TooLarge`].
+    #[error("the encoded event is larger than max_event_bytes")]
+    TooLarge,
+    /// See [`EmitError::InvalidUser`].
+    #[error("the user id is empty or longer than 255 bytes")]
+    InvalidUser,
+    /// See [`EmitError::InvalidType`].
+    #[error("invalid event type name (1 to 64 bytes of [A-Za-z0-9_.:-], not a protocol frame type such as hello or gap)")]
+    InvalidType,
+    /// See [`EmitError::Unserializable`].
+    #[error("the event's data failed to serialize")]
+    Unserializable,
+    /// See [`EmitError::NoReceipt`].
+    #[error("every receipt slot is in use")]
+    NoReceipt,
+}
+
+impl EmitErrorKind {
+    /// True for [`Full`](Self::Full) and [`NoReceipt`](Self::NoReceipt): the same event may
+    /// succeed later.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, EmitErrorKind::Full | EmitErrorKind::NoReceipt)
+    }
+}
+
+/// `?` on an emit in a function returning [`Error`]: the event is dropped, its kind kept.
+impl<T> From<EmitError<T>> for Error {
+    fn from(e: EmitError<T>) -> Error {
+        Error::Emit(e.kind())
     }
 }
 
@@ -109,6 +167,11 @@ pub enum Error {
     /// another shard count). Fatal: the message says what to change.
     #[error(transparent)]
     Spool(#[from] crate::spool::SpoolError),
+    /// An event was not accepted (from `?` on [`EmitError`], which keeps the event; this keeps
+    /// only why). Fatal unless [`EmitErrorKind::is_retryable`]: the same event may succeed
+    /// later when the ring is full or a receipt slot is free again.
+    #[error("event not accepted: {0}")]
+    Emit(EmitErrorKind),
     /// Reading or parsing a configuration file failed. Fatal.
     #[error("config file `{path}`: {reason}")]
     ConfigFile {
@@ -120,11 +183,12 @@ pub enum Error {
 }
 
 impl Error {
-    /// Whether the operation that returned this error can never succeed as configured.
-    /// Every variant is currently fatal; the method exists so callers need not match on variants
-    /// (later variants, such as a transient back-end outage, will return `false`).
+    /// Whether the operation that returned this error can never succeed as configured (or,
+    /// for [`Error::Emit`], the same event never will). Only an emit that found the ring full
+    /// or no receipt slot free is not fatal.
     pub fn is_fatal(&self) -> bool {
         match self {
+            Error::Emit(kind) => !kind.is_retryable(),
             Error::Config(_)
             | Error::Bind { .. }
             | Error::Key { .. }
@@ -147,6 +211,24 @@ mod tests {
         assert_eq!(e.into_inner(), 5);
         assert!(!EmitError::Closed(1).is_retryable());
         assert_eq!(EmitError::TooLarge("x").into_inner(), "x");
+    }
+
+    #[test]
+    fn question_mark_carries_an_emit_error_into_error_without_the_event() {
+        fn emit_twice(first: Result<(), EmitError<String>>) -> Result<u32, Error> {
+            first?;
+            Ok(2)
+        }
+        assert_eq!(emit_twice(Ok(())).unwrap(), 2);
+        let e = emit_twice(Err(EmitError::Full("ev".into()))).unwrap_err();
+        assert!(matches!(e, Error::Emit(EmitErrorKind::Full)));
+        assert!(!e.is_fatal(), "a full ring is worth retrying");
+        assert_eq!(
+            e.to_string(),
+            "event not accepted: ring to the reactor is full; retry later"
+        );
+        let e = emit_twice(Err(EmitError::InvalidUser(String::new()))).unwrap_err();
+        assert!(e.is_fatal(), "that event will never be accepted");
     }
 
     #[test]

@@ -63,6 +63,21 @@ fn open_durable(
 /// A running gateway: a listening socket, one reactor thread per shard, and the rings from its
 /// emitters. Build one with [`Gateway::builder`]; stop it with [`Gateway::shutdown`] (dropping
 /// it does the same, ignoring the report).
+///
+/// ```
+/// # fn main() -> Result<(), floodgate::Error> {
+/// let gw = floodgate::Gateway::builder()
+///     .bind("127.0.0.1:0") // any free port; see local_addr()
+///     .jwt_hs256_secret("a-secret-of-at-least-thirty-two-bytes!")
+///     .build()?;
+/// println!("clients connect to ws://{}/ws with a JWT", gw.local_addr());
+/// let mut em = gw.emitter(); // one per producing thread
+/// em.agent_started("user-1", "run-1")?;
+/// let report = gw.shutdown()?; // everything emitted is routed first
+/// assert_eq!(report.metrics.stats.events_received, 1);
+/// assert_eq!(report.undelivered, 0);
+/// # Ok(()) }
+/// ```
 pub struct Gateway {
     /// What its emitters share.
     emitters: Arc<EmitterShared>,
@@ -189,6 +204,24 @@ impl std::fmt::Debug for Gateway {
 /// Configures a [`Gateway`]. Every setter only records its value; [`build`](Self::build)
 /// checks them all (and every pair that must agree) and returns the first problem as
 /// [`Error::Config`], naming the setting.
+///
+/// ```
+/// use floodgate::{Error, Gateway};
+/// let secret = "a-secret-of-at-least-thirty-two-bytes!";
+/// let builder = Gateway::builder()
+///     .bind("127.0.0.1:0")
+///     .jwt_hs256_secret(secret)
+///     .max_connections_per_user(8)
+///     .history_max_events(4096);
+/// builder.validate().expect("a consistent configuration");
+///
+/// // A bad value is refused before anything starts, naming the setting to change.
+/// let bad = Gateway::builder().jwt_hs256_secret(secret).max_batch_events(0);
+/// match bad.build() {
+///     Err(Error::Config(e)) => assert_eq!(e.setting, "max_batch_events"),
+///     other => panic!("expected a config error, got {other:?}"),
+/// }
+/// ```
 #[derive(Debug, Clone)]
 pub struct GatewayBuilder {
     bind: Result<SocketAddr, String>,

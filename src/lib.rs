@@ -60,6 +60,11 @@ mod spool;
 #[doc(hidden)]
 pub mod cli;
 
+/// The README's Rust code blocks, compiled (and run unless marked `no_run`) as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub use crate::auth::mint_hs256;
 pub use crate::config::{Settings, MIN_HS256_SECRET};
 pub use crate::core::{
@@ -68,7 +73,7 @@ pub use crate::core::{
 };
 pub use crate::delivery::Delivery;
 pub use crate::emitter::Emitter;
-pub use crate::error::{ConfigError, EmitError, Error};
+pub use crate::error::{ConfigError, EmitError, EmitErrorKind, Error};
 pub use crate::event::{Event, EventType, NoData, MAX_TYPE_LEN, RESERVED_TYPES};
 pub use crate::gateway::{Gateway, GatewayBuilder, ShutdownReport};
 pub use crate::metrics::IngestStats;

@@ -38,6 +38,7 @@ impl Published {
 
 /// A point-in-time sum of every shard's counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MetricsSnapshot {
     /// The summed counters.
     pub stats: Stats,

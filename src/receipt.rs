@@ -40,7 +40,24 @@ pub struct ReceiptStatus {
     pub dead_lettered: bool,
 }
 
-/// A handle on one tracked event's status. Freed when dropped.
+/// A handle on one tracked event's status, from
+/// [`Emitter::emit_tracked`](crate::Emitter::emit_tracked) (which has an example with a spool).
+/// Freed when dropped.
+///
+/// ```
+/// # fn main() -> Result<(), floodgate::Error> {
+/// let gw = floodgate::Gateway::builder()
+///     .bind("127.0.0.1:0")
+///     .jwt_hs256_secret("a-secret-of-at-least-thirty-two-bytes!")
+///     .build()?;
+/// let mut em = gw.emitter();
+/// let receipt = em.emit_tracked("user-1", floodgate::Event::agent_started("run-1"))?;
+/// let status = receipt.wait_until(std::time::Duration::from_secs(5), |s| s.seq.is_some());
+/// assert_eq!(status.seq, Some(1), "routed: it has its seq");
+/// assert!(!status.spooled, "no spool configured");
+/// assert!(!status.acked, "agent_started needs no ack");
+/// # Ok(()) }
+/// ```
 pub struct Receipt {
     board: Arc<ReceiptBoard>,
     slot: u32,

@@ -93,6 +93,7 @@ pub(crate) struct SpoolConfig {
 
 /// Why the spool could not be opened. Every variant is fatal for `build`.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SpoolError {
     /// A file or directory could not be created, read or written.
     #[error("spool `{path}`: {source}")]

@@ -14,6 +14,7 @@ macro_rules! counters {
     ($( $(#[$doc:meta])* $name:ident ),* $(,)?) => {
         /// One shard's counters, written only by that shard's thread.
         #[derive(Debug, Clone, Default, PartialEq, Eq)]
+        #[non_exhaustive]
         pub struct Stats {
             $( $(#[$doc])* pub $name: u64, )*
             /// Histogram of emit-to-queued latency (see `LATENCY_BOUNDS_US`).

@@ -59,364 +59,448 @@ impl MetricsSnapshot {
         }
     }
 
-    /// Renders the Prometheus text exposition format (version 0.0.4).
+    /// Renders the Prometheus text exposition format (version 0.0.4): every family of
+    /// `FAMILIES` and `HISTOGRAMS` (src/metrics.rs; listed in docs/METRICS.md), each with its
+    /// `HELP` and `TYPE`.
     pub fn to_prometheus(&self) -> String {
         use std::fmt::Write;
-        let s = &self.stats;
-        let mut out = String::with_capacity(4096);
-        let mut metric = |name: &str, kind: &str, help: &str, lines: &[(&str, u64)]| {
+        let mut out = String::with_capacity(8192);
+        for f in FAMILIES {
             let _ = writeln!(
                 out,
-                "# HELP floodgate_{name} {help}\n# TYPE floodgate_{name} {kind}"
+                "# HELP floodgate_{0} {1}\n# TYPE floodgate_{0} {2}",
+                f.name,
+                f.help,
+                f.kind.as_str()
             );
-            for (labels, v) in lines {
-                let _ = writeln!(out, "floodgate_{name}{labels} {v}");
+            for s in f.series {
+                let _ = writeln!(out, "floodgate_{}{} {}", f.name, s.labels, (s.value)(self));
             }
-        };
-        metric(
-            "connections",
-            "gauge",
-            "Open WebSocket connections.",
-            &[("", s.connections_open)],
-        );
-        metric(
-            "connections_accepted_total",
-            "counter",
-            "WebSocket upgrades completed.",
-            &[("", s.connections_accepted)],
-        );
-        metric(
-            "connections_rejected_total",
-            "counter",
-            "Requests refused before upgrade, by reason.",
-            &[
-                ("{reason=\"auth\"}", s.rejected_auth),
-                ("{reason=\"limit\"}", s.rejected_limit),
-                ("{reason=\"origin\"}", s.rejected_origin),
-                ("{reason=\"bad_request\"}", s.rejected_bad_request),
-            ],
-        );
-        metric(
-            "auth_renewed_total",
-            "counter",
-            "In-band auth messages whose fresh token renewed a connection.",
-            &[("", s.reauthenticated)],
-        );
-        metric(
-            "accept_errors_total",
-            "counter",
-            "Failed accept calls: out of file descriptors (the waiting connection gets 503), or other.",
-            &[
-                ("{reason=\"fd_exhausted\"}", s.accept_fd_exhausted),
-                ("{reason=\"other\"}", s.accept_errors),
-            ],
-        );
-        metric(
-            "connections_closed_total",
-            "counter",
-            "Connections closed by the server for misbehaviour, by reason.",
-            &[
-                ("{reason=\"slow_consumer\"}", s.closed_slow_consumer),
-                ("{reason=\"token_expired\"}", s.closed_token_expired),
-                ("{reason=\"disconnected\"}", s.closed_disconnected),
-                ("{reason=\"auth_refused\"}", s.closed_auth_refused),
-                ("{reason=\"pong_timeout\"}", s.closed_pong_timeout),
-            ],
-        );
-        metric(
-            "events_emitted_total",
-            "counter",
-            "Events taken from emitter rings by reactors.",
-            &[("", s.events_received)],
-        );
-        metric(
-            "events_delivered_total",
-            "counter",
-            "Event frames fully written to a socket.",
-            &[("", s.events_delivered)],
-        );
-        metric(
-            "events_dropped_total",
-            "counter",
-            "Events not delivered, by reason.",
-            &[
-                ("{reason=\"connection\"}", s.events_dropped),
-                ("{reason=\"ring_full\"}", self.events_rejected_full),
-            ],
-        );
-        metric(
-            "events_without_connection_total",
-            "counter",
-            "Events emitted while their user had no open connection (kept in history and the spool for a resume, not dropped).",
-            &[("", s.events_no_listener)],
-        );
-        metric(
-            "bytes_written_total",
-            "counter",
-            "Bytes written to sockets.",
-            &[("", s.bytes_written)],
-        );
-        metric(
-            "write_syscalls_total",
-            "counter",
-            "write(2) calls on sockets.",
-            &[("", s.write_syscalls)],
-        );
-        metric(
-            "write_incomplete_total",
-            "counter",
-            "write(2) calls that did not take the whole buffer, by outcome.",
-            &[
-                ("{outcome=\"eagain\"}", s.write_blocked),
-                ("{outcome=\"partial\"}", s.write_partial),
-            ],
-        );
-        metric(
-            "client_messages_total",
-            "counter",
-            "Data messages received from clients.",
-            &[("", s.client_messages)],
-        );
-        metric(
-            "resumes_total",
-            "counter",
-            "Connections that asked to resume from a cursor.",
-            &[("", s.resumes)],
-        );
-        metric(
-            "resume_gaps_total",
-            "counter",
-            "gap frames sent to resuming clients (events that could not be replayed).",
-            &[("", s.gaps)],
-        );
-        metric(
-            "events_replayed_total",
-            "counter",
-            "Event frames replayed from history to resuming connections.",
-            &[("", s.events_replayed)],
-        );
-        metric(
-            "history_bytes",
-            "gauge",
-            "Bytes of memory held by the event history log (at most history_total_bytes).",
-            &[("", s.history_bytes)],
-        );
-        metric(
-            "breaker_transitions_total",
-            "counter",
-            "Connection circuit breaker transitions, by the state entered.",
-            &[
-                ("{to=\"open\"}", s.breaker_opened),
-                ("{to=\"half_open\"}", s.breaker_half_opened),
-                ("{to=\"closed\"}", s.breaker_closed),
-            ],
-        );
-        metric(
-            "breaker_trips_total",
-            "counter",
-            "Connection circuit breakers opened, by cause.",
-            &[
-                ("{cause=\"backlog\"}", s.breaker_trips_backlog),
-                ("{cause=\"missed_pong\"}", s.breaker_trips_missed_pong),
-                ("{cause=\"write_error\"}", s.breaker_trips_write_error),
-            ],
-        );
-        metric(
-            "breakers_open",
-            "gauge",
-            "Connections whose circuit breaker is open.",
-            &[("", s.breakers_open)],
-        );
-        metric(
-            "events_diverted_total",
-            "counter",
-            "Queued events dropped from memory when a breaker opened (kept in history for replay).",
-            &[("", s.events_diverted)],
-        );
-        metric(
-            "events_coalesced_total",
-            "counter",
-            "agent_thinking events merged into the frame before them for a connection that was behind.",
-            &[("", s.events_coalesced)],
-        );
-        metric(
-            "events_replayed_from_spool_total",
-            "counter",
-            "Event frames replayed from the spool (older than in-memory history).",
-            &[("", s.events_replayed_cold)],
-        );
-        metric(
-            "streams_recovered",
-            "gauge",
-            "User streams (epoch and seq) recovered from the spool at start.",
-            &[("", s.streams_recovered)],
-        );
-        metric(
-            "streams_discarded_at_start",
-            "gauge",
-            "Streams the spool held but could not vouch for at start (they got new epochs).",
-            &[("", s.streams_discarded_at_start)],
-        );
-        metric(
-            "events_carried_to_new_epoch",
-            "gauge",
-            "Unacked events of those streams sent again at start as new events of the new epoch.",
-            &[("", s.events_carried_to_new_epoch)],
-        );
-        metric(
-            "spool_bytes_cut_at_start",
-            "gauge",
-            "Bytes the spool cut at start: torn tails, and corrupted records with spool_repair.",
-            &[("", s.spool_bytes_cut_at_start)],
-        );
-        metric(
-            "spool_bytes_written_total",
-            "counter",
-            "Bytes written to the spool.",
-            &[("", s.spool_bytes_written)],
-        );
-        metric(
-            "spool_errors_total",
-            "counter",
-            "Spool operations that failed, by operation.",
-            &[
-                ("{op=\"write\"}", s.spool_write_errors),
-                ("{op=\"read\"}", s.spool_read_errors),
-                ("{op=\"dead_letter\"}", s.dead_letter_write_errors),
-            ],
-        );
-        metric(
-            "spool_stalled",
-            "gauge",
-            "Shards whose spool cannot write now: they hold back new events (no client sees an event the spool does not have) and retry.",
-            &[("", s.spool_stalled)],
-        );
-        metric(
-            "spool_fsyncs_total",
-            "counter",
-            "fdatasync calls on spool segments.",
-            &[("", s.spool_fsyncs)],
-        );
-        metric(
-            "spool_segments_deleted_total",
-            "counter",
-            "Spool segments deleted by retention (size or age).",
-            &[("", s.spool_segments_deleted)],
-        );
-        metric(
-            "spool_bytes",
-            "gauge",
-            "Bytes held in spool segments.",
-            &[("", s.spool_bytes)],
-        );
-        metric(
-            "acks_received_total",
-            "counter",
-            "Ack messages received from clients.",
-            &[("", s.acks_received)],
-        );
-        metric(
-            "events_acked_total",
-            "counter",
-            "Events that needed an ack and got one.",
-            &[("", s.events_acked)],
-        );
-        metric(
-            "events_redelivered_total",
-            "counter",
-            "Unacked events sent again to a connection that started.",
-            &[("", s.events_redelivered)],
-        );
-        metric(
-            "events_dead_lettered_total",
-            "counter",
-            "Unacked events written to the dead-letter file (ack timeout, overflow, dropped stream).",
-            &[("", s.events_dead_lettered)],
-        );
-        metric(
-            "client_messages_ignored_total",
-            "counter",
-            "Text messages from clients on /ws that were not an ack.",
-            &[("", s.client_messages_ignored)],
-        );
-        let i = &self.ingest;
-        metric(
-            "ingest_events_total",
-            "counter",
-            "Events received on the ingest endpoints, by outcome (rejected: refused one by one, see the answer's codes).",
-            &[
-                ("{outcome=\"accepted\"}", i.events_accepted),
-                ("{outcome=\"rejected\"}", i.events_rejected),
-                ("{outcome=\"duplicate\"}", i.duplicates),
-            ],
-        );
-        metric(
-            "ingest_batches_total",
-            "counter",
-            "Batches received on the ingest endpoints, by outcome.",
-            &[
-                ("{outcome=\"answered\"}", i.batches),
-                ("{outcome=\"refused\"}", i.batches_refused),
-                ("{outcome=\"rate_limited\"}", i.rate_limited),
-            ],
-        );
-        metric(
-            "ingest_connections",
-            "gauge",
-            "Open ingest connections (POST keep-alive and /api/ingest sockets).",
-            &[("", i.connections)],
-        );
-        metric(
-            "ingest_connections_closed_idle_total",
-            "counter",
-            "Ingest connections closed after ingest_idle_timeout without a byte from the publisher.",
-            &[("", i.closed_idle)],
-        );
-        metric(
-            "reactor_passes_total",
-            "counter",
-            "Reactor loop passes.",
-            &[("", s.passes)],
-        );
-        let _ = writeln!(
-            out,
-            "# HELP floodgate_batch_frames Event frames per socket write.\n# TYPE floodgate_batch_frames histogram"
-        );
-        histogram(
-            &mut out,
-            "batch_frames",
-            &BATCH_BOUNDS.map(|b| b as f64),
-            &s.batch_buckets,
-            s.frames_written as f64,
-        );
-        let _ = writeln!(
-            out,
-            "# HELP floodgate_queue_latency_seconds Emit to queued-for-write latency.\n# TYPE floodgate_queue_latency_seconds histogram"
-        );
-        histogram(
-            &mut out,
-            "queue_latency_seconds",
-            &LATENCY_BOUNDS_US.map(|b| b as f64 / 1e6),
-            &s.latency_buckets,
-            f64::NAN,
-        );
+        }
+        for h in HISTOGRAMS {
+            let _ = writeln!(
+                out,
+                "# HELP floodgate_{0} {1}\n# TYPE floodgate_{0} histogram",
+                h.name, h.help
+            );
+            let buckets = (h.buckets)(&self.stats);
+            let mut cum = 0;
+            for (bound, n) in h.bounds.iter().zip(buckets) {
+                cum += n;
+                let le = *bound as f64 / h.scale;
+                let _ = writeln!(out, "floodgate_{}_bucket{{le=\"{le}\"}} {cum}", h.name);
+            }
+            cum += buckets[h.bounds.len()];
+            let _ = writeln!(out, "floodgate_{}_bucket{{le=\"+Inf\"}} {cum}", h.name);
+            let _ = writeln!(out, "floodgate_{}_sum {}", h.name, (h.sum)(&self.stats));
+            let _ = writeln!(out, "floodgate_{}_count {cum}", h.name);
+        }
         out
     }
 }
 
-fn histogram(out: &mut String, name: &str, bounds: &[f64], buckets: &[u64], sum: f64) {
+/// The type of a family of counters or gauges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Counter,
+    Gauge,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+        }
+    }
+}
+
+/// One series of a family: its labels and the value it shows.
+struct Series {
+    /// The value's path in [`MetricsSnapshot`] (`stats.events_delivered`), for docs and tests.
+    #[cfg_attr(not(test), allow(dead_code))]
+    field: &'static str,
+    /// `{reason="auth"}`, or empty.
+    labels: &'static str,
+    value: fn(&MetricsSnapshot) -> u64,
+}
+
+/// One metric family of `/metrics`.
+struct Family {
+    /// Without the `floodgate_` prefix.
+    name: &'static str,
+    kind: Kind,
+    help: &'static str,
+    series: &'static [Series],
+}
+
+/// A histogram family: its buckets (cumulated when rendered), its sum and its count.
+struct HistogramFamily {
+    name: &'static str,
+    help: &'static str,
+    /// Upper bounds, each rendered in `le` as `bound / scale`; there is one bucket more than
+    /// bounds (+Inf).
+    bounds: &'static [u64],
+    scale: f64,
+    buckets: fn(&Stats) -> &[u64],
+    /// The field holding the sum, for docs and tests.
+    #[cfg_attr(not(test), allow(dead_code))]
+    sum_field: &'static str,
+    sum: fn(&Stats) -> f64,
+}
+
+/// A series of `MetricsSnapshot::stats.$field`, with optional labels.
+macro_rules! stat {
+    ($field:ident) => {
+        stat!($field, "")
+    };
+    ($field:ident, $labels:literal) => {
+        Series {
+            field: concat!("stats.", stringify!($field)),
+            labels: $labels,
+            value: |m| m.stats.$field,
+        }
+    };
+}
+
+/// A series of a field of [`MetricsSnapshot`] outside `stats` (`ingest.batches`).
+macro_rules! snap {
+    ($($path:ident).+, $labels:literal) => {
+        Series {
+            field: stringify!($($path).+),
+            labels: $labels,
+            value: |m| m.$($path).+,
+        }
+    };
+}
+
+/// Every counter and gauge family of `/metrics`: the one description of each metric, from
+/// which `to_prometheus` renders and docs/METRICS.md is generated (tests keep both, and
+/// [`Stats`], in step).
+const FAMILIES: &[Family] = &[
+    Family {
+        name: "connections",
+        kind: Kind::Gauge,
+        help: "Open WebSocket connections.",
+        series: &[stat!(connections_open)],
+    },
+    Family {
+        name: "connections_accepted_total",
+        kind: Kind::Counter,
+        help: "WebSocket upgrades completed.",
+        series: &[stat!(connections_accepted)],
+    },
+    Family {
+        name: "connections_rejected_total",
+        kind: Kind::Counter,
+        help: "Requests refused before upgrade, by reason.",
+        series: &[stat!(rejected_auth, "{reason=\"auth\"}"), stat!(rejected_limit, "{reason=\"limit\"}"), stat!(rejected_origin, "{reason=\"origin\"}"), stat!(rejected_bad_request, "{reason=\"bad_request\"}")],
+    },
+    Family {
+        name: "auth_renewed_total",
+        kind: Kind::Counter,
+        help: "In-band auth messages whose fresh token renewed a connection.",
+        series: &[stat!(reauthenticated)],
+    },
+    Family {
+        name: "accept_errors_total",
+        kind: Kind::Counter,
+        help: "Failed accept calls: out of file descriptors (the waiting connection gets 503), or other.",
+        series: &[stat!(accept_fd_exhausted, "{reason=\"fd_exhausted\"}"), stat!(accept_errors, "{reason=\"other\"}")],
+    },
+    Family {
+        name: "connections_closed_total",
+        kind: Kind::Counter,
+        help: "Connections closed by the server for misbehaviour, by reason.",
+        series: &[stat!(closed_slow_consumer, "{reason=\"slow_consumer\"}"), stat!(closed_token_expired, "{reason=\"token_expired\"}"), stat!(closed_disconnected, "{reason=\"disconnected\"}"), stat!(closed_auth_refused, "{reason=\"auth_refused\"}"), stat!(closed_pong_timeout, "{reason=\"pong_timeout\"}")],
+    },
+    Family {
+        name: "events_emitted_total",
+        kind: Kind::Counter,
+        help: "Events taken from emitter rings by reactors.",
+        series: &[stat!(events_received)],
+    },
+    Family {
+        name: "events_delivered_total",
+        kind: Kind::Counter,
+        help: "Event frames fully written to a socket.",
+        series: &[stat!(events_delivered)],
+    },
+    Family {
+        name: "events_dropped_total",
+        kind: Kind::Counter,
+        help: "Events not delivered, by reason.",
+        series: &[stat!(events_dropped, "{reason=\"connection\"}"), snap!(events_rejected_full, "{reason=\"ring_full\"}")],
+    },
+    Family {
+        name: "events_without_connection_total",
+        kind: Kind::Counter,
+        help: "Events emitted while their user had no open connection (kept in history and the spool for a resume, not dropped).",
+        series: &[stat!(events_no_listener)],
+    },
+    Family {
+        name: "bytes_written_total",
+        kind: Kind::Counter,
+        help: "Bytes written to sockets.",
+        series: &[stat!(bytes_written)],
+    },
+    Family {
+        name: "write_syscalls_total",
+        kind: Kind::Counter,
+        help: "write(2) calls on sockets.",
+        series: &[stat!(write_syscalls)],
+    },
+    Family {
+        name: "write_incomplete_total",
+        kind: Kind::Counter,
+        help: "write(2) calls that did not take the whole buffer, by outcome.",
+        series: &[stat!(write_blocked, "{outcome=\"eagain\"}"), stat!(write_partial, "{outcome=\"partial\"}")],
+    },
+    Family {
+        name: "client_messages_total",
+        kind: Kind::Counter,
+        help: "Data messages received from clients.",
+        series: &[stat!(client_messages)],
+    },
+    Family {
+        name: "resumes_total",
+        kind: Kind::Counter,
+        help: "Connections that asked to resume from a cursor.",
+        series: &[stat!(resumes)],
+    },
+    Family {
+        name: "resume_gaps_total",
+        kind: Kind::Counter,
+        help: "gap frames sent to resuming clients (events that could not be replayed).",
+        series: &[stat!(gaps)],
+    },
+    Family {
+        name: "events_replayed_total",
+        kind: Kind::Counter,
+        help: "Event frames replayed from history to resuming connections.",
+        series: &[stat!(events_replayed)],
+    },
+    Family {
+        name: "history_bytes",
+        kind: Kind::Gauge,
+        help: "Bytes of memory held by the event history log (at most history_total_bytes).",
+        series: &[stat!(history_bytes)],
+    },
+    Family {
+        name: "breaker_transitions_total",
+        kind: Kind::Counter,
+        help: "Connection circuit breaker transitions, by the state entered.",
+        series: &[stat!(breaker_opened, "{to=\"open\"}"), stat!(breaker_half_opened, "{to=\"half_open\"}"), stat!(breaker_closed, "{to=\"closed\"}")],
+    },
+    Family {
+        name: "breaker_trips_total",
+        kind: Kind::Counter,
+        help: "Connection circuit breakers opened, by cause.",
+        series: &[stat!(breaker_trips_backlog, "{cause=\"backlog\"}"), stat!(breaker_trips_missed_pong, "{cause=\"missed_pong\"}"), stat!(breaker_trips_write_error, "{cause=\"write_error\"}")],
+    },
+    Family {
+        name: "breakers_open",
+        kind: Kind::Gauge,
+        help: "Connections whose circuit breaker is open.",
+        series: &[stat!(breakers_open)],
+    },
+    Family {
+        name: "events_diverted_total",
+        kind: Kind::Counter,
+        help: "Queued events dropped from memory when a breaker opened (kept in history for replay).",
+        series: &[stat!(events_diverted)],
+    },
+    Family {
+        name: "events_coalesced_total",
+        kind: Kind::Counter,
+        help: "agent_thinking events merged into the frame before them for a connection that was behind.",
+        series: &[stat!(events_coalesced)],
+    },
+    Family {
+        name: "events_replayed_from_spool_total",
+        kind: Kind::Counter,
+        help: "Event frames replayed from the spool (older than in-memory history).",
+        series: &[stat!(events_replayed_cold)],
+    },
+    Family {
+        name: "streams_recovered",
+        kind: Kind::Gauge,
+        help: "User streams (epoch and seq) recovered from the spool at start.",
+        series: &[stat!(streams_recovered)],
+    },
+    Family {
+        name: "streams_discarded_at_start",
+        kind: Kind::Gauge,
+        help: "Streams the spool held but could not vouch for at start (they got new epochs).",
+        series: &[stat!(streams_discarded_at_start)],
+    },
+    Family {
+        name: "events_carried_to_new_epoch",
+        kind: Kind::Gauge,
+        help: "Unacked events of those streams sent again at start as new events of the new epoch.",
+        series: &[stat!(events_carried_to_new_epoch)],
+    },
+    Family {
+        name: "spool_bytes_cut_at_start",
+        kind: Kind::Gauge,
+        help: "Bytes the spool cut at start: torn tails, and corrupted records with spool_repair.",
+        series: &[stat!(spool_bytes_cut_at_start)],
+    },
+    Family {
+        name: "spool_bytes_written_total",
+        kind: Kind::Counter,
+        help: "Bytes written to the spool.",
+        series: &[stat!(spool_bytes_written)],
+    },
+    Family {
+        name: "spool_errors_total",
+        kind: Kind::Counter,
+        help: "Spool operations that failed, by operation.",
+        series: &[stat!(spool_write_errors, "{op=\"write\"}"), stat!(spool_read_errors, "{op=\"read\"}"), stat!(dead_letter_write_errors, "{op=\"dead_letter\"}")],
+    },
+    Family {
+        name: "spool_stalled",
+        kind: Kind::Gauge,
+        help: "Shards whose spool cannot write now: they hold back new events (no client sees an event the spool does not have) and retry.",
+        series: &[stat!(spool_stalled)],
+    },
+    Family {
+        name: "spool_fsyncs_total",
+        kind: Kind::Counter,
+        help: "fdatasync calls on spool segments.",
+        series: &[stat!(spool_fsyncs)],
+    },
+    Family {
+        name: "spool_segments_deleted_total",
+        kind: Kind::Counter,
+        help: "Spool segments deleted by retention (size or age).",
+        series: &[stat!(spool_segments_deleted)],
+    },
+    Family {
+        name: "spool_bytes",
+        kind: Kind::Gauge,
+        help: "Bytes held in spool segments.",
+        series: &[stat!(spool_bytes)],
+    },
+    Family {
+        name: "acks_received_total",
+        kind: Kind::Counter,
+        help: "Ack messages received from clients.",
+        series: &[stat!(acks_received)],
+    },
+    Family {
+        name: "events_acked_total",
+        kind: Kind::Counter,
+        help: "Events that needed an ack and got one.",
+        series: &[stat!(events_acked)],
+    },
+    Family {
+        name: "events_redelivered_total",
+        kind: Kind::Counter,
+        help: "Unacked events sent again to a connection that started.",
+        series: &[stat!(events_redelivered)],
+    },
+    Family {
+        name: "events_dead_lettered_total",
+        kind: Kind::Counter,
+        help: "Unacked events written to the dead-letter file (ack timeout, overflow, dropped stream).",
+        series: &[stat!(events_dead_lettered)],
+    },
+    Family {
+        name: "client_messages_ignored_total",
+        kind: Kind::Counter,
+        help: "Text messages from clients on /ws that were not an ack.",
+        series: &[stat!(client_messages_ignored)],
+    },
+    Family {
+        name: "ingest_events_total",
+        kind: Kind::Counter,
+        help: "Events received on the ingest endpoints, by outcome (rejected: refused one by one, see the answer's codes).",
+        series: &[snap!(ingest.events_accepted, "{outcome=\"accepted\"}"), snap!(ingest.events_rejected, "{outcome=\"rejected\"}"), snap!(ingest.duplicates, "{outcome=\"duplicate\"}")],
+    },
+    Family {
+        name: "ingest_batches_total",
+        kind: Kind::Counter,
+        help: "Batches received on the ingest endpoints, by outcome.",
+        series: &[snap!(ingest.batches, "{outcome=\"answered\"}"), snap!(ingest.batches_refused, "{outcome=\"refused\"}"), snap!(ingest.rate_limited, "{outcome=\"rate_limited\"}")],
+    },
+    Family {
+        name: "ingest_connections",
+        kind: Kind::Gauge,
+        help: "Open ingest connections (POST keep-alive and /api/ingest sockets).",
+        series: &[snap!(ingest.connections, "")],
+    },
+    Family {
+        name: "ingest_connections_closed_idle_total",
+        kind: Kind::Counter,
+        help: "Ingest connections closed after ingest_idle_timeout without a byte from the publisher.",
+        series: &[snap!(ingest.closed_idle, "")],
+    },
+    Family {
+        name: "reactor_passes_total",
+        kind: Kind::Counter,
+        help: "Reactor loop passes.",
+        series: &[stat!(passes)],
+    },
+];
+
+/// The histogram families of `/metrics`.
+const HISTOGRAMS: &[HistogramFamily] = &[
+    HistogramFamily {
+        name: "batch_frames",
+        help: "Event frames per socket write.",
+        bounds: &BATCH_BOUNDS,
+        scale: 1.0,
+        buckets: |s| &s.batch_buckets,
+        sum_field: "stats.frames_written",
+        sum: |s| s.frames_written as f64,
+    },
+    HistogramFamily {
+        name: "queue_latency_seconds",
+        help: "Emit to queued-for-write latency.",
+        bounds: &LATENCY_BOUNDS_US,
+        scale: 1e6,
+        buckets: |s| &s.latency_buckets,
+        sum_field: "stats.latency_sum_ns",
+        sum: |s| s.latency_sum_ns as f64 / 1e9,
+    },
+];
+
+/// docs/METRICS.md as generated from [`FAMILIES`] and [`HISTOGRAMS`] (a test compares it
+/// with the committed file).
+#[cfg(test)]
+fn metrics_reference() -> String {
     use std::fmt::Write;
-    let mut cum = 0;
-    for (b, n) in bounds.iter().zip(buckets) {
-        cum += n;
-        let _ = writeln!(out, "floodgate_{name}_bucket{{le=\"{b}\"}} {cum}");
+    let mut out = String::from(
+        "# Metrics\n\n\
+         Every series of `GET /metrics` (Prometheus text format 0.0.4) and the field of\n\
+         `floodgate::MetricsSnapshot` (`Gateway::metrics()`) that holds the same value.\n\
+         Generated from `src/metrics.rs` (`FAMILIES`, `HISTOGRAMS`): a test fails when this file\n\
+         is out of step; `FLOODGATE_UPDATE_METRICS_DOC=1 cargo test --lib metrics` rewrites it.\n\n\
+         | series | type | Rust (`MetricsSnapshot`) | meaning |\n\
+         | --- | --- | --- | --- |\n",
+    );
+    for f in FAMILIES {
+        for s in f.series {
+            let _ = writeln!(
+                out,
+                "| `floodgate_{}{}` | {} | `{}` | {} |",
+                f.name,
+                s.labels,
+                f.kind.as_str(),
+                s.field,
+                f.help
+            );
+        }
     }
-    cum += buckets[bounds.len()];
-    let _ = writeln!(out, "floodgate_{name}_bucket{{le=\"+Inf\"}} {cum}");
-    if !sum.is_nan() {
-        let _ = writeln!(out, "floodgate_{name}_sum {sum}");
+    for h in HISTOGRAMS {
+        let _ = writeln!(
+            out,
+            "| `floodgate_{0}_bucket`, `_sum`, `_count` | histogram | buckets, sum `{1}` | {2} |",
+            h.name, h.sum_field, h.help
+        );
     }
-    let _ = writeln!(out, "floodgate_{name}_count {cum}");
+    out
 }
 
 /// Counters of the ingest endpoints, summed into [`MetricsSnapshot::ingest`]. Touched
@@ -506,6 +590,104 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every counter of `Stats` is shown by exactly one series or histogram sum, and every
+    /// series shows a field that exists: the description and the counters cannot drift apart.
+    #[test]
+    fn every_counter_has_exactly_one_series_and_every_series_a_counter() {
+        let mut shown: Vec<&str> = FAMILIES
+            .iter()
+            .flat_map(|f| f.series.iter().map(|s| s.field))
+            .chain(HISTOGRAMS.iter().map(|h| h.sum_field))
+            .filter_map(|f| f.strip_prefix("stats."))
+            .collect();
+        shown.sort_unstable();
+        let mut fields: Vec<&str> = Stats::FIELDS
+            .iter()
+            .copied()
+            .chain(["latency_sum_ns"])
+            .collect();
+        fields.sort_unstable();
+        assert_eq!(shown, fields);
+        let mut series: Vec<String> = FAMILIES
+            .iter()
+            .flat_map(|f| {
+                f.series
+                    .iter()
+                    .map(move |s| format!("{}{}", f.name, s.labels))
+            })
+            .collect();
+        let n = series.len();
+        series.sort();
+        series.dedup();
+        assert_eq!(series.len(), n, "no two series share a name and labels");
+    }
+
+    /// Each series shows its own field's value: with every value distinct, each line of the
+    /// rendering holds the value of the field the description names.
+    #[test]
+    fn each_series_shows_the_value_of_its_field() {
+        let mut snap = MetricsSnapshot::default();
+        for (i, v) in snap.stats.values_mut().enumerate() {
+            *v = 1000 + i as u64;
+        }
+        snap.events_rejected_full = 7001;
+        snap.ingest = IngestStats {
+            events_accepted: 7002,
+            events_rejected: 7003,
+            batches: 7004,
+            batches_refused: 7005,
+            rate_limited: 7006,
+            connections: 7007,
+            closed_idle: 7008,
+            duplicates: 7009,
+        };
+        let text = snap.to_prometheus();
+        let debug = format!("{snap:?}");
+        for f in FAMILIES {
+            for s in f.series {
+                let v = (s.value)(&snap);
+                let line = format!("floodgate_{}{} {v}\n", f.name, s.labels);
+                assert!(text.contains(&line), "{line} in\n{text}");
+                // The value is the named field's: `field: value` appears in the Debug output.
+                let name = s.field.rsplit('.').next().unwrap();
+                assert!(
+                    debug.contains(&format!("{name}: {v},"))
+                        || debug.contains(&format!("{name}: {v} ")),
+                    "{} is not {v} in {debug}",
+                    s.field
+                );
+            }
+        }
+        for h in HISTOGRAMS {
+            assert!(text.contains(&format!("# TYPE floodgate_{} histogram\n", h.name)));
+            assert!(
+                text.contains(&format!("floodgate_{}_sum ", h.name)),
+                "{text}"
+            );
+            assert!(
+                text.contains(&format!("floodgate_{}_count ", h.name)),
+                "{text}"
+            );
+        }
+    }
+
+    /// docs/METRICS.md is the description as generated (FLOODGATE_UPDATE_METRICS_DOC=1
+    /// rewrites it).
+    #[test]
+    fn the_metrics_reference_in_docs_is_up_to_date() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/METRICS.md");
+        let want = metrics_reference();
+        if std::env::var_os("FLOODGATE_UPDATE_METRICS_DOC").is_some() {
+            std::fs::write(&path, &want).expect("write docs/METRICS.md");
+        }
+        let have = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            have == want,
+            "docs/METRICS.md is out of step with src/metrics.rs; run \
+             FLOODGATE_UPDATE_METRICS_DOC=1 cargo test --lib metrics"
+        );
+    }
 
     #[test]
     fn breaker_transitions_show_in_the_prometheus_text() {

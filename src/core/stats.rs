@@ -19,19 +19,25 @@ macro_rules! counters {
             $( $(#[$doc])* pub $name: u64, )*
             /// Histogram of emit-to-queued latency (see `LATENCY_BOUNDS_US`).
             pub latency_buckets: [u64; LAT_BUCKETS],
+            /// Sum of the emit-to-queued latencies in `latency_buckets`, in nanoseconds.
+            pub latency_sum_ns: u64,
             /// Histogram of event frames per socket write (see `BATCH_BOUNDS`).
             pub batch_buckets: [u64; BATCH_BUCKETS],
         }
 
         impl Stats {
-            /// Counters and histogram buckets in one flat list: fields in declaration order,
-            /// then the latency buckets, then the batch buckets.
-            pub(crate) const LEN: usize = [$( stringify!($name) ),*].len() + LAT_BUCKETS + BATCH_BUCKETS;
+            /// Counters and histogram buckets in one flat list: counters in declaration order,
+            /// then the latency sum, the latency buckets and the batch buckets.
+            pub(crate) const LEN: usize = Self::FIELDS.len() + 1 + LAT_BUCKETS + BATCH_BUCKETS;
+
+            /// The names of the counters (not the histograms), in declaration order.
+            pub(crate) const FIELDS: &[&str] = &[$( stringify!($name) ),*];
 
             /// Every value in the order of [`Stats::LEN`].
             pub(crate) fn values(&self) -> impl Iterator<Item = u64> + '_ {
                 [$( self.$name ),*]
                     .into_iter()
+                    .chain([self.latency_sum_ns])
                     .chain(self.latency_buckets.iter().copied())
                     .chain(self.batch_buckets.iter().copied())
             }
@@ -40,6 +46,7 @@ macro_rules! counters {
             pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut u64> + '_ {
                 [$( &mut self.$name ),*]
                     .into_iter()
+                    .chain([&mut self.latency_sum_ns])
                     .chain(self.latency_buckets.iter_mut())
                     .chain(self.batch_buckets.iter_mut())
             }
@@ -168,6 +175,7 @@ impl Stats {
     /// Records one emit-to-queued latency.
     #[inline]
     pub(crate) fn record_latency_ns(&mut self, ns: u64) {
+        self.latency_sum_ns = self.latency_sum_ns.wrapping_add(ns);
         let us = ns / 1_000;
         let i = LATENCY_BOUNDS_US
             .iter()

@@ -248,16 +248,23 @@ pub fn segments(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 /// Whether python3 with `websockets` is here. Where it must be (`FLOODGATE_TEST_REQUIRE_PYTHON`, set
 /// by scripts/test), its absence fails the test; elsewhere the caller skips, saying so.
 pub fn python_websockets() -> bool {
+    python_module("websockets")
+}
+
+/// Whether python3 can import `module`; where it must (`FLOODGATE_TEST_REQUIRE_PYTHON`, set by
+/// scripts/test, which installs it) its absence fails the test instead of skipping it.
+#[allow(dead_code)]
+pub fn python_module(module: &str) -> bool {
     let ok = std::process::Command::new("python3")
-        .args(["-c", "import websockets"])
+        .args(["-c", &format!("import {module}")])
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
         assert!(
             std::env::var_os("FLOODGATE_TEST_REQUIRE_PYTHON").is_none(),
-            "python3 with `websockets` is required here (scripts/test installs it)"
+            "python3 with `{module}` is required here (scripts/test installs it)"
         );
-        eprintln!("skipped: python3 `websockets` not installed (scripts/test installs it)");
+        eprintln!("skipped: python3 `{module}` not installed (scripts/test installs it)");
     }
     ok
 }

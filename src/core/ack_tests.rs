@@ -1,5 +1,6 @@
 //! Acked delivery, redelivery, dead letters and receipts, on a virtual clock.
 
+use super::durable::{FLAG_EXPIRED, KIND_ACK};
 use super::testing::{self, ack, user};
 use super::*;
 use crate::receipt::ReceiptStatus;
@@ -29,7 +30,7 @@ enum Seen {
 }
 
 /// Writes everything `id` has queued (as a socket taking it all would) and decodes it.
-fn take(core: &mut Core, id: ConnId, now: Instant, cold: &mut durable::MemCold) -> Vec<Seen> {
+fn take(core: &mut Core, id: ConnId, now: Instant, cold: &mut testing::MemCold) -> Vec<Seen> {
     let mut seen = Vec::new();
     loop {
         cold.absorb(core);
@@ -60,7 +61,7 @@ fn connect(core: &mut Core, u: &str, cursor: Option<Cursor>, now: Instant) -> Co
 #[test]
 fn an_ack_settles_events_and_a_new_connection_gets_the_unacked_ones_again() {
     let t0 = Instant::now();
-    let mut cold = durable::MemCold::default();
+    let mut cold = testing::MemCold::default();
     let mut core = testing::core(cfg(|_| {}));
     let a = connect(&mut core, "a", None, t0);
     for i in 1..=5 {
@@ -94,7 +95,7 @@ fn an_ack_settles_events_and_a_new_connection_gets_the_unacked_ones_again() {
 #[test]
 fn a_resume_redelivers_unacked_events_its_cursor_already_passed_then_replays() {
     let t0 = Instant::now();
-    let mut cold = durable::MemCold::default();
+    let mut cold = testing::MemCold::default();
     let mut core = testing::core(cfg(|_| {}));
     let a = connect(&mut core, "a", None, t0);
     for i in 1..=6 {
@@ -126,7 +127,7 @@ fn a_resume_redelivers_unacked_events_its_cursor_already_passed_then_replays() {
 #[test]
 fn unacked_events_past_the_timeout_are_dead_lettered_and_not_sent_again() {
     let t0 = Instant::now();
-    let mut cold = durable::MemCold::default();
+    let mut cold = testing::MemCold::default();
     let mut core = testing::core(cfg(|c| {
         c.ack_timeout = 30 * S;
         c.spool = true;
@@ -199,7 +200,7 @@ fn a_dropped_offline_stream_dead_letters_its_unacked_events() {
 #[test]
 fn a_receipt_follows_its_event_through_spool_write_and_ack() {
     let t0 = Instant::now();
-    let mut cold = durable::MemCold::default();
+    let mut cold = testing::MemCold::default();
     let mut core = testing::core(cfg(|c| c.spool = true));
     let board = core.boards.receipts.clone();
     let a1 = connect(&mut core, "a", None, t0);
@@ -236,7 +237,7 @@ fn a_receipt_follows_its_event_through_spool_write_and_ack() {
 #[test]
 fn a_restored_stream_keeps_its_epoch_seq_and_unacked_events() {
     let t0 = Instant::now();
-    let mut cold = durable::MemCold::default();
+    let mut cold = testing::MemCold::default();
     let mut rec_streams = crate::core::durable::Recovery::default();
     let frame = {
         let (p, n) = frame::event_prefix(7, 6);
@@ -273,7 +274,7 @@ fn a_restored_stream_keeps_its_epoch_seq_and_unacked_events() {
 #[test]
 fn unacked_events_of_a_stream_that_starts_a_new_epoch_are_sent_again_in_it() {
     let t0 = Instant::now();
-    let mut cold = durable::MemCold::default();
+    let mut cold = testing::MemCold::default();
     let frame = |seq: u64| {
         let body = format!("\"type\":\"agent_completed\",\"ts\":1,\"ack\":true,\"i\":{seq}}}");
         let (p, n) = frame::event_prefix(seq, body.len());

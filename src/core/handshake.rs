@@ -2,7 +2,7 @@
 //! what to answer, and building responses. Pure functions over bytes; the reactor owns the
 //! socket and only carries out the [`Decision`].
 
-use super::{ConnKind, Cursor, Start};
+use super::conn::{ConnKind, Cursor, Start};
 
 /// Which endpoint a handed-over connection asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,22 +7,25 @@ pub(crate) mod batch;
 pub(crate) mod breaker;
 pub(crate) mod coalesce;
 mod config;
+mod conn;
 pub(crate) mod durable;
 pub(crate) mod frame;
 pub(crate) mod handshake;
 pub(crate) mod history;
 pub(crate) mod keepalive;
+mod replay;
 pub(crate) mod stats;
+mod stream;
 
-use std::collections::{HashMap, VecDeque};
-use std::io::{self, Read, Write};
+use std::collections::HashMap;
+use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use slab::Slab;
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::{CloseFrame, Role, WebSocketContext};
+use tungstenite::protocol::CloseFrame;
 use tungstenite::{Error as WsError, Message};
 
 use crate::delivery::DeliveryBoard;
@@ -30,13 +33,25 @@ use crate::receipt::{Progress, ReceiptBoard, Ticket};
 use crate::record::Record;
 pub(crate) use batch::BatchPolicy;
 pub(crate) use breaker::BreakerPolicy;
-use breaker::{Breaker, Cause, Transition};
+use breaker::{Cause, Transition};
 pub(crate) use config::{checkpoint_spacing, CoreConfig};
-use durable::{ColdIndex, ColdTier, SpoolRecord, FLAG_ACK, FLAG_EXPIRED, KIND_ACK, KIND_EVENT};
+use conn::{
+    coalesce_thinking, parse_ack, parse_auth, send_close, Io, Phase, CURSOR_MESSAGE_TIMEOUT,
+};
+pub(crate) use conn::{Conn, ConnId, ConnKind, Cursor, Start};
+use durable::{ColdTier, SpoolRecord, FLAG_ACK, KIND_EVENT};
 pub(crate) use history::HistoryLimits;
-use history::{History, HistoryClock, Log};
+use history::{HistoryClock, Log};
 use keepalive::{Keepalive, Liveness};
+use replay::{
+    append_gap, cold_replay, divert, redeliver_unacked, COLD_PASS_BUDGET, REPLAY_CHUNK,
+    REPLAY_LOW_WATER,
+};
 use stats::Stats;
+use stream::{
+    epoch_for, expire_unacked, recycle, spool_settle, Expiry, Tracked, Unacked, UserState,
+    MAX_TRACKED, TRACK_FOR,
+};
 
 /// Close code for a slow consumer: its outbound buffer went over `max_outbound_bytes`.
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
@@ -58,240 +73,14 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 const CLOSING_SLACK: usize = 64 * 1024;
 /// Buffers bigger than this are released when they drain, so a burst does not pin memory.
 const SHRINK_ABOVE: usize = 256 * 1024;
-/// A replaying connection is refilled from history when its unsent bytes drop below this...
-const REPLAY_LOW_WATER: usize = 64 * 1024;
-/// ...up to about this many bytes.
-const REPLAY_CHUNK: usize = 256 * 1024;
 /// How often `tick` evicts history past its age in every stream.
 const HISTORY_SWEEP: Duration = Duration::from_secs(1);
-/// Spool bytes one connection's scan (a replay older than its user's dense index) reads per
-/// pass at most, so one deep resume cannot stall a shard...
-const COLD_SCAN_BUDGET: usize = 1 << 20;
-/// ...and bytes all cold replays of a shard read per pass (by position or by scan).
-const COLD_PASS_BUDGET: usize = 4 << 20;
-/// Receipts of events that need no ack are updated for this long after routing.
-const TRACK_FOR: Duration = Duration::from_secs(60);
-/// Receipts tracked per user at most (the oldest stop being updated).
-const MAX_TRACKED: usize = 4096;
-
-/// Index of a connection in its shard.
-pub(crate) type ConnId = usize;
-
-/// What a connection is for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum ConnKind {
-    /// An authenticated event stream for this user id.
-    User(Box<[u8]>),
-    /// The conformance echo endpoint.
-    Echo,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    Open,
-    /// We sent a close frame (or answered one); the socket is dropped when the client's close
-    /// arrives and our buffer is flushed, or at the deadline.
-    Closing {
-        deadline: Instant,
-    },
-    /// Nothing more to do once the buffer is flushed.
-    Finished,
-}
-
-/// Where a reconnecting client says it stopped: the last `seq` it has of stream `epoch`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Cursor {
-    /// Last `seq` received; 0 = none (replay everything retained).
-    pub since: u64,
-    /// The stream epoch that `since` belongs to (required when `since` > 0).
-    pub epoch: Option<u64>,
-}
-
-/// How a new connection's stream starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Start {
-    /// `hello`, then live events.
-    Live,
-    /// `hello`, then a replay from the cursor (and any `gap`), then live events.
-    Resume(Cursor),
-    /// Nothing until the client's first message gives the cursor (`resume=message`); it then
-    /// starts as [`Start::Resume`], or as [`Start::Live`] if no message comes in time.
-    AwaitCursor,
-}
-
-/// How long a `resume=message` connection may take to send its cursor.
-const CURSOR_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// One connection's protocol state and outbound buffer.
-pub(crate) struct Conn {
-    kind: ConnKind,
-    ws: WebSocketContext,
-    /// Bytes queued for the socket: first `raw_head` bytes of HTTP response, then whole frames.
-    /// The first `written` bytes already reached the socket; whole frames are removed from the
-    /// front as soon as they are written, so `out[raw_head..]` always starts at a frame boundary.
-    out: BytesMut,
-    written: usize,
-    raw_head: usize,
-    /// While replaying history: the next `seq` to copy. Live events are not queued directly
-    /// until the replay has caught up (history already holds them). An open breaker sets it.
-    replay: Option<u64>,
-    /// `seq` of the last event frame queued in `out`.
-    last_queued_seq: u64,
-    /// While replaying from the spool: where the scan goes on.
-    cold_pos: Option<u64>,
-    /// A `resume=message` connection that has not sent its cursor: until when it may. It is
-    /// not among its user's connections (gets no events) until then.
-    awaiting_cursor: Option<Instant>,
-    /// `seq` of the last event frame completely written (for receipts).
-    delivered_through: u64,
-    /// When the connection's token (plus leeway) expires, if it does: the connection is
-    /// closed with 4001 then, unless an in-band `auth` message renews it.
-    expires: Option<Instant>,
-    /// The last frame in `out`, if it is an `agent_thinking` frame queued while the connection
-    /// was behind (see [`coalesce`]).
-    tail_thinking: Option<coalesce::Tail>,
-    breaker: Breaker,
-    /// Event frames in `out` that have not been completely written.
-    unwritten_frames: u64,
-    /// Event frames queued since the last write decision (for batching).
-    pending: usize,
-    /// When the oldest of `pending` was queued.
-    pending_since: Instant,
-    /// Listed in `Core::dirty`.
-    dirty: bool,
-    /// Listed in `Core::urgent`.
-    urgent: bool,
-    /// The socket refused bytes (would block); nothing is written until it reports writable.
-    blocked: bool,
-    state: State,
-    keepalive: Keepalive,
-}
-
-impl Conn {
-    /// Bytes waiting for the socket.
-    pub(crate) fn out(&self) -> &[u8] {
-        &self.out[self.written..]
-    }
-
-    /// Event frames queued but not (completely) written.
-    fn unsent_events(&self) -> u64 {
-        frame::count_event_frames(&self.out[self.raw_head..])
-    }
-
-    /// Drops everything unsent; returns the event frames dropped.
-    fn discard_unsent(&mut self) -> u64 {
-        let n = self.unsent_events();
-        self.tail_thinking = None;
-        self.out.clear();
-        self.written = 0;
-        self.raw_head = 0;
-        self.unwritten_frames = 0;
-        n
-    }
-
-    /// True when the socket can be dropped: closed and nothing left to write.
-    pub(crate) fn is_done(&self) -> bool {
-        self.state == State::Finished && self.out.is_empty()
-    }
-}
-
-/// A user's stream on this shard.
-#[derive(Debug)]
-struct UserState {
-    /// The last sequence number assigned (0 = none yet).
-    seq: u64,
-    /// Identifies this run of `seq` numbers: a new state (first use, or after its counter was
-    /// dropped) gets a new epoch, so a cursor from an older run is never taken for this one.
-    epoch: u64,
-    conns: Vec<ConnId>,
-    history: History,
-    /// Where this stream's events are in the spool.
-    cold: ColdIndex,
-    /// The highest `seq` a client acked.
-    acked: u64,
-    /// Events that need an ack and have none yet, oldest first (kept whatever history evicts).
-    unacked: VecDeque<Unacked>,
-    /// Tracked events whose receipts may still change, oldest first.
-    tracked: VecDeque<Tracked>,
-}
-
-/// An event waiting for a client's ack.
-#[derive(Debug)]
-struct Unacked {
-    seq: u64,
-    deadline: Instant,
-    /// The whole frame, as sent (a buffer from `Core::frame_pool`).
-    frame: Vec<u8>,
-}
-
-/// A tracked event (one with a receipt).
-#[derive(Debug, Clone, Copy)]
-struct Tracked {
-    seq: u64,
-    ticket: Ticket,
-    needs_ack: bool,
-    at: Instant,
-}
-
-impl UserState {
-    fn new(epoch: u64) -> UserState {
-        UserState {
-            seq: 0,
-            epoch,
-            conns: Vec::new(),
-            history: History::default(),
-            cold: ColdIndex::default(),
-            acked: 0,
-            unacked: VecDeque::new(),
-            tracked: VecDeque::new(),
-        }
-    }
-
-    /// The first `seq` held in memory, or the next to come.
-    fn memory_from(&self) -> u64 {
-        self.history.first_seq().unwrap_or(self.seq + 1)
-    }
-
-    /// The oldest `seq` a replay can start from: the first retained in memory or (possibly)
-    /// in the spool, or the next to come.
-    fn retained_from(&self) -> u64 {
-        let mem = self.memory_from();
-        self.cold.first_seq().map_or(mem, |c| c.min(mem))
-    }
-}
 
 /// Why an upgrade was refused by the user's home shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AdoptError {
     /// The user already has `max_connections_per_user` open connections.
     UserLimit,
-}
-
-/// Adapter that lets tungstenite read from bytes we already took off the socket and write into
-/// the connection's outbound buffer. It never touches the socket.
-struct Io<'a> {
-    input: &'a [u8],
-    out: &'a mut BytesMut,
-}
-
-impl Read for Io<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.input.is_empty() {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        let n = self.input.read(buf)?;
-        Ok(n)
-    }
-}
-
-impl Write for Io<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.out.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 /// The tables a shard shares with emitters, made by the gateway and handed to every shard's
@@ -454,13 +243,12 @@ impl Core {
             .conns
             .iter()
             .filter(|(_, c)| matches!(&c.kind, ConnKind::User(u) if **u == *user))
-            .filter(|(_, c)| matches!(c.state, State::Open))
+            .filter(|(_, c)| c.state.is_open())
             .map(|(id, _)| id)
             .collect();
         for &id in &ids {
             let c = &mut self.conns[id];
-            close_conn(
-                c,
+            c.close(
                 CLOSE_DISCONNECTED,
                 "disconnected by the server",
                 now,
@@ -497,7 +285,7 @@ impl Core {
         let Some(c) = self.conns.get_mut(id) else {
             return;
         };
-        if c.state != State::Open {
+        if !c.state.is_open() {
             return;
         }
         let ConnKind::User(user) = &c.kind else {
@@ -515,7 +303,7 @@ impl Core {
             Err(why) => format!("auth refused: {why}"),
         };
         self.stats.closed_auth_refused += 1;
-        close_conn(c, CLOSE_AUTH_REFUSED, &refusal, now, self.cfg.close_timeout);
+        c.close(CLOSE_AUTH_REFUSED, &refusal, now, self.cfg.close_timeout);
         list_urgent(&mut self.urgent, c, id);
     }
 
@@ -574,38 +362,19 @@ impl Core {
                 return Err(AdoptError::UserLimit);
             }
         }
-        let mut out = BytesMut::with_capacity(response.len().max(4096));
-        out.extend_from_slice(response);
         let is_user = matches!(kind, ConnKind::User(_));
-        let id = self.conns.insert(Conn {
-            kind,
-            ws: WebSocketContext::new(Role::Server, Some(self.cfg.ws)),
-            out,
-            written: 0,
-            raw_head: response.len(),
-            replay: None,
-            last_queued_seq: 0,
-            cold_pos: None,
-            expires: None,
-            awaiting_cursor: None,
-            delivered_through: 0,
-            tail_thinking: None,
-            breaker: Breaker::default(),
-            unwritten_frames: 0,
-            pending: 0,
-            pending_since: now,
-            dirty: false,
-            urgent: false,
-            blocked: false,
-            state: State::Open,
-            keepalive: Keepalive::new(self.cfg.ping_interval, self.cfg.pong_timeout, now),
-        });
+        let keepalive = Keepalive::new(self.cfg.ping_interval, self.cfg.pong_timeout, now);
+        let id = self
+            .conns
+            .insert(Conn::new(kind, self.cfg.ws, response, keepalive, now));
         if is_user {
             match start {
                 Start::Live => self.register(id, None, now),
                 Start::Resume(cursor) => self.register(id, Some(cursor), now),
                 Start::AwaitCursor => {
-                    self.conns[id].awaiting_cursor = Some(now + CURSOR_MESSAGE_TIMEOUT);
+                    self.conns[id].phase = Phase::AwaitingCursor {
+                        until: now + CURSOR_MESSAGE_TIMEOUT,
+                    };
                 }
             }
         }
@@ -622,7 +391,9 @@ impl Core {
     /// replay from `cursor` if any. From here on every event routed to the user reaches it.
     fn register(&mut self, id: ConnId, cursor: Option<Cursor>, now: Instant) {
         let c = &mut self.conns[id];
-        c.awaiting_cursor = None;
+        if c.phase.is_awaiting_cursor() {
+            c.phase.go_live();
+        }
         let ConnKind::User(user) = &c.kind else {
             return;
         };
@@ -739,7 +510,7 @@ impl Core {
             }
         }
         if from <= last {
-            c.replay = Some(from);
+            c.phase.replay_from(from);
             self.replaying.push(id);
         }
     }
@@ -754,14 +525,14 @@ impl Core {
         while i < self.replaying.len() {
             let id = self.replaying[i];
             let c = &mut self.conns[id];
-            let (ConnKind::User(user), Some(next)) = (&c.kind, c.replay) else {
+            let (ConnKind::User(user), Some(next)) = (&c.kind, c.phase.replay_next()) else {
                 self.replaying.swap_remove(i);
                 continue;
             };
             if c.blocked
                 || c.breaker.is_open()
                 || c.out.len() - c.written >= REPLAY_LOW_WATER
-                || c.state != State::Open
+                || !c.state.is_open()
             {
                 i += 1;
                 continue;
@@ -787,7 +558,7 @@ impl Core {
                     i += 1;
                     continue;
                 }
-                next = c.replay.expect("still replaying");
+                next = c.phase.replay_next().expect("still replaying");
             } else if next < mem {
                 // The history moved past this connection while it replayed.
                 append_gap(&mut c.out, "history_evicted", u.epoch, next, mem - 1, None);
@@ -807,10 +578,10 @@ impl Core {
             }
             list_urgent(&mut self.urgent, c, id);
             if next > u.seq {
-                c.replay = None;
+                c.phase.go_live();
                 self.replaying.swap_remove(i);
             } else {
-                c.replay = Some(next);
+                c.phase.replayed_to(next);
                 i += 1;
             }
         }
@@ -824,7 +595,7 @@ impl Core {
             !c.blocked
                 && !c.breaker.is_open()
                 && c.out.len() - c.written < REPLAY_LOW_WATER
-                && c.state == State::Open
+                && c.state.is_open()
         })
     }
 
@@ -944,11 +715,11 @@ impl Core {
         let mut tripped = false;
         for &id in &user.conns {
             let c = &mut conns[id];
-            if c.replay.is_some() {
+            if c.phase.is_replaying() {
                 // Replaying: this event is in history and reaches the connection in order.
                 continue;
             }
-            if c.state != State::Open {
+            if !c.state.is_open() {
                 stats.events_dropped += 1;
                 continue;
             }
@@ -966,13 +737,7 @@ impl Core {
                 // Slow consumer (no breaker): stop queueing, tell it why, and let it go.
                 stats.events_dropped += 1;
                 stats.closed_slow_consumer += 1;
-                close_conn(
-                    c,
-                    CLOSE_SLOW_CONSUMER,
-                    "slow consumer",
-                    now,
-                    cfg.close_timeout,
-                );
+                c.close(CLOSE_SLOW_CONSUMER, "slow consumer", now, cfg.close_timeout);
                 list_urgent(urgent, c, id);
                 continue;
             }
@@ -1104,29 +869,27 @@ impl Core {
             // consumer, closed with 4008; past the close frame, the connection is dropped.
             let unsent = io.out.len() - c.written;
             if unsent > max_out {
-                if c.state == State::Open {
+                if c.state.is_open() {
                     self.stats.closed_slow_consumer += 1;
-                    let frame = CloseFrame {
-                        code: CloseCode::from(CLOSE_SLOW_CONSUMER),
-                        reason: "slow consumer: replies to its own messages went unread".into(),
-                    };
-                    c.state = match c.ws.close(&mut io, Some(frame)) {
-                        Ok(()) => State::Closing {
-                            deadline: now + close_timeout,
-                        },
-                        Err(_) => State::Finished,
-                    };
+                    send_close(
+                        &mut c.ws,
+                        &mut io,
+                        &mut c.state,
+                        CLOSE_SLOW_CONSUMER,
+                        "slow consumer: replies to its own messages went unread",
+                        now + close_timeout,
+                    );
                     break;
                 }
                 if unsent > max_out + CLOSING_SLACK {
-                    c.state = State::Finished;
+                    c.state.finish();
                     break;
                 }
             }
             match c.ws.read(&mut io) {
                 Ok(msg @ (Message::Text(_) | Message::Binary(_))) => {
                     self.stats.client_messages += 1;
-                    if c.awaiting_cursor.is_some() && cursor_msg.is_none() {
+                    if c.phase.is_awaiting_cursor() && cursor_msg.is_none() {
                         // The first message of a `resume=message` connection: its cursor.
                         let parsed = match &msg {
                             Message::Text(t) => handshake::parse_cursor_message(t.as_bytes()),
@@ -1137,17 +900,15 @@ impl Core {
                             Err(why) => {
                                 // Policy violation: this connection promised a cursor.
                                 self.stats.rejected_bad_request += 1;
-                                c.awaiting_cursor = None;
-                                let frame = CloseFrame {
-                                    code: CloseCode::from(1008),
-                                    reason: why.into(),
-                                };
-                                c.state = match c.ws.close(&mut io, Some(frame)) {
-                                    Ok(()) => State::Closing {
-                                        deadline: now + close_timeout,
-                                    },
-                                    Err(_) => State::Finished,
-                                };
+                                c.phase.go_live();
+                                send_close(
+                                    &mut c.ws,
+                                    &mut io,
+                                    &mut c.state,
+                                    1008,
+                                    why,
+                                    now + close_timeout,
+                                );
                                 break;
                             }
                         }
@@ -1163,10 +924,10 @@ impl Core {
                             self.stats.client_messages_ignored += 1;
                         }
                     }
-                    if c.kind == ConnKind::Echo && c.state == State::Open {
+                    if c.kind == ConnKind::Echo && c.state.is_open() {
                         // Echo replies go through tungstenite so fragmentation rules hold.
                         if c.ws.write(&mut io, msg).is_err() {
-                            c.state = State::Finished;
+                            c.state.finish();
                             break;
                         }
                     }
@@ -1175,15 +936,11 @@ impl Core {
                 Ok(Message::Ping(_)) | Ok(Message::Frame(_)) => {}
                 Ok(Message::Close(_)) => {
                     // tungstenite queued the reply (or this completes our own close).
-                    if c.state == State::Open {
-                        c.state = State::Closing {
-                            deadline: now + close_timeout,
-                        };
-                    }
+                    c.state.begin_closing(now + close_timeout);
                 }
                 Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(WsError::ConnectionClosed) | Err(WsError::AlreadyClosed) => {
-                    c.state = State::Finished;
+                    c.state.finish();
                     break;
                 }
                 Err(e) => {
@@ -1192,8 +949,8 @@ impl Core {
                         WsError::Utf8(_) => (1007, "invalid UTF-8"),
                         _ => (1002, "protocol error"),
                     };
-                    let ctx_ok = c.ws.can_write();
-                    if ctx_ok {
+                    if c.ws.can_write() {
+                        // Closing even if tungstenite refuses the frame: the deadline ends it.
                         let _ = c.ws.close(
                             &mut io,
                             Some(CloseFrame {
@@ -1201,11 +958,9 @@ impl Core {
                                 reason: why.into(),
                             }),
                         );
-                        c.state = State::Closing {
-                            deadline: now + close_timeout,
-                        };
+                        c.state.begin_closing(now + close_timeout);
                     } else {
-                        c.state = State::Finished;
+                        c.state.finish();
                     }
                     break;
                 }
@@ -1214,7 +969,7 @@ impl Core {
         // Pongs and close replies may still sit in tungstenite's own buffer.
         let _ = c.ws.flush(&mut io);
         // Something to write, or a finished close handshake: the reactor must look at it now.
-        if c.out.len() != before || c.state == State::Finished {
+        if c.out.len() != before || c.state.is_finished() {
             list_urgent(&mut self.urgent, c, id);
         }
         if let Some(cur) = cursor_msg {
@@ -1428,7 +1183,7 @@ impl Core {
         let late: Vec<ConnId> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.awaiting_cursor.is_some_and(|d| now >= d) && c.state == State::Open)
+            .filter(|(_, c)| c.phase.cursor_overdue(now) && c.state.is_open())
             .map(|(id, _)| id)
             .collect();
         for id in late {
@@ -1436,10 +1191,9 @@ impl Core {
             self.register(id, None, now);
         }
         for (id, c) in self.conns.iter_mut() {
-            if c.state == State::Open && c.expires.is_some_and(|at| now >= at) {
+            if c.state.is_open() && c.expires.is_some_and(|at| now >= at) {
                 self.stats.closed_token_expired += 1;
-                close_conn(
-                    c,
+                c.close(
                     CLOSE_TOKEN_EXPIRED,
                     "token expired: reconnect, or send {\"type\":\"auth\",\"token\":..} before exp",
                     now,
@@ -1450,8 +1204,8 @@ impl Core {
         }
         let mut tripped = Vec::new();
         for (id, c) in self.conns.iter_mut() {
-            match c.state {
-                State::Open => match c.keepalive.poll(now) {
+            if c.state.is_open() {
+                match c.keepalive.poll(now) {
                     Liveness::Idle => continue,
                     Liveness::SendPing => {
                         let mut io = Io {
@@ -1476,13 +1230,13 @@ impl Core {
                     Liveness::TimedOut => {
                         close_silent(c, &mut self.stats, now, self.cfg.close_timeout);
                     }
-                },
-                State::Closing { deadline } if now >= deadline => {
-                    c.state = State::Finished;
-                    // Whatever is unsent will never be: drop it so the reactor can close now.
-                    self.stats.events_dropped += c.discard_unsent();
                 }
-                _ => continue,
+            } else if c.state.closing_expired(now) {
+                c.state.finish();
+                // Whatever is unsent will never be: drop it so the reactor can close now.
+                self.stats.events_dropped += c.discard_unsent();
+            } else {
+                continue;
             }
             list_urgent(&mut self.urgent, c, id);
         }
@@ -1516,7 +1270,7 @@ impl Core {
         let policy = self.cfg.breaker;
         let mut changed = Vec::new();
         for (id, c) in self.conns.iter_mut() {
-            if c.state != State::Open || !matches!(c.kind, ConnKind::User(_)) {
+            if !c.state.is_open() || !matches!(c.kind, ConnKind::User(_)) {
                 continue;
             }
             match c.breaker.poll(now) {
@@ -1536,7 +1290,7 @@ impl Core {
                     changed.push(id);
                     continue;
                 }
-                _ if c.replay.is_some() => continue,
+                _ if c.phase.is_replaying() => continue,
                 _ => {}
             }
             let unsent = c.out.len() - c.written;
@@ -1567,8 +1321,8 @@ impl Core {
     pub(crate) fn close_all(&mut self, code: u16, reason: &str, now: Instant) {
         let timeout = self.cfg.close_timeout;
         for (id, c) in self.conns.iter_mut() {
-            if c.state == State::Open {
-                close_conn(c, code, reason, now, timeout);
+            if c.state.is_open() {
+                c.close(code, reason, now, timeout);
             }
             list_urgent(&mut self.urgent, c, id);
         }
@@ -1583,7 +1337,7 @@ impl Core {
         }
         let unsent = c.unsent_events();
         self.stats.events_dropped += unsent;
-        if c.replay.is_some() {
+        if c.phase.is_replaying() {
             self.replaying.retain(|&r| r != id);
         }
         if let ConnKind::User(user) = &c.kind {
@@ -1602,367 +1356,6 @@ impl Core {
     }
 }
 
-/// The breaker of `c` (connection `id`) just opened while event `next` was to be queued (by
-/// default the first event not queued yet): drop the unsent events from memory (a frame
-/// already partly written stays, so the byte stream remains valid) and make the connection
-/// resume from the first of them, out of history, once the breaker half-opens.
-fn divert(
-    c: &mut Conn,
-    id: ConnId,
-    next: Option<u64>,
-    stats: &mut Stats,
-    replaying: &mut Vec<ConnId>,
-) {
-    let next = next.unwrap_or_else(|| c.replay.unwrap_or(c.last_queued_seq + 1));
-    let (_, done) =
-        frame::complete_prefix(&c.out[c.raw_head..], c.written.saturating_sub(c.raw_head));
-    let mut keep = c.raw_head + done;
-    if c.written > keep {
-        keep += frame::frame_len(&c.out[keep..]).expect("a partly written frame has its header");
-    }
-    let dropped = frame::count_event_frames(&c.out[keep..]);
-    // Resume from the first dropped event (a `gap` frame among the dropped ones is announced
-    // again by the replay; a coalesced frame stands for several), or from `next` when none
-    // was queued.
-    let from = match frame::first_event_seq(&c.out[keep..]) {
-        Some(seq) => {
-            let payload = frame::payload(&c.out[keep..]).unwrap_or_default();
-            coalesce::first_covered(payload, seq)
-        }
-        None => next,
-    };
-    c.tail_thinking = None;
-    debug_assert!(from <= c.last_queued_seq + 1);
-    c.out.truncate(keep);
-    c.unwritten_frames -= dropped;
-    c.pending = c.pending.saturating_sub(dropped as usize);
-    c.last_queued_seq = from - 1;
-    c.replay = Some(from);
-    c.cold_pos = None;
-    if !replaying.contains(&id) {
-        replaying.push(id);
-    }
-    stats.events_diverted += dropped;
-    stats.breaker_opened += 1;
-    stats.breakers_open += 1;
-    match c.breaker.cause() {
-        Cause::Backlog => stats.breaker_trips_backlog += 1,
-        Cause::MissedPong => stats.breaker_trips_missed_pong += 1,
-        Cause::WriteError => stats.breaker_trips_write_error += 1,
-    }
-}
-
-/// Merges the `agent_thinking` event `seq` (its `body`) into the thinking frame at the end of
-/// `c.out`, if there is one it can join (see [`coalesce`]). The frame count does not change.
-fn coalesce_thinking(c: &mut Conn, seq: u64, body: &[u8]) -> bool {
-    let Some(tail) = c.tail_thinking else {
-        return false;
-    };
-    // Still the last frame, and not started on the socket.
-    if tail.end != c.out.len() || tail.start < c.written {
-        return false;
-    }
-    let Some(merged) = frame::payload(&c.out[tail.start..]).and_then(|p| coalesce::merge(p, body))
-    else {
-        return false;
-    };
-    let (prefix, n) = frame::event_prefix(seq, merged.len());
-    c.out.truncate(tail.start);
-    frame::append_event(&mut c.out, &prefix[..n], &merged);
-    c.tail_thinking = Some(coalesce::Tail {
-        start: tail.start,
-        end: c.out.len(),
-    });
-    c.last_queued_seq = seq;
-    true
-}
-
-/// The epoch of the `n`th stream a shard creates: distinct for every `n`, and unrelated between
-/// processes (the seed is random per process). SplitMix64's finaliser spreads the bits.
-fn epoch_for(seed: u64, n: u64) -> u64 {
-    let mut z = seed.wrapping_add(n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// Queues a `gap` frame: events `from..=to` of stream `epoch` cannot be delivered (an empty
-/// range when `to < from`). `previous` is the client's cursor when its epoch is not this one.
-fn append_gap(
-    out: &mut BytesMut,
-    reason: &str,
-    epoch: u64,
-    from: u64,
-    to: u64,
-    previous: Option<Cursor>,
-) {
-    use std::fmt::Write as _;
-    let mut msg = String::with_capacity(160);
-    let _ = write!(
-        msg,
-        "{{\"type\":\"gap\",\"reason\":\"{reason}\",\"epoch\":\"{epoch:016x}\",\"from\":{from},\"to\":{to}"
-    );
-    if let Some(p) = previous {
-        let _ = write!(msg, ",\"previous_seq\":{}", p.since);
-        if let Some(e) = p.epoch {
-            let _ = write!(msg, ",\"previous_epoch\":\"{e:016x}\"");
-        }
-    }
-    msg.push('}');
-    frame::append_text(out, msg.as_bytes());
-}
-
-/// Replays connection `c`'s events from `next` up to `mem` (where memory history takes over)
-/// out of the spool, at most a chunk per call. Returns true when it stopped at its budget
-/// (`c.replay` is where it goes on); false when the spool part is done: `c.replay` is then
-/// `mem`, after a `gap` for whatever the spool no longer had.
-fn cold_replay(
-    c: &mut Conn,
-    u: &UserState,
-    next: u64,
-    mem: u64,
-    cold: &mut dyn ColdTier,
-    stats: &mut Stats,
-    budget: &mut usize,
-) -> bool {
-    let Conn {
-        kind: ConnKind::User(user),
-        out,
-        cold_pos,
-        ..
-    } = c
-    else {
-        unreachable!("only user connections replay");
-    };
-    let epoch = u.epoch;
-    let mut want = next;
-    let mut copied = 0usize;
-    let mut n = 0u64;
-    let mut reached_memory = false;
-    let mut gaps = 0;
-    let mut failed = None;
-    let mut to_dense = false;
-    // Recent events by position: the user's records and nothing else are read.
-    if cold_pos.is_none() {
-        while want < mem && copied < REPLAY_CHUNK && *budget > 0 {
-            let Some(pos) = u.cold.position(want) else {
-                break;
-            };
-            match cold.read_at(pos, user) {
-                Ok(Some(r)) if r.kind == KIND_EVENT && r.epoch == epoch && r.seq == want => {
-                    out.extend_from_slice(r.frame);
-                    copied += r.frame.len();
-                    *budget = budget.saturating_sub(r.frame.len() + durable::HEADER);
-                    want += 1;
-                    n += 1;
-                }
-                // Trimmed by retention, or not what the index says: the scan below decides.
-                Ok(_) => break,
-                Err(e) => {
-                    failed = Some(e);
-                    break;
-                }
-            }
-        }
-    }
-    let dense_done = want >= mem || copied >= REPLAY_CHUNK || *budget == 0;
-    let scanned = if let Some(e) = failed {
-        Err(e)
-    } else if dense_done {
-        Ok(Some(0))
-    } else {
-        // Older than the dense index: scan from the nearest checkpoint, within the budget.
-        let this_pass = COLD_SCAN_BUDGET.min(*budget);
-        *budget -= this_pass;
-        match cold_pos.or_else(|| u.cold.scan_from(want, cold.start())) {
-            None => Ok(None),
-            Some(pos) => cold.scan(pos, this_pass, user, &mut |_, r| {
-                if u.cold.position(want).is_some() {
-                    // Caught up with the dense index: read by position from here on.
-                    to_dense = true;
-                    return false;
-                }
-                if r.kind != KIND_EVENT || r.epoch != epoch || r.seq < want {
-                    return true;
-                }
-                if r.seq >= mem {
-                    reached_memory = true;
-                    return false;
-                }
-                if r.seq > want {
-                    // Trimmed from the spool (retention), or lost to a failed write.
-                    append_gap(out, "history_evicted", epoch, want, r.seq - 1, None);
-                    gaps += 1;
-                }
-                out.extend_from_slice(r.frame);
-                want = r.seq + 1;
-                n += 1;
-                copied += r.frame.len();
-                copied < REPLAY_CHUNK && want < mem
-            }),
-        }
-    };
-    stats.gaps += gaps;
-    stats.events_replayed += n;
-    stats.events_replayed_cold += n;
-    if n > 0 {
-        c.last_queued_seq = want - 1;
-        c.unwritten_frames += n;
-        c.pending += n as usize;
-    }
-    let more = match scanned {
-        Ok(Some(_)) if dense_done => want < mem,
-        Ok(_) if to_dense => {
-            c.cold_pos = None;
-            want < mem
-        }
-        Ok(Some(pos)) if !reached_memory && want < mem => {
-            c.cold_pos = Some(pos);
-            true
-        }
-        Ok(_) => false,
-        Err(e) => {
-            tracing::warn!(error = %e, "spool read failed during a replay");
-            stats.spool_read_errors += 1;
-            false
-        }
-    };
-    if !more {
-        if want < mem {
-            append_gap(&mut c.out, "history_evicted", epoch, want, mem - 1, None);
-            stats.gaps += 1;
-        }
-        c.cold_pos = None;
-        want = mem;
-    }
-    c.replay = Some(want);
-    more
-}
-
-/// Queues, right after `hello`, the user's unacked events with `seq` before `from` (the first
-/// event this connection gets by replay or live): a `redelivery` frame with their count, then
-/// each event frame as first sent. They become part of the connection's opening bytes (like
-/// the 101), so they never count as delivered or dropped events: until acked they stay kept
-/// and go again to the next connection.
-fn redeliver_unacked(c: &mut Conn, unacked: &VecDeque<Unacked>, from: u64, stats: &mut Stats) {
-    let count = unacked.iter().take_while(|e| e.seq < from).count();
-    if count > 0 {
-        let msg = format!("{{\"type\":\"redelivery\",\"count\":{count}}}");
-        frame::append_text(&mut c.out, msg.as_bytes());
-        for e in unacked.iter().take(count) {
-            c.out.extend_from_slice(&e.frame);
-        }
-        stats.events_redelivered += count as u64;
-    }
-    // Everything so far (the 101 or what is left of it, control replies, hello,
-    // redeliveries) is opening bytes: a prefix of `out` that holds no event frame to count.
-    c.raw_head = c.out.len();
-}
-
-/// Encodes a spool record that settles `user`'s events up to `seq`: acked by a client, or
-/// (`expired`) dead-lettered. Returns its length. (No time stamp: the core reads no clock,
-/// and recovery needs none.)
-fn spool_settle(out: &mut Vec<u8>, user: &[u8], epoch: u64, seq: u64, expired: bool) -> u64 {
-    let r = SpoolRecord {
-        kind: KIND_ACK,
-        flags: if expired { FLAG_EXPIRED } else { 0 },
-        user,
-        epoch,
-        seq,
-        ts: 0,
-        frame: &[],
-    };
-    durable::encode(out, &r, &[]) as u64
-}
-
-/// `{"type":"auth","token":"..."}` as the token (at most [`MAX_AUTH_TOKEN`] bytes).
-fn parse_auth(text: &[u8]) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Msg {
-        #[serde(rename = "type")]
-        kind: String,
-        token: String,
-    }
-    if text.len() > MAX_AUTH_TOKEN + 64 {
-        return None;
-    }
-    serde_json::from_slice::<Msg>(text)
-        .ok()
-        .filter(|m| m.kind == "auth")
-        .map(|m| m.token)
-}
-
-/// The longest token an in-band `auth` message may carry.
-const MAX_AUTH_TOKEN: usize = 8192;
-
-/// `{"ack":N}` (other members ignored) as N.
-fn parse_ack(text: &[u8]) -> Option<u64> {
-    #[derive(serde::Deserialize)]
-    struct Msg {
-        ack: u64,
-    }
-    serde_json::from_slice::<Msg>(text).ok().map(|m| m.ack)
-}
-
-/// Buffers kept in `Core::frame_pool` at most (each up to [`POOLED_FRAME_MAX`] bytes).
-const FRAME_POOL: usize = 256;
-/// Larger frame buffers are freed rather than kept.
-const POOLED_FRAME_MAX: usize = 4096;
-
-/// Gives a settled event's frame buffer back to the pool, cleared (or frees it).
-fn recycle(pool: &mut Vec<Vec<u8>>, mut frame: Vec<u8>) {
-    if pool.len() < FRAME_POOL && frame.capacity() <= POOLED_FRAME_MAX {
-        frame.clear();
-        pool.push(frame);
-    }
-}
-
-/// What settling an unacked event without an ack writes to: see [`expire_unacked`].
-struct Expiry<'a> {
-    cfg: &'a CoreConfig,
-    receipts: &'a ReceiptBoard,
-    stats: &'a mut Stats,
-    dead_out: &'a mut Vec<u8>,
-    spool_out: &'a mut Vec<u8>,
-    spool_pos: &'a mut u64,
-    frame_pool: &'a mut Vec<Vec<u8>>,
-}
-
-/// Settles `e`, an event of `user`'s stream (`epoch`, its `tracked` receipts) that needed an
-/// ack and will get none (`reason`): a dead-letter line (one JSON object: user, epoch, seq,
-/// reason and the event as it was sent), its receipt marked, a count, a spool record so a
-/// restart does not bring it back, and its frame buffer back to the pool. The one way out for
-/// an unacked event other than an ack.
-fn expire_unacked(
-    x: &mut Expiry<'_>,
-    user: &[u8],
-    epoch: u64,
-    tracked: &VecDeque<Tracked>,
-    e: Unacked,
-    reason: &str,
-) {
-    use std::io::Write as _;
-    let out = &mut *x.dead_out;
-    let name = String::from_utf8_lossy(user);
-    let _ = write!(out, "{{\"user\":");
-    let _ = serde_json::to_writer(&mut *out, &*name);
-    let _ = write!(
-        out,
-        ",\"epoch\":\"{epoch:016x}\",\"seq\":{},\"reason\":\"{reason}\",\"event\":",
-        e.seq
-    );
-    out.extend_from_slice(frame::payload(&e.frame).unwrap_or(b"null"));
-    out.extend_from_slice(b"}\n");
-    x.stats.events_dead_lettered += 1;
-    if let Some(t) = tracked.iter().find(|t| t.seq == e.seq) {
-        x.receipts.update(t.ticket, Progress::DeadLettered);
-    }
-    if x.cfg.spool {
-        *x.spool_pos += spool_settle(x.spool_out, user, epoch, e.seq, true);
-    }
-    recycle(x.frame_pool, e.frame);
-}
-
 /// Lists `c` (whose id is `id`) in `urgent` unless it already is.
 fn list_urgent(urgent: &mut Vec<ConnId>, c: &mut Conn, id: ConnId) {
     if !c.urgent {
@@ -1974,26 +1367,7 @@ fn list_urgent(urgent: &mut Vec<ConnId>, c: &mut Conn, id: ConnId) {
 /// Closes `c` with 4010: a ping went unanswered.
 fn close_silent(c: &mut Conn, stats: &mut Stats, now: Instant, timeout: Duration) {
     stats.closed_pong_timeout += 1;
-    close_conn(c, CLOSE_PONG_TIMEOUT, "pong timeout", now, timeout);
-}
-
-/// Queues a close frame with `code` and moves the connection to `Closing`.
-fn close_conn(c: &mut Conn, code: u16, reason: &str, now: Instant, timeout: Duration) {
-    let mut io = Io {
-        input: &[],
-        out: &mut c.out,
-    };
-    let frame = CloseFrame {
-        code: CloseCode::from(code),
-        reason: reason.to_owned().into(),
-    };
-    if c.ws.close(&mut io, Some(frame)).is_ok() {
-        c.state = State::Closing {
-            deadline: now + timeout,
-        };
-    } else {
-        c.state = State::Finished;
-    }
+    c.close(CLOSE_PONG_TIMEOUT, "pong timeout", now, timeout);
 }
 
 #[cfg(test)]

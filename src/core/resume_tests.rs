@@ -412,7 +412,7 @@ mod seam {
             }
         }));
         // Without a spool the core encodes nothing and never reads it.
-        let mut cold = durable::MemCold::default();
+        let mut cold = testing::MemCold::default();
         let mut emitted = 0u64;
         let mut client = Client {
             epoch: None,
@@ -826,7 +826,7 @@ mod spool_retention {
             c.spool = true;
         }));
         let epoch = learn_epoch(&mut core, "a", t0);
-        let mut cold = durable::MemCold::default();
+        let mut cold = testing::MemCold::default();
         for i in 1..=20 {
             core.route(&record("a", i), t0, 0);
         }
@@ -879,7 +879,7 @@ mod spool_replay {
     fn drain_cold(
         core: &mut Core,
         id: ConnId,
-        cold: &mut durable::MemCold,
+        cold: &mut testing::MemCold,
         now: Instant,
     ) -> Vec<Seen> {
         let mut seen = Vec::new();
@@ -904,7 +904,7 @@ mod spool_replay {
         let mut core = spool_core();
         let users: Vec<String> = (0..64).map(|i| format!("u{i}")).collect();
         let epoch = learn_epoch(&mut core, "u7", t0);
-        let mut cold = durable::MemCold::default();
+        let mut cold = testing::MemCold::default();
         for i in 1..=100 {
             for u in &users {
                 core.route(&record(u, i), t0, 0);
@@ -923,7 +923,7 @@ mod spool_replay {
         let t0 = Instant::now();
         let mut core = spool_core();
         let epoch = learn_epoch(&mut core, "a", t0);
-        let mut cold = durable::MemCold::default();
+        let mut cold = testing::MemCold::default();
         let n = durable::DENSE_POSITIONS as u64 + 500;
         for i in 1..=n {
             core.route(&record("a", i), t0, 0);
@@ -946,7 +946,7 @@ mod spool_replay {
             .iter()
             .map(|u| learn_epoch(&mut core, u, t0))
             .collect();
-        let mut cold = durable::MemCold::default();
+        let mut cold = testing::MemCold::default();
         let pad = "x".repeat(900);
         for i in 1..=400u64 {
             for u in &users {
@@ -998,9 +998,9 @@ mod spool_replay {
         let t0 = Instant::now();
         let mut core = spool_core();
         let epoch = learn_epoch(&mut core, "a", t0);
-        let mut cold = durable::MemCold::default();
+        let mut cold = testing::MemCold::default();
         let mut emitted = 0u64;
-        let mut emit = |core: &mut Core, cold: &mut durable::MemCold, k: u64| {
+        let mut emit = |core: &mut Core, cold: &mut testing::MemCold, k: u64| {
             for _ in 0..k {
                 emitted += 1;
                 core.route(&record("a", emitted), t0, 0);

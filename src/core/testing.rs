@@ -1,13 +1,16 @@
 //! The one harness of the core's virtual-clock tests (`tests`, `resume_tests`, `ack_tests`,
-//! `alloc_tests`, and the metrics tests that need a core): it builds a core from a [`CoreConfig`] (never the gateway's `Config`), makes
-//! ring records as an emitter would, and plays the reactor and the client around it: it
-//! "writes" a connection's buffer as a socket taking every byte would and decodes the frames,
-//! and it sends client messages. No socket, no real clock: every call takes `now`.
+//! `alloc_tests`, and the metrics tests that need a core). It builds a core from a
+//! [`CoreConfig`] (never the gateway's `Config`), makes ring records as an emitter would, and
+//! plays the reactor and the client around it: it "writes" a connection's buffer as a socket
+//! taking every byte would and decodes the frames, sends client messages, and keeps the spool
+//! in memory ([`MemCold`]). No socket, no real clock: every call takes `now`.
 //!
 //! Each test file keeps only what is its own: how it names what a client saw.
 
+use std::io;
 use std::time::Instant;
 
+use super::durable::{decode, decode_for, ColdTier, SpoolRecord};
 use super::{Boards, ConnId, ConnKind, Core, CoreConfig, Cursor};
 use crate::receipt::Ticket;
 use floodgate_wsclient::{client_frame, FrameReader, Kind};
@@ -101,4 +104,67 @@ pub(crate) fn send_text(core: &mut Core, id: ConnId, text: &str, now: Instant) {
 /// A client acks every event through `n` on `id`.
 pub(crate) fn ack(core: &mut Core, id: ConnId, n: u64, now: Instant) {
     send_text(core, id, &format!("{{\"ack\":{n}}}"), now);
+}
+
+/// The harness's spool: an in-memory [`ColdTier`] that keeps every record the core encoded.
+#[derive(Debug, Default)]
+pub(crate) struct MemCold {
+    pub log: Vec<u8>,
+    pub start: u64,
+    /// Records that `scan` decoded the header of (any user's).
+    pub scanned: u64,
+    /// Records read by position.
+    pub reads_at: u64,
+}
+
+impl MemCold {
+    /// Takes what the core spooled (as the reactor does before any socket write).
+    pub(crate) fn absorb(&mut self, core: &mut Core) {
+        self.log.extend_from_slice(&core.spool_out);
+        core.on_spooled();
+    }
+}
+
+impl ColdTier for MemCold {
+    fn start(&self) -> u64 {
+        self.start
+    }
+    fn scan(
+        &mut self,
+        pos: u64,
+        budget: usize,
+        user: &[u8],
+        visit: &mut dyn FnMut(u64, &SpoolRecord<'_>) -> bool,
+    ) -> io::Result<Option<u64>> {
+        // Records before `start` are gone; the first one at or after it is found by walking
+        // from 0 (test logs are small).
+        let mut at = 0usize;
+        while (at as u64) < self.start.max(pos) {
+            at += decode(&self.log[at..]).expect("whole records").1;
+        }
+        let mut read = 0;
+        while at < self.log.len() {
+            if read >= budget {
+                return Ok(Some(at as u64));
+            }
+            let (r, len) = decode_for(&self.log[at..], user).expect("whole records");
+            self.scanned += 1;
+            read += len;
+            let go_on = r.is_none_or(|r| visit(at as u64, &r));
+            at += len;
+            if !go_on {
+                return Ok(Some(at as u64));
+            }
+        }
+        Ok(None)
+    }
+    fn read_at(&mut self, pos: u64, user: &[u8]) -> io::Result<Option<SpoolRecord<'_>>> {
+        self.reads_at += 1;
+        if pos < self.start || pos as usize >= self.log.len() {
+            return Ok(None);
+        }
+        let (r, _) = decode_for(&self.log[pos as usize..], user)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "corrupt"))?;
+        Ok(r)
+    }
 }

@@ -126,7 +126,7 @@ impl Config {
             max_pending_handshakes_per_ip: 128,
             max_frame_size: 64 << 10,
             max_message_size: 1 << 20,
-            read_buffer_size: 4096,
+            read_buffer_size: 1024,
             handshake_timeout: Duration::from_secs(5),
             ping_interval: Duration::from_secs(25),
             pong_timeout: Duration::from_secs(10),
@@ -711,7 +711,8 @@ pub struct Settings {
         arg(long, env = "FLOODGATE_MAX_MESSAGE_SIZE", value_name = "BYTES")
     )]
     pub max_message_size: Option<usize>,
-    /// Per-connection read buffer; small keeps idle connections cheap [default: 4096]
+    /// Per-connection WebSocket read buffer, allocated when a connection opens; small keeps idle
+    /// connections cheap (it grows for a larger frame) [default: 1024]
     #[cfg_attr(
         feature = "cli",
         arg(long, env = "FLOODGATE_READ_BUFFER_SIZE", value_name = "BYTES")

@@ -316,7 +316,8 @@ impl GatewayBuilder {
         max_frame_size: usize,
         /// Largest inbound message [default 1 MiB, at least `max_frame_size`].
         max_message_size: usize,
-        /// Per-connection WebSocket read buffer [default 4 KiB, 1 KiB to 1 MiB].
+        /// Per-connection WebSocket read buffer: allocated when a connection opens, and the most
+        /// read into it at once (it grows for a larger frame) [default 1 KiB, 1 KiB to 1 MiB].
         read_buffer_size: usize,
         /// Time allowed for the HTTP upgrade request [default 5 s].
         handshake_timeout: Duration,

@@ -44,7 +44,7 @@ impl Default for CoreConfig {
     /// defaults give the same.
     fn default() -> Self {
         let mut ws = WebSocketConfig::default();
-        ws.read_buffer_size = 4096;
+        ws.read_buffer_size = 1024;
         ws.write_buffer_size = 0;
         ws.max_frame_size = Some(64 << 10);
         ws.max_message_size = Some(1 << 20);

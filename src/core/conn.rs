@@ -23,6 +23,10 @@ use super::keepalive::Keepalive;
 /// Index of a connection in its shard.
 pub(crate) type ConnId = usize;
 
+/// Bytes a new connection's buffer has beyond its HTTP response: the `hello` frame (about 80
+/// bytes) and a little more.
+const OPENING_ROOM: usize = 128;
+
 /// How long a `resume=message` connection may take to send its cursor.
 pub(super) const CURSOR_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -231,7 +235,9 @@ impl Conn {
         keepalive: Keepalive,
         now: Instant,
     ) -> Conn {
-        let mut out = BytesMut::with_capacity(response.len().max(4096));
+        // Room for the response and the `hello` only: an idle connection keeps no more, and a
+        // busy one grows to what its bursts need.
+        let mut out = BytesMut::with_capacity(response.len() + OPENING_ROOM);
         out.extend_from_slice(response);
         Conn {
             kind,

@@ -60,8 +60,8 @@ pub(crate) enum Start {
     AwaitCursor,
 }
 
-/// Where a connection is in its close handshake. It only moves forward:
-/// open -> closing -> finished, or open -> finished.
+/// Where a connection is in its close handshake. It only moves forward: open -> closing ->
+/// finished; open -> failing -> finished (a protocol error); or open -> finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Lifecycle(State);
 
@@ -71,6 +71,12 @@ enum State {
     /// We sent a close frame (or answered one); the socket is dropped when the client's close
     /// arrives and our buffer is flushed, or at the deadline.
     Closing {
+        deadline: Instant,
+    },
+    /// We failed the connection (RFC 6455 7.1.7, a protocol error): a close frame is queued and
+    /// the socket goes as soon as the buffer is flushed, without waiting for the client's
+    /// close; or at the deadline, if the client does not read.
+    Failing {
         deadline: Instant,
     },
     /// Nothing more to do once the buffer is flushed.
@@ -88,9 +94,9 @@ impl Lifecycle {
         self.0 == State::Open
     }
 
-    /// Nothing more will be queued; the socket goes once the buffer is flushed.
-    pub(super) fn is_finished(self) -> bool {
-        self.0 == State::Finished
+    /// The socket may go as soon as the buffer is flushed (finished, or failing).
+    pub(super) fn ends_when_flushed(self) -> bool {
+        matches!(self.0, State::Finished | State::Failing { .. })
     }
 
     /// Open -> closing until `deadline` (a close frame went out, or the client's was answered).
@@ -106,9 +112,17 @@ impl Lifecycle {
         self.0 = State::Finished;
     }
 
-    /// Closing, and its deadline has passed at `now`.
+    /// -> failing until `deadline` (a protocol error was answered with a close frame), from
+    /// any state but finished.
+    pub(super) fn fail(&mut self, deadline: Instant) {
+        if self.0 != State::Finished {
+            self.0 = State::Failing { deadline };
+        }
+    }
+
+    /// Closing or failing, and its deadline has passed at `now`.
     pub(super) fn closing_expired(self, now: Instant) -> bool {
-        matches!(self.0, State::Closing { deadline } if now >= deadline)
+        matches!(self.0, State::Closing { deadline } | State::Failing { deadline } if now >= deadline)
     }
 }
 
@@ -222,6 +236,9 @@ pub(crate) struct Conn {
     pub(super) urgent: bool,
     /// The socket refused bytes (would block); nothing is written until it reports writable.
     pub(super) blocked: bool,
+    /// A protocol error ended reading: the rest of what the client sends is dropped while the
+    /// close (already queued) runs its course.
+    pub(super) input_done: bool,
     pub(super) state: Lifecycle,
     pub(super) keepalive: Keepalive,
 }
@@ -257,6 +274,7 @@ impl Conn {
             dirty: false,
             urgent: false,
             blocked: false,
+            input_done: false,
             state: Lifecycle::open(),
             keepalive,
         }
@@ -283,9 +301,9 @@ impl Conn {
         n
     }
 
-    /// True when the socket can be dropped: closed and nothing left to write.
+    /// True when the socket can be dropped: closed (or failed) and nothing left to write.
     pub(crate) fn is_done(&self) -> bool {
-        self.state.is_finished() && self.out.is_empty()
+        self.state.ends_when_flushed() && self.out.is_empty()
     }
 
     /// Queues a close frame with `code` and starts closing (until `now + timeout`).

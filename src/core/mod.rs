@@ -858,6 +858,10 @@ impl Core {
         let mut ack = None;
         let mut cursor_msg = None;
         let c = &mut self.conns[id];
+        if c.input_done {
+            // A protocol error ended what tungstenite can read; the close is under way.
+            return;
+        }
         let before = c.out.len();
         let mut io = Io {
             input,
@@ -949,8 +953,13 @@ impl Core {
                         WsError::Utf8(_) => (1007, "invalid UTF-8"),
                         _ => (1002, "protocol error"),
                     };
+                    // tungstenite's reader is not in a state to go on (it may hold the header
+                    // of the frame it refused): nothing more is read from this connection.
+                    c.input_done = true;
+                    // RFC 6455 7.1.7, failing the connection: the close frame (if the protocol
+                    // state can still send one), then the socket goes once it is flushed, without
+                    // waiting for the client's close (or at the deadline if it does not read).
                     if c.ws.can_write() {
-                        // Closing even if tungstenite refuses the frame: the deadline ends it.
                         let _ = c.ws.close(
                             &mut io,
                             Some(CloseFrame {
@@ -958,7 +967,7 @@ impl Core {
                                 reason: why.into(),
                             }),
                         );
-                        c.state.begin_closing(now + close_timeout);
+                        c.state.fail(now + close_timeout);
                     } else {
                         c.state.finish();
                     }
@@ -969,7 +978,7 @@ impl Core {
         // Pongs and close replies may still sit in tungstenite's own buffer.
         let _ = c.ws.flush(&mut io);
         // Something to write, or a finished close handshake: the reactor must look at it now.
-        if c.out.len() != before || c.state.is_finished() {
+        if c.out.len() != before || c.state.ends_when_flushed() {
             list_urgent(&mut self.urgent, c, id);
         }
         if let Some(cur) = cursor_msg {

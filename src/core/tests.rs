@@ -379,6 +379,50 @@ fn oversized_messages_close_with_1009() {
     assert_eq!(&frames[0].1[..2], &1009u16.to_be_bytes());
 }
 
+/// Failing a connection (RFC 6455 7.1.7): after a protocol error the close frame goes out and
+/// the socket with it, without waiting for the client's close; what the client sends after the
+/// error is not read (tungstenite's reader may still hold the refused frame's header, and
+/// reading on from there once tripped its debug assertion: fuzz/corpus/client_frames).
+#[test]
+fn a_failed_connection_reads_nothing_more_and_goes_once_its_close_is_flushed() {
+    let t0 = Instant::now();
+    let mut core = testing::core(cfg(|c| {
+        c.ws.max_frame_size = Some(200);
+        c.ws.max_message_size = Some(200);
+    }));
+    let id = open(&mut core, user("a"), t0);
+    // Larger than the 1 KiB read buffer: tungstenite's buffer is full when it refuses the frame.
+    core.on_input(id, &client_frame(Kind::Text, &[b'a'; 2000]), t0);
+    // More from the client: its close, and another oversized frame. Neither is read.
+    let mut more = client_frame(Kind::Close, &1000u16.to_be_bytes());
+    more.extend(client_frame(Kind::Text, &[b'b'; 5000]));
+    core.on_input(id, &more, t0);
+    assert_eq!(core.stats.client_messages, 0);
+    assert!(
+        !core.conn(id).is_done(),
+        "the close frame is still to be written"
+    );
+    let frames = take_out(&mut core, id);
+    assert_eq!(frames.len(), 1, "only the close frame: {frames:?}");
+    assert_eq!(&frames[0].1[..2], &1009u16.to_be_bytes());
+    assert!(core.conn(id).is_done(), "flushed: the socket can go now");
+
+    // A client that does not read its close frame is dropped at the close deadline.
+    let id = open(&mut core, user("b"), t0);
+    core.on_input(id, &client_frame(Kind::Text, &[b'a'; 300]), t0);
+    assert!(!core.conn(id).is_done());
+    core.tick(t0 + Duration::from_secs(4));
+    assert!(
+        !core.conn(id).is_done(),
+        "before the deadline it waits for the client to read"
+    );
+    core.tick(t0 + Duration::from_secs(6));
+    assert!(
+        core.conn(id).is_done(),
+        "past close_timeout its unsent bytes are dropped"
+    );
+}
+
 #[test]
 fn a_connection_due_twice_in_a_pass_is_written_once() {
     let t0 = Instant::now();

@@ -40,7 +40,7 @@ pub(crate) struct CoreConfig {
 }
 
 impl Default for CoreConfig {
-    /// The documented defaults (docs/CONFIG.md) for one shard; `config` checks that its own
+    /// The documented defaults (`serve --help`, the builder's docs, docs/LIMITS.md) for one shard;
     /// defaults give the same.
     fn default() -> Self {
         let mut ws = WebSocketConfig::default();

@@ -41,7 +41,7 @@ pub(crate) struct CoreConfig {
 
 impl Default for CoreConfig {
     /// The documented defaults (`serve --help`, the builder's docs, docs/LIMITS.md) for one shard;
-    /// defaults give the same.
+    /// `config` checks that its own defaults give the same.
     fn default() -> Self {
         let mut ws = WebSocketConfig::default();
         ws.read_buffer_size = 1024;

@@ -1,8 +1,8 @@
 //! A lean WebSocket client for floodgate's bench and load harness: a blocking RFC 6455
-//! handshake, then frames decoded straight out of a read buffer with tungstenite's header parser,
-//! so receiving a frame allocates nothing.
+//! handshake, then frames decoded straight out of a read buffer (a header parser of its own,
+//! checked against tungstenite's), so receiving a frame allocates nothing.
 
-use std::io::{self, Cursor, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
@@ -211,42 +211,66 @@ impl FrameReader {
     /// error (RFC 6455 5.1: servers never mask).
     pub fn frames(&mut self, mut f: impl FnMut(Kind, &[u8])) -> io::Result<()> {
         loop {
-            let mut cur = Cursor::new(&self.buf[self.start..self.end]);
-            let (hdr, len) = match FrameHeader::parse(&mut cur) {
-                Ok(Some(h)) => h,
-                Ok(None) => return Ok(()),
-                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
+            let Some((kind, at, len)) = server_header(&self.buf[self.start..self.end])? else {
+                return Ok(());
             };
-            let at = self.start + cur.position() as usize;
-            let len =
-                usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+            let at = self.start + at;
             if self.end - at < len {
                 return Ok(());
             }
-            if hdr.mask.is_some() || hdr.rsv1 || hdr.rsv2 || hdr.rsv3 {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "masked or reserved-bit frame from server",
-                ));
-            }
-            let kind = match hdr.opcode {
-                OpCode::Data(Data::Text) => Kind::Text,
-                OpCode::Data(Data::Binary) => Kind::Binary,
-                OpCode::Data(Data::Continue) => Kind::Continuation,
-                OpCode::Control(Control::Ping) => Kind::Ping,
-                OpCode::Control(Control::Pong) => Kind::Pong,
-                OpCode::Control(Control::Close) => Kind::Close,
-                _ => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "reserved opcode",
-                    ))
-                }
-            };
             f(kind, &self.buf[at..at + len]);
             self.start = at + len;
         }
     }
+}
+
+/// Malformed input, saying why.
+fn invalid(why: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why.to_string())
+}
+
+/// The header of a server frame at the start of `b` (RFC 6455 5.2): its kind, where its
+/// payload starts and how long the payload is; `None` while the header is incomplete.
+/// Errors on what a server must never send: a mask, reserved bits or opcodes, a length with
+/// its top bit set, or a control frame longer than 125 bytes or fragmented (5.5).
+fn server_header(b: &[u8]) -> io::Result<Option<(Kind, usize, usize)>> {
+    let bad = |why: &str| Err(invalid(why));
+    let (first, second) = match b {
+        [first, second, ..] => (*first, *second),
+        _ => return Ok(None),
+    };
+    if second & 0x80 != 0 || first & 0x70 != 0 {
+        return bad("masked or reserved-bit frame from server");
+    }
+    let kind = match first & 0x0f {
+        0 => Kind::Continuation,
+        1 => Kind::Text,
+        2 => Kind::Binary,
+        8 => Kind::Close,
+        9 => Kind::Ping,
+        10 => Kind::Pong,
+        _ => return bad("reserved opcode"),
+    };
+    let (at, len) = match second & 0x7f {
+        126 => match b.get(2..4) {
+            Some(n) => (4, u64::from(u16::from_be_bytes([n[0], n[1]]))),
+            None => return Ok(None),
+        },
+        127 => match b.get(2..10) {
+            Some(n) => (10, u64::from_be_bytes(n.try_into().expect("eight bytes"))),
+            None => return Ok(None),
+        },
+        n => (2, u64::from(n)),
+    };
+    if len >> 63 != 0 {
+        return bad("frame length with its most significant bit set");
+    }
+    if first & 0x08 != 0 && (len > 125 || first & 0x80 == 0) {
+        return bad("control frame longer than 125 bytes or fragmented");
+    }
+    let len =
+        usize::try_from(len).map_err(|_| invalid("frame longer than this machine can address"))?;
+    Ok(Some((kind, at, len)))
 }
 
 /// A masked client frame (pong or close) ready to write.
@@ -274,10 +298,91 @@ pub fn client_frame(kind: Kind, payload: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Cursor;
 
     #[test]
     fn base64_matches_rfc_example_nonce() {
         assert_eq!(base64_16(b"the sample nonce"), "dGhlIHNhbXBsZSBub25jZQ==");
+    }
+
+    /// What tungstenite's header parser makes of `b`, in `server_header`'s terms (its parse
+    /// accepts what a server must not send; those are filtered as `frames` did with it).
+    fn tungstenite_header(b: &[u8]) -> Result<Option<(Kind, usize, usize)>, ()> {
+        let mut cur = Cursor::new(b);
+        let (hdr, len) = match FrameHeader::parse(&mut cur) {
+            Ok(Some(h)) => h,
+            Ok(None) => return Ok(None),
+            Err(_) => return Err(()),
+        };
+        if hdr.mask.is_some() || hdr.rsv1 || hdr.rsv2 || hdr.rsv3 || len >> 63 != 0 {
+            return Err(());
+        }
+        let kind = match hdr.opcode {
+            OpCode::Data(Data::Text) => Kind::Text,
+            OpCode::Data(Data::Binary) => Kind::Binary,
+            OpCode::Data(Data::Continue) => Kind::Continuation,
+            OpCode::Control(c) => {
+                if len > 125 || !hdr.is_final {
+                    return Err(());
+                }
+                match c {
+                    Control::Ping => Kind::Ping,
+                    Control::Pong => Kind::Pong,
+                    Control::Close => Kind::Close,
+                    _ => return Err(()),
+                }
+            }
+            _ => return Err(()),
+        };
+        Ok(Some((kind, cur.position() as usize, len as usize)))
+    }
+
+    #[test]
+    fn headers_decode_as_tungstenite_decodes_them() {
+        // Every first and second byte, and extended lengths around their limits; each case
+        // padded so that both parsers see a whole header (tungstenite waits for mask bytes
+        // where ours refuses the mask bit at once).
+        let mut cases: Vec<Vec<u8>> = Vec::new();
+        for first in 0..=255u8 {
+            for second in 0..=255u8 {
+                cases.push(vec![first, second]);
+            }
+        }
+        for first in [0x81u8, 0x82, 0x01, 0x89, 0x88, 0x8a, 0x09] {
+            for len in [
+                0u64,
+                125,
+                126,
+                127,
+                65_535,
+                65_536,
+                1 << 40,
+                (1 << 63) - 1,
+                1 << 63,
+                u64::MAX,
+            ] {
+                let mut full = vec![first, 127];
+                full.extend_from_slice(&len.to_be_bytes());
+                cases.push(full);
+                let mut short = vec![first, 126];
+                short.extend_from_slice(&(len as u16).to_be_bytes());
+                cases.push(short);
+            }
+        }
+        for mut b in cases {
+            b.resize(14, 0);
+            let ours = server_header(&b).map_err(|_| ());
+            assert_eq!(ours, tungstenite_header(&b), "header {b:02x?}");
+            // Cut short of its payload's start, a good header is incomplete, never wrong.
+            if let Ok(Some((_, at, _))) = ours {
+                for cut in 0..at {
+                    assert!(
+                        matches!(server_header(&b[..cut]), Ok(None)),
+                        "{b:02x?} cut at {cut}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
@@ -330,6 +435,7 @@ pub fn encode_masked(out: &mut Vec<u8>, opcode: u8, payload: &[u8], mask: [u8; 4
 #[cfg(test)]
 mod masked_tests {
     use super::*;
+    use std::io::Cursor;
 
     #[test]
     fn masked_frames_decode_with_tungstenite() {

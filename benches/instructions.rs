@@ -98,11 +98,10 @@ fn main() {
 }
 
 /// The load client's per-frame work: the frame reader, then the `/seq` and `/ts` members
-/// by JSON pointer.
+/// by JSON pointer, read in one pass.
 pub struct ClientParse {
     reader: floodgate_wsclient::FrameReader,
-    seq: floodgate_load::Pointer,
-    ts: floodgate_load::Pointer,
+    fields: floodgate_load::Fields<2>,
 }
 
 impl ClientParse {
@@ -110,23 +109,24 @@ impl ClientParse {
     pub fn new(bytes: usize) -> Self {
         ClientParse {
             reader: floodgate_wsclient::FrameReader::new(Vec::new(), bytes + 1024),
-            seq: floodgate_load::Pointer::parse("/seq").expect("valid"),
-            ts: floodgate_load::Pointer::parse("/ts").expect("valid"),
+            fields: floodgate_load::Fields::new(
+                ["/seq", "/ts"].map(|p| Some(floodgate_load::Pointer::parse(p).expect("valid"))),
+            ),
         }
     }
 
     /// Reads `bytes` (whole server frames) as if from a socket and decodes every frame;
     /// returns a sum of what was read, so nothing is optimised away.
     pub fn parse(&mut self, mut bytes: &[u8]) -> u64 {
-        let (seq, ts) = (&self.seq, &self.ts);
+        let fields = &self.fields;
         let mut sum = 0u64;
         while !bytes.is_empty() {
             self.reader.fill(&mut bytes).expect("reading a slice");
             self.reader
                 .frames(|_, p| {
-                    sum = sum
-                        .wrapping_add(seq.u64_in(p).unwrap_or(0))
-                        .wrapping_add(ts.u64_in(p).unwrap_or(0));
+                    for raw in fields.raw(p) {
+                        sum = sum.wrapping_add(raw.and_then(floodgate_load::u64_of).unwrap_or(0));
+                    }
                 })
                 .expect("valid frames");
         }

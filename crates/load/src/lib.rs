@@ -15,6 +15,7 @@
 mod connect;
 mod drive;
 mod echo;
+pub mod fuzz;
 mod net;
 mod plot;
 mod pointer;
@@ -33,7 +34,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use self::net::{Sources, Tokens, UrlTemplate};
-pub use self::pointer::Pointer;
+pub use self::pointer::{f64_of, u64_of, Fields, Pointer};
 pub use self::record::{LatencyUs, Recorder};
 pub use self::report::{LoadReport, Verdict};
 pub use self::schedule::RateProfile;
@@ -125,11 +126,11 @@ impl TsUnit {
         v.saturating_mul(self.resolve(v as f64).scale())
     }
 
-    /// Reads the timestamp at `ptr` in `frame` as nanoseconds since the epoch.
-    pub(crate) fn read_ns(self, ptr: &Pointer, frame: &[u8]) -> Option<u64> {
-        match ptr.u64_in(frame) {
+    /// A raw JSON timestamp in this unit as nanoseconds since the epoch.
+    pub(crate) fn raw_ns(self, raw: &[u8]) -> Option<u64> {
+        match u64_of(raw) {
             Some(v) => Some(self.int_to_ns(v)),
-            None => ptr.f64_in(frame).map(|v| self.to_ns(v)),
+            None => f64_of(raw).map(|v| self.to_ns(v)),
         }
     }
 }

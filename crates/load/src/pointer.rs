@@ -1,7 +1,9 @@
-//! Reading one member of a JSON frame by JSON pointer (RFC 6901) without parsing the rest: the
+//! Reading members of a JSON frame by JSON pointer (RFC 6901) without parsing the rest: the
 //! load client reads a sequence number and a timestamp from millions of frames a second, and a
 //! full parse of each would make it the bottleneck. The scanner walks the path and skips
 //! every value it does not need by matching brackets and strings; it stops at the member.
+//! [`Fields`] reads several top-level members in one pass. Strings, digits and keys go eight
+//! bytes at a time (SWAR: plain `u64` arithmetic, no `unsafe`).
 //!
 //! Frames that are not well-formed JSON may give `None` or a wrong answer for the member, never
 //! a panic; the load client counts frames without the member separately.
@@ -9,7 +11,36 @@
 /// A parsed JSON pointer such as `/data/sched` (`""` is the whole document).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pointer {
-    tokens: Vec<Vec<u8>>,
+    tokens: Vec<Token>,
+}
+
+/// One reference token of a pointer, prepared for matching keys without decoding them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Token {
+    /// The key, unescaped (`~1` already `/`).
+    name: Vec<u8>,
+    /// The token as an array index, if it is one.
+    index: Option<usize>,
+    /// For a key of at most seven bytes that JSON writes without escapes: the eight bytes a
+    /// string of exactly this key starts with after its opening quote (the key, then the
+    /// closing quote) as a little-endian word, and the mask of the bytes that count. One
+    /// load, one mask and one compare then tell a matching key from any other.
+    word: Option<(u64, u64)>,
+}
+
+impl Token {
+    fn new(name: Vec<u8>) -> Token {
+        let index = std::str::from_utf8(&name).ok().and_then(|t| t.parse().ok());
+        let plain = name.iter().all(|&c| c >= 0x20 && c != b'"' && c != b'\\');
+        let word = (plain && name.len() < 8).then(|| {
+            let mut bytes = [0u8; 8];
+            bytes[..name.len()].copy_from_slice(&name);
+            bytes[name.len()] = b'"';
+            let mask = u64::MAX >> (8 * (7 - name.len()));
+            (mask, u64::from_le_bytes(bytes))
+        });
+        Token { name, index, word }
+    }
 }
 
 impl Pointer {
@@ -23,7 +54,7 @@ impl Pointer {
         })?;
         let tokens = rest
             .split('/')
-            .map(|t| t.replace("~1", "/").replace("~0", "~").into_bytes())
+            .map(|t| Token::new(t.replace("~1", "/").replace("~0", "~").into_bytes()))
             .collect();
         Ok(Pointer { tokens })
     }
@@ -36,15 +67,13 @@ impl Pointer {
     }
 
     /// Where the value at this pointer starts in `json`.
+    #[inline]
     fn locate(&self, json: &[u8]) -> Option<usize> {
         let mut at = skip_ws(json, 0);
         for token in &self.tokens {
             at = match json.get(at)? {
                 b'{' => member(json, at + 1, token)?,
-                b'[' => {
-                    let index: usize = std::str::from_utf8(token).ok()?.parse().ok()?;
-                    element(json, at + 1, index)?
-                }
+                b'[' => element(json, at + 1, token.index?)?,
                 _ => return None,
             };
         }
@@ -54,50 +83,195 @@ impl Pointer {
     /// The value at this pointer as an unsigned integer (a JSON number without fraction, or a
     /// string of digits).
     pub fn u64_in(&self, json: &[u8]) -> Option<u64> {
-        let at = self.locate(json)?;
-        let (digits_at, quoted) = match json.get(at)? {
-            b'"' => (at + 1, true),
-            _ => (at, false),
-        };
-        let mut i = digits_at;
-        while json.get(i).is_some_and(u8::is_ascii_digit) {
-            i += 1;
-        }
-        let v = parse_digits(&json[digits_at..i])?;
-        // The number must end there: a fraction or exponent is not an integer.
-        match (json.get(i), quoted) {
-            (Some(b'"'), true) => Some(v),
-            (None | Some(b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'), false) => Some(v),
-            _ => None,
-        }
+        u64_of(self.find(json)?)
     }
 
     /// The value at this pointer as a number (integer or float).
     pub fn f64_in(&self, json: &[u8]) -> Option<f64> {
-        let raw = self.find(json)?;
-        if let Some(v) = self.u64_in(json) {
-            return Some(v as f64);
+        f64_of(self.find(json)?)
+    }
+
+    /// The key this pointer names at the top level of a document (`/seq`), if it names one.
+    fn top_level(&self) -> Option<&Token> {
+        match self.tokens.as_slice() {
+            [t] => Some(t),
+            _ => None,
         }
-        let v: f64 = std::str::from_utf8(raw).ok()?.parse().ok()?;
-        v.is_finite().then_some(v)
     }
 }
 
-/// The value of a run of ASCII digits, eight at a time (SWAR); `None` if empty or over u64.
-fn parse_digits(d: &[u8]) -> Option<u64> {
-    if d.is_empty() || d.len() > 20 {
+/// Several pointers read from one frame. When each names a member at the top level (`/seq`,
+/// `/ts`), one pass over the top-level object finds them all and stops at the last one found;
+/// otherwise each is looked up on its own.
+#[derive(Debug, Clone)]
+pub struct Fields<const N: usize> {
+    pointers: [Option<Pointer>; N],
+    /// Whether every pointer names a top-level member, so one pass serves them all.
+    top_level: bool,
+    /// Per slot, the key word and mask of its token ([`Token::word`]); `(0, 1)`, which no word
+    /// matches, for an empty slot or a token without one.
+    words: [(u64, u64); N],
+    /// Whether some slot's token has no word, so keys the words miss are compared as text.
+    by_text: bool,
+}
+
+impl<const N: usize> Fields<N> {
+    /// Reads these pointers (`None`: a slot left empty).
+    pub fn new(pointers: [Option<Pointer>; N]) -> Self {
+        assert!(N <= 8, "at most eight fields (a byte of flags)");
+        let token = |k: usize| pointers[k].as_ref().and_then(Pointer::top_level);
+        let top_level = pointers.iter().flatten().all(|p| p.top_level().is_some());
+        let words = std::array::from_fn(|k| token(k).and_then(|t| t.word).unwrap_or((0, 1)));
+        let by_text = (0..N).any(|k| token(k).is_some_and(|t| t.word.is_none()));
+        Fields {
+            pointers,
+            top_level,
+            words,
+            by_text,
+        }
+    }
+
+    /// Whether slot `k` holds a pointer.
+    pub fn has(&self, k: usize) -> bool {
+        self.pointers.get(k).is_some_and(Option::is_some)
+    }
+
+    /// The raw text of each pointer's value in `json` (the first member of a name counts, as
+    /// with [`Pointer::find`]).
+    #[inline]
+    pub fn raw<'a>(&self, json: &'a [u8]) -> [Option<&'a [u8]>; N] {
+        let mut out = [None; N];
+        if self.top_level {
+            self.one_pass(json, &mut out);
+        } else {
+            for (slot, p) in out.iter_mut().zip(&self.pointers) {
+                *slot = p.as_ref().and_then(|p| p.find(json));
+            }
+        }
+        out
+    }
+
+    /// The key of slot `k` as text (a top-level pointer's one token).
+    fn name(&self, k: usize) -> Option<&[u8]> {
+        let t = self.pointers[k].as_ref()?.top_level()?;
+        Some(&t.name)
+    }
+
+    #[inline]
+    fn one_pass<'a>(&self, b: &'a [u8], out: &mut [Option<&'a [u8]>; N]) -> Option<()> {
+        // One flag per slot still to find.
+        let mut missing: u8 = (0..N).filter(|&k| self.has(k)).map(|k| 1 << k).sum();
+        let mut i = skip_ws(b, 0);
+        if *b.get(i)? != b'{' {
+            return None;
+        }
+        i += 1;
+        while missing != 0 {
+            loop {
+                match *b.get(i)? {
+                    b' ' | b'\t' | b'\n' | b'\r' | b',' => i += 1,
+                    b'"' => break,
+                    _ => return None, // `}`: the rest are not there
+                }
+            }
+            // Which slots this key is: by word where a slot has one, else by its text.
+            let mut hit: u8 = 0;
+            let mut end = 0;
+            let after_quote = word_at(b, i + 1);
+            if let Some(w) = after_quote {
+                for (k, &(mask, want)) in self.words.iter().enumerate() {
+                    if w & mask == want {
+                        hit |= 1 << k;
+                        // The key's length is where its closing quote is in the mask.
+                        end = i + 1 + (mask.count_ones() / 8) as usize;
+                    }
+                }
+            }
+            if hit == 0 {
+                let escaped;
+                (end, escaped) = skip_string_noting_escapes(b, i)?;
+                if escaped || self.by_text || after_quote.is_none() {
+                    hit = self.by_name(&b[i..end], escaped)?;
+                }
+            }
+            i = value_start(b, end)?;
+            let value_end = skip_value(b, i)?;
+            let new = hit & missing;
+            if new != 0 {
+                for (k, slot) in out.iter_mut().enumerate() {
+                    if new & (1 << k) != 0 {
+                        *slot = Some(&b[i..value_end]);
+                    }
+                }
+                missing &= !new;
+            }
+            i = value_end;
+        }
+        Some(())
+    }
+
+    /// The slots whose key is the JSON string `key` (quotes included), compared as text; only
+    /// for keys the words could not decide (escaped, long, or near the end of the frame).
+    #[cold]
+    fn by_name(&self, key: &[u8], escaped: bool) -> Option<u8> {
+        let decoded;
+        let name = if escaped {
+            decoded = serde_json::from_slice::<String>(key).ok()?;
+            decoded.as_bytes()
+        } else {
+            &key[1..key.len() - 1]
+        };
+        Some(
+            (0..N)
+                .filter(|&k| self.name(k) == Some(name))
+                .map(|k| 1 << k)
+                .sum(),
+        )
+    }
+}
+
+/// A raw JSON value as an unsigned integer: a number without fraction or exponent, or a string
+/// of digits.
+pub fn u64_of(raw: &[u8]) -> Option<u64> {
+    let digits = match raw {
+        [b'"', inner @ .., b'"'] => inner,
+        _ => raw,
+    };
+    if digits_end(digits, 0) != digits.len() {
         return None;
     }
-    let mut v: u64 = 0;
-    let mut chunks = d.chunks_exact(8);
-    for c in &mut chunks {
-        let eight = eight_digits(u64::from_le_bytes(c.try_into().expect("8 bytes")));
-        v = v.checked_mul(100_000_000)?.checked_add(eight)?;
+    parse_digits(digits)
+}
+
+/// A raw JSON value as a finite number (integer or float).
+pub fn f64_of(raw: &[u8]) -> Option<f64> {
+    if let Some(v) = u64_of(raw) {
+        return Some(v as f64);
     }
-    for &b in chunks.remainder() {
-        v = v.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+    let v: f64 = std::str::from_utf8(raw).ok()?.parse().ok()?;
+    v.is_finite().then_some(v)
+}
+
+/// The value of a run of ASCII digits (the caller has checked they are digits), eight at a
+/// time (SWAR); `None` if empty or over u64. Up to 19 digits cannot overflow, so only the
+/// twentieth is checked.
+fn parse_digits(d: &[u8]) -> Option<u64> {
+    debug_assert!(d.iter().all(u8::is_ascii_digit));
+    let (d, last) = match d.len() {
+        0 | 21.. => return None,
+        20 => (&d[..19], Some(d[19])),
+        _ => (d, None),
+    };
+    // The leading digits that do not fill a word one by one, then whole words.
+    let (head, words) = d.split_at(d.len() % 8);
+    let mut v = head.iter().fold(0u64, |v, &b| v * 10 + u64::from(b - b'0'));
+    for c in words.chunks_exact(8) {
+        v = v * 100_000_000 + eight_digits(u64::from_le_bytes(c.try_into().expect("8 bytes")));
     }
-    Some(v)
+    match last {
+        Some(b) => v.checked_mul(10)?.checked_add(u64::from(b - b'0')),
+        None => Some(v),
+    }
 }
 
 /// Eight ASCII digits, the first in the lowest byte, as their value: neighbouring digits are
@@ -117,8 +291,9 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// Inside an object (just after `{`): the start of the value whose key is `key`.
-fn member(b: &[u8], mut i: usize, key: &[u8]) -> Option<usize> {
+/// Inside an object (just after `{`): the start of the value whose key is `token`.
+#[inline]
+fn member(b: &[u8], mut i: usize, token: &Token) -> Option<usize> {
     loop {
         // Whitespace and the comma before a key.
         loop {
@@ -128,30 +303,40 @@ fn member(b: &[u8], mut i: usize, key: &[u8]) -> Option<usize> {
                 _ => return None, // `}`: not here (or not JSON)
             }
         }
-        let end = skip_string(b, i)?;
-        let raw = &b[i + 1..end - 1];
-        // An escaped key can still spell `key` (`"s\u0065q"`).
-        // Keys are a few bytes: compare them in place rather than call `memcmp`.
-        let same = raw.len() == key.len() && raw.iter().zip(key).all(|(x, y)| x == y);
-        let matches = same
-            || (raw.contains(&b'\\')
-                && serde_json::from_slice::<String>(&b[i..end])
-                    .ok()?
-                    .as_bytes()
-                    == key);
-        i = end;
-        loop {
-            match *b.get(i)? {
-                b':' => break,
-                b' ' | b'\t' | b'\n' | b'\r' => i += 1,
-                _ => return None,
+        let (end, matches) = match (token.word, word_at(b, i + 1)) {
+            (Some((mask, want)), Some(w)) if w & mask == want => (i + token.name.len() + 2, true),
+            _ => {
+                let (end, escaped) = skip_string_noting_escapes(b, i)?;
+                let raw = &b[i + 1..end - 1];
+                // An escaped key can still spell the token (`"s\u0065q"`).
+                let matches = if escaped {
+                    serde_json::from_slice::<String>(&b[i..end])
+                        .ok()?
+                        .as_bytes()
+                        == token.name
+                } else {
+                    raw == token.name
+                };
+                (end, matches)
             }
-        }
-        i = skip_ws(b, i + 1);
+        };
+        i = value_start(b, end)?;
         if matches {
             return Some(i);
         }
         i = skip_value(b, i)?;
+    }
+}
+
+/// Just past a key (at `i`): where its value starts, after the colon and any whitespace.
+#[inline]
+fn value_start(b: &[u8], mut i: usize) -> Option<usize> {
+    loop {
+        match *b.get(i)? {
+            b':' => return Some(skip_ws(b, i + 1)),
+            b' ' | b'\t' | b'\n' | b'\r' => i += 1,
+            _ => return None,
+        }
     }
 }
 
@@ -176,30 +361,84 @@ fn element(b: &[u8], mut i: usize, index: usize) -> Option<usize> {
     }
 }
 
-/// The index just past the string starting at `i` (on its opening quote). Keys and short
-/// values are scanned byte by byte (cheaper than setting up a vector search); longer strings
-/// with memchr.
-#[inline]
-fn skip_string(b: &[u8], i: usize) -> Option<usize> {
-    let mut j = i + 1;
-    let short_end = (j + 24).min(b.len());
-    while j < short_end {
-        match b[j] {
-            b'"' => return Some(j + 1),
-            b'\\' => return skip_string_long(b, j),
-            _ => j += 1,
-        }
-    }
-    skip_string_long(b, j)
+/// Every byte of a word set to `b`.
+const fn splat(b: u8) -> u64 {
+    u64::from_ne_bytes([b; 8])
 }
 
-/// The rest of `skip_string`, from `j` inside the string.
-fn skip_string_long(b: &[u8], mut j: usize) -> Option<usize> {
-    loop {
-        let k = memchr::memchr2(b'"', b'\\', b.get(j..)?)? + j;
-        if b[k] == b'"' {
-            return Some(k + 1);
+/// The eight bytes of `b` from `i` as a little-endian word (the first byte lowest), if there
+/// are eight.
+#[inline]
+fn word_at(b: &[u8], i: usize) -> Option<u64> {
+    let eight: [u8; 8] = b.get(i..i + 8)?.try_into().ok()?;
+    Some(u64::from_le_bytes(eight))
+}
+
+/// The high bit set in the first zero byte of `x` (and possibly in later bytes; only the
+/// lowest set bit is exact): the classic zero-byte test. `w ^ splat(c)` finds `c` in `w`.
+#[inline]
+fn zero_byte_flags(x: u64) -> u64 {
+    x.wrapping_sub(splat(1)) & !x & splat(0x80)
+}
+
+/// The index, within the word, of the byte whose flag is the lowest set bit of `flags`.
+#[inline]
+fn first_flagged(flags: u64) -> usize {
+    (flags.trailing_zeros() / 8) as usize
+}
+
+/// The index just past the run of ASCII digits starting at `i`, eight bytes at a time.
+#[inline]
+fn digits_end(b: &[u8], mut i: usize) -> usize {
+    while let Some(w) = word_at(b, i) {
+        // A byte is a digit when its high nibble is 3 and adding 6 keeps it 3 (0x30..=0x39).
+        // Adding 6 carries only out of a byte of 0xfa or more, which is not a digit, and a
+        // carry only disturbs the bytes after it, so the first non-digit is always exact.
+        let odd = ((w & splat(0xf0)) ^ splat(0x30))
+            | ((w.wrapping_add(splat(0x06)) & splat(0xf0)) ^ splat(0x30));
+        if odd == 0 {
+            i += 8;
+            continue;
         }
+        // A flag in the high bit of every non-zero byte of `odd`, exact in every lane.
+        let flags = (((odd & splat(0x7f)) + splat(0x7f)) | odd) & splat(0x80);
+        return i + first_flagged(flags);
+    }
+    while b.get(i).is_some_and(u8::is_ascii_digit) {
+        i += 1;
+    }
+    i
+}
+
+/// The index just past the string starting at `i` (on its opening quote).
+#[inline]
+fn skip_string(b: &[u8], i: usize) -> Option<usize> {
+    skip_string_noting_escapes(b, i).map(|(end, _)| end)
+}
+
+/// The index just past the string starting at `i` (on its opening quote), and whether it holds
+/// an escape; eight bytes at a time: only a quote or a backslash stops the scan.
+#[inline]
+fn skip_string_noting_escapes(b: &[u8], i: usize) -> Option<(usize, bool)> {
+    let mut j = i + 1;
+    let mut escaped = false;
+    loop {
+        let k = match word_at(b, j) {
+            Some(w) => {
+                let flags = zero_byte_flags(w ^ splat(b'"')) | zero_byte_flags(w ^ splat(b'\\'));
+                if flags == 0 {
+                    j += 8;
+                    continue;
+                }
+                j + first_flagged(flags)
+            }
+            None => memchr::memchr2(b'"', b'\\', b.get(j..)?)? + j,
+        };
+        if b[k] == b'"' {
+            return Some((k + 1, escaped));
+        }
+        // A backslash escapes the byte after it.
+        escaped = true;
         j = k + 2;
     }
 }
@@ -229,13 +468,21 @@ fn skip_value(b: &[u8], i: usize) -> Option<usize> {
                 j += 1;
             }
         }
-        _ => {
-            let rest = &b[i..];
-            let len = rest
-                .iter()
-                .position(|c| matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
-                .unwrap_or(rest.len());
-            (len > 0).then_some(i + len)
+        first => {
+            // A number's digits go by eight at a time; a sign, fraction, exponent or a
+            // literal (`true`) byte by byte up to the delimiter.
+            let mut j = if first.is_ascii_digit() {
+                digits_end(b, i)
+            } else {
+                i
+            };
+            while b
+                .get(j)
+                .is_some_and(|c| !matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
+            {
+                j += 1;
+            }
+            (j > i).then_some(j)
         }
     }
 }
@@ -326,14 +573,17 @@ mod tests {
     fn json_value() -> impl Strategy<Value = serde_json::Value> {
         let leaf = prop_oneof![
             any::<u32>().prop_map(|n| serde_json::json!(n)),
-            "[a-z\"\\\\{}\\[\\] ]{0,8}".prop_map(serde_json::Value::String),
+            "[a-z:,\"\\\\{}\\[\\] ]{0,40}".prop_map(serde_json::Value::String),
+            any::<u64>().prop_map(|n| serde_json::json!(n)),
+            // Eighths print exactly, so serde_json reads back the same number.
+            any::<i32>().prop_map(|n| serde_json::json!(f64::from(n) / 8.0)),
             Just(serde_json::Value::Null),
             any::<bool>().prop_map(serde_json::Value::Bool),
         ];
         leaf.prop_recursive(3, 24, 4, |inner| {
             prop_oneof![
                 prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
-                prop::collection::btree_map("[a-z/~\"]{1,4}", inner, 0..4)
+                prop::collection::btree_map("[a-z:,/~\"\\\\]{1,10}", inner, 0..4)
                     .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
             ]
         })
@@ -371,5 +621,89 @@ mod tests {
                 prop_assert_eq!(&got, want, "pointer {}", p);
             }
         }
+    }
+
+    proptest! {
+        /// Reading several top-level members in one pass gives what each pointer finds alone,
+        /// whatever the keys (escaped, long, repeated) and wherever the members are.
+        #[test]
+        fn one_pass_agrees_with_each_pointer(
+            members in prop::collection::vec(("[a-z:,{\"\\\\]{1,10}", json_value()), 0..6),
+            picks in prop::collection::vec(0usize..8, 3),
+            escape_keys in any::<bool>(),
+            pretty in any::<bool>(),
+        ) {
+            // A document with members in this order, duplicates kept (first one counts).
+            let mut text = String::from("{");
+            for (n, (k, v)) in members.iter().enumerate() {
+                if n > 0 { text.push(','); }
+                if pretty { text.push_str("\n  "); }
+                let key = if escape_keys {
+                    // Every `e` as `\u0065`: the same key, spelled with escapes.
+                    serde_json::to_string(k).unwrap().replace('e', "\\u0065")
+                } else {
+                    serde_json::to_string(k).unwrap()
+                };
+                text.push_str(&format!("{key}:{}", serde_json::to_string(v).unwrap()));
+            }
+            text.push('}');
+            let name = |p: usize| match members.get(p) {
+                Some((k, _)) => k.clone(),
+                None => format!("absent{p}"),
+            };
+            let ptrs: [Option<Pointer>; 3] = std::array::from_fn(|k| {
+                let t = name(picks[k]).replace('~', "~0").replace('/', "~1");
+                (picks[k] != 7).then(|| Pointer::parse(&format!("/{t}")).unwrap())
+            });
+            let fields = Fields::new(ptrs.clone());
+            let got = fields.raw(text.as_bytes());
+            for k in 0..3 {
+                let want = ptrs[k].as_ref().and_then(|p| p.find(text.as_bytes()));
+                prop_assert_eq!(got[k], want, "slot {} in {}", k, text);
+            }
+        }
+    }
+
+    #[test]
+    fn fields_read_the_frames_servers_send() {
+        let p = |s: &str| Some(Pointer::parse(s).unwrap());
+        let f = Fields::new([p("/seq"), p("/ts"), p("/a_long_key_name")]);
+        for (frame, want) in [
+            (
+                &br#"{"seq":12345,"type":"agent_thinking","ts":1795337896774470448,"a_long_key_name":"v","data":{"pad":"xxxx"}}"#[..],
+                [&b"12345"[..], b"1795337896774470448", br#""v""#],
+            ),
+            // Colons, commas, brackets and quotes' neighbours inside strings, across words.
+            (
+                br#"{"type":"a:b,{c}[d]: ","x":":","seq":1,"ts":"2","a_long_key_name":{"k":1}}"#,
+                [b"1", br#""2""#, br#"{"k":1}"#],
+            ),
+            (
+                br#"{"k:y":"seq","seq":3,"t":"ts:","ts":4,"a_long_key_name":[1],"z":{"seq":9}}"#,
+                [b"3", b"4", b"[1]"],
+            ),
+        ] {
+            let frame_text = String::from_utf8_lossy(frame);
+            assert_eq!(f.raw(frame), want.map(Some), "{frame_text}");
+        }
+    }
+
+    #[test]
+    fn fields_read_nested_pointers_one_by_one() {
+        let doc = br#"{"seq":3,"data":{"t":17,"s":"19"}}"#;
+        let p = |s: &str| Some(Pointer::parse(s).unwrap());
+        let f = Fields::new([p("/seq"), p("/data/t"), p("/data/s")]);
+        let [seq, t, s] = f.raw(doc);
+        assert_eq!(
+            (seq, t, s),
+            (Some(&b"3"[..]), Some(&b"17"[..]), Some(&b"\"19\""[..]))
+        );
+        assert_eq!(s.and_then(u64_of), Some(19), "a string of digits counts");
+        assert!(f.has(2) && !Fields::new([p("/seq"), None]).has(1));
+        let [only] = Fields::new([p("/seq")]).raw(b"[1,2]");
+        assert_eq!(only, None, "not an object");
+        assert_eq!(u64_of(b"1.5"), None);
+        assert_eq!(u64_of(b"-1"), None);
+        assert_eq!(f64_of(b"-1.5e1"), Some(-15.0));
     }
 }

@@ -15,7 +15,7 @@ use mio::{Events, Poll, Token};
 
 use super::drive::{self, Run, StopRule};
 use super::net::open;
-use super::pointer::Pointer;
+use super::pointer::{Fields, Pointer};
 use super::report::LoadReport;
 use super::schedule::RateProfile;
 use super::subscribe::{spawn_receivers, RecvCfg};
@@ -249,10 +249,12 @@ pub(super) fn run(opts: &LoadOptions) -> Result<LoadReport, String> {
     let receivers = opts.threads.clamp(1, subs.len());
     let run = Run::start(opts, receivers + publishers.len(), setup_errors)?;
     let cfg = RecvCfg {
-        seq: Some(Pointer::parse("/seq").expect("valid")),
+        fields: Fields::new([
+            Some(Pointer::parse("/seq").expect("valid")),
+            Some(Pointer::parse("/data/t").expect("valid")),
+            Some(Pointer::parse("/data/s").expect("valid")),
+        ]),
         gapless: true,
-        intended: Some(Pointer::parse("/data/t").expect("valid")),
-        sent: Some(Pointer::parse("/data/s").expect("valid")),
         unit: TsUnit::Ns,
         target: None,
     };

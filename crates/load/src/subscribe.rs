@@ -8,7 +8,7 @@ use std::time::Duration;
 use mio::{Events, Poll, Token};
 
 use super::drive::{self, Run, StopRule};
-use super::pointer::Pointer;
+use super::pointer::{u64_of, Fields};
 use super::report::LoadReport;
 use super::wsconn::WsConn;
 use super::{Control, ErrKind, LoadOptions, Tick, Ticker, TsUnit};
@@ -17,12 +17,10 @@ use crate::unix_ns;
 /// How received frames are read.
 #[derive(Clone)]
 pub(crate) struct RecvCfg {
-    pub seq: Option<Pointer>,
+    /// The sequence number, the intended send time (or the server's timestamp) and the
+    /// actual send time (when frames carry it: publish), read in one pass.
+    pub fields: Fields<3>,
     pub gapless: bool,
-    /// The intended send time (or the server's timestamp).
-    pub intended: Option<Pointer>,
-    /// The actual send time, when frames carry it (publish).
-    pub sent: Option<Pointer>,
     pub unit: TsUnit,
     /// Events expected in all: a connection the server closes after that is no error.
     pub target: Option<u64>,
@@ -61,8 +59,9 @@ fn check_seq(state: &mut SeqState, seq: u64, gapless: bool, tick: &mut Tick) -> 
 
 /// Handles one data frame received at `now_ns`.
 fn on_frame(cfg: &RecvCfg, state: &mut SeqState, p: &[u8], now_ns: u64, tick: &mut Tick) {
-    if let Some(ptr) = &cfg.seq {
-        match ptr.u64_in(p) {
+    let [seq, intended, sent] = cfg.fields.raw(p);
+    if cfg.fields.has(0) {
+        match seq.and_then(u64_of) {
             Some(seq) => {
                 if !check_seq(state, seq, cfg.gapless, tick) {
                     return;
@@ -76,12 +75,10 @@ fn on_frame(cfg: &RecvCfg, state: &mut SeqState, p: &[u8], now_ns: u64, tick: &m
     }
     tick.done += 1;
     tick.last_done_ns = now_ns;
-    if let Some(ip) = &cfg.intended {
-        if let Some(intended) = cfg.unit.read_ns(ip, p) {
-            match cfg.sent.as_ref().and_then(|sp| cfg.unit.read_ns(sp, p)) {
-                Some(sent) => tick.rec.reply(intended, sent, now_ns),
-                None => tick.rec.latency(now_ns.saturating_sub(intended)),
-            }
+    if let Some(intended) = intended.and_then(|raw| cfg.unit.raw_ns(raw)) {
+        match sent.and_then(|raw| cfg.unit.raw_ns(raw)) {
+            Some(sent) => tick.rec.reply(intended, sent, now_ns),
+            None => tick.rec.latency(now_ns.saturating_sub(intended)),
         }
     }
 }
@@ -190,10 +187,8 @@ pub(super) fn run(opts: &LoadOptions) -> Result<LoadReport, String> {
     let workers = opts.threads.clamp(1, conns.len());
     let run = Run::start(opts, workers, setup_errors)?;
     let cfg = RecvCfg {
-        seq: opts.seq.clone(),
+        fields: Fields::new([opts.seq.clone(), opts.latency_field.clone(), None]),
         gapless: opts.gapless,
-        intended: opts.latency_field.clone(),
-        sent: None,
         unit: opts.ts_unit,
         target: opts.events,
     };
@@ -210,6 +205,7 @@ pub(super) fn run(opts: &LoadOptions) -> Result<LoadReport, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pointer::Pointer;
 
     #[test]
     fn sequence_checks_count_loss_duplicates_and_reordering() {
@@ -239,10 +235,12 @@ mod tests {
     #[test]
     fn frames_without_the_sequence_field_are_not_events() {
         let cfg = RecvCfg {
-            seq: Some(Pointer::parse("/seq").unwrap()),
+            fields: Fields::new([
+                Some(Pointer::parse("/seq").unwrap()),
+                Some(Pointer::parse("/ts").unwrap()),
+                None,
+            ]),
             gapless: true,
-            intended: Some(Pointer::parse("/ts").unwrap()),
-            sent: None,
             unit: TsUnit::Ns,
             target: None,
         };

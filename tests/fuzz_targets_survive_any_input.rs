@@ -1,4 +1,5 @@
-//! Every fuzz target (`floodgate::fuzz::TARGETS`: each parser that sees bytes from outside) on
+//! Every fuzz target (`floodgate::fuzz::TARGETS`: each parser that sees bytes from outside, and
+//! `floodgate_load::fuzz::server_frames`, the load client's reading of a server's frames) on
 //! stable: the corpus in `fuzz/corpus/<target>/` (seeds and every input a fuzzer ever found a
 //! bug with), then random mutations of it for `FLOODGATE_TEST_FUZZ_SECONDS` per target
 //! (default 1; `scripts/fuzz` gives 60 where libFuzzer is missing). An input that panics is
@@ -160,7 +161,10 @@ fn fuzz_all() {
     let tmp = std::env::temp_dir().join(format!("floodgate-fuzz-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
     std::env::set_var("FLOODGATE_TEST_FUZZ_DIR", &tmp);
-    for (name, f) in floodgate::fuzz::TARGETS {
+    // The gateway's parsers, and the load client's parser of what a measured server sends.
+    let load_targets: [(&str, floodgate::fuzz::Target); 1] =
+        [("server_frames", floodgate_load::fuzz::server_frames)];
+    for (name, f) in floodgate::fuzz::TARGETS.into_iter().chain(load_targets) {
         let seeds = corpus(name);
         assert!(!seeds.is_empty(), "fuzz/corpus/{name}/ has no seed");
         for s in &seeds {

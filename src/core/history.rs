@@ -38,6 +38,9 @@ pub(crate) struct Log {
     cap: usize,
     /// Position of the next append.
     head: u64,
+    /// Where in `buf` the next append goes: `head % cap`, kept so that an append divides by
+    /// nothing.
+    head_phys: usize,
     /// Oldest position not yet overwritten.
     tail: u64,
 }
@@ -49,6 +52,7 @@ impl Log {
             buf: Vec::new(),
             cap,
             head: 0,
+            head_phys: 0,
             tail: 0,
         }
     }
@@ -70,7 +74,8 @@ impl Log {
         if len == 0 || len > self.cap {
             return None;
         }
-        let mut phys = (self.head % self.cap as u64) as usize;
+        let mut phys = self.head_phys;
+        debug_assert_eq!(phys as u64, self.head % self.cap as u64);
         if phys + len > self.cap {
             // Would cross the end: skip the rest of this lap (never referenced).
             self.head += (self.cap - phys) as u64;
@@ -78,6 +83,11 @@ impl Log {
         }
         let start = self.head;
         self.head += len as u64;
+        self.head_phys = if phys + len == self.cap {
+            0
+        } else {
+            phys + len
+        };
         self.tail = self.tail.max(self.head.saturating_sub(self.cap as u64));
         if phys + len > self.buf.len() {
             self.buf.truncate(phys);
@@ -120,14 +130,24 @@ struct Entry {
 #[derive(Debug, Default)]
 pub(crate) struct HistoryClock {
     base: Option<Instant>,
+    /// The last `now` converted and its milliseconds: every event of a reactor pass has the
+    /// same `now`, so the subtraction and division are done once per pass, not per event.
+    last: Option<(Instant, u32)>,
 }
 
 impl HistoryClock {
     /// Milliseconds since the first call (0 for anything earlier), wrapping at 2^32.
     #[inline]
     pub(crate) fn ms(&mut self, now: Instant) -> u32 {
-        let base = *self.base.get_or_insert(now);
-        now.saturating_duration_since(base).as_millis() as u32
+        match self.last {
+            Some((at, ms)) if at == now => ms,
+            _ => {
+                let base = *self.base.get_or_insert(now);
+                let ms = now.saturating_duration_since(base).as_millis() as u32;
+                self.last = Some((now, ms));
+                ms
+            }
+        }
     }
 }
 

@@ -12,6 +12,9 @@ use crate::core::durable::{self, Bad, ColdTier, SpoolRecord};
 /// Bytes `read_at` reads at once: the record asked for and, often, the user's next ones.
 pub(super) const READ_WINDOW: usize = 32 * 1024;
 
+/// Bytes `scan` reads at once (a record larger than this is read whole).
+const SCAN_STEP: usize = 64 * 1024;
+
 impl ColdTier for Spool {
     fn start(&self) -> u64 {
         self.segments.front().map_or(self.head, |s| s.start)
@@ -92,7 +95,10 @@ impl ColdTier for Spool {
             }
             let file = &self.reader.as_ref().expect("opened above").1;
             let off = pos - seg_start;
-            let want = ((seg_len - off) as usize).min(budget.max(64 * 1024));
+            // In steps, so a scan that its visitor stops early has read little past that
+            // point (a replay pass takes 256 KiB of frames; reading the whole 1 MiB budget at
+            // once read about four times what it used, all of it again next pass).
+            let want = ((seg_len - off) as usize).min(SCAN_STEP);
             self.scan_buf.resize(want, 0);
             file.read_exact_at(&mut self.scan_buf, off)?;
             read += want;

@@ -17,7 +17,7 @@ use crate::event::{Event, EventType, NoData};
 use crate::metrics::Registry;
 use crate::park::Parker;
 use crate::receipt::{Receipt, Ticket};
-use crate::record::{shard_of, MAX_USER_LEN};
+use crate::record::{shard_of, UnixClock, MAX_USER_LEN};
 use crate::ring::{self, Consumer, Producer, PushError};
 
 /// How an emitter reaches one reactor shard.
@@ -38,6 +38,8 @@ pub(crate) struct EmitterShared {
     pub max_event_bytes: usize,
     /// Users' delivery states and the receipt slots, shared with the shards.
     pub boards: Boards,
+    /// The calibrated counter clock each emitter stamps events with.
+    pub clock: quanta::Clock,
 }
 
 /// Emits events for users. Create one per producing thread with
@@ -53,6 +55,8 @@ pub struct Emitter {
     shared: Arc<EmitterShared>,
     /// Reused encoding buffer.
     scratch: Vec<u8>,
+    /// Stamps each event's `ts`.
+    clock: UnixClock,
     _not_sync: PhantomData<Cell<()>>,
 }
 
@@ -72,6 +76,7 @@ impl Emitter {
             .collect();
         Emitter {
             producers,
+            clock: UnixClock::new(shared.clock.clone()),
             shared,
             scratch: Vec::with_capacity(1024),
             _not_sync: PhantomData,
@@ -167,7 +172,7 @@ impl Emitter {
         if !event.event_type().is_valid() {
             return Err(EmitError::InvalidType(event));
         }
-        let ts = crate::record::unix_ns();
+        let ts = self.clock.now_ns();
         self.scratch.clear();
         if event.encode_body(ts, &mut self.scratch).is_err() {
             return Err(EmitError::Unserializable(event));

@@ -548,6 +548,9 @@ impl GatewayBuilder {
             ring_capacity: cfg.ring_capacity,
             max_event_bytes: cfg.max_event_bytes,
             boards: boards.clone(),
+            // Calibrates the counter once per process (about 40 ms), here rather than in the
+            // application's first `emitter()` call.
+            clock: quanta::Clock::new(),
         });
         let ingest = Arc::new(crate::ingest::Hub::new(
             crate::ingest::IngestConfig::from_config(&cfg),

@@ -168,10 +168,9 @@ impl Producer {
             start + rec as usize <= cap as usize,
             "a record never straddles the end"
         );
-        // SAFETY: `[at, at + rec)` is free space: `head + need - tail <= capacity` was checked
-        // above against a `tail` loaded with Acquire (the consumer released those bytes after
-        // reading them), the consumer reads only `[tail, head)`, and only this producer writes.
-        // The bytes are published by the `head` store below, not before.
+        // The bytes below are published by the `head` store at the end, not before.
+        // SAFETY: `[at, at + rec)` is free space (`head + need - tail <= capacity`, checked above
+        // against an Acquire `tail`); the consumer reads only `[tail, head)`; one producer writes.
         unsafe { self.shared.buf.write(start, &header(len as u32)) };
         let mut off = start + HEADER;
         for part in parts {

@@ -224,6 +224,10 @@ impl FrameReader {
     }
 }
 
+/// The longest frame payload the reader takes (64 MiB): a server announcing more is refused
+/// before the reader's buffer grows toward it.
+pub const MAX_FRAME: u64 = 64 << 20;
+
 /// Malformed input, saying why.
 fn invalid(why: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, why.to_string())
@@ -231,8 +235,9 @@ fn invalid(why: &str) -> io::Error {
 
 /// The header of a server frame at the start of `b` (RFC 6455 5.2): its kind, where its
 /// payload starts and how long the payload is; `None` while the header is incomplete.
-/// Errors on what a server must never send: a mask, reserved bits or opcodes, a length with
-/// its top bit set, or a control frame longer than 125 bytes or fragmented (5.5).
+/// Errors on what a server must never send: a mask, reserved bits or opcodes, or a control
+/// frame longer than 125 bytes or fragmented (5.5); and on a payload over [`MAX_FRAME`] (which
+/// also refuses a length with its top bit set).
 fn server_header(b: &[u8]) -> io::Result<Option<(Kind, usize, usize)>> {
     let bad = |why: &str| Err(invalid(why));
     let (first, second) = match b {
@@ -262,14 +267,15 @@ fn server_header(b: &[u8]) -> io::Result<Option<(Kind, usize, usize)>> {
         },
         n => (2, u64::from(n)),
     };
-    if len >> 63 != 0 {
-        return bad("frame length with its most significant bit set");
-    }
     if first & 0x08 != 0 && (len > 125 || first & 0x80 == 0) {
         return bad("control frame longer than 125 bytes or fragmented");
     }
-    let len =
-        usize::try_from(len).map_err(|_| invalid("frame longer than this machine can address"))?;
+    if len > MAX_FRAME {
+        return Err(invalid(&format!(
+            "a frame of {len} bytes, over the {MAX_FRAME} this client takes"
+        )));
+    }
+    let len = len as usize; // at most MAX_FRAME
     Ok(Some((kind, at, len)))
 }
 
@@ -314,7 +320,7 @@ mod tests {
             Ok(None) => return Ok(None),
             Err(_) => return Err(()),
         };
-        if hdr.mask.is_some() || hdr.rsv1 || hdr.rsv2 || hdr.rsv3 || len >> 63 != 0 {
+        if hdr.mask.is_some() || hdr.rsv1 || hdr.rsv2 || hdr.rsv3 || len > MAX_FRAME {
             return Err(());
         }
         let kind = match hdr.opcode {
@@ -383,6 +389,22 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_frame_over_the_limit_is_refused_before_its_bytes_arrive() {
+        let mut r = FrameReader::new(Vec::new(), 1024);
+        let mut head = vec![0x82, 127];
+        head.extend_from_slice(&(MAX_FRAME + 1).to_be_bytes());
+        r.fill(&mut &head[..]).unwrap();
+        let e = r.frames(|_, _| panic!("no frame")).unwrap_err();
+        assert!(e.to_string().contains("over the"), "{e}");
+        // At the limit it waits for the bytes (nothing buffered beyond the header).
+        let mut r = FrameReader::new(Vec::new(), 1024);
+        let mut head = vec![0x82, 127];
+        head.extend_from_slice(&MAX_FRAME.to_be_bytes());
+        r.fill(&mut &head[..]).unwrap();
+        r.frames(|_, _| panic!("not complete")).unwrap();
     }
 
     #[test]

@@ -117,6 +117,9 @@ pub struct Fields<const N: usize> {
 
 impl<const N: usize> Fields<N> {
     /// Reads these pointers (`None`: a slot left empty).
+    ///
+    /// # Panics
+    /// If `N` is over 8 (the slots found are kept as bits of a byte).
     pub fn new(pointers: [Option<Pointer>; N]) -> Self {
         assert!(N <= 8, "at most eight fields (a byte of flags)");
         let token = |k: usize| pointers[k].as_ref().and_then(Pointer::top_level);

@@ -2,7 +2,8 @@
 //! thread: users `u0..u{N-1}`, one connection each (clients bring a JWT for their user, signed
 //! with `FLOODGATE_JWT_HS256_SECRET`). floodgate writes `seq` and `ts` itself; the event's data
 //! is the padding. Defaults otherwise, so resume history is kept (1024 events per user);
-//! `FLOODGATE_HISTORY=0` turns it off (as the other peers keep none).
+//! `FLOODGATE_HISTORY=0` turns it off (as the other peers keep none). For experiments only
+//! (perf/2026-12-01-hot-path.md): `FLOODGATE_RING_CAPACITY=<bytes>` sets the ring's size.
 
 use std::time::Duration;
 

@@ -163,8 +163,11 @@ struct LoadArgs {
     /// publish: events; connect: connections (default: back to back).
     #[arg(long, value_parser = floodgate_load::RateProfile::parse)]
     rate: Option<floodgate_load::RateProfile>,
-    /// The generator counts as overloaded (exit 3) when its p99 lag behind schedule passes
-    /// this, or more than this much of the schedule was never sent.
+    /// A message that leaves later than this behind its schedule is late. The generator
+    /// counts as overloaded (exit 3) when more messages are late than one stall of 20 times
+    /// this (200 ms on the default) makes late at the peak rate, or when more than this much
+    /// of the schedule was never sent. One scheduler hiccup on a busy machine is forgiven; a
+    /// generator that cannot keep its rate falls further behind and is not.
     #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration)]
     max_lag: Duration,
     /// JSON pointer to a sequence number in received frames (e.g. /seq): checked per

@@ -36,7 +36,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub use self::net::{Sources, Tokens, UrlTemplate};
 pub use self::pointer::{f64_of, u64_of, Fields, Pointer};
 pub use self::record::{LatencyUs, Recorder};
-pub use self::report::{LoadReport, Verdict};
+pub use self::report::{LoadReport, Verdict, STALL_GRACE};
 pub use self::schedule::RateProfile;
 pub use self::threshold::Threshold;
 pub use self::tls::client_config as tls_client_config;
@@ -163,7 +163,9 @@ pub struct LoadOptions {
     /// The open-loop rate (echo and publish: messages or events per second; connect:
     /// connections per second).
     pub rate: Option<RateProfile>,
-    /// The generator is overloaded if its p99 lag behind schedule passes this.
+    /// A message sent later than this behind its schedule is late; more late messages than
+    /// one stall of [`STALL_GRACE`] times this makes at the peak rate, and the generator is
+    /// overloaded.
     pub max_lag: Duration,
     /// Sequence numbers in received frames, checked per connection.
     pub seq: Option<Pointer>,

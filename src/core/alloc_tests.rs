@@ -42,9 +42,11 @@ fn routing_with_history_spool_and_acks_allocates_nothing_per_event_once_warm() {
         })
         .collect();
     // One batch: route, spool (the reactor would write `spool_out`), write every connection.
+    // 512 events that need an ack, settled by one ack per user: more than a pool bounded at
+    // 256 buffers kept (it freed the rest, and the next batch allocated them again).
     let mut due = Vec::with_capacity(16);
     let mut batch = |core: &mut Core| {
-        for _ in 0..64 {
+        for _ in 0..128 {
             for r in &records {
                 core.route(r, t0, 0);
             }
@@ -73,14 +75,15 @@ fn routing_with_history_spool_and_acks_allocates_nothing_per_event_once_warm() {
         allocated += allocations_during(|| batch(&mut core));
         ack_all(&mut core); // acks are client messages, not events: not counted
     }
-    assert_eq!(core.stats.events_received, 250 * 64 * 8);
+    assert_eq!(core.stats.events_received, 250 * 128 * 8);
     assert_eq!(
         core.stats.events_acked,
-        250 * 64 * 4,
+        250 * 128 * 4,
         "every acked event settled"
     );
+    assert_eq!(core.frame_pool.len(), 512, "every settled frame kept");
     assert_eq!(
         allocated, 0,
-        "allocations while routing 25,600 events after warm-up"
+        "allocations while routing 51,200 events after warm-up"
     );
 }

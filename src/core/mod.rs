@@ -49,7 +49,7 @@ use replay::{
 };
 use stats::Stats;
 use stream::{
-    epoch_for, expire_unacked, recycle, spool_settle, Expiry, Tracked, Unacked, UserState,
+    epoch_for, expire_unacked, spool_settle, Expiry, FramePool, Tracked, Unacked, UserState,
     MAX_TRACKED, TRACK_FOR,
 };
 
@@ -141,7 +141,7 @@ pub(crate) struct Core {
     /// Tracked events across users (skips receipt work when zero).
     tracked_count: usize,
     /// Buffers of acked events' frames, reused for the next events that need an ack.
-    frame_pool: Vec<Vec<u8>>,
+    frame_pool: FramePool,
     /// Counters, published by the reactor once per pass.
     pub stats: Stats,
 }
@@ -174,7 +174,7 @@ impl Core {
             spool_tickets: Vec::new(),
             dead_out: Vec::new(),
             tracked_count: 0,
-            frame_pool: Vec::new(),
+            frame_pool: FramePool::default(),
             stats: Stats::default(),
         }
     }
@@ -689,7 +689,7 @@ impl Core {
                 expire_unacked(&mut x, rec.user, user.epoch, &user.tracked, oldest, reason);
             }
             // A buffer an acked event gave back: no allocation once warmed up.
-            let mut f = frame_pool.pop().unwrap_or_default();
+            let mut f = frame_pool.take();
             f.extend_from_slice(&prefix[..n]);
             f.extend_from_slice(rec.body);
             user.unacked.push_back(Unacked {
@@ -1027,7 +1027,7 @@ impl Core {
         u.acked = n;
         while u.unacked.front().is_some_and(|e| e.seq <= n) {
             let e = u.unacked.pop_front().expect("checked");
-            recycle(&mut self.frame_pool, e.frame);
+            self.frame_pool.give(e.frame);
             self.stats.events_acked += 1;
         }
         for t in u.tracked.iter().filter(|t| t.needs_ack && t.seq <= n) {

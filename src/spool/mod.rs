@@ -307,6 +307,12 @@ impl Spool {
                 .append(true)
                 .mode(0o600)
                 .open(&path)?;
+            if let Err(e) = reserve(&f, self.cfg.segment_bytes) {
+                // No room for a whole segment: this try fails before taking anything, and
+                // the next one creates the segment again.
+                let _ = fs::remove_file(&path);
+                return Err(e);
+            }
             if self.cfg.fsync != FsyncPolicy::Never {
                 sync_dir(&self.dir)?;
             }
@@ -509,6 +515,22 @@ pub(crate) fn fuzz_recovery(data: &[u8]) {
         }
     }
     let _ = fs::remove_dir_all(&dir);
+}
+
+/// Reserves `bytes` of disk for a new segment without changing its length
+/// (`FALLOC_FL_KEEP_SIZE`): appends then land in blocks already allocated, which costs the
+/// shard's thread less per byte than having each write allocate them (perf/2026-12-01-spool-write.md),
+/// and a full disk shows when a segment starts rather than in the middle of one. The file
+/// still holds only what was written, so recovery reads it as before; a segment cut short
+/// keeps the rest reserved until retention deletes it. A file system without `fallocate`
+/// goes without.
+fn reserve(file: &File, bytes: u64) -> io::Result<()> {
+    use rustix::fs::{fallocate, FallocateFlags};
+    match fallocate(file, FallocateFlags::KEEP_SIZE, 0, bytes) {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[cfg(test)]

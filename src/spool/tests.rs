@@ -362,6 +362,29 @@ fn after_a_reboot_only_fsync_always_keeps_the_streams() {
 }
 
 #[test]
+fn a_new_segment_reserves_its_whole_size_and_holds_only_what_was_written() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tmp("reserve");
+    let mut c = cfg(&dir);
+    c.segment_bytes = 1 << 20;
+    let (mut s, _) = Spool::open(&c, 0, 1, 512).unwrap();
+    let batch = events(b"u", 1, 3);
+    s.write(&batch, Instant::now()).unwrap();
+    let meta = fs::metadata(segment_path(&dir.join("shard-0"), 0)).unwrap();
+    assert_eq!(meta.len(), batch.len() as u64, "the file is its records");
+    assert!(
+        meta.blocks() * 512 >= c.segment_bytes,
+        "the disk holds the whole segment for it: {} bytes",
+        meta.blocks() * 512
+    );
+    drop(s);
+    let (mut s, rec) = Spool::open(&c, 0, 1, 512).unwrap();
+    assert_eq!((rec.torn_bytes, rec.streams[&b"u"[..]].last_seq), (0, 3));
+    assert_eq!(seqs(&mut s, b"u"), vec![1, 2, 3]);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn a_failed_write_takes_nothing_and_the_retry_goes_to_a_new_segment() {
     let dir = tmp("failed-write");
     let c = cfg(&dir);

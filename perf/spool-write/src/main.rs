@@ -1,11 +1,12 @@
-//! Puts 384 MiB into 64 MiB segment files, 50,000 bytes at a time (a reactor pass's spool
-//! records at about 2M events/s), in one of six ways, and prints the time per 200-byte record
-//! (the size of one spooled event in `floodgate bench`):
+//! Puts 384 MiB (what `floodgate bench` spools for 2M events) into 64 MiB segment files, BATCH
+//! bytes at a time (53,248: about one reactor pass of spool records on the peers workload;
+//! `floodgate bench`'s passes are about 850 KB), in one of eight ways, and prints the time per
+//! 200-byte record (the size of one spooled event in `floodgate bench`):
 //!
-//! - `write`: write(2) to a new file (what the spool does);
+//! - `write`: write(2) to a new file (what the spool did before 2026-12-01);
 //! - `falloc-write`: the same, into a file fallocated to the segment size first;
 //! - `keep-size-write`: the same, fallocated with FALLOC_FL_KEEP_SIZE, so the file's length
-//!   stays that of its data and appends land in blocks already reserved;
+//!   stays that of its data and appends land in blocks already reserved (what the spool does);
 //! - `mmap`: a new file fallocated and mapped, each page faulted in by the copy into it;
 //! - `mmap-populate`: the same, with MADV_POPULATE_WRITE 4 MiB ahead of the copy;
 //! - `write-cached`: write(2) over the files of the run before, whose pages are cached;
@@ -32,11 +33,13 @@ const RECORD: f64 = 200.0;
 fn main() {
     let mut args = std::env::args().skip(1);
     let (Some(mode), Some(dir)) = (args.next(), args.next()) else {
-        eprintln!("usage: spool-write write|falloc-write|mmap|mmap-populate|write-cached|mmap-cached DIR");
+        eprintln!("usage: spool-write MODE DIR [BATCH] (MODE: write, falloc-write, keep-size-write, mmap, mmap-populate, write-cached, mmap-cached, direct)");
         std::process::exit(2);
     };
     let dir = Path::new(&dir);
-    let batch_len: usize = args.next().map_or(53_248, |b| b.parse().expect("BATCH is a number"));
+    let batch_len: usize = args
+        .next()
+        .map_or(53_248, |b| b.parse().expect("BATCH is a number"));
     let cached = mode.ends_with("-cached");
     if !cached {
         let _ = std::fs::remove_dir_all(dir);
@@ -63,7 +66,10 @@ fn main() {
             .open(&path)
             .expect("a segment");
         if cached && file.metadata().expect("metadata").len() < SEGMENT as u64 / 2 {
-            eprintln!("{}: run another mode on this directory first", path.display());
+            eprintln!(
+                "{}: run another mode on this directory first",
+                path.display()
+            );
             std::process::exit(2);
         }
         let room = SEGMENT.min(TOTAL - written);

@@ -284,7 +284,7 @@ fn late_messages(lag: &hdrhistogram::Histogram<u64>, max_lag: Duration) -> u64 {
 
 /// Late messages one stall of `STALL_GRACE` limits makes at `peak` messages per second.
 fn stall_allowance(peak: f64, max_lag: Duration) -> u64 {
-    (peak * (max_lag * STALL_GRACE).as_secs_f64())
+    (peak * max_lag.saturating_mul(STALL_GRACE).as_secs_f64())
         .ceil()
         .max(1.0) as u64
 }
@@ -794,6 +794,12 @@ mod tests {
 
         // Nothing late at all.
         let g = generator_run(1000, Duration::from_millis(10), |_| 1_000);
+        assert_eq!(g.late, 0);
+        assert!(!g.overloaded);
+
+        // A limit so large that 20 times it does not fit a Duration: nothing is late, and
+        // the allowance saturates rather than panicking.
+        let g = generator_run(1000, Duration::MAX / 2, |_| 1_000);
         assert_eq!(g.late, 0);
         assert!(!g.overloaded);
     }

@@ -52,6 +52,8 @@ mod park;
 mod reactor;
 mod receipt;
 mod record;
+#[cfg(feature = "redis")]
+mod redis_engine;
 mod ring;
 mod spool;
 

@@ -20,8 +20,9 @@ const LAYERS: &[&[&str]] = &[
     &["delivery"],
     // The sans-IO core: routing, batching, breakers, resume, the protocol state machines.
     &["core"],
-    // The spool's file I/O (under the core's record format) and the counters' publication.
-    &["spool", "metrics"],
+    // The spool's file I/O (under the core's record format), the counters' publication, and
+    // the Redis engine's side of Redis.
+    &["spool", "metrics", "redis_engine"],
     &["error"],
     &["config"],
     &["auth", "devsecret"],

@@ -19,7 +19,7 @@ use crate::core::{Boards, ConnKind, Core, Start};
 pub type Target = fn(&[u8]);
 
 /// Every target, by name (the names of `fuzz/fuzz_targets/*.rs` and of the corpus folders).
-pub const TARGETS: [(&str, Target); 8] = [
+pub const TARGETS: &[(&str, Target)] = &[
     ("http_head", http_head),
     ("cursor", cursor),
     ("client_frames", client_frames),
@@ -28,6 +28,8 @@ pub const TARGETS: [(&str, Target); 8] = [
     ("spool_recovery", spool_recovery),
     ("config_file", config_file),
     ("jwt", jwt),
+    #[cfg(feature = "redis")]
+    ("redis_batch", redis_batch),
 ];
 
 /// A request head from a client: the parser, then the decision (with and without an origin
@@ -157,6 +159,18 @@ pub fn spool_record(data: &[u8]) {
 /// what it recovered can be scanned.
 pub fn spool_recovery(data: &[u8]) {
     crate::spool::fuzz_recovery(data);
+}
+
+/// A batch message as a node's Redis subscription delivers it (any publisher on the channel
+/// can send one): it is refused or read whole, and what is read writes back to its bytes.
+#[cfg(feature = "redis")]
+pub fn redis_batch(data: &[u8]) {
+    use crate::redis_engine::wire;
+    if let Ok(events) = wire::decode(data) {
+        let mut again = Vec::new();
+        wire::encode(&mut again, &events);
+        assert_eq!(again, data, "a batch re-encodes to its bytes");
+    }
 }
 
 /// A config file: TOML into settings, applied and validated like `--config`.

@@ -164,7 +164,7 @@ fn fuzz_all() {
     // The gateway's parsers, and the load client's parser of what a measured server sends.
     let load_targets: [(&str, floodgate::fuzz::Target); 1] =
         [("server_frames", floodgate_load::fuzz::server_frames)];
-    for (name, f) in floodgate::fuzz::TARGETS.into_iter().chain(load_targets) {
+    for (name, f) in floodgate::fuzz::TARGETS.iter().copied().chain(load_targets) {
         let seeds = corpus(name);
         assert!(!seeds.is_empty(), "fuzz/corpus/{name}/ has no seed");
         for s in &seeds {

@@ -4,19 +4,28 @@
 -- their seqs, and are published, in one order: subscribers see each user's events in `seq`
 -- order with no gap.
 --
--- KEYS: per event, its user's meta hash (`epoch`, `seq`) and its stream.
+-- Exactly once: a node submits one batch at a time, numbered. The node's key keeps the number
+-- and the answer of its last batch that ran; the same batch submitted again (its first
+-- answer was lost with a connection) gets that answer and runs no second time.
+--
+-- KEYS: the node's key, then per event its user's meta hash (`epoch`, `seq`) and its stream.
 -- ARGV: channel, stream length to keep, the epoch a new stream starts with (16 hex digits),
---       then per event: user, ts (8 bytes LE), flags (1 byte), body.
+--       the batch's number, how long the node's key lives (s), then per event: user, ts
+--       (8 bytes LE), flags (1 byte), body.
 -- Returns: per event, its seq and its epoch.
-local channel = ARGV[1]
-local keep = ARGV[2]
-local new_epoch = ARGV[3]
-local n = (#ARGV - 3) / 4
+local node = KEYS[1]
+local channel, keep, new_epoch = ARGV[1], ARGV[2], ARGV[3]
+local batch, node_ttl = ARGV[4], ARGV[5]
+local last = redis.call('HMGET', node, 'batch', 'answer')
+if last[1] == batch then
+  return cmsgpack.unpack(last[2])
+end
+local n = (#ARGV - 5) / 4
 local parts = { struct.pack('<BI2', 1, n) }
 local out = {}
 for i = 1, n do
-  local meta, log = KEYS[2 * i - 1], KEYS[2 * i]
-  local a = 3 + 4 * (i - 1)
+  local meta, log = KEYS[2 * i], KEYS[2 * i + 1]
+  local a = 5 + 4 * (i - 1)
   local user, ts, flags, body = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
   redis.call('HSETNX', meta, 'epoch', new_epoch)
   local epoch = redis.call('HGET', meta, 'epoch')
@@ -28,4 +37,6 @@ for i = 1, n do
   out[#out + 1] = epoch
 end
 redis.call('PUBLISH', channel, table.concat(parts))
+redis.call('HSET', node, 'batch', batch, 'answer', cmsgpack.pack(out))
+redis.call('EXPIRE', node, node_ttl)
 return out

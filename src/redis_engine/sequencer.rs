@@ -36,22 +36,30 @@ pub(crate) struct Assigned {
     pub seq: u64,
 }
 
-/// The keys, the channel and the script of one deployment (its key prefix).
+/// How long Redis remembers a node's last batch: a batch submitted again later than this
+/// after its first run (a node cut off from Redis that long) could run twice.
+pub(crate) const NODE_MEMORY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// One node's sequencing: the keys, the channel and the script of its deployment (the key
+/// prefix), and the node's own batch numbers.
 pub(crate) struct Sequencer {
     script: Script,
     prefix: Vec<u8>,
     channel: Vec<u8>,
+    /// `p:node:<id>`: the number and the answer of this node's last batch that ran.
+    node_key: Vec<u8>,
     keep: u64,
 }
 
 impl Sequencer {
-    /// A sequencer for keys under `prefix`, keeping about the last `keep` events of each
-    /// user's stream.
-    pub(crate) fn new(prefix: &str, keep: u64) -> Sequencer {
+    /// Node `node` (unique among the nodes on one Redis: a random id per process) sequencing
+    /// keys under `prefix`, keeping about the last `keep` events of each user's stream.
+    pub(crate) fn new(prefix: &str, node: u64, keep: u64) -> Sequencer {
         Sequencer {
             script: Script::new(SCRIPT),
             prefix: prefix.as_bytes().to_vec(),
             channel: format!("{prefix}:events").into_bytes(),
+            node_key: format!("{prefix}:node:{node:016x}").into_bytes(),
             keep: keep.max(1),
         }
     }
@@ -72,20 +80,26 @@ impl Sequencer {
         k
     }
 
-    /// Sequences, stores and publishes `events` (1 to `wire::MAX_BATCH`) in one round trip.
-    /// A stream that does not exist yet starts with `new_epoch`. On an error nothing can be
-    /// assumed about the batch: Redis may or may not have run the script.
+    /// Sequences, stores and publishes `events` (1 to `wire::MAX_BATCH`), this node's batch
+    /// number `batch`, in one round trip. A stream that does not exist yet starts with
+    /// `new_epoch`. On an error Redis may or may not have run it: submit the same batch with
+    /// the same number again, and it runs at most once (the answer of its run comes back).
+    /// Numbers must differ from one batch to the next.
     pub(crate) fn submit(
         &self,
         conn: &mut dyn ConnectionLike,
+        batch: u64,
         new_epoch: u64,
         events: &[Pending<'_>],
     ) -> RedisResult<Vec<Assigned>> {
         debug_assert!((1..=super::wire::MAX_BATCH).contains(&events.len()));
         let mut call = self.script.prepare_invoke();
-        call.arg(&self.channel[..])
+        call.key(&self.node_key[..])
+            .arg(&self.channel[..])
             .arg(self.keep)
-            .arg(&epoch_hex(new_epoch)[..]);
+            .arg(&epoch_hex(new_epoch)[..])
+            .arg(batch)
+            .arg(NODE_MEMORY.as_secs());
         for e in events {
             call.key(self.key(e.user, b'm'))
                 .key(self.key(e.user, b'l'))

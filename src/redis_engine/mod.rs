@@ -6,6 +6,7 @@
 //! engine setting uses them, only their tests do.
 #![cfg_attr(not(test), allow(dead_code))]
 
+pub(crate) mod publisher;
 pub(crate) mod sequencer;
 #[cfg(test)]
 pub(crate) mod testing;

@@ -17,6 +17,15 @@ impl RedisServer {
     /// it must be (`FLOODGATE_TEST_REQUIRE_REDIS`, set by scripts/test, which installs it), its
     /// absence fails the test instead.
     pub(crate) fn start(name: &str) -> Option<RedisServer> {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        RedisServer::start_on(name, port)
+    }
+
+    /// Starts one on `port` (or `None`, as [`start`](Self::start)).
+    pub(crate) fn start_on(name: &str, port: u16) -> Option<RedisServer> {
         let installed = Command::new("redis-server")
             .arg("--version")
             .stdout(Stdio::null())
@@ -30,10 +39,6 @@ impl RedisServer {
             eprintln!("skipped: redis-server is not installed (scripts/setup installs it)");
             return None;
         }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
         let dir =
             std::env::temp_dir().join(format!("floodgate-redis-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);

@@ -1,0 +1,286 @@
+//! The node's publisher: the thread that takes what this node's emitters emit and has Redis
+//! sequence it (`floodgate-redis-pub`). On the Redis engine an emitter's rings lead here rather
+//! than to the shards; the shards get every node's events back through the subscription.
+//!
+//! It drains every ring into one batch (up to [`MAX_BATCH_EVENTS`] events or
+//! [`MAX_BATCH_BYTES`]), submits it in one round trip, and drains again: while a round trip is
+//! in flight, events wait in the rings, so the busier the node the larger its batches.
+//!
+//! Nothing is dropped. A batch is copied out of the rings before it is submitted and kept until
+//! Redis answers for it; a failed round trip (Redis down, connection cut) is retried with the
+//! same batch number, after a backoff with jitter, on a new connection, and the sequencing
+//! script runs each numbered batch at most once. While Redis does not answer, the rings fill
+//! and `emit` returns `Full`: emits are held back, never lost.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::Receiver;
+use crossbeam_utils::sync::Parker;
+
+use super::sequencer::{Pending, Sequencer};
+use super::wire;
+use crate::receipt::{Progress, ReceiptBoard};
+use crate::record::Record;
+use crate::ring::Consumer;
+
+/// Events in one batch, at most.
+pub(crate) const MAX_BATCH_EVENTS: usize = 1024;
+
+/// Bytes of event bodies in one batch, at most (a batch holds at least one event, however
+/// large).
+pub(crate) const MAX_BATCH_BYTES: usize = 1 << 20;
+
+/// The first wait after a failed round trip; it doubles up to [`MAX_BACKOFF`], each wait
+/// drawn between half of it and all of it (jitter), and starts again after a success.
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// How long the thread sleeps with nothing to do before it looks again (emitters wake it).
+const IDLE: Duration = Duration::from_millis(100);
+
+/// A round trip to Redis, at most (connecting or waiting for an answer).
+const ROUND_TRIP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the publisher has done, for `/metrics` and `/healthz`.
+#[derive(Debug, Default)]
+pub(crate) struct PublisherStats {
+    /// Batches Redis answered for.
+    pub batches: AtomicU64,
+    /// Events Redis sequenced.
+    pub events: AtomicU64,
+    /// Round trips that failed (each is retried).
+    pub failures: AtomicU64,
+    /// Whether the last round trip succeeded (false until the first one).
+    pub connected: AtomicBool,
+}
+
+/// The copy of one batch: record bytes, kept until Redis answers for them.
+#[derive(Default)]
+struct Batch {
+    /// The records, one after another.
+    bytes: Vec<u8>,
+    /// Where each record is in `bytes`.
+    spans: Vec<(usize, usize)>,
+    body_bytes: usize,
+}
+
+impl Batch {
+    fn is_full(&self) -> bool {
+        self.spans.len() >= MAX_BATCH_EVENTS || self.body_bytes >= MAX_BATCH_BYTES
+    }
+
+    fn push(&mut self, record: &[u8]) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(record);
+        self.spans.push((start, self.bytes.len()));
+        self.body_bytes += Record::parse(record).body.len();
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.spans.clear();
+        self.body_bytes = 0;
+    }
+}
+
+/// The publisher's state; [`Publisher::run`] is the thread's body.
+pub(crate) struct Publisher {
+    sequencer: Sequencer,
+    client: redis::Client,
+    conn: Option<redis::Connection>,
+    /// New emitters' rings.
+    rings: Receiver<Consumer>,
+    consumers: Vec<Consumer>,
+    parker: Parker,
+    receipts: Arc<ReceiptBoard>,
+    stats: Arc<PublisherStats>,
+    batch: Batch,
+    /// The number of the batch in `batch` (or of the next one).
+    number: u64,
+    /// Epochs of streams this node starts.
+    epoch_seed: u64,
+    backoff: Duration,
+    rng: u64,
+}
+
+impl Publisher {
+    /// A publisher sequencing through `sequencer` on the Redis at `client`, taking new rings
+    /// from `rings` (each sender wakes it with the unparker of `parker`).
+    pub(crate) fn new(
+        sequencer: Sequencer,
+        client: redis::Client,
+        rings: Receiver<Consumer>,
+        parker: Parker,
+        receipts: Arc<ReceiptBoard>,
+        stats: Arc<PublisherStats>,
+    ) -> Publisher {
+        let mut seed = [0u8; 8];
+        // A failing OS random source only makes the jitter and new epochs predictable.
+        let _ = getrandom::fill(&mut seed);
+        let rng = u64::from_le_bytes(seed) | 1;
+        Publisher {
+            sequencer,
+            client,
+            conn: None,
+            rings,
+            consumers: Vec::new(),
+            parker,
+            receipts,
+            stats,
+            batch: Batch::default(),
+            number: 1,
+            epoch_seed: rng.rotate_left(17),
+            backoff: FIRST_BACKOFF,
+            rng,
+        }
+    }
+
+    /// Runs until `stop` is set and every ring is drained and sequenced (or, with Redis
+    /// unreachable, until `stop` is set: what is left is then counted by the caller as not
+    /// sequenced, never silently dropped).
+    pub(crate) fn run(mut self, stop: &AtomicBool) -> usize {
+        loop {
+            self.take_rings();
+            if self.batch.spans.is_empty() {
+                self.fill();
+            }
+            if self.batch.spans.is_empty() {
+                if stop.load(Ordering::Acquire) {
+                    self.take_rings();
+                    self.fill();
+                    if self.batch.spans.is_empty() {
+                        return 0;
+                    }
+                } else {
+                    self.parker.park_timeout(IDLE);
+                    continue;
+                }
+            }
+            if !self.submit() {
+                if stop.load(Ordering::Acquire) {
+                    return self.batch.spans.len() + self.pending();
+                }
+                let wait = self.jittered();
+                self.parker.park_timeout(wait);
+            }
+        }
+    }
+
+    /// Records still in the rings.
+    fn pending(&mut self) -> usize {
+        self.consumers
+            .iter_mut()
+            .map(|c| c.drain(usize::MAX, |_| {}))
+            .sum()
+    }
+
+    fn take_rings(&mut self) {
+        while let Ok(c) = self.rings.try_recv() {
+            self.consumers.push(c);
+        }
+        // A ring whose emitter is gone and which is empty is done with.
+        self.consumers.retain(|c| !c.is_finished());
+    }
+
+    /// Copies records from the rings into the batch, taking turns so that one busy emitter
+    /// does not starve the others.
+    fn fill(&mut self) {
+        let per_ring = (MAX_BATCH_EVENTS / self.consumers.len().max(1)).max(1);
+        loop {
+            let mut took = 0;
+            for c in &mut self.consumers {
+                if self.batch.is_full() {
+                    return;
+                }
+                let room = per_ring.min(MAX_BATCH_EVENTS - self.batch.spans.len());
+                let batch = &mut self.batch;
+                took += c.drain(room, |r| batch.push(r));
+            }
+            if took == 0 || self.batch.is_full() {
+                return;
+            }
+        }
+    }
+
+    /// One round trip for the batch. True when Redis answered for it.
+    fn submit(&mut self) -> bool {
+        let conn = match self.conn.take() {
+            Some(c) => c,
+            None => match self.client.get_connection_with_timeout(ROUND_TRIP_TIMEOUT) {
+                Ok(c) => {
+                    let _ = c.set_read_timeout(Some(ROUND_TRIP_TIMEOUT));
+                    let _ = c.set_write_timeout(Some(ROUND_TRIP_TIMEOUT));
+                    c
+                }
+                Err(e) => return self.failed(&e),
+            },
+        };
+        let mut conn = conn;
+        let events: Vec<Pending<'_>> = self
+            .batch
+            .spans
+            .iter()
+            .map(|&(a, b)| {
+                let r = Record::parse(&self.batch.bytes[a..b]);
+                Pending {
+                    user: r.user,
+                    ts: r.ts_unix_ns,
+                    needs_ack: r.needs_ack,
+                    body: r.body,
+                }
+            })
+            .collect();
+        debug_assert!(events.len() <= wire::MAX_BATCH);
+        let epoch = self.epoch_seed ^ self.number;
+        match self
+            .sequencer
+            .submit(&mut conn, self.number, epoch, &events)
+        {
+            Ok(assigned) => {
+                for (&(a, b), given) in self.batch.spans.iter().zip(&assigned) {
+                    if let Some(t) = Record::parse(&self.batch.bytes[a..b]).ticket {
+                        self.receipts.update(t, Progress::Routed(given.seq));
+                    }
+                }
+                self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .events
+                    .fetch_add(assigned.len() as u64, Ordering::Relaxed);
+                if !self.stats.connected.swap(true, Ordering::Relaxed) {
+                    tracing::info!("redis: sequencing events");
+                }
+                self.conn = Some(conn);
+                self.batch.clear();
+                self.number += 1;
+                self.backoff = FIRST_BACKOFF;
+                true
+            }
+            Err(e) => self.failed(&e),
+        }
+    }
+
+    fn failed(&mut self, e: &redis::RedisError) -> bool {
+        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+        if self.stats.connected.swap(false, Ordering::Relaxed) || self.backoff == FIRST_BACKOFF {
+            tracing::warn!(error = %e, "redis: a batch could not be sequenced; holding events back and retrying");
+        }
+        false
+    }
+
+    /// The next wait: between half of the backoff and all of it; the backoff then doubles.
+    fn jittered(&mut self) -> Duration {
+        // xorshift64: jitter needs no more.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let half = self.backoff / 2;
+        let wait = half + half.mul_f64((self.rng % 1000) as f64 / 1000.0);
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        wait
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,42 +1,61 @@
 -- floodgate's sequencing script: gives each event of a batch the next `seq` of its user's
--- stream, appends it to the user's Redis stream, and publishes the whole batch as one message
--- (format: src/redis_engine/wire.rs). Redis runs a script alone, so every node's batches get
--- their seqs, and are published, in one order: subscribers see each user's events in `seq`
--- order with no gap.
+-- stream, stores the batch, and publishes it as one message (format: src/redis_engine/wire.rs).
+-- Redis runs a script alone, so every node's batches get their seqs, and are published, in one
+-- order: subscribers see each user's events in `seq` order with no gap.
+--
+-- The work here is per batch and per user of the batch, none per event: the message lists each
+-- user with the seq of its first event in the batch, and the events section is the node's
+-- bytes unchanged (each event names its user by number; its seq is its user's next).
 --
 -- Exactly once: a node submits one batch at a time, numbered. The node's key keeps the number
--- and the answer of its last batch that ran; the same batch submitted again (its first
--- answer was lost with a connection) gets that answer and runs no second time.
+-- and the answer of its last batch that ran; the same batch submitted again (its first answer
+-- was lost with a connection) gets that answer and runs no second time.
 --
--- KEYS: the node's key, then per event its user's meta hash (`epoch`, `seq`) and its stream.
--- ARGV: channel, stream length to keep, the epoch a new stream starts with (16 hex digits),
---       the batch's number, how long the node's key lives (s), then per event: user, ts
---       (8 bytes LE), flags (1 byte), body.
--- Returns: per event, its seq and its epoch.
-local node = KEYS[1]
-local channel, keep, new_epoch = ARGV[1], ARGV[2], ARGV[3]
-local batch, node_ttl = ARGV[4], ARGV[5]
+-- KEYS: the node's key, the log (a stream: one entry per batch, field `m` the message), then
+--       per user of the batch, in order of first appearance, its meta hash (`epoch`, `seq`)
+--       and its index (a stream: entry `<first seq>-0` per batch, field `b` the log entry id).
+-- ARGV: channel, log entries to keep, index entries to keep, the epoch a new stream starts
+--       with (16 hex digits), the batch's number, how long the node's key lives (s), the
+--       number of events, the events section (wire.rs), the users: per user u8 length, the
+--       id, u32 its number of events.
+-- Returns: per user, the seq of its first event in the batch and its epoch.
+local node, log = KEYS[1], KEYS[2]
+local channel, keep_log, keep_index = ARGV[1], ARGV[2], ARGV[3]
+local new_epoch, batch, node_ttl = ARGV[4], ARGV[5], ARGV[6]
+local n_events, events, users_blob = ARGV[7], ARGV[8], ARGV[9]
 local last = redis.call('HMGET', node, 'batch', 'answer')
 if last[1] == batch then
   return cmsgpack.unpack(last[2])
 end
-local n = (#ARGV - 5) / 4
-local parts = { struct.pack('<BI2', 1, n) }
+local header = {}
 local out = {}
-for i = 1, n do
-  local meta, log = KEYS[2 * i], KEYS[2 * i + 1]
-  local a = 5 + 4 * (i - 1)
-  local user, ts, flags, body = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
-  redis.call('HSETNX', meta, 'epoch', new_epoch)
+local firsts = {}
+local at, i = 1, 0
+while at <= #users_blob do
+  i = i + 1
+  local len = string.byte(users_blob, at)
+  local user = string.sub(users_blob, at + 1, at + len)
+  local count = struct.unpack('<I4', users_blob, at + 1 + len)
+  at = at + 1 + len + 4
+  local meta = KEYS[1 + 2 * i]
+  local top = redis.call('HINCRBY', meta, 'seq', count)
+  if top == count then
+    redis.call('HSETNX', meta, 'epoch', new_epoch)
+  end
   local epoch = redis.call('HGET', meta, 'epoch')
-  local seq = redis.call('HINCRBY', meta, 'seq', 1)
-  redis.call('XADD', log, 'MAXLEN', '~', keep, seq .. '-0', 't', ts, 'f', flags, 'b', body)
-  parts[#parts + 1] = struct.pack('<B', #user) .. user .. epoch .. struct.pack('<I8', seq)
-    .. ts .. flags .. struct.pack('<I4', #body) .. body
-  out[#out + 1] = seq
+  local first = top - count + 1
+  firsts[i] = first
+  header[i] = struct.pack('<B', len) .. user .. epoch .. struct.pack('<I8', first)
+  out[#out + 1] = first
   out[#out + 1] = epoch
 end
-redis.call('PUBLISH', channel, table.concat(parts))
+local message = struct.pack('<BI2', 2, i) .. table.concat(header)
+  .. struct.pack('<I2', n_events) .. events
+local id = redis.call('XADD', log, 'MAXLEN', '~', keep_log, '*', 'm', message)
+for u = 1, i do
+  redis.call('XADD', KEYS[2 + 2 * u], 'MAXLEN', '~', keep_index, firsts[u] .. '-0', 'b', id)
+end
+redis.call('PUBLISH', channel, message)
 redis.call('HSET', node, 'batch', batch, 'answer', cmsgpack.pack(out))
 redis.call('EXPIRE', node, node_ttl)
 return out

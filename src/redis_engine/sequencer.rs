@@ -1,17 +1,24 @@
 //! Sequencing through Redis: a batch of emitted events, from any node, gets each user's next
-//! `seq` (and the stream's `epoch`), is appended to each user's Redis stream, and is published
-//! to every node as one message, all in one script run and one round trip
-//! (`sequencer.lua`). Redis runs scripts one at a time, so two nodes' batches never interleave:
-//! no two events of a user share a `seq`, none is skipped, and every subscriber sees a user's
-//! events in `seq` order.
+//! `seq` (and the stream's `epoch`), is stored, and is published to every node as one message,
+//! all in one script run and one round trip (`sequencer.lua`). Redis runs scripts one at a
+//! time, so two nodes' batches never interleave: no two events of a user share a `seq`, none is
+//! skipped, and every subscriber sees a user's events in `seq` order.
 //!
-//! Keys, for a key prefix `p` and a user `u` (binary-safe; `{u}` is a hash tag, so one
-//! user's keys stay together should the keys ever be spread over Redis Cluster slots; the
-//! script itself writes many users' keys, so it needs one Redis):
+//! Redis's work is per batch and per user of the batch, never per event (a stream entry per
+//! event cost about 5 µs of Redis CPU each: perf/2026-12-01-redis-sequencing.md). Keys, for a
+//! key prefix `p` and a user `u` (binary-safe; `{u}` is a hash tag, so one user's keys stay
+//! together should the keys ever be spread over Redis Cluster slots; the script itself writes
+//! many users' keys, so it needs one Redis):
+//! - `p:log`: a stream, one entry per batch, field `m` the published message (so a batch is
+//!   stored exactly as every node received it), trimmed to about the last `keep_batches`;
 //! - `p:{u}:m`: a hash, `epoch` (16 hex digits, set by the first event of the stream) and `seq`
 //!   (the last one given);
-//! - `p:{u}:l`: a stream, entry id `<seq>-0`, fields `t` (ts, 8 bytes LE), `f` (flags, 1 byte)
-//!   and `b` (the body), trimmed to about the last `keep` entries.
+//! - `p:{u}:i`: a stream, the user's index into the log: entry id `<first seq>-0` per batch
+//!   that has events of the user, field `b` the log entry's id, trimmed to about the last
+//!   `keep_index`. A resume reads the entries from its cursor on, then those batches, and keeps
+//!   the user's events.
+
+use std::collections::HashMap;
 
 use redis::{ConnectionLike, RedisResult, Script};
 
@@ -46,22 +53,37 @@ pub(crate) struct Sequencer {
     script: Script,
     prefix: Vec<u8>,
     channel: Vec<u8>,
+    log_key: Vec<u8>,
     /// `p:node:<id>`: the number and the answer of this node's last batch that ran.
     node_key: Vec<u8>,
-    keep: u64,
+    keep_batches: u64,
+    keep_index: u64,
+    /// Reused for each batch: the events and the users arguments.
+    events: Vec<u8>,
+    users: Vec<u8>,
 }
 
 impl Sequencer {
     /// Node `node` (unique among the nodes on one Redis: a random id per process) sequencing
-    /// keys under `prefix`, keeping about the last `keep` events of each user's stream.
-    pub(crate) fn new(prefix: &str, node: u64, keep: u64) -> Sequencer {
+    /// keys under `prefix`, keeping about the last `keep_batches` batches in the log and the
+    /// last `keep_index` batches of each user in its index.
+    pub(crate) fn new(prefix: &str, node: u64, keep_batches: u64, keep_index: u64) -> Sequencer {
         Sequencer {
             script: Script::new(SCRIPT),
             prefix: prefix.as_bytes().to_vec(),
             channel: format!("{prefix}:events").into_bytes(),
+            log_key: format!("{prefix}:log").into_bytes(),
             node_key: format!("{prefix}:node:{node:016x}").into_bytes(),
-            keep: keep.max(1),
+            keep_batches: keep_batches.max(1),
+            keep_index: keep_index.max(1),
+            events: Vec::new(),
+            users: Vec::new(),
         }
+    }
+
+    /// The log's key.
+    pub(crate) fn log_key(&self) -> &[u8] {
+        &self.log_key
     }
 
     /// The channel every batch is published on.
@@ -69,7 +91,7 @@ impl Sequencer {
         &self.channel
     }
 
-    /// `user`'s key with `suffix` (`m` or `l`).
+    /// `user`'s key with `suffix` (`m` or `i`).
     pub(crate) fn key(&self, user: &[u8], suffix: u8) -> Vec<u8> {
         let mut k = Vec::with_capacity(self.prefix.len() + user.len() + 5);
         k.extend_from_slice(&self.prefix);
@@ -86,42 +108,75 @@ impl Sequencer {
     /// the same number again, and it runs at most once (the answer of its run comes back).
     /// Numbers must differ from one batch to the next.
     pub(crate) fn submit(
-        &self,
+        &mut self,
         conn: &mut dyn ConnectionLike,
         batch: u64,
         new_epoch: u64,
         events: &[Pending<'_>],
     ) -> RedisResult<Vec<Assigned>> {
         debug_assert!((1..=super::wire::MAX_BATCH).contains(&events.len()));
+        // Users in order of first appearance, with their numbers of events; events name
+        // them by number (the message's events section, which the script passes on as is).
+        let mut users: Vec<(&[u8], u32)> = Vec::new();
+        let mut number: HashMap<&[u8], u16> = HashMap::new();
+        let mut numbers = Vec::with_capacity(events.len());
+        self.events.clear();
+        for e in events {
+            let n = *number.entry(e.user).or_insert_with(|| {
+                users.push((e.user, 0));
+                (users.len() - 1) as u16
+            });
+            users[usize::from(n)].1 += 1;
+            numbers.push(n);
+            self.events.extend_from_slice(&n.to_le_bytes());
+            self.events.extend_from_slice(&e.ts.to_le_bytes());
+            self.events.push(u8::from(e.needs_ack));
+            self.events
+                .extend_from_slice(&(e.body.len() as u32).to_le_bytes());
+            self.events.extend_from_slice(e.body);
+        }
+        self.users.clear();
         let mut call = self.script.prepare_invoke();
-        call.key(&self.node_key[..])
-            .arg(&self.channel[..])
-            .arg(self.keep)
+        call.key(&self.node_key[..]).key(&self.log_key[..]);
+        for &(u, count) in &users {
+            self.users.push(u.len() as u8);
+            self.users.extend_from_slice(u);
+            self.users.extend_from_slice(&count.to_le_bytes());
+            call.key(self.key(u, b'm')).key(self.key(u, b'i'));
+        }
+        call.arg(&self.channel[..])
+            .arg(self.keep_batches)
+            .arg(self.keep_index)
             .arg(&epoch_hex(new_epoch)[..])
             .arg(batch)
-            .arg(NODE_MEMORY.as_secs());
-        for e in events {
-            call.key(self.key(e.user, b'm'))
-                .key(self.key(e.user, b'l'))
-                .arg(e.user)
-                .arg(&e.ts.to_le_bytes()[..])
-                .arg(&[u8::from(e.needs_ack)][..])
-                .arg(e.body);
-        }
+            .arg(NODE_MEMORY.as_secs())
+            .arg(events.len())
+            .arg(&self.events[..])
+            .arg(&self.users[..]);
         let reply: Vec<(u64, Vec<u8>)> = call.invoke(conn)?;
-        if reply.len() != events.len() {
+        if reply.len() != users.len() {
             return Err(protocol_error(
-                "the script answered for another number of events",
+                "the script answered for another number of users",
             ));
         }
-        reply
+        // Per user: the seq of its next event in the batch, and its epoch.
+        let mut next: Vec<Assigned> = reply
             .into_iter()
-            .map(|(seq, epoch)| {
+            .map(|(first, epoch)| {
                 let epoch = parse_hex(&epoch)
                     .ok_or_else(|| protocol_error("an epoch that is not 16 hex digits"))?;
-                Ok(Assigned { epoch, seq })
+                Ok(Assigned { epoch, seq: first })
             })
-            .collect()
+            .collect::<RedisResult<_>>()?;
+        Ok(numbers
+            .into_iter()
+            .map(|n| {
+                let a = &mut next[usize::from(n)];
+                let given = *a;
+                a.seq += 1;
+                given
+            })
+            .collect())
     }
 }
 

@@ -5,6 +5,9 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A stream entry as XRANGE answers: its id and its fields.
+pub(crate) type StreamEntry = (String, Vec<(String, Vec<u8>)>);
+
 /// A `redis-server` this test started.
 pub(crate) struct RedisServer {
     child: Child,

@@ -4,32 +4,43 @@
 //! length is bounded and checked before it is used, and a bad message is an error, never a
 //! panic or an allocation its length field asks for.
 //!
-//! # Format (version 1, little-endian)
+//! The users of a batch come first, each with its stream's epoch and the `seq` of its first
+//! event in the batch; each event then names its user by number, and its `seq` is the next of
+//! that user's. So the script that writes it does work per user, none per event: the events
+//! section is the bytes the node sent, unchanged.
+//!
+//! # Format (version 2, little-endian)
 //!
 //! ```text
-//! u8   version   1
+//! u8   version   2
+//! u16  users     1 to MAX_BATCH, in the order of their first event
+//! users times:
+//!   u8        user_len   1 to 255
+//!   [u8]      user       no two alike
+//!   [u8; 16]  epoch      lowercase hex of the user's stream epoch
+//!   u64       first_seq  the seq of the user's first event in the batch (at least 1)
 //! u16  count     events that follow, 1 to MAX_BATCH
 //! count times:
-//!   u8        user_len   1 to 255
-//!   [u8]      user
-//!   [u8; 16]  epoch      lowercase hex of the user's stream epoch
-//!   u64       seq
+//!   u16       user       its number: at most one more than the highest number before it
 //!   u64       ts         unix ns of the emit
 //!   u8        flags      bit 0: the event needs a client ack
 //!   u32       body_len   at most MAX_BODY
 //!   [u8]      body       the frame body after `seq`, as an emitter encodes it
 //! ```
 //!
-//! `sequencer.lua` writes it; [`encode`] writes the same bytes (for tests and fuzzing).
+//! Every user has an event, so a message has one way to be written: [`encode`] writes the same
+//! bytes as `sequencer.lua` (for tests and fuzzing).
 
-/// Events in one batch, at most.
+use std::collections::HashSet;
+
+/// Events in one batch, at most (and users).
 pub(crate) const MAX_BATCH: usize = 4096;
 
 /// The largest event body a message may carry.
 pub(crate) const MAX_BODY: usize = 16 << 20;
 
 /// The format version this build reads and writes.
-pub(crate) const VERSION: u8 = 1;
+pub(crate) const VERSION: u8 = 2;
 
 /// One event of a batch message (borrows the message).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +57,7 @@ pub(crate) struct WireEvent<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum WireError {
     /// The first byte names a version this build does not read.
-    #[error("batch message of version {0}, this build reads version 1")]
+    #[error("batch message of version {0}, this build reads version 2")]
     Version(u8),
     /// A count, length or field is out of its bounds.
     #[error("malformed batch message at byte {0}")]
@@ -56,6 +67,14 @@ pub(crate) enum WireError {
     Length(usize),
 }
 
+/// A user of a batch as the message lists it.
+struct User<'a> {
+    id: &'a [u8],
+    epoch: u64,
+    /// The seq of the user's next event in the batch.
+    next: u64,
+}
+
 /// Reads a whole message: its events in order.
 pub(crate) fn decode(msg: &[u8]) -> Result<Vec<WireEvent<'_>>, WireError> {
     let mut r = Reader { buf: msg, at: 0 };
@@ -63,25 +82,57 @@ pub(crate) fn decode(msg: &[u8]) -> Result<Vec<WireEvent<'_>>, WireError> {
     if version != VERSION {
         return Err(WireError::Version(version));
     }
-    let count = usize::from(r.u16()?);
-    if !(1..=MAX_BATCH).contains(&count) {
+    let n_users = usize::from(r.u16()?);
+    // A user takes at least 26 bytes and an event 15: counts the message cannot hold are
+    // refused before anything is allocated for them.
+    if !(1..=MAX_BATCH).contains(&n_users) {
         return Err(WireError::Malformed(1));
     }
-    // Each event takes at least 38 bytes, so a count the message cannot hold is refused
-    // before anything is allocated for it.
-    if count > msg.len() / 38 {
+    if n_users > msg.len() / 26 {
+        return Err(WireError::Length(msg.len()));
+    }
+    let mut users = Vec::with_capacity(n_users);
+    let mut ids = HashSet::with_capacity(n_users);
+    for _ in 0..n_users {
+        let len_at = r.at;
+        let len = usize::from(r.u8()?);
+        if len == 0 {
+            return Err(WireError::Malformed(len_at));
+        }
+        let id = r.take(len)?;
+        if !ids.insert(id) {
+            return Err(WireError::Malformed(len_at));
+        }
+        let epoch_at = r.at;
+        let epoch = parse_hex(r.take(16)?).ok_or(WireError::Malformed(epoch_at))?;
+        let seq_at = r.at;
+        let first = r.u64()?;
+        if first == 0 {
+            return Err(WireError::Malformed(seq_at));
+        }
+        users.push(User {
+            id,
+            epoch,
+            next: first,
+        });
+    }
+    let count_at = r.at;
+    let count = usize::from(r.u16()?);
+    if !(1..=MAX_BATCH).contains(&count) {
+        return Err(WireError::Malformed(count_at));
+    }
+    if count > (msg.len() - r.at) / 15 {
         return Err(WireError::Length(msg.len()));
     }
     let mut out = Vec::with_capacity(count);
+    let mut seen_users = 0;
     for _ in 0..count {
-        let user_len = usize::from(r.u8()?);
-        if user_len == 0 {
-            return Err(WireError::Malformed(r.at - 1));
+        let user_at = r.at;
+        let u = usize::from(r.u16()?);
+        if u > seen_users || u >= users.len() {
+            return Err(WireError::Malformed(user_at));
         }
-        let user = r.take(user_len)?;
-        let epoch_at = r.at;
-        let epoch = parse_hex(r.take(16)?).ok_or(WireError::Malformed(epoch_at))?;
-        let seq = r.u64()?;
+        seen_users = seen_users.max(u + 1);
         let ts = r.u64()?;
         let flags_at = r.at;
         let flags = r.u8()?;
@@ -94,14 +145,21 @@ pub(crate) fn decode(msg: &[u8]) -> Result<Vec<WireEvent<'_>>, WireError> {
             return Err(WireError::Malformed(len_at));
         }
         let body = r.take(body_len)?;
+        let user = &mut users[u];
+        let seq = user.next;
+        user.next = seq.checked_add(1).ok_or(WireError::Malformed(user_at))?;
         out.push(WireEvent {
-            user,
-            epoch,
+            user: user.id,
+            epoch: user.epoch,
             seq,
             ts,
             needs_ack: flags == 1,
             body,
         });
+    }
+    if seen_users != users.len() {
+        // A user without an event.
+        return Err(WireError::Malformed(count_at));
     }
     if r.at != msg.len() {
         return Err(WireError::Length(r.at));
@@ -109,20 +167,37 @@ pub(crate) fn decode(msg: &[u8]) -> Result<Vec<WireEvent<'_>>, WireError> {
     Ok(out)
 }
 
-/// Writes `events` as one message (what the script publishes for them).
+/// Writes `events` as one message (what the script publishes for them). A user's events in
+/// the batch must have one epoch and consecutive seqs, as Redis gives them.
 pub(crate) fn encode(out: &mut Vec<u8>, events: &[WireEvent<'_>]) {
     assert!(
         (1..=MAX_BATCH).contains(&events.len()),
         "1 to MAX_BATCH events"
     );
-    out.push(VERSION);
-    out.extend_from_slice(&(events.len() as u16).to_le_bytes());
+    let mut users: Vec<&WireEvent<'_>> = Vec::new();
+    let mut numbers: Vec<u16> = Vec::with_capacity(events.len());
     for e in events {
-        let user_len = u8::try_from(e.user.len()).expect("user ids are at most 255 bytes");
-        out.push(user_len);
-        out.extend_from_slice(e.user);
-        out.extend_from_slice(&epoch_hex(e.epoch));
-        out.extend_from_slice(&e.seq.to_le_bytes());
+        let n = match users.iter().position(|u| u.user == e.user) {
+            Some(n) => n,
+            None => {
+                users.push(e);
+                users.len() - 1
+            }
+        };
+        numbers.push(n as u16);
+    }
+    out.push(VERSION);
+    out.extend_from_slice(&(users.len() as u16).to_le_bytes());
+    for u in &users {
+        let len = u8::try_from(u.user.len()).expect("user ids are at most 255 bytes");
+        out.push(len);
+        out.extend_from_slice(u.user);
+        out.extend_from_slice(&epoch_hex(u.epoch));
+        out.extend_from_slice(&u.seq.to_le_bytes());
+    }
+    out.extend_from_slice(&(events.len() as u16).to_le_bytes());
+    for (e, n) in events.iter().zip(numbers) {
+        out.extend_from_slice(&n.to_le_bytes());
         out.extend_from_slice(&e.ts.to_le_bytes());
         out.push(u8::from(e.needs_ack));
         out.extend_from_slice(&(e.body.len() as u32).to_le_bytes());
@@ -197,14 +272,14 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn event(user: &[u8], seq: u64, body: &[u8]) -> WireEvent<'static> {
+    fn event(user: &'static [u8], seq: u64, body: &'static [u8]) -> WireEvent<'static> {
         WireEvent {
-            user: user.to_vec().leak(),
+            user,
             epoch: 0x0123_4567_89ab_cdef,
             seq,
             ts: 1_700_000_000_000_000_000 + seq,
             needs_ack: seq % 2 == 0,
-            body: body.to_vec().leak(),
+            body,
         }
     }
 
@@ -213,6 +288,7 @@ mod tests {
         let events = [
             event(b"alice", 1, b"\"type\":\"x\"}"),
             event(b"bob", 7, b""),
+            event(b"alice", 2, b"{}"),
         ];
         let mut msg = Vec::new();
         encode(&mut msg, &events);
@@ -223,27 +299,64 @@ mod tests {
     fn bad_messages_are_errors_that_say_where() {
         let mut msg = Vec::new();
         encode(&mut msg, &[event(b"alice", 1, b"{}")]);
+        // version, users (2), alice: len 1, id 5, epoch 16, first 8, then count (2) at 33,
+        // the event: user (2) at 35, ts 8, flags at 45, body length at 46.
         assert_eq!(decode(&[]), Err(WireError::Length(0)));
-        assert_eq!(decode(&[2, 1, 0]), Err(WireError::Version(2)));
-        assert_eq!(decode(&[1, 0, 0]), Err(WireError::Malformed(1)));
-        // A count far beyond what the bytes hold is refused before any allocation.
-        assert_eq!(decode(&[1, 0xff, 0x0f]), Err(WireError::Length(3)));
+        assert_eq!(decode(&[1, 1, 0]), Err(WireError::Version(1)));
+        assert_eq!(decode(&[2, 0, 0]), Err(WireError::Malformed(1)));
+        // Counts far beyond what the bytes hold are refused before any allocation.
+        assert_eq!(decode(&[2, 0xff, 0x0f]), Err(WireError::Length(3)));
         for cut in 1..msg.len() {
             assert!(decode(&msg[..cut]).is_err(), "cut at {cut}");
         }
         let mut longer = msg.clone();
         longer.push(0);
         assert_eq!(decode(&longer), Err(WireError::Length(msg.len())));
-        let mut upper = msg.clone();
-        upper[1 + 2 + 1 + 5] = b'A'; // an upper-case hex digit in the epoch
-        assert_eq!(decode(&upper), Err(WireError::Malformed(9)));
-        let mut flags = msg.clone();
-        flags[1 + 2 + 1 + 5 + 16 + 16] = 2;
-        assert_eq!(decode(&flags), Err(WireError::Malformed(41)));
-        let mut body_len = msg.clone();
-        let at = 1 + 2 + 1 + 5 + 16 + 16 + 1;
-        body_len[at..at + 4].copy_from_slice(&(MAX_BODY as u32 + 1).to_le_bytes());
-        assert_eq!(decode(&body_len), Err(WireError::Malformed(at)));
+        let bad = |at: usize, bytes: &[u8]| {
+            let mut m = msg.clone();
+            m[at..at + bytes.len()].copy_from_slice(bytes);
+            decode(&m).map(|_| ())
+        };
+        assert_eq!(bad(9, b"A"), Err(WireError::Malformed(9)), "upper-case hex");
+        assert_eq!(
+            bad(25, &0u64.to_le_bytes()),
+            Err(WireError::Malformed(25)),
+            "seq 0"
+        );
+        assert_eq!(
+            bad(35, &[1, 0]),
+            Err(WireError::Malformed(35)),
+            "no such user"
+        );
+        assert_eq!(bad(45, &[2]), Err(WireError::Malformed(45)), "flags");
+        let too_long = (MAX_BODY as u32 + 1).to_le_bytes();
+        assert_eq!(bad(46, &too_long), Err(WireError::Malformed(46)));
+        // Two users, the second without an event; and one user listed twice.
+        let raw = |users: &[&[u8]], events: u16| {
+            let mut m = vec![VERSION];
+            m.extend_from_slice(&(users.len() as u16).to_le_bytes());
+            for u in users {
+                m.push(u.len() as u8);
+                m.extend_from_slice(u);
+                m.extend_from_slice(&epoch_hex(1));
+                m.extend_from_slice(&1u64.to_le_bytes());
+            }
+            m.extend_from_slice(&events.to_le_bytes());
+            for i in 0..events {
+                m.extend_from_slice(&i.to_le_bytes());
+                m.extend_from_slice(&[0; 9]);
+                m.extend_from_slice(&0u32.to_le_bytes());
+            }
+            m
+        };
+        assert_eq!(decode(&raw(&[b"ab", b"cd"], 2)).unwrap().len(), 2);
+        let count_at = 1 + 2 + 2 * 27;
+        let one_event = raw(&[b"ab", b"cd"], 1);
+        assert_eq!(decode(&one_event), Err(WireError::Malformed(count_at)));
+        assert_eq!(
+            decode(&raw(&[b"ab", b"ab"], 2)),
+            Err(WireError::Malformed(1 + 2 + 27))
+        );
     }
 
     #[test]
@@ -259,27 +372,24 @@ mod tests {
     proptest! {
         #[test]
         fn any_batch_reads_back(
-            events in prop::collection::vec(
-                (
-                    prop::collection::vec(any::<u8>(), 1..=255),
-                    any::<u64>(),
-                    any::<u64>(),
-                    any::<u64>(),
-                    any::<bool>(),
-                    prop::collection::vec(any::<u8>(), 0..300),
-                ),
-                1..20,
-            )
+            picks in prop::collection::vec((0usize..5, any::<u64>(), any::<bool>(),
+                prop::collection::vec(any::<u8>(), 0..300)), 1..40),
+            ids in prop::collection::vec(prop::collection::vec(any::<u8>(), 1..=255), 5),
+            firsts in prop::collection::vec(1u64..u64::MAX / 2, 5),
+            epochs in prop::collection::vec(any::<u64>(), 5),
         ) {
-            let events: Vec<WireEvent<'_>> = events
+            // Users with distinct ids; each user's events get consecutive seqs.
+            let mut ids = ids;
+            for (i, id) in ids.iter_mut().enumerate() {
+                id[0] = i as u8;
+            }
+            let mut next = firsts.clone();
+            let events: Vec<WireEvent<'_>> = picks
                 .iter()
-                .map(|(user, epoch, seq, ts, needs_ack, body)| WireEvent {
-                    user,
-                    epoch: *epoch,
-                    seq: *seq,
-                    ts: *ts,
-                    needs_ack: *needs_ack,
-                    body,
+                .map(|(u, ts, ack, body)| {
+                    let seq = next[*u];
+                    next[*u] += 1;
+                    WireEvent { user: &ids[*u], epoch: epochs[*u], seq, ts: *ts, needs_ack: *ack, body }
                 })
                 .collect();
             let mut msg = Vec::new();

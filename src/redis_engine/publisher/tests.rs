@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::record;
-use crate::redis_engine::testing::RedisServer;
+use crate::redis_engine::testing::{RedisServer, StreamEntry};
 use crate::ring::{self, Producer};
 
 /// A publisher thread for node `node` on the Redis at `port`, and its rings' producers.
@@ -49,7 +49,7 @@ fn start_with(
     let stop = Arc::new(AtomicBool::new(false));
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
     let publisher = Publisher::new(
-        Sequencer::new("p", node, 1 << 20),
+        Sequencer::new("p", node, 1 << 20, 1 << 20),
         client,
         rx,
         parker,
@@ -203,19 +203,36 @@ fn redis_away_at_first_then_up_holds_every_event_back_and_loses_none() {
         run.stop();
         return;
     };
-    let mut sub = subscriber(&server);
-    let mut sub = sub.as_pubsub();
-    sub.subscribe("p:events").unwrap();
-    // Whatever went out before the subscription is in the stream; read the rest live.
-    let got = collect(&mut sub, 500, Duration::from_secs(15));
-    let live: usize = got.values().map(Vec::len).sum();
+    // Every event is sequenced once: alice's counter reaches 500, and the log holds her
+    // events 1 to 500, once each, in the order emitted.
     let mut conn = server.connect().unwrap();
-    let len: usize = redis::cmd("XLEN")
-        .arg("p:{alice}:l")
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let top: Option<u64> = redis::cmd("HGET")
+            .arg("p:{alice}:m")
+            .arg("seq")
+            .query(&mut conn)
+            .unwrap();
+        if top == Some(500) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "sequenced: {top:?} of 500");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let log: Vec<StreamEntry> = redis::cmd("XRANGE")
+        .arg("p:log")
+        .arg("-")
+        .arg("+")
         .query(&mut conn)
         .unwrap();
-    assert_eq!(len, 500, "every event sequenced once");
-    assert!(live <= 500);
+    let mut seen = Vec::new();
+    for (_, fields) in &log {
+        for e in wire::decode(&fields[0].1).unwrap() {
+            let v: serde_json::Value = serde_json::from_slice(&[b"{", e.body].concat()).unwrap();
+            seen.push((e.seq, v["k"].as_u64().unwrap()));
+        }
+    }
+    assert_eq!(seen, (1..=500).map(|s| (s, s - 1)).collect::<Vec<_>>());
     assert_eq!(run.stop(), 0);
     assert!(run.stats.connected.load(Ordering::Relaxed));
 }
@@ -271,9 +288,9 @@ fn connections_cut_again_and_again_lose_and_double_nothing() {
 }
 
 /// Not a test: the figures of perf/<date>-redis-sequencing.md (`scripts/redis-sequencing`).
-/// A backlog of EVENTS (default 200,000) events of 150-byte bodies from two emitters over 1000
-/// users goes through the publisher and one local `redis-server`; prints events per second,
-/// events per round trip, and the Redis server's CPU per million events.
+/// A backlog of EVENTS (default 200,000) events of 150-byte bodies from two emitters over USERS
+/// users (default 1000) goes through the publisher and one local `redis-server`; prints events
+/// per second, events per round trip, and the Redis server's CPU per million events.
 #[test]
 #[ignore = "a measurement, run by scripts/redis-sequencing"]
 fn measure_sequencing() {
@@ -281,7 +298,8 @@ fn measure_sequencing() {
         return;
     };
     let events: u64 = std::env::var("EVENTS").map_or(200_000, |v| v.parse().unwrap());
-    let users: Vec<String> = (0..1000).map(|u| format!("user-{u}")).collect();
+    let n_users: u64 = std::env::var("USERS").map_or(1000, |v| v.parse().unwrap());
+    let users: Vec<String> = (0..n_users).map(|u| format!("user-{u}")).collect();
     let pad = "x".repeat(120);
     let mut conn = server.connect().unwrap();
     let cpu = |conn: &mut redis::Connection| -> f64 {
@@ -302,7 +320,7 @@ fn measure_sequencing() {
                 format!("\"type\":\"agent_thinking\",\"k\":{k},\"data\":{{\"pad\":\"{pad}\"}}}}");
             push(
                 &mut producers[(k % 2) as usize],
-                &users[(k % 1000) as usize],
+                &users[(k % n_users) as usize],
                 k,
                 &body,
             );
@@ -322,7 +340,7 @@ fn measure_sequencing() {
     assert_eq!(run.stop(), 0);
     let batches = run.stats.batches.load(Ordering::Relaxed);
     println!(
-        "redis-sequencing: events={events} seconds={took:.3} events_per_sec={:.0} round_trips={batches} events_per_round_trip={:.0} redis_cpu_seconds={cpu_used:.3} redis_cpu_seconds_per_million_events={:.2}",
+        "redis-sequencing: users={n_users} events={events} seconds={took:.3} events_per_sec={:.0} round_trips={batches} events_per_round_trip={:.0} redis_cpu_seconds={cpu_used:.3} redis_cpu_seconds_per_million_events={:.2}",
         events as f64 / took,
         events as f64 / batches as f64,
         cpu_used * 1e6 / events as f64

@@ -5,11 +5,8 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use super::*;
-use crate::redis_engine::testing::RedisServer;
+use crate::redis_engine::testing::{RedisServer, StreamEntry};
 use crate::redis_engine::wire;
-
-/// A stream entry as XRANGE answers: its id and its fields.
-type StreamEntry = (String, Vec<(String, Vec<u8>)>);
 
 /// Runs of `cmd` so far that did not fail (`commandstats` calls less failed calls: an EVALSHA
 /// that finds no script, before the script is loaded, is a failed call).
@@ -42,7 +39,7 @@ fn batches_from_two_nodes_give_each_user_one_gapless_sequence_published_in_order
     // A subscriber that sees every published batch, as every node's will.
     let mut sub = server.connect().unwrap();
     let mut pubsub = sub.as_pubsub();
-    let seq = Sequencer::new("fg", 99, 100_000);
+    let seq = Sequencer::new("fg", 99, 100_000, 100_000);
     pubsub.subscribe(seq.channel()).unwrap();
     pubsub
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -53,7 +50,7 @@ fn batches_from_two_nodes_give_each_user_one_gapless_sequence_published_in_order
             let (users, start, mut conn) =
                 (users.clone(), start.clone(), server.connect().unwrap());
             std::thread::spawn(move || {
-                let seq = Sequencer::new("fg", node as u64, 100_000);
+                let mut seq = Sequencer::new("fg", node as u64, 100_000, 100_000);
                 let mut assigned = Vec::new();
                 start.wait();
                 for b in 0..BATCHES {
@@ -130,53 +127,73 @@ fn batches_from_two_nodes_give_each_user_one_gapless_sequence_published_in_order
 }
 
 #[test]
-fn a_stream_keeps_its_last_events_and_its_first_epoch() {
-    let Some(server) = RedisServer::start("seq-stream") else {
+fn the_log_keeps_each_batch_and_each_user_finds_its_events_by_seq() {
+    let Some(server) = RedisServer::start("seq-log") else {
         return;
     };
     let mut conn = server.connect().unwrap();
-    let seq = Sequencer::new("t", 1, 100);
-    for round in 0..10u64 {
+    let mut seq = Sequencer::new("t", 1, 5, 5);
+    // 300 batches: enough for trimming, which is approximate (whole nodes of 100 entries).
+    for round in 0..300u64 {
+        // Alice's events and Bob's, interleaved; every third of Alice's needs an ack.
         let events: Vec<Pending<'_>> = (0..100)
-            .map(|_| Pending {
-                user: b"alice",
+            .map(|i| Pending {
+                user: if i % 4 == 0 {
+                    &b"bob"[..]
+                } else {
+                    &b"alice"[..]
+                },
                 ts: round,
-                needs_ack: round % 2 == 1,
+                needs_ack: i % 3 == 1,
                 body: b"\"type\":\"x\"}",
             })
             .collect();
         let got = seq.submit(&mut conn, round, 7 + round, &events).unwrap();
         assert!(got.iter().all(|a| a.epoch == 7), "the first epoch stays");
-        assert_eq!(got.last().unwrap().seq, 100 * (round + 1));
+        assert_eq!(got[99].seq, 75 * (round + 1), "alice's last");
+        assert_eq!(got[96].seq, 25 * (round + 1), "bob's last");
     }
     let len: u64 = redis::cmd("XLEN")
-        .arg(seq.key(b"alice", b'l'))
+        .arg(seq.log_key())
         .query(&mut conn)
         .unwrap();
-    assert!((100..200).contains(&len), "about the last 100 kept: {len}");
-    // Entries are addressed by seq, so a resume reads `XRANGE (<cursor>-0 +`.
-    let last: Vec<StreamEntry> = redis::cmd("XREVRANGE")
-        .arg(seq.key(b"alice", b'l'))
-        .arg("+")
+    assert!(
+        (5..=150).contains(&len),
+        "about the last 5 batches kept: {len}"
+    );
+    // Alice's index: one entry per batch, by the batch's first seq of hers.
+    let index: Vec<StreamEntry> = redis::cmd("XRANGE")
+        .arg(seq.key(b"alice", b'i'))
         .arg("-")
-        .arg("COUNT")
-        .arg(1)
+        .arg("+")
         .query(&mut conn)
         .unwrap();
-    assert_eq!(last[0].0, "1000-0");
-    let fields: BTreeMap<&str, &[u8]> = last[0]
-        .1
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_slice()))
+    assert!((5..=150).contains(&index.len()), "{}", index.len());
+    let (first_id, fields) = index.last().unwrap();
+    assert_eq!(first_id, "22426-0", "the last batch's first seq of alice's");
+    // That entry names the batch in the log, which holds her 75 events of that batch.
+    let log_id = String::from_utf8(fields[0].1.clone()).unwrap();
+    let entry: Vec<StreamEntry> = redis::cmd("XRANGE")
+        .arg(seq.log_key())
+        .arg(&log_id)
+        .arg(&log_id)
+        .query(&mut conn)
+        .unwrap();
+    let message = &entry[0].1[0].1;
+    let alice: Vec<_> = wire::decode(message)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.user == b"alice")
         .collect();
-    assert_eq!(fields["t"], 9u64.to_le_bytes());
-    assert_eq!(fields["f"], [1]);
-    assert_eq!(fields["b"], b"\"type\":\"x\"}");
+    assert_eq!(alice.len(), 75);
+    assert_eq!(alice[0].seq, 22426);
+    assert_eq!(alice[74].seq, 22500);
+    assert!(alice.iter().all(|e| e.ts == 299 && e.epoch == 7));
     let meta: BTreeMap<String, String> = redis::cmd("HGETALL")
         .arg(seq.key(b"alice", b'm'))
         .query(&mut conn)
         .unwrap();
-    assert_eq!(meta["seq"], "1000");
+    assert_eq!(meta["seq"], "22500");
     assert_eq!(meta["epoch"], "0000000000000007");
 }
 
@@ -188,7 +205,7 @@ fn a_batch_submitted_again_runs_once_and_gets_its_first_answer() {
     let mut conn = server.connect().unwrap();
     let mut sub = server.connect().unwrap();
     let mut pubsub = sub.as_pubsub();
-    let seq = Sequencer::new("r", 5, 1000);
+    let mut seq = Sequencer::new("r", 5, 1000, 1000);
     pubsub.subscribe(seq.channel()).unwrap();
     pubsub
         .set_read_timeout(Some(Duration::from_millis(300)))
@@ -210,7 +227,7 @@ fn a_batch_submitted_again_runs_once_and_gets_its_first_answer() {
     let next = seq.submit(&mut conn, 2, 0xe, &events(b"u")).unwrap();
     assert_eq!(next.iter().map(|a| a.seq).collect::<Vec<_>>(), [4, 5, 6]);
     // Another node's batch 1 is its own.
-    let other = Sequencer::new("r", 6, 1000);
+    let mut other = Sequencer::new("r", 6, 1000, 1000);
     let theirs = other.submit(&mut conn, 1, 0xe, &events(b"u")).unwrap();
     assert_eq!(theirs.iter().map(|a| a.seq).collect::<Vec<_>>(), [7, 8, 9]);
     // Three batches published, not four.
@@ -222,8 +239,8 @@ fn a_batch_submitted_again_runs_once_and_gets_its_first_answer() {
     }
     assert_eq!(published, (1..=9).collect::<Vec<_>>());
     let len: u64 = redis::cmd("XLEN")
-        .arg(seq.key(b"u", b'l'))
+        .arg(seq.log_key())
         .query(&mut conn)
         .unwrap();
-    assert_eq!(len, 9);
+    assert_eq!(len, 3, "three batches stored, not four");
 }

@@ -6,8 +6,10 @@
 //! engine setting uses them, only their tests do.
 #![cfg_attr(not(test), allow(dead_code))]
 
+mod backoff;
 pub(crate) mod publisher;
 pub(crate) mod sequencer;
+pub(crate) mod subscriber;
 #[cfg(test)]
 pub(crate) mod testing;
 pub(crate) mod wire;

@@ -19,6 +19,7 @@ use std::time::Duration;
 use crossbeam_channel::Receiver;
 use crossbeam_utils::sync::Parker;
 
+use super::backoff::Backoff;
 use super::sequencer::{Pending, Sequencer};
 use super::wire;
 use crate::receipt::{Progress, ReceiptBoard};
@@ -31,11 +32,6 @@ pub(crate) const MAX_BATCH_EVENTS: usize = 1024;
 /// Bytes of event bodies in one batch, at most (a batch holds at least one event, however
 /// large).
 pub(crate) const MAX_BATCH_BYTES: usize = 1 << 20;
-
-/// The first wait after a failed round trip; it doubles up to [`MAX_BACKOFF`], each wait
-/// drawn between half of it and all of it (jitter), and starts again after a success.
-const FIRST_BACKOFF: Duration = Duration::from_millis(50);
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// How long the thread sleeps with nothing to do before it looks again (emitters wake it).
 const IDLE: Duration = Duration::from_millis(100);
@@ -101,8 +97,7 @@ pub(crate) struct Publisher {
     number: u64,
     /// Epochs of streams this node starts.
     epoch_seed: u64,
-    backoff: Duration,
-    rng: u64,
+    backoff: Backoff,
 }
 
 impl Publisher {
@@ -116,10 +111,7 @@ impl Publisher {
         receipts: Arc<ReceiptBoard>,
         stats: Arc<PublisherStats>,
     ) -> Publisher {
-        let mut seed = [0u8; 8];
-        // A failing OS random source only makes the jitter and new epochs predictable.
-        let _ = getrandom::fill(&mut seed);
-        let rng = u64::from_le_bytes(seed) | 1;
+        let mut backoff = Backoff::new();
         Publisher {
             sequencer,
             client,
@@ -131,9 +123,8 @@ impl Publisher {
             stats,
             batch: Batch::default(),
             number: 1,
-            epoch_seed: rng.rotate_left(17),
-            backoff: FIRST_BACKOFF,
-            rng,
+            epoch_seed: backoff.random(),
+            backoff,
         }
     }
 
@@ -162,7 +153,7 @@ impl Publisher {
                 if stop.load(Ordering::Acquire) {
                     return self.batch.spans.len() + self.pending();
                 }
-                let wait = self.jittered();
+                let wait = self.backoff.next_wait();
                 self.parker.park_timeout(wait);
             }
         }
@@ -254,7 +245,7 @@ impl Publisher {
                 self.conn = Some(conn);
                 self.batch.clear();
                 self.number += 1;
-                self.backoff = FIRST_BACKOFF;
+                self.backoff.reset();
                 true
             }
             Err(e) => self.failed(&e),
@@ -263,22 +254,10 @@ impl Publisher {
 
     fn failed(&mut self, e: &redis::RedisError) -> bool {
         self.stats.failures.fetch_add(1, Ordering::Relaxed);
-        if self.stats.connected.swap(false, Ordering::Relaxed) || self.backoff == FIRST_BACKOFF {
+        if self.stats.connected.swap(false, Ordering::Relaxed) || self.backoff.is_first() {
             tracing::warn!(error = %e, "redis: a batch could not be sequenced; holding events back and retrying");
         }
         false
-    }
-
-    /// The next wait: between half of the backoff and all of it; the backoff then doubles.
-    fn jittered(&mut self) -> Duration {
-        // xorshift64: jitter needs no more.
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        let half = self.backoff / 2;
-        let wait = half + half.mul_f64((self.rng % 1000) as f64 / 1000.0);
-        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
-        wait
     }
 }
 

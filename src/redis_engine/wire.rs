@@ -175,17 +175,16 @@ pub(crate) fn encode(out: &mut Vec<u8>, events: &[WireEvent<'_>]) {
         "1 to MAX_BATCH events"
     );
     let mut users: Vec<&WireEvent<'_>> = Vec::new();
-    let mut numbers: Vec<u16> = Vec::with_capacity(events.len());
-    for e in events {
-        let n = match users.iter().position(|u| u.user == e.user) {
-            Some(n) => n,
-            None => {
+    let mut number: std::collections::HashMap<&[u8], u16> = std::collections::HashMap::new();
+    let numbers: Vec<u16> = events
+        .iter()
+        .map(|e| {
+            *number.entry(e.user).or_insert_with(|| {
                 users.push(e);
-                users.len() - 1
-            }
-        };
-        numbers.push(n as u16);
-    }
+                (users.len() - 1) as u16
+            })
+        })
+        .collect();
     out.push(VERSION);
     out.extend_from_slice(&(users.len() as u16).to_le_bytes());
     for u in &users {

@@ -7,9 +7,10 @@
 //! in flight, events wait in the rings, so the busier the node the larger its batches.
 //!
 //! Nothing is dropped. A batch is copied out of the rings before it is submitted and kept until
-//! Redis answers for it; a failed round trip (Redis down, connection cut) is retried with the
-//! same batch number, after a backoff with jitter, on a new connection, and the sequencing
-//! script runs each numbered batch at most once. While Redis does not answer, the rings fill
+//! Redis answers for it; a failed round trip is retried with the same batch number on a new
+//! connection, and the sequencing script runs each numbered batch at most once. The wait before
+//! the retry grows (with jitter) only while no connection can be made; a round trip cut on a
+//! connection that was made waits the first wait, so a burst of cuts does not stall the node. While Redis does not answer, the rings fill
 //! and `emit` returns `Full`: emits are held back, never lost.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -81,6 +82,29 @@ impl Batch {
     }
 }
 
+/// How a round trip ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Redis answered for the batch.
+    Answered,
+    /// No connection could be made.
+    Unreachable,
+    /// A connection was made (or kept) but the round trip failed on it.
+    Cut,
+}
+
+/// The wait before the batch is tried again after `outcome`. Only a Redis that cannot be
+/// reached makes the waits grow: a round trip cut on a connection that was made (a connection
+/// killed, a failover) is tried again after the first wait, so a burst of cuts does not stall
+/// the node for seconds.
+fn wait_after(backoff: &mut Backoff, outcome: Outcome) -> Duration {
+    debug_assert_ne!(outcome, Outcome::Answered);
+    if outcome == Outcome::Cut {
+        backoff.reset();
+    }
+    backoff.next_wait()
+}
+
 /// The publisher's state; [`Publisher::run`] is the thread's body.
 pub(crate) struct Publisher {
     sequencer: Sequencer,
@@ -149,11 +173,12 @@ impl Publisher {
                     continue;
                 }
             }
-            if !self.submit() {
+            let outcome = self.submit();
+            if outcome != Outcome::Answered {
                 if stop.load(Ordering::Acquire) {
                     return self.batch.spans.len() + self.pending();
                 }
-                let wait = self.backoff.next_wait();
+                let wait = wait_after(&mut self.backoff, outcome);
                 self.parker.park_timeout(wait);
             }
         }
@@ -195,8 +220,8 @@ impl Publisher {
         }
     }
 
-    /// One round trip for the batch. True when Redis answered for it.
-    fn submit(&mut self) -> bool {
+    /// One round trip for the batch.
+    fn submit(&mut self) -> Outcome {
         let conn = match self.conn.take() {
             Some(c) => c,
             None => match self.client.get_connection_with_timeout(ROUND_TRIP_TIMEOUT) {
@@ -205,7 +230,10 @@ impl Publisher {
                     let _ = c.set_write_timeout(Some(ROUND_TRIP_TIMEOUT));
                     c
                 }
-                Err(e) => return self.failed(&e),
+                Err(e) => {
+                    self.failed(&e);
+                    return Outcome::Unreachable;
+                }
             },
         };
         let mut conn = conn;
@@ -246,18 +274,20 @@ impl Publisher {
                 self.batch.clear();
                 self.number += 1;
                 self.backoff.reset();
-                true
+                Outcome::Answered
             }
-            Err(e) => self.failed(&e),
+            Err(e) => {
+                self.failed(&e);
+                Outcome::Cut
+            }
         }
     }
 
-    fn failed(&mut self, e: &redis::RedisError) -> bool {
+    fn failed(&mut self, e: &redis::RedisError) {
         self.stats.failures.fetch_add(1, Ordering::Relaxed);
         if self.stats.connected.swap(false, Ordering::Relaxed) || self.backoff.is_first() {
             tracing::warn!(error = %e, "redis: a batch could not be sequenced; holding events back and retrying");
         }
-        false
     }
 }
 

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::record;
+use crate::redis_engine::backoff::Backoff;
 use crate::redis_engine::testing::{RedisServer, StreamEntry};
 use crate::ring::{self, Producer};
 
@@ -237,19 +238,18 @@ fn redis_away_at_first_then_up_holds_every_event_back_and_loses_none() {
     assert!(run.stats.connected.load(Ordering::Relaxed));
 }
 
-#[test]
-fn connections_cut_again_and_again_lose_and_double_nothing() {
-    let Some(server) = RedisServer::start("pub-cut") else {
-        return;
-    };
+/// Emits 20,000 events while another client cuts the publisher's connection every `every`;
+/// checks every event is published once, in order, and returns the cuts and the retried round
+/// trips.
+fn under_cuts(name: &str, every: Duration) -> Option<(u64, u64)> {
+    let server = RedisServer::start(name)?;
     let mut sub = subscriber(&server);
     let mut sub = sub.as_pubsub();
     sub.subscribe("p:events").unwrap();
     let mut run = start(server.port, 3, 1, 1 << 20);
-    // Another client cuts every normal connection (the publisher's; not the subscriber's)
-    // every 20 ms while events flow for about 2 s: some cuts land while a batch is on its
-    // way, some between the script's run and its answer (the retry then gets the first
-    // run's answer), some on a connection just made.
+    // Another client cuts every normal connection (the publisher's; not the subscriber's):
+    // some cuts land while a batch is on its way, some between the script's run and its
+    // answer (the retry then gets the first run's answer), some on a connection just made.
     let cutting = Arc::new(AtomicBool::new(true));
     let killer = {
         let (cutting, mut conn) = (cutting.clone(), server.connect().unwrap());
@@ -261,7 +261,7 @@ fn connections_cut_again_and_again_lose_and_double_nothing() {
                     .query(&mut conn)
                     .unwrap_or(0);
                 cuts += n;
-                std::thread::sleep(Duration::from_millis(20));
+                std::thread::sleep(every);
             }
             cuts
         })
@@ -277,14 +277,41 @@ fn connections_cut_again_and_again_lose_and_double_nothing() {
     let cuts = killer.join().unwrap();
     assert_eq!(run.stop(), 0);
     assert_once_in_order(&got, 20_000);
-    let failures = run.stats.failures.load(Ordering::Relaxed);
+    Some((cuts, run.stats.failures.load(Ordering::Relaxed)))
+}
+
+#[test]
+fn connections_cut_again_and_again_lose_and_double_nothing() {
+    let Some((cuts, failures)) = under_cuts("pub-cut", Duration::from_millis(20)) else {
+        return;
+    };
     assert!(
         cuts > 0 && failures > 0,
         "{cuts} cuts, {failures} failed round trips"
     );
-    eprintln!(
-        "publisher: {cuts} connections cut, {failures} round trips retried, 20000 events once each"
+    eprintln!("publisher: {cuts} connections cut every 20 ms, {failures} round trips retried, 20000 events once each");
+}
+
+#[test]
+fn only_an_unreachable_redis_makes_the_waits_grow() {
+    let mut b = Backoff::new();
+    let first = b.next_wait();
+    b.reset();
+    for _ in 0..10 {
+        let w = wait_after(&mut b, Outcome::Cut);
+        assert!(
+            w <= Duration::from_millis(50),
+            "a cut waits the first wait: {w:?}"
+        );
+    }
+    let waits: Vec<Duration> = (0..10)
+        .map(|_| wait_after(&mut b, Outcome::Unreachable))
+        .collect();
+    assert!(
+        waits[9] >= Duration::from_secs(1),
+        "{waits:?} (first {first:?})"
     );
+    assert!(wait_after(&mut b, Outcome::Cut) <= Duration::from_millis(50));
 }
 
 /// Not a test: the figures of perf/<date>-redis-sequencing.md (`scripts/redis-sequencing`).

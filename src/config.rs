@@ -33,6 +33,58 @@ impl std::fmt::Debug for JwtKey {
     }
 }
 
+/// Where streams are sequenced and kept: this process alone, or Redis shared by several
+/// gateway nodes (docs/SCALING.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Engine {
+    /// This process sequences every stream and keeps its history (and spool, if any).
+    #[default]
+    Local,
+    /// Every node sequences through one Redis (`redis_url`): a user's connections, producers
+    /// and resumes may land on any node. Needs the crate's `redis` feature.
+    Redis,
+}
+
+impl std::str::FromStr for Engine {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "local" => Ok(Engine::Local),
+            "redis" => Ok(Engine::Redis),
+            other => Err(format!("`{other}`: expected `local` or `redis`")),
+        }
+    }
+}
+
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Engine::Local => "local",
+            Engine::Redis => "redis",
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Engine {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A Redis URL (`redis://[user:password@]host:port[/db]`); `Debug` hides a password.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct RedisUrl(pub String);
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.split_once('@') {
+            Some((_, host)) => write!(f, "RedisUrl(redis://<credentials>@{host})"),
+            None => write!(f, "RedisUrl({})", self.0),
+        }
+    }
+}
+
 /// The smallest HS256 secret accepted, in bytes (RFC 7518 section 3.2: at least 256 bits).
 pub const MIN_HS256_SECRET: usize = 32;
 
@@ -103,6 +155,11 @@ pub(crate) struct Config {
     pub ingest_idle_timeout: Duration,
     pub ingest_dedupe_window: Duration,
     pub ingest_dedupe_capacity: usize,
+    pub engine: Engine,
+    /// Where the Redis engine's Redis is (required with it, refused without).
+    pub redis_url: Option<RedisUrl>,
+    /// The prefix of every Redis key and channel of this deployment.
+    pub redis_prefix: String,
 }
 
 impl Config {
@@ -158,6 +215,9 @@ impl Config {
             ingest_idle_timeout: Duration::from_secs(60),
             ingest_dedupe_window: Duration::from_secs(600),
             ingest_dedupe_capacity: 100_000,
+            engine: Engine::Local,
+            redis_url: None,
+            redis_prefix: "floodgate".into(),
         }
     }
 
@@ -197,6 +257,7 @@ impl Config {
             spool_checkpoint_bytes: checkpoint_spacing(self.spool_segment_bytes),
             ack_timeout: self.ack_timeout,
             ack_max_pending: self.ack_max_pending,
+            redis: self.engine == Engine::Redis,
         }
     }
 
@@ -243,6 +304,7 @@ impl Config {
                 ));
             }
         }
+        self.validate_engine()?;
         if let JwtKey::Hs256(secret) = &self.jwt {
             if secret.len() < MIN_HS256_SECRET {
                 return Err(err(
@@ -511,6 +573,78 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The engine settings: `redis_url` goes with `engine = "redis"` and only with it, the
+    /// build must have the Redis engine, and the spool (this process's log) is the local
+    /// engine's.
+    fn validate_engine(&self) -> Result<(), ConfigError> {
+        let err = ConfigError::new;
+        let p = &self.redis_prefix;
+        if p.is_empty()
+            || p.len() > 64
+            || !p
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        {
+            return Err(err(
+                "redis_prefix",
+                "must be 1 to 64 characters from A-Z a-z 0-9 _ . -",
+            ));
+        }
+        match (self.engine, &self.redis_url) {
+            (Engine::Local, None) => return Ok(()),
+            (Engine::Local, Some(_)) => {
+                return Err(err(
+                    "redis_url",
+                    "has no effect with engine = \"local\": set engine = \"redis\" \
+                     (--engine redis, FLOODGATE_ENGINE=redis) too, or leave redis_url out",
+                ))
+            }
+            (Engine::Redis, None) => {
+                return Err(err(
+                    "redis_url",
+                    "is required with engine = \"redis\" (--redis-url, FLOODGATE_REDIS_URL), \
+                     for example redis://127.0.0.1:6379",
+                ))
+            }
+            (Engine::Redis, Some(RedisUrl(url))) => {
+                if !cfg!(feature = "redis") {
+                    return Err(err(
+                        "engine",
+                        "\"redis\" is not in this build: build floodgate with the `redis` \
+                         feature (the command-line build has it)",
+                    ));
+                }
+                if !(url.starts_with("redis://") || url.starts_with("redis+unix://"))
+                    || url.len() > 1024
+                {
+                    return Err(err(
+                        "redis_url",
+                        "must be a redis:// URL of at most 1024 bytes, such as \
+                         redis://127.0.0.1:6379 or redis://:password@host:6379/0 (TLS, \
+                         rediss://, is not supported yet)",
+                    ));
+                }
+                #[cfg(feature = "redis")]
+                if let Err(e) = redis::Client::open(url.as_str()) {
+                    return Err(ConfigError::new(
+                        "redis_url",
+                        format!("is not a usable Redis URL: {e}"),
+                    ));
+                }
+            }
+        }
+        if self.spool_dir.is_some() {
+            return Err(err(
+                "spool_dir",
+                "conflicts with engine = \"redis\": Redis keeps the streams; leave spool_dir \
+                 out",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Calls macro `$m` with the names of every [`Settings`] field that maps one-to-one onto a
 /// [`Config`] field of the same name and type (all but `bind`, the JWT keys and the optional
 /// paths). The one list
@@ -559,7 +693,9 @@ macro_rules! with_plain_settings {
             ingest_max_connections,
             ingest_idle_timeout,
             ingest_dedupe_window,
-            ingest_dedupe_capacity
+            ingest_dedupe_capacity,
+            engine,
+            redis_prefix
         )
     };
 }
@@ -910,6 +1046,32 @@ pub struct Settings {
         arg(long, env = "FLOODGATE_INGEST_DEDUPE_CAPACITY", value_name = "N")
     )]
     pub ingest_dedupe_capacity: Option<usize>,
+    /// Where streams are sequenced and kept: `local` (this process) or `redis` (several
+    /// gateway nodes share one Redis 7 at redis_url; docs/SCALING.md) [default: local]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "FLOODGATE_ENGINE", value_name = "local|redis")
+    )]
+    pub engine: Option<Engine>,
+    /// The Redis of engine = "redis", as redis://[user:password@]host:port[/db] [default:
+    /// unset; required with engine = "redis"]
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long,
+            env = "FLOODGATE_REDIS_URL",
+            value_name = "URL",
+            hide_env_values = true
+        )
+    )]
+    pub redis_url: Option<String>,
+    /// The prefix of every Redis key and channel, so several deployments can share one Redis
+    /// [default: floodgate]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "FLOODGATE_REDIS_PREFIX", value_name = "PREFIX")
+    )]
+    pub redis_prefix: Option<String>,
 }
 
 /// The largest config file read.
@@ -969,6 +1131,7 @@ impl Settings {
             spool_dir,
             dead_letter_file,
             ingest_api_key,
+            redis_url,
             jwt_audience,
             jwt_issuer,
             allowed_origins

@@ -81,6 +81,9 @@ fn open_durable(
 pub struct Gateway {
     /// What its emitters share.
     emitters: Arc<EmitterShared>,
+    /// The Redis engine's publisher and log reader.
+    #[cfg(feature = "redis")]
+    redis: Option<crate::redis_engine::node::Node>,
     /// The shards, by index.
     shards: Box<[ShardHandle]>,
     /// The ingest endpoints' connection threads.
@@ -154,10 +157,16 @@ impl Gateway {
     fn stop(&mut self) -> Result<ShutdownReport, Error> {
         // Publishers first: what they emitted is in the rings, which the shards drain below.
         self.ingest.shutdown();
+        let mut report = ShutdownReport::default();
+        // On the Redis engine, what was emitted goes to Redis, and from the log (every node's
+        // events) into the shards' rings, before the shards stop.
+        #[cfg(feature = "redis")]
+        if let Some(node) = self.redis.as_mut() {
+            report.undelivered += node.stop() as u64;
+        }
         for shard in self.shards.iter() {
             shard.send(Cmd::Shutdown);
         }
-        let mut report = ShutdownReport::default();
         let mut panic = None;
         for t in self.threads.drain(..) {
             match t.join() {
@@ -290,7 +299,7 @@ impl GatewayBuilder {
         /// Bytes of each emitter-to-shard ring, a power of two from 4 KiB to 1 GiB [default 1 MiB].
         ring_capacity: usize,
         /// Largest encoded event `emit` accepts [default 64 KiB; at most a quarter of
-        /// `ring_capacity` less 280 bytes].
+        /// `ring_capacity` less 297 bytes of record overhead].
         max_event_bytes: usize,
         /// Write a connection's queued frames once this many are pending [default 1024, 1 to 65536].
         max_batch_events: usize,
@@ -393,6 +402,12 @@ impl GatewayBuilder {
         /// Idempotency keys remembered at most; past it the oldest are forgotten early
         /// [default 100 000, 1 to 10 000 000].
         ingest_dedupe_capacity: usize,
+        /// Where streams are sequenced and kept: this process, or one Redis shared by several
+        /// gateway nodes (needs `redis_url` and the `redis` feature) [default local].
+        engine: crate::config::Engine,
+        /// The prefix of every Redis key and channel: 1 to 64 characters from `A-Z a-z 0-9 _ . -`
+        /// [default `floodgate`].
+        redis_prefix: String,
     }
 
     /// Turns on the ingest endpoints for out-of-process publishers (`POST /api/publish` and
@@ -409,6 +424,14 @@ impl GatewayBuilder {
     /// [default: no spool, history in memory only].
     pub fn spool_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.cfg.spool_dir = Some(dir.into());
+        self
+    }
+
+    /// The Redis of [`Engine::Redis`](crate::Engine::Redis), as
+    /// `redis://[user:password@]host:port[/db]` [default: unset; required with that engine,
+    /// refused without it].
+    pub fn redis_url(mut self, url: impl Into<String>) -> Self {
+        self.cfg.redis_url = Some(crate::config::RedisUrl(url.into()));
         self
     }
 
@@ -466,6 +489,9 @@ impl GatewayBuilder {
         }
         if let Some(v) = s.ingest_api_key {
             self = self.ingest_api_key(v);
+        }
+        if let Some(v) = s.redis_url {
+            self = self.redis_url(v);
         }
         if let Some(v) = s.jwt_audience {
             self.cfg.jwt_audience = Some(v);
@@ -536,14 +562,19 @@ impl GatewayBuilder {
         let registry = Arc::new(Registry::new(n));
         let mut core = cfg.core();
         let boards = Boards::new(cfg.receipt_capacity);
+        let links: Box<[ShardLink]> = prepared
+            .iter()
+            .map(|p| ShardLink {
+                rings: p.rings.clone(),
+                parker: p.handle.parker.clone(),
+            })
+            .collect();
+        #[cfg(feature = "redis")]
+        let (redis, sync_requests, links) = redis_node(&cfg, links, &registry, &boards)?;
+        #[cfg(not(feature = "redis"))]
+        let sync_requests = None;
         let emitters = Arc::new(EmitterShared {
-            shards: prepared
-                .iter()
-                .map(|p| ShardLink {
-                    rings: p.rings.clone(),
-                    parker: p.handle.parker.clone(),
-                })
-                .collect(),
+            shards: links,
             registry: registry.clone(),
             ring_capacity: cfg.ring_capacity,
             max_event_bytes: cfg.max_event_bytes,
@@ -564,6 +595,7 @@ impl GatewayBuilder {
             registry,
             open: AtomicUsize::new(0),
             ingest: Box::new(ingest.clone()),
+            sync_requests,
         });
         // Epochs of this process's streams must not repeat those of an earlier run.
         core.epoch_seed = getrandom::u64().map_err(|e| Error::Io(std::io::Error::other(e)))?;
@@ -599,12 +631,65 @@ impl GatewayBuilder {
         }
         Ok(Gateway {
             emitters,
+            #[cfg(feature = "redis")]
+            redis,
             shards,
             ingest,
             threads,
             local_addr,
         })
     }
+}
+
+/// On the Redis engine, starts the node's publisher and log reader: emitters' rings then lead
+/// to the publisher instead of `shards`, and the shards get every node's events from the
+/// reader. Returns the node, where shards send sync requests, and the emitters' links.
+#[cfg(feature = "redis")]
+#[allow(clippy::type_complexity)]
+fn redis_node(
+    cfg: &Config,
+    shards: Box<[ShardLink]>,
+    registry: &Registry,
+    boards: &Boards,
+) -> Result<
+    (
+        Option<crate::redis_engine::node::Node>,
+        Option<crossbeam_channel::Sender<Box<[u8]>>>,
+        Box<[ShardLink]>,
+    ),
+    Error,
+> {
+    use crate::redis_engine::node::{Node, NodeConfig, ShardInbox};
+    let url = match &cfg.redis_url {
+        Some(url) if cfg.engine == crate::config::Engine::Redis => url,
+        _ => return Ok((None, None, shards)),
+    };
+    let inboxes: Vec<ShardInbox> = shards
+        .iter()
+        .map(|l| ShardInbox {
+            rings: l.rings.clone(),
+            parker: l.parker.clone(),
+        })
+        .collect();
+    let node_cfg = NodeConfig {
+        url: url.0.clone(),
+        prefix: cfg.redis_prefix.clone(),
+        ring_capacity: cfg.ring_capacity,
+    };
+    let (node, links) = Node::start(&node_cfg, &inboxes, boards.receipts.clone())?;
+    let stats = node.stats.clone();
+    if registry
+        .redis
+        .set(Box::new(move || stats.snapshot()))
+        .is_err()
+    {
+        unreachable!("one node per registry");
+    }
+    let to_publisher: Box<[ShardLink]> = Box::new([ShardLink {
+        rings: links.emit_rings,
+        parker: links.emit_parker,
+    }]);
+    Ok((Some(node), Some(links.sync_requests), to_publisher))
 }
 
 /// Descriptors the gateway needs besides one per connection: listener, polls, wakers, spool

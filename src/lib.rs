@@ -68,7 +68,7 @@ pub mod cli;
 struct ReadmeDoctests;
 
 pub use crate::auth::mint_hs256;
-pub use crate::config::{Settings, MIN_HS256_SECRET};
+pub use crate::config::{Engine, Settings, MIN_HS256_SECRET};
 pub use crate::core::{
     CLOSE_AUTH_REFUSED, CLOSE_DISCONNECTED, CLOSE_GOING_AWAY, CLOSE_PONG_TIMEOUT,
     CLOSE_SLOW_CONSUMER, CLOSE_TOKEN_EXPIRED,
@@ -79,7 +79,7 @@ pub use crate::error::{ConfigError, EmitError, EmitErrorKind, Error};
 pub use crate::event::{Event, EventType, NoData, MAX_TYPE_LEN, RESERVED_TYPES};
 pub use crate::gateway::{Gateway, GatewayBuilder, ShutdownReport};
 pub use crate::metrics::IngestStats;
-pub use crate::metrics::{MetricsSnapshot, Stats};
+pub use crate::metrics::{MetricsSnapshot, RedisStats, Stats};
 pub use crate::receipt::{Receipt, ReceiptStatus};
 pub use crate::record::MAX_USER_LEN;
 pub use crate::spool::{FsyncPolicy, SpoolError};

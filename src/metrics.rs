@@ -46,6 +46,8 @@ pub struct MetricsSnapshot {
     pub events_rejected_full: u64,
     /// The ingest endpoints (`/api/publish`, `/api/ingest`).
     pub ingest: IngestStats,
+    /// The Redis engine's threads (all zero on the local engine).
+    pub redis: RedisStats,
 }
 
 impl MetricsSnapshot {
@@ -407,6 +409,78 @@ const FAMILIES: &[Family] = &[
         series: &[stat!(events_dead_lettered)],
     },
     Family {
+        name: "redis_up",
+        kind: Kind::Gauge,
+        help: "Redis engine: 1 while the node's thread reaches Redis (publisher: its last round trip succeeded; reader: it reads the log), by thread; 0 on the local engine.",
+        series: &[snap!(redis.publisher_up, "{thread=\"publisher\"}"), snap!(redis.reader_up, "{thread=\"reader\"}")],
+    },
+    Family {
+        name: "redis_batches_sequenced_total",
+        kind: Kind::Counter,
+        help: "Redis engine: batches of this node's events Redis sequenced (one round trip each).",
+        series: &[snap!(redis.batches_sequenced, "")],
+    },
+    Family {
+        name: "redis_events_sequenced_total",
+        kind: Kind::Counter,
+        help: "Redis engine: this node's events Redis sequenced.",
+        series: &[snap!(redis.events_sequenced, "")],
+    },
+    Family {
+        name: "redis_failures_total",
+        kind: Kind::Counter,
+        help: "Redis engine: round trips or connections that failed, by thread (each is retried with backoff; events wait in the rings, emit returns Full once they fill).",
+        series: &[snap!(redis.publisher_failures, "{thread=\"publisher\"}"), snap!(redis.reader_failures, "{thread=\"reader\"}")],
+    },
+    Family {
+        name: "redis_log_events_read_total",
+        kind: Kind::Counter,
+        help: "Redis engine: events of every node read from the log and routed here.",
+        series: &[snap!(redis.events_read, "")],
+    },
+    Family {
+        name: "redis_log_entries_skipped_total",
+        kind: Kind::Counter,
+        help: "Redis engine: log entries that were not valid batches (skipped).",
+        series: &[snap!(redis.bad_entries, "")],
+    },
+    Family {
+        name: "redis_log_continuity_lost_total",
+        kind: Kind::Counter,
+        help: "Redis engine: times entries of the log were missed (trimmed before they were read, or lost with Redis); streams with connections are checked against Redis again and holes are sent as gaps.",
+        series: &[snap!(redis.continuity_lost, "")],
+    },
+    Family {
+        name: "redis_syncs_total",
+        kind: Kind::Counter,
+        help: "Redis engine: stream states read from Redis for a user's first connection on this node.",
+        series: &[stat!(sync_requests)],
+    },
+    Family {
+        name: "redis_events_undeliverable_total",
+        kind: Kind::Counter,
+        help: "Redis engine: events read from the log that no shard ring could take (larger than this node's rings allow).",
+        series: &[snap!(redis.undeliverable, "")],
+    },
+    Family {
+        name: "events_duplicate_total",
+        kind: Kind::Counter,
+        help: "Redis engine: events that reached a shard again (a seq already routed), dropped.",
+        series: &[stat!(events_duplicate)],
+    },
+    Family {
+        name: "stream_holes_total",
+        kind: Kind::Counter,
+        help: "Redis engine: holes in a stream this node missed, each sent to its connections as a gap (reason missed).",
+        series: &[stat!(stream_holes)],
+    },
+    Family {
+        name: "connections_closed_sync_timeout_total",
+        kind: Kind::Counter,
+        help: "Redis engine: connections closed with 1013 because Redis did not give their stream's state within 10 s.",
+        series: &[stat!(closed_sync_timeout)],
+    },
+    Family {
         name: "client_messages_ignored_total",
         kind: Kind::Counter,
         help: "Text messages from clients on /ws that were not an ack.",
@@ -555,6 +629,43 @@ impl IngestCounters {
     }
 }
 
+/// A copy of the Redis engine's counters (see the `floodgate_redis_*` series).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedisStats {
+    /// 1 while the publisher's last round trip succeeded.
+    pub publisher_up: u64,
+    /// Batches of this node's events Redis sequenced.
+    pub batches_sequenced: u64,
+    /// This node's events Redis sequenced.
+    pub events_sequenced: u64,
+    /// The publisher's failed round trips.
+    pub publisher_failures: u64,
+    /// 1 while the reader is connected to Redis.
+    pub reader_up: u64,
+    /// Events read from the log.
+    pub events_read: u64,
+    /// Log entries that were not valid batches.
+    pub bad_entries: u64,
+    /// Times entries of the log were missed.
+    pub continuity_lost: u64,
+    /// The reader's failed connections or round trips.
+    pub reader_failures: u64,
+    /// Events read that no shard ring could take.
+    pub undeliverable: u64,
+}
+
+impl RedisStats {
+    /// Whether the node reaches Redis now (for `/healthz`): its reader is connected and its
+    /// publisher's last round trip, if any failed, succeeded since.
+    pub fn reachable(&self) -> bool {
+        self.reader_up == 1 && (self.publisher_up == 1 || self.publisher_failures == 0)
+    }
+}
+
+/// Reads the Redis engine's counters (set by the gateway on that engine).
+pub(crate) type RedisSource = Box<dyn Fn() -> RedisStats + Send + Sync>;
+
 /// The per-shard published blocks of one gateway.
 pub(crate) struct Registry {
     pub shards: Box<[CachePadded<Published>]>,
@@ -562,6 +673,8 @@ pub(crate) struct Registry {
     pub rejected_full: AtomicU64,
     /// The ingest endpoints' counters (touched once per batch).
     pub ingest: IngestCounters,
+    /// The Redis engine's counters, on that engine.
+    pub redis: std::sync::OnceLock<RedisSource>,
 }
 
 impl Registry {
@@ -572,6 +685,7 @@ impl Registry {
                 .collect(),
             rejected_full: AtomicU64::new(0),
             ingest: Default::default(),
+            redis: std::sync::OnceLock::new(),
         }
     }
 
@@ -583,7 +697,29 @@ impl Registry {
         // Relaxed: an independent counter.
         snap.events_rejected_full = self.rejected_full.load(Ordering::Relaxed);
         snap.ingest = self.ingest.snapshot();
+        snap.redis = self.redis.get().map(|read| read()).unwrap_or_default();
         snap
+    }
+
+    /// On the Redis engine, why the node is not healthy (it cannot reach Redis); `None` when
+    /// it is, and always on the local engine.
+    pub(crate) fn unhealthy(&self) -> Option<String> {
+        let r = (self.redis.get()?)();
+        (!r.reachable()).then(|| {
+            format!(
+                "redis unreachable: publisher {}, log reader {}\n",
+                if r.publisher_up == 1 || r.publisher_failures == 0 {
+                    "ok"
+                } else {
+                    "failing"
+                },
+                if r.reader_up == 1 {
+                    "ok"
+                } else {
+                    "disconnected"
+                }
+            )
+        })
     }
 }
 
@@ -641,6 +777,18 @@ mod tests {
             connections: 7007,
             closed_idle: 7008,
             duplicates: 7009,
+        };
+        snap.redis = RedisStats {
+            publisher_up: 1,
+            batches_sequenced: 7010,
+            events_sequenced: 7011,
+            publisher_failures: 7012,
+            reader_up: 1,
+            events_read: 7013,
+            bad_entries: 7014,
+            continuity_lost: 7015,
+            reader_failures: 7016,
+            undeliverable: 7017,
         };
         let text = snap.to_prometheus();
         let debug = format!("{snap:?}");

@@ -139,6 +139,9 @@ pub(crate) struct Common {
     pub ingest: Box<dyn Handoff>,
     /// Open connections per peer address (for `max_connections_per_ip`).
     pub per_ip: PerIp,
+    /// The Redis engine: where users whose stream state a shard needs are sent (the node's
+    /// log reader answers in the shard's ring).
+    pub sync_requests: Option<crossbeam_channel::Sender<Box<[u8]>>>,
 }
 
 struct Handshake {
@@ -434,6 +437,13 @@ impl Shard {
             }
 
             self.write_due(now, true);
+            if let Some(tx) = &self.common.sync_requests {
+                for user in self.core.sync_requests.drain(..) {
+                    // Only fails once the reader is gone (shutdown): the connection then
+                    // waits out its sync timeout.
+                    let _ = tx.send(user);
+                }
+            }
 
             if now >= next_tick {
                 next_tick = now + TICK;
@@ -782,6 +792,18 @@ impl Shard {
                 // blocking mode.
                 let stream = std::net::TcpStream::from(std::os::fd::OwnedFd::from(hs.stream));
                 self.common.ingest.take(stream, hs.buf, endpoint);
+                return;
+            }
+            Decision::Health => {
+                // 503 on the Redis engine while Redis is out of reach: a load balancer then
+                // sends new clients to a node that can serve them.
+                let resp = match self.common.registry.unhealthy() {
+                    None => handshake::response(200, "OK", "", "text/plain", "ok\n"),
+                    Some(why) => {
+                        handshake::response(503, "Service Unavailable", "", "text/plain", &why)
+                    }
+                };
+                let _ = hs.stream.write(&resp);
                 return;
             }
             Decision::Metrics => {

@@ -4,8 +4,19 @@
 //!
 //! # Layout
 //! `ts` (u64 LE, unix ns), `flags` (u8: [`REC_ACK`] the event needs an ack, [`REC_TICKET`] a
-//! receipt ticket follows the user id), `user_len` (u8), the user id bytes, the ticket (8
-//! bytes, only with [`REC_TICKET`]), then the frame body (see [`crate::Event`]).
+//! receipt ticket follows the user id, [`REC_SEQ`] the stream's `epoch` and the event's `seq`
+//! follow, [`REC_SYNC`], [`REC_ACKED`] and [`REC_LOST`] a notice rather than an event),
+//! `user_len` (u8), the user id bytes, the ticket (8 bytes, only with [`REC_TICKET`]), `epoch`
+//! and `seq` (u64 LE each, only with [`REC_SEQ`]), then the frame body (see [`crate::Event`]).
+//!
+//! On the local engine emitters write events without `seq`: the shard gives the next one. On
+//! the Redis engine (`crate::redis_engine`) Redis gave it, and the node's subscriber writes
+//! each event with [`REC_SEQ`], and the notices:
+//! - [`REC_SYNC`] (with `epoch` and `seq`): Redis had `user`'s stream at `epoch`, `seq` when
+//!   the subscriber reached this point of the log (the answer to a shard's sync request);
+//! - [`REC_ACKED`] (with `epoch` and `seq`): a client on some node acked `user`'s events
+//!   through `seq`;
+//! - [`REC_LOST`] (no user): the subscriber may have missed part of the log.
 
 use std::hash::BuildHasher;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -13,13 +24,24 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::receipt::Ticket;
 
 /// Ring bytes a record needs beyond its body, at most: ring header (8), `ts` (8), `flags` (1),
-/// `user_len` (1), a 255-byte user id, a receipt ticket (8) and 8-byte alignment padding.
-pub(crate) const RECORD_OVERHEAD: usize = 8 + 8 + 1 + 1 + MAX_USER_LEN + 8 + 8;
+/// `user_len` (1), a 255-byte user id, a receipt ticket (8) or `epoch` and `seq` (16; never
+/// both) and 8-byte alignment padding.
+pub(crate) const RECORD_OVERHEAD: usize = 8 + 8 + 1 + 1 + MAX_USER_LEN + 16 + 8;
 
 /// Record flag: the event needs a client ack.
 pub(crate) const REC_ACK: u8 = 1;
 /// Record flag: a receipt ticket follows the user id.
 pub(crate) const REC_TICKET: u8 = 2;
+/// Record flag: the stream's `epoch` and the event's `seq` follow (the Redis engine).
+pub(crate) const REC_SEQ: u8 = 4;
+/// Record flag: a notice that Redis had the user's stream at `epoch`, `seq` (with [`REC_SEQ`]).
+pub(crate) const REC_SYNC: u8 = 8;
+/// Record flag: a notice that a client acked the user's events through `seq` (with [`REC_SEQ`]).
+pub(crate) const REC_ACKED: u8 = 16;
+/// Record flag: a notice that the subscriber may have missed part of the log (no user).
+pub(crate) const REC_LOST: u8 = 32;
+/// The flags of records only the Redis engine writes.
+pub(crate) const REC_REDIS: u8 = REC_SEQ | REC_SYNC | REC_ACKED | REC_LOST;
 
 /// The longest user id, in bytes.
 pub const MAX_USER_LEN: usize = 255;
@@ -66,12 +88,39 @@ pub(crate) fn encode(
     out.extend_from_slice(body);
 }
 
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+/// Appends a record that carries `epoch` and `seq` (the Redis engine's): an event when `flags`
+/// is [`REC_SEQ`] (with [`REC_ACK`] if it needs an ack), else a notice ([`REC_SYNC`],
+/// [`REC_ACKED`] or [`REC_LOST`], with an empty `body`).
+pub(crate) fn encode_sequenced(
+    out: &mut Vec<u8>,
+    ts_unix_ns: u64,
+    flags: u8,
+    user: &[u8],
+    epoch: u64,
+    seq: u64,
+    body: &[u8],
+) {
+    debug_assert!(flags & REC_TICKET == 0, "no ticket crosses nodes");
+    let user_len = u8::try_from(user.len()).expect("user ids are at most 255 bytes");
+    out.extend_from_slice(&ts_unix_ns.to_le_bytes());
+    out.extend_from_slice(&[flags | REC_SEQ, user_len]);
+    out.extend_from_slice(user);
+    out.extend_from_slice(&epoch.to_le_bytes());
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(body);
+}
+
 /// A parsed ring record.
 pub(crate) struct Record<'a> {
     pub ts_unix_ns: u64,
+    /// The flags byte as written.
+    pub flags: u8,
     pub needs_ack: bool,
     pub ticket: Option<Ticket>,
     pub user: &'a [u8],
+    /// `(epoch, seq)`, with [`REC_SEQ`].
+    pub sequenced: Option<(u64, u64)>,
     pub body: &'a [u8],
 }
 
@@ -86,11 +135,18 @@ impl<'a> Record<'a> {
             at += 8;
             Ticket::from_bytes(rec[at - 8..at].try_into().expect("ticket"))
         });
+        let sequenced = (flags & REC_SEQ != 0).then(|| {
+            at += 16;
+            let word = |i: usize| u64::from_le_bytes(rec[i..i + 8].try_into().expect("u64"));
+            (word(at - 16), word(at - 8))
+        });
         Record {
             ts_unix_ns,
+            flags,
             needs_ack: flags & REC_ACK != 0,
             ticket,
             user: &rec[10..10 + ulen],
+            sequenced,
             body: &rec[at..],
         }
     }
@@ -185,6 +241,18 @@ mod tests {
             (42, true, true)
         );
         assert_eq!((r.user, r.body), (&b"alice"[..], &b"\"type\":\"x\"}"[..]));
+        assert_eq!((r.flags, r.sequenced), (REC_ACK, None));
+        out.clear();
+        encode_sequenced(&mut out, 7, REC_ACK, b"bob", 0xfeed, 12, b"{}");
+        let r = Record::parse(&out);
+        assert_eq!(
+            (r.ts_unix_ns, r.needs_ack, r.ticket.is_none()),
+            (7, true, true)
+        );
+        assert_eq!(
+            (r.user, r.sequenced, r.body),
+            (&b"bob"[..], Some((0xfeed, 12)), &b"{}"[..])
+        );
         assert_eq!(shard_of(b"alice", 1), 0);
         assert!(shard_of(b"alice", 7) < 7);
     }

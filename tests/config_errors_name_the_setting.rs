@@ -109,6 +109,21 @@ fn each_invalid_setting_is_named() {
         (b().ack_timeout(Duration::ZERO), "ack_timeout"),
         (b().ack_max_pending(1 << 20), "ack_max_pending"),
         (b().receipt_capacity(0), "receipt_capacity"),
+        (b().redis_url("redis://127.0.0.1:6379"), "redis_url"),
+        (b().engine(floodgate::Engine::Redis), "redis_url"),
+        (
+            b().engine(floodgate::Engine::Redis)
+                .redis_url("http://127.0.0.1:6379"),
+            "redis_url",
+        ),
+        (
+            b().engine(floodgate::Engine::Redis)
+                .redis_url("redis://127.0.0.1:6379")
+                .spool_dir("/unused"),
+            "spool_dir",
+        ),
+        (b().redis_prefix(String::new()), "redis_prefix"),
+        (b().redis_prefix("a prefix".into()), "redis_prefix"),
     ];
     for (i, (builder, setting)) in cases.into_iter().enumerate() {
         assert_eq!(setting_of(builder), setting, "case {i}");
@@ -195,6 +210,20 @@ fn environment_mistakes_name_the_variable() {
     assert_eq!(code, Some(2), "{err}");
     assert!(
         err.contains("environment variable `FLOODGATE_MAX_CONNECTIONS` = `lots`"),
+        "{err}"
+    );
+    // An engine nobody has.
+    let (code, err) = serve_with_env(&[("FLOODGATE_ENGINE", "cluster")]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("FLOODGATE_ENGINE") && err.contains("`local` or `redis`"),
+        "{err}"
+    );
+    // The Redis engine without its Redis.
+    let (code, err) = serve_with_env(&[("FLOODGATE_ENGINE", "redis")]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("redis_url") && err.contains("FLOODGATE_REDIS_URL"),
         "{err}"
     );
     // A set but unusable secret is an error, never a fall back to the dev secret.

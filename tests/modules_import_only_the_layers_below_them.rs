@@ -20,9 +20,10 @@ const LAYERS: &[&[&str]] = &[
     &["delivery"],
     // The sans-IO core: routing, batching, breakers, resume, the protocol state machines.
     &["core"],
-    // The spool's file I/O (under the core's record format), the counters' publication, and
-    // the Redis engine's side of Redis.
-    &["spool", "metrics", "redis_engine"],
+    // The spool's file I/O (under the core's record format) and the counters' publication.
+    &["spool", "metrics"],
+    // The Redis engine's side of Redis (its counters are shown by `metrics`).
+    &["redis_engine"],
     &["error"],
     &["config"],
     &["auth", "devsecret"],

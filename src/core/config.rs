@@ -37,6 +37,9 @@ pub(crate) struct CoreConfig {
     pub ack_timeout: Duration,
     /// Unacked events kept per user; past this the oldest is dead-lettered.
     pub ack_max_pending: usize,
+    /// Streams are sequenced by Redis (the Redis engine): events come with their `seq`, and a
+    /// user's stream state is asked of Redis before the node's first `hello` for it.
+    pub redis: bool,
 }
 
 impl Default for CoreConfig {
@@ -77,6 +80,7 @@ impl Default for CoreConfig {
             spool_checkpoint_bytes: checkpoint_spacing(64 << 20),
             ack_timeout: Duration::from_secs(600),
             ack_max_pending: 1024,
+            redis: false,
         }
     }
 }

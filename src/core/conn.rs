@@ -132,6 +132,12 @@ pub(super) enum Phase {
     /// `resume=message`: not yet among its user's connections (it gets nothing) until its
     /// first message gives the cursor, or `until` passes.
     AwaitingCursor { until: Instant },
+    /// Redis engine: among its user's connections but given nothing (not even `hello`) until
+    /// Redis gives the stream's state, or `until` passes; then started from `cursor`.
+    AwaitingSync {
+        cursor: Option<Cursor>,
+        until: Instant,
+    },
     /// Catching up: `next` is the next `seq` to copy (live events are not queued directly:
     /// history already holds them); `cold` is where a spool scan goes on, if one is under way.
     /// An open breaker puts a connection here too.
@@ -157,6 +163,24 @@ impl Phase {
     /// Waiting for its cursor message.
     pub(super) fn is_awaiting_cursor(self) -> bool {
         matches!(self, Phase::AwaitingCursor { .. })
+    }
+
+    /// Events are queued as they are routed.
+    pub(super) fn is_live(self) -> bool {
+        matches!(self, Phase::Live)
+    }
+
+    /// Waiting for Redis to give its stream's state: the cursor to start from.
+    pub(super) fn sync_cursor(self) -> Option<Option<Cursor>> {
+        match self {
+            Phase::AwaitingSync { cursor, .. } => Some(cursor),
+            _ => None,
+        }
+    }
+
+    /// Waiting for its stream's state, and out of time at `now`.
+    pub(super) fn sync_overdue(self, now: Instant) -> bool {
+        matches!(self, Phase::AwaitingSync { until, .. } if now >= until)
     }
 
     /// Waiting for its cursor message, and out of time at `now`.

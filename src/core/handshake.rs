@@ -235,6 +235,8 @@ pub(crate) enum Decision {
     },
     /// Send the Prometheus metrics (rendered by the caller, which can see every shard) and close.
     Metrics,
+    /// Answer `/healthz` (the caller knows whether the node reaches what it depends on).
+    Health,
     /// Hand the connection, with its request, to the ingest endpoints (the key is valid).
     Ingest(Endpoint),
     /// Upgrade: a connection of `kind`, answered with `response` (the 101), whose stream
@@ -334,12 +336,7 @@ pub(crate) fn decide(
         return refuse(resp, Refusal::BadRequest);
     }
     match req.route {
-        Route::Health => {
-            return Decision::Respond {
-                response: response(200, "OK", "", "text/plain", "ok\n"),
-                refused: None,
-            }
-        }
+        Route::Health => return Decision::Health,
         Route::Metrics => return Decision::Metrics,
         Route::NotFound | Route::Publish | Route::Ingest | Route::Disconnect => {
             return refuse(error(404, "Not Found", "not found\n"), Refusal::BadRequest)
@@ -649,6 +646,7 @@ mod tests {
                 (String::from_utf8(response).unwrap(), refused)
             }
             Decision::Metrics => ("metrics".into(), None),
+            Decision::Health => ("health".into(), None),
             Decision::Ingest(e) => (format!("ingest {e:?}"), None),
             Decision::Upgrade { kind, response, .. } => {
                 assert!(response.starts_with(b"HTTP/1.1 101"));
@@ -685,7 +683,10 @@ mod tests {
             decide_text("GET /metrics HTTP/1.1\r\n\r\n", false).0,
             "metrics"
         );
-        assert_eq!(decide_text("GET /healthz HTTP/1.1\r\n\r\n", false).1, None);
+        assert_eq!(
+            decide_text("GET /healthz HTTP/1.1\r\n\r\n", false),
+            ("health".into(), None)
+        );
         assert!(decide_text("GET /ws HTTP/1.1\r\n\r\n", false)
             .0
             .starts_with("HTTP/1.1 426"));

@@ -30,7 +30,7 @@ use tungstenite::{Error as WsError, Message};
 
 use crate::delivery::DeliveryBoard;
 use crate::receipt::{Progress, ReceiptBoard, Ticket};
-use crate::record::Record;
+use crate::record::{Record, REC_ACKED, REC_LOST, REC_REDIS, REC_SYNC};
 pub(crate) use batch::BatchPolicy;
 pub(crate) use breaker::BreakerPolicy;
 use breaker::{Cause, Transition};
@@ -67,6 +67,13 @@ pub const CLOSE_AUTH_REFUSED: u16 = 4003;
 pub const CLOSE_DISCONNECTED: u16 = 4002;
 /// Close code sent to every connection on shutdown.
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code (`Try Again Later`) for a connection whose stream state Redis did not give
+/// within [`SYNC_TIMEOUT`] (the Redis engine).
+pub const CLOSE_TRY_AGAIN: u16 = 1013;
+
+/// How long a user's first connection on a node waits for Redis to give the stream's state
+/// (the Redis engine) before it is closed with [`CLOSE_TRY_AGAIN`].
+pub(crate) const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A closing connection may hold this much past `max_outbound_bytes` (its close frame and the
 /// replies tungstenite still owes) before it is dropped without waiting for the handshake.
@@ -142,6 +149,9 @@ pub(crate) struct Core {
     tracked_count: usize,
     /// Buffers of acked events' frames, reused for the next events that need an ack.
     frame_pool: FramePool,
+    /// Redis engine: users whose stream state the reactor must ask of Redis (through the
+    /// subscriber, which answers in this shard's ring with a `REC_SYNC` record).
+    pub sync_requests: Vec<Box<[u8]>>,
     /// Counters, published by the reactor once per pass.
     pub stats: Stats,
 }
@@ -175,6 +185,7 @@ impl Core {
             dead_out: Vec::new(),
             tracked_count: 0,
             frame_pool: FramePool::default(),
+            sync_requests: Vec::new(),
             stats: Stats::default(),
         }
     }
@@ -402,8 +413,24 @@ impl Core {
         let u = self.stream(user);
         let first_conn = u.conns.is_empty();
         u.conns.push(id);
+        let (synced, ask) = (u.synced, !u.synced && !u.sync_requested);
+        u.sync_requested |= ask;
         self.online_users += usize::from(first_conn);
-        self.start_stream(id, cursor, now);
+        if !synced {
+            // Redis engine: this node cannot vouch for the stream's epoch and last `seq` yet.
+            self.conns[id].phase = Phase::AwaitingSync {
+                cursor,
+                until: now + SYNC_TIMEOUT,
+            };
+            if ask {
+                self.stats.sync_requests += 1;
+                if let ConnKind::User(user) = &self.conns[id].kind {
+                    self.sync_requests.push(user.clone());
+                }
+            }
+        } else {
+            self.start_stream(id, cursor, now);
+        }
         if let ConnKind::User(user) = &self.conns[id].kind {
             self.publish_delivery(user);
         }
@@ -416,7 +443,10 @@ impl Core {
             self.evict_offline_users();
             self.streams_created += 1;
             let epoch = epoch_for(self.cfg.epoch_seed, self.streams_created);
-            self.users.insert(user.clone(), UserState::new(epoch));
+            let mut u = UserState::new(epoch);
+            // Redis engine: the epoch and seq are Redis's to give.
+            u.synced = !self.cfg.redis;
+            self.users.insert(user.clone(), u);
         }
         self.users.get_mut(&user).expect("just inserted")
     }
@@ -612,6 +642,9 @@ impl Core {
             }
         }
         let rec = Record::parse(record);
+        if rec.flags & REC_REDIS != 0 && !self.admit_sequenced(&rec, now) {
+            return;
+        }
         let Core {
             cfg,
             boards,
@@ -715,8 +748,9 @@ impl Core {
         let mut tripped = false;
         for &id in &user.conns {
             let c = &mut conns[id];
-            if c.phase.is_replaying() {
+            if !c.phase.is_live() {
                 // Replaying: this event is in history and reaches the connection in order.
+                // (Or waiting for its stream's state: it starts from history too.)
                 continue;
             }
             if !c.state.is_open() {
@@ -770,6 +804,164 @@ impl Core {
         }
         if tripped {
             self.publish_delivery(rec.user);
+        }
+    }
+
+    /// Redis engine: handles a record that Redis sequenced. A notice (`REC_SYNC`, `REC_ACKED`,
+    /// `REC_LOST`) is applied here, and false returned. An event returns true when it is the
+    /// next of its stream, with the stream's `seq` set to the one before it, so that `route`
+    /// gives it the `seq` Redis gave; one already routed returns false (counted); one past a
+    /// hole first announces the hole (see [`Core::jump`]).
+    #[cold]
+    fn admit_sequenced(&mut self, rec: &Record<'_>, now: Instant) -> bool {
+        let Some((epoch, seq)) = rec.sequenced else {
+            debug_assert!(false, "notices carry an epoch and a seq");
+            return false;
+        };
+        if rec.flags & REC_LOST != 0 {
+            self.on_continuity_lost();
+            return false;
+        }
+        if rec.flags & REC_SYNC != 0 {
+            self.on_sync(rec.user, epoch, seq, now);
+            return false;
+        }
+        if rec.flags & REC_ACKED != 0 {
+            // Acks across nodes are not carried yet (docs/SCALING.md).
+            return false;
+        }
+        let Some(u) = self.users.get_mut(rec.user) else {
+            // The first event of the user this node sees: the subscriber reads the log in
+            // order, so the stream is exactly at this event.
+            let u = self.stream(rec.user.into());
+            (u.epoch, u.seq, u.synced) = (epoch, seq - 1, true);
+            u.history.skip_to(seq - 1);
+            return true;
+        };
+        if u.epoch == epoch && seq <= u.seq {
+            self.stats.events_duplicate += 1;
+            return false;
+        }
+        if u.epoch != epoch || seq > u.seq + 1 {
+            self.jump(rec.user, epoch, seq - 1);
+        }
+        true
+    }
+
+    /// Redis engine: moves `user`'s stream to `epoch` at `last` (its last `seq`): a hole the
+    /// node missed, or a new run of the stream (Redis lost it). Each connection that had its
+    /// `hello` is told with a `gap` frame: `missed` for a hole (a replaying connection gets a
+    /// `history_evicted` one when its replay reaches it), `epoch_changed` for a new run, with
+    /// the cursor the connection was at. History before the hole is dropped; on a new epoch
+    /// so are the unacked events of the old one (dead-lettered, `epoch_changed`).
+    fn jump(&mut self, user: &[u8], epoch: u64, last: u64) {
+        let Core {
+            users,
+            conns,
+            cfg,
+            boards,
+            stats,
+            dead_out,
+            spool_out,
+            spool_pos,
+            frame_pool,
+            tracked_count,
+            urgent,
+            replaying,
+            ..
+        } = self;
+        let u = users.get_mut(user).expect("jump on a stream that exists");
+        let changed = u.epoch != epoch;
+        let before = (u.epoch, u.seq);
+        if changed {
+            let mut x = Expiry {
+                cfg,
+                receipts: &boards.receipts,
+                stats,
+                dead_out,
+                spool_out,
+                spool_pos,
+                frame_pool,
+            };
+            for e in u.unacked.drain(..) {
+                expire_unacked(&mut x, user, u.epoch, &u.tracked, e, "epoch_changed");
+            }
+            *tracked_count -= u.tracked.len();
+            u.tracked.clear();
+            u.acked = 0;
+            u.epoch = epoch;
+        } else {
+            debug_assert!(last > u.seq, "a hole moves forward");
+            stats.stream_holes += 1;
+        }
+        u.history.skip_to(last);
+        u.seq = last;
+        for &id in &u.conns {
+            let c = &mut conns[id];
+            if c.phase.sync_cursor().is_some() || !c.state.is_open() {
+                continue;
+            }
+            if changed {
+                let previous = Cursor {
+                    since: c.last_queued_seq,
+                    epoch: Some(before.0),
+                };
+                append_gap(&mut c.out, "epoch_changed", epoch, 1, last, Some(previous));
+                if c.phase.is_replaying() {
+                    // Nothing of the old run is left to replay: it catches up at once.
+                    c.phase.replay_from(last + 1);
+                    if !replaying.contains(&id) {
+                        replaying.push(id);
+                    }
+                }
+            } else if c.phase.is_live() {
+                append_gap(&mut c.out, "missed", epoch, before.1 + 1, last, None);
+            } else {
+                continue;
+            }
+            stats.gaps += 1;
+            c.last_queued_seq = last;
+            c.tail_thinking = None;
+            list_urgent(urgent, c, id);
+        }
+    }
+
+    /// Redis engine: Redis had `user`'s stream at `epoch`, `last` when the subscriber reached
+    /// this point of the log. Events after it follow in the ring; connections waiting for the
+    /// state start now.
+    fn on_sync(&mut self, user: &[u8], epoch: u64, last: u64, now: Instant) {
+        let u = self.stream(user.into());
+        u.sync_requested = false;
+        if u.epoch != epoch || last > u.seq {
+            self.jump(user, epoch, last);
+        }
+        let u = self.users.get_mut(user).expect("made above");
+        u.synced = true;
+        let waiting: Vec<(ConnId, Option<Cursor>)> = u
+            .conns
+            .iter()
+            .filter_map(|&id| self.conns[id].phase.sync_cursor().map(|cur| (id, cur)))
+            .collect();
+        for (id, cursor) in waiting {
+            self.conns[id].phase = Phase::Live;
+            if self.conns[id].state.is_open() {
+                self.start_stream(id, cursor, now);
+                list_urgent(&mut self.urgent, &mut self.conns[id], id);
+            }
+        }
+    }
+
+    /// Redis engine: the subscriber may have missed part of the log, so no stream's state can
+    /// be vouched for: each is asked of Redis again, now for users with connections here and
+    /// on their next connection for the others.
+    fn on_continuity_lost(&mut self) {
+        for (user, u) in self.users.iter_mut() {
+            u.synced = false;
+            if !u.conns.is_empty() && !u.sync_requested {
+                u.sync_requested = true;
+                self.stats.sync_requests += 1;
+                self.sync_requests.push(user.clone());
+            }
         }
     }
 
@@ -1198,6 +1390,20 @@ impl Core {
         for id in late {
             // No cursor came: start live, as if none had been asked for.
             self.register(id, None, now);
+        }
+        if self.cfg.redis {
+            for (id, c) in self.conns.iter_mut() {
+                if c.phase.sync_overdue(now) && c.state.is_open() {
+                    self.stats.closed_sync_timeout += 1;
+                    c.close(
+                        CLOSE_TRY_AGAIN,
+                        "stream state unavailable (Redis): try again later",
+                        now,
+                        self.cfg.close_timeout,
+                    );
+                    list_urgent(&mut self.urgent, c, id);
+                }
+            }
         }
         for (id, c) in self.conns.iter_mut() {
             if c.state.is_open() && c.expires.is_some_and(|at| now >= at) {

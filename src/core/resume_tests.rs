@@ -1052,3 +1052,5 @@ mod spool_replay {
         }
     }
 }
+
+mod sequenced;

@@ -169,6 +169,15 @@ counters! {
     events_dead_lettered,
     /// Dead-letter lines that could not be written to the file (logged instead).
     dead_letter_write_errors,
+    /// Redis engine: events that reached the shard again (a `seq` already routed), dropped.
+    events_duplicate,
+    /// Redis engine: holes in a stream the node missed (each announced with a `gap`).
+    stream_holes,
+    /// Redis engine: stream states asked of Redis for a user's first connection.
+    sync_requests,
+    /// Redis engine: connections closed (1013) because Redis did not give their stream's
+    /// state in time.
+    closed_sync_timeout,
 }
 
 impl Stats {

@@ -37,6 +37,12 @@ pub(super) struct UserState {
     pub(super) unacked: VecDeque<Unacked>,
     /// Tracked events whose receipts may still change, oldest first.
     pub(super) tracked: VecDeque<Tracked>,
+    /// `seq` and `epoch` are Redis's as of the subscriber's position (always, on the local
+    /// engine). False for a stream the node made for a connection, and for every stream once
+    /// the subscriber may have missed part of the log, until Redis answers a sync request.
+    pub(super) synced: bool,
+    /// A sync request for this stream is on its way to Redis.
+    pub(super) sync_requested: bool,
 }
 
 /// An event waiting for a client's ack.
@@ -68,6 +74,8 @@ impl UserState {
             acked: 0,
             unacked: VecDeque::new(),
             tracked: VecDeque::new(),
+            synced: true,
+            sync_requested: false,
         }
     }
 

@@ -7,6 +7,7 @@
 #![cfg_attr(not(test), allow(dead_code))]
 
 mod backoff;
+pub(crate) mod node;
 pub(crate) mod publisher;
 pub(crate) mod sequencer;
 pub(crate) mod subscriber;

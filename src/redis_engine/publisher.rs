@@ -114,6 +114,9 @@ pub(crate) struct Publisher {
     rings: Receiver<Consumer>,
     consumers: Vec<Consumer>,
     parker: Parker,
+    /// The sleep flag emitters check before they wake the thread (`crate::park`): set just
+    /// before it parks with nothing to do, so an idle node's first event is not left waiting.
+    sleep: Arc<crate::park::Parker>,
     receipts: Arc<ReceiptBoard>,
     stats: Arc<PublisherStats>,
     batch: Batch,
@@ -132,6 +135,7 @@ impl Publisher {
         client: redis::Client,
         rings: Receiver<Consumer>,
         parker: Parker,
+        sleep: Arc<crate::park::Parker>,
         receipts: Arc<ReceiptBoard>,
         stats: Arc<PublisherStats>,
     ) -> Publisher {
@@ -143,6 +147,7 @@ impl Publisher {
             rings,
             consumers: Vec::new(),
             parker,
+            sleep,
             receipts,
             stats,
             batch: Batch::default(),
@@ -169,7 +174,14 @@ impl Publisher {
                         return 0;
                     }
                 } else {
-                    self.parker.park_timeout(IDLE);
+                    // Park protocol (`crate::park`): announce, look again, then sleep.
+                    self.sleep.announce_sleep();
+                    self.take_rings();
+                    self.fill();
+                    if self.batch.spans.is_empty() {
+                        self.parker.park_timeout(IDLE);
+                    }
+                    self.sleep.awake();
                     continue;
                 }
             }

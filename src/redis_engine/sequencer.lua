@@ -1,7 +1,7 @@
 -- floodgate's sequencing script: gives each event of a batch the next `seq` of its user's
--- stream, stores the batch, and publishes it as one message (format: src/redis_engine/wire.rs).
--- Redis runs a script alone, so every node's batches get their seqs, and are published, in one
--- order: subscribers see each user's events in `seq` order with no gap.
+-- stream and appends the batch to the log as one message (format: src/redis_engine/wire.rs).
+-- Redis runs a script alone, so every node's batches get their seqs, and enter the log, in one
+-- order: every node reads the log and sees each user's events in `seq` order with no gap.
 --
 -- The work here is per batch and per user of the batch, none per event: the message lists each
 -- user with the seq of its first event in the batch, and the events section is the node's
@@ -11,18 +11,20 @@
 -- and the answer of its last batch that ran; the same batch submitted again (its first answer
 -- was lost with a connection) gets that answer and runs no second time.
 --
--- KEYS: the node's key, the log (a stream: one entry per batch, field `m` the message), then
---       per user of the batch, in order of first appearance, its meta hash (`epoch`, `seq`)
---       and its index (a stream: entry `<first seq>-0` per batch, field `b` the log entry id).
--- ARGV: channel, log entries to keep, index entries to keep, the epoch a new stream starts
---       with (16 hex digits), the batch's number, how long the node's key lives (s), the
---       number of events, the events section (wire.rs), the users: per user u8 length, the
---       id, u32 its number of events.
+-- KEYS: the node's key, the log (a stream: one entry per batch, field `m` the message, field
+--       `v` the id of the entry before it, so a reader can tell it missed none), the log's
+--       last id (a string), then per user of the batch, in order of first appearance, its
+--       meta hash (`epoch`, `seq`) and its index (a stream: entry `<first seq>-0` per batch,
+--       field `b` the log entry id).
+-- ARGV: log entries to keep, index entries to keep, the epoch a new stream starts with (16
+--       hex digits), the batch's number, how long the node's key lives (s), the number of
+--       events, the events section (wire.rs), the users: per user u8 length, the id, u32 its
+--       number of events.
 -- Returns: per user, the seq of its first event in the batch and its epoch.
-local node, log = KEYS[1], KEYS[2]
-local channel, keep_log, keep_index = ARGV[1], ARGV[2], ARGV[3]
-local new_epoch, batch, node_ttl = ARGV[4], ARGV[5], ARGV[6]
-local n_events, events, users_blob = ARGV[7], ARGV[8], ARGV[9]
+local node, log, last_id = KEYS[1], KEYS[2], KEYS[3]
+local keep_log, keep_index = ARGV[1], ARGV[2]
+local new_epoch, batch, node_ttl = ARGV[3], ARGV[4], ARGV[5]
+local n_events, events, users_blob = ARGV[6], ARGV[7], ARGV[8]
 local last = redis.call('HMGET', node, 'batch', 'answer')
 if last[1] == batch then
   return cmsgpack.unpack(last[2])
@@ -37,7 +39,7 @@ while at <= #users_blob do
   local user = string.sub(users_blob, at + 1, at + len)
   local count = struct.unpack('<I4', users_blob, at + 1 + len)
   at = at + 1 + len + 4
-  local meta = KEYS[1 + 2 * i]
+  local meta = KEYS[2 + 2 * i]
   local top = redis.call('HINCRBY', meta, 'seq', count)
   if top == count then
     redis.call('HSETNX', meta, 'epoch', new_epoch)
@@ -51,11 +53,12 @@ while at <= #users_blob do
 end
 local message = struct.pack('<BI2', 2, i) .. table.concat(header)
   .. struct.pack('<I2', n_events) .. events
-local id = redis.call('XADD', log, 'MAXLEN', '~', keep_log, '*', 'm', message)
+local prev = redis.call('GET', last_id) or '0-0'
+local id = redis.call('XADD', log, 'MAXLEN', '~', keep_log, '*', 'm', message, 'v', prev)
+redis.call('SET', last_id, id)
 for u = 1, i do
-  redis.call('XADD', KEYS[2 + 2 * u], 'MAXLEN', '~', keep_index, firsts[u] .. '-0', 'b', id)
+  redis.call('XADD', KEYS[3 + 2 * u], 'MAXLEN', '~', keep_index, firsts[u] .. '-0', 'b', id)
 end
-redis.call('PUBLISH', channel, message)
 redis.call('HSET', node, 'batch', batch, 'answer', cmsgpack.pack(out))
 redis.call('EXPIRE', node, node_ttl)
 return out

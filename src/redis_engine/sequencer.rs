@@ -1,16 +1,18 @@
 //! Sequencing through Redis: a batch of emitted events, from any node, gets each user's next
-//! `seq` (and the stream's `epoch`), is stored, and is published to every node as one message,
-//! all in one script run and one round trip (`sequencer.lua`). Redis runs scripts one at a
-//! time, so two nodes' batches never interleave: no two events of a user share a `seq`, none is
-//! skipped, and every subscriber sees a user's events in `seq` order.
+//! `seq` (and the stream's `epoch`) and is appended to the log, which every node reads, as one
+//! message, all in one script run and one round trip (`sequencer.lua`). Redis runs scripts one
+//! at a time, so two nodes' batches never interleave: no two events of a user share a `seq`,
+//! none is skipped, and every node's subscriber sees a user's events in `seq` order.
 //!
 //! Redis's work is per batch and per user of the batch, never per event (a stream entry per
 //! event cost about 5 µs of Redis CPU each: perf/2026-12-01-redis-sequencing.md). Keys, for a
 //! key prefix `p` and a user `u` (binary-safe; `{u}` is a hash tag, so one user's keys stay
 //! together should the keys ever be spread over Redis Cluster slots; the script itself writes
 //! many users' keys, so it needs one Redis):
-//! - `p:log`: a stream, one entry per batch, field `m` the published message (so a batch is
-//!   stored exactly as every node received it), trimmed to about the last `keep_batches`;
+//! - `p:log`: a stream, one entry per batch, field `m` the message, field `v` the id of the
+//!   entry before it (so a reader can tell it missed none), trimmed to about the last
+//!   `keep_batches`;
+//! - `p:last`: the id of the log's last entry;
 //! - `p:{u}:m`: a hash, `epoch` (16 hex digits, set by the first event of the stream) and `seq`
 //!   (the last one given);
 //! - `p:{u}:i`: a stream, the user's index into the log: entry id `<first seq>-0` per batch
@@ -26,6 +28,79 @@ use super::wire::{epoch_hex, parse_hex};
 
 /// The script, loaded once per connection (EVALSHA; EVAL the first time a server lacks it).
 const SCRIPT: &str = include_str!("sequencer.lua");
+
+/// The sync script: a user's stream as of a point in the log.
+const SYNC_SCRIPT: &str = include_str!("sync.lua");
+
+/// The names of one deployment's keys (its prefix).
+#[derive(Debug, Clone)]
+pub(crate) struct Keys {
+    prefix: Vec<u8>,
+    /// `p:log`.
+    pub log: Vec<u8>,
+    /// `p:last`.
+    pub last: Vec<u8>,
+}
+
+impl Keys {
+    pub(crate) fn new(prefix: &str) -> Keys {
+        Keys {
+            prefix: prefix.as_bytes().to_vec(),
+            log: format!("{prefix}:log").into_bytes(),
+            last: format!("{prefix}:last").into_bytes(),
+        }
+    }
+
+    /// `user`'s key with `suffix` (`m` or `i`).
+    pub(crate) fn user(&self, user: &[u8], suffix: u8) -> Vec<u8> {
+        let mut k = Vec::with_capacity(self.prefix.len() + user.len() + 5);
+        k.extend_from_slice(&self.prefix);
+        k.extend_from_slice(b":{");
+        k.extend_from_slice(user);
+        k.extend_from_slice(b"}:");
+        k.push(suffix);
+        k
+    }
+}
+
+/// A log entry id, `<ms>-<n>`: ordered as Redis orders them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub(crate) struct LogId(pub u64, pub u64);
+
+impl LogId {
+    /// Parses `<ms>-<n>`.
+    pub(crate) fn parse(id: &[u8]) -> Option<LogId> {
+        let text = std::str::from_utf8(id).ok()?;
+        let (ms, n) = text.split_once('-')?;
+        Some(LogId(ms.parse().ok()?, n.parse().ok()?))
+    }
+}
+
+impl std::fmt::Display for LogId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.0, self.1)
+    }
+}
+
+/// `user`'s stream (epoch, last seq) as it was once the log had been read through `position`;
+/// a stream that does not exist yet is given `new_epoch`. One round trip (`sync.lua`).
+pub(crate) fn sync(
+    conn: &mut dyn ConnectionLike,
+    keys: &Keys,
+    user: &[u8],
+    position: LogId,
+    new_epoch: u64,
+) -> RedisResult<Assigned> {
+    let (epoch, seq): (Vec<u8>, u64) = Script::new(SYNC_SCRIPT)
+        .key(keys.user(user, b'm'))
+        .key(keys.user(user, b'i'))
+        .arg(position.to_string())
+        .arg(&epoch_hex(new_epoch)[..])
+        .invoke(conn)?;
+    let epoch =
+        parse_hex(&epoch).ok_or_else(|| protocol_error("an epoch that is not 16 hex digits"))?;
+    Ok(Assigned { epoch, seq })
+}
 
 /// One event to sequence.
 #[derive(Debug, Clone, Copy)]
@@ -51,9 +126,7 @@ pub(crate) const NODE_MEMORY: std::time::Duration = std::time::Duration::from_se
 /// prefix), and the node's own batch numbers.
 pub(crate) struct Sequencer {
     script: Script,
-    prefix: Vec<u8>,
-    channel: Vec<u8>,
-    log_key: Vec<u8>,
+    keys: Keys,
     /// `p:node:<id>`: the number and the answer of this node's last batch that ran.
     node_key: Vec<u8>,
     keep_batches: u64,
@@ -70,9 +143,7 @@ impl Sequencer {
     pub(crate) fn new(prefix: &str, node: u64, keep_batches: u64, keep_index: u64) -> Sequencer {
         Sequencer {
             script: Script::new(SCRIPT),
-            prefix: prefix.as_bytes().to_vec(),
-            channel: format!("{prefix}:events").into_bytes(),
-            log_key: format!("{prefix}:log").into_bytes(),
+            keys: Keys::new(prefix),
             node_key: format!("{prefix}:node:{node:016x}").into_bytes(),
             keep_batches: keep_batches.max(1),
             keep_index: keep_index.max(1),
@@ -81,28 +152,12 @@ impl Sequencer {
         }
     }
 
-    /// The log's key.
-    pub(crate) fn log_key(&self) -> &[u8] {
-        &self.log_key
+    /// The deployment's keys.
+    pub(crate) fn keys(&self) -> &Keys {
+        &self.keys
     }
 
-    /// The channel every batch is published on.
-    pub(crate) fn channel(&self) -> &[u8] {
-        &self.channel
-    }
-
-    /// `user`'s key with `suffix` (`m` or `i`).
-    pub(crate) fn key(&self, user: &[u8], suffix: u8) -> Vec<u8> {
-        let mut k = Vec::with_capacity(self.prefix.len() + user.len() + 5);
-        k.extend_from_slice(&self.prefix);
-        k.extend_from_slice(b":{");
-        k.extend_from_slice(user);
-        k.extend_from_slice(b"}:");
-        k.push(suffix);
-        k
-    }
-
-    /// Sequences, stores and publishes `events` (1 to `wire::MAX_BATCH`), this node's batch
+    /// Sequences and appends to the log `events` (1 to `wire::MAX_BATCH`), this node's batch
     /// number `batch`, in one round trip. A stream that does not exist yet starts with
     /// `new_epoch`. On an error Redis may or may not have run it: submit the same batch with
     /// the same number again, and it runs at most once (the answer of its run comes back).
@@ -137,15 +192,17 @@ impl Sequencer {
         }
         self.users.clear();
         let mut call = self.script.prepare_invoke();
-        call.key(&self.node_key[..]).key(&self.log_key[..]);
+        call.key(&self.node_key[..])
+            .key(&self.keys.log[..])
+            .key(&self.keys.last[..]);
         for &(u, count) in &users {
             self.users.push(u.len() as u8);
             self.users.extend_from_slice(u);
             self.users.extend_from_slice(&count.to_le_bytes());
-            call.key(self.key(u, b'm')).key(self.key(u, b'i'));
+            call.key(self.keys.user(u, b'm'))
+                .key(self.keys.user(u, b'i'));
         }
-        call.arg(&self.channel[..])
-            .arg(self.keep_batches)
+        call.arg(self.keep_batches)
             .arg(self.keep_index)
             .arg(&epoch_hex(new_epoch)[..])
             .arg(batch)

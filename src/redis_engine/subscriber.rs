@@ -1,135 +1,275 @@
-//! The node's subscriber: the thread that receives every node's sequenced batches from Redis
-//! (`floodgate-redis-sub`) and hands their events, in order, to what delivers them ([`Deliver`]:
-//! on the gateway, a push into the user's shard ring, as an emitter's).
+//! The node's subscriber: the thread that reads every node's sequenced batches from the log in
+//! Redis (`floodgate-redis-sub`) and hands their events, in order, to what delivers them
+//! ([`Deliver`]: on the gateway, a push into the user's shard ring, as an emitter's).
 //!
-//! A message that is not a valid batch (anyone who can publish on the channel can send one) is
-//! counted and skipped, never a reason to stop. A lost subscription is taken up again with a
-//! backoff and jitter, and [`Deliver::continuity_lost`] says so once it is back: what was
-//! published meanwhile was not received here, and only the streams in Redis can tell what it
-//! was.
+//! It reads the log (`XREAD BLOCK` from the last entry it read), not a pub/sub channel: a cut
+//! connection loses nothing, since the next read starts where the last one ended. Each entry
+//! names the one before it, so an entry the subscriber could not read (trimmed away while it
+//! was cut off, or lost with a Redis that restarted without persistence) is noticed, and
+//! [`Deliver::continuity_lost`] says so before the next event.
+//!
+//! Between reads it answers the shards' sync requests: where a user's stream stood at the
+//! point of the log it has read through ([`Deliver::sync`]), so a shard that never saw the
+//! user's events can say `hello` with Redis's epoch and last `seq`, and take every later event
+//! from the log.
+//!
+//! An entry that is not a valid batch (anyone who can write to the log can add one) is counted
+//! and skipped, never a reason to stop. A lost connection is made again with a backoff and
+//! jitter.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crossbeam_channel::Receiver;
+use redis::Value;
+
 use super::backoff::Backoff;
+use super::sequencer::{self, Keys, LogId};
 use super::wire::{self, WireEvent};
 
-/// How long a wait for a message lasts before the thread looks at its stop flag.
-const POLL: Duration = Duration::from_millis(100);
+/// How long one read waits for a new entry: sync requests wait at most this long (plus a
+/// round trip), and the stop flag is looked at this often.
+const BLOCK: Duration = Duration::from_millis(20);
 
-/// Connecting to Redis, at most.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Log entries one read returns at most (each a batch of up to 1024 events).
+const READ_COUNT: usize = 64;
+
+/// Connecting to Redis, or one round trip, at most.
+const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where the subscriber's events go.
 pub(crate) trait Deliver {
     /// The next event of a batch; every event of a user comes in `seq` order.
     fn event(&mut self, e: &WireEvent<'_>);
-    /// The subscription was lost and is back: events published in between were not received.
+    /// Entries of the log were not read (they were trimmed or lost): events between the last
+    /// one delivered and the next may be missing.
     fn continuity_lost(&mut self);
+    /// `user`'s stream stood at `epoch`, `seq` once the log was read through what was
+    /// delivered so far: the answer to a sync request.
+    fn sync(&mut self, user: &[u8], epoch: u64, seq: u64);
 }
 
 /// What the subscriber has done, for `/metrics` and `/healthz`.
 #[derive(Debug, Default)]
 pub(crate) struct SubscriberStats {
-    /// Batches received and read.
+    /// Batches read.
     pub messages: AtomicU64,
     /// Their events.
     pub events: AtomicU64,
-    /// Messages that were not valid batches (skipped).
+    /// Log entries that were not valid batches (skipped).
     pub bad_messages: AtomicU64,
-    /// Subscriptions taken up again after a loss.
-    pub resubscribed: AtomicU64,
-    /// Connections or subscriptions that failed.
+    /// Times entries of the log were missed (trimmed before they were read, or lost).
+    pub continuity_lost: AtomicU64,
+    /// Sync requests answered.
+    pub syncs: AtomicU64,
+    /// Connections or round trips that failed.
     pub failures: AtomicU64,
-    /// Whether the subscription is up.
-    pub subscribed: AtomicBool,
+    /// Whether the last round trip succeeded.
+    pub connected: AtomicBool,
 }
 
 /// The subscriber's state; [`Subscriber::run`] is the thread's body.
 pub(crate) struct Subscriber {
     client: redis::Client,
-    channel: Vec<u8>,
+    keys: Keys,
+    /// Users whose stream state a shard asks for.
+    requests: Receiver<Box<[u8]>>,
+    /// The epoch a stream that does not exist yet starts with, when a sync makes it.
+    new_epoch: u64,
     stats: Arc<SubscriberStats>,
     backoff: Backoff,
+    /// The last log entry read, once known.
+    position: Option<LogId>,
+    /// Sync requests taken but not answered yet (answered once a connection is up).
+    pending: Vec<Box<[u8]>>,
 }
 
 impl Subscriber {
-    /// A subscriber to `channel` on the Redis at `client`.
-    pub(crate) fn new(client: redis::Client, channel: &[u8], stats: Arc<SubscriberStats>) -> Self {
+    /// A subscriber to the log of the deployment `keys` on the Redis at `client`, answering the
+    /// sync requests that come on `requests`.
+    pub(crate) fn new(
+        client: redis::Client,
+        keys: Keys,
+        requests: Receiver<Box<[u8]>>,
+        new_epoch: u64,
+        stats: Arc<SubscriberStats>,
+    ) -> Self {
         Subscriber {
             client,
-            channel: channel.to_vec(),
+            keys,
+            requests,
+            new_epoch,
             stats,
             backoff: Backoff::new(),
+            position: None,
+            pending: Vec::new(),
         }
     }
 
-    /// Receives until `stop` is set.
+    /// Reads until `stop` is set.
     pub(crate) fn run(&mut self, stop: &AtomicBool, out: &mut impl Deliver) {
-        let mut was_subscribed = false;
         while !stop.load(Ordering::Acquire) {
-            let mut conn = match self.client.get_connection_with_timeout(CONNECT_TIMEOUT) {
+            let mut conn = match self.client.get_connection_with_timeout(TIMEOUT) {
                 Ok(c) => c,
                 Err(e) => {
                     self.failed(&e, stop);
                     continue;
                 }
             };
-            if let Err(e) = conn.set_read_timeout(Some(POLL)) {
+            // Reads block for `BLOCK` on the server; the socket waits a little longer.
+            if let Err(e) = conn.set_read_timeout(Some(TIMEOUT)) {
                 self.failed(&e, stop);
                 continue;
             }
-            let mut sub = conn.as_pubsub();
-            if let Err(e) = sub.subscribe(&self.channel[..]) {
+            if let Err(e) = self.start(&mut conn, out) {
                 self.failed(&e, stop);
                 continue;
             }
-            self.stats.subscribed.store(true, Ordering::Relaxed);
+            self.stats.connected.store(true, Ordering::Relaxed);
             self.backoff.reset();
-            if was_subscribed {
-                self.stats.resubscribed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    "redis: subscribed again; events published meanwhile were missed here"
-                );
-                out.continuity_lost();
-            }
-            was_subscribed = true;
             while !stop.load(Ordering::Acquire) {
-                let msg = match sub.get_message() {
-                    Ok(m) => m,
-                    Err(e) if e.is_timeout() => continue,
-                    Err(e) => {
-                        self.stats.subscribed.store(false, Ordering::Relaxed);
-                        self.failed(&e, stop);
-                        break;
-                    }
-                };
-                match wire::decode(msg.get_payload_bytes()) {
-                    Ok(events) => {
-                        self.stats.messages.fetch_add(1, Ordering::Relaxed);
-                        self.stats
-                            .events
-                            .fetch_add(events.len() as u64, Ordering::Relaxed);
-                        for e in &events {
-                            out.event(e);
-                        }
-                    }
-                    Err(e) => {
-                        if self.stats.bad_messages.fetch_add(1, Ordering::Relaxed) == 0 {
-                            tracing::warn!(error = %e, "redis: a message on the events channel is not a batch; skipped (counted from now on)");
-                        }
-                    }
+                if let Err(e) = self.serve_syncs(&mut conn, out) {
+                    self.failed(&e, stop);
+                    break;
+                }
+                if let Err(e) = self.read(&mut conn, out) {
+                    self.failed(&e, stop);
+                    break;
                 }
             }
+            if stop.load(Ordering::Acquire) {
+                // Stopping: what is in the log now (this node's own last events among it)
+                // still reaches the shards, if Redis answers.
+                let _ = self.catch_up(&mut conn, out);
+            }
         }
-        self.stats.subscribed.store(false, Ordering::Relaxed);
+        self.stats.connected.store(false, Ordering::Relaxed);
+    }
+
+    /// Reads the log up to its last entry as of now (for at most `TIMEOUT`).
+    fn catch_up(
+        &mut self,
+        conn: &mut redis::Connection,
+        out: &mut impl Deliver,
+    ) -> redis::RedisResult<()> {
+        let Some(last) = self.last_id(conn)? else {
+            return Ok(());
+        };
+        let until = std::time::Instant::now() + TIMEOUT;
+        while self.position.is_some_and(|at| at < last) && std::time::Instant::now() < until {
+            self.read(conn, out)?;
+        }
+        Ok(())
+    }
+
+    /// The id of the log's last entry (none: no log, or one Redis lost).
+    fn last_id(&self, conn: &mut redis::Connection) -> redis::RedisResult<Option<LogId>> {
+        let last: Option<Vec<u8>> = redis::cmd("GET").arg(&self.keys.last[..]).query(conn)?;
+        Ok(last.and_then(|l| LogId::parse(&l)))
+    }
+
+    /// On a new connection: where reading goes on. The first time, from the log's end (what
+    /// came before is for sync requests); after that, where it stopped, unless the log's
+    /// last entry is older than that (Redis lost the log: read the new one from its start).
+    fn start(
+        &mut self,
+        conn: &mut redis::Connection,
+        out: &mut impl Deliver,
+    ) -> redis::RedisResult<()> {
+        let last = self.last_id(conn)?;
+        match (self.position, last) {
+            (None, last) => self.position = Some(last.unwrap_or_default()),
+            (Some(at), last) if last.unwrap_or_default() < at => {
+                tracing::warn!(
+                    "redis: the log ends before what this node had read: Redis lost it (a restart without persistence?)"
+                );
+                self.lost(out);
+                self.position = Some(LogId::default());
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Answers every sync request waiting, at the position read so far.
+    fn serve_syncs(
+        &mut self,
+        conn: &mut redis::Connection,
+        out: &mut impl Deliver,
+    ) -> redis::RedisResult<()> {
+        self.pending.extend(self.requests.try_iter());
+        let at = self.position.unwrap_or_default();
+        while let Some(user) = self.pending.last() {
+            let s = sequencer::sync(conn, &self.keys, user, at, self.new_epoch)?;
+            out.sync(user, s.epoch, s.seq);
+            self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+            self.pending.pop();
+        }
+        Ok(())
+    }
+
+    /// One read of the log: waits up to `BLOCK` for entries after the position, and delivers
+    /// them.
+    fn read(
+        &mut self,
+        conn: &mut redis::Connection,
+        out: &mut impl Deliver,
+    ) -> redis::RedisResult<()> {
+        let at = self.position.unwrap_or_default();
+        let reply: Value = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(READ_COUNT)
+            .arg("BLOCK")
+            .arg(BLOCK.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&self.keys.log[..])
+            .arg(at.to_string())
+            .query(conn)?;
+        for (id, message, previous) in entries(reply)? {
+            if previous != self.position {
+                self.lost(out);
+            }
+            self.position = Some(id);
+            let Some(message) = message else {
+                self.bad(&"an entry without a message");
+                continue;
+            };
+            match wire::decode(&message) {
+                Ok(events) => {
+                    self.stats.messages.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .events
+                        .fetch_add(events.len() as u64, Ordering::Relaxed);
+                    for e in &events {
+                        out.event(e);
+                    }
+                }
+                Err(e) => self.bad(&e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Says that entries were missed.
+    fn lost(&mut self, out: &mut impl Deliver) {
+        if self.stats.continuity_lost.fetch_add(1, Ordering::Relaxed) == 0 {
+            tracing::warn!("redis: entries of the log were missed here (trimmed before this node read them, or lost); streams are checked against Redis again");
+        }
+        out.continuity_lost();
+    }
+
+    fn bad(&self, why: &dyn std::fmt::Display) {
+        if self.stats.bad_messages.fetch_add(1, Ordering::Relaxed) == 0 {
+            tracing::warn!(error = %why, "redis: an entry of the log is not a batch; skipped (counted from now on)");
+        }
     }
 
     /// Counts a failure and waits the backoff (waking early if `stop` is set).
     fn failed(&mut self, e: &redis::RedisError, stop: &AtomicBool) {
+        self.stats.connected.store(false, Ordering::Relaxed);
         if self.stats.failures.fetch_add(1, Ordering::Relaxed) == 0 || self.backoff.is_first() {
-            tracing::warn!(error = %e, "redis: subscription lost or refused; trying again");
+            tracing::warn!(error = %e, "redis: the log's reader lost its connection or was refused; trying again");
         }
         let wait = self.backoff.next_wait();
         let until = std::time::Instant::now() + wait;
@@ -137,6 +277,63 @@ impl Subscriber {
             std::thread::sleep(Duration::from_millis(10).min(wait));
         }
     }
+}
+
+/// One log entry as read: its id, its message (`m`) and the id of the entry before it (`v`).
+type Entry = (LogId, Option<Vec<u8>>, Option<LogId>);
+
+/// The entries of an `XREAD` reply on one stream (nil when the wait ended without any).
+pub(super) fn entries(reply: Value) -> redis::RedisResult<Vec<Entry>> {
+    let bad = || {
+        redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "an XREAD reply of another shape",
+        ))
+    };
+    let streams = match reply {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Array(s) => s,
+        // RESP3 servers answer with a map.
+        Value::Map(m) => m
+            .into_iter()
+            .map(|(k, v)| Value::Array(vec![k, v]))
+            .collect(),
+        _ => return Err(bad()),
+    };
+    let mut out = Vec::new();
+    for stream in streams {
+        let Value::Array(mut kv) = stream else {
+            return Err(bad());
+        };
+        let Some(Value::Array(list)) = kv.pop() else {
+            return Err(bad());
+        };
+        for entry in list {
+            let Value::Array(parts) = entry else {
+                return Err(bad());
+            };
+            let mut parts = parts.into_iter();
+            let (Some(Value::BulkString(id)), Some(Value::Array(fields))) =
+                (parts.next(), parts.next())
+            else {
+                return Err(bad());
+            };
+            let id = LogId::parse(&id).ok_or_else(bad)?;
+            let (mut message, mut previous) = (None, None);
+            let mut fields = fields.into_iter();
+            while let (Some(Value::BulkString(k)), Some(Value::BulkString(v))) =
+                (fields.next(), fields.next())
+            {
+                match &k[..] {
+                    b"m" => message = Some(v),
+                    b"v" => previous = LogId::parse(&v),
+                    _ => {}
+                }
+            }
+            out.push((id, message, previous));
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

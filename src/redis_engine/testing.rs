@@ -1,98 +1,73 @@
-//! A real `redis-server` for tests: started on a free port of 127.0.0.1 with nothing saved,
-//! stopped (by its PID) when dropped.
+//! What the Redis engine's unit tests share: a real `redis-server` (the same helper the
+//! integration tests use) and a reader of a deployment's log.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A stream entry as XRANGE answers: its id and its fields.
 pub(crate) type StreamEntry = (String, Vec<(String, Vec<u8>)>);
 
-/// A `redis-server` this test started.
-pub(crate) struct RedisServer {
-    child: Child,
-    pub port: u16,
-    dir: std::path::PathBuf,
-}
+#[path = "../../tests/util/redis_server.rs"]
+mod server;
+pub(crate) use server::RedisServer;
 
 impl RedisServer {
-    /// Starts one, or returns `None` (saying so) where `redis-server` is not installed. Where
-    /// it must be (`FLOODGATE_TEST_REQUIRE_REDIS`, set by scripts/test, which installs it), its
-    /// absence fails the test instead.
-    pub(crate) fn start(name: &str) -> Option<RedisServer> {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        RedisServer::start_on(name, port)
-    }
-
-    /// Starts one on `port` (or `None`, as [`start`](Self::start)).
-    pub(crate) fn start_on(name: &str, port: u16) -> Option<RedisServer> {
-        let installed = Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !installed {
-            assert!(
-                std::env::var_os("FLOODGATE_TEST_REQUIRE_REDIS").is_none(),
-                "redis-server is required here (scripts/setup installs it)"
-            );
-            eprintln!("skipped: redis-server is not installed (scripts/setup installs it)");
-            return None;
-        }
-        let dir =
-            std::env::temp_dir().join(format!("floodgate-redis-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("a directory for redis-server");
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "no", "--protected-mode", "yes"])
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server starts");
-        let server = RedisServer { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut c) = server.connect() {
-                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                    return Some(server);
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not answer within 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Its URL.
-    pub(crate) fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
     /// A new connection to it.
     pub(crate) fn connect(&self) -> redis::RedisResult<redis::Connection> {
         redis::Client::open(self.url())?.get_connection()
     }
 }
 
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+/// Reads a deployment's log from its start, as every node's subscriber does: the batch
+/// messages in the order the script wrote them. A cut connection is made again, and reading
+/// goes on where it stopped.
+pub(crate) struct LogReader {
+    url: String,
+    conn: Option<redis::Connection>,
+    log: String,
+    at: super::sequencer::LogId,
+}
+
+impl LogReader {
+    /// A reader of the log of deployment `prefix` on `server`.
+    pub(crate) fn new(server: &RedisServer, prefix: &str) -> LogReader {
+        LogReader {
+            url: server.url(),
+            conn: None,
+            log: format!("{prefix}:log"),
+            at: Default::default(),
+        }
+    }
+
+    /// The messages after those read so far, waiting up to `wait` for the first (none if it
+    /// passes, or if the connection was cut: call again).
+    pub(crate) fn read(&mut self, wait: Duration) -> Vec<Vec<u8>> {
+        if self.conn.is_none() {
+            let Ok(c) = redis::Client::open(self.url.as_str()).and_then(|c| c.get_connection())
+            else {
+                std::thread::sleep(Duration::from_millis(10));
+                return Vec::new();
+            };
+            self.conn = Some(c);
+        }
+        let reply = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(100)
+            .arg("BLOCK")
+            .arg(wait.as_millis().max(1) as u64)
+            .arg("STREAMS")
+            .arg(&self.log)
+            .arg(self.at.to_string())
+            .query(self.conn.as_mut().expect("made above"));
+        let Ok(reply) = reply else {
+            self.conn = None;
+            return Vec::new();
+        };
+        let entries = super::subscriber::entries(reply).expect("an XREAD reply");
+        let mut out = Vec::new();
+        for (id, message, _) in entries {
+            self.at = id;
+            out.extend(message);
+        }
+        out
     }
 }

@@ -3,6 +3,8 @@
 //! WebSocket implementation) to talk to it.
 #![allow(dead_code)]
 
+pub mod redis_server;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::record;
 use crate::redis_engine::backoff::Backoff;
-use crate::redis_engine::testing::{RedisServer, StreamEntry};
+use crate::redis_engine::testing::{LogReader, RedisServer, StreamEntry};
 use crate::ring::{self, Producer};
 
 /// A publisher thread for node `node` on the Redis at `port`, and its rings' producers.
@@ -54,6 +54,10 @@ fn start_with(
         client,
         rx,
         parker,
+        Arc::new(crate::park::Parker::new({
+            let u = unparker.clone();
+            move || u.unpark()
+        })),
         Arc::new(ReceiptBoard::new(16)),
         stats.clone(),
     );
@@ -100,31 +104,27 @@ impl Running {
 
 /// Collects published events from `sub` until `n` are in or `limit` passes: per user, the
 /// `(producer, k)` of each event in `seq` order (checking seqs are gapless per epoch).
-fn collect(
-    sub: &mut redis::PubSub<'_>,
-    n: usize,
-    limit: Duration,
-) -> BTreeMap<String, Vec<(u64, u64)>> {
+fn collect(log: &mut LogReader, n: usize, limit: Duration) -> BTreeMap<String, Vec<(u64, u64)>> {
     let deadline = Instant::now() + limit;
     let mut got: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
     let mut last: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     let mut count = 0;
     while count < n && Instant::now() < deadline {
-        let Ok(msg) = sub.get_message() else {
-            continue;
-        };
-        for e in wire::decode(msg.get_payload_bytes()).unwrap() {
-            let user = String::from_utf8(e.user.to_vec()).unwrap();
-            let prev = last.insert(user.clone(), (e.epoch, e.seq));
-            match prev {
-                Some((epoch, seq)) if epoch == e.epoch => assert_eq!(e.seq, seq + 1, "{user}"),
-                _ => assert_eq!(e.seq, 1, "{user}: a stream starts at 1"),
+        for msg in log.read(Duration::from_millis(100)) {
+            for e in wire::decode(&msg).unwrap() {
+                let user = String::from_utf8(e.user.to_vec()).unwrap();
+                let prev = last.insert(user.clone(), (e.epoch, e.seq));
+                match prev {
+                    Some((epoch, seq)) if epoch == e.epoch => assert_eq!(e.seq, seq + 1, "{user}"),
+                    _ => assert_eq!(e.seq, 1, "{user}: a stream starts at 1"),
+                }
+                let v: serde_json::Value =
+                    serde_json::from_slice(&[b"{", e.body].concat()).unwrap();
+                got.entry(user)
+                    .or_default()
+                    .push((v["p"].as_u64().unwrap(), v["k"].as_u64().unwrap()));
+                count += 1;
             }
-            let v: serde_json::Value = serde_json::from_slice(&[b"{", e.body].concat()).unwrap();
-            got.entry(user)
-                .or_default()
-                .push((v["p"].as_u64().unwrap(), v["k"].as_u64().unwrap()));
-            count += 1;
         }
     }
     got
@@ -145,21 +145,12 @@ fn assert_once_in_order(got: &BTreeMap<String, Vec<(u64, u64)>>, expected: usize
     assert_eq!(seen.len(), expected, "every event published");
 }
 
-fn subscriber(server: &RedisServer) -> redis::Connection {
-    let c = server.connect().unwrap();
-    c.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    c
-}
-
 #[test]
 fn a_backlog_goes_out_in_full_batches_once_each_in_emit_order() {
     let Some(server) = RedisServer::start("pub-backlog") else {
         return;
     };
-    let mut sub = subscriber(&server);
-    let mut sub = sub.as_pubsub();
-    sub.subscribe("p:events").unwrap();
+    let mut log = LogReader::new(&server, "p");
     // Two emitters' backlog is in the rings when the publisher starts, so its batches are
     // as full as they can be.
     let users: Vec<String> = (0..16).map(|u| format!("user-{u}")).collect();
@@ -171,7 +162,7 @@ fn a_backlog_goes_out_in_full_batches_once_each_in_emit_order() {
             }
         }
     });
-    let got = collect(&mut sub, 20_000, Duration::from_secs(30));
+    let got = collect(&mut log, 20_000, Duration::from_secs(30));
     assert_eq!(run.stop(), 0);
     assert_once_in_order(&got, 20_000);
     let batches = run.stats.batches.load(Ordering::Relaxed);
@@ -243,11 +234,10 @@ fn redis_away_at_first_then_up_holds_every_event_back_and_loses_none() {
 /// trips.
 fn under_cuts(name: &str, every: Duration) -> Option<(u64, u64)> {
     let server = RedisServer::start(name)?;
-    let mut sub = subscriber(&server);
-    let mut sub = sub.as_pubsub();
-    sub.subscribe("p:events").unwrap();
+    let mut log = LogReader::new(&server, "p");
     let mut run = start(server.port, 3, 1, 1 << 20);
-    // Another client cuts every normal connection (the publisher's; not the subscriber's):
+    // Another client cuts every other connection (the publisher's and the log reader's, which
+    // reads on where it stopped):
     // some cuts land while a batch is on its way, some between the script's run and its
     // answer (the retry then gets the first run's answer), some on a connection just made.
     let cutting = Arc::new(AtomicBool::new(true));
@@ -272,7 +262,7 @@ fn under_cuts(name: &str, every: Duration) -> Option<(u64, u64)> {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    let got = collect(&mut sub, 20_000, Duration::from_secs(60));
+    let got = collect(&mut log, 20_000, Duration::from_secs(60));
     cutting.store(false, Ordering::Relaxed);
     let cuts = killer.join().unwrap();
     assert_eq!(run.stop(), 0);

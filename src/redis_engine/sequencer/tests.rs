@@ -5,7 +5,7 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use super::*;
-use crate::redis_engine::testing::{RedisServer, StreamEntry};
+use crate::redis_engine::testing::{LogReader, RedisServer, StreamEntry};
 use crate::redis_engine::wire;
 
 /// Runs of `cmd` so far that did not fail (`commandstats` calls less failed calls: an EVALSHA
@@ -36,14 +36,8 @@ fn batches_from_two_nodes_give_each_user_one_gapless_sequence_published_in_order
     const BATCHES: usize = 50;
     const PER_BATCH: usize = 200;
     let users: Vec<String> = (0..8).map(|i| format!("user-{i}")).collect();
-    // A subscriber that sees every published batch, as every node's will.
-    let mut sub = server.connect().unwrap();
-    let mut pubsub = sub.as_pubsub();
-    let seq = Sequencer::new("fg", 99, 100_000, 100_000);
-    pubsub.subscribe(seq.channel()).unwrap();
-    pubsub
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    // A reader of the log, as every node's subscriber is.
+    let mut log = LogReader::new(&server, "fg");
     let start = Arc::new(Barrier::new(NODES));
     let nodes: Vec<_> = (0..NODES)
         .map(|node| {
@@ -99,7 +93,7 @@ fn batches_from_two_nodes_give_each_user_one_gapless_sequence_published_in_order
         assert!(got.iter().all(|a| a.1.epoch == epoch), "{user}: one epoch");
     }
 
-    // The subscriber got every event once, each user's in seq order, with the body and the
+    // The log has every event once, each user's in seq order, with the body and the
     // seq the submitter was told.
     let told: BTreeMap<(String, u64), &str> = assigned
         .iter()
@@ -107,15 +101,21 @@ fn batches_from_two_nodes_give_each_user_one_gapless_sequence_published_in_order
         .collect();
     let mut last: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
     let mut seen = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while seen < assigned.len() {
-        let msg = pubsub.get_message().expect("every batch is published");
-        for e in wire::decode(msg.get_payload_bytes()).expect("a valid batch") {
-            let prev = last.insert(e.user.to_vec(), e.seq).unwrap_or(0);
-            assert_eq!(e.seq, prev + 1, "in order, no gap");
-            let user = String::from_utf8(e.user.to_vec()).unwrap();
-            assert_eq!(told[&(user, e.seq)].as_bytes(), e.body);
-            assert_eq!(e.ts, 42);
-            seen += 1;
+        assert!(
+            std::time::Instant::now() < deadline,
+            "every batch is in the log"
+        );
+        for msg in log.read(Duration::from_millis(100)) {
+            for e in wire::decode(&msg).expect("a valid batch") {
+                let prev = last.insert(e.user.to_vec(), e.seq).unwrap_or(0);
+                assert_eq!(e.seq, prev + 1, "in order, no gap");
+                let user = String::from_utf8(e.user.to_vec()).unwrap();
+                assert_eq!(told[&(user, e.seq)].as_bytes(), e.body);
+                assert_eq!(e.ts, 42);
+                seen += 1;
+            }
         }
     }
     assert_eq!(seen, NODES * BATCHES * PER_BATCH);
@@ -154,7 +154,7 @@ fn the_log_keeps_each_batch_and_each_user_finds_its_events_by_seq() {
         assert_eq!(got[96].seq, 25 * (round + 1), "bob's last");
     }
     let len: u64 = redis::cmd("XLEN")
-        .arg(seq.log_key())
+        .arg(&seq.keys().log[..])
         .query(&mut conn)
         .unwrap();
     assert!(
@@ -163,7 +163,7 @@ fn the_log_keeps_each_batch_and_each_user_finds_its_events_by_seq() {
     );
     // Alice's index: one entry per batch, by the batch's first seq of hers.
     let index: Vec<StreamEntry> = redis::cmd("XRANGE")
-        .arg(seq.key(b"alice", b'i'))
+        .arg(seq.keys().user(b"alice", b'i'))
         .arg("-")
         .arg("+")
         .query(&mut conn)
@@ -174,7 +174,7 @@ fn the_log_keeps_each_batch_and_each_user_finds_its_events_by_seq() {
     // That entry names the batch in the log, which holds her 75 events of that batch.
     let log_id = String::from_utf8(fields[0].1.clone()).unwrap();
     let entry: Vec<StreamEntry> = redis::cmd("XRANGE")
-        .arg(seq.log_key())
+        .arg(&seq.keys().log[..])
         .arg(&log_id)
         .arg(&log_id)
         .query(&mut conn)
@@ -190,7 +190,7 @@ fn the_log_keeps_each_batch_and_each_user_finds_its_events_by_seq() {
     assert_eq!(alice[74].seq, 22500);
     assert!(alice.iter().all(|e| e.ts == 299 && e.epoch == 7));
     let meta: BTreeMap<String, String> = redis::cmd("HGETALL")
-        .arg(seq.key(b"alice", b'm'))
+        .arg(seq.keys().user(b"alice", b'm'))
         .query(&mut conn)
         .unwrap();
     assert_eq!(meta["seq"], "22500");
@@ -203,13 +203,8 @@ fn a_batch_submitted_again_runs_once_and_gets_its_first_answer() {
         return;
     };
     let mut conn = server.connect().unwrap();
-    let mut sub = server.connect().unwrap();
-    let mut pubsub = sub.as_pubsub();
+    let mut log = LogReader::new(&server, "r");
     let mut seq = Sequencer::new("r", 5, 1000, 1000);
-    pubsub.subscribe(seq.channel()).unwrap();
-    pubsub
-        .set_read_timeout(Some(Duration::from_millis(300)))
-        .unwrap();
     let events = |user: &'static [u8]| {
         (0..3)
             .map(|_| Pending {
@@ -230,16 +225,16 @@ fn a_batch_submitted_again_runs_once_and_gets_its_first_answer() {
     let mut other = Sequencer::new("r", 6, 1000, 1000);
     let theirs = other.submit(&mut conn, 1, 0xe, &events(b"u")).unwrap();
     assert_eq!(theirs.iter().map(|a| a.seq).collect::<Vec<_>>(), [7, 8, 9]);
-    // Three batches published, not four.
+    // Three batches in the log, not four.
     let mut published = Vec::new();
-    while let Ok(msg) = pubsub.get_message() {
-        for e in wire::decode(msg.get_payload_bytes()).unwrap() {
+    for msg in log.read(Duration::from_millis(100)) {
+        for e in wire::decode(&msg).unwrap() {
             published.push(e.seq);
         }
     }
     assert_eq!(published, (1..=9).collect::<Vec<_>>());
     let len: u64 = redis::cmd("XLEN")
-        .arg(seq.log_key())
+        .arg(&seq.keys().log[..])
         .query(&mut conn)
         .unwrap();
     assert_eq!(len, 3, "three batches stored, not four");

@@ -1,0 +1,175 @@
+//! The core on the Redis engine, on a virtual clock: events come with the `seq` Redis gave,
+//! repeats are dropped, holes and new epochs are said with `gap`, and a user's first connection
+//! waits for Redis to give its stream's state.
+
+use super::*;
+use crate::record::{encode_sequenced, REC_LOST, REC_SYNC};
+
+const E: u64 = 0xe0e0;
+
+fn redis_core() -> Core {
+    testing::core(cfg(|c| c.redis = true))
+}
+
+/// The event `seq` of `user`'s stream `epoch`, as the subscriber writes it.
+fn sequenced(user: &str, epoch: u64, seq: u64) -> Vec<u8> {
+    let mut r = Vec::new();
+    let body = format!("\"i\":{seq}}}");
+    encode_sequenced(&mut r, 0, 0, user.as_bytes(), epoch, seq, body.as_bytes());
+    r
+}
+
+/// Redis's answer to a sync request: `user`'s stream is at `epoch`, `seq`.
+fn sync(user: &str, epoch: u64, seq: u64) -> Vec<u8> {
+    let mut r = Vec::new();
+    encode_sequenced(&mut r, 0, REC_SYNC, user.as_bytes(), epoch, seq, b"");
+    r
+}
+
+fn lost() -> Vec<u8> {
+    let mut r = Vec::new();
+    encode_sequenced(&mut r, 0, REC_LOST, b"", 0, 0, b"");
+    r
+}
+
+fn gap(reason: &str, from: u64, to: u64) -> Seen {
+    Seen::Gap {
+        reason: reason.into(),
+        from,
+        to,
+    }
+}
+
+#[test]
+fn events_keep_the_seq_redis_gave_and_a_repeat_is_dropped() {
+    let t0 = Instant::now();
+    let mut core = redis_core();
+    for seq in [1, 2, 3, 2, 3, 4] {
+        core.route(&sequenced("a", E, seq), t0, 0);
+    }
+    assert_eq!(core.stats.events_duplicate, 2);
+    assert_eq!(core.stats.events_received, 4);
+    // The node saw the stream's events since its first one: it can say hello at once, and
+    // replay from its history.
+    let id = resume(&mut core, "a", 1, Some(E), t0);
+    assert!(core.sync_requests.is_empty(), "nothing to ask Redis");
+    let seen = drain(&mut core, id, t0);
+    assert_eq!(hello(&seen), (E, 4));
+    assert_eq!(events(&seen), [2, 3, 4]);
+    core.route(&sequenced("a", E, 5), t0, 0);
+    assert_eq!(events(&drain(&mut core, id, t0)), [5]);
+}
+
+#[test]
+fn a_first_connection_waits_for_redis_then_hears_its_stream() {
+    let t0 = Instant::now();
+    let mut core = redis_core();
+    let live = testing::connect(&mut core, user("b"), None, t0);
+    let resuming = resume(&mut core, "b", 5, Some(E), t0);
+    assert_eq!(core.sync_requests, vec![Box::from(&b"b"[..])], "asked once");
+    assert!(
+        drain(&mut core, live, t0).is_empty(),
+        "no hello before Redis answers"
+    );
+    // Events that were in the log before the subscriber took the request come first...
+    core.route(&sequenced("b", E, 6), t0, 0);
+    core.route(&sequenced("b", E, 7), t0, 0);
+    assert!(drain(&mut core, resuming, t0).is_empty());
+    // ...then the answer: the stream as of that point of the log.
+    core.route(&sync("b", E, 7), t0, 0);
+    let seen = drain(&mut core, live, t0);
+    assert_eq!(
+        seen,
+        [Seen::Hello {
+            epoch: E,
+            last_seq: 7
+        }]
+    );
+    let seen = drain(&mut core, resuming, t0);
+    assert_eq!(hello(&seen), (E, 7));
+    assert_eq!(events(&seen), [6, 7], "replayed from what the node kept");
+    core.route(&sequenced("b", E, 8), t0, 0);
+    assert_eq!(events(&drain(&mut core, live, t0)), [8]);
+    assert_eq!(events(&drain(&mut core, resuming, t0)), [8]);
+    assert_eq!(core.stats.sync_requests, 1);
+}
+
+#[test]
+fn a_resume_from_before_what_the_node_saw_is_a_gap() {
+    let t0 = Instant::now();
+    let mut core = redis_core();
+    let id = resume(&mut core, "c", 2, Some(E), t0);
+    core.route(&sync("c", E, 9), t0, 0);
+    let seen = drain(&mut core, id, t0);
+    assert_eq!(hello(&seen), (E, 9));
+    assert_eq!(seen[1], gap("history_evicted", 3, 9));
+}
+
+#[test]
+fn a_hole_the_node_missed_is_a_gap_and_a_new_epoch_is_said() {
+    let t0 = Instant::now();
+    let mut core = redis_core();
+    core.route(&sequenced("d", E, 1), t0, 0);
+    let id = connected(&mut core, "d", t0);
+    core.route(&sequenced("d", E, 2), t0, 0);
+    core.route(&sequenced("d", E, 5), t0, 0);
+    // Redis lost the stream: it starts again with another epoch.
+    core.route(&sequenced("d", E + 1, 1), t0, 0);
+    let seen = drain(&mut core, id, t0);
+    assert_eq!(
+        seen,
+        [
+            Seen::Event(2),
+            gap("missed", 3, 4),
+            Seen::Event(5),
+            gap("epoch_changed", 1, 0),
+            Seen::Event(1),
+        ]
+    );
+    assert_eq!(core.stats.stream_holes, 1);
+    // A client that connects now hears the new run.
+    let id = testing::connect(&mut core, user("d"), None, t0);
+    assert_eq!(hello(&drain(&mut core, id, t0)), (E + 1, 1));
+}
+
+#[test]
+fn after_a_lost_stretch_of_log_streams_with_connections_are_asked_again() {
+    let t0 = Instant::now();
+    let mut core = redis_core();
+    core.route(&sequenced("e", E, 1), t0, 0);
+    core.route(&sequenced("f", E, 1), t0, 0);
+    let id = connected(&mut core, "e", t0);
+    core.route(&lost(), t0, 0);
+    assert_eq!(
+        core.sync_requests,
+        vec![Box::from(&b"e"[..])],
+        "f has no connection"
+    );
+    // Events 2 and 3 went by in the stretch the node missed; Redis says so.
+    core.route(&sync("e", E, 3), t0, 0);
+    core.route(&sequenced("e", E, 4), t0, 0);
+    let seen = drain(&mut core, id, t0);
+    assert_eq!(seen, [gap("missed", 2, 3), Seen::Event(4)]);
+    // f is asked for on its next connection.
+    let f = testing::connect(&mut core, user("f"), None, t0);
+    assert!(drain(&mut core, f, t0).is_empty());
+    assert_eq!(core.sync_requests.len(), 2);
+}
+
+#[test]
+fn a_connection_redis_never_answers_for_is_closed_try_again_later() {
+    let t0 = Instant::now();
+    let mut core = redis_core();
+    let id = testing::connect(&mut core, user("g"), None, t0);
+    core.tick(t0 + SYNC_TIMEOUT - Duration::from_millis(1));
+    assert!(testing::write_all(&mut core, id).is_empty());
+    core.tick(t0 + SYNC_TIMEOUT);
+    let frames = testing::write_all(&mut core, id);
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0].0, Kind::Close);
+    assert_eq!(
+        u16::from_be_bytes([frames[0].1[0], frames[0].1[1]]),
+        CLOSE_TRY_AGAIN
+    );
+    assert_eq!(core.stats.closed_sync_timeout, 1);
+}

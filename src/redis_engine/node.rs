@@ -118,6 +118,7 @@ impl Node {
             rings_rx,
             parker,
             publisher_wake.clone(),
+            stats.subscriber.placed.clone(),
             receipts,
             stats.publisher.clone(),
         );
@@ -130,13 +131,13 @@ impl Node {
         let (sync_tx, sync_rx) = crossbeam_channel::unbounded();
         let stop_subscriber = Arc::new(AtomicBool::new(false));
         let mut feed = ShardFeed::new(shards, cfg.ring_capacity, stats.clone());
-        // Streams a sync makes start with an epoch of this node's (any unused value would do).
-        let new_epoch = node_id.rotate_left(17) ^ 0x5bd1_e995;
+        // Epochs of streams a sync makes: from a seed of this process's.
+        let epoch_seed = getrandom::u64().map_err(std::io::Error::other)?;
         let mut sub = Subscriber::new(
             client,
             Keys::new(&cfg.prefix),
             sync_rx,
-            new_epoch,
+            epoch_seed,
             stats.subscriber.clone(),
         );
         let stop = stop_subscriber.clone();

@@ -37,6 +37,9 @@ pub(crate) const MAX_BATCH_BYTES: usize = 1 << 20;
 /// How long the thread sleeps with nothing to do before it looks again (emitters wake it).
 const IDLE: Duration = Duration::from_millis(100);
 
+/// How often the thread looks whether the node's log reader has its starting point.
+const READER_WAIT: Duration = Duration::from_millis(5);
+
 /// A round trip to Redis, at most (connecting or waiting for an answer).
 const ROUND_TRIP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -117,6 +120,9 @@ pub(crate) struct Publisher {
     /// The sleep flag emitters check before they wake the thread (`crate::park`): set just
     /// before it parks with nothing to do, so an idle node's first event is not left waiting.
     sleep: Arc<crate::park::Parker>,
+    /// Set once this node's log reader knows where in the log it starts: no batch goes to
+    /// Redis before, so every event this node emits is read back into its own shards.
+    reader_placed: Arc<AtomicBool>,
     receipts: Arc<ReceiptBoard>,
     stats: Arc<PublisherStats>,
     batch: Batch,
@@ -136,6 +142,7 @@ impl Publisher {
         rings: Receiver<Consumer>,
         parker: Parker,
         sleep: Arc<crate::park::Parker>,
+        reader_placed: Arc<AtomicBool>,
         receipts: Arc<ReceiptBoard>,
         stats: Arc<PublisherStats>,
     ) -> Publisher {
@@ -148,6 +155,7 @@ impl Publisher {
             consumers: Vec::new(),
             parker,
             sleep,
+            reader_placed,
             receipts,
             stats,
             batch: Batch::default(),
@@ -184,6 +192,14 @@ impl Publisher {
                     self.sleep.awake();
                     continue;
                 }
+            }
+            // Acquire: pairs with the reader's Release once it has its starting point.
+            if !self.reader_placed.load(Ordering::Acquire) {
+                if stop.load(Ordering::Acquire) {
+                    return self.batch.spans.len() + self.pending();
+                }
+                self.parker.park_timeout(READER_WAIT);
+                continue;
             }
             let outcome = self.submit();
             if outcome != Outcome::Answered {

@@ -12,19 +12,21 @@
 -- was lost with a connection) gets that answer and runs no second time.
 --
 -- KEYS: the node's key, the log (a stream: one entry per batch, field `m` the message, field
---       `v` the id of the entry before it, so a reader can tell it missed none), the log's
---       last id (a string), then per user of the batch, in order of first appearance, its
---       meta hash (`epoch`, `seq`) and its index (a stream: entry `<first seq>-0` per batch,
---       field `b` the log entry id).
+--       `v` the id of the entry before it, so a reader can tell it missed none, field `g` the
+--       log's generation), the log's last id (a string), the log's generation (a string, set
+--       when the log starts: a reader that finds another one knows the log it read is gone,
+--       even where the new log's ids are not past its position), then per user of the batch,
+--       in order of first appearance, its meta hash (`epoch`, `seq`) and its index (a stream:
+--       entry `<first seq>-0` per batch, field `b` the log entry id).
 -- ARGV: log entries to keep, index entries to keep, the epoch a new stream starts with (16
 --       hex digits), the batch's number, how long the node's key lives (s), the number of
 --       events, the events section (wire.rs), the users: per user u8 length, the id, u32 its
---       number of events.
+--       number of events; the generation a new log starts with (16 hex digits).
 -- Returns: per user, the seq of its first event in the batch and its epoch.
-local node, log, last_id = KEYS[1], KEYS[2], KEYS[3]
+local node, log, last_id, generation = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local keep_log, keep_index = ARGV[1], ARGV[2]
 local new_epoch, batch, node_ttl = ARGV[3], ARGV[4], ARGV[5]
-local n_events, events, users_blob = ARGV[6], ARGV[7], ARGV[8]
+local n_events, events, users_blob, new_generation = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 local last = redis.call('HMGET', node, 'batch', 'answer')
 if last[1] == batch then
   return cmsgpack.unpack(last[2])
@@ -39,7 +41,7 @@ while at <= #users_blob do
   local user = string.sub(users_blob, at + 1, at + len)
   local count = struct.unpack('<I4', users_blob, at + 1 + len)
   at = at + 1 + len + 4
-  local meta = KEYS[2 + 2 * i]
+  local meta = KEYS[3 + 2 * i]
   local top = redis.call('HINCRBY', meta, 'seq', count)
   if top == count then
     redis.call('HSETNX', meta, 'epoch', new_epoch)
@@ -54,10 +56,15 @@ end
 local message = struct.pack('<BI2', 2, i) .. table.concat(header)
   .. struct.pack('<I2', n_events) .. events
 local prev = redis.call('GET', last_id) or '0-0'
-local id = redis.call('XADD', log, 'MAXLEN', '~', keep_log, '*', 'm', message, 'v', prev)
+local gen = redis.call('GET', generation)
+if not gen then
+  gen = new_generation
+  redis.call('SET', generation, gen)
+end
+local id = redis.call('XADD', log, 'MAXLEN', '~', keep_log, '*', 'm', message, 'v', prev, 'g', gen)
 redis.call('SET', last_id, id)
 for u = 1, i do
-  redis.call('XADD', KEYS[3 + 2 * u], 'MAXLEN', '~', keep_index, firsts[u] .. '-0', 'b', id)
+  redis.call('XADD', KEYS[4 + 2 * u], 'MAXLEN', '~', keep_index, firsts[u] .. '-0', 'b', id)
 end
 redis.call('HSET', node, 'batch', batch, 'answer', cmsgpack.pack(out))
 redis.call('EXPIRE', node, node_ttl)

@@ -13,6 +13,7 @@
 //!   entry before it (so a reader can tell it missed none), trimmed to about the last
 //!   `keep_batches`;
 //! - `p:last`: the id of the log's last entry;
+//! - `p:gen`: the log's generation (16 hex digits, set when the log starts);
 //! - `p:{u}:m`: a hash, `epoch` (16 hex digits, set by the first event of the stream) and `seq`
 //!   (the last one given);
 //! - `p:{u}:i`: a stream, the user's index into the log: entry id `<first seq>-0` per batch
@@ -40,6 +41,8 @@ pub(crate) struct Keys {
     pub log: Vec<u8>,
     /// `p:last`.
     pub last: Vec<u8>,
+    /// `p:gen`: the log's generation, set when it starts.
+    pub generation: Vec<u8>,
 }
 
 impl Keys {
@@ -48,6 +51,7 @@ impl Keys {
             prefix: prefix.as_bytes().to_vec(),
             log: format!("{prefix}:log").into_bytes(),
             last: format!("{prefix}:last").into_bytes(),
+            generation: format!("{prefix}:gen").into_bytes(),
         }
     }
 
@@ -194,7 +198,8 @@ impl Sequencer {
         let mut call = self.script.prepare_invoke();
         call.key(&self.node_key[..])
             .key(&self.keys.log[..])
-            .key(&self.keys.last[..]);
+            .key(&self.keys.last[..])
+            .key(&self.keys.generation[..]);
         for &(u, count) in &users {
             self.users.push(u.len() as u8);
             self.users.extend_from_slice(u);
@@ -209,7 +214,8 @@ impl Sequencer {
             .arg(NODE_MEMORY.as_secs())
             .arg(events.len())
             .arg(&self.events[..])
-            .arg(&self.users[..]);
+            .arg(&self.users[..])
+            .arg(&epoch_hex(new_epoch ^ batch.rotate_left(32))[..]);
         let reply: Vec<(u64, Vec<u8>)> = call.invoke(conn)?;
         if reply.len() != users.len() {
             return Err(protocol_error(

@@ -67,6 +67,9 @@ pub(crate) struct SubscriberStats {
     pub failures: AtomicU64,
     /// Whether the last round trip succeeded.
     pub connected: AtomicBool,
+    /// Set (for good) once the reader knows where in the log it starts: the node's publisher
+    /// sends nothing before, so the node reads back every event it emits.
+    pub placed: Arc<AtomicBool>,
 }
 
 /// The subscriber's state; [`Subscriber::run`] is the thread's body.
@@ -75,12 +78,19 @@ pub(crate) struct Subscriber {
     keys: Keys,
     /// Users whose stream state a shard asks for.
     requests: Receiver<Box<[u8]>>,
-    /// The epoch a stream that does not exist yet starts with, when a sync makes it.
-    new_epoch: u64,
+    /// Where the epochs of streams a sync makes come from: each sync offers a new one (a
+    /// stream that Redis lost and that starts again must never get its old epoch back, or its
+    /// new events would pass for ones already delivered).
+    epoch_seed: u64,
+    /// Syncs made so far (numbers the epochs offered).
+    syncs: u64,
     stats: Arc<SubscriberStats>,
     backoff: Backoff,
     /// The last log entry read, once known.
     position: Option<LogId>,
+    /// The generation of the log `position` is in, once known: a log with another one is a
+    /// new log (Redis lost the one read), whatever its ids.
+    generation: Option<Vec<u8>>,
     /// Sync requests taken but not answered yet (answered once a connection is up).
     pending: Vec<Box<[u8]>>,
 }
@@ -92,17 +102,19 @@ impl Subscriber {
         client: redis::Client,
         keys: Keys,
         requests: Receiver<Box<[u8]>>,
-        new_epoch: u64,
+        epoch_seed: u64,
         stats: Arc<SubscriberStats>,
     ) -> Self {
         Subscriber {
             client,
             keys,
             requests,
-            new_epoch,
+            epoch_seed,
+            syncs: 0,
             stats,
             backoff: Backoff::new(),
             position: None,
+            generation: None,
             pending: Vec::new(),
         }
     }
@@ -153,7 +165,7 @@ impl Subscriber {
         conn: &mut redis::Connection,
         out: &mut impl Deliver,
     ) -> redis::RedisResult<()> {
-        let Some(last) = self.last_id(conn)? else {
+        let Some(last) = self.log_end(conn)?.0 else {
             return Ok(());
         };
         let until = std::time::Instant::now() + TIMEOUT;
@@ -163,31 +175,46 @@ impl Subscriber {
         Ok(())
     }
 
-    /// The id of the log's last entry (none: no log, or one Redis lost).
-    fn last_id(&self, conn: &mut redis::Connection) -> redis::RedisResult<Option<LogId>> {
-        let last: Option<Vec<u8>> = redis::cmd("GET").arg(&self.keys.last[..]).query(conn)?;
-        Ok(last.and_then(|l| LogId::parse(&l)))
+    /// The id of the log's last entry and the log's generation (none: no log yet, or one
+    /// Redis lost).
+    fn log_end(
+        &self,
+        conn: &mut redis::Connection,
+    ) -> redis::RedisResult<(Option<LogId>, Option<Vec<u8>>)> {
+        let (last, generation): (Option<Vec<u8>>, Option<Vec<u8>>) = redis::cmd("MGET")
+            .arg(&self.keys.last[..])
+            .arg(&self.keys.generation[..])
+            .query(conn)?;
+        Ok((last.and_then(|l| LogId::parse(&l)), generation))
     }
 
     /// On a new connection: where reading goes on. The first time, from the log's end (what
-    /// came before is for sync requests); after that, where it stopped, unless the log's
-    /// last entry is older than that (Redis lost the log: read the new one from its start).
+    /// came before is for sync requests); after that, where it stopped, unless the log is
+    /// another one (its generation differs, or it ends before that point: Redis lost the log
+    /// read so far; read the new one from its start).
     fn start(
         &mut self,
         conn: &mut redis::Connection,
         out: &mut impl Deliver,
     ) -> redis::RedisResult<()> {
-        let last = self.last_id(conn)?;
-        match (self.position, last) {
-            (None, last) => self.position = Some(last.unwrap_or_default()),
-            (Some(at), last) if last.unwrap_or_default() < at => {
-                tracing::warn!(
-                    "redis: the log ends before what this node had read: Redis lost it (a restart without persistence?)"
-                );
-                self.lost(out);
-                self.position = Some(LogId::default());
-            }
-            _ => {}
+        let (last, generation) = self.log_end(conn)?;
+        let Some(at) = self.position else {
+            self.position = Some(last.unwrap_or_default());
+            self.generation = generation;
+            // Release: the position is set before the publisher may submit.
+            self.stats.placed.store(true, Ordering::Release);
+            return Ok(());
+        };
+        let other_log = self.generation.is_some() && generation != self.generation;
+        if other_log || last.unwrap_or_default() < at {
+            tracing::warn!(
+                "redis: the log is not the one this node was reading: Redis lost it (a restart without persistence?)"
+            );
+            self.lost(out);
+            self.position = Some(LogId::default());
+            self.generation = generation;
+        } else if generation.is_some() {
+            self.generation = generation;
         }
         Ok(())
     }
@@ -201,7 +228,9 @@ impl Subscriber {
         self.pending.extend(self.requests.try_iter());
         let at = self.position.unwrap_or_default();
         while let Some(user) = self.pending.last() {
-            let s = sequencer::sync(conn, &self.keys, user, at, self.new_epoch)?;
+            self.syncs += 1;
+            let offer = mix(self.epoch_seed, self.syncs);
+            let s = sequencer::sync(conn, &self.keys, user, at, offer)?;
             out.sync(user, s.epoch, s.seq);
             self.stats.syncs.fetch_add(1, Ordering::Relaxed);
             self.pending.pop();
@@ -226,11 +255,16 @@ impl Subscriber {
             .arg(&self.keys.log[..])
             .arg(at.to_string())
             .query(conn)?;
-        for (id, message, previous) in entries(reply)? {
-            if previous != self.position {
+        for (id, message, previous, generation) in entries(reply)? {
+            let other_log =
+                generation.is_some() && self.generation.is_some() && generation != self.generation;
+            if previous != self.position || other_log {
                 self.lost(out);
             }
             self.position = Some(id);
+            if generation.is_some() {
+                self.generation = generation;
+            }
             let Some(message) = message else {
                 self.bad(&"an entry without a message");
                 continue;
@@ -279,8 +313,18 @@ impl Subscriber {
     }
 }
 
-/// One log entry as read: its id, its message (`m`) and the id of the entry before it (`v`).
-type Entry = (LogId, Option<Vec<u8>>, Option<LogId>);
+/// The `n`th value of a sequence seeded with `seed`: distinct for every `n`, and unrelated
+/// between seeds (SplitMix64's finaliser).
+fn mix(seed: u64, n: u64) -> u64 {
+    let mut z = seed.wrapping_add(n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// One log entry as read: its id, its message (`m`), the id of the entry before it (`v`) and
+/// the log's generation (`g`).
+type Entry = (LogId, Option<Vec<u8>>, Option<LogId>, Option<Vec<u8>>);
 
 /// The entries of an `XREAD` reply on one stream (nil when the wait ended without any).
 pub(super) fn entries(reply: Value) -> redis::RedisResult<Vec<Entry>> {
@@ -319,7 +363,7 @@ pub(super) fn entries(reply: Value) -> redis::RedisResult<Vec<Entry>> {
                 return Err(bad());
             };
             let id = LogId::parse(&id).ok_or_else(bad)?;
-            let (mut message, mut previous) = (None, None);
+            let (mut message, mut previous, mut generation) = (None, None, None);
             let mut fields = fields.into_iter();
             while let (Some(Value::BulkString(k)), Some(Value::BulkString(v))) =
                 (fields.next(), fields.next())
@@ -327,10 +371,11 @@ pub(super) fn entries(reply: Value) -> redis::RedisResult<Vec<Entry>> {
                 match &k[..] {
                     b"m" => message = Some(v),
                     b"v" => previous = LogId::parse(&v),
+                    b"g" => generation = Some(v),
                     _ => {}
                 }
             }
-            out.push((id, message, previous));
+            out.push((id, message, previous, generation));
         }
     }
     Ok(out)

@@ -64,7 +64,7 @@ impl LogReader {
         };
         let entries = super::subscriber::entries(reply).expect("an XREAD reply");
         let mut out = Vec::new();
-        for (id, message, _) in entries {
+        for (id, message, _, _) in entries {
             self.at = id;
             out.extend(message);
         }

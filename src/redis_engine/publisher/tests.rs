@@ -58,6 +58,7 @@ fn start_with(
             let u = unparker.clone();
             move || u.unpark()
         })),
+        Arc::new(AtomicBool::new(true)),
         Arc::new(ReceiptBoard::new(16)),
         stats.clone(),
     );

@@ -73,8 +73,8 @@ impl Seen {
     }
 }
 
-/// The epoch a sync gives a stream that does not exist yet.
-const NEW_EPOCH: u64 = 0xabc;
+/// The seed of the epochs syncs offer.
+const EPOCH_SEED: u64 = 0xabc;
 
 fn subscriber(
     port: u16,
@@ -86,7 +86,7 @@ fn subscriber(
     let stats = Arc::new(SubscriberStats::default());
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
     let (tx, rx) = crossbeam_channel::unbounded();
-    let sub = Subscriber::new(client, Keys::new("s"), rx, NEW_EPOCH, stats.clone());
+    let sub = Subscriber::new(client, Keys::new("s"), rx, EPOCH_SEED, stats.clone());
     (sub, stats, tx)
 }
 
@@ -313,7 +313,7 @@ fn a_sync_gives_the_stream_as_of_the_log_read_so_far() {
     assert_eq!(
         syncs,
         vec![
-            &Saw::Sync("nobody".into(), NEW_EPOCH, 0),
+            &Saw::Sync("nobody".into(), mix(EPOCH_SEED, 1), 0),
             &Saw::Sync("b".into(), epoch, 5),
             &Saw::Sync("a".into(), epoch, 5),
         ],
@@ -331,8 +331,17 @@ fn a_sync_gives_the_stream_as_of_the_log_read_so_far() {
     sub.serve_syncs(&mut conn, &mut out).unwrap();
     assert_eq!(
         out.all().last(),
-        Some(&Saw::Sync("nobody".into(), NEW_EPOCH, 1))
+        Some(&Saw::Sync("nobody".into(), mix(EPOCH_SEED, 1), 1))
     );
+    // Redis loses everything: the stream a sync makes again has an epoch never seen before,
+    // so its events cannot pass for the old run's.
+    let _: () = redis::cmd("FLUSHALL").query(&mut conn).unwrap();
+    requests.send(b"nobody"[..].into()).unwrap();
+    sub.serve_syncs(&mut conn, &mut out).unwrap();
+    let Some(Saw::Sync(_, again, 0)) = out.all().last().cloned() else {
+        panic!("{:?}", out.all().last());
+    };
+    assert_ne!(again, mix(EPOCH_SEED, 1));
 }
 
 #[test]

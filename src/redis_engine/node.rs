@@ -13,7 +13,7 @@ use crossbeam_channel::Sender;
 use crossbeam_utils::sync::Parker as ThreadParker;
 use crossbeam_utils::Backoff as Spin;
 
-use super::publisher::{Publisher, PublisherStats};
+use super::publisher::{Inputs, Publisher, PublisherStats};
 use super::sequencer::{Keys, Sequencer};
 use super::subscriber::{Deliver, Subscriber, SubscriberStats};
 use super::wire::WireEvent;
@@ -115,10 +115,12 @@ impl Node {
         let publisher = Publisher::new(
             sequencer,
             client.clone(),
-            rings_rx,
-            parker,
-            publisher_wake.clone(),
-            stats.subscriber.placed.clone(),
+            Inputs {
+                rings: rings_rx,
+                parker,
+                sleep: publisher_wake.clone(),
+                reader_placed: stats.subscriber.placed.clone(),
+            },
             receipts,
             stats.publisher.clone(),
         );

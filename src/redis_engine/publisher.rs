@@ -133,16 +133,25 @@ pub(crate) struct Publisher {
     backoff: Backoff,
 }
 
+/// What feeds the publisher and wakes it.
+pub(crate) struct Inputs {
+    /// New emitters' rings.
+    pub rings: Receiver<Consumer>,
+    /// The thread's parker; emitters wake it through `sleep`.
+    pub parker: Parker,
+    /// The sleep flag emitters check (`crate::park`), whose wake unparks `parker`.
+    pub sleep: Arc<crate::park::Parker>,
+    /// Set once the node's log reader has its starting point.
+    pub reader_placed: Arc<AtomicBool>,
+}
+
 impl Publisher {
-    /// A publisher sequencing through `sequencer` on the Redis at `client`, taking new rings
-    /// from `rings` (each sender wakes it with the unparker of `parker`).
+    /// A publisher sequencing through `sequencer` on the Redis at `client`, taking what
+    /// `inputs` bring.
     pub(crate) fn new(
         sequencer: Sequencer,
         client: redis::Client,
-        rings: Receiver<Consumer>,
-        parker: Parker,
-        sleep: Arc<crate::park::Parker>,
-        reader_placed: Arc<AtomicBool>,
+        inputs: Inputs,
         receipts: Arc<ReceiptBoard>,
         stats: Arc<PublisherStats>,
     ) -> Publisher {
@@ -151,11 +160,11 @@ impl Publisher {
             sequencer,
             client,
             conn: None,
-            rings,
+            rings: inputs.rings,
             consumers: Vec::new(),
-            parker,
-            sleep,
-            reader_placed,
+            parker: inputs.parker,
+            sleep: inputs.sleep,
+            reader_placed: inputs.reader_placed,
             receipts,
             stats,
             batch: Batch::default(),

@@ -52,13 +52,15 @@ fn start_with(
     let publisher = Publisher::new(
         Sequencer::new("p", node, 1 << 20, 1 << 20),
         client,
-        rx,
-        parker,
-        Arc::new(crate::park::Parker::new({
-            let u = unparker.clone();
-            move || u.unpark()
-        })),
-        Arc::new(AtomicBool::new(true)),
+        Inputs {
+            rings: rx,
+            parker,
+            sleep: Arc::new(crate::park::Parker::new({
+                let u = unparker.clone();
+                move || u.unpark()
+            })),
+            reader_placed: Arc::new(AtomicBool::new(true)),
+        },
         Arc::new(ReceiptBoard::new(16)),
         stats.clone(),
     );

@@ -573,6 +573,18 @@ impl GatewayBuilder {
         let (redis, sync_requests, links) = redis_node(&cfg, links, &registry, &boards)?;
         #[cfg(not(feature = "redis"))]
         let sync_requests = None;
+        // Redis engine: a ring from each shard to the publisher for its clients' acks.
+        let mut ack_links: Vec<Option<reactor::AckLink>> = (0..n)
+            .map(|_| {
+                let link = sync_requests.as_ref().map(|_| &links[0])?;
+                let (producer, consumer) = crate::ring::channel(ACK_RING_BYTES);
+                link.rings.send(consumer).ok()?;
+                Some(reactor::AckLink {
+                    producer,
+                    parker: link.parker.clone(),
+                })
+            })
+            .collect();
         let emitters = Arc::new(EmitterShared {
             shards: links,
             registry: registry.clone(),
@@ -623,7 +635,8 @@ impl GatewayBuilder {
                 rcfg.clone(),
                 listener.take(),
                 durable,
-            )?;
+            )?
+            .with_ack_link(ack_links[i].take());
             let t = std::thread::Builder::new()
                 .name(format!("floodgate-reactor-{i}"))
                 .spawn(move || shard.run())?;
@@ -691,6 +704,10 @@ fn redis_node(
     }]);
     Ok((Some(node), Some(links.sync_requests), to_publisher))
 }
+
+/// Bytes of each shard's ring to the Redis engine's publisher for its clients' acks (an ack
+/// record is about 40 bytes plus the user id; a full ring keeps acks for the next pass).
+const ACK_RING_BYTES: usize = 64 << 10;
 
 /// Descriptors the gateway needs besides one per connection: listener, polls, wakers, spool
 /// segments, the dead-letter file, ingest sockets, and what the application holds.

@@ -475,6 +475,18 @@ const FAMILIES: &[Family] = &[
         series: &[stat!(stream_holes)],
     },
     Family {
+        name: "redis_acks_from_other_nodes_total",
+        kind: Kind::Counter,
+        help: "Redis engine: client acks made on other nodes that settled events here (read from the log).",
+        series: &[stat!(acks_from_other_nodes)],
+    },
+    Family {
+        name: "redis_unacked_left_to_origin_total",
+        kind: Kind::Counter,
+        help: "Redis engine: unacked events of other nodes given up here (timeout, overflow, dropped stream), left to the node that emitted them to dead-letter.",
+        series: &[stat!(unacked_left_to_origin)],
+    },
+    Family {
         name: "connections_closed_sync_timeout_total",
         kind: Kind::Counter,
         help: "Redis engine: connections closed with 1013 because Redis did not give their stream's state within 10 s.",

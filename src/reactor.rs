@@ -265,6 +265,16 @@ pub(crate) struct Shard {
     accept_retry: bool,
     /// Handshakes in progress per peer address (accepting shard only).
     pending_by_ip: HashMap<IpAddr, usize>,
+    /// Redis engine: where this shard's clients' acks go (the node's publisher).
+    acks_to_redis: Option<AckLink>,
+    /// Reused to encode those acks.
+    ack_scratch: Vec<u8>,
+}
+
+/// A ring from a shard to the Redis engine's publisher, for the acks of the shard's clients.
+pub(crate) struct AckLink {
+    pub producer: crate::ring::Producer,
+    pub parker: Arc<Parker>,
 }
 
 /// The answer to a connection accepted only to be refused while descriptors are exhausted.
@@ -343,8 +353,45 @@ impl Shard {
             fd_exhausted: false,
             accept_retry: false,
             pending_by_ip: HashMap::new(),
+            acks_to_redis: None,
+            ack_scratch: Vec::new(),
         }
         .with_reserve_fd())
+    }
+
+    /// Redis engine: this shard's clients' acks go to every node through `link`.
+    pub(crate) fn with_ack_link(mut self, link: Option<AckLink>) -> Self {
+        self.acks_to_redis = link;
+        self
+    }
+
+    /// Passes the acks of this pass on to the publisher; what its ring cannot take now waits
+    /// for the next pass.
+    fn forward_acks(&mut self) {
+        let Some(link) = self.acks_to_redis.as_mut() else {
+            return;
+        };
+        let mut sent = 0;
+        for (user, epoch, through) in &self.core.acks_out {
+            self.ack_scratch.clear();
+            crate::record::encode_sequenced(
+                &mut self.ack_scratch,
+                unix_ns(),
+                crate::record::REC_ACKED,
+                user,
+                *epoch,
+                *through,
+                b"",
+            );
+            if link.producer.push(&[&self.ack_scratch]).is_err() {
+                break;
+            }
+            sent += 1;
+        }
+        if sent > 0 {
+            self.core.acks_out.drain(..sent);
+            link.parker.unpark();
+        }
     }
 
     fn with_reserve_fd(mut self) -> Self {
@@ -444,6 +491,7 @@ impl Shard {
                     let _ = tx.send(user);
                 }
             }
+            self.forward_acks();
 
             if now >= next_tick {
                 next_tick = now + TICK;

@@ -40,6 +40,9 @@ pub(crate) const REC_SYNC: u8 = 8;
 pub(crate) const REC_ACKED: u8 = 16;
 /// Record flag: a notice that the subscriber may have missed part of the log (no user).
 pub(crate) const REC_LOST: u8 = 32;
+/// Record flag (with [`REC_SEQ`]): this node emitted the event, so it is the one that
+/// dead-letters it if no client acks it in time (every node keeps it for redelivery).
+pub(crate) const REC_OWN: u8 = 64;
 /// The flags of records only the Redis engine writes.
 pub(crate) const REC_REDIS: u8 = REC_SEQ | REC_SYNC | REC_ACKED | REC_LOST;
 

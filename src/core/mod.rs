@@ -30,7 +30,7 @@ use tungstenite::{Error as WsError, Message};
 
 use crate::delivery::DeliveryBoard;
 use crate::receipt::{Progress, ReceiptBoard, Ticket};
-use crate::record::{Record, REC_ACKED, REC_LOST, REC_REDIS, REC_SYNC};
+use crate::record::{Record, REC_ACKED, REC_LOST, REC_OWN, REC_REDIS, REC_SYNC};
 pub(crate) use batch::BatchPolicy;
 pub(crate) use breaker::BreakerPolicy;
 use breaker::{Cause, Transition};
@@ -152,6 +152,9 @@ pub(crate) struct Core {
     /// Redis engine: users whose stream state the reactor must ask of Redis (through the
     /// subscriber, which answers in this shard's ring with a `REC_SYNC` record).
     pub sync_requests: Vec<Box<[u8]>>,
+    /// Redis engine: acks of this node's clients, `(user, epoch, through)`, for the reactor
+    /// to pass on to every node (through the publisher and the log).
+    pub acks_out: Vec<(Box<[u8]>, u64, u64)>,
     /// Counters, published by the reactor once per pass.
     pub stats: Stats,
 }
@@ -186,6 +189,7 @@ impl Core {
             tracked_count: 0,
             frame_pool: FramePool::default(),
             sync_requests: Vec::new(),
+            acks_out: Vec::new(),
             stats: Stats::default(),
         }
     }
@@ -209,6 +213,7 @@ impl Core {
                     // The wait for an ack starts again with the new process.
                     deadline: now + self.cfg.ack_timeout,
                     frame,
+                    own: true,
                 })
                 .collect();
             self.users.insert(user, u);
@@ -729,6 +734,7 @@ impl Core {
                 seq,
                 deadline: now + cfg.ack_timeout,
                 frame: f,
+                own: rec.sequenced.is_none() || rec.flags & REC_OWN != 0,
             });
         }
         if cfg.history.max_events > 0 {
@@ -827,7 +833,13 @@ impl Core {
             return false;
         }
         if rec.flags & REC_ACKED != 0 {
-            // Acks across nodes are not carried yet (docs/SCALING.md).
+            // A client acked on some node (this one too: the ack is already applied here,
+            // and applying it again changes nothing).
+            if self.users.get(rec.user).is_some_and(|u| u.epoch == epoch)
+                && self.settle_acked(rec.user, seq).is_some()
+            {
+                self.stats.acks_from_other_nodes += 1;
+            }
             return false;
         }
         let Some(u) = self.users.get_mut(rec.user) else {
@@ -1208,13 +1220,23 @@ impl Core {
         let ConnKind::User(user) = &self.conns[id].kind else {
             return;
         };
-        let Some(u) = self.users.get_mut(user) else {
-            return;
-        };
+        let user = user.clone();
         self.stats.acks_received += 1;
+        if let Some(acked) = self.settle_acked(&user, n) {
+            if self.cfg.redis {
+                self.acks_out.push((user, acked.0, acked.1));
+            }
+        }
+    }
+
+    /// Settles `user`'s events through `n` as acked (bounded by the stream's last `seq`):
+    /// unacked ones are let go, receipts updated, the spool told. Returns the stream's epoch
+    /// and the new acked `seq`, or `None` when that moves nothing.
+    fn settle_acked(&mut self, user: &[u8], n: u64) -> Option<(u64, u64)> {
+        let u = self.users.get_mut(user)?;
         let n = n.min(u.seq);
         if n <= u.acked {
-            return;
+            return None;
         }
         u.acked = n;
         while u.unacked.front().is_some_and(|e| e.seq <= n) {
@@ -1228,6 +1250,7 @@ impl Core {
         if self.cfg.spool {
             self.spool_pos += spool_settle(&mut self.spool_out, user, u.epoch, n, false);
         }
+        Some((u.epoch, n))
     }
 
     /// Collects the connections to write now into `out`: urgent ones always, batched ones by

@@ -178,6 +178,11 @@ counters! {
     /// Redis engine: connections closed (1013) because Redis did not give their stream's
     /// state in time.
     closed_sync_timeout,
+    /// Redis engine: unacked events of other nodes given up here (timeout, overflow, dropped
+    /// stream) and left to the node that emitted them to dead-letter.
+    unacked_left_to_origin,
+    /// Redis engine: acks from clients on other nodes applied here.
+    acks_from_other_nodes,
 }
 
 impl Stats {

@@ -52,6 +52,10 @@ pub(super) struct Unacked {
     pub(super) deadline: Instant,
     /// The whole frame, as sent (a buffer from `Core::frame_pool`).
     pub(super) frame: Vec<u8>,
+    /// This node emitted it (always, on the local engine): the node that dead-letters it
+    /// if no client acks it. On the Redis engine every node keeps every unacked event (a
+    /// user may reconnect anywhere), and acks reach them all through the log.
+    pub(super) own: bool,
 }
 
 /// A tracked event (one with a receipt).
@@ -204,6 +208,13 @@ pub(super) fn expire_unacked(
     reason: &str,
 ) {
     use std::io::Write as _;
+    if !e.own {
+        // Another node emitted it and dead-letters it (Redis engine): one line, not one
+        // per node.
+        x.stats.unacked_left_to_origin += 1;
+        x.frame_pool.give(e.frame);
+        return;
+    }
     let out = &mut *x.dead_out;
     let name = String::from_utf8_lossy(user);
     let _ = write!(out, "{{\"user\":");

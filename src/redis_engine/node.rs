@@ -19,7 +19,7 @@ use super::subscriber::{Deliver, Subscriber, SubscriberStats};
 use super::wire::WireEvent;
 use crate::park::Parker;
 use crate::receipt::ReceiptBoard;
-use crate::record::{encode_sequenced, shard_of, REC_ACK, REC_LOST, REC_SYNC};
+use crate::record::{encode_sequenced, shard_of, REC_ACK, REC_ACKED, REC_LOST, REC_OWN, REC_SYNC};
 use crate::ring::{self, Consumer, Producer, PushError};
 
 /// Log entries (batches) Redis keeps, about: with 1024-event batches, about ten million events
@@ -138,6 +138,7 @@ impl Node {
         let mut sub = Subscriber::new(
             client,
             Keys::new(&cfg.prefix),
+            node_id,
             sync_rx,
             epoch_seed,
             stats.subscriber.clone(),
@@ -264,13 +265,17 @@ impl ShardFeed {
 }
 
 impl Deliver for ShardFeed {
-    fn event(&mut self, e: &WireEvent<'_>) {
+    fn event(&mut self, e: &WireEvent<'_>, own: bool) {
         if e.user.is_empty() || e.user.len() > crate::record::MAX_USER_LEN {
             self.stats.undeliverable.fetch_add(1, Ordering::Relaxed);
             return;
         }
         self.scratch.clear();
-        let flags = if e.needs_ack { REC_ACK } else { 0 };
+        let flags = if e.ack {
+            REC_ACKED
+        } else {
+            (u8::from(e.needs_ack) * REC_ACK) | (u8::from(own) * REC_OWN)
+        };
         encode_sequenced(
             &mut self.scratch,
             e.ts,

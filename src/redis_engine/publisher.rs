@@ -24,7 +24,7 @@ use super::backoff::Backoff;
 use super::sequencer::{Pending, Sequencer};
 use super::wire;
 use crate::receipt::{Progress, ReceiptBoard};
-use crate::record::Record;
+use crate::record::{Record, REC_ACKED};
 use crate::ring::Consumer;
 
 /// Events in one batch, at most.
@@ -285,6 +285,8 @@ impl Publisher {
                     ts: r.ts_unix_ns,
                     needs_ack: r.needs_ack,
                     body: r.body,
+                    // A shard passes a client's ack on to every node.
+                    ack: r.sequenced.filter(|_| r.flags & REC_ACKED != 0),
                 }
             })
             .collect();
@@ -301,9 +303,10 @@ impl Publisher {
                     }
                 }
                 self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                let acks = events.iter().filter(|e| e.ack.is_some()).count();
                 self.stats
                     .events
-                    .fetch_add(assigned.len() as u64, Ordering::Relaxed);
+                    .fetch_add((assigned.len() - acks) as u64, Ordering::Relaxed);
                 if !self.stats.connected.swap(true, Ordering::Relaxed) {
                     tracing::info!("redis: sequencing events");
                 }

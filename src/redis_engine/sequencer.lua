@@ -20,13 +20,16 @@
 --       entry `<first seq>-0` per batch, field `b` the log entry id).
 -- ARGV: log entries to keep, index entries to keep, the epoch a new stream starts with (16
 --       hex digits), the batch's number, how long the node's key lives (s), the number of
---       events, the events section (wire.rs), the users: per user u8 length, the id, u32 its
---       number of events; the generation a new log starts with (16 hex digits).
--- Returns: per user, the seq of its first event in the batch and its epoch.
+--       entries, the entries section (wire.rs), the users: per user u8 length, the id, u32
+--       its number of events (acks not counted); the generation a new log starts with (16
+--       hex digits); the node's id (16 hex digits, field `n` of the entry, so a node knows
+--       its own batches).
+-- Returns: per user, the seq of its first event in the batch (0: only acks) and its epoch.
 local node, log, last_id, generation = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local keep_log, keep_index = ARGV[1], ARGV[2]
 local new_epoch, batch, node_ttl = ARGV[3], ARGV[4], ARGV[5]
 local n_events, events, users_blob, new_generation = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local node_id = ARGV[10]
 local last = redis.call('HMGET', node, 'batch', 'answer')
 if last[1] == batch then
   return cmsgpack.unpack(last[2])
@@ -42,18 +45,22 @@ while at <= #users_blob do
   local count = struct.unpack('<I4', users_blob, at + 1 + len)
   at = at + 1 + len + 4
   local meta = KEYS[3 + 2 * i]
-  local top = redis.call('HINCRBY', meta, 'seq', count)
-  if top == count then
-    redis.call('HSETNX', meta, 'epoch', new_epoch)
+  local first, epoch = 0, '0000000000000000'
+  if count > 0 then
+    local top = redis.call('HINCRBY', meta, 'seq', count)
+    if top == count then
+      redis.call('HSETNX', meta, 'epoch', new_epoch)
+    end
+    epoch = redis.call('HGET', meta, 'epoch')
+    first = top - count + 1
   end
-  local epoch = redis.call('HGET', meta, 'epoch')
-  local first = top - count + 1
+  -- A user with only acks in the batch: no seq, no position, no index entry.
   firsts[i] = first
   header[i] = struct.pack('<B', len) .. user .. epoch .. struct.pack('<I8', first)
   out[#out + 1] = first
   out[#out + 1] = epoch
 end
-local message = struct.pack('<BI2', 2, i) .. table.concat(header)
+local message = struct.pack('<BI2', 3, i) .. table.concat(header)
   .. struct.pack('<I2', n_events) .. events
 local prev = redis.call('GET', last_id) or '0-0'
 local gen = redis.call('GET', generation)
@@ -61,10 +68,13 @@ if not gen then
   gen = new_generation
   redis.call('SET', generation, gen)
 end
-local id = redis.call('XADD', log, 'MAXLEN', '~', keep_log, '*', 'm', message, 'v', prev, 'g', gen)
+local id = redis.call('XADD', log, 'MAXLEN', '~', keep_log, '*', 'm', message, 'v', prev, 'g', gen,
+  'n', node_id)
 redis.call('SET', last_id, id)
 for u = 1, i do
-  redis.call('XADD', KEYS[4 + 2 * u], 'MAXLEN', '~', keep_index, firsts[u] .. '-0', 'b', id)
+  if firsts[u] > 0 then
+    redis.call('XADD', KEYS[4 + 2 * u], 'MAXLEN', '~', keep_index, firsts[u] .. '-0', 'b', id)
+  end
 end
 redis.call('HSET', node, 'batch', batch, 'answer', cmsgpack.pack(out))
 redis.call('EXPIRE', node, node_ttl)

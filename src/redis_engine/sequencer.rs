@@ -106,13 +106,15 @@ pub(crate) fn sync(
     Ok(Assigned { epoch, seq })
 }
 
-/// One event to sequence.
+/// One event to sequence, or (`ack`) a client's ack to pass on to every node.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Pending<'a> {
     pub user: &'a [u8],
     pub ts: u64,
     pub needs_ack: bool,
     pub body: &'a [u8],
+    /// An ack through `(epoch, seq)` rather than an event: it takes no seq.
+    pub ack: Option<(u64, u64)>,
 }
 
 /// What Redis gave an event.
@@ -133,6 +135,8 @@ pub(crate) struct Sequencer {
     keys: Keys,
     /// `p:node:<id>`: the number and the answer of this node's last batch that ran.
     node_key: Vec<u8>,
+    /// The node's id (16 hex digits), which its log entries carry.
+    node_id: [u8; 16],
     keep_batches: u64,
     keep_index: u64,
     /// Reused for each batch: the events and the users arguments.
@@ -149,6 +153,7 @@ impl Sequencer {
             script: Script::new(SCRIPT),
             keys: Keys::new(prefix),
             node_key: format!("{prefix}:node:{node:016x}").into_bytes(),
+            node_id: epoch_hex(node),
             keep_batches: keep_batches.max(1),
             keep_index: keep_index.max(1),
             events: Vec::new(),
@@ -185,10 +190,17 @@ impl Sequencer {
                 users.push((e.user, 0));
                 (users.len() - 1) as u16
             });
-            users[usize::from(n)].1 += 1;
             numbers.push(n);
             self.events.extend_from_slice(&n.to_le_bytes());
             self.events.extend_from_slice(&e.ts.to_le_bytes());
+            if let Some((epoch, seq)) = e.ack {
+                self.events.push(2);
+                self.events.extend_from_slice(&16u32.to_le_bytes());
+                self.events.extend_from_slice(&epoch.to_le_bytes());
+                self.events.extend_from_slice(&seq.to_le_bytes());
+                continue;
+            }
+            users[usize::from(n)].1 += 1;
             self.events.push(u8::from(e.needs_ack));
             self.events
                 .extend_from_slice(&(e.body.len() as u32).to_le_bytes());
@@ -215,7 +227,8 @@ impl Sequencer {
             .arg(events.len())
             .arg(&self.events[..])
             .arg(&self.users[..])
-            .arg(&epoch_hex(new_epoch ^ batch.rotate_left(32))[..]);
+            .arg(&epoch_hex(new_epoch ^ batch.rotate_left(32))[..])
+            .arg(&self.node_id[..]);
         let reply: Vec<(u64, Vec<u8>)> = call.invoke(conn)?;
         if reply.len() != users.len() {
             return Err(protocol_error(
@@ -233,11 +246,16 @@ impl Sequencer {
             .collect::<RedisResult<_>>()?;
         Ok(numbers
             .into_iter()
-            .map(|n| {
-                let a = &mut next[usize::from(n)];
-                let given = *a;
-                a.seq += 1;
-                given
+            .zip(events)
+            .map(|(n, e)| match e.ack {
+                // An ack keeps its own cursor and takes no seq.
+                Some((epoch, seq)) => Assigned { epoch, seq },
+                None => {
+                    let a = &mut next[usize::from(n)];
+                    let given = *a;
+                    a.seq += 1;
+                    given
+                }
             })
             .collect())
     }

@@ -40,8 +40,9 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where the subscriber's events go.
 pub(crate) trait Deliver {
-    /// The next event of a batch; every event of a user comes in `seq` order.
-    fn event(&mut self, e: &WireEvent<'_>);
+    /// The next entry of a batch (an event, or a client's ack); every event of a user comes
+    /// in `seq` order. `own`: this node submitted the batch.
+    fn event(&mut self, e: &WireEvent<'_>, own: bool);
     /// Entries of the log were not read (they were trimmed or lost): events between the last
     /// one delivered and the next may be missing.
     fn continuity_lost(&mut self);
@@ -76,6 +77,8 @@ pub(crate) struct SubscriberStats {
 pub(crate) struct Subscriber {
     client: redis::Client,
     keys: Keys,
+    /// This node's id as its log entries carry it (16 hex digits).
+    node_id: [u8; 16],
     /// Users whose stream state a shard asks for.
     requests: Receiver<Box<[u8]>>,
     /// Where the epochs of streams a sync makes come from: each sync offers a new one (a
@@ -101,6 +104,7 @@ impl Subscriber {
     pub(crate) fn new(
         client: redis::Client,
         keys: Keys,
+        node_id: u64,
         requests: Receiver<Box<[u8]>>,
         epoch_seed: u64,
         stats: Arc<SubscriberStats>,
@@ -108,6 +112,7 @@ impl Subscriber {
         Subscriber {
             client,
             keys,
+            node_id: super::wire::epoch_hex(node_id),
             requests,
             epoch_seed,
             syncs: 0,
@@ -255,17 +260,19 @@ impl Subscriber {
             .arg(&self.keys.log[..])
             .arg(at.to_string())
             .query(conn)?;
-        for (id, message, previous, generation) in entries(reply)? {
-            let other_log =
-                generation.is_some() && self.generation.is_some() && generation != self.generation;
-            if previous != self.position || other_log {
+        for entry in entries(reply)? {
+            let other_log = entry.generation.is_some()
+                && self.generation.is_some()
+                && entry.generation != self.generation;
+            if entry.previous != self.position || other_log {
                 self.lost(out);
             }
-            self.position = Some(id);
-            if generation.is_some() {
-                self.generation = generation;
+            self.position = Some(entry.id);
+            if entry.generation.is_some() {
+                self.generation = entry.generation;
             }
-            let Some(message) = message else {
+            let own = entry.node.as_deref() == Some(&self.node_id[..]);
+            let Some(message) = entry.message else {
                 self.bad(&"an entry without a message");
                 continue;
             };
@@ -276,7 +283,7 @@ impl Subscriber {
                         .events
                         .fetch_add(events.len() as u64, Ordering::Relaxed);
                     for e in &events {
-                        out.event(e);
+                        out.event(e, own);
                     }
                 }
                 Err(e) => self.bad(&e),
@@ -322,9 +329,18 @@ fn mix(seed: u64, n: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// One log entry as read: its id, its message (`m`), the id of the entry before it (`v`) and
-/// the log's generation (`g`).
-type Entry = (LogId, Option<Vec<u8>>, Option<LogId>, Option<Vec<u8>>);
+/// One log entry as read.
+pub(super) struct Entry {
+    pub id: LogId,
+    /// The batch message (`m`).
+    pub message: Option<Vec<u8>>,
+    /// The id of the entry before it (`v`).
+    pub previous: Option<LogId>,
+    /// The log's generation (`g`).
+    pub generation: Option<Vec<u8>>,
+    /// The node that submitted the batch (`n`).
+    pub node: Option<Vec<u8>>,
+}
 
 /// The entries of an `XREAD` reply on one stream (nil when the wait ended without any).
 pub(super) fn entries(reply: Value) -> redis::RedisResult<Vec<Entry>> {
@@ -363,19 +379,26 @@ pub(super) fn entries(reply: Value) -> redis::RedisResult<Vec<Entry>> {
                 return Err(bad());
             };
             let id = LogId::parse(&id).ok_or_else(bad)?;
-            let (mut message, mut previous, mut generation) = (None, None, None);
+            let mut e = Entry {
+                id,
+                message: None,
+                previous: None,
+                generation: None,
+                node: None,
+            };
             let mut fields = fields.into_iter();
             while let (Some(Value::BulkString(k)), Some(Value::BulkString(v))) =
                 (fields.next(), fields.next())
             {
                 match &k[..] {
-                    b"m" => message = Some(v),
-                    b"v" => previous = LogId::parse(&v),
-                    b"g" => generation = Some(v),
+                    b"m" => e.message = Some(v),
+                    b"v" => e.previous = LogId::parse(&v),
+                    b"g" => e.generation = Some(v),
+                    b"n" => e.node = Some(v),
                     _ => {}
                 }
             }
-            out.push((id, message, previous, generation));
+            out.push(e);
         }
     }
     Ok(out)

@@ -64,9 +64,9 @@ impl LogReader {
         };
         let entries = super::subscriber::entries(reply).expect("an XREAD reply");
         let mut out = Vec::new();
-        for (id, message, _, _) in entries {
-            self.at = id;
-            out.extend(message);
+        for e in entries {
+            self.at = e.id;
+            out.extend(e.message);
         }
         out
     }

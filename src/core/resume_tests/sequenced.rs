@@ -173,3 +173,60 @@ fn a_connection_redis_never_answers_for_is_closed_try_again_later() {
     );
     assert_eq!(core.stats.closed_sync_timeout, 1);
 }
+
+/// `user`'s event `seq` that needs an ack; `own`: this node emitted it.
+fn needing_ack(user: &str, seq: u64, own: bool) -> Vec<u8> {
+    let mut r = Vec::new();
+    let flags = crate::record::REC_ACK | if own { crate::record::REC_OWN } else { 0 };
+    let body = format!("\"i\":{seq}}}");
+    encode_sequenced(&mut r, 0, flags, user.as_bytes(), E, seq, body.as_bytes());
+    r
+}
+
+#[test]
+fn an_ack_made_on_another_node_settles_the_event_here_and_ours_go_out() {
+    let t0 = Instant::now();
+    let mut core = redis_core();
+    for seq in 1..=3 {
+        core.route(&needing_ack("h", seq, false), t0, 0);
+    }
+    // A client on another node acked through 2: it comes through the log.
+    let mut ack = Vec::new();
+    encode_sequenced(&mut ack, 0, crate::record::REC_ACKED, b"h", E, 2, b"");
+    core.route(&ack, t0, 0);
+    assert_eq!(core.stats.acks_from_other_nodes, 1);
+    let id = testing::connect(&mut core, user("h"), None, t0);
+    let frames = testing::json(&testing::write_all(&mut core, id));
+    assert_eq!(frames[1]["type"], "redelivery");
+    assert_eq!(frames[1]["count"], 1, "only 3 is still unacked");
+    assert!(core.acks_out.is_empty());
+    // This node's client acks 3: it goes out to every node.
+    testing::ack(&mut core, id, 3, t0);
+    assert_eq!(core.acks_out, vec![(Box::from(&b"h"[..]), E, 3)]);
+}
+
+#[test]
+fn only_the_node_that_emitted_an_unacked_event_dead_letters_it() {
+    let t0 = Instant::now();
+    let mut core = redis_core();
+    core.route(&needing_ack("i", 1, false), t0, 0);
+    core.route(&needing_ack("i", 2, true), t0, 0);
+    core.tick(t0 + core.cfg.ack_timeout + Duration::from_secs(2));
+    let lines: Vec<&[u8]> = core
+        .dead_out
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "{:?}",
+        String::from_utf8_lossy(&core.dead_out)
+    );
+    let line: serde_json::Value = serde_json::from_slice(lines[0]).unwrap();
+    assert_eq!(
+        (line["seq"].as_u64(), line["reason"].as_str()),
+        (Some(2), Some("ack_timeout"))
+    );
+    assert_eq!(core.stats.unacked_left_to_origin, 1);
+}

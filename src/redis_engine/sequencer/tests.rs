@@ -57,6 +57,7 @@ fn batches_from_two_nodes_give_each_user_one_gapless_sequence_published_in_order
                     let events: Vec<Pending<'_>> = bodies
                         .iter()
                         .map(|(u, body)| Pending {
+                            ack: None,
                             user: u.as_bytes(),
                             ts: 42,
                             needs_ack: false,
@@ -138,6 +139,7 @@ fn the_log_keeps_each_batch_and_each_user_finds_its_events_by_seq() {
         // Alice's events and Bob's, interleaved; every third of Alice's needs an ack.
         let events: Vec<Pending<'_>> = (0..100)
             .map(|i| Pending {
+                ack: None,
                 user: if i % 4 == 0 {
                     &b"bob"[..]
                 } else {
@@ -208,6 +210,7 @@ fn a_batch_submitted_again_runs_once_and_gets_its_first_answer() {
     let events = |user: &'static [u8]| {
         (0..3)
             .map(|_| Pending {
+                ack: None,
                 user,
                 ts: 1,
                 needs_ack: false,
@@ -238,4 +241,78 @@ fn a_batch_submitted_again_runs_once_and_gets_its_first_answer() {
         .query(&mut conn)
         .unwrap();
     assert_eq!(len, 3, "three batches stored, not four");
+}
+
+#[test]
+fn acks_ride_along_take_no_seq_and_leave_no_index_entry() {
+    let Some(server) = RedisServer::start("seq-acks") else {
+        return;
+    };
+    let mut conn = server.connect().unwrap();
+    let mut log = LogReader::new(&server, "k");
+    let mut seq = Sequencer::new("k", 3, 1000, 1000);
+    let event = |user: &'static [u8]| Pending {
+        ack: None,
+        user,
+        ts: 1,
+        needs_ack: true,
+        body: b"{}",
+    };
+    let ack = |user: &'static [u8], epoch: u64, through: u64| Pending {
+        ack: Some((epoch, through)),
+        user,
+        ts: 2,
+        needs_ack: false,
+        body: b"",
+    };
+    let got = seq
+        .submit(&mut conn, 1, 0xa, &[event(b"u"), event(b"u")])
+        .unwrap();
+    assert_eq!(got[1], Assigned { epoch: 0xa, seq: 2 });
+    // The same user's ack between two events, and a user with only an ack.
+    let got = seq
+        .submit(
+            &mut conn,
+            2,
+            0xb,
+            &[
+                event(b"u"),
+                ack(b"u", 0xa, 2),
+                ack(b"w", 0x77, 9),
+                event(b"u"),
+            ],
+        )
+        .unwrap();
+    let seqs: Vec<u64> = got.iter().map(|a| a.seq).collect();
+    assert_eq!(
+        seqs,
+        [3, 2, 9, 4],
+        "events take 3 and 4; acks keep their cursor"
+    );
+    let mut entries = Vec::new();
+    for msg in log.read(Duration::from_millis(100)) {
+        entries.extend(
+            wire::decode(&msg)
+                .unwrap()
+                .into_iter()
+                .map(|e| (e.user.to_vec(), e.ack, e.epoch, e.seq)),
+        );
+    }
+    assert_eq!(
+        entries,
+        [
+            (b"u".to_vec(), false, 0xa, 1),
+            (b"u".to_vec(), false, 0xa, 2),
+            (b"u".to_vec(), false, 0xa, 3),
+            (b"u".to_vec(), true, 0xa, 2),
+            (b"w".to_vec(), true, 0x77, 9),
+            (b"u".to_vec(), false, 0xa, 4),
+        ]
+    );
+    let w_keys: u64 = redis::cmd("EXISTS")
+        .arg(seq.keys().user(b"w", b'm'))
+        .arg(seq.keys().user(b"w", b'i'))
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(w_keys, 0, "an ack makes no stream");
 }

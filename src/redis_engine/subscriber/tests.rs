@@ -25,7 +25,7 @@ enum Saw {
 struct Seen(Arc<Mutex<Vec<Saw>>>);
 
 impl Deliver for Seen {
-    fn event(&mut self, e: &WireEvent<'_>) {
+    fn event(&mut self, e: &WireEvent<'_>, _own: bool) {
         let user = String::from_utf8(e.user.to_vec()).unwrap();
         let body = String::from_utf8(e.body.to_vec()).unwrap();
         self.0.lock().unwrap().push(Saw::Event(user, e.seq, body));
@@ -86,7 +86,7 @@ fn subscriber(
     let stats = Arc::new(SubscriberStats::default());
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
     let (tx, rx) = crossbeam_channel::unbounded();
-    let sub = Subscriber::new(client, Keys::new("s"), rx, EPOCH_SEED, stats.clone());
+    let sub = Subscriber::new(client, Keys::new("s"), 1, rx, EPOCH_SEED, stats.clone());
     (sub, stats, tx)
 }
 
@@ -140,6 +140,7 @@ fn sequence(
         .iter()
         .enumerate()
         .map(|(i, b)| Pending {
+            ack: None,
             user: users[i % users.len()].as_bytes(),
             ts: 1,
             needs_ack: false,

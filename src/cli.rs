@@ -315,6 +315,17 @@ struct BenchArgs {
         requires = "spool"
     )]
     spool_fsync: crate::spool::FsyncPolicy,
+    /// Where the embedded gateway sequences events: `local` (this process) or `redis` (through
+    /// one Redis, as a node of several would; the report adds Redis round trips, events per
+    /// round trip and Redis CPU). With `redis` and no --redis-url, the bench starts a
+    /// `redis-server` of its own on 127.0.0.1 (installed: apt install redis-server) and stops
+    /// it at the end.
+    #[arg(long, default_value = "local", value_name = "local|redis")]
+    engine: crate::config::Engine,
+    /// With --engine redis: the Redis to use (keys under a prefix of the run's own, left for
+    /// Redis's retention to trim) instead of one the bench starts.
+    #[arg(long, value_name = "URL")]
+    redis_url: Option<String>,
     /// Print one JSON line instead of the text report.
     #[arg(long)]
     json: bool,
@@ -566,6 +577,8 @@ fn run_bench(a: BenchArgs) -> Result<ExitCode, Error> {
         chaos: a.chaos,
         spool_dir: a.spool.clone(),
         spool_fsync: a.spool_fsync,
+        engine: a.engine,
+        redis_url: a.redis_url.clone(),
         progress: !a.json,
         ..BenchOptions::default()
     };

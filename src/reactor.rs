@@ -1005,8 +1005,11 @@ impl Shard {
             self.sockets.resize_with(id + 1, || None);
         }
         self.sockets[id] = Some((stream, false, ip));
-        // Write the 101 now, and read anything that arrived before registration.
-        self.flush(id);
+        // Write the 101 now (unless the connection waits for its stream's state: see
+        // `Core::take_writable`), and read anything that arrived before registration.
+        if !self.core.waits_for_stream(id) {
+            self.flush(id);
+        }
         self.read_conn(id, now);
     }
 

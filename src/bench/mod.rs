@@ -27,6 +27,7 @@ use serde::Serialize;
 
 use crate::gateway::Gateway;
 use crate::record::unix_ns;
+use crate::redis_engine::server as redis_server;
 use client::{client_loop, open_ws, Chaos, ClientConn};
 use cpu::{process_cpu_seconds, reactor_cpu_seconds};
 use floodgate_load::LatencyUs;
@@ -79,6 +80,10 @@ pub struct BenchOptions {
     pub spool_fsync: crate::spool::FsyncPolicy,
     /// Give up when no event arrives for this long.
     pub stall_timeout: Duration,
+    /// Where the gateway sequences events.
+    pub engine: crate::config::Engine,
+    /// The Redis of the Redis engine (`None`: the bench starts a `redis-server` of its own).
+    pub redis_url: Option<String>,
     pub progress: bool,
 }
 
@@ -101,6 +106,8 @@ impl Default for BenchOptions {
             spool_dir: None,
             spool_fsync: crate::spool::FsyncPolicy::Interval(Duration::from_millis(100)),
             stall_timeout: Duration::from_secs(10),
+            engine: crate::config::Engine::Local,
+            redis_url: None,
             progress: true,
         }
     }
@@ -160,6 +167,16 @@ pub struct BenchReport {
     pub spool: bool,
     pub spool_bytes_written: u64,
     pub replayed_from_spool: u64,
+    /// `local` or `redis`: where the gateway sequenced the events.
+    pub engine: &'static str,
+    /// Redis engine: round trips (script runs) that sequenced the run's events.
+    pub redis_round_trips: u64,
+    /// Redis engine: events per round trip.
+    pub events_per_round_trip: f64,
+    /// Redis engine: CPU seconds the Redis server used during the run (its `INFO cpu`),
+    /// and per million events.
+    pub redis_cpu_seconds: f64,
+    pub redis_cpu_seconds_per_million_events: f64,
 }
 
 impl BenchReport {
@@ -225,6 +242,15 @@ impl BenchReport {
                 self.acks_sent
             ));
         }
+        if self.engine == "redis" {
+            out.push_str(&format!(
+                "redis          {} round trips, {:.0} events per round trip, {:.2} s of Redis CPU ({:.2} s per million events)\n",
+                self.redis_round_trips,
+                self.events_per_round_trip,
+                self.redis_cpu_seconds,
+                self.redis_cpu_seconds_per_million_events
+            ));
+        }
         if let Some(g) = &self.schedule_lag_us {
             out.push_str(&format!(
                 "generator lag  p50 {:.0}  p99 {:.0}  max {:.0} us behind schedule (included in latency)\n",
@@ -258,9 +284,16 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, crate::error::Error> {
         .as_ref()
         .map(|d| d.join(format!("bench-{}-{}", std::process::id(), unix_ns())));
     let _cleanup = spool_dir.clone().map(RemoveOnDrop);
+    let redis = BenchRedis::start(opts)?;
     let mut server = match opts.server {
         ServerKind::Floodgate => Server::Gateway({
             let mut b = Gateway::builder();
+            if let Some(r) = &redis {
+                b = b
+                    .engine(crate::config::Engine::Redis)
+                    .redis_url(&r.url)
+                    .redis_prefix(r.prefix.clone());
+            }
             if let Some(dir) = &spool_dir {
                 b = b
                     .spool_dir(dir)
@@ -332,6 +365,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, crate::error::Error> {
     let start_ns = Arc::new(AtomicU64::new(0));
     let cpu0 = process_cpu_seconds();
     let reactor_cpu0 = reactor_cpu_seconds();
+    let redis_cpu0 = redis.as_ref().map(BenchRedis::cpu_seconds).transpose()?;
 
     // Client threads, each with a share of the connections.
     let threads = opts.client_threads.clamp(1, opts.connections);
@@ -422,11 +456,17 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, crate::error::Error> {
     // Producer and client threads have exited; their CPU was sampled by themselves.
     let cpu = process_cpu_seconds() - cpu0;
     let reactor_cpu = reactor_cpu_seconds() - reactor_cpu0;
+    let redis_cpu = match (&redis, redis_cpu0) {
+        (Some(r), Some(before)) => r.cpu_seconds()? - before,
+        _ => 0.0,
+    };
+    let mut redis_stats = crate::metrics::RedisStats::default();
     let s = match server {
         Server::Gateway(gw) => {
-            let s = gw.metrics().stats;
+            let m = gw.metrics();
+            redis_stats = m.redis;
             gw.shutdown()?;
-            s
+            m.stats
         }
         Server::Raw(raw) => {
             raw.close();
@@ -510,7 +550,75 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, crate::error::Error> {
         spool: opts.spool_dir.is_some(),
         spool_bytes_written: s.spool_bytes_written,
         replayed_from_spool: s.events_replayed_cold,
+        engine: if redis.is_some() { "redis" } else { "local" },
+        redis_round_trips: redis_stats.batches_sequenced,
+        events_per_round_trip: if redis_stats.batches_sequenced == 0 {
+            0.0
+        } else {
+            redis_stats.events_sequenced as f64 / redis_stats.batches_sequenced as f64
+        },
+        redis_cpu_seconds: redis_cpu,
+        redis_cpu_seconds_per_million_events: redis_cpu * 1e6 / opts.events as f64,
     })
+}
+
+/// The Redis of a `--engine redis` run: the one given, or a `redis-server` the bench started;
+/// the run's keys go under a prefix of its own.
+struct BenchRedis {
+    url: String,
+    prefix: String,
+    /// The server the bench started (stopped when dropped).
+    _own: Option<redis_server::RedisServer>,
+}
+
+impl BenchRedis {
+    fn start(opts: &BenchOptions) -> Result<Option<BenchRedis>, crate::error::Error> {
+        if opts.engine != crate::config::Engine::Redis {
+            return Ok(None);
+        }
+        let prefix = format!("bench-{}-{}", std::process::id(), unix_ns());
+        let (url, own) = match &opts.redis_url {
+            Some(url) => (url.clone(), None),
+            None => {
+                let port = redis_server::free_port();
+                let server =
+                    redis_server::RedisServer::launch(&prefix, port, false).map_err(|e| {
+                        crate::error::Error::Io(io::Error::new(
+                            e.kind(),
+                            format!(
+                                "--engine redis without --redis-url starts a redis-server: {e}"
+                            ),
+                        ))
+                    })?;
+                (server.url(), Some(server))
+            }
+        };
+        Ok(Some(BenchRedis {
+            url,
+            prefix,
+            _own: own,
+        }))
+    }
+
+    /// CPU seconds the Redis server has used (user and system, from `INFO cpu`).
+    fn cpu_seconds(&self) -> Result<f64, crate::error::Error> {
+        let io_err = |e: redis::RedisError| crate::error::Error::Io(io::Error::other(e));
+        let mut conn = redis::Client::open(self.url.as_str())
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(5)))
+            .map_err(io_err)?;
+        let info: String = redis::cmd("INFO")
+            .arg("cpu")
+            .query(&mut conn)
+            .map_err(io_err)?;
+        Ok(info
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix("used_cpu_sys:")
+                    .or_else(|| l.strip_prefix("used_cpu_user:"))
+            })
+            .filter_map(|v| v.trim().parse::<f64>().ok())
+            .sum())
+    }
 }
 
 fn validate(o: &BenchOptions) -> Result<(), crate::error::Error> {
@@ -542,6 +650,20 @@ fn validate(o: &BenchOptions) -> Result<(), crate::error::Error> {
     }
     if o.client_threads == 0 || o.client_threads > 64 {
         return bad("client-threads", "must be from 1 to 64");
+    }
+    if o.redis_url.is_some() && o.engine != crate::config::Engine::Redis {
+        return bad("redis-url", "needs --engine redis");
+    }
+    if o.engine == crate::config::Engine::Redis {
+        if o.server != ServerKind::Floodgate {
+            return bad("engine", "redis needs --server floodgate");
+        }
+        if o.spool_dir.is_some() {
+            return bad(
+                "spool",
+                "is the local engine's: leave it out with --engine redis",
+            );
+        }
     }
     Ok(())
 }

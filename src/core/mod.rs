@@ -333,6 +333,12 @@ impl Core {
         &self.conns[id]
     }
 
+    /// Redis engine: `id` waits for its stream's state, and nothing is written to it yet (not
+    /// even its 101).
+    pub(crate) fn waits_for_stream(&self, id: ConnId) -> bool {
+        self.conns[id].phase.sync_cursor().is_some()
+    }
+
     /// Every connection id.
     pub(crate) fn conn_ids(&self) -> Vec<ConnId> {
         self.conns.iter().map(|(id, _)| id).collect()
@@ -1260,8 +1266,11 @@ impl Core {
             if let Some(c) = self.conns.get_mut(id) {
                 c.urgent = false;
                 // A blocked socket is written when it reports writable; trying now would only
-                // cost a syscall that returns EAGAIN.
-                if !c.blocked {
+                // cost a syscall that returns EAGAIN. A connection waiting for its stream's
+                // state (Redis engine) keeps even its 101 until it has it: a client that saw
+                // its 101 then receives every event emitted after that, as on the local
+                // engine (the state is Redis's as of a point of the log before such events).
+                if !c.blocked && c.phase.sync_cursor().is_none() {
                     out.push(id);
                 }
             }
@@ -1418,6 +1427,8 @@ impl Core {
             for (id, c) in self.conns.iter_mut() {
                 if c.phase.sync_overdue(now) && c.state.is_open() {
                     self.stats.closed_sync_timeout += 1;
+                    // Its 101, then the close: it may try again.
+                    c.phase = Phase::Live;
                     c.close(
                         CLOSE_TRY_AGAIN,
                         "stream state unavailable (Redis): try again later",

@@ -10,6 +10,7 @@ mod backoff;
 pub(crate) mod node;
 pub(crate) mod publisher;
 pub(crate) mod sequencer;
+pub(crate) mod server;
 pub(crate) mod subscriber;
 #[cfg(test)]
 pub(crate) mod testing;

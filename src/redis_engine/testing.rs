@@ -6,9 +6,7 @@ use std::time::Duration;
 /// A stream entry as XRANGE answers: its id and its fields.
 pub(crate) type StreamEntry = (String, Vec<(String, Vec<u8>)>);
 
-#[path = "../../tests/util/redis_server.rs"]
-mod server;
-pub(crate) use server::RedisServer;
+pub(crate) use super::server::RedisServer;
 
 impl RedisServer {
     /// A new connection to it.

@@ -3,6 +3,7 @@
 //! WebSocket implementation) to talk to it.
 #![allow(dead_code)]
 
+#[path = "../../src/redis_engine/server.rs"]
 pub mod redis_server;
 
 use std::io::{Read, Write};

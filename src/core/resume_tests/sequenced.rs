@@ -67,6 +67,10 @@ fn a_first_connection_waits_for_redis_then_hears_its_stream() {
     let live = testing::connect(&mut core, user("b"), None, t0);
     let resuming = resume(&mut core, "b", 5, Some(E), t0);
     assert_eq!(core.sync_requests, vec![Box::from(&b"b"[..])], "asked once");
+    // Not even the 101 goes out: a client that saw its 101 must get every event emitted
+    // after that, and only Redis's answer says where the stream stood.
+    assert!(core.waits_for_stream(live) && core.waits_for_stream(resuming));
+    assert!(testing::writable(&mut core, t0, true).is_empty());
     assert!(
         drain(&mut core, live, t0).is_empty(),
         "no hello before Redis answers"
@@ -77,6 +81,12 @@ fn a_first_connection_waits_for_redis_then_hears_its_stream() {
     assert!(drain(&mut core, resuming, t0).is_empty());
     // ...then the answer: the stream as of that point of the log.
     core.route(&sync("b", E, 7), t0, 0);
+    assert!(!core.waits_for_stream(live));
+    assert_eq!(
+        testing::writable(&mut core, t0, true).len(),
+        2,
+        "both go out now"
+    );
     let seen = drain(&mut core, live, t0);
     assert_eq!(
         seen,

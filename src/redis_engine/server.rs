@@ -1,7 +1,9 @@
-//! A real `redis-server` of the test's own: started on a free port of 127.0.0.1 (nothing saved
-//! unless asked), killed by its PID when dropped. Shared by the integration tests (through
-//! `tests/util`) and the library's unit tests (`src/redis_engine/testing.rs` includes this
-//! file), so it uses nothing but `std`.
+//! A `redis-server` of this process's own: started on a port of 127.0.0.1 (nothing saved
+//! unless asked), killed by its PID when dropped. `floodgate bench --engine redis` starts one
+//! when no `--redis-url` is given ([`RedisServer::launch`]); the integration tests (through
+//! `tests/util`, which includes this file) and the library's unit tests (through
+//! `testing`) start theirs with [`RedisServer::start`], which skips or fails a test where
+//! `redis-server` is missing. It uses nothing but `std`.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -34,12 +36,7 @@ impl RedisServer {
 
     /// Starts one on `port`, with an append-only file (`appendfsync always`) if `persistent`.
     pub fn start_with(name: &str, port: u16, persistent: bool) -> Option<RedisServer> {
-        let installed = Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !installed {
+        if !installed() {
             assert!(
                 std::env::var_os("FLOODGATE_TEST_REQUIRE_REDIS").is_none(),
                 "redis-server is required here (scripts/setup installs it)"
@@ -47,19 +44,31 @@ impl RedisServer {
             eprintln!("skipped: redis-server is not installed (scripts/setup installs it)");
             return None;
         }
+        Some(RedisServer::launch(name, port, persistent).expect("redis-server starts"))
+    }
+
+    /// Starts one on `port`, with an append-only file if `persistent`, and waits until it
+    /// answers; an error says why not (`redis-server` not installed, or it did not start).
+    pub fn launch(name: &str, port: u16, persistent: bool) -> std::io::Result<RedisServer> {
+        if !installed() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "redis-server is not installed (Debian: apt install redis-server)",
+            ));
+        }
         let dir =
             std::env::temp_dir().join(format!("floodgate-redis-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("a directory for redis-server");
-        let child = spawn(port, &dir, persistent);
+        std::fs::create_dir_all(&dir)?;
+        let child = spawn(port, &dir, persistent)?;
         let server = RedisServer {
             child,
             port,
             dir,
             persistent,
         };
-        server.wait_ready();
-        Some(server)
+        server.wait_ready()?;
+        Ok(server)
     }
 
     /// Its URL.
@@ -81,8 +90,8 @@ impl RedisServer {
     /// Starts it again on the same port and directory: with persistence, with its data.
     pub fn restart(&mut self) {
         self.kill();
-        self.child = spawn(self.port, &self.dir, self.persistent);
-        self.wait_ready();
+        self.child = spawn(self.port, &self.dir, self.persistent).expect("redis-server starts");
+        self.wait_ready().expect("redis-server answers");
     }
 
     /// Sends one command (arguments without spaces) and returns the raw reply.
@@ -96,7 +105,7 @@ impl RedisServer {
         String::from_utf8_lossy(&buf[..n]).into_owned()
     }
 
-    fn wait_ready(&self) {
+    fn wait_ready(&self) -> std::io::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
@@ -106,13 +115,15 @@ impl RedisServer {
                     && s.read(&mut reply)
                         .is_ok_and(|n| reply[..n].starts_with(b"+PONG"))
                 {
-                    return;
+                    return Ok(());
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not answer within 10 s"
-            );
+            if Instant::now() >= deadline {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "redis-server did not answer within 10 s",
+                ));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -133,7 +144,16 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn spawn(port: u16, dir: &std::path::Path, persistent: bool) -> Child {
+/// Whether `redis-server` runs here.
+fn installed() -> bool {
+    Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn spawn(port: u16, dir: &std::path::Path, persistent: bool) -> std::io::Result<Child> {
     let mut cmd = Command::new("redis-server");
     cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--protected-mode", "yes"]);
@@ -147,5 +167,4 @@ fn spawn(port: u16, dir: &std::path::Path, persistent: bool) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("redis-server starts")
 }

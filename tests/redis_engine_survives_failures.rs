@@ -307,14 +307,28 @@ fn a_node_without_redis_says_so_holds_emits_back_and_delivers_them_once_redis_is
     let health = util::http(a.addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
     assert!(health.starts_with("HTTP/1.1 503"), "{health}");
     assert!(health.contains("redis unreachable"), "{health}");
-    // A client waits: no hello while the node cannot vouch for the stream.
-    let mut ws = util::try_connect(a.addr, "/ws?since=0", Some(&util::token("ned"))).unwrap();
+    // A client waits: not even its 101 while the node cannot vouch for the stream.
+    let addr = a.addr;
+    let client = std::thread::spawn(move || {
+        let began = Instant::now();
+        let mut ws = util::try_connect(addr, "/ws?since=0", Some(&util::token("ned"))).unwrap();
+        let waited = began.elapsed();
+        (
+            waited,
+            util::read_frames(&mut ws, 4, Duration::from_secs(30), |_| true),
+        )
+    });
     // Emits are accepted and held back (the rings have room).
     publish_all(a.addr, "ned", 0..3, Duration::ZERO);
+    std::thread::sleep(Duration::from_millis(300));
     let Some(_redis) = RedisServer::start_on("late", port) else {
         return;
     };
-    let frames = util::read_frames(&mut ws, 4, Duration::from_secs(30), |_| true);
+    let (waited, frames) = client.join().unwrap();
+    assert!(
+        waited >= Duration::from_millis(300),
+        "the 101 came after Redis: {waited:?}"
+    );
     assert_eq!(frames[0]["type"], "hello", "{frames:?}");
     let ks: Vec<u64> = frames[1..]
         .iter()

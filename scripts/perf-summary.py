@@ -17,14 +17,17 @@ def fmt(vals, scale=1.0, digits=0):
 
 
 chaos = any(r["report"] and r["report"].get("resumes") for r in rows)
+redis = any(r["report"] and r["report"].get("engine") == "redis" for r in rows)
 extra = " resumes / replayed (from spool) / gaps / redelivered |" if chaos else ""
+if redis:
+    extra += " events per Redis round trip | Redis CPU s per million events |"
 print("| flags | runs | events/s | vs first row | frames/write | p50 us | p99 us | p99.9 us | generator lag p99 us | lost | misrouted | CPU s: reactor / producers / clients |" + extra)
-print("| --- " * (12 + chaos) + "|")
+print("| --- " * (12 + chaos + 2 * redis) + "|")
 first = None
 for c in configs:
     reps = [r["report"] for r in rows if r["config"] == c and r["report"]]
     if not reps:
-        print(f"| `{c}` | 0 | failed |" + " |" * (9 + chaos))
+        print(f"| `{c}` | 0 | failed |" + " |" * (9 + chaos + 2 * redis))
         continue
     lat = lambda k: [x["latency_us"][k] for x in reps]
     lag = lambda reps: (
@@ -47,6 +50,12 @@ for c in configs:
             f" ({sum(x.get('replayed_from_spool', 0) for x in reps)}) / {sum(x.get('gaps', 0) for x in reps)}"
             f" / {sum(x.get('redelivered', 0) for x in reps)} |"
             if chaos
+            else ""
+        )
+        + (
+            f" {fmt([x.get('events_per_round_trip', 0) for x in reps])}"
+            f" | {fmt([x.get('redis_cpu_seconds_per_million_events', 0) for x in reps], digits=2)} |"
+            if redis
             else ""
         )
     )

@@ -199,6 +199,9 @@ impl Drop for Node {
 pub(crate) struct ShardFeed {
     producers: Box<[Producer]>,
     parkers: Box<[Arc<Parker>]>,
+    /// Shards given records since they were last woken: woken once per read of the log (a
+    /// shard woken per record would start on a few and write small batches).
+    unwoken: Box<[bool]>,
     scratch: Vec<u8>,
     stats: Arc<NodeStats>,
 }
@@ -218,6 +221,7 @@ impl ShardFeed {
         ShardFeed {
             producers,
             parkers: shards.iter().map(|s| s.parker.clone()).collect(),
+            unwoken: vec![false; shards.len()].into(),
             scratch: Vec::with_capacity(1024),
             stats,
         }
@@ -231,7 +235,7 @@ impl ShardFeed {
         loop {
             match self.producers[i].push(&[&self.scratch]) {
                 Ok(()) => {
-                    self.parkers[i].unpark();
+                    self.unwoken[i] = true;
                     return;
                 }
                 Err(PushError::Full) => {
@@ -300,5 +304,13 @@ impl Deliver for ShardFeed {
         self.scratch.clear();
         encode_sequenced(&mut self.scratch, 0, REC_SYNC, user, epoch, seq, b"");
         self.push(shard_of(user, self.producers.len()));
+    }
+
+    fn flush(&mut self) {
+        for (i, unwoken) in self.unwoken.iter_mut().enumerate() {
+            if std::mem::take(unwoken) {
+                self.parkers[i].unpark();
+            }
+        }
     }
 }

@@ -49,6 +49,9 @@ pub(crate) trait Deliver {
     /// `user`'s stream stood at `epoch`, `seq` once the log was read through what was
     /// delivered so far: the answer to a sync request.
     fn sync(&mut self, user: &[u8], epoch: u64, seq: u64);
+    /// The end of what one read of the log brought (up to 64 batches): a moment to wake the
+    /// consumers once rather than per event.
+    fn flush(&mut self) {}
 }
 
 /// What the subscriber has done, for `/metrics` and `/healthz`.
@@ -240,6 +243,7 @@ impl Subscriber {
             self.stats.syncs.fetch_add(1, Ordering::Relaxed);
             self.pending.pop();
         }
+        out.flush();
         Ok(())
     }
 
@@ -289,6 +293,7 @@ impl Subscriber {
                 Err(e) => self.bad(&e),
             }
         }
+        out.flush();
         Ok(())
     }
 

@@ -1053,7 +1053,7 @@ pub struct Settings {
         arg(long, env = "FLOODGATE_ENGINE", value_name = "local|redis")
     )]
     pub engine: Option<Engine>,
-    /// The Redis of engine = "redis", as redis://[user:password@]host:port[/db] [default:
+    /// The Redis of engine = "redis", as `redis://[user:password@]host:port[/db]` [default:
     /// unset; required with engine = "redis"]
     #[cfg_attr(
         feature = "cli",
@@ -1065,7 +1065,7 @@ pub struct Settings {
         )
     )]
     pub redis_url: Option<String>,
-    /// The prefix of every Redis key and channel, so several deployments can share one Redis
+    /// The prefix of every Redis key, so several deployments can share one Redis
     /// [default: floodgate]
     #[cfg_attr(
         feature = "cli",

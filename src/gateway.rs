@@ -405,7 +405,7 @@ impl GatewayBuilder {
         /// Where streams are sequenced and kept: this process, or one Redis shared by several
         /// gateway nodes (needs `redis_url` and the `redis` feature) [default local].
         engine: crate::config::Engine,
-        /// The prefix of every Redis key and channel: 1 to 64 characters from `A-Z a-z 0-9 _ . -`
+        /// The prefix of every Redis key: 1 to 64 characters from `A-Z a-z 0-9 _ . -`
         /// [default `floodgate`].
         redis_prefix: String,
     }

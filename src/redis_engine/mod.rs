@@ -1,10 +1,10 @@
 //! The Redis engine's side of Redis (feature `redis`): what lets gateway nodes share one Redis
 //! so that a user's devices, producers and resumes may land on any node (docs/SCALING.md).
 //!
-//! Built so far: sequencing ([`sequencer`]) and the batch message every node reads
-//! ([`wire`]), tested against a real `redis-server`. Not yet wired into the gateway: until the
-//! engine setting uses them, only their tests do.
-#![cfg_attr(not(test), allow(dead_code))]
+//! The gateway starts a [`node::Node`] with `engine = "redis"`: its publisher thread
+//! ([`publisher`]: emitted events, sequenced by Redis in one script run per batch,
+//! [`sequencer`]) and its log reader ([`subscriber`]: every node's batches, [`wire`], into the
+//! shards' rings). Neither runs on a reactor.
 
 mod backoff;
 pub(crate) mod node;

@@ -162,6 +162,7 @@ impl Sequencer {
     }
 
     /// The deployment's keys.
+    #[cfg(test)]
     pub(crate) fn keys(&self) -> &Keys {
         &self.keys
     }

@@ -158,7 +158,7 @@ pub(crate) struct Config {
     pub engine: Engine,
     /// Where the Redis engine's Redis is (required with it, refused without).
     pub redis_url: Option<RedisUrl>,
-    /// The prefix of every Redis key and channel of this deployment.
+    /// The prefix of every Redis key of this deployment.
     pub redis_prefix: String,
 }
 

@@ -275,6 +275,9 @@ fn publish_measures_end_to_end_through_the_ingest_socket() {
         &url,
         "--connections",
         "8",
+        // The events go to the subscribers' users, whatever their prefix.
+        "--user-prefix",
+        "pub-",
         "--jwt-secret",
         &secret(),
         "--api-key",

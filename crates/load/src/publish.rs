@@ -41,6 +41,9 @@ struct Publisher {
     index: u64,
     count: u64,
     users: u64,
+    /// `{"user":"<prefix>`: each event's opening, up to its user's number (the subscribers'
+    /// users are `--user-prefix` followed by their index).
+    opening: Vec<u8>,
     profile: RateProfile,
     limit: u64,
     batch: usize,
@@ -48,9 +51,17 @@ struct Publisher {
     deadline_ns: u64,
 }
 
-/// Appends event `k`'s JSON to a batch.
-fn event(out: &mut Vec<u8>, user: u64, intended: u64, pad: usize) {
-    out.extend_from_slice(b"{\"user\":\"u");
+/// `{"user":"<prefix>` with `prefix` escaped as JSON.
+fn opening(prefix: &str) -> Vec<u8> {
+    let quoted = serde_json::to_string(prefix).expect("a string serializes");
+    let mut out = b"{\"user\":".to_vec();
+    out.extend_from_slice(&quoted.as_bytes()[..quoted.len() - 1]);
+    out
+}
+
+/// Appends event `k`'s JSON to a batch: for user `user` (after `opening`, see [`opening`]).
+fn event(out: &mut Vec<u8>, opening: &[u8], user: u64, intended: u64, pad: usize) {
+    out.extend_from_slice(opening);
     out.extend_from_slice(itoa::Buffer::new().format(user).as_bytes());
     out.extend_from_slice(b"\",\"type\":\"agent_thinking\",\"data\":{\"t\":");
     out.extend_from_slice(itoa::Buffer::new().format(intended).as_bytes());
@@ -130,7 +141,7 @@ impl Publisher {
                             buf.push(b',');
                         }
                         let k = j * self.count + self.index;
-                        event(&mut buf, k % self.users, due, pad);
+                        event(&mut buf, &self.opening, k % self.users, due, pad);
                         dues.push(due);
                         n += 1;
                         j += 1;
@@ -275,6 +286,7 @@ pub(super) fn run(opts: &LoadOptions) -> Result<LoadReport, String> {
             index: i as u64,
             count: count as u64,
             users: opts.connections as u64,
+            opening: opening(&opts.user_prefix),
             profile: profile.scaled(1.0 / count as f64),
             limit: share_of(opts.events, count, i),
             batch: opts.batch,
@@ -322,13 +334,17 @@ mod tests {
     #[test]
     fn batches_are_json_with_both_times_stamped() {
         let mut b = b"{\"id\":0,\"events\":[".to_vec();
-        event(&mut b, 3, 1_700_000_000_000_000_001, 10);
+        event(&mut b, &opening("u"), 3, 1_700_000_000_000_000_001, 10);
         b.push(b',');
-        event(&mut b, 4, 1_700_000_000_000_000_002, 10);
+        event(&mut b, &opening("n\"2-"), 4, 1_700_000_000_000_000_002, 10);
         b.extend_from_slice(b"]}");
         stamp(&mut b, 1_700_000_000_000_000_099);
         let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
         assert_eq!(v["events"][0]["user"], "u3");
+        assert_eq!(
+            v["events"][1]["user"], "n\"2-4",
+            "the subscribers' prefix, escaped"
+        );
         assert_eq!(v["events"][1]["data"]["t"], 1_700_000_000_000_000_002u64);
         assert_eq!(v["events"][1]["data"]["s"], 1_700_000_000_000_000_099u64);
         assert_eq!(v["events"][0]["data"]["s"], 1_700_000_000_000_000_099u64);

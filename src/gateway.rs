@@ -667,7 +667,7 @@ fn redis_node(
 ) -> Result<
     (
         Option<crate::redis_engine::node::Node>,
-        Option<crossbeam_channel::Sender<Box<[u8]>>>,
+        Option<crossbeam_channel::Sender<(Box<[u8]>, u64)>>,
         Box<[ShardLink]>,
     ),
     Error,

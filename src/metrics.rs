@@ -481,6 +481,12 @@ const FAMILIES: &[Family] = &[
         series: &[stat!(acks_from_other_nodes)],
     },
     Family {
+        name: "redis_history_events_read_total",
+        kind: Kind::Counter,
+        help: "Redis engine: older events read from Redis into history, for connections that resume on a node that never received them.",
+        series: &[stat!(events_from_redis_history)],
+    },
+    Family {
         name: "redis_unacked_left_to_origin_total",
         kind: Kind::Counter,
         help: "Redis engine: unacked events of other nodes given up here (timeout, overflow, dropped stream), left to the node that emitted them to dead-letter.",

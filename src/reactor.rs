@@ -141,7 +141,7 @@ pub(crate) struct Common {
     pub per_ip: PerIp,
     /// The Redis engine: where users whose stream state a shard needs are sent (the node's
     /// log reader answers in the shard's ring).
-    pub sync_requests: Option<crossbeam_channel::Sender<Box<[u8]>>>,
+    pub sync_requests: Option<crossbeam_channel::Sender<(Box<[u8]>, u64)>>,
 }
 
 struct Handshake {
@@ -485,10 +485,10 @@ impl Shard {
 
             self.write_due(now, true);
             if let Some(tx) = &self.common.sync_requests {
-                for user in self.core.sync_requests.drain(..) {
+                for request in self.core.sync_requests.drain(..) {
                     // Only fails once the reader is gone (shutdown): the connection then
                     // waits out its sync timeout.
-                    let _ = tx.send(user);
+                    let _ = tx.send(request);
                 }
             }
             self.forward_acks();

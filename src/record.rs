@@ -43,8 +43,12 @@ pub(crate) const REC_LOST: u8 = 32;
 /// Record flag (with [`REC_SEQ`]): this node emitted the event, so it is the one that
 /// dead-letters it if no client acks it in time (every node keeps it for redelivery).
 pub(crate) const REC_OWN: u8 = 64;
+/// Record flag (with [`REC_SEQ`]): an older event of the user's stream, read from Redis for a
+/// connection that resumes on a node that never received it; it goes to history only, before
+/// the [`REC_SYNC`] that follows it.
+pub(crate) const REC_HIST: u8 = 128;
 /// The flags of records only the Redis engine writes.
-pub(crate) const REC_REDIS: u8 = REC_SEQ | REC_SYNC | REC_ACKED | REC_LOST;
+pub(crate) const REC_REDIS: u8 = REC_SEQ | REC_SYNC | REC_ACKED | REC_LOST | REC_HIST;
 
 /// The longest user id, in bytes.
 pub const MAX_USER_LEN: usize = 255;

@@ -339,3 +339,31 @@ fn a_node_without_redis_says_so_holds_emits_back_and_delivers_them_once_redis_is
         util::http(a.addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").starts_with("HTTP/1.1 200")
     });
 }
+
+#[test]
+fn a_node_started_after_the_events_resumes_a_cursor_from_redis() {
+    let Some(redis) = RedisServer::start("late-node") else {
+        return;
+    };
+    let a = node(&redis.url());
+    let mut f = Follower::start(a.addr, "ola");
+    publish_all(a.addr, "ola", 0..600, Duration::ZERO);
+    f.follow(250, &[a.addr], Duration::from_secs(30), &[&a]);
+    // A rolling deploy: node a goes, node b starts (it never received any of these events),
+    // and the client resumes there with its cursor.
+    drop(f.ws.take());
+    drop(a);
+    let b = node(&redis.url());
+    f.follow(600, &[b.addr], Duration::from_secs(30), &[&b]);
+    assert_eq!(
+        f.ks(),
+        (0..600).collect::<Vec<_>>(),
+        "every event once, in order"
+    );
+    assert!(
+        !f.saw.iter().any(|s| matches!(s, Saw::Gap(_))),
+        "no gap: {:?}",
+        f.saw
+    );
+    assert!(b.metric("floodgate_redis_history_events_read_total") >= 350);
+}

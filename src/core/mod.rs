@@ -30,7 +30,7 @@ use tungstenite::{Error as WsError, Message};
 
 use crate::delivery::DeliveryBoard;
 use crate::receipt::{Progress, ReceiptBoard, Ticket};
-use crate::record::{Record, REC_ACKED, REC_LOST, REC_OWN, REC_REDIS, REC_SYNC};
+use crate::record::{Record, REC_ACKED, REC_HIST, REC_LOST, REC_OWN, REC_REDIS, REC_SYNC};
 pub(crate) use batch::BatchPolicy;
 pub(crate) use breaker::BreakerPolicy;
 use breaker::{Cause, Transition};
@@ -150,8 +150,10 @@ pub(crate) struct Core {
     /// Buffers of acked events' frames, reused for the next events that need an ack.
     frame_pool: FramePool,
     /// Redis engine: users whose stream state the reactor must ask of Redis (through the
-    /// subscriber, which answers in this shard's ring with a `REC_SYNC` record).
-    pub sync_requests: Vec<Box<[u8]>>,
+    /// subscriber, which answers in this shard's ring with a `REC_SYNC` record), each with the
+    /// first `seq` its waiting connection resumes from (0: none), which Redis also sends
+    /// (`REC_HIST` records) since this node never received it.
+    pub sync_requests: Vec<(Box<[u8]>, u64)>,
     /// Redis engine: acks of this node's clients, `(user, epoch, through)`, for the reactor
     /// to pass on to every node (through the publisher and the log).
     pub acks_out: Vec<(Box<[u8]>, u64, u64)>,
@@ -435,8 +437,13 @@ impl Core {
             };
             if ask {
                 self.stats.sync_requests += 1;
+                // The node never saw this stream: what the cursor misses comes from Redis.
+                let from = match cursor {
+                    Some(c) if first_conn => c.since + 1,
+                    _ => 0,
+                };
                 if let ConnKind::User(user) = &self.conns[id].kind {
-                    self.sync_requests.push(user.clone());
+                    self.sync_requests.push((user.clone(), from));
                 }
             }
         } else {
@@ -681,7 +688,9 @@ impl Core {
             return self.route(record, now, now_unix_ns);
         };
         stats.events_received += 1;
-        stats.record_latency_ns(now_unix_ns.saturating_sub(rec.ts_unix_ns));
+        if rec.flags & REC_HIST == 0 {
+            stats.record_latency_ns(now_unix_ns.saturating_sub(rec.ts_unix_ns));
+        }
         user.seq += 1;
         let seq = user.seq;
         let (prefix, n) = frame::event_prefix(seq, rec.body.len());
@@ -838,6 +847,28 @@ impl Core {
             self.on_sync(rec.user, epoch, seq, now);
             return false;
         }
+        if rec.flags & REC_HIST != 0 {
+            // An older event from Redis, for a connection waiting to resume: only while every
+            // connection of the user still waits (none has been given anything), it goes to
+            // history, the stream set to just before it.
+            let conns = &self.conns;
+            let Some(u) = self.users.get_mut(rec.user) else {
+                return false;
+            };
+            let waiting = u
+                .conns
+                .iter()
+                .all(|&id| conns[id].phase.sync_cursor().is_some());
+            if !u.sync_requested || !waiting || seq == 0 {
+                return false;
+            }
+            if u.epoch != epoch || u.seq + 1 != seq {
+                (u.epoch, u.seq) = (epoch, seq - 1);
+                u.history.skip_to(seq - 1);
+            }
+            self.stats.events_from_redis_history += 1;
+            return true;
+        }
         if rec.flags & REC_ACKED != 0 {
             // A client acked on some node (this one too: the ack is already applied here,
             // and applying it again changes nothing).
@@ -978,7 +1009,7 @@ impl Core {
             if !u.conns.is_empty() && !u.sync_requested {
                 u.sync_requested = true;
                 self.stats.sync_requests += 1;
-                self.sync_requests.push(user.clone());
+                self.sync_requests.push((user.clone(), 0));
             }
         }
     }

@@ -183,6 +183,9 @@ counters! {
     unacked_left_to_origin,
     /// Redis engine: acks from clients on other nodes applied here.
     acks_from_other_nodes,
+    /// Redis engine: older events read from Redis into history for a connection that resumes
+    /// on a node that never received them.
+    events_from_redis_history,
 }
 
 impl Stats {

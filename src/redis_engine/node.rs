@@ -19,7 +19,9 @@ use super::subscriber::{Deliver, Subscriber, SubscriberStats};
 use super::wire::WireEvent;
 use crate::park::Parker;
 use crate::receipt::ReceiptBoard;
-use crate::record::{encode_sequenced, shard_of, REC_ACK, REC_ACKED, REC_LOST, REC_OWN, REC_SYNC};
+use crate::record::{
+    encode_sequenced, shard_of, REC_ACK, REC_ACKED, REC_HIST, REC_LOST, REC_OWN, REC_SYNC,
+};
 use crate::ring::{self, Consumer, Producer, PushError};
 
 /// Log entries (batches) Redis keeps, about: with 1024-event batches, about ten million events
@@ -91,8 +93,9 @@ pub(crate) struct NodeLinks {
     /// Where emitters' rings go (the publisher), and how to wake it.
     pub emit_rings: Sender<Consumer>,
     pub emit_parker: Arc<Parker>,
-    /// Where shards send the users whose stream state they need.
-    pub sync_requests: Sender<Box<[u8]>>,
+    /// Where shards send the users whose stream state they need (and from which `seq` they
+    /// need its events).
+    pub sync_requests: Sender<super::subscriber::SyncRequest>,
 }
 
 impl Node {
@@ -298,6 +301,23 @@ impl Deliver for ShardFeed {
         for i in 0..self.producers.len() {
             self.push(i);
         }
+    }
+
+    fn history(&mut self, e: &WireEvent<'_>) {
+        if e.user.is_empty() || e.user.len() > crate::record::MAX_USER_LEN {
+            return;
+        }
+        self.scratch.clear();
+        encode_sequenced(
+            &mut self.scratch,
+            e.ts,
+            REC_HIST,
+            e.user,
+            e.epoch,
+            e.seq,
+            e.body,
+        );
+        self.push(shard_of(e.user, self.producers.len()));
     }
 
     fn sync(&mut self, user: &[u8], epoch: u64, seq: u64) {

@@ -32,11 +32,19 @@ use super::wire::{self, WireEvent};
 /// round trip), and the stop flag is looked at this often.
 const BLOCK: Duration = Duration::from_millis(20);
 
+/// Events a resume may get from Redis on a node that never received them, at most (the
+/// newest; history keeps no more than `history_max_events` of them anyway).
+const HISTORY_MAX: u64 = 4096;
+
 /// Log entries one read returns at most (each a batch of up to 1024 events).
 const READ_COUNT: usize = 64;
 
 /// Connecting to Redis, or one round trip, at most.
 const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A shard's sync request: the user, and the first `seq` its waiting connection resumes from
+/// (0: none), which the node never received.
+pub(crate) type SyncRequest = (Box<[u8]>, u64);
 
 /// Where the subscriber's events go.
 pub(crate) trait Deliver {
@@ -49,6 +57,9 @@ pub(crate) trait Deliver {
     /// `user`'s stream stood at `epoch`, `seq` once the log was read through what was
     /// delivered so far: the answer to a sync request.
     fn sync(&mut self, user: &[u8], epoch: u64, seq: u64);
+    /// An older event of a user whose sync asked for events from a `seq` on (before that
+    /// sync's answer, in `seq` order).
+    fn history(&mut self, e: &WireEvent<'_>);
     /// The end of what one read of the log brought (up to 64 batches): a moment to wake the
     /// consumers once rather than per event.
     fn flush(&mut self) {}
@@ -83,7 +94,7 @@ pub(crate) struct Subscriber {
     /// This node's id as its log entries carry it (16 hex digits).
     node_id: [u8; 16],
     /// Users whose stream state a shard asks for.
-    requests: Receiver<Box<[u8]>>,
+    requests: Receiver<SyncRequest>,
     /// Where the epochs of streams a sync makes come from: each sync offers a new one (a
     /// stream that Redis lost and that starts again must never get its old epoch back, or its
     /// new events would pass for ones already delivered).
@@ -98,7 +109,7 @@ pub(crate) struct Subscriber {
     /// new log (Redis lost the one read), whatever its ids.
     generation: Option<Vec<u8>>,
     /// Sync requests taken but not answered yet (answered once a connection is up).
-    pending: Vec<Box<[u8]>>,
+    pending: Vec<SyncRequest>,
 }
 
 impl Subscriber {
@@ -108,7 +119,7 @@ impl Subscriber {
         client: redis::Client,
         keys: Keys,
         node_id: u64,
-        requests: Receiver<Box<[u8]>>,
+        requests: Receiver<SyncRequest>,
         epoch_seed: u64,
         stats: Arc<SubscriberStats>,
     ) -> Self {
@@ -235,10 +246,13 @@ impl Subscriber {
     ) -> redis::RedisResult<()> {
         self.pending.extend(self.requests.try_iter());
         let at = self.position.unwrap_or_default();
-        while let Some(user) = self.pending.last() {
+        while let Some((user, from)) = self.pending.last() {
             self.syncs += 1;
             let offer = mix(self.epoch_seed, self.syncs);
             let s = sequencer::sync(conn, &self.keys, user, at, offer)?;
+            if (1..=s.seq).contains(from) {
+                read_history(conn, &self.keys, user, *from, s, at, out)?;
+            }
             out.sync(user, s.epoch, s.seq);
             self.stats.syncs.fetch_add(1, Ordering::Relaxed);
             self.pending.pop();
@@ -332,6 +346,73 @@ fn mix(seed: u64, n: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
+}
+
+/// Hands `out` the events `from..=upto.seq` of `user`'s stream (at most the last
+/// [`HISTORY_MAX`] of them) that the log still holds up to `position`: the user's index gives
+/// the batches, one pipelined round trip reads them.
+fn read_history(
+    conn: &mut redis::Connection,
+    keys: &Keys,
+    user: &[u8],
+    from: u64,
+    upto: sequencer::Assigned,
+    position: LogId,
+    out: &mut impl Deliver,
+) -> redis::RedisResult<()> {
+    type Index = Vec<(String, Vec<(String, String)>)>;
+    let from = from.max(upto.seq.saturating_sub(HISTORY_MAX - 1));
+    let index = keys.user(user, b'i');
+    // The batch holding `from` (its entry is the last that starts at or before it), then
+    // every later one up to the stream's point.
+    let before: Index = redis::cmd("XREVRANGE")
+        .arg(&index[..])
+        .arg(format!("{from}-0"))
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query(conn)?;
+    let after: Index = redis::cmd("XRANGE")
+        .arg(&index[..])
+        .arg(format!("({from}-0"))
+        .arg(format!("{}-0", upto.seq))
+        .query(conn)?;
+    let batches: Vec<LogId> = before
+        .iter()
+        .chain(&after)
+        .filter_map(|(_, fields)| {
+            let (_, b) = fields.iter().find(|(k, _)| k == "b")?;
+            LogId::parse(b.as_bytes()).filter(|id| *id <= position)
+        })
+        .collect();
+    if batches.is_empty() {
+        return Ok(());
+    }
+    let mut pipe = redis::pipe();
+    for id in &batches {
+        let id = id.to_string();
+        pipe.cmd("XRANGE").arg(&keys.log[..]).arg(&id).arg(&id);
+    }
+    let replies: Vec<Value> = pipe.query(conn)?;
+    for reply in replies {
+        // An XRANGE reply is the list that an XREAD reply holds for its stream.
+        let as_read = Value::Array(vec![Value::Array(vec![Value::Nil, reply])]);
+        for entry in entries(as_read)? {
+            let Some(Ok(events)) = entry.message.as_deref().map(wire::decode) else {
+                continue;
+            };
+            let wanted = |e: &&WireEvent<'_>| {
+                !e.ack
+                    && e.user == user
+                    && e.epoch == upto.epoch
+                    && (from..=upto.seq).contains(&e.seq)
+            };
+            for e in events.iter().filter(wanted) {
+                out.history(e);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One log entry as read.

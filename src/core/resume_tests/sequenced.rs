@@ -66,7 +66,11 @@ fn a_first_connection_waits_for_redis_then_hears_its_stream() {
     let mut core = redis_core();
     let live = testing::connect(&mut core, user("b"), None, t0);
     let resuming = resume(&mut core, "b", 5, Some(E), t0);
-    assert_eq!(core.sync_requests, vec![Box::from(&b"b"[..])], "asked once");
+    assert_eq!(
+        core.sync_requests,
+        vec![(Box::from(&b"b"[..]), 0)],
+        "asked once"
+    );
     // Not even the 101 goes out: a client that saw its 101 must get every event emitted
     // after that, and only Redis's answer says where the stream stood.
     assert!(core.waits_for_stream(live) && core.waits_for_stream(resuming));
@@ -152,7 +156,7 @@ fn after_a_lost_stretch_of_log_streams_with_connections_are_asked_again() {
     core.route(&lost(), t0, 0);
     assert_eq!(
         core.sync_requests,
-        vec![Box::from(&b"e"[..])],
+        vec![(Box::from(&b"e"[..]), 0)],
         "f has no connection"
     );
     // Events 2 and 3 went by in the stretch the node missed; Redis says so.
@@ -239,4 +243,53 @@ fn only_the_node_that_emitted_an_unacked_event_dead_letters_it() {
         (Some(2), Some("ack_timeout"))
     );
     assert_eq!(core.stats.unacked_left_to_origin, 1);
+}
+
+#[test]
+fn a_resume_on_a_node_that_never_saw_the_events_gets_them_from_redis() {
+    let t0 = Instant::now();
+    let mut core = redis_core();
+    let id = resume(&mut core, "j", 4, Some(E), t0);
+    assert_eq!(
+        core.sync_requests,
+        vec![(Box::from(&b"j"[..]), 5)],
+        "from 5 on"
+    );
+    // A live event the reader pushed before it took the request...
+    core.route(&sequenced("j", E, 11), t0, 0);
+    // ...then what Redis still has from 5 to the sync's point, then the answer.
+    for seq in 5..=11 {
+        let mut r = Vec::new();
+        let body = format!("\"i\":{seq}}}");
+        encode_sequenced(
+            &mut r,
+            0,
+            crate::record::REC_HIST,
+            b"j",
+            E,
+            seq,
+            body.as_bytes(),
+        );
+        core.route(&r, t0, 0);
+    }
+    core.route(&sync("j", E, 11), t0, 0);
+    let seen = drain(&mut core, id, t0);
+    assert_eq!(hello(&seen), (E, 11));
+    assert_eq!(seen.len(), 8, "no gap: {seen:?}");
+    assert_eq!(events(&seen), (5..=11).collect::<Vec<_>>());
+    assert_eq!(core.stats.events_from_redis_history, 7);
+    // Once the stream is live, more of Redis's history is refused: it would rewrite it.
+    let mut late = Vec::new();
+    encode_sequenced(
+        &mut late,
+        0,
+        crate::record::REC_HIST,
+        b"j",
+        E,
+        3,
+        b"\"i\":3}",
+    );
+    core.route(&late, t0, 0);
+    core.route(&sequenced("j", E, 12), t0, 0);
+    assert_eq!(events(&drain(&mut core, id, t0)), [12]);
 }

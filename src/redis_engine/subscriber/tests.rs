@@ -19,6 +19,8 @@ enum Saw {
     Lost,
     /// A sync answer: user, epoch and seq.
     Sync(String, u64, u64),
+    /// An older event read for a sync: user and seq.
+    History(String, u64),
 }
 
 #[derive(Default, Clone)]
@@ -33,6 +35,11 @@ impl Deliver for Seen {
 
     fn continuity_lost(&mut self) {
         self.0.lock().unwrap().push(Saw::Lost);
+    }
+
+    fn history(&mut self, e: &WireEvent<'_>) {
+        let user = String::from_utf8(e.user.to_vec()).unwrap();
+        self.0.lock().unwrap().push(Saw::History(user, e.seq));
     }
 
     fn sync(&mut self, user: &[u8], epoch: u64, seq: u64) {
@@ -81,7 +88,7 @@ fn subscriber(
 ) -> (
     Subscriber,
     Arc<SubscriberStats>,
-    crossbeam_channel::Sender<Box<[u8]>>,
+    crossbeam_channel::Sender<SyncRequest>,
 ) {
     let stats = Arc::new(SubscriberStats::default());
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
@@ -305,7 +312,7 @@ fn a_sync_gives_the_stream_as_of_the_log_read_so_far() {
     sequence(&mut conn, &mut seq, 2, &["a"], 3);
     sequence(&mut conn, &mut seq, 3, &["a", "b"], 4);
     for user in ["a", "b", "nobody"] {
-        requests.send(user.as_bytes().into()).unwrap();
+        requests.send((user.as_bytes().into(), 0)).unwrap();
     }
     sub.serve_syncs(&mut conn, &mut out).unwrap();
     let all = out.all();
@@ -327,7 +334,7 @@ fn a_sync_gives_the_stream_as_of_the_log_read_so_far() {
     assert_eq!(out.seqs("b"), (1..=7).collect::<Vec<_>>());
     // The stream the sync made keeps its epoch when its first event comes.
     sequence(&mut conn, &mut seq, 4, &["nobody"], 1);
-    requests.send(b"nobody"[..].into()).unwrap();
+    requests.send((b"nobody"[..].into(), 0)).unwrap();
     sub.read(&mut conn, &mut out).unwrap();
     sub.serve_syncs(&mut conn, &mut out).unwrap();
     assert_eq!(
@@ -337,7 +344,7 @@ fn a_sync_gives_the_stream_as_of_the_log_read_so_far() {
     // Redis loses everything: the stream a sync makes again has an epoch never seen before,
     // so its events cannot pass for the old run's.
     let _: () = redis::cmd("FLUSHALL").query(&mut conn).unwrap();
-    requests.send(b"nobody"[..].into()).unwrap();
+    requests.send((b"nobody"[..].into(), 0)).unwrap();
     sub.serve_syncs(&mut conn, &mut out).unwrap();
     let Some(Saw::Sync(_, again, 0)) = out.all().last().cloned() else {
         panic!("{:?}", out.all().last());
@@ -370,5 +377,45 @@ fn redis_away_at_first_is_waited_for() {
     assert!(
         !run.seen.all().contains(&Saw::Lost),
         "a first connection is no loss"
+    );
+}
+
+#[test]
+fn a_sync_from_a_seq_brings_the_events_the_node_never_received_then_the_answer() {
+    let Some(server) = RedisServer::start("sub-history") else {
+        return;
+    };
+    let (mut sub, _stats, requests) = subscriber(server.port);
+    let mut out = Seen::default();
+    let mut conn = server.connect().unwrap();
+    let mut seq = Sequencer::new("s", 1, 1000, 1000);
+    // Batches 1 and 2 before this node reads anything (it starts at the log's end: it never
+    // receives them), 3 after it started, 4 not read yet.
+    sequence(&mut conn, &mut seq, 1, &["a"], 5);
+    sequence(&mut conn, &mut seq, 2, &["a", "b"], 10);
+    sub.start(&mut conn, &mut out).unwrap();
+    sequence(&mut conn, &mut seq, 3, &["a"], 3);
+    sub.read(&mut conn, &mut out).unwrap();
+    sequence(&mut conn, &mut seq, 4, &["a"], 2);
+    requests.send((b"a"[..].into(), 4)).unwrap();
+    sub.serve_syncs(&mut conn, &mut out).unwrap();
+    let all = out.all();
+    let after_read = &all[3..];
+    let history: Vec<u64> = after_read
+        .iter()
+        .filter_map(|s| match s {
+            Saw::History(u, n) if u == "a" => Some(*n),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        history,
+        (4..=13).collect::<Vec<_>>(),
+        "from 4 to the sync's point, in order: {all:?}"
+    );
+    assert_eq!(
+        after_read.last(),
+        Some(&Saw::Sync("a".into(), 5, 13)),
+        "the answer comes last"
     );
 }

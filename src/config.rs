@@ -160,6 +160,10 @@ pub(crate) struct Config {
     pub redis_url: Option<RedisUrl>,
     /// The prefix of every Redis key of this deployment.
     pub redis_prefix: String,
+    /// Bytes of batches the Redis log keeps at most.
+    pub redis_log_max_bytes: u64,
+    /// How old the Redis log's batches get at most.
+    pub redis_log_max_age: Duration,
 }
 
 impl Config {
@@ -218,6 +222,8 @@ impl Config {
             engine: Engine::Local,
             redis_url: None,
             redis_prefix: "floodgate".into(),
+            redis_log_max_bytes: 256 << 20,
+            redis_log_max_age: Duration::from_secs(3600),
         }
     }
 
@@ -591,6 +597,34 @@ impl Config {
                 "must be 1 to 64 characters from A-Z a-z 0-9 _ . -",
             ));
         }
+        if !(1 << 20..=1 << 40).contains(&self.redis_log_max_bytes) {
+            return Err(err("redis_log_max_bytes", "must be from 1 MiB to 1 TiB"));
+        }
+        if self.redis_log_max_age < Duration::from_secs(1)
+            || self.redis_log_max_age > Duration::from_secs(30 * 86400)
+        {
+            return Err(err("redis_log_max_age", "must be from 1s to 30 days"));
+        }
+        let d = Config::defaults(JwtKey::Hs256(Vec::new()));
+        let retention_set = [
+            (
+                "redis_log_max_bytes",
+                self.redis_log_max_bytes != d.redis_log_max_bytes,
+            ),
+            (
+                "redis_log_max_age",
+                self.redis_log_max_age != d.redis_log_max_age,
+            ),
+        ];
+        if self.engine == Engine::Local {
+            if let Some((name, _)) = retention_set.iter().find(|(_, differs)| *differs) {
+                return Err(err(
+                    name,
+                    "has no effect with engine = \"local\": set engine = \"redis\" too, or \
+                     leave it out",
+                ));
+            }
+        }
         match (self.engine, &self.redis_url) {
             (Engine::Local, None) => return Ok(()),
             (Engine::Local, Some(_)) => {
@@ -695,7 +729,9 @@ macro_rules! with_plain_settings {
             ingest_dedupe_window,
             ingest_dedupe_capacity,
             engine,
-            redis_prefix
+            redis_prefix,
+            redis_log_max_bytes,
+            redis_log_max_age
         )
     };
 }
@@ -1072,6 +1108,18 @@ pub struct Settings {
         arg(long, env = "FLOODGATE_REDIS_PREFIX", value_name = "PREFIX")
     )]
     pub redis_prefix: Option<String>,
+    /// Bytes of batches the Redis log keeps (shared by every node; resumes from Redis and
+    /// readers that fall behind need them); the oldest are trimmed past it [default: 268435456]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "FLOODGATE_REDIS_LOG_MAX_BYTES", value_name = "BYTES")
+    )]
+    pub redis_log_max_bytes: Option<u64>,
+    /// Batches of the Redis log older than this are trimmed (by Redis's clock, as batches are
+    /// appended) [default: 1h]
+    #[cfg_attr(feature = "cli", arg(long, env = "FLOODGATE_REDIS_LOG_MAX_AGE", value_parser = humantime::parse_duration, value_name = "DURATION"))]
+    #[serde(default, with = "humantime_serde")]
+    pub redis_log_max_age: Option<Duration>,
 }
 
 /// The largest config file read.

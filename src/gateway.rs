@@ -408,6 +408,13 @@ impl GatewayBuilder {
         /// The prefix of every Redis key: 1 to 64 characters from `A-Z a-z 0-9 _ . -`
         /// [default `floodgate`].
         redis_prefix: String,
+        /// Bytes of batches the Redis log keeps at most, shared by every node; the oldest are
+        /// trimmed past it [default 256 MiB, 1 MiB to 1 TiB; Redis engine only].
+        redis_log_max_bytes: u64,
+        /// Batches of the Redis log older than this (by Redis's clock) are trimmed as batches
+        /// are appended; a user's index lives this long after the user's last event [default
+        /// 1 h, 1 s to 30 days; Redis engine only].
+        redis_log_max_age: Duration,
     }
 
     /// Turns on the ingest endpoints for out-of-process publishers (`POST /api/publish` and
@@ -688,6 +695,11 @@ fn redis_node(
         url: url.0.clone(),
         prefix: cfg.redis_prefix.clone(),
         ring_capacity: cfg.ring_capacity,
+        retention: crate::redis_engine::sequencer::Retention {
+            max_bytes: cfg.redis_log_max_bytes,
+            max_age: cfg.redis_log_max_age,
+            index_entries: crate::redis_engine::subscriber::HISTORY_MAX,
+        },
     };
     let (node, links) = Node::start(&node_cfg, &inboxes, boards.receipts.clone())?;
     let stats = node.stats.clone();

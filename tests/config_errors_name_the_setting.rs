@@ -124,6 +124,30 @@ fn each_invalid_setting_is_named() {
         ),
         (b().redis_prefix(String::new()), "redis_prefix"),
         (b().redis_prefix("a prefix".into()), "redis_prefix"),
+        // Retention of the Redis log: bounded, and only with the Redis engine.
+        (b().redis_log_max_bytes(1 << 30), "redis_log_max_bytes"),
+        (
+            b().redis_log_max_age(Duration::from_secs(60)),
+            "redis_log_max_age",
+        ),
+        (
+            b().engine(floodgate::Engine::Redis)
+                .redis_url("redis://127.0.0.1:6379")
+                .redis_log_max_bytes(1000),
+            "redis_log_max_bytes",
+        ),
+        (
+            b().engine(floodgate::Engine::Redis)
+                .redis_url("redis://127.0.0.1:6379")
+                .redis_log_max_age(Duration::from_millis(10)),
+            "redis_log_max_age",
+        ),
+        (
+            b().engine(floodgate::Engine::Redis)
+                .redis_url("redis://127.0.0.1:6379")
+                .redis_log_max_age(Duration::from_secs(31 * 86400)),
+            "redis_log_max_age",
+        ),
     ];
     for (i, (builder, setting)) in cases.into_iter().enumerate() {
         assert_eq!(setting_of(builder), setting, "case {i}");

@@ -24,13 +24,6 @@ use crate::record::{
 };
 use crate::ring::{self, Consumer, Producer, PushError};
 
-/// Log entries (batches) Redis keeps, about: with 1024-event batches, about ten million events
-/// for resumes on nodes that started later and for readers that fell behind.
-const KEEP_BATCHES: u64 = 10_000;
-
-/// Index entries Redis keeps per user, about (one per batch with events of the user).
-const KEEP_INDEX: u64 = 10_000;
-
 /// What a node needs from the gateway.
 pub(crate) struct NodeConfig {
     /// The Redis URL (validated by the config).
@@ -39,6 +32,8 @@ pub(crate) struct NodeConfig {
     pub prefix: String,
     /// Bytes of each ring from the subscriber to a shard.
     pub ring_capacity: usize,
+    /// What Redis keeps of the log and the users' indexes.
+    pub retention: super::sequencer::Retention,
 }
 
 /// One shard as the subscriber reaches it: where its new ring goes, and how to wake it.
@@ -114,7 +109,7 @@ impl Node {
         let parker = ThreadParker::new();
         let unparker = parker.unparker().clone();
         let publisher_wake = Arc::new(Parker::new(move || unparker.unpark()));
-        let sequencer = Sequencer::new(&cfg.prefix, node_id, KEEP_BATCHES, KEEP_INDEX);
+        let sequencer = Sequencer::new(&cfg.prefix, node_id, cfg.retention);
         let publisher = Publisher::new(
             sequencer,
             client.clone(),

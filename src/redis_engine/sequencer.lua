@@ -11,25 +11,32 @@
 -- and the answer of its last batch that ran; the same batch submitted again (its first answer
 -- was lost with a connection) gets that answer and runs no second time.
 --
+-- Retention: the log keeps at most `max_bytes` of messages and nothing older than `max_age`
+-- (by the entry id's time, Redis's clock), trimmed from its oldest end as each batch is
+-- appended (never the batch just appended), at most 64 entries per run so one run stays
+-- short; a user's index keeps about its last `keep_index` entries and expires `max_age` after
+-- its last batch (its entries point into the log, which no longer has those batches then).
+--
 -- KEYS: the node's key, the log (a stream: one entry per batch, field `m` the message, field
 --       `v` the id of the entry before it, so a reader can tell it missed none, field `g` the
 --       log's generation), the log's last id (a string), the log's generation (a string, set
 --       when the log starts: a reader that finds another one knows the log it read is gone,
---       even where the new log's ids are not past its position), then per user of the batch,
---       in order of first appearance, its meta hash (`epoch`, `seq`) and its index (a stream:
---       entry `<first seq>-0` per batch, field `b` the log entry id).
--- ARGV: log entries to keep, index entries to keep, the epoch a new stream starts with (16
---       hex digits), the batch's number, how long the node's key lives (s), the number of
---       entries, the entries section (wire.rs), the users: per user u8 length, the id, u32
---       its number of events (acks not counted); the generation a new log starts with (16
---       hex digits); the node's id (16 hex digits, field `n` of the entry, so a node knows
---       its own batches).
+--       even where the new log's ids are not past its position), the log's size (a string:
+--       the bytes of the messages it holds), then per user of the batch, in order of first
+--       appearance, its meta hash (`epoch`, `seq`) and its index (a stream: entry
+--       `<first seq>-0` per batch, field `b` the log entry id).
+-- ARGV: the log's bytes to keep at most, index entries to keep, the epoch a new stream starts
+--       with (16 hex digits), the batch's number, how long the node's key lives (s), the
+--       number of entries, the entries section (wire.rs), the users: per user u8 length, the
+--       id, u32 its number of events (acks not counted); the generation a new log starts with
+--       (16 hex digits); the node's id (16 hex digits, field `n` of the entry, so a node
+--       knows its own batches); the log's age to keep at most (ms).
 -- Returns: per user, the seq of its first event in the batch (0: only acks) and its epoch.
-local node, log, last_id, generation = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local keep_log, keep_index = ARGV[1], ARGV[2]
+local node, log, last_id, generation, size_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local max_bytes, keep_index = tonumber(ARGV[1]), ARGV[2]
 local new_epoch, batch, node_ttl = ARGV[3], ARGV[4], ARGV[5]
 local n_events, events, users_blob, new_generation = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
-local node_id = ARGV[10]
+local node_id, max_age_ms = ARGV[10], tonumber(ARGV[11])
 local last = redis.call('HMGET', node, 'batch', 'answer')
 if last[1] == batch then
   return cmsgpack.unpack(last[2])
@@ -44,7 +51,7 @@ while at <= #users_blob do
   local user = string.sub(users_blob, at + 1, at + len)
   local count = struct.unpack('<I4', users_blob, at + 1 + len)
   at = at + 1 + len + 4
-  local meta = KEYS[3 + 2 * i]
+  local meta = KEYS[4 + 2 * i]
   local first, epoch = 0, '0000000000000000'
   if count > 0 then
     local top = redis.call('HINCRBY', meta, 'seq', count)
@@ -67,13 +74,43 @@ local gen = redis.call('GET', generation)
 if not gen then
   gen = new_generation
   redis.call('SET', generation, gen)
+  redis.call('SET', size_key, 0)
 end
-local id = redis.call('XADD', log, 'MAXLEN', '~', keep_log, '*', 'm', message, 'v', prev, 'g', gen,
-  'n', node_id)
+local id = redis.call('XADD', log, '*', 'm', message, 'v', prev, 'g', gen, 'n', node_id)
 redis.call('SET', last_id, id)
+local size = redis.call('INCRBY', size_key, #message)
+
+-- Trimming: the oldest entries while the log is over its bytes or they are over its age.
+local now = redis.call('TIME')
+local cutoff = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - max_age_ms
+local removed, first_kept, from = 0, nil, '-'
+while not first_kept do
+  local oldest = redis.call('XRANGE', log, from, '+', 'COUNT', 16)
+  for _, e in ipairs(oldest) do
+    local ms = tonumber(string.match(e[1], '^(%d+)-'))
+    if e[1] == id or (size <= max_bytes and ms >= cutoff) or removed == 64 then
+      first_kept = e[1]
+      break
+    end
+    -- Field `m` comes first in every entry this script writes.
+    size = size - #(e[2][2] or '')
+    removed = removed + 1
+    from = '(' .. e[1]
+  end
+  if #oldest == 0 then
+    break
+  end
+end
+if removed > 0 and first_kept then
+  redis.call('XTRIM', log, 'MINID', first_kept)
+  redis.call('SET', size_key, size)
+end
+
 for u = 1, i do
   if firsts[u] > 0 then
-    redis.call('XADD', KEYS[4 + 2 * u], 'MAXLEN', '~', keep_index, firsts[u] .. '-0', 'b', id)
+    local index = KEYS[5 + 2 * u]
+    redis.call('XADD', index, 'MAXLEN', '~', keep_index, firsts[u] .. '-0', 'b', id)
+    redis.call('PEXPIRE', index, max_age_ms)
   end
 end
 redis.call('HSET', node, 'batch', batch, 'answer', cmsgpack.pack(out))

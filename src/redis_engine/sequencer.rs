@@ -10,15 +10,16 @@
 //! together should the keys ever be spread over Redis Cluster slots; the script itself writes
 //! many users' keys, so it needs one Redis):
 //! - `p:log`: a stream, one entry per batch, field `m` the message, field `v` the id of the
-//!   entry before it (so a reader can tell it missed none), trimmed to about the last
-//!   `keep_batches`;
+//!   entry before it (so a reader can tell it missed none), trimmed by bytes and age
+//!   ([`Retention`]) as batches are appended;
+//! - `p:size`: the bytes of the messages the log holds;
 //! - `p:last`: the id of the log's last entry;
 //! - `p:gen`: the log's generation (16 hex digits, set when the log starts);
 //! - `p:{u}:m`: a hash, `epoch` (16 hex digits, set by the first event of the stream) and `seq`
 //!   (the last one given);
 //! - `p:{u}:i`: a stream, the user's index into the log: entry id `<first seq>-0` per batch
 //!   that has events of the user, field `b` the log entry's id, trimmed to about the last
-//!   `keep_index`. A resume reads the entries from its cursor on, then those batches, and keeps
+//!   [`Retention::index_entries`] and gone [`Retention::max_age`] after the user's last batch. A resume reads the entries from its cursor on, then those batches, and keeps
 //!   the user's events.
 
 use std::collections::HashMap;
@@ -43,6 +44,8 @@ pub(crate) struct Keys {
     pub last: Vec<u8>,
     /// `p:gen`: the log's generation, set when it starts.
     pub generation: Vec<u8>,
+    /// `p:size`: the bytes of the messages in the log.
+    pub size: Vec<u8>,
 }
 
 impl Keys {
@@ -52,6 +55,7 @@ impl Keys {
             log: format!("{prefix}:log").into_bytes(),
             last: format!("{prefix}:last").into_bytes(),
             generation: format!("{prefix}:gen").into_bytes(),
+            size: format!("{prefix}:size").into_bytes(),
         }
     }
 
@@ -128,6 +132,20 @@ pub(crate) struct Assigned {
 /// after its first run (a node cut off from Redis that long) could run twice.
 pub(crate) const NODE_MEMORY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
+/// What Redis keeps of the log and of each user's index (the same on every node of a
+/// deployment: each node's batches trim the log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Retention {
+    /// Bytes of batch messages the log holds at most (the batch just appended stays, whatever
+    /// its size).
+    pub max_bytes: u64,
+    /// How old the log's entries get at most, by Redis's clock; also how long a user's index
+    /// outlives the user's last batch.
+    pub max_age: std::time::Duration,
+    /// Entries of each user's index kept, about (one per batch with events of the user).
+    pub index_entries: u64,
+}
+
 /// One node's sequencing: the keys, the channel and the script of its deployment (the key
 /// prefix), and the node's own batch numbers.
 pub(crate) struct Sequencer {
@@ -137,8 +155,7 @@ pub(crate) struct Sequencer {
     node_key: Vec<u8>,
     /// The node's id (16 hex digits), which its log entries carry.
     node_id: [u8; 16],
-    keep_batches: u64,
-    keep_index: u64,
+    retention: Retention,
     /// Reused for each batch: the events and the users arguments.
     events: Vec<u8>,
     users: Vec<u8>,
@@ -146,16 +163,14 @@ pub(crate) struct Sequencer {
 
 impl Sequencer {
     /// Node `node` (unique among the nodes on one Redis: a random id per process) sequencing
-    /// keys under `prefix`, keeping about the last `keep_batches` batches in the log and the
-    /// last `keep_index` batches of each user in its index.
-    pub(crate) fn new(prefix: &str, node: u64, keep_batches: u64, keep_index: u64) -> Sequencer {
+    /// keys under `prefix`, with the log and the users' indexes kept as `retention` says.
+    pub(crate) fn new(prefix: &str, node: u64, retention: Retention) -> Sequencer {
         Sequencer {
             script: Script::new(SCRIPT),
             keys: Keys::new(prefix),
             node_key: format!("{prefix}:node:{node:016x}").into_bytes(),
             node_id: epoch_hex(node),
-            keep_batches: keep_batches.max(1),
-            keep_index: keep_index.max(1),
+            retention,
             events: Vec::new(),
             users: Vec::new(),
         }
@@ -212,7 +227,8 @@ impl Sequencer {
         call.key(&self.node_key[..])
             .key(&self.keys.log[..])
             .key(&self.keys.last[..])
-            .key(&self.keys.generation[..]);
+            .key(&self.keys.generation[..])
+            .key(&self.keys.size[..]);
         for &(u, count) in &users {
             self.users.push(u.len() as u8);
             self.users.extend_from_slice(u);
@@ -220,8 +236,8 @@ impl Sequencer {
             call.key(self.keys.user(u, b'm'))
                 .key(self.keys.user(u, b'i'));
         }
-        call.arg(self.keep_batches)
-            .arg(self.keep_index)
+        call.arg(self.retention.max_bytes)
+            .arg(self.retention.index_entries.max(1))
             .arg(&epoch_hex(new_epoch)[..])
             .arg(batch)
             .arg(NODE_MEMORY.as_secs())
@@ -229,7 +245,8 @@ impl Sequencer {
             .arg(&self.events[..])
             .arg(&self.users[..])
             .arg(&epoch_hex(new_epoch ^ batch.rotate_left(32))[..])
-            .arg(&self.node_id[..]);
+            .arg(&self.node_id[..])
+            .arg(self.retention.max_age.as_millis().max(1) as u64);
         let reply: Vec<(u64, Vec<u8>)> = call.invoke(conn)?;
         if reply.len() != users.len() {
             return Err(protocol_error(

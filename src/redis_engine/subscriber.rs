@@ -34,7 +34,7 @@ const BLOCK: Duration = Duration::from_millis(20);
 
 /// Events a resume may get from Redis on a node that never received them, at most (the
 /// newest; history keeps no more than `history_max_events` of them anyway).
-const HISTORY_MAX: u64 = 4096;
+pub(crate) const HISTORY_MAX: u64 = 4096;
 
 /// Log entries one read returns at most (each a batch of up to 1024 events).
 const READ_COUNT: usize = 64;

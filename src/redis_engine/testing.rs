@@ -69,3 +69,12 @@ impl LogReader {
         out
     }
 }
+
+/// Retention for tests: `index_entries` per user, the log kept whole (1 GiB, an hour).
+pub(crate) fn keep(index_entries: u64) -> super::sequencer::Retention {
+    super::sequencer::Retention {
+        max_bytes: 1 << 30,
+        max_age: Duration::from_secs(3600),
+        index_entries,
+    }
+}

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::record;
 use crate::redis_engine::backoff::Backoff;
-use crate::redis_engine::testing::{LogReader, RedisServer, StreamEntry};
+use crate::redis_engine::testing::{keep, LogReader, RedisServer, StreamEntry};
 use crate::ring::{self, Producer};
 
 /// A publisher thread for node `node` on the Redis at `port`, and its rings' producers.
@@ -50,7 +50,7 @@ fn start_with(
     let stop = Arc::new(AtomicBool::new(false));
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
     let publisher = Publisher::new(
-        Sequencer::new("p", node, 1 << 20, 1 << 20),
+        Sequencer::new("p", node, keep(1 << 20)),
         client,
         Inputs {
             rings: rx,

@@ -5,7 +5,7 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use super::*;
-use crate::redis_engine::testing::{LogReader, RedisServer, StreamEntry};
+use crate::redis_engine::testing::{keep, LogReader, RedisServer, StreamEntry};
 use crate::redis_engine::wire;
 
 /// Runs of `cmd` so far that did not fail (`commandstats` calls less failed calls: an EVALSHA
@@ -44,7 +44,7 @@ fn batches_from_two_nodes_give_each_user_one_gapless_sequence_published_in_order
             let (users, start, mut conn) =
                 (users.clone(), start.clone(), server.connect().unwrap());
             std::thread::spawn(move || {
-                let mut seq = Sequencer::new("fg", node as u64, 100_000, 100_000);
+                let mut seq = Sequencer::new("fg", node as u64, keep(100_000));
                 let mut assigned = Vec::new();
                 start.wait();
                 for b in 0..BATCHES {
@@ -133,8 +133,17 @@ fn the_log_keeps_each_batch_and_each_user_finds_its_events_by_seq() {
         return;
     };
     let mut conn = server.connect().unwrap();
-    let mut seq = Sequencer::new("t", 1, 5, 5);
-    // 300 batches: enough for trimming, which is approximate (whole nodes of 100 entries).
+    // The log keeps 40 000 bytes of messages (each batch's is 2 600 and some): about 15.
+    let mut seq = Sequencer::new(
+        "t",
+        1,
+        Retention {
+            max_bytes: 40_000,
+            ..keep(5)
+        },
+    );
+    // 300 batches: enough for trimming the index, which is approximate (whole nodes of 100
+    // entries).
     for round in 0..300u64 {
         // Alice's events and Bob's, interleaved; every third of Alice's needs an ack.
         let events: Vec<Pending<'_>> = (0..100)
@@ -155,14 +164,26 @@ fn the_log_keeps_each_batch_and_each_user_finds_its_events_by_seq() {
         assert_eq!(got[99].seq, 75 * (round + 1), "alice's last");
         assert_eq!(got[96].seq, 25 * (round + 1), "bob's last");
     }
-    let len: u64 = redis::cmd("XLEN")
+    // By bytes: as many of the newest batches as fit, and `p:size` says exactly how many bytes.
+    let log: Vec<StreamEntry> = redis::cmd("XRANGE")
         .arg(&seq.keys().log[..])
+        .arg("-")
+        .arg("+")
         .query(&mut conn)
         .unwrap();
+    let sizes: Vec<usize> = log.iter().map(|(_, f)| f[0].1.len()).collect();
+    let held: usize = sizes.iter().sum();
+    let size: usize = redis::cmd("GET")
+        .arg(&seq.keys().size[..])
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(size, held, "the size key matches the log");
+    assert!(held <= 40_000, "{held} bytes kept");
     assert!(
-        (5..=150).contains(&len),
-        "about the last 5 batches kept: {len}"
+        held + sizes[0] > 40_000,
+        "no more trimmed than needed: {held}"
     );
+    assert_eq!(log.len(), 40_000 / sizes[0], "{sizes:?}");
     // Alice's index: one entry per batch, by the batch's first seq of hers.
     let index: Vec<StreamEntry> = redis::cmd("XRANGE")
         .arg(seq.keys().user(b"alice", b'i'))
@@ -206,7 +227,7 @@ fn a_batch_submitted_again_runs_once_and_gets_its_first_answer() {
     };
     let mut conn = server.connect().unwrap();
     let mut log = LogReader::new(&server, "r");
-    let mut seq = Sequencer::new("r", 5, 1000, 1000);
+    let mut seq = Sequencer::new("r", 5, keep(1000));
     let events = |user: &'static [u8]| {
         (0..3)
             .map(|_| Pending {
@@ -225,7 +246,7 @@ fn a_batch_submitted_again_runs_once_and_gets_its_first_answer() {
     let next = seq.submit(&mut conn, 2, 0xe, &events(b"u")).unwrap();
     assert_eq!(next.iter().map(|a| a.seq).collect::<Vec<_>>(), [4, 5, 6]);
     // Another node's batch 1 is its own.
-    let mut other = Sequencer::new("r", 6, 1000, 1000);
+    let mut other = Sequencer::new("r", 6, keep(1000));
     let theirs = other.submit(&mut conn, 1, 0xe, &events(b"u")).unwrap();
     assert_eq!(theirs.iter().map(|a| a.seq).collect::<Vec<_>>(), [7, 8, 9]);
     // Three batches in the log, not four.
@@ -250,7 +271,7 @@ fn acks_ride_along_take_no_seq_and_leave_no_index_entry() {
     };
     let mut conn = server.connect().unwrap();
     let mut log = LogReader::new(&server, "k");
-    let mut seq = Sequencer::new("k", 3, 1000, 1000);
+    let mut seq = Sequencer::new("k", 3, keep(1000));
     let event = |user: &'static [u8]| Pending {
         ack: None,
         user,
@@ -315,4 +336,69 @@ fn acks_ride_along_take_no_seq_and_leave_no_index_entry() {
         .query(&mut conn)
         .unwrap();
     assert_eq!(w_keys, 0, "an ack makes no stream");
+}
+
+#[test]
+fn the_log_drops_batches_older_than_its_age_and_an_idle_users_index_expires() {
+    let Some(server) = RedisServer::start("seq-age") else {
+        return;
+    };
+    let mut conn = server.connect().unwrap();
+    let age = Duration::from_millis(300);
+    let mut seq = Sequencer::new(
+        "a",
+        1,
+        Retention {
+            max_age: age,
+            ..keep(1000)
+        },
+    );
+    let event = |user: &'static [u8]| Pending {
+        ack: None,
+        user,
+        ts: 1,
+        needs_ack: false,
+        body: b"\"type\":\"x\"}",
+    };
+    for b in 0..10 {
+        seq.submit(&mut conn, b, 9, &[event(b"old")]).unwrap();
+    }
+    let xlen = |conn: &mut redis::Connection| -> u64 {
+        redis::cmd("XLEN").arg("a:log").query(conn).unwrap()
+    };
+    assert_eq!(xlen(&mut conn), 10, "young batches stay");
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(seq.keys().user(b"old", b'i'))
+        .query(&mut conn)
+        .unwrap();
+    assert!(
+        (1..=300).contains(&ttl),
+        "the index lives as long as the log keeps it: {ttl}"
+    );
+    std::thread::sleep(age + Duration::from_millis(100));
+    seq.submit(&mut conn, 10, 9, &[event(b"new")]).unwrap();
+    assert_eq!(
+        xlen(&mut conn),
+        1,
+        "only the batch just appended is young enough"
+    );
+    let size: usize = redis::cmd("GET")
+        .arg(&seq.keys().size[..])
+        .query(&mut conn)
+        .unwrap();
+    let log: Vec<StreamEntry> = redis::cmd("XRANGE")
+        .arg("a:log")
+        .arg("-")
+        .arg("+")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(size, log[0].1[0].1.len());
+    let exists: u64 = redis::cmd("EXISTS")
+        .arg(seq.keys().user(b"old", b'i'))
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(exists, 0, "the idle user's index expired with its batches");
+    // The stream itself (epoch, seq) stays: its next event goes on from 10.
+    let got = seq.submit(&mut conn, 11, 77, &[event(b"old")]).unwrap();
+    assert_eq!(got[0], Assigned { epoch: 9, seq: 11 });
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::redis_engine::sequencer::{Pending, Sequencer};
-use crate::redis_engine::testing::RedisServer;
+use crate::redis_engine::testing::{keep, RedisServer};
 
 /// What a test's `Deliver` saw, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,7 +165,7 @@ fn batches_come_out_in_order_and_a_foreign_entry_is_skipped_and_reported() {
     let mut run = start(server.port);
     run.wait_connected();
     let mut conn = server.connect().unwrap();
-    let mut seq = Sequencer::new("s", 1, 1000, 1000);
+    let mut seq = Sequencer::new("s", 1, keep(1000));
     sequence(&mut conn, &mut seq, 1, &["a", "b"], 100);
     // Anyone who can write to the log can add anything.
     let _: String = redis::cmd("XADD")
@@ -206,7 +206,7 @@ fn a_cut_connection_loses_nothing_and_reads_on_where_it_stopped() {
     let mut run = start(server.port);
     run.wait_connected();
     let mut conn = server.connect().unwrap();
-    let mut seq = Sequencer::new("s", 1, 1000, 1000);
+    let mut seq = Sequencer::new("s", 1, keep(1000));
     for batch in 1..=20 {
         sequence(&mut conn, &mut seq, batch, &["a"], 10);
         if batch % 5 == 0 {
@@ -239,7 +239,7 @@ fn entries_trimmed_before_they_were_read_are_reported_as_lost() {
     let mut out = Seen::default();
     let mut conn = server.connect().unwrap();
     let mut mine = server.connect().unwrap();
-    let mut seq = Sequencer::new("s", 1, 1000, 1000);
+    let mut seq = Sequencer::new("s", 1, keep(1000));
     sub.start(&mut mine, &mut out).unwrap();
     sequence(&mut conn, &mut seq, 1, &["a"], 3);
     sub.read(&mut mine, &mut out).unwrap();
@@ -265,7 +265,7 @@ fn a_log_lost_with_redis_is_reported_and_the_new_one_read_from_its_start() {
     let (mut sub, _stats, _requests) = subscriber(server.port);
     let mut out = Seen::default();
     let mut conn = server.connect().unwrap();
-    let mut seq = Sequencer::new("s", 1, 1000, 1000);
+    let mut seq = Sequencer::new("s", 1, keep(1000));
     sub.start(&mut conn, &mut out).unwrap();
     sequence(&mut conn, &mut seq, 1, &["a"], 2);
     sub.read(&mut conn, &mut out).unwrap();
@@ -304,7 +304,7 @@ fn a_sync_gives_the_stream_as_of_the_log_read_so_far() {
     let (mut sub, stats, requests) = subscriber(server.port);
     let mut out = Seen::default();
     let mut conn = server.connect().unwrap();
-    let mut seq = Sequencer::new("s", 1, 1000, 1000);
+    let mut seq = Sequencer::new("s", 1, keep(1000));
     sub.start(&mut conn, &mut out).unwrap();
     sequence(&mut conn, &mut seq, 1, &["a", "b"], 10);
     sub.read(&mut conn, &mut out).unwrap();
@@ -371,7 +371,13 @@ fn redis_away_at_first_is_waited_for() {
     };
     run.wait_connected();
     let mut conn = server.connect().unwrap();
-    sequence(&mut conn, &mut Sequencer::new("s", 1, 10, 10), 1, &["a"], 3);
+    sequence(
+        &mut conn,
+        &mut Sequencer::new("s", 1, keep(10)),
+        1,
+        &["a"],
+        3,
+    );
     run.seen.wait_for(3);
     run.stop();
     assert!(
@@ -388,7 +394,7 @@ fn a_sync_from_a_seq_brings_the_events_the_node_never_received_then_the_answer()
     let (mut sub, _stats, requests) = subscriber(server.port);
     let mut out = Seen::default();
     let mut conn = server.connect().unwrap();
-    let mut seq = Sequencer::new("s", 1, 1000, 1000);
+    let mut seq = Sequencer::new("s", 1, keep(1000));
     // Batches 1 and 2 before this node reads anything (it starts at the log's end: it never
     // receives them), 3 after it started, 4 not read yet.
     sequence(&mut conn, &mut seq, 1, &["a"], 5);

@@ -674,7 +674,7 @@ fn redis_node(
 ) -> Result<
     (
         Option<crate::redis_engine::node::Node>,
-        Option<crossbeam_channel::Sender<(Box<[u8]>, u64)>>,
+        Option<crossbeam_channel::Sender<crate::record::SyncRequest>>,
         Box<[ShardLink]>,
     ),
     Error,

@@ -483,8 +483,14 @@ const FAMILIES: &[Family] = &[
     Family {
         name: "redis_history_events_read_total",
         kind: Kind::Counter,
-        help: "Redis engine: older events read from Redis into history, for connections that resume on a node that never received them.",
+        help: "Redis engine: older events read from Redis for connections that resume on a node that never received them (into history, or for that connection alone).",
         series: &[stat!(events_from_redis_history)],
+    },
+    Family {
+        name: "redis_resumes_from_redis_total",
+        kind: Kind::Counter,
+        help: "Redis engine: resumes that began before this node's history and got the events between from Redis.",
+        series: &[stat!(resumed_from_redis)],
     },
     Family {
         name: "redis_unacked_left_to_origin_total",

@@ -141,7 +141,7 @@ pub(crate) struct Common {
     pub per_ip: PerIp,
     /// The Redis engine: where users whose stream state a shard needs are sent (the node's
     /// log reader answers in the shard's ring).
-    pub sync_requests: Option<crossbeam_channel::Sender<(Box<[u8]>, u64)>>,
+    pub sync_requests: Option<crossbeam_channel::Sender<crate::record::SyncRequest>>,
 }
 
 struct Handshake {

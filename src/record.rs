@@ -50,6 +50,30 @@ pub(crate) const REC_HIST: u8 = 128;
 /// The flags of records only the Redis engine writes.
 pub(crate) const REC_REDIS: u8 = REC_SEQ | REC_SYNC | REC_ACKED | REC_LOST | REC_HIST;
 
+/// Redis engine: what a shard asks of the node's log reader for `user`: the stream's state
+/// (answered with a [`REC_SYNC`] record), and first the events `from..` that the shard needs
+/// but never received (as [`REC_HIST`] records; `from` 0: none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SyncRequest {
+    pub user: Box<[u8]>,
+    pub from: u64,
+    /// `None`: the last events up to the stream's point, for a stream the shard has nothing
+    /// of (they become its history). `Some(to)`: the first events of `from..=to`, for a
+    /// connection that resumes before the shard's history (they go to that connection only).
+    pub to: Option<u64>,
+}
+
+impl SyncRequest {
+    /// The state of `user`'s stream, with the last events from `from` on (`to` `None`).
+    pub(crate) fn newest(user: &[u8], from: u64) -> SyncRequest {
+        SyncRequest {
+            user: user.into(),
+            from,
+            to: None,
+        }
+    }
+}
+
 /// The longest user id, in bytes.
 pub const MAX_USER_LEN: usize = 255;
 

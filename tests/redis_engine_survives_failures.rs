@@ -19,18 +19,21 @@ use util::Serve;
 const KEY: &str = "ingest-key-for-tests-0123456789";
 
 fn node(redis_url: &str) -> Serve {
-    Serve::start(
-        "",
-        &[
-            "--ingest-api-key",
-            KEY,
-            "--engine",
-            "redis",
-            "--redis-url",
-            redis_url,
-        ],
-        &[],
-    )
+    node_with(redis_url, &[])
+}
+
+/// A node with more flags.
+fn node_with(redis_url: &str, more: &[&str]) -> Serve {
+    let mut args = vec![
+        "--ingest-api-key",
+        KEY,
+        "--engine",
+        "redis",
+        "--redis-url",
+        redis_url,
+    ];
+    args.extend_from_slice(more);
+    Serve::start("", &args, &[])
 }
 
 /// Publishes `user`'s events with data `{"k": k}` for each `k` of `ks` on `addr`, one per
@@ -366,4 +369,38 @@ fn a_node_started_after_the_events_resumes_a_cursor_from_redis() {
         f.saw
     );
     assert!(b.metric("floodgate_redis_history_events_read_total") >= 350);
+}
+
+#[test]
+fn a_resume_before_a_nodes_history_gets_the_rest_from_redis() {
+    let Some(redis) = RedisServer::start("backfill") else {
+        return;
+    };
+    let a = node(&redis.url());
+    // Node b keeps only the last 100 events of a stream in memory, and follows this user's
+    // stream all along (another of the user's devices is connected there).
+    let b = node_with(&redis.url(), &["--history-max-events", "100"]);
+    let mut other_device = Follower::start(b.addr, "ria");
+    let mut f = Follower::start(a.addr, "ria");
+    publish_all(a.addr, "ria", 0..600, Duration::ZERO);
+    f.follow(250, &[a.addr], Duration::from_secs(30), &[&a]);
+    other_device.follow(600, &[b.addr], Duration::from_secs(30), &[&b]);
+    // The client moves to b with its cursor at 250: b's memory starts at 501, Redis has
+    // the rest.
+    drop(f.ws.take());
+    f.follow(600, &[b.addr], Duration::from_secs(30), &[&b]);
+    assert_eq!(
+        f.ks(),
+        (0..600).collect::<Vec<_>>(),
+        "every event once, in order"
+    );
+    assert!(
+        !f.saw.iter().any(|s| matches!(s, Saw::Gap(_))),
+        "no gap: {:?}",
+        f.saw
+    );
+    assert_eq!(b.metric("floodgate_redis_resumes_from_redis_total"), 1);
+    assert_eq!(b.metric("floodgate_redis_history_events_read_total"), 250);
+    // The other device saw every event live, none twice.
+    assert_eq!(other_device.ks(), (0..600).collect::<Vec<_>>());
 }

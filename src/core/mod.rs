@@ -30,6 +30,7 @@ use tungstenite::{Error as WsError, Message};
 
 use crate::delivery::DeliveryBoard;
 use crate::receipt::{Progress, ReceiptBoard, Ticket};
+pub(crate) use crate::record::SyncRequest;
 use crate::record::{Record, REC_ACKED, REC_HIST, REC_LOST, REC_OWN, REC_REDIS, REC_SYNC};
 pub(crate) use batch::BatchPolicy;
 pub(crate) use breaker::BreakerPolicy;
@@ -44,7 +45,7 @@ pub(crate) use history::HistoryLimits;
 use history::{HistoryClock, Log};
 use keepalive::{Keepalive, Liveness};
 use replay::{
-    append_gap, cold_replay, divert, redeliver_unacked, COLD_PASS_BUDGET, REPLAY_CHUNK,
+    append_gap, cold_replay, divert, redeliver_unacked, Backfill, COLD_PASS_BUDGET, REPLAY_CHUNK,
     REPLAY_LOW_WATER,
 };
 use stats::Stats;
@@ -153,7 +154,11 @@ pub(crate) struct Core {
     /// subscriber, which answers in this shard's ring with a `REC_SYNC` record), each with the
     /// first `seq` its waiting connection resumes from (0: none), which Redis also sends
     /// (`REC_HIST` records) since this node never received it.
-    pub sync_requests: Vec<(Box<[u8]>, u64)>,
+    pub sync_requests: Vec<SyncRequest>,
+    /// Redis engine: what connections resuming before this shard's history got from Redis
+    /// so far (they wait for the sync that follows), and those frames' bytes in all.
+    backfills: HashMap<ConnId, Backfill>,
+    backfill_bytes: usize,
     /// Redis engine: acks of this node's clients, `(user, epoch, through)`, for the reactor
     /// to pass on to every node (through the publisher and the log).
     pub acks_out: Vec<(Box<[u8]>, u64, u64)>,
@@ -191,6 +196,8 @@ impl Core {
             tracked_count: 0,
             frame_pool: FramePool::default(),
             sync_requests: Vec::new(),
+            backfills: HashMap::default(),
+            backfill_bytes: 0,
             acks_out: Vec::new(),
             stats: Stats::default(),
         }
@@ -423,36 +430,60 @@ impl Core {
         };
         // Created here if new (or dropped while a `resume=message` connection waited).
         let user = user.clone();
-        let u = self.stream(user);
+        let u = self.stream(user.clone());
         let first_conn = u.conns.is_empty();
         u.conns.push(id);
-        let (synced, ask) = (u.synced, !u.synced && !u.sync_requested);
-        u.sync_requested |= ask;
+        let (synced, ask) = (u.synced, u.syncs_pending == 0);
         self.online_users += usize::from(first_conn);
-        if !synced {
+        let request = if !synced {
             // Redis engine: this node cannot vouch for the stream's epoch and last `seq` yet.
-            self.conns[id].phase = Phase::AwaitingSync {
-                cursor,
-                until: now + SYNC_TIMEOUT,
+            // The node never saw this stream: what the cursor misses comes from Redis.
+            let from = match cursor {
+                Some(c) if first_conn => c.since + 1,
+                _ => 0,
             };
-            if ask {
-                self.stats.sync_requests += 1;
-                // The node never saw this stream: what the cursor misses comes from Redis.
-                let from = match cursor {
-                    Some(c) if first_conn => c.since + 1,
-                    _ => 0,
-                };
-                if let ConnKind::User(user) = &self.conns[id].kind {
-                    self.sync_requests.push((user.clone(), from));
-                }
-            }
+            ask.then(|| SyncRequest::newest(&user, from))
+        } else if let Some(from) = self.backfill_from(&user, cursor, now) {
+            // Redis engine: the cursor is before this node's history, but Redis may still
+            // have what lies between; it comes to this connection alone.
+            self.backfills.insert(id, Backfill::new(from));
+            let to = self.users[&user].retained_from() - 1;
+            Some(SyncRequest {
+                user: user.clone(),
+                from,
+                to: Some(to),
+            })
         } else {
-            self.start_stream(id, cursor, now);
+            self.start_stream(id, cursor, None, now);
+            self.publish_delivery(&user);
+            list_urgent(&mut self.urgent, &mut self.conns[id], id);
+            return;
+        };
+        self.conns[id].phase = Phase::AwaitingSync {
+            cursor,
+            until: now + SYNC_TIMEOUT,
+        };
+        if let Some(request) = request {
+            let u = self.users.get_mut(&user).expect("made above");
+            u.syncs_pending = u.syncs_pending.saturating_add(1);
+            self.stats.sync_requests += 1;
+            self.sync_requests.push(request);
         }
-        if let ConnKind::User(user) = &self.conns[id].kind {
-            self.publish_delivery(user);
-        }
+        self.publish_delivery(&user);
         list_urgent(&mut self.urgent, &mut self.conns[id], id);
+    }
+
+    /// Redis engine: where a resume from `cursor` needs events from Redis, because this
+    /// shard's history (memory, or spool) no longer reaches back to it: the first `seq` it
+    /// needs, if Redis may have it (the same run of the stream).
+    fn backfill_from(&mut self, user: &[u8], cursor: Option<Cursor>, now: Instant) -> Option<u64> {
+        let cur = cursor.filter(|_| self.cfg.redis)?;
+        let u = self.users.get_mut(user)?;
+        u.history
+            .evict(self.clock.ms(now), &self.cfg.history, self.log.tail());
+        let same_run = cur.since == 0 || cur.epoch == Some(u.epoch);
+        (same_run && cur.since < u.seq && cur.since + 1 < u.retained_from())
+            .then_some(cur.since + 1)
     }
 
     /// The state of `user`'s stream, created (with a new epoch) if there is none.
@@ -490,7 +521,13 @@ impl Core {
     }
 
     /// Queues `hello` on the new connection `id` and works out what it must replay.
-    fn start_stream(&mut self, id: ConnId, cursor: Option<Cursor>, now: Instant) {
+    fn start_stream(
+        &mut self,
+        id: ConnId,
+        cursor: Option<Cursor>,
+        backfill: Option<Backfill>,
+        now: Instant,
+    ) {
         let ConnKind::User(user) = &self.conns[id].kind else {
             return;
         };
@@ -505,10 +542,23 @@ impl Core {
         msg.extend_from_slice(b"{\"type\":\"hello\",\"epoch\":\"");
         msg.extend_from_slice(format!("{epoch:016x}\",\"last_seq\":{last}}}").as_bytes());
         frame::append_text(&mut c.out, &msg);
-        let Some(cur) = cursor else {
-            redeliver_unacked(c, &u.unacked, last + 1, &mut self.stats);
+        let Some(mut cur) = cursor else {
+            redeliver_unacked(c, &u.unacked, 0..last + 1, &mut self.stats);
             return;
         };
+        // Unacked events before what the connection gets have gone out already, from here on.
+        let mut floor = 0;
+        if let Some(b) = backfill.filter(|b| b.through >= b.first && b.through < last) {
+            // Redis engine: what Redis had between the cursor and this node's history, sent
+            // after the unacked events before it and before the rest of the resume.
+            redeliver_unacked(c, &u.unacked, 0..b.first, &mut self.stats);
+            c.out.extend_from_slice(&b.frames);
+            c.raw_head = c.out.len();
+            self.stats.resumed_from_redis += 1;
+            cur.since = b.through;
+            cur.epoch = Some(epoch);
+            floor = b.through + 1;
+        }
         self.stats.resumes += 1;
         let (from, gap) = if cur.since != 0 && cur.epoch != Some(epoch) {
             // Another run of this user's stream: nothing of the old one can be vouched for,
@@ -526,18 +576,18 @@ impl Core {
         };
         c.delivered_through = from.saturating_sub(1).min(last);
         match gap {
-            None => redeliver_unacked(c, &u.unacked, from, &mut self.stats),
+            None => redeliver_unacked(c, &u.unacked, floor..from, &mut self.stats),
             Some((reason, lost_from, lost_to, previous)) => {
                 // Unacked events before the hole were seen (or skipped) by the client; those
                 // inside it were not lost: they go in order between the pieces of the gap, so
                 // a `gap` names only what is really gone.
-                redeliver_unacked(c, &u.unacked, lost_from, &mut self.stats);
+                redeliver_unacked(c, &u.unacked, floor..lost_from, &mut self.stats);
                 let mut at = lost_from;
                 let mut pieces = 0;
                 for e in u
                     .unacked
                     .iter()
-                    .filter(|e| (lost_from..=lost_to).contains(&e.seq))
+                    .filter(|e| (lost_from.max(floor)..=lost_to).contains(&e.seq))
                 {
                     if e.seq > at {
                         append_gap(&mut c.out, reason, epoch, at, e.seq - 1, previous);
@@ -848,18 +898,23 @@ impl Core {
             return false;
         }
         if rec.flags & REC_HIST != 0 {
+            let Some(u) = self.users.get_mut(rec.user) else {
+                return false;
+            };
+            if u.synced {
+                // For connections resuming before this node's history: theirs alone.
+                self.backfill(rec, epoch, seq);
+                return false;
+            }
             // An older event from Redis, for a connection waiting to resume: only while every
             // connection of the user still waits (none has been given anything), it goes to
             // history, the stream set to just before it.
             let conns = &self.conns;
-            let Some(u) = self.users.get_mut(rec.user) else {
-                return false;
-            };
             let waiting = u
                 .conns
                 .iter()
                 .all(|&id| conns[id].phase.sync_cursor().is_some());
-            if !u.sync_requested || !waiting || seq == 0 {
+            if u.syncs_pending == 0 || !waiting || seq == 0 {
                 return false;
             }
             if u.epoch != epoch || u.seq + 1 != seq {
@@ -980,12 +1035,16 @@ impl Core {
     /// state start now.
     fn on_sync(&mut self, user: &[u8], epoch: u64, last: u64, now: Instant) {
         let u = self.stream(user.into());
-        u.sync_requested = false;
+        u.syncs_pending = u.syncs_pending.saturating_sub(1);
         if u.epoch != epoch || last > u.seq {
             self.jump(user, epoch, last);
         }
         let u = self.users.get_mut(user).expect("made above");
         u.synced = true;
+        if u.syncs_pending > 0 {
+            // Another answer is on its way (with events some waiting connection needs).
+            return;
+        }
         let waiting: Vec<(ConnId, Option<Cursor>)> = u
             .conns
             .iter()
@@ -993,10 +1052,45 @@ impl Core {
             .collect();
         for (id, cursor) in waiting {
             self.conns[id].phase = Phase::Live;
+            let backfill = self.backfills.remove(&id);
+            if let Some(b) = &backfill {
+                self.backfill_bytes -= b.frames.len();
+            }
             if self.conns[id].state.is_open() {
-                self.start_stream(id, cursor, now);
+                self.start_stream(id, cursor, backfill, now);
                 list_urgent(&mut self.urgent, &mut self.conns[id], id);
             }
+        }
+    }
+
+    /// Redis engine: an older event of `rec.user`'s stream from Redis, for the connections
+    /// resuming before this node's history: each that waits for exactly this `seq` of this
+    /// run keeps its frame, within the bounds (a connection's share is the per-user history
+    /// bound, all of them together the shard's history budget; what does not fit is left to
+    /// the `gap` the resume then sends).
+    fn backfill(&mut self, rec: &Record<'_>, epoch: u64, seq: u64) {
+        let u = &self.users[rec.user];
+        if u.epoch != epoch {
+            return;
+        }
+        let (prefix, n) = frame::event_prefix(seq, rec.body.len());
+        let len = n + rec.body.len();
+        for id in &u.conns {
+            let Some(b) = self.backfills.get_mut(id) else {
+                continue;
+            };
+            if b.through + 1 != seq
+                || b.frames.len() + len > self.cfg.history.max_bytes
+                || self.backfill_bytes + len
+                    > self.cfg.history_budget.max(self.cfg.history.max_bytes)
+            {
+                continue;
+            }
+            b.frames.extend_from_slice(&prefix[..n]);
+            b.frames.extend_from_slice(rec.body);
+            b.through = seq;
+            self.backfill_bytes += len;
+            self.stats.events_from_redis_history += 1;
         }
     }
 
@@ -1006,10 +1100,10 @@ impl Core {
     fn on_continuity_lost(&mut self) {
         for (user, u) in self.users.iter_mut() {
             u.synced = false;
-            if !u.conns.is_empty() && !u.sync_requested {
-                u.sync_requested = true;
+            if !u.conns.is_empty() && u.syncs_pending == 0 {
+                u.syncs_pending = 1;
                 self.stats.sync_requests += 1;
-                self.sync_requests.push((user.clone(), 0));
+                self.sync_requests.push(SyncRequest::newest(user, 0));
             }
         }
     }
@@ -1619,6 +1713,9 @@ impl Core {
         self.stats.events_dropped += unsent;
         if c.phase.is_replaying() {
             self.replaying.retain(|&r| r != id);
+        }
+        if let Some(b) = self.backfills.remove(&id) {
+            self.backfill_bytes -= b.frames.len();
         }
         if let ConnKind::User(user) = &c.kind {
             if let Some(u) = self.users.get_mut(user) {

@@ -232,22 +232,23 @@ pub(super) fn cold_replay(
     more
 }
 
-/// Queues, right after `hello`, the user's unacked events with `seq` before `from` (the first
-/// event this connection gets by replay or live): a `redelivery` frame with their count, then
-/// each event frame as first sent. They become part of the connection's opening bytes (like
+/// Queues, right after `hello`, the user's unacked events with a `seq` in `seqs` (before the
+/// first event this connection gets by replay or live): a `redelivery` frame with their
+/// count, then each event frame as first sent. They become part of the connection's opening bytes (like
 /// the 101), so they never count as delivered or dropped events: until acked they stay kept
 /// and go again to the next connection.
 pub(super) fn redeliver_unacked(
     c: &mut Conn,
     unacked: &VecDeque<Unacked>,
-    from: u64,
+    seqs: std::ops::Range<u64>,
     stats: &mut Stats,
 ) {
-    let count = unacked.iter().take_while(|e| e.seq < from).count();
+    let wanted = || unacked.iter().filter(|e| seqs.contains(&e.seq));
+    let count = wanted().count();
     if count > 0 {
         let msg = format!("{{\"type\":\"redelivery\",\"count\":{count}}}");
         frame::append_text(&mut c.out, msg.as_bytes());
-        for e in unacked.iter().take(count) {
+        for e in wanted() {
             c.out.extend_from_slice(&e.frame);
         }
         stats.events_redelivered += count as u64;
@@ -255,4 +256,24 @@ pub(super) fn redeliver_unacked(
     // Everything so far (the 101 or what is left of it, control replies, hello,
     // redeliveries) is opening bytes: a prefix of `out` that holds no event frame to count.
     c.raw_head = c.out.len();
+}
+
+/// Redis engine: the frames Redis gave a connection that resumes before its shard's history,
+/// `first..=through` of its user's stream (empty while `through` is `first - 1`).
+#[derive(Debug)]
+pub(super) struct Backfill {
+    pub first: u64,
+    pub through: u64,
+    pub frames: Vec<u8>,
+}
+
+impl Backfill {
+    pub(super) fn new(first: u64) -> Backfill {
+        debug_assert!(first > 0, "seqs start at 1");
+        Backfill {
+            first,
+            through: first - 1,
+            frames: Vec::new(),
+        }
+    }
 }

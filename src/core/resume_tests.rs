@@ -17,6 +17,7 @@ enum Seen {
     Hello { epoch: u64, last_seq: u64 },
     Event(u64),
     Gap { reason: String, from: u64, to: u64 },
+    Redelivery(u64),
 }
 
 fn field<'a>(v: &'a serde_json::Value, k: &str) -> &'a serde_json::Value {
@@ -41,6 +42,7 @@ fn decode(payload: &[u8]) -> Seen {
             from: field(v, "from").as_u64().unwrap(),
             to: field(v, "to").as_u64().unwrap(),
         },
+        "redelivery" => Seen::Redelivery(field(v, "count").as_u64().unwrap()),
         other => panic!("unexpected frame type {other}"),
     }
 }
@@ -391,7 +393,7 @@ mod seam {
                         }
                     }
                     Seen::Event(n) => self.last = *n,
-                    Seen::Gap { .. } => {}
+                    Seen::Gap { .. } | Seen::Redelivery(_) => {}
                 }
                 self.log.push(f);
             }
@@ -502,6 +504,7 @@ mod seam {
                     }
                 }
                 Seen::Gap { from, to, .. } => covered_to = covered_to.max(*to).max(*from),
+                Seen::Redelivery(_) => {}
                 Seen::Event(n) => {
                     if let Some(l) = last {
                         prop_assert!(*n > l, "duplicate or reordered: {n} after {l}");
@@ -1038,7 +1041,7 @@ mod spool_replay {
                         cursor = *n;
                     }
                     Seen::Gap { .. } => panic!("no gap may be needed: {seen:?}"),
-                    Seen::Hello { .. } => {}
+                    Seen::Hello { .. } | Seen::Redelivery(_) => {}
                 }
             }
             let last = emit(&mut core, &mut cold, 20);

@@ -173,7 +173,8 @@ counters! {
     events_duplicate,
     /// Redis engine: holes in a stream the node missed (each announced with a `gap`).
     stream_holes,
-    /// Redis engine: stream states asked of Redis for a user's first connection.
+    /// Redis engine: stream states asked of Redis (a user's first connection, a resume before
+    /// the shard's history, continuity lost).
     sync_requests,
     /// Redis engine: connections closed (1013) because Redis did not give their stream's
     /// state in time.
@@ -183,9 +184,12 @@ counters! {
     unacked_left_to_origin,
     /// Redis engine: acks from clients on other nodes applied here.
     acks_from_other_nodes,
-    /// Redis engine: older events read from Redis into history for a connection that resumes
-    /// on a node that never received them.
+    /// Redis engine: older events read from Redis for a connection that resumes on a node that
+    /// never received them (into history, or for that connection alone).
     events_from_redis_history,
+    /// Redis engine: resumes that got events from Redis because they began before this
+    /// shard's history.
+    resumed_from_redis,
 }
 
 impl Stats {

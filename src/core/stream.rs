@@ -41,8 +41,9 @@ pub(super) struct UserState {
     /// engine). False for a stream the node made for a connection, and for every stream once
     /// the subscriber may have missed part of the log, until Redis answers a sync request.
     pub(super) synced: bool,
-    /// A sync request for this stream is on its way to Redis.
-    pub(super) sync_requested: bool,
+    /// Sync requests for this stream on their way to Redis (its waiting connections start
+    /// once the last is answered).
+    pub(super) syncs_pending: u16,
 }
 
 /// An event waiting for a client's ack.
@@ -79,7 +80,7 @@ impl UserState {
             unacked: VecDeque::new(),
             tracked: VecDeque::new(),
             synced: true,
-            sync_requested: false,
+            syncs_pending: 0,
         }
     }
 

@@ -90,7 +90,7 @@ pub(crate) struct NodeLinks {
     pub emit_parker: Arc<Parker>,
     /// Where shards send the users whose stream state they need (and from which `seq` they
     /// need its events).
-    pub sync_requests: Sender<super::subscriber::SyncRequest>,
+    pub sync_requests: Sender<crate::record::SyncRequest>,
 }
 
 impl Node {

@@ -42,9 +42,7 @@ const READ_COUNT: usize = 64;
 /// Connecting to Redis, or one round trip, at most.
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A shard's sync request: the user, and the first `seq` its waiting connection resumes from
-/// (0: none), which the node never received.
-pub(crate) type SyncRequest = (Box<[u8]>, u64);
+pub(crate) use crate::record::SyncRequest;
 
 /// Where the subscriber's events go.
 pub(crate) trait Deliver {
@@ -246,14 +244,14 @@ impl Subscriber {
     ) -> redis::RedisResult<()> {
         self.pending.extend(self.requests.try_iter());
         let at = self.position.unwrap_or_default();
-        while let Some((user, from)) = self.pending.last() {
+        while let Some(r) = self.pending.last() {
             self.syncs += 1;
             let offer = mix(self.epoch_seed, self.syncs);
-            let s = sequencer::sync(conn, &self.keys, user, at, offer)?;
-            if (1..=s.seq).contains(from) {
-                read_history(conn, &self.keys, user, *from, s, at, out)?;
+            let s = sequencer::sync(conn, &self.keys, &r.user, at, offer)?;
+            if (1..=s.seq).contains(&r.from) {
+                read_history(conn, &self.keys, r, s, at, out)?;
             }
-            out.sync(user, s.epoch, s.seq);
+            out.sync(&r.user, s.epoch, s.seq);
             self.stats.syncs.fetch_add(1, Ordering::Relaxed);
             self.pending.pop();
         }
@@ -348,20 +346,34 @@ fn mix(seed: u64, n: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Hands `out` the events `from..=upto.seq` of `user`'s stream (at most the last
-/// [`HISTORY_MAX`] of them) that the log still holds up to `position`: the user's index gives
-/// the batches, one pipelined round trip reads them.
+/// Hands `out` the events of `r.user`'s stream that `r` asks for and the log still holds up
+/// to `position` (at most [`HISTORY_MAX`]: the last ones up to the stream's point `upto`, or
+/// the first ones of `r.from..=to`): the user's index gives the batches, one pipelined round
+/// trip reads them.
 fn read_history(
     conn: &mut redis::Connection,
     keys: &Keys,
-    user: &[u8],
-    from: u64,
+    r: &SyncRequest,
     upto: sequencer::Assigned,
     position: LogId,
     out: &mut impl Deliver,
 ) -> redis::RedisResult<()> {
     type Index = Vec<(String, Vec<(String, String)>)>;
-    let from = from.max(upto.seq.saturating_sub(HISTORY_MAX - 1));
+    let user = &r.user[..];
+    let (from, last) = match r.to {
+        None => (
+            r.from.max(upto.seq.saturating_sub(HISTORY_MAX - 1)),
+            upto.seq,
+        ),
+        Some(to) => (r.from, to.min(upto.seq).min(r.from + HISTORY_MAX - 1)),
+    };
+    if from > last {
+        return Ok(());
+    }
+    let upto = sequencer::Assigned {
+        epoch: upto.epoch,
+        seq: last,
+    };
     let index = keys.user(user, b'i');
     // The batch holding `from` (its entry is the last that starts at or before it), then
     // every later one up to the stream's point.

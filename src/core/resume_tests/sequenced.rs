@@ -3,7 +3,7 @@
 //! waits for Redis to give its stream's state.
 
 use super::*;
-use crate::record::{encode_sequenced, REC_LOST, REC_SYNC};
+use crate::record::{encode_sequenced, SyncRequest, REC_LOST, REC_SYNC};
 
 const E: u64 = 0xe0e0;
 
@@ -68,7 +68,7 @@ fn a_first_connection_waits_for_redis_then_hears_its_stream() {
     let resuming = resume(&mut core, "b", 5, Some(E), t0);
     assert_eq!(
         core.sync_requests,
-        vec![(Box::from(&b"b"[..]), 0)],
+        vec![SyncRequest::newest(b"b", 0)],
         "asked once"
     );
     // Not even the 101 goes out: a client that saw its 101 must get every event emitted
@@ -156,7 +156,7 @@ fn after_a_lost_stretch_of_log_streams_with_connections_are_asked_again() {
     core.route(&lost(), t0, 0);
     assert_eq!(
         core.sync_requests,
-        vec![(Box::from(&b"e"[..]), 0)],
+        vec![SyncRequest::newest(b"e", 0)],
         "f has no connection"
     );
     // Events 2 and 3 went by in the stretch the node missed; Redis says so.
@@ -252,7 +252,7 @@ fn a_resume_on_a_node_that_never_saw_the_events_gets_them_from_redis() {
     let id = resume(&mut core, "j", 4, Some(E), t0);
     assert_eq!(
         core.sync_requests,
-        vec![(Box::from(&b"j"[..]), 5)],
+        vec![SyncRequest::newest(b"j", 5)],
         "from 5 on"
     );
     // A live event the reader pushed before it took the request...
@@ -292,4 +292,123 @@ fn a_resume_on_a_node_that_never_saw_the_events_gets_them_from_redis() {
     core.route(&late, t0, 0);
     core.route(&sequenced("j", E, 12), t0, 0);
     assert_eq!(events(&drain(&mut core, id, t0)), [12]);
+}
+
+/// `user`'s event `seq` as Redis's history read gives it (`REC_HIST`).
+fn from_redis(user: &str, epoch: u64, seq: u64) -> Vec<u8> {
+    let mut r = Vec::new();
+    let body = format!("\"i\":{seq}}}");
+    encode_sequenced(
+        &mut r,
+        0,
+        crate::record::REC_HIST,
+        user.as_bytes(),
+        epoch,
+        seq,
+        body.as_bytes(),
+    );
+    r
+}
+
+#[test]
+fn a_resume_before_the_nodes_history_gets_the_missing_events_from_redis_alone() {
+    let t0 = Instant::now();
+    let mut core = testing::core(cfg(|c| {
+        c.redis = true;
+        c.history.max_events = 4;
+    }));
+    // The node follows k's stream from its start and has a live connection; history keeps
+    // 17 to 20. Event 2 needs an ack nobody gave.
+    core.route(&sequenced("k", E, 1), t0, 0);
+    core.route(&needing_ack("k", 2, false), t0, 0);
+    for seq in 3..=20 {
+        core.route(&sequenced("k", E, seq), t0, 0);
+    }
+    let live = resume(&mut core, "k", 20, Some(E), t0);
+    assert_eq!(hello(&drain(&mut core, live, t0)), (E, 20));
+    // A second connection resumes at 3: 4 to 16 are no longer here.
+    let late = resume(&mut core, "k", 3, Some(E), t0);
+    assert_eq!(
+        core.sync_requests,
+        vec![SyncRequest {
+            user: b"k"[..].into(),
+            from: 4,
+            to: Some(16)
+        }]
+    );
+    assert!(
+        core.waits_for_stream(late),
+        "nothing, not even its 101, yet"
+    );
+    // Live events go on meanwhile, to the live connection only.
+    core.route(&sequenced("k", E, 21), t0, 0);
+    // What Redis has (one more than asked, as a read may give), then the answer.
+    for seq in 4..=17 {
+        core.route(&from_redis("k", E, seq), t0, 0);
+    }
+    core.route(&sync("k", E, 21), t0, 0);
+    assert_eq!(events(&drain(&mut core, live, t0)), [21], "none of Redis's");
+    let seen = drain(&mut core, late, t0);
+    assert_eq!(hello(&seen), (E, 21));
+    assert_eq!(seen[1], Seen::Redelivery(1), "{seen:?}");
+    assert_eq!(
+        events(&seen),
+        [2].into_iter().chain(4..=21).collect::<Vec<_>>(),
+        "the unacked one, then every event from the cursor, no gap: {seen:?}"
+    );
+    assert!(!seen.iter().any(|s| matches!(s, Seen::Gap { .. })));
+    assert_eq!(core.stats.resumed_from_redis, 1);
+    assert_eq!(core.stats.events_from_redis_history, 14);
+    // Then live, like any connection.
+    core.route(&sequenced("k", E, 22), t0, 0);
+    assert_eq!(events(&drain(&mut core, late, t0)), [22]);
+}
+
+#[test]
+fn what_redis_no_longer_has_is_a_gap_and_two_resumes_wait_for_both_answers() {
+    let t0 = Instant::now();
+    let mut core = testing::core(cfg(|c| {
+        c.redis = true;
+        c.history.max_events = 4;
+    }));
+    for seq in 1..=30 {
+        core.route(&sequenced("m", E, seq), t0, 0);
+    }
+    let live = resume(&mut core, "m", 30, Some(E), t0);
+    drain(&mut core, live, t0);
+    // Two resumes before history (27 to 30): from 6 and from 11.
+    let a = resume(&mut core, "m", 5, Some(E), t0);
+    let b = resume(&mut core, "m", 10, Some(E), t0);
+    assert_eq!(core.sync_requests.len(), 2);
+    // Redis's log was trimmed: it has 9 on. The first answer comes...
+    for seq in 9..=26 {
+        core.route(&from_redis("m", E, seq), t0, 0);
+    }
+    core.route(&sync("m", E, 30), t0, 0);
+    assert!(
+        core.waits_for_stream(a) && core.waits_for_stream(b),
+        "both wait for the second answer"
+    );
+    for seq in 11..=26 {
+        core.route(&from_redis("m", E, seq), t0, 0);
+    }
+    core.route(&sync("m", E, 30), t0, 0);
+    let seen = drain(&mut core, a, t0);
+    assert_eq!(
+        seen[1..],
+        [gap("history_evicted", 6, 26)]
+            .into_iter()
+            .chain((27..=30).map(Seen::Event))
+            .collect::<Vec<_>>(),
+        "6 is gone from Redis: the prelude never starts; history from 27"
+    );
+    let seen = drain(&mut core, b, t0);
+    assert_eq!(events(&seen), (11..=30).collect::<Vec<_>>(), "{seen:?}");
+    assert!(!seen.iter().any(|s| matches!(s, Seen::Gap { .. })));
+    // A closed waiting connection leaves nothing behind.
+    let c = resume(&mut core, "m", 1, Some(E), t0);
+    core.route(&from_redis("m", E, 2), t0, 0);
+    core.remove(c);
+    assert_eq!(core.backfill_bytes, 0);
+    assert!(core.backfills.is_empty());
 }

@@ -312,7 +312,9 @@ fn a_sync_gives_the_stream_as_of_the_log_read_so_far() {
     sequence(&mut conn, &mut seq, 2, &["a"], 3);
     sequence(&mut conn, &mut seq, 3, &["a", "b"], 4);
     for user in ["a", "b", "nobody"] {
-        requests.send((user.as_bytes().into(), 0)).unwrap();
+        requests
+            .send(SyncRequest::newest(user.as_bytes(), 0))
+            .unwrap();
     }
     sub.serve_syncs(&mut conn, &mut out).unwrap();
     let all = out.all();
@@ -334,7 +336,7 @@ fn a_sync_gives_the_stream_as_of_the_log_read_so_far() {
     assert_eq!(out.seqs("b"), (1..=7).collect::<Vec<_>>());
     // The stream the sync made keeps its epoch when its first event comes.
     sequence(&mut conn, &mut seq, 4, &["nobody"], 1);
-    requests.send((b"nobody"[..].into(), 0)).unwrap();
+    requests.send(SyncRequest::newest(b"nobody", 0)).unwrap();
     sub.read(&mut conn, &mut out).unwrap();
     sub.serve_syncs(&mut conn, &mut out).unwrap();
     assert_eq!(
@@ -344,7 +346,7 @@ fn a_sync_gives_the_stream_as_of_the_log_read_so_far() {
     // Redis loses everything: the stream a sync makes again has an epoch never seen before,
     // so its events cannot pass for the old run's.
     let _: () = redis::cmd("FLUSHALL").query(&mut conn).unwrap();
-    requests.send((b"nobody"[..].into(), 0)).unwrap();
+    requests.send(SyncRequest::newest(b"nobody", 0)).unwrap();
     sub.serve_syncs(&mut conn, &mut out).unwrap();
     let Some(Saw::Sync(_, again, 0)) = out.all().last().cloned() else {
         panic!("{:?}", out.all().last());
@@ -403,7 +405,7 @@ fn a_sync_from_a_seq_brings_the_events_the_node_never_received_then_the_answer()
     sequence(&mut conn, &mut seq, 3, &["a"], 3);
     sub.read(&mut conn, &mut out).unwrap();
     sequence(&mut conn, &mut seq, 4, &["a"], 2);
-    requests.send((b"a"[..].into(), 4)).unwrap();
+    requests.send(SyncRequest::newest(b"a", 4)).unwrap();
     sub.serve_syncs(&mut conn, &mut out).unwrap();
     let all = out.all();
     let after_read = &all[3..];
@@ -423,5 +425,22 @@ fn a_sync_from_a_seq_brings_the_events_the_node_never_received_then_the_answer()
         after_read.last(),
         Some(&Saw::Sync("a".into(), 5, 13)),
         "the answer comes last"
+    );
+    // A resume before a node's history asks for a range: its first events, never past `to`.
+    let mut out = Seen::default();
+    requests
+        .send(SyncRequest {
+            user: b"a"[..].into(),
+            from: 2,
+            to: Some(6),
+        })
+        .unwrap();
+    sub.serve_syncs(&mut conn, &mut out).unwrap();
+    assert_eq!(
+        out.all(),
+        (2..=6)
+            .map(|n| Saw::History("a".into(), n))
+            .chain([Saw::Sync("a".into(), 5, 13)])
+            .collect::<Vec<_>>()
     );
 }

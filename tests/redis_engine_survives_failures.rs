@@ -187,6 +187,20 @@ impl Follower {
         std::thread::sleep(Duration::from_millis(50));
     }
 
+    /// Asserts the client saw `k` 0 to `n - 1`, each once, in order, and no gap.
+    fn saw_all_once_without_gap(&self, n: u64) {
+        assert_eq!(
+            self.ks(),
+            (0..n).collect::<Vec<_>>(),
+            "every event once, in order"
+        );
+        assert!(
+            !self.saw.iter().any(|s| matches!(s, Saw::Gap(_))),
+            "no gap: {:?}",
+            self.saw
+        );
+    }
+
     /// The `k` of every event seen, in order.
     fn ks(&self) -> Vec<u64> {
         self.saw
@@ -224,17 +238,8 @@ fn a_killed_nodes_clients_resume_on_another_and_lose_nothing() {
         0,
         "node b never refused an event"
     );
-    assert_eq!(
-        f.ks(),
-        (0..N).collect::<Vec<_>>(),
-        "every event once, in order"
-    );
+    f.saw_all_once_without_gap(N);
     assert!(f.reconnects >= 1, "the client moved");
-    assert!(
-        !f.saw.iter().any(|s| matches!(s, Saw::Gap(_))),
-        "no gap: {:?}",
-        f.saw
-    );
 }
 
 #[test]
@@ -256,16 +261,7 @@ fn a_redis_restart_with_persistence_loses_nothing() {
         &[&a, &b],
     );
     publisher.join().unwrap();
-    assert_eq!(
-        f.ks(),
-        (0..N).collect::<Vec<_>>(),
-        "every event once, in order"
-    );
-    assert!(
-        !f.saw.iter().any(|s| matches!(s, Saw::Gap(_))),
-        "no gap: {:?}",
-        f.saw
-    );
+    f.saw_all_once_without_gap(N);
     assert!(
         a.metric("floodgate_redis_failures_total") > 0,
         "node a noticed the restart"
@@ -358,16 +354,7 @@ fn a_node_started_after_the_events_resumes_a_cursor_from_redis() {
     drop(a);
     let b = node(&redis.url());
     f.follow(600, &[b.addr], Duration::from_secs(30), &[&b]);
-    assert_eq!(
-        f.ks(),
-        (0..600).collect::<Vec<_>>(),
-        "every event once, in order"
-    );
-    assert!(
-        !f.saw.iter().any(|s| matches!(s, Saw::Gap(_))),
-        "no gap: {:?}",
-        f.saw
-    );
+    f.saw_all_once_without_gap(600);
     assert!(b.metric("floodgate_redis_history_events_read_total") >= 350);
 }
 
@@ -389,16 +376,7 @@ fn a_resume_before_a_nodes_history_gets_the_rest_from_redis() {
     // the rest.
     drop(f.ws.take());
     f.follow(600, &[b.addr], Duration::from_secs(30), &[&b]);
-    assert_eq!(
-        f.ks(),
-        (0..600).collect::<Vec<_>>(),
-        "every event once, in order"
-    );
-    assert!(
-        !f.saw.iter().any(|s| matches!(s, Saw::Gap(_))),
-        "no gap: {:?}",
-        f.saw
-    );
+    f.saw_all_once_without_gap(600);
     assert_eq!(b.metric("floodgate_redis_resumes_from_redis_total"), 1);
     assert_eq!(b.metric("floodgate_redis_history_events_read_total"), 250);
     // The other device saw every event live, none twice.

@@ -41,12 +41,23 @@ fn node_with(redis_url: &str, more: &[&str]) -> Serve {
 /// those of one emitter do), each sent again until the node accepts it (it refuses with `full`
 /// while it holds events back for a Redis out of reach). Returns how many were refused.
 fn publish_all(addr: SocketAddr, user: &str, ks: std::ops::Range<u64>, pace: Duration) -> u64 {
+    publish_typed(addr, user, "tool_completed", ks, pace)
+}
+
+/// [`publish_all`] with events of type `kind`.
+fn publish_typed(
+    addr: SocketAddr,
+    user: &str,
+    kind: &str,
+    ks: std::ops::Range<u64>,
+    pace: Duration,
+) -> u64 {
     use std::io::{BufRead, BufReader, Read, Write};
     let connect = || BufReader::new(std::net::TcpStream::connect(addr).unwrap());
     let mut conn = connect();
     let mut refused = 0;
     for k in ks {
-        let body = json!([{"user": user, "type": "tool_completed", "data": {"k": k}}]).to_string();
+        let body = json!([{"user": user, "type": kind, "data": {"k": k}}]).to_string();
         let request = format!(
             "POST /api/publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n\
              Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -381,4 +392,48 @@ fn a_resume_before_a_nodes_history_gets_the_rest_from_redis() {
     assert_eq!(b.metric("floodgate_redis_history_events_read_total"), 250);
     // The other device saw every event live, none twice.
     assert_eq!(other_device.ks(), (0..600).collect::<Vec<_>>());
+}
+
+#[test]
+fn unacked_events_are_redelivered_on_a_node_that_started_after_them() {
+    let Some(redis) = RedisServer::start("redeliver") else {
+        return;
+    };
+    let a = node(&redis.url());
+    let (mut ws, _) = util::connect_to(a.addr, "/ws", &util::token("una"));
+    // Ten events that need an ack (agent_completed does by default); the client acks 4.
+    publish_typed(a.addr, "una", "agent_completed", 0..10, Duration::ZERO);
+    let got = util::read_events(&mut ws, 10, Duration::from_secs(10));
+    assert!(got.iter().all(|e| e["ack"] == true), "{got:?}");
+    ws.send(Message::text(r#"{"ack":4}"#)).unwrap();
+    // The ack reaches Redis through the log.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !redis
+        .command(&["HGET", "floodgate:{una}:m", "acked"])
+        .contains("\r\n4\r\n")
+    {
+        assert!(Instant::now() < deadline, "the ack never reached Redis");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A node that never received any of them: a new connection there, without a cursor,
+    // gets the six unacked ones again after `hello`, as on the node that emitted them.
+    let b = node(&redis.url());
+    let (mut ws_b, hello) = util::connect_to(b.addr, "/ws", &util::token("una"));
+    assert_eq!(hello["last_seq"], 10);
+    let frames = util::read_frames(&mut ws_b, 7, Duration::from_secs(10), |_| true);
+    assert_eq!(frames[0]["type"], "redelivery", "{frames:?}");
+    assert_eq!(frames[0]["count"], 6, "{frames:?}");
+    let seqs: Vec<u64> = frames[1..]
+        .iter()
+        .map(|f| f["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (5..=10).collect::<Vec<_>>());
+    assert_eq!(frames[1..], got[4..], "the same frames");
+    // An ack on b settles them everywhere: a's next connection gets nothing again.
+    ws_b.send(Message::text(r#"{"ack":10}"#)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let (mut ws_a, _) = util::connect_to(a.addr, "/ws", &util::token("una"));
+    publish_typed(a.addr, "una", "tool_completed", 10..11, Duration::ZERO);
+    let next = util::read_frames(&mut ws_a, 1, Duration::from_secs(10), |_| true);
+    assert_eq!(next[0]["seq"], 11, "no redelivery: {next:?}");
 }

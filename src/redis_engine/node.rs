@@ -306,7 +306,7 @@ impl Deliver for ShardFeed {
         encode_sequenced(
             &mut self.scratch,
             e.ts,
-            REC_HIST,
+            REC_HIST | (u8::from(e.needs_ack) * REC_ACK),
             e.user,
             e.epoch,
             e.seq,

@@ -23,12 +23,15 @@
 --       when the log starts: a reader that finds another one knows the log it read is gone,
 --       even where the new log's ids are not past its position), the log's size (a string:
 --       the bytes of the messages it holds), then per user of the batch, in order of first
---       appearance, its meta hash (`epoch`, `seq`) and its index (a stream: entry
+--       appearance, its meta hash (`epoch`, `seq`; `need`: the last seq that needs an ack;
+--       `acked`: the highest seq a client acked in this epoch) and its index (a stream: entry
 --       `<first seq>-0` per batch, field `b` the log entry id).
 -- ARGV: the log's bytes to keep at most, index entries to keep, the epoch a new stream starts
 --       with (16 hex digits), the batch's number, how long the node's key lives (s), the
 --       number of entries, the entries section (wire.rs), the users: per user u8 length, the
---       id, u32 its number of events (acks not counted); the generation a new log starts with
+--       id, u32 its number of events (acks not counted), u32 the number (from 1) of the last
+--       of them that needs an ack (0: none), u64 the highest seq a client acked in the batch
+--       (0: none) and that ack's epoch (16 hex digits); the generation a new log starts with
 --       (16 hex digits); the node's id (16 hex digits, field `n` of the entry, so a node
 --       knows its own batches); the log's age to keep at most (ms).
 -- Returns: per user, the seq of its first event in the batch (0: only acks) and its epoch.
@@ -49,8 +52,9 @@ while at <= #users_blob do
   i = i + 1
   local len = string.byte(users_blob, at)
   local user = string.sub(users_blob, at + 1, at + len)
-  local count = struct.unpack('<I4', users_blob, at + 1 + len)
-  at = at + 1 + len + 4
+  local count, needing, acked = struct.unpack('<I4I4I8', users_blob, at + 1 + len)
+  local ack_epoch = string.sub(users_blob, at + 1 + len + 16, at + len + 32)
+  at = at + 1 + len + 32
   local meta = KEYS[4 + 2 * i]
   local first, epoch = 0, '0000000000000000'
   if count > 0 then
@@ -60,6 +64,17 @@ while at <= #users_blob do
     end
     epoch = redis.call('HGET', meta, 'epoch')
     first = top - count + 1
+    if needing > 0 then
+      -- The stream's last event that needs an ack: a node that never received it can tell
+      -- from `need` > `acked` that it must read unacked events from Redis.
+      redis.call('HSET', meta, 'need', first + needing - 1)
+    end
+  end
+  if acked > 0 and redis.call('HGET', meta, 'epoch') == ack_epoch then
+    local before = tonumber(redis.call('HGET', meta, 'acked') or '0')
+    if acked > before then
+      redis.call('HSET', meta, 'acked', acked)
+    end
   end
   -- A user with only acks in the batch: no seq, no position, no index entry.
   firsts[i] = first

@@ -90,6 +90,24 @@ impl std::fmt::Display for LogId {
     }
 }
 
+/// A user's stream as a sync finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Synced {
+    /// Its epoch and last seq as of the log position asked about.
+    pub at: Assigned,
+    /// The last seq that needs an ack (0: none), and the highest a client acked (0: none).
+    pub need: u64,
+    pub acked: u64,
+}
+
+impl Synced {
+    /// The first seq a client may not have acked, if the stream has events that need an ack
+    /// and are not acked.
+    pub(crate) fn first_unacked(&self) -> Option<u64> {
+        (self.need > self.acked).then_some(self.acked + 1)
+    }
+}
+
 /// `user`'s stream (epoch, last seq) as it was once the log had been read through `position`;
 /// a stream that does not exist yet is given `new_epoch`. One round trip (`sync.lua`).
 pub(crate) fn sync(
@@ -98,8 +116,8 @@ pub(crate) fn sync(
     user: &[u8],
     position: LogId,
     new_epoch: u64,
-) -> RedisResult<Assigned> {
-    let (epoch, seq): (Vec<u8>, u64) = Script::new(SYNC_SCRIPT)
+) -> RedisResult<Synced> {
+    let (epoch, seq, need, acked): (Vec<u8>, u64, u64, u64) = Script::new(SYNC_SCRIPT)
         .key(keys.user(user, b'm'))
         .key(keys.user(user, b'i'))
         .arg(position.to_string())
@@ -107,7 +125,23 @@ pub(crate) fn sync(
         .invoke(conn)?;
     let epoch =
         parse_hex(&epoch).ok_or_else(|| protocol_error("an epoch that is not 16 hex digits"))?;
-    Ok(Assigned { epoch, seq })
+    Ok(Synced {
+        at: Assigned { epoch, seq },
+        need,
+        acked,
+    })
+}
+
+/// What a batch tells the script about one of its users.
+#[derive(Default)]
+struct UserInBatch<'a> {
+    user: &'a [u8],
+    /// Its events (acks not counted).
+    events: u32,
+    /// The number (from 1) among them of the last that needs an ack (0: none).
+    last_needing_ack: u32,
+    /// The highest ack of the batch: `(epoch, through)` (through 0: none).
+    acked: (u64, u64),
 }
 
 /// One event to sequence, or (`ack`) a client's ack to pass on to every node.
@@ -197,26 +231,36 @@ impl Sequencer {
         debug_assert!((1..=super::wire::MAX_BATCH).contains(&events.len()));
         // Users in order of first appearance, with their numbers of events; events name
         // them by number (the message's events section, which the script passes on as is).
-        let mut users: Vec<(&[u8], u32)> = Vec::new();
+        let mut users: Vec<UserInBatch<'_>> = Vec::new();
         let mut number: HashMap<&[u8], u16> = HashMap::new();
         let mut numbers = Vec::with_capacity(events.len());
         self.events.clear();
         for e in events {
             let n = *number.entry(e.user).or_insert_with(|| {
-                users.push((e.user, 0));
+                users.push(UserInBatch {
+                    user: e.user,
+                    ..UserInBatch::default()
+                });
                 (users.len() - 1) as u16
             });
             numbers.push(n);
             self.events.extend_from_slice(&n.to_le_bytes());
             self.events.extend_from_slice(&e.ts.to_le_bytes());
+            let u = &mut users[usize::from(n)];
             if let Some((epoch, seq)) = e.ack {
+                if seq > u.acked.1 {
+                    u.acked = (epoch, seq);
+                }
                 self.events.push(2);
                 self.events.extend_from_slice(&16u32.to_le_bytes());
                 self.events.extend_from_slice(&epoch.to_le_bytes());
                 self.events.extend_from_slice(&seq.to_le_bytes());
                 continue;
             }
-            users[usize::from(n)].1 += 1;
+            u.events += 1;
+            if e.needs_ack {
+                u.last_needing_ack = u.events;
+            }
             self.events.push(u8::from(e.needs_ack));
             self.events
                 .extend_from_slice(&(e.body.len() as u32).to_le_bytes());
@@ -229,12 +273,16 @@ impl Sequencer {
             .key(&self.keys.last[..])
             .key(&self.keys.generation[..])
             .key(&self.keys.size[..]);
-        for &(u, count) in &users {
-            self.users.push(u.len() as u8);
-            self.users.extend_from_slice(u);
-            self.users.extend_from_slice(&count.to_le_bytes());
-            call.key(self.keys.user(u, b'm'))
-                .key(self.keys.user(u, b'i'));
+        for u in &users {
+            self.users.push(u.user.len() as u8);
+            self.users.extend_from_slice(u.user);
+            self.users.extend_from_slice(&u.events.to_le_bytes());
+            self.users
+                .extend_from_slice(&u.last_needing_ack.to_le_bytes());
+            self.users.extend_from_slice(&u.acked.1.to_le_bytes());
+            self.users.extend_from_slice(&epoch_hex(u.acked.0));
+            call.key(self.keys.user(u.user, b'm'))
+                .key(self.keys.user(u.user, b'i'));
         }
         call.arg(self.retention.max_bytes)
             .arg(self.retention.index_entries.max(1))

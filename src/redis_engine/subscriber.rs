@@ -248,10 +248,23 @@ impl Subscriber {
             self.syncs += 1;
             let offer = mix(self.epoch_seed, self.syncs);
             let s = sequencer::sync(conn, &self.keys, &r.user, at, offer)?;
-            if (1..=s.seq).contains(&r.from) {
-                read_history(conn, &self.keys, r, s, at, out)?;
+            let (from, to) = match r.to {
+                // A stream the shard has nothing of: the last events from the cursor on, and
+                // from the first unacked one on (the shard keeps those and redelivers them).
+                None => {
+                    let from = match s.first_unacked() {
+                        Some(u) if r.from == 0 || u < r.from => u,
+                        _ => r.from,
+                    };
+                    (from.max(s.at.seq.saturating_sub(HISTORY_MAX - 1)), s.at.seq)
+                }
+                // For one connection: the first events of the range.
+                Some(to) => (r.from, to.min(s.at.seq).min(r.from + HISTORY_MAX - 1)),
+            };
+            if from > 0 && from <= to {
+                read_history(conn, &self.keys, &r.user, from..=to, s, at, out)?;
             }
-            out.sync(&r.user, s.epoch, s.seq);
+            out.sync(&r.user, s.at.epoch, s.at.seq);
             self.stats.syncs.fetch_add(1, Ordering::Relaxed);
             self.pending.pop();
         }
@@ -346,34 +359,26 @@ fn mix(seed: u64, n: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Hands `out` the events of `r.user`'s stream that `r` asks for and the log still holds up
-/// to `position` (at most [`HISTORY_MAX`]: the last ones up to the stream's point `upto`, or
-/// the first ones of `r.from..=to`): the user's index gives the batches, one pipelined round
-/// trip reads them.
+/// Hands `out` the events `seqs` of `user`'s stream (as `stream` found it) that the log still
+/// holds up to `position`, those a client acked no longer marked as needing an ack: the user's
+/// index gives the batches, one pipelined round trip reads them.
 fn read_history(
     conn: &mut redis::Connection,
     keys: &Keys,
-    r: &SyncRequest,
-    upto: sequencer::Assigned,
+    user: &[u8],
+    seqs: std::ops::RangeInclusive<u64>,
+    stream: sequencer::Synced,
     position: LogId,
     out: &mut impl Deliver,
 ) -> redis::RedisResult<()> {
     type Index = Vec<(String, Vec<(String, String)>)>;
-    let user = &r.user[..];
-    let (from, last) = match r.to {
-        None => (
-            r.from.max(upto.seq.saturating_sub(HISTORY_MAX - 1)),
-            upto.seq,
-        ),
-        Some(to) => (r.from, to.min(upto.seq).min(r.from + HISTORY_MAX - 1)),
-    };
-    if from > last {
-        return Ok(());
-    }
-    let upto = sequencer::Assigned {
-        epoch: upto.epoch,
-        seq: last,
-    };
+    let (from, upto) = (
+        *seqs.start(),
+        sequencer::Assigned {
+            epoch: stream.at.epoch,
+            seq: *seqs.end(),
+        },
+    );
     let index = keys.user(user, b'i');
     // The batch holding `from` (its entry is the last that starts at or before it), then
     // every later one up to the stream's point.
@@ -420,7 +425,11 @@ fn read_history(
                     && (from..=upto.seq).contains(&e.seq)
             };
             for e in events.iter().filter(wanted) {
-                out.history(e);
+                let acked = e.seq <= stream.acked;
+                out.history(&WireEvent {
+                    needs_ack: e.needs_ack && !acked,
+                    ..*e
+                });
             }
         }
     }

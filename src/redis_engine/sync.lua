@@ -6,7 +6,9 @@
 --       batch with events of the user, field `b` the log entry id).
 -- ARGV: the last log entry id the subscriber has read ("0-0" for none), the epoch a stream
 --       that does not exist yet starts with (16 hex digits).
--- Returns: the stream's epoch and its last seq as of that entry.
+-- Returns: the stream's epoch and its last seq as of that entry, then (as of now) the last seq
+-- that needs an ack and the highest seq a client acked (0: none).
+-- (`seq` as of the entry: the node gets everything after it from the log.)
 local meta, index = KEYS[1], KEYS[2]
 local position, new_epoch = ARGV[1], ARGV[2]
 
@@ -42,4 +44,5 @@ while true do
   end
   upto = '(' .. entries[#entries][1]
 end
-return {epoch, seq}
+local need, acked = unpack(redis.call('HMGET', meta, 'need', 'acked'))
+return {epoch, seq, tonumber(need or '0'), tonumber(acked or '0')}

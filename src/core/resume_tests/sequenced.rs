@@ -412,3 +412,38 @@ fn what_redis_no_longer_has_is_a_gap_and_two_resumes_wait_for_both_answers() {
     assert_eq!(core.backfill_bytes, 0);
     assert!(core.backfills.is_empty());
 }
+
+#[test]
+fn unacked_events_a_node_never_received_are_redelivered_on_it() {
+    let t0 = Instant::now();
+    let mut core = redis_core();
+    // A user's first connection on this node, without a cursor: the reader brings the events
+    // from the first unacked one (6: those before were acked) to the stream's point, two of
+    // them still needing an ack, then the answer.
+    let id = testing::connect(&mut core, user("n"), None, t0);
+    assert_eq!(core.sync_requests, vec![SyncRequest::newest(b"n", 0)]);
+    for seq in 6..=9 {
+        let mut r = Vec::new();
+        let flags = crate::record::REC_HIST
+            | if seq == 6 || seq == 9 {
+                crate::record::REC_ACK
+            } else {
+                0
+            };
+        let body = format!("\"i\":{seq}}}");
+        encode_sequenced(&mut r, 0, flags, b"n", E, seq, body.as_bytes());
+        core.route(&r, t0, 0);
+    }
+    core.route(&sync("n", E, 9), t0, 0);
+    let seen = drain(&mut core, id, t0);
+    assert_eq!(hello(&seen), (E, 9));
+    assert_eq!(
+        seen[1..],
+        [Seen::Redelivery(2), Seen::Event(6), Seen::Event(9)]
+    );
+    // This node keeps them until a client acks them (here or anywhere), but it did not emit
+    // them, so it leaves their dead letters to the node that did.
+    core.tick(t0 + core.cfg.ack_timeout + Duration::from_secs(2));
+    assert!(core.dead_out.is_empty());
+    assert_eq!(core.stats.unacked_left_to_origin, 2);
+}

@@ -336,6 +336,24 @@ fn acks_ride_along_take_no_seq_and_leave_no_index_entry() {
         .query(&mut conn)
         .unwrap();
     assert_eq!(w_keys, 0, "an ack makes no stream");
+    // The stream knows its last event that needs an ack and its highest ack, so a node that
+    // never received the events can tell which to read for redelivery; an ack of another
+    // epoch (an older run of the stream) changes nothing.
+    seq.submit(&mut conn, 3, 0xc, &[ack(b"u", 0xdead, 4)])
+        .unwrap();
+    let s = sync(&mut conn, seq.keys(), b"u", LogId(u64::MAX, 0), 0xd).unwrap();
+    assert_eq!(
+        s,
+        Synced {
+            at: Assigned { epoch: 0xa, seq: 4 },
+            need: 4,
+            acked: 2
+        }
+    );
+    assert_eq!(s.first_unacked(), Some(3));
+    seq.submit(&mut conn, 4, 0xc, &[ack(b"u", 0xa, 4)]).unwrap();
+    let s = sync(&mut conn, seq.keys(), b"u", LogId(u64::MAX, 0), 0xd).unwrap();
+    assert_eq!((s.acked, s.first_unacked()), (4, None));
 }
 
 #[test]

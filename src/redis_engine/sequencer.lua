@@ -22,7 +22,8 @@
 --       log's generation), the log's last id (a string), the log's generation (a string, set
 --       when the log starts: a reader that finds another one knows the log it read is gone,
 --       even where the new log's ids are not past its position), the log's size (a string:
---       the bytes of the messages it holds), then per user of the batch, in order of first
+--       the bytes of the messages it holds), the log's entries' sizes (a list, oldest first:
+--       "<id> <bytes>" per entry), then per user of the batch, in order of first
 --       appearance, its meta hash (`epoch`, `seq`; `need`: the last seq that needs an ack;
 --       `acked`: the highest seq a client acked in this epoch) and its index (a stream: entry
 --       `<first seq>-0` per batch, field `b` the log entry id).
@@ -35,7 +36,8 @@
 --       (16 hex digits); the node's id (16 hex digits, field `n` of the entry, so a node
 --       knows its own batches); the log's age to keep at most (ms).
 -- Returns: per user, the seq of its first event in the batch (0: only acks) and its epoch.
-local node, log, last_id, generation, size_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local node, log, last_id, generation = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local size_key, sizes_key = KEYS[5], KEYS[6]
 local max_bytes, keep_index = tonumber(ARGV[1]), ARGV[2]
 local new_epoch, batch, node_ttl = ARGV[3], ARGV[4], ARGV[5]
 local n_events, events, users_blob, new_generation = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
@@ -55,7 +57,7 @@ while at <= #users_blob do
   local count, needing, acked = struct.unpack('<I4I4I8', users_blob, at + 1 + len)
   local ack_epoch = string.sub(users_blob, at + 1 + len + 16, at + len + 32)
   at = at + 1 + len + 32
-  local meta = KEYS[4 + 2 * i]
+  local meta = KEYS[5 + 2 * i]
   local first, epoch = 0, '0000000000000000'
   if count > 0 then
     local top = redis.call('HINCRBY', meta, 'seq', count)
@@ -90,40 +92,42 @@ if not gen then
   gen = new_generation
   redis.call('SET', generation, gen)
   redis.call('SET', size_key, 0)
+  redis.call('DEL', sizes_key)
 end
 local id = redis.call('XADD', log, '*', 'm', message, 'v', prev, 'g', gen, 'n', node_id)
 redis.call('SET', last_id, id)
 local size = redis.call('INCRBY', size_key, #message)
 
--- Trimming: the oldest entries while the log is over its bytes or they are over its age.
+-- Trimming: the oldest entries while the log is over its bytes or they are over its age. Their
+-- ids and sizes are in a list beside the log, so the loop never reads a message.
+redis.call('RPUSH', sizes_key, id .. ' ' .. #message)
 local now = redis.call('TIME')
 local cutoff = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - max_age_ms
-local removed, first_kept, from = 0, nil, '-'
-while not first_kept do
-  local oldest = redis.call('XRANGE', log, from, '+', 'COUNT', 16)
-  for _, e in ipairs(oldest) do
-    local ms = tonumber(string.match(e[1], '^(%d+)-'))
-    if e[1] == id or (size <= max_bytes and ms >= cutoff) or removed == 64 then
-      first_kept = e[1]
-      break
-    end
-    -- Field `m` comes first in every entry this script writes.
-    size = size - #(e[2][2] or '')
-    removed = removed + 1
-    from = '(' .. e[1]
-  end
-  if #oldest == 0 then
+local removed, first_kept = 0, nil
+while removed < 64 do
+  local head = redis.call('LINDEX', sizes_key, 0)
+  if not head then
     break
   end
+  local oldest, ms, bytes = string.match(head, '^((%d+)-%d+) (%d+)$')
+  if oldest == id or (size <= max_bytes and tonumber(ms) >= cutoff) then
+    first_kept = oldest
+    break
+  end
+  redis.call('LPOP', sizes_key)
+  size = size - tonumber(bytes)
+  removed = removed + 1
 end
-if removed > 0 and first_kept then
+if removed > 0 then
+  -- Up to the first entry kept (or, after 64, the next one the list names).
+  first_kept = first_kept or string.match(redis.call('LINDEX', sizes_key, 0), '^(%S+)')
   redis.call('XTRIM', log, 'MINID', first_kept)
   redis.call('SET', size_key, size)
 end
 
 for u = 1, i do
   if firsts[u] > 0 then
-    local index = KEYS[5 + 2 * u]
+    local index = KEYS[6 + 2 * u]
     redis.call('XADD', index, 'MAXLEN', '~', keep_index, firsts[u] .. '-0', 'b', id)
     redis.call('PEXPIRE', index, max_age_ms)
   end

@@ -12,7 +12,8 @@
 //! - `p:log`: a stream, one entry per batch, field `m` the message, field `v` the id of the
 //!   entry before it (so a reader can tell it missed none), trimmed by bytes and age
 //!   ([`Retention`]) as batches are appended;
-//! - `p:size`: the bytes of the messages the log holds;
+//! - `p:size`: the bytes of the messages the log holds, and `p:sizes`: a list of `<id> <bytes>`
+//!   per entry, oldest first (what trimming reads, rather than the entries);
 //! - `p:last`: the id of the log's last entry;
 //! - `p:gen`: the log's generation (16 hex digits, set when the log starts);
 //! - `p:{u}:m`: a hash, `epoch` (16 hex digits, set by the first event of the stream) and `seq`
@@ -46,6 +47,8 @@ pub(crate) struct Keys {
     pub generation: Vec<u8>,
     /// `p:size`: the bytes of the messages in the log.
     pub size: Vec<u8>,
+    /// `p:sizes`: a list, `<id> <bytes>` per log entry, oldest first.
+    pub sizes: Vec<u8>,
 }
 
 impl Keys {
@@ -56,6 +59,7 @@ impl Keys {
             last: format!("{prefix}:last").into_bytes(),
             generation: format!("{prefix}:gen").into_bytes(),
             size: format!("{prefix}:size").into_bytes(),
+            sizes: format!("{prefix}:sizes").into_bytes(),
         }
     }
 
@@ -272,7 +276,8 @@ impl Sequencer {
             .key(&self.keys.log[..])
             .key(&self.keys.last[..])
             .key(&self.keys.generation[..])
-            .key(&self.keys.size[..]);
+            .key(&self.keys.size[..])
+            .key(&self.keys.sizes[..]);
         for u in &users {
             self.users.push(u.user.len() as u8);
             self.users.extend_from_slice(u.user);

@@ -178,6 +178,11 @@ fn the_log_keeps_each_batch_and_each_user_finds_its_events_by_seq() {
         .query(&mut conn)
         .unwrap();
     assert_eq!(size, held, "the size key matches the log");
+    let listed: usize = redis::cmd("LLEN")
+        .arg(&seq.keys().sizes[..])
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(listed, log.len(), "one size per entry kept");
     assert!(held <= 40_000, "{held} bytes kept");
     assert!(
         held + sizes[0] > 40_000,

@@ -59,24 +59,33 @@ while at <= #users_blob do
   at = at + 1 + len + 32
   local meta = KEYS[5 + 2 * i]
   local first, epoch = 0, '0000000000000000'
+  -- Few calls per user (each costs more than the work it asks for): the stream's epoch and
+  -- ack together, its seq moved on, then one write of what changed.
+  local state = redis.call('HMGET', meta, 'epoch', 'acked')
+  local stream_epoch, changes = state[1], {}
   if count > 0 then
     local top = redis.call('HINCRBY', meta, 'seq', count)
-    if top == count then
-      redis.call('HSETNX', meta, 'epoch', new_epoch)
+    if not stream_epoch then
+      -- A new stream (a sync may have given it its epoch already).
+      stream_epoch = new_epoch
+      changes[#changes + 1] = 'epoch'
+      changes[#changes + 1] = new_epoch
     end
-    epoch = redis.call('HGET', meta, 'epoch')
+    epoch = stream_epoch
     first = top - count + 1
     if needing > 0 then
       -- The stream's last event that needs an ack: a node that never received it can tell
       -- from `need` > `acked` that it must read unacked events from Redis.
-      redis.call('HSET', meta, 'need', first + needing - 1)
+      changes[#changes + 1] = 'need'
+      changes[#changes + 1] = first + needing - 1
     end
   end
-  if acked > 0 and redis.call('HGET', meta, 'epoch') == ack_epoch then
-    local before = tonumber(redis.call('HGET', meta, 'acked') or '0')
-    if acked > before then
-      redis.call('HSET', meta, 'acked', acked)
-    end
+  if acked > 0 and stream_epoch == ack_epoch and acked > tonumber(state[2] or '0') then
+    changes[#changes + 1] = 'acked'
+    changes[#changes + 1] = acked
+  end
+  if #changes > 0 then
+    redis.call('HSET', meta, unpack(changes))
   end
   -- A user with only acks in the batch: no seq, no position, no index entry.
   firsts[i] = first

@@ -421,6 +421,22 @@ fn the_log_drops_batches_older_than_its_age_and_an_idle_users_index_expires() {
         .query(&mut conn)
         .unwrap();
     assert_eq!(exists, 0, "the idle user's index expired with its batches");
+    // A user who keeps emitting keeps the index, however long.
+    for b in 0..10 {
+        seq.submit(&mut conn, 100 + b, 9, &[event(b"busy")])
+            .unwrap();
+        std::thread::sleep(age / 3);
+    }
+    let entries: u64 = redis::cmd("XLEN")
+        .arg(seq.keys().user(b"busy", b'i'))
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(entries, 10, "an index entry per batch, none expired");
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(seq.keys().user(b"busy", b'i'))
+        .query(&mut conn)
+        .unwrap();
+    assert!(ttl > 0, "it still expires once the user stops: {ttl}");
     // The stream itself (epoch, seq) stays: its next event goes on from 10.
     let got = seq.submit(&mut conn, 11, 77, &[event(b"old")]).unwrap();
     assert_eq!(got[0], Assigned { epoch: 9, seq: 11 });

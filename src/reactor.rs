@@ -473,7 +473,7 @@ impl Shard {
                 self.command(cmd, now, now_ns);
             }
             self.take_new_rings(now, now_ns);
-            self.drain_rings(now, now_ns);
+            self.drain_rings(now);
             // After the rings: history (and the spool) now hold every event routed so far.
             self.flush_spool(now);
             // A stalled spool does not have what was routed last: replays wait for it.
@@ -586,7 +586,7 @@ impl Shard {
         }
     }
 
-    fn drain_rings(&mut self, now: Instant, now_ns: u64) {
+    fn drain_rings(&mut self, now: Instant) {
         if self.spool_stalled {
             // Events stay in the rings (emitters get `Full` when they fill up).
             return;
@@ -594,6 +594,10 @@ impl Shard {
         for i in 0..self.rings.len() {
             let mut taken = 0;
             while taken < DRAIN_BUDGET {
+                // The wall clock for latency, read per chunk (a vDSO call, not a syscall): read
+                // once per pass, before the pass's other work, it would be earlier than the
+                // emit time of events pushed meanwhile, whose latency would count as 0.
+                let now_ns = unix_ns();
                 let core = &mut self.core;
                 let n = self.rings[i].drain(DRAIN_CHUNK, |rec| core.route(rec, now, now_ns));
                 taken += n;

@@ -15,10 +15,93 @@ use crate::gateway::Gateway;
 
 /// floodgate: per-user events from application threads onto WebSocket connections.
 #[derive(Parser, Debug)]
-#[command(name = "floodgate", version, about, long_about = None)]
+#[command(name = "floodgate", version, about, long_about = None, after_help = LOG_HELP)]
 struct Cli {
+    /// Log lines as `text` (colour only when stderr is a terminal and NO_COLOR is unset) or
+    /// `json` (one object per line: timestamp, level, target, fields)
+    #[arg(
+        long,
+        global = true,
+        env = "FLOODGATE_LOG_FORMAT",
+        default_value = "text",
+        value_name = "text|json"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// What `--help` says about logs (`floodgate --help` and `floodgate serve --help` end with it).
+const LOG_HELP: &str = "Logs go to stderr. Which ones: FLOODGATE_LOG, else RUST_LOG, else `info` \
+(a tracing filter such as `debug`, `floodgate=debug` or `warn,floodgate::reactor=debug`). At \
+`info`, each refused handshake is one line (reason, status, peer; at most 20 a second per \
+shard, then a count of those left out); at `debug`, each connection's start (user, peer) and \
+end (user, close code). --log-format json writes one JSON object per line.";
+
+/// How log lines are written.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The log filter: `FLOODGATE_LOG`, else `RUST_LOG`, else `info`. A filter that does not
+/// parse is an error that names its variable.
+fn log_filter() -> Result<tracing_subscriber::EnvFilter, String> {
+    for var in ["FLOODGATE_LOG", "RUST_LOG"] {
+        match std::env::var(var) {
+            Ok(v) if !v.trim().is_empty() => {
+                return tracing_subscriber::EnvFilter::try_new(&v)
+                    .map_err(|e| format!("invalid environment variable `{var}` = `{v}`: {e}"));
+            }
+            _ => {}
+        }
+    }
+    Ok("info".into())
+}
+
+/// The log format chosen, for [`notice`].
+static LOG_FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
+/// A line `floodgate serve` always writes to stderr, whatever the log filter (where it
+/// listens, that it stops): plain text, or in `--log-format json` an object like the logs'.
+fn notice(msg: &str) {
+    match LOG_FORMAT.get() {
+        Some(LogFormat::Json) => {
+            let ts = humantime::format_rfc3339_micros(std::time::SystemTime::now());
+            eprintln!(
+                "{}",
+                serde_json::json!({
+                    "timestamp": ts.to_string(),
+                    "level": "INFO",
+                    "target": "floodgate",
+                    "message": msg,
+                })
+            );
+        }
+        _ => eprintln!("floodgate: {msg}"),
+    }
+}
+
+/// Sends log lines to stderr in `format`.
+fn init_logs(format: LogFormat) -> Result<(), String> {
+    let _ = LOG_FORMAT.set(format);
+    let filter = log_filter()?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        // Colour only for a person at a terminal: never in a file or a pipe, never with
+        // NO_COLOR set (https://no-color.org).
+        LogFormat::Text => builder
+            .with_ansi(
+                std::io::IsTerminal::is_terminal(&std::io::stderr())
+                    && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+            )
+            .try_init(),
+    };
+    Ok(())
 }
 
 #[derive(Subcommand, Debug)]
@@ -28,6 +111,7 @@ enum Command {
     /// Settings come from built-in defaults, then --config FILE (TOML, keys as below with `_`),
     /// then FLOODGATE_* environment variables, then flags. With no JWT key configured, a dev
     /// secret is generated, saved for `floodgate token`, and printed.
+    #[command(after_help = LOG_HELP)]
     Serve(Box<ServeArgs>),
     /// Mint a development JWT (HS256) for a user.
     Token(TokenArgs),
@@ -436,19 +520,10 @@ pub fn main() -> ExitCode {
         eprintln!("floodgate: {msg}");
         return ExitCode::from(2);
     }
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FLOODGATE_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        // Colour only for a person at a terminal: never in a file or a pipe, never with
-        // NO_COLOR set (https://no-color.org).
-        .with_ansi(
-            std::io::IsTerminal::is_terminal(&std::io::stderr())
-                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
-        )
-        .try_init();
+    if let Err(msg) = init_logs(cli.log_format) {
+        eprintln!("floodgate: {msg}");
+        return ExitCode::from(2);
+    }
     let result = match cli.command {
         Command::Serve(a) => serve(*a),
         Command::Token(a) => token(a),
@@ -477,24 +552,24 @@ fn serve(a: ServeArgs) -> Result<ExitCode, Error> {
     let mut settings = layered(a.config.as_deref(), a.settings)?;
     if !settings.has_jwt_key() {
         let secret = crate::devsecret::load_or_create()?;
-        eprintln!(
-            "floodgate: no JWT key configured; using the dev secret saved in {}\n  \
+        notice(&format!(
+            "no JWT key configured; using the dev secret saved in {}\n  \
              secret: {secret}\n  mint a token: floodgate token --user u1",
             crate::devsecret::path().display()
-        );
+        ));
         settings.jwt_hs256_secret = Some(secret);
     }
     let ingest = settings.ingest_api_key.is_some();
     let gw = Gateway::builder().settings(settings).build()?;
-    eprintln!(
-        "floodgate: listening on ws://{}/ws  (health: /healthz, metrics: /metrics)",
+    notice(&format!(
+        "listening on ws://{}/ws  (health: /healthz, metrics: /metrics)",
         gw.local_addr()
-    );
+    ));
     if ingest {
-        eprintln!(
-            "floodgate: ingest on http://{0}/api/publish and ws://{0}/api/ingest (Authorization: Bearer <ingest_api_key>)",
+        notice(&format!(
+            "ingest on http://{0}/api/publish and ws://{0}/api/ingest (Authorization: Bearer <ingest_api_key>)",
             gw.local_addr()
-        );
+        ));
     }
     let term = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -503,12 +578,12 @@ fn serve(a: ServeArgs) -> Result<ExitCode, Error> {
     while !term.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
     }
-    eprintln!("floodgate: shutting down");
+    notice("shutting down");
     let report = gw.shutdown()?;
-    eprintln!(
-        "floodgate: stopped; {} events drained from rings at shutdown, {} undelivered",
+    notice(&format!(
+        "stopped; {} events drained from rings at shutdown, {} undelivered",
         report.drained_from_rings, report.undelivered
-    );
+    ));
     Ok(ExitCode::SUCCESS)
 }
 

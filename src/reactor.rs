@@ -265,6 +265,8 @@ pub(crate) struct Shard {
     accept_retry: bool,
     /// Handshakes in progress per peer address (accepting shard only).
     pending_by_ip: HashMap<IpAddr, usize>,
+    /// Refused handshakes, logged within a rate.
+    refusals: RefusalLog,
     /// Redis engine: where this shard's clients' acks go (the node's publisher).
     acks_to_redis: Option<AckLink>,
     /// Reused to encode those acks.
@@ -275,6 +277,70 @@ pub(crate) struct Shard {
 pub(crate) struct AckLink {
     pub producer: crate::ring::Producer,
     pub parker: Arc<Parker>,
+}
+
+/// Refused handshakes logged per shard per second at most; the rest are counted and said in
+/// one line (a flood of bad handshakes must not become a flood of log lines).
+const REFUSALS_LOGGED_PER_SEC: u32 = 20;
+
+/// The log of refused handshakes: one `info` line each, within [`REFUSALS_LOGGED_PER_SEC`].
+#[derive(Default)]
+struct RefusalLog {
+    window_end: Option<Instant>,
+    logged: u32,
+    left_out: u64,
+}
+
+impl RefusalLog {
+    /// Logs that a handshake from `peer` was refused (`reason`: a short word for the logs'
+    /// readers to filter on) with `response`, whose status and first body line say why.
+    fn refused(&mut self, peer: Option<IpAddr>, reason: &'static str, response: &[u8]) {
+        if !tracing::enabled!(tracing::Level::INFO) {
+            return;
+        }
+        let now = Instant::now();
+        if self.window_end.is_none_or(|end| now >= end) {
+            if self.left_out > 0 {
+                tracing::info!(
+                    left_out = self.left_out,
+                    "more handshakes were refused than logged (at most {REFUSALS_LOGGED_PER_SEC} a second per shard)"
+                );
+            }
+            *self = RefusalLog {
+                window_end: Some(now + Duration::from_secs(1)),
+                ..RefusalLog::default()
+            };
+        }
+        if self.logged >= REFUSALS_LOGGED_PER_SEC {
+            self.left_out += 1;
+            return;
+        }
+        self.logged += 1;
+        let (status, why) = summarize(response);
+        let peer = peer.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
+        tracing::info!(%peer, reason, status, why, "handshake refused");
+    }
+}
+
+/// The status code and the first line of the body of an HTTP response we wrote (at most 200
+/// bytes of it).
+fn summarize(response: &[u8]) -> (u16, String) {
+    let text = String::from_utf8_lossy(&response[..response.len().min(4096)]);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let mut why: String = body
+        .lines()
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(200)
+        .collect();
+    why.truncate(why.trim_end().len());
+    (status, why)
 }
 
 /// The answer to a connection accepted only to be refused while descriptors are exhausted.
@@ -353,6 +419,7 @@ impl Shard {
             fd_exhausted: false,
             accept_retry: false,
             pending_by_ip: HashMap::new(),
+            refusals: RefusalLog::default(),
             acks_to_redis: None,
             ack_scratch: Vec::new(),
         }
@@ -699,7 +766,9 @@ impl Shard {
                     };
                     if let Some(why) = refusal {
                         self.core.stats.rejected_limit += 1;
-                        let _ = stream.write(&handshake::error(503, "Service Unavailable", why));
+                        let resp = handshake::error(503, "Service Unavailable", why);
+                        self.refusals.refused(Some(ip), "limit", &resp);
+                        let _ = stream.write(&resp);
                         continue; // and closed
                     }
                     let _ = stream.set_nodelay(true);
@@ -749,9 +818,14 @@ impl Shard {
                     };
                     drop(reserve);
                     let took_one = match listener.accept() {
-                        Ok((mut stream, _)) => {
+                        Ok((mut stream, peer)) => {
                             let _ = stream.write(FD_EXHAUSTED_503);
                             self.core.stats.rejected_limit += 1;
+                            self.refusals.refused(
+                                Some(peer.ip()),
+                                "fd_exhausted",
+                                FD_EXHAUSTED_503,
+                            );
                             true // and closed here
                         }
                         Err(_) => false,
@@ -810,6 +884,7 @@ impl Shard {
             Err(resp) => {
                 self.core.stats.rejected_bad_request += 1;
                 if let Some(resp) = resp {
+                    self.refusals.refused(Some(hs.ip), "bad_request", &resp);
                     let _ = hs.stream.write(&resp);
                 }
                 return;
@@ -865,11 +940,23 @@ impl Shard {
                 return;
             }
             Decision::Respond { response, refused } => {
-                match refused {
-                    Some(Refusal::Auth) => self.core.stats.rejected_auth += 1,
-                    Some(Refusal::Origin) => self.core.stats.rejected_origin += 1,
-                    Some(Refusal::BadRequest) => self.core.stats.rejected_bad_request += 1,
-                    None => {}
+                let reason = match refused {
+                    Some(Refusal::Auth) => {
+                        self.core.stats.rejected_auth += 1;
+                        Some("auth")
+                    }
+                    Some(Refusal::Origin) => {
+                        self.core.stats.rejected_origin += 1;
+                        Some("origin")
+                    }
+                    Some(Refusal::BadRequest) => {
+                        self.core.stats.rejected_bad_request += 1;
+                        Some("bad_request")
+                    }
+                    None => None,
+                };
+                if let Some(reason) = reason {
+                    self.refusals.refused(Some(hs.ip), reason, &response);
                 }
                 let _ = hs.stream.write(&response);
                 return;
@@ -881,6 +968,7 @@ impl Shard {
             self.common.open.fetch_sub(1, Ordering::Relaxed);
             self.core.stats.rejected_limit += 1;
             let resp = handshake::error(503, "Service Unavailable", "connection limit reached\n");
+            self.refusals.refused(Some(hs.ip), "limit", &resp);
             let _ = hs.stream.write(&resp);
             return;
         }
@@ -896,6 +984,7 @@ impl Shard {
                 "Service Unavailable",
                 "connection limit reached for this address (max_connections_per_ip)\n",
             );
+            self.refusals.refused(Some(hs.ip), "limit", &resp);
             let _ = hs.stream.write(&resp);
             return;
         }
@@ -951,11 +1040,9 @@ impl Shard {
             let mut hs = self.take_handshake(k);
             let _ = self.poll.registry().deregister(&mut hs.stream);
             self.core.stats.rejected_bad_request += 1;
-            let _ = hs.stream.write(&handshake::error(
-                408,
-                "Request Timeout",
-                "handshake timeout\n",
-            ));
+            let resp = handshake::error(408, "Request Timeout", "handshake timeout\n");
+            self.refusals.refused(Some(hs.ip), "timeout", &resp);
+            let _ = hs.stream.write(&resp);
         }
     }
 
@@ -973,11 +1060,9 @@ impl Shard {
     ) {
         if self.shutdown_deadline.is_some() {
             self.release_slot(ip);
-            let _ = stream.write(&handshake::error(
-                503,
-                "Service Unavailable",
-                "shutting down\n",
-            ));
+            let resp = handshake::error(503, "Service Unavailable", "shutting down\n");
+            self.refusals.refused(Some(ip), "shutting_down", &resp);
+            let _ = stream.write(&resp);
             return;
         }
         let id = match self.core.adopt_start(kind, response, early, start, now) {
@@ -985,11 +1070,13 @@ impl Shard {
             Err(_) => {
                 // Relaxed: see `handshake_readable`.
                 self.release_slot(ip);
-                let _ = stream.write(&handshake::error(
+                let resp = handshake::error(
                     429,
                     "Too Many Requests",
                     "too many connections for this user\n",
-                ));
+                );
+                self.refusals.refused(Some(ip), "user_limit", &resp);
+                let _ = stream.write(&resp);
                 return;
             }
         };
@@ -1005,6 +1092,9 @@ impl Shard {
         }
         self.core
             .set_expiry(id, expires.map(|until| instant_of(until, now)));
+        if let Some(user) = self.core.conn(id).user() {
+            tracing::debug!(user = %String::from_utf8_lossy(user), peer = %ip, conn = id, "connection open");
+        }
         if self.sockets.len() <= id {
             self.sockets.resize_with(id + 1, || None);
         }
@@ -1128,6 +1218,20 @@ impl Shard {
                 continue;
             };
             let _ = self.poll.registry().deregister(&mut stream);
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                let c = self.core.conn(id);
+                if let Some(user) = c.user() {
+                    let closer = c.closer();
+                    tracing::debug!(
+                        user = %String::from_utf8_lossy(user),
+                        peer = %ip,
+                        conn = id,
+                        close_code = closer.code,
+                        closed_by = if closer.code == 0 { "nobody" } else if closer.by_client { "client" } else { "server" },
+                        "connection closed"
+                    );
+                }
+            }
             self.core.remove(id);
             self.release_slot(ip);
         }

@@ -63,7 +63,15 @@ pub(crate) enum Start {
 /// Where a connection is in its close handshake. It only moves forward: open -> closing ->
 /// finished; open -> failing -> finished (a protocol error); or open -> finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Lifecycle(State);
+pub(super) struct Lifecycle(State, Closer);
+
+/// Who closed a connection and with which code, for the logs: the first close frame either
+/// side sent (code 0: none, the socket just ended).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Closer {
+    pub code: u16,
+    pub by_client: bool,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -86,7 +94,7 @@ enum State {
 impl Lifecycle {
     /// A new connection's.
     pub(super) fn open() -> Lifecycle {
-        Lifecycle(State::Open)
+        Lifecycle(State::Open, Closer::default())
     }
 
     /// Neither closing nor finished: it gets events and control frames.
@@ -118,6 +126,18 @@ impl Lifecycle {
         if self.0 != State::Finished {
             self.0 = State::Failing { deadline };
         }
+    }
+
+    /// Notes a close frame (`by_client`: the client's); only the first one counts.
+    pub(super) fn note_close(&mut self, code: u16, by_client: bool) {
+        if self.1.code == 0 {
+            self.1 = Closer { code, by_client };
+        }
+    }
+
+    /// The first close frame, if any.
+    pub(super) fn closer(self) -> Closer {
+        self.1
     }
 
     /// Closing or failing, and its deadline has passed at `now`.
@@ -325,6 +345,19 @@ impl Conn {
         n
     }
 
+    /// The first close frame either side sent (for the logs).
+    pub(crate) fn closer(&self) -> Closer {
+        self.state.closer()
+    }
+
+    /// The user of an event stream (none for the echo endpoint).
+    pub(crate) fn user(&self) -> Option<&[u8]> {
+        match &self.kind {
+            ConnKind::User(u) => Some(u),
+            ConnKind::Echo => None,
+        }
+    }
+
     /// True when the socket can be dropped: closed (or failed) and nothing left to write.
     pub(crate) fn is_done(&self) -> bool {
         self.state.ends_when_flushed() && self.out.is_empty()
@@ -361,6 +394,7 @@ pub(super) fn send_close(
         code: CloseCode::from(code),
         reason: reason.to_owned().into(),
     };
+    state.note_close(code, false);
     if ws.close(io, Some(frame)).is_ok() {
         state.begin_closing(deadline);
     } else {

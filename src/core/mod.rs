@@ -1273,8 +1273,10 @@ impl Core {
                 }
                 Ok(Message::Pong(_)) => c.keepalive.on_pong(now),
                 Ok(Message::Ping(_)) | Ok(Message::Frame(_)) => {}
-                Ok(Message::Close(_)) => {
+                Ok(Message::Close(frame)) => {
                     // tungstenite queued the reply (or this completes our own close).
+                    c.state
+                        .note_close(frame.map_or(1005, |f| u16::from(f.code)), true);
                     c.state.begin_closing(now + close_timeout);
                 }
                 Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -1295,6 +1297,7 @@ impl Core {
                     // state can still send one), then the socket goes once it is flushed, without
                     // waiting for the client's close (or at the deadline if it does not read).
                     if c.ws.can_write() {
+                        c.state.note_close(code, false);
                         let _ = c.ws.close(
                             &mut io,
                             Some(CloseFrame {

@@ -359,8 +359,14 @@ fn a_node_started_after_the_events_resumes_a_cursor_from_redis() {
     let mut f = Follower::start(a.addr, "ola");
     publish_all(a.addr, "ola", 0..600, Duration::ZERO);
     f.follow(250, &[a.addr], Duration::from_secs(30), &[&a]);
-    // A rolling deploy: node a goes, node b starts (it never received any of these events),
-    // and the client resumes there with its cursor.
+    // A rolling deploy: node a goes once Redis has every event it accepted (a kill before
+    // that loses what Redis had not sequenced yet, as SCALING.md says), node b starts (it
+    // never received any of these events), and the client resumes there with its cursor.
+    util::eventually(
+        Duration::from_secs(10),
+        "node a sequenced every event",
+        || a.metric("floodgate_redis_events_sequenced_total") >= 600,
+    );
     drop(f.ws.take());
     drop(a);
     let b = node(&redis.url());

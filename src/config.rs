@@ -130,6 +130,7 @@ pub(crate) struct Config {
     pub close_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub echo: bool,
+    pub dashboard: bool,
     pub max_offline_users: usize,
     pub history_max_events: usize,
     pub history_max_bytes: usize,
@@ -194,6 +195,7 @@ impl Config {
             close_timeout: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(5),
             echo: false,
+            dashboard: false,
             max_offline_users: 1_000_000,
             history_max_events: 1024,
             history_max_bytes: 1 << 20,
@@ -706,6 +708,7 @@ macro_rules! with_plain_settings {
             close_timeout,
             shutdown_timeout,
             echo,
+            dashboard,
             max_offline_users,
             history_max_events,
             history_max_bytes,
@@ -918,6 +921,12 @@ pub struct Settings {
     /// [default: false]
     #[cfg_attr(feature = "cli", arg(long, env = "FLOODGATE_ECHO", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true"))]
     pub echo: Option<bool>,
+    /// Serve a live dashboard at /dashboard, and its numbers as JSON at /dashboard/stats:
+    /// connections, events/s in and out, queue latency percentiles, breakers, resumes, gaps and
+    /// dead letters, per shard. Unauthenticated, like /metrics: counts only, no user ids
+    /// [default: false]
+    #[cfg_attr(feature = "cli", arg(long, env = "FLOODGATE_DASHBOARD", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true"))]
+    pub dashboard: Option<bool>,
     /// Users with no open connection whose sequence counters are kept; past this, counters of
     /// offline users are dropped and their `seq` restarts at 1 [default: 1000000]
     #[cfg_attr(

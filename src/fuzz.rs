@@ -43,9 +43,13 @@ pub fn http_head(data: &[u8]) {
     if let Ok(Some(req)) = handshake::parse(data) {
         assert!(req.head_len <= data.len());
         for (policy, ok) in [(&OriginPolicy::default(), true), (&origins, false)] {
+            let optional = handshake::Optional {
+                echo: ok,
+                dashboard: ok,
+            };
             let d = handshake::decide(
                 &req,
-                ok,
+                optional,
                 policy,
                 |t| match t {
                     Some(t) if ok && !t.is_empty() => Ok(t.as_bytes().into()),

@@ -341,6 +341,9 @@ impl GatewayBuilder {
         shutdown_timeout: Duration,
         /// Serve the unauthenticated `/echo` endpoint for conformance tests [default false].
         echo: bool,
+        /// Serve the live dashboard at `/dashboard` and its JSON at `/dashboard/stats`
+        /// (unauthenticated, like `/metrics`: counts only) [default false].
+        dashboard: bool,
         /// Streams kept for users without connections; past this they are dropped and such a
         /// user's next stream starts at `seq` 1 with a new epoch [default 1 000 000].
         max_offline_users: usize,
@@ -619,7 +622,10 @@ impl GatewayBuilder {
         // Epochs of this process's streams must not repeat those of an earlier run.
         core.epoch_seed = getrandom::u64().map_err(|e| Error::Io(std::io::Error::other(e)))?;
         let rcfg = ReactorConfig {
-            echo: cfg.echo,
+            optional: crate::core::handshake::Optional {
+                echo: cfg.echo,
+                dashboard: cfg.dashboard,
+            },
             max_pending_per_ip: cfg.max_pending_handshakes_per_ip,
             max_connections_per_ip: cfg.max_connections_per_ip,
             origins: crate::core::handshake::OriginPolicy::new(&cfg.allowed_origins)

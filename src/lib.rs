@@ -36,6 +36,7 @@ mod auth;
 mod bench;
 mod config;
 mod core;
+mod dashboard;
 mod delivery;
 #[cfg(feature = "cli")]
 mod devsecret;

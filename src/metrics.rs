@@ -725,6 +725,18 @@ impl Registry {
         snap
     }
 
+    /// Each shard's published counters, in shard order (for the dashboard).
+    pub(crate) fn per_shard(&self) -> Vec<Stats> {
+        self.shards
+            .iter()
+            .map(|s| {
+                let mut stats = Stats::default();
+                s.add_to(&mut stats);
+                stats
+            })
+            .collect()
+    }
+
     /// On the Redis engine, why the node is not healthy (it cannot reach Redis); `None` when
     /// it is, and always on the local engine.
     pub(crate) fn unhealthy(&self) -> Option<String> {

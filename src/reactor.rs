@@ -24,6 +24,7 @@ use crate::core::durable::NoCold;
 use crate::core::durable::Recovery;
 use crate::core::handshake::{self, Decision, Endpoint, KeyCheck, Refusal};
 use crate::core::{Boards, ConnId, ConnKind, Core, CoreConfig, Start, CLOSE_GOING_AWAY};
+use crate::dashboard;
 use crate::metrics::Registry;
 use crate::park::Parker;
 use crate::record::{shard_of, unix_ns};
@@ -98,7 +99,8 @@ pub(crate) struct ShardReport {
 /// Settings the reactor itself needs (the core has the rest).
 #[derive(Clone)]
 pub(crate) struct ReactorConfig {
-    pub echo: bool,
+    /// Which optional endpoints (`/echo`, `/dashboard`) are on.
+    pub optional: handshake::Optional,
     /// Handshakes in progress from one address at most.
     pub max_pending_per_ip: usize,
     /// Open connections from one address at most (0: no limit).
@@ -895,7 +897,7 @@ impl Shard {
         let mut expires = None;
         let decision = handshake::decide(
             &req,
-            self.cfg.echo,
+            self.cfg.optional,
             &self.cfg.origins,
             |token| {
                 verifier
@@ -936,6 +938,27 @@ impl Shard {
             Decision::Metrics => {
                 let body = self.common.registry.snapshot().to_prometheus();
                 let resp = handshake::response(200, "OK", "", "text/plain; version=0.0.4", &body);
+                let _ = hs.stream.write(&resp);
+                return;
+            }
+            Decision::Dashboard { stats: false } => {
+                let _ = hs.stream.write(dashboard::page());
+                return;
+            }
+            Decision::Dashboard { stats: true } => {
+                let registry = &self.common.registry;
+                let body = dashboard::stats_json(
+                    &registry.per_shard(),
+                    &registry.snapshot(),
+                    unix_ns() / 1_000_000,
+                );
+                let resp = handshake::response(
+                    200,
+                    "OK",
+                    "Cache-Control: no-store\r\n",
+                    "application/json",
+                    &body,
+                );
                 let _ = hs.stream.write(&resp);
                 return;
             }

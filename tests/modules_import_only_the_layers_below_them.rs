@@ -22,6 +22,8 @@ const LAYERS: &[&[&str]] = &[
     &["core"],
     // The spool's file I/O (under the core's record format) and the counters' publication.
     &["spool", "metrics"],
+    // The dashboard's page and its JSON (from the counters).
+    &["dashboard"],
     // The Redis engine's side of Redis (its counters are shown by `metrics`).
     &["redis_engine"],
     &["error"],

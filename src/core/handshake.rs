@@ -40,6 +40,10 @@ pub(crate) enum Route {
     Health,
     /// `/metrics`.
     Metrics,
+    /// `/dashboard`: the live dashboard's page.
+    Dashboard,
+    /// `/dashboard/stats`: the numbers the dashboard shows, as JSON.
+    DashboardStats,
     /// `/api/publish`: a batch of events from another process (POST).
     Publish,
     /// `/api/ingest`: a WebSocket of batches from another process.
@@ -105,6 +109,8 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Option<Request>, HeadError> {
         "/echo" => Route::Echo,
         "/healthz" => Route::Health,
         "/metrics" => Route::Metrics,
+        "/dashboard" => Route::Dashboard,
+        "/dashboard/stats" => Route::DashboardStats,
         "/api/publish" => Route::Publish,
         "/api/ingest" => Route::Ingest,
         "/api/disconnect" => Route::Disconnect,
@@ -237,6 +243,9 @@ pub(crate) enum Decision {
     Metrics,
     /// Answer `/healthz` (the caller knows whether the node reaches what it depends on).
     Health,
+    /// Send the dashboard's page (`stats: false`) or its numbers as JSON (`stats: true`),
+    /// rendered by the caller, and close.
+    Dashboard { stats: bool },
     /// Hand the connection, with its request, to the ingest endpoints (the key is valid).
     Ingest(Endpoint),
     /// Upgrade: a connection of `kind`, answered with `response` (the 101), whose stream
@@ -305,12 +314,21 @@ impl OriginPolicy {
     }
 }
 
-/// Decides the answer to `req`. `echo` says whether `/echo` is enabled; `verify` checks a token
-/// and returns its user id or a reason safe to show the client; `ingest_key` checks the
-/// ingest API key.
+/// The endpoints that are off unless a setting turns them on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Optional {
+    /// `/echo` (the `echo` setting).
+    pub echo: bool,
+    /// `/dashboard` and `/dashboard/stats` (the `dashboard` setting).
+    pub dashboard: bool,
+}
+
+/// Decides the answer to `req`. `optional` says which optional endpoints are on; `verify`
+/// checks a token and returns its user id or a reason safe to show the client; `ingest_key`
+/// checks the ingest API key.
 pub(crate) fn decide(
     req: &Request,
-    echo: bool,
+    optional: Optional,
     origins: &OriginPolicy,
     verify: impl FnOnce(Option<&str>) -> Result<Box<[u8]>, &'static str>,
     ingest_key: impl FnOnce(Option<&str>) -> KeyCheck,
@@ -338,10 +356,25 @@ pub(crate) fn decide(
     match req.route {
         Route::Health => return Decision::Health,
         Route::Metrics => return Decision::Metrics,
+        Route::Dashboard | Route::DashboardStats if optional.dashboard => {
+            return Decision::Dashboard {
+                stats: req.route == Route::DashboardStats,
+            }
+        }
+        Route::Dashboard | Route::DashboardStats => {
+            return refuse(
+                error(
+                    404,
+                    "Not Found",
+                    "dashboard disabled (it is on with the dashboard setting)\n",
+                ),
+                Refusal::BadRequest,
+            )
+        }
         Route::NotFound | Route::Publish | Route::Ingest | Route::Disconnect => {
             return refuse(error(404, "Not Found", "not found\n"), Refusal::BadRequest)
         }
-        Route::Echo if !echo => {
+        Route::Echo if !optional.echo => {
             return refuse(
                 error(404, "Not Found", "echo endpoint disabled\n"),
                 Refusal::BadRequest,
@@ -630,7 +663,8 @@ mod tests {
         assert!(req.bad_version);
     }
 
-    fn decide_text(raw: &str, echo: bool) -> (String, Option<Refusal>) {
+    /// The decision for `raw` as text; `on` turns every optional endpoint on.
+    fn decide_text(raw: &str, on: bool) -> (String, Option<Refusal>) {
         let req = parse(raw.as_bytes()).unwrap().unwrap();
         let verify = |t: Option<&str>| match t {
             Some("good") => Ok(Box::<[u8]>::from(&b"alice"[..])),
@@ -641,12 +675,17 @@ mod tests {
             Some("the-ingest-key") => KeyCheck::Valid,
             _ => KeyCheck::Invalid,
         };
-        match decide(&req, echo, &OriginPolicy::default(), verify, key) {
+        let optional = Optional {
+            echo: on,
+            dashboard: on,
+        };
+        match decide(&req, optional, &OriginPolicy::default(), verify, key) {
             Decision::Respond { response, refused } => {
                 (String::from_utf8(response).unwrap(), refused)
             }
             Decision::Metrics => ("metrics".into(), None),
             Decision::Health => ("health".into(), None),
+            Decision::Dashboard { stats } => (format!("dashboard stats={stats}"), None),
             Decision::Ingest(e) => (format!("ingest {e:?}"), None),
             Decision::Upgrade { kind, response, .. } => {
                 assert!(response.starts_with(b"HTTP/1.1 101"));
@@ -679,6 +718,27 @@ mod tests {
             .0
             .starts_with("HTTP/1.1 404"));
         assert_eq!(decide_text(&up("/echo", ""), true).0, "upgrade Echo");
+        let get = |path: &str| format!("GET {path} HTTP/1.1\r\n\r\n");
+        for path in ["/dashboard", "/dashboard/stats", "/dashboard?x=1"] {
+            let (off, why) = decide_text(&get(path), false);
+            assert!(off.starts_with("HTTP/1.1 404"), "{off}");
+            assert!(off.contains("dashboard setting"), "{off}");
+            assert_eq!(why, Some(Refusal::BadRequest));
+        }
+        assert_eq!(
+            decide_text(&get("/dashboard"), true).0,
+            "dashboard stats=false"
+        );
+        assert_eq!(
+            decide_text(&get("/dashboard/stats?t=9"), true).0,
+            "dashboard stats=true"
+        );
+        assert!(decide_text("POST /dashboard HTTP/1.1\r\n\r\n", true)
+            .0
+            .starts_with("HTTP/1.1 405"));
+        assert!(decide_text(&get("/dashboard/x"), true)
+            .0
+            .starts_with("HTTP/1.1 404"));
         assert_eq!(
             decide_text("GET /metrics HTTP/1.1\r\n\r\n", false).0,
             "metrics"
@@ -737,7 +797,7 @@ mod tests {
         let req = parse(post("").as_bytes()).unwrap().unwrap();
         let off = decide(
             &req,
-            false,
+            Optional::default(),
             &OriginPolicy::default(),
             |_| Err("x"),
             |_| KeyCheck::Disabled,
@@ -788,7 +848,7 @@ mod tests {
         let req = parse(head.as_bytes()).unwrap().unwrap();
         let d = decide(
             &req,
-            false,
+            Optional::default(),
             &p,
             |_| Ok(b"u"[..].into()),
             |_| KeyCheck::Disabled,
@@ -807,7 +867,7 @@ mod tests {
         let req = parse(ok.as_bytes()).unwrap().unwrap();
         let d = decide(
             &req,
-            false,
+            Optional::default(),
             &p,
             |_| Ok(b"u"[..].into()),
             |_| KeyCheck::Disabled,

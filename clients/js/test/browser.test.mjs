@@ -6,11 +6,8 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { mkdir, readFile } from "node:fs/promises";
 import path from "node:path";
-import { chromium } from "playwright-core";
-import { startGateway, startFrontEnd, publish, publishNumbered, eventually, sleep, token, HERE, REPO } from "./harness.mjs";
+import { startGateway, startFrontEnd, publish, publishNumbered, eventually, sleep, token, launchChromium, HERE, REPO, OUT } from "./harness.mjs";
 
-const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
-const OUT = path.join(REPO, "target/js-tests");
 const DIST = path.join(HERE, "../dist");
 
 /** The README's browser example: the first ```js block after the marker that names this file. */
@@ -37,12 +34,7 @@ before(async () => {
     "/dist/index.js": path.join(DIST, "index.js"),
     "/dist/index.js.map": path.join(DIST, "index.js.map"),
   });
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    // No background traffic: this machine's network is closed, and Chromium would keep trying.
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  });
+  browser = await launchChromium();
 });
 after(async () => {
   await browser?.close();

@@ -206,6 +206,20 @@ export async function eventually(what, cond, ms = 20_000, describe = () => "") {
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+/** Where the browser tests put their screenshots. */
+export const OUT = path.join(REPO, "target/js-tests");
+
+/** Debian's Chromium (`CHROMIUM` overrides the path), headless, through playwright-core. */
+export async function launchChromium() {
+  const { chromium } = await import("playwright-core");
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+    headless: true,
+    // No background traffic: this machine's network is closed, and Chromium would keep trying.
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+}
+
 /** Publishes `n` events of `type` for `user`, `data.n` numbered from `first`, in batches (`pauseMs` apart). */
 export async function publishNumbered(addr, user, first, n, { batch = 100, ackEvery = 0, type = "tool_completed", pauseMs = 0 } = {}) {
   for (let i = first; i < first + n; i += batch) {

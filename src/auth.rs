@@ -8,8 +8,11 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
 use crate::config::JwtKey;
 use crate::error::Error;
+use crate::jwks::KeySet;
 
 /// The claims floodgate reads. `exp` and `sub` are required; `nbf` is checked when present.
 #[derive(Debug, Serialize, Deserialize)]
@@ -39,6 +42,7 @@ pub(crate) enum AuthError {
     BadAudience,
     BadIssuer,
     BadSubject,
+    UnknownKey,
 }
 
 impl AuthError {
@@ -54,6 +58,10 @@ impl AuthError {
             AuthError::BadAudience => "aud is missing or not the audience this gateway accepts",
             AuthError::BadIssuer => "iss is missing or not the issuer this gateway accepts",
             AuthError::BadSubject => "sub must be 1 to 255 bytes",
+            AuthError::UnknownKey => {
+                "unknown key: the token's kid is not in the gateway's key set (it reads the set \
+                 again; retry in a few seconds)"
+            }
         }
     }
 }
@@ -82,10 +90,21 @@ fn check_public_pem(text: &[u8], alg: &str, curve: Option<&[u8]>) -> Result<(), 
     Ok(())
 }
 
-/// Checks tokens against one configured key.
+/// What signatures are checked against.
+enum Keys {
+    /// One configured key (its algorithm is the validation's).
+    One(DecodingKey),
+    /// A JWKS: the key is the one the token's `kid` names, with the algorithm it was given.
+    Set(Arc<KeySet>),
+}
+
+/// Checks tokens against the configured key or key set.
 pub(crate) struct Verifier {
-    key: DecodingKey,
+    keys: Keys,
+    /// For `Keys::One`; for a set, the RS256 rules (the ES256 ones are `es256`).
     validation: Validation,
+    /// For a set: the same rules for ES256 keys.
+    es256: Validation,
 }
 
 impl Verifier {
@@ -103,6 +122,14 @@ impl Verifier {
             reason: format!("not a usable PEM public key: {e}"),
         };
         let (key, alg) = match key {
+            JwtKey::Jwks(source) => {
+                // Without a refresher (the gateway starts one with `with_key_set`).
+                let (set, _) = KeySet::open(source.clone()).map_err(|reason| Error::Key {
+                    path: source.to_string(),
+                    reason,
+                })?;
+                return Ok(Verifier::with_key_set(set, leeway));
+            }
             JwtKey::Hs256(secret) => (DecodingKey::from_secret(secret), Algorithm::HS256),
             JwtKey::Rs256(path) => {
                 let pem = read(path)?;
@@ -127,28 +154,42 @@ impl Verifier {
                 )
             }
         };
-        let mut validation = Validation::new(alg);
-        validation.leeway = leeway.as_secs();
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        validation.validate_aud = false;
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        Ok(Verifier { key, validation })
+        Ok(Verifier {
+            keys: Keys::One(key),
+            validation: rules(alg, leeway),
+            es256: rules(Algorithm::ES256, leeway),
+        })
+    }
+
+    /// Checks tokens against the keys of `set`, by `kid`.
+    pub(crate) fn with_key_set(set: Arc<KeySet>, leeway: Duration) -> Verifier {
+        Verifier {
+            keys: Keys::Set(set),
+            validation: rules(Algorithm::RS256, leeway),
+            es256: rules(Algorithm::ES256, leeway),
+        }
     }
 
     /// Also requires `aud` and `iss`, where configured.
     pub(crate) fn with_claims(mut self, audience: Option<&str>, issuer: Option<&str>) -> Self {
         let mut required = vec!["exp", "sub"];
-        if let Some(aud) = audience {
-            self.validation.set_audience(&[aud]);
-            self.validation.validate_aud = true;
+        for v in [&mut self.validation, &mut self.es256] {
+            if let Some(aud) = audience {
+                v.set_audience(&[aud]);
+                v.validate_aud = true;
+            }
+            if let Some(iss) = issuer {
+                v.set_issuer(&[iss]);
+            }
+        }
+        if audience.is_some() {
             required.push("aud");
         }
-        if let Some(iss) = issuer {
-            self.validation.set_issuer(&[iss]);
+        if issuer.is_some() {
             required.push("iss");
         }
         self.validation.set_required_spec_claims(&required);
+        self.es256.set_required_spec_claims(&required);
         self
     }
 
@@ -163,8 +204,31 @@ impl Verifier {
     /// longer accepted (its `exp` plus the leeway).
     pub(crate) fn verify_until(&self, token: Option<&str>) -> Result<(Box<[u8]>, u64), AuthError> {
         let token = token.ok_or(AuthError::Missing)?;
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
-            |e| match e.kind() {
+        let from_set;
+        let (key, validation) = match &self.keys {
+            Keys::One(key) => (key, &self.validation),
+            Keys::Set(set) => {
+                let header =
+                    jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
+                let Some(key) = set.keys().find(header.kid.as_deref()) else {
+                    if header.kid.is_some() {
+                        set.unknown_kid();
+                    }
+                    return Err(AuthError::UnknownKey);
+                };
+                if header.alg != key.alg {
+                    return Err(AuthError::BadSignature);
+                }
+                from_set = key;
+                let validation = match from_set.alg {
+                    Algorithm::ES256 => &self.es256,
+                    _ => &self.validation,
+                };
+                (&from_set.key, validation)
+            }
+        };
+        let data =
+            jsonwebtoken::decode::<Claims>(token, key, validation).map_err(|e| match e.kind() {
                 ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
                     AuthError::BadSignature
                 }
@@ -177,8 +241,7 @@ impl Verifier {
                 ErrorKind::InvalidAudience => AuthError::BadAudience,
                 ErrorKind::InvalidIssuer => AuthError::BadIssuer,
                 _ => AuthError::Malformed,
-            },
-        )?;
+            })?;
         let sub = data.claims.sub.ok_or(AuthError::MissingSub)?;
         if data.claims.exp.is_none() {
             return Err(AuthError::MissingExp);
@@ -190,9 +253,20 @@ impl Verifier {
             .claims
             .exp
             .unwrap_or(0)
-            .saturating_add(self.validation.leeway);
+            .saturating_add(validation.leeway);
         Ok((sub.into_bytes().into_boxed_slice(), until))
     }
+}
+
+/// The rules every token is held to, for keys of algorithm `alg`.
+fn rules(alg: Algorithm, leeway: Duration) -> Validation {
+    let mut validation = Validation::new(alg);
+    validation.leeway = leeway.as_secs();
+    validation.validate_exp = true;
+    validation.validate_nbf = true;
+    validation.validate_aud = false;
+    validation.set_required_spec_claims(&["exp", "sub"]);
+    validation
 }
 
 /// Mints an HS256 token for `user`, valid from now for `ttl`.

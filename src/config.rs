@@ -21,6 +21,8 @@ pub(crate) enum JwtKey {
     Rs256(PathBuf),
     /// ES256 with a PEM public key file.
     Es256(PathBuf),
+    /// RS256 and ES256 keys from a JSON Web Key Set that is read again on a schedule.
+    Jwks(crate::jwks::JwksSource),
 }
 
 impl std::fmt::Debug for JwtKey {
@@ -29,6 +31,7 @@ impl std::fmt::Debug for JwtKey {
             JwtKey::Hs256(_) => f.write_str("Hs256(<secret>)"),
             JwtKey::Rs256(p) => write!(f, "Rs256({})", p.display()),
             JwtKey::Es256(p) => write!(f, "Es256({})", p.display()),
+            JwtKey::Jwks(s) => write!(f, "Jwks({s})"),
         }
     }
 }
@@ -105,6 +108,7 @@ pub(crate) struct Config {
     pub bind: SocketAddr,
     pub jwt: JwtKey,
     pub jwt_leeway: Duration,
+    pub jwt_jwks_refresh: Duration,
     /// Required `aud` (when set).
     pub jwt_audience: Option<String>,
     /// Required `iss` (when set).
@@ -173,6 +177,7 @@ impl Config {
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
             jwt,
             jwt_leeway: Duration::from_secs(30),
+            jwt_jwks_refresh: Duration::from_secs(300),
             jwt_audience: None,
             jwt_issuer: None,
             allowed_origins: Vec::new(),
@@ -343,6 +348,13 @@ impl Config {
         }
         if self.jwt_leeway > Duration::from_secs(600) {
             return Err(err("jwt_leeway", "must be at most 10m"));
+        }
+        if !(Duration::from_secs(10)..=Duration::from_secs(86_400)).contains(&self.jwt_jwks_refresh)
+        {
+            return Err(err("jwt_jwks_refresh", "must be 10s to 24h"));
+        }
+        if let JwtKey::Jwks(crate::jwks::JwksSource::Url(url)) = &self.jwt {
+            check_jwks_url(url).map_err(|why| err("jwt_jwks_url", why))?;
         }
         if self.shards > 256 {
             return Err(err("shards", "must be 0 (one per core) to 256"));
@@ -681,6 +693,33 @@ impl Config {
     }
 }
 
+/// Why `url` cannot be a JWKS URL: it must be `https://`, or `http://` to a loopback address
+/// (a sidecar, a test), of at most 2048 bytes, and this build must be able to fetch it.
+fn check_jwks_url(url: &str) -> Result<(), String> {
+    if url.len() > 2048 {
+        return Err("must be at most 2048 bytes".into());
+    }
+    let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
+        .iter()
+        .any(|p| {
+            url.strip_prefix(p)
+                .is_some_and(|r| r.is_empty() || r.starts_with([':', '/']))
+        });
+    if !(url.starts_with("https://") || loopback) {
+        return Err(format!(
+            "`{url}` must be an https:// URL (http:// only to 127.0.0.1, localhost or [::1])"
+        ));
+    }
+    if !cfg!(feature = "jwks-url") {
+        return Err(
+            "fetching a JWKS is not in this build: build floodgate with the \
+                    `jwks-url` feature (the command-line build has it), or use jwt_jwks_file"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
 /// Calls macro `$m` with the names of every [`Settings`] field that maps one-to-one onto a
 /// [`Config`] field of the same name and type (all but `bind`, the JWT keys and the optional
 /// paths). The one list
@@ -689,6 +728,7 @@ macro_rules! with_plain_settings {
     ($m:ident) => {
         $m!(
             jwt_leeway,
+            jwt_jwks_refresh,
             shards,
             ring_capacity,
             max_event_bytes,
@@ -780,6 +820,24 @@ pub struct Settings {
         arg(long, env = "FLOODGATE_JWT_ES256_PUBLIC_KEY", value_name = "PEM")
     )]
     pub jwt_es256_public_key: Option<PathBuf>,
+    /// A JSON Web Key Set file (`{"keys": [...]}`) whose RS256 and ES256 keys client JWTs are
+    /// checked against, by their `kid`; read again every jwt_jwks_refresh
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "FLOODGATE_JWT_JWKS_FILE", value_name = "FILE")
+    )]
+    pub jwt_jwks_file: Option<PathBuf>,
+    /// A JSON Web Key Set URL (https://, or http:// to a loopback address), fetched at start,
+    /// every jwt_jwks_refresh, and when a token names a key id the set lacks (at most every 10 s)
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "FLOODGATE_JWT_JWKS_URL", value_name = "URL")
+    )]
+    pub jwt_jwks_url: Option<String>,
+    /// How often the JWKS is read again (10s to 24h) [default: 5m]
+    #[cfg_attr(feature = "cli", arg(long, env = "FLOODGATE_JWT_JWKS_REFRESH", value_parser = humantime::parse_duration, value_name = "DURATION"))]
+    #[serde(default, with = "humantime_serde")]
+    pub jwt_jwks_refresh: Option<Duration>,
     /// Clock skew tolerated on `exp` and `nbf` [default: 30s]
     #[cfg_attr(feature = "cli", arg(long, env = "FLOODGATE_JWT_LEEWAY", value_parser = humantime::parse_duration, value_name = "DURATION"))]
     #[serde(default, with = "humantime_serde")]
@@ -1185,6 +1243,8 @@ impl Settings {
             jwt_hs256_secret,
             jwt_rs256_public_key,
             jwt_es256_public_key,
+            jwt_jwks_file,
+            jwt_jwks_url,
             spool_dir,
             dead_letter_file,
             ingest_api_key,
@@ -1202,6 +1262,8 @@ impl Settings {
         self.jwt_hs256_secret.is_some()
             || self.jwt_rs256_public_key.is_some()
             || self.jwt_es256_public_key.is_some()
+            || self.jwt_jwks_file.is_some()
+            || self.jwt_jwks_url.is_some()
     }
 }
 

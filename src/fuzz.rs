@@ -28,6 +28,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("spool_recovery", spool_recovery),
     ("config_file", config_file),
     ("jwt", jwt),
+    ("jwks", jwks),
     #[cfg(feature = "redis")]
     ("redis_batch", redis_batch),
 ];
@@ -184,6 +185,16 @@ pub fn config_file(data: &[u8]) {
     };
     if let Ok(s) = toml::from_str::<crate::config::Settings>(text) {
         let _ = crate::gateway::Gateway::builder().settings(s).validate();
+    }
+}
+
+/// A JSON Web Key Set as a file or an identity provider's URL serves it: refused, or at least
+/// one and at most `MAX_KEYS` usable keys, found by their `kid`.
+pub fn jwks(data: &[u8]) {
+    if let Ok(keys) = crate::jwks::parse(data) {
+        assert!((1..=crate::jwks::MAX_KEYS).contains(&keys.len()));
+        let _ = keys.find(None);
+        let _ = keys.find(Some("a"));
     }
 }
 

@@ -90,6 +90,8 @@ pub struct Gateway {
     ingest: Arc<crate::ingest::Hub>,
     threads: Vec<JoinHandle<ShardReport>>,
     local_addr: SocketAddr,
+    /// The thread that reads a JWKS again (stopped and joined when the gateway is dropped).
+    _jwks: Option<crate::jwks::Refresher>,
 }
 
 /// What [`Gateway::shutdown`] did.
@@ -291,7 +293,31 @@ impl GatewayBuilder {
         self
     }
 
+    /// Checks client JWTs with the RS256 and ES256 keys of the JSON Web Key Set in this file
+    /// (by each token's `kid`), read again every `jwt_jwks_refresh`.
+    pub fn jwt_jwks_file(mut self, file: impl Into<PathBuf>) -> Self {
+        self.keys.push((
+            "jwt_jwks_file",
+            JwtKey::Jwks(crate::jwks::JwksSource::File(file.into())),
+        ));
+        self
+    }
+
+    /// Checks client JWTs with the keys of the JSON Web Key Set at this URL (`https://`, or
+    /// `http://` to a loopback address; feature `jwks-url`), fetched at start, every
+    /// `jwt_jwks_refresh`, and when a token names a key id the set lacks (at most every 10 s).
+    pub fn jwt_jwks_url(mut self, url: impl Into<String>) -> Self {
+        self.keys.push((
+            "jwt_jwks_url",
+            JwtKey::Jwks(crate::jwks::JwksSource::Url(url.into())),
+        ));
+        self
+    }
+
     setters! {
+        /// How often a JWKS (`jwt_jwks_file`, `jwt_jwks_url`) is read again [default 5 min,
+        /// 10 s to 24 h].
+        jwt_jwks_refresh: Duration,
         /// Clock skew tolerated on `exp` and `nbf` [default 30 s, at most 10 min].
         jwt_leeway: Duration,
         /// Reactor threads; 0 = one per core [default 0, at most 256].
@@ -491,6 +517,12 @@ impl GatewayBuilder {
         if let Some(v) = s.jwt_es256_public_key {
             self = self.jwt_es256_public_key(v);
         }
+        if let Some(v) = s.jwt_jwks_file {
+            self = self.jwt_jwks_file(v);
+        }
+        if let Some(v) = s.jwt_jwks_url {
+            self = self.jwt_jwks_url(v);
+        }
         if let Some(v) = s.spool_dir {
             self.cfg.spool_dir = Some(v);
         }
@@ -534,7 +566,7 @@ impl GatewayBuilder {
                 return Err(ConfigError::new(
                     "jwt_hs256_secret",
                     "no JWT key configured: set exactly one of jwt_hs256_secret, \
-                     jwt_rs256_public_key or jwt_es256_public_key",
+                     jwt_rs256_public_key, jwt_es256_public_key, jwt_jwks_file or jwt_jwks_url",
                 )
                 .into())
             }
@@ -557,8 +589,21 @@ impl GatewayBuilder {
     /// below `max_connections` + 256.
     pub fn build(self) -> Result<Gateway, Error> {
         let cfg = self.resolved()?;
-        let verifier = Verifier::new(&cfg.jwt, cfg.jwt_leeway)?
-            .with_claims(cfg.jwt_audience.as_deref(), cfg.jwt_issuer.as_deref());
+        let (verifier, jwks) = match &cfg.jwt {
+            JwtKey::Jwks(source) => {
+                let (set, woken) =
+                    crate::jwks::KeySet::open(source.clone()).map_err(|reason| Error::Key {
+                        path: source.to_string(),
+                        reason,
+                    })?;
+                let refresher =
+                    crate::jwks::Refresher::start(set.clone(), woken, cfg.jwt_jwks_refresh)
+                        .map_err(Error::Io)?;
+                (Verifier::with_key_set(set, cfg.jwt_leeway), Some(refresher))
+            }
+            key => (Verifier::new(key, cfg.jwt_leeway)?, None),
+        };
+        let verifier = verifier.with_claims(cfg.jwt_audience.as_deref(), cfg.jwt_issuer.as_deref());
         raise_nofile(cfg.max_connections);
         let (listener, local_addr) = reactor::bind(cfg.bind).map_err(|source| Error::Bind {
             addr: cfg.bind,
@@ -663,6 +708,7 @@ impl GatewayBuilder {
             ingest,
             threads,
             local_addr,
+            _jwks: jwks,
         })
     }
 }

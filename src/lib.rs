@@ -48,6 +48,7 @@ pub mod fuzz;
 mod gateway;
 mod ingest;
 mod json;
+mod jwks;
 mod metrics;
 mod park;
 mod reactor;

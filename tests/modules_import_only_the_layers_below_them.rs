@@ -28,6 +28,8 @@ const LAYERS: &[&[&str]] = &[
     &["redis_engine"],
     &["error"],
     &["config"],
+    // JWKS: reading and refreshing key sets (under the file bounds of `config`).
+    &["jwks"],
     &["auth", "devsecret"],
     // The two sides of a ring, which do not know each other.
     &["emitter", "reactor"],

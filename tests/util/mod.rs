@@ -323,7 +323,8 @@ pub struct Serve {
 
 impl Serve {
     /// Starts `floodgate serve --bind 127.0.0.1:0 ARGS` through `sh -c` with `shell_prefix`
-    /// before it (for example `ulimit -n 256;`), with `envs`.
+    /// before it (for example `ulimit -n 256;`), with `envs` (an empty value removes the
+    /// variable, such as the test secret when another key is configured).
     pub fn start(shell_prefix: &str, args: &[&str], envs: &[(&str, &str)]) -> Serve {
         use std::io::BufRead;
         let bin = env!("CARGO_BIN_EXE_floodgate");
@@ -340,7 +341,11 @@ impl Serve {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());
         for (k, v) in envs {
-            cmd.env(k, v);
+            if v.is_empty() {
+                cmd.env_remove(k);
+            } else {
+                cmd.env(k, v);
+            }
         }
         let mut child = cmd.spawn().expect("start floodgate serve");
         let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));

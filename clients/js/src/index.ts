@@ -458,9 +458,10 @@ export class FloodgateClient<D extends Record<string, unknown> = Record<string, 
     if (conn !== this.conn) return;
     this.conn = null;
     clearTimeout(this.renewTimer);
-    // Back off further unless the connection did some good: a handler that keeps failing, or a
-    // gateway that accepts and drops, must not be hammered.
-    if (!conn.abandoned && (conn.delivered > 0 || (conn.helloAt > 0 && now() - conn.helloAt > 10_000))) this.attempt = 0;
+    // Back off further unless the connection did some good (delivered an event, or stayed up
+    // for a while after its hello): a handler that keeps failing, or a gateway that accepts and
+    // drops, must not be hammered.
+    if (!conn.abandoned && (conn.delivered > 0 || (conn.helloAt > 0 && now() - conn.helloAt >= 2_000))) this.attempt = 0;
     if (this.offlineSince === undefined && this.stats.connections > 0) this.offlineSince = now();
     if (this.stopped) return;
     if (code === 4002) return this.stop(`the application disconnected this user (4002 ${reason})`);

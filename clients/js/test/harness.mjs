@@ -80,7 +80,7 @@ export async function publish(addr, events) {
   });
   const body = await res.json();
   if (res.status !== 200 || body.accepted !== events.length) {
-    throw new Error(`publish: ${res.status} ${JSON.stringify(body)}`);
+    throw new Error(`publish: ${res.status} ${JSON.stringify(body).slice(0, 300)}`);
   }
   return body;
 }

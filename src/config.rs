@@ -22,7 +22,30 @@ pub(crate) enum JwtKey {
     /// ES256 with a PEM public key file.
     Es256(PathBuf),
     /// RS256 and ES256 keys from a JSON Web Key Set that is read again on a schedule.
-    Jwks(crate::jwks::JwksSource),
+    Jwks(JwksSource),
+}
+
+/// Where the key set comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum JwksSource {
+    /// A file, read again at each refresh.
+    File(PathBuf),
+    /// An `https://` URL (or `http://` to a loopback address), fetched at each refresh; its
+    /// certificate checked against the Mozilla roots, or only against the CA certificates in
+    /// `ca_file` when set.
+    Url {
+        url: String,
+        ca_file: Option<PathBuf>,
+    },
+}
+
+impl std::fmt::Display for JwksSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JwksSource::File(p) => write!(f, "{}", p.display()),
+            JwksSource::Url { url, .. } => f.write_str(url),
+        }
+    }
 }
 
 impl std::fmt::Debug for JwtKey {
@@ -353,7 +376,7 @@ impl Config {
         {
             return Err(err("jwt_jwks_refresh", "must be 10s to 24h"));
         }
-        if let JwtKey::Jwks(crate::jwks::JwksSource::Url(url)) = &self.jwt {
+        if let JwtKey::Jwks(JwksSource::Url { url, .. }) = &self.jwt {
             check_jwks_url(url).map_err(|why| err("jwt_jwks_url", why))?;
         }
         if self.shards > 256 {
@@ -834,6 +857,13 @@ pub struct Settings {
         arg(long, env = "FLOODGATE_JWT_JWKS_URL", value_name = "URL")
     )]
     pub jwt_jwks_url: Option<String>,
+    /// CA certificates (PEM) that the jwt_jwks_url server's certificate must chain to, instead
+    /// of the Mozilla roots (a private identity provider)
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "FLOODGATE_JWT_JWKS_CA_FILE", value_name = "PEM")
+    )]
+    pub jwt_jwks_ca_file: Option<PathBuf>,
     /// How often the JWKS is read again (10s to 24h) [default: 5m]
     #[cfg_attr(feature = "cli", arg(long, env = "FLOODGATE_JWT_JWKS_REFRESH", value_parser = humantime::parse_duration, value_name = "DURATION"))]
     #[serde(default, with = "humantime_serde")]
@@ -1245,6 +1275,7 @@ impl Settings {
             jwt_es256_public_key,
             jwt_jwks_file,
             jwt_jwks_url,
+            jwt_jwks_ca_file,
             spool_dir,
             dead_letter_file,
             ingest_api_key,

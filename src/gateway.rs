@@ -237,6 +237,8 @@ impl std::fmt::Debug for Gateway {
 pub struct GatewayBuilder {
     bind: Result<SocketAddr, String>,
     keys: Vec<(&'static str, JwtKey)>,
+    /// `jwt_jwks_ca_file`, applied to a `jwt_jwks_url` key.
+    jwks_ca_file: Option<PathBuf>,
     cfg: Config,
 }
 
@@ -245,6 +247,7 @@ impl Default for GatewayBuilder {
         GatewayBuilder {
             bind: Ok(SocketAddr::from(([127, 0, 0, 1], 8080))),
             keys: Vec::new(),
+            jwks_ca_file: None,
             // Replaced by the single configured key in `build`.
             cfg: Config::defaults(JwtKey::Hs256(Vec::new())),
         }
@@ -309,8 +312,18 @@ impl GatewayBuilder {
     pub fn jwt_jwks_url(mut self, url: impl Into<String>) -> Self {
         self.keys.push((
             "jwt_jwks_url",
-            JwtKey::Jwks(crate::jwks::JwksSource::Url(url.into())),
+            JwtKey::Jwks(crate::jwks::JwksSource::Url {
+                url: url.into(),
+                ca_file: None,
+            }),
         ));
+        self
+    }
+
+    /// Trusts only the CA certificates in this PEM file (not the Mozilla roots) for the
+    /// `jwt_jwks_url` server: a private identity provider.
+    pub fn jwt_jwks_ca_file(mut self, pem_file: impl Into<PathBuf>) -> Self {
+        self.jwks_ca_file = Some(pem_file.into());
         self
     }
 
@@ -523,6 +536,9 @@ impl GatewayBuilder {
         if let Some(v) = s.jwt_jwks_url {
             self = self.jwt_jwks_url(v);
         }
+        if let Some(v) = s.jwt_jwks_ca_file {
+            self = self.jwt_jwks_ca_file(v);
+        }
         if let Some(v) = s.spool_dir {
             self.cfg.spool_dir = Some(v);
         }
@@ -577,6 +593,20 @@ impl GatewayBuilder {
                     format!("conflicts with {first}: configure exactly one JWT key"),
                 )
                 .into())
+            }
+        }
+        if let Some(ca) = &self.jwks_ca_file {
+            match &mut cfg.jwt {
+                JwtKey::Jwks(crate::jwks::JwksSource::Url { ca_file, .. }) => {
+                    *ca_file = Some(ca.clone());
+                }
+                _ => {
+                    return Err(ConfigError::new(
+                        "jwt_jwks_ca_file",
+                        "is only used with jwt_jwks_url: leave it out",
+                    )
+                    .into())
+                }
             }
         }
         cfg.validate()?;

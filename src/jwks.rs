@@ -9,7 +9,6 @@
 //! most [`FETCH_TIMEOUT`].
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
@@ -18,6 +17,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
+
+pub(crate) use crate::config::JwksSource;
 
 /// The largest JWKS document read.
 pub(crate) const MAX_JWKS_BYTES: usize = 1 << 20;
@@ -29,24 +30,6 @@ pub(crate) const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const UNKNOWN_KID_EVERY: Duration = Duration::from_secs(10);
 /// After a failed read, the next one comes this soon (or at the refresh, if sooner).
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30);
-
-/// Where the key set comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum JwksSource {
-    /// A file, read again at each refresh.
-    File(PathBuf),
-    /// An `https://` URL (or `http://` to a loopback address), fetched at each refresh.
-    Url(String),
-}
-
-impl std::fmt::Display for JwksSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            JwksSource::File(p) => write!(f, "{}", p.display()),
-            JwksSource::Url(u) => f.write_str(u),
-        }
-    }
-}
 
 /// One usable key of a set.
 pub(crate) struct Key {
@@ -149,18 +132,39 @@ pub(crate) fn load(source: &JwksSource) -> Result<Keys, String> {
     let doc = match source {
         JwksSource::File(path) => crate::config::read_small_file(path, MAX_JWKS_BYTES as u64)
             .map_err(|e| e.to_string())?,
-        JwksSource::Url(url) => fetch(url)?,
+        JwksSource::Url { url, ca_file } => fetch(url, ca_file.as_deref())?,
     };
     parse(&doc)
 }
 
 #[cfg(feature = "jwks-url")]
-fn fetch(url: &str) -> Result<Vec<u8>, String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
+fn fetch(url: &str, ca_file: Option<&std::path::Path>) -> Result<Vec<u8>, String> {
+    let mut config = ureq::Agent::config_builder()
         .timeout_global(Some(FETCH_TIMEOUT))
-        .max_redirects(3)
-        .build()
-        .into();
+        .max_redirects(3);
+    if let Some(path) = ca_file {
+        let pem = crate::config::read_small_file(path, MAX_JWKS_BYTES as u64)
+            .map_err(|e| format!("jwt_jwks_ca_file {}: {e}", path.display()))?;
+        let certs = ureq::tls::parse_pem(&pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("jwt_jwks_ca_file {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "jwt_jwks_ca_file {} holds no certificate",
+                path.display()
+            ));
+        }
+        let tls = ureq::tls::TlsConfig::builder()
+            .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+            .build();
+        config = config.tls_config(tls);
+    }
+    let agent: ureq::Agent = config.build().into();
     let mut resp = agent.get(url).call().map_err(|e| e.to_string())?;
     resp.body_mut()
         .with_config()
@@ -170,7 +174,7 @@ fn fetch(url: &str) -> Result<Vec<u8>, String> {
 }
 
 #[cfg(not(feature = "jwks-url"))]
-fn fetch(_url: &str) -> Result<Vec<u8>, String> {
+fn fetch(_url: &str, _ca_file: Option<&std::path::Path>) -> Result<Vec<u8>, String> {
     Err("jwt_jwks_url is not in this build (feature `jwks-url`)".into())
 }
 

@@ -358,3 +358,60 @@ fn a_set_that_cannot_be_read_at_start_stops_the_start_naming_it() {
         assert!(err.contains(&why), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn a_set_at_an_https_url_is_trusted_through_the_given_ca_and_only_through_it() {
+    let dir = util::temp_dir("jwks-https");
+    let a = rsa_key(&dir, "a");
+    let site = dir.join("site");
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::write(site.join("jwks.json"), set(&[&a])).unwrap();
+    let (ca, cert, key) = util::test_ca(&dir);
+    let script = format!(
+        "{}/tests/clients/https_file_server.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut child = Command::new("python3")
+        .arg(&script)
+        .arg(&site)
+        .arg(&cert)
+        .arg(&key)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the HTTPS server");
+    let stdout = child.stdout.take().unwrap();
+    let _server = util::KillOnDrop(child);
+    let port = util::read_line_starting(&mut BufReader::new(stdout), "port ");
+    let url = format!("https://127.0.0.1:{port}/jwks.json");
+    let serve = util::Serve::start(
+        "",
+        &[
+            "--jwt-jwks-url",
+            &url,
+            "--jwt-jwks-ca-file",
+            ca.to_str().unwrap(),
+        ],
+        &[("FLOODGATE_JWT_HS256_SECRET", "")],
+    );
+    assert!(
+        accepted(&serve, &token(&a, "a", "u1")),
+        "the set fetched over https"
+    );
+    drop(serve);
+    // Without the CA, the Mozilla roots do not vouch for the server: the start stops, saying
+    // why.
+    let out = util::output_within(
+        Command::new(env!("CARGO_BIN_EXE_floodgate"))
+            .arg("serve")
+            .args(["--bind", "127.0.0.1:0", "--jwt-jwks-url", &url])
+            .env_remove("FLOODGATE_JWT_HS256_SECRET"),
+        Duration::from_secs(30),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started without trusting the server");
+    assert!(
+        err.contains(&url) && err.to_lowercase().contains("issuer"),
+        "{err}"
+    );
+}

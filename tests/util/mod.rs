@@ -420,3 +420,90 @@ impl Drop for Serve {
         let _ = self.child.wait();
     }
 }
+
+/// Kills the process it holds (one the test started, by its PID) when dropped.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A CA made by openssl in `dir`, and a server certificate for 127.0.0.1 and localhost that
+/// it signs: `(ca.pem, cert.pem, key.pem)`.
+pub fn test_ca(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    use std::process::{Command, Stdio};
+    // A CA of its own, and a server certificate it signs (webpki refuses a CA certificate
+    // used as the server's own).
+    let (ca, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
+    let (cert, key, csr) = (
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+        dir.join("leaf.csr"),
+    );
+    let ext = dir.join("leaf.ext");
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    let openssl = |args: &[&std::ffi::OsStr]| {
+        let ok = Command::new("openssl")
+            .args(args)
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl")
+            .success();
+        assert!(ok, "openssl {args:?} failed");
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let os = |s: &'static str| std::ffi::OsStr::new(s);
+    let mut a: Vec<&std::ffi::OsStr> = vec![
+        os("req"),
+        os("-x509"),
+        os("-days"),
+        os("1"),
+        os("-subj"),
+        os("/CN=floodgate test CA"),
+    ];
+    a.extend(ec.iter().map(|s| os(s)));
+    a.extend([
+        os("-keyout"),
+        ca_key.as_os_str(),
+        os("-out"),
+        ca.as_os_str(),
+    ]);
+    openssl(&a);
+    let mut a: Vec<&std::ffi::OsStr> = vec![os("req"), os("-subj"), os("/CN=localhost")];
+    a.extend(ec.iter().map(|s| os(s)));
+    a.extend([os("-keyout"), key.as_os_str(), os("-out"), csr.as_os_str()]);
+    openssl(&a);
+    openssl(&[
+        os("x509"),
+        os("-req"),
+        os("-days"),
+        os("1"),
+        os("-in"),
+        csr.as_os_str(),
+        os("-CA"),
+        ca.as_os_str(),
+        os("-CAkey"),
+        ca_key.as_os_str(),
+        os("-CAcreateserial"),
+        os("-extfile"),
+        ext.as_os_str(),
+        os("-out"),
+        cert.as_os_str(),
+    ]);
+    (ca, cert, key)
+}

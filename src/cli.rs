@@ -561,13 +561,18 @@ fn serve(a: ServeArgs) -> Result<ExitCode, Error> {
     }
     let ingest = settings.ingest_api_key.is_some();
     let gw = Gateway::builder().settings(settings).build()?;
+    let (ws, http) = if gw.serves_tls() {
+        ("wss", "https")
+    } else {
+        ("ws", "http")
+    };
     notice(&format!(
-        "listening on ws://{}/ws  (health: /healthz, metrics: /metrics)",
+        "listening on {ws}://{}/ws  (health: /healthz, metrics: /metrics)",
         gw.local_addr()
     ));
     if ingest {
         notice(&format!(
-            "ingest on http://{0}/api/publish and ws://{0}/api/ingest (Authorization: Bearer <ingest_api_key>)",
+            "ingest on {http}://{0}/api/publish and {ws}://{0}/api/ingest (Authorization: Bearer <ingest_api_key>)",
             gw.local_addr()
         ));
     }
@@ -575,8 +580,20 @@ fn serve(a: ServeArgs) -> Result<ExitCode, Error> {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, term.clone())?;
     }
+    // SIGHUP: load the TLS certificate and key again (new connections get them).
+    let hup = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())?;
     while !term.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
+        if hup.swap(false, Ordering::Relaxed) {
+            match gw.reload_tls() {
+                Ok(()) if gw.serves_tls() => notice("SIGHUP: TLS certificate and key loaded again"),
+                Ok(()) => notice("SIGHUP: no TLS configured; nothing to load"),
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: TLS files not loaded; the certificate in use stays")
+                }
+            }
+        }
     }
     notice("shutting down");
     let report = gw.shutdown()?;

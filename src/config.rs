@@ -166,6 +166,8 @@ pub(crate) struct Config {
     pub breaker_trip_after: Duration,
     pub breaker_cooldown: Duration,
     pub spool_dir: Option<PathBuf>,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
     pub spool_segment_bytes: u64,
     pub spool_max_bytes: u64,
     pub spool_max_age: Duration,
@@ -232,6 +234,8 @@ impl Config {
             breaker_trip_after: Duration::from_secs(1),
             breaker_cooldown: Duration::from_secs(30),
             spool_dir: None,
+            tls_cert_file: None,
+            tls_key_file: None,
             spool_segment_bytes: 64 << 20,
             spool_max_bytes: 1 << 30,
             spool_max_age: Duration::from_secs(86400),
@@ -368,6 +372,28 @@ impl Config {
             if v.as_ref().is_some_and(|v| v.is_empty() || v.len() > 1024) {
                 return Err(err(name, "must be 1 to 1024 bytes when set"));
             }
+        }
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(_), None) => {
+                return Err(err(
+                    "tls_key_file",
+                    "is required with tls_cert_file (the certificate's private key, PEM)",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(err(
+                    "tls_cert_file",
+                    "is required with tls_key_file (the certificate chain, PEM)",
+                ))
+            }
+            (Some(_), Some(_)) if !cfg!(feature = "tls") => {
+                return Err(err(
+                    "tls_cert_file",
+                    "TLS is not in this build: build floodgate with the `tls` feature (the \
+                     command-line build has it)",
+                ))
+            }
+            _ => {}
         }
         if self.jwt_leeway > Duration::from_secs(600) {
             return Err(err("jwt_leeway", "must be at most 10m"));
@@ -1056,6 +1082,20 @@ pub struct Settings {
     #[cfg_attr(feature = "cli", arg(long, env = "FLOODGATE_BREAKER_COOLDOWN", value_parser = humantime::parse_duration, value_name = "DURATION"))]
     #[serde(default, with = "humantime_serde")]
     pub breaker_cooldown: Option<Duration>,
+    /// The certificate chain (PEM) the port serves TLS with: clients then connect with wss://
+    /// (and https:// for /healthz, /metrics, /dashboard). Loaded again on SIGHUP [default:
+    /// unset, plain ws://]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "FLOODGATE_TLS_CERT_FILE", value_name = "PEM")
+    )]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The private key (PEM) of tls_cert_file; loaded again with it on SIGHUP [default: unset]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "FLOODGATE_TLS_KEY_FILE", value_name = "PEM")
+    )]
+    pub tls_key_file: Option<PathBuf>,
     /// Directory of the durable spool: every event is appended to segment files there before
     /// any client sees it, replays read from it when memory history no longer has the range,
     /// and a restart keeps each user's epoch and events. Unset = history in memory only
@@ -1276,6 +1316,8 @@ impl Settings {
             jwt_jwks_file,
             jwt_jwks_url,
             jwt_jwks_ca_file,
+            tls_cert_file,
+            tls_key_file,
             spool_dir,
             dead_letter_file,
             ingest_api_key,

@@ -92,6 +92,9 @@ pub struct Gateway {
     local_addr: SocketAddr,
     /// The thread that reads a JWKS again (stopped and joined when the gateway is dropped).
     _jwks: Option<crate::jwks::Refresher>,
+    /// TLS on the port, for [`Gateway::reload_tls`].
+    #[cfg(feature = "tls")]
+    tls: Option<Arc<crate::tls::ServerTls>>,
 }
 
 /// What [`Gateway::shutdown`] did.
@@ -141,6 +144,27 @@ impl Gateway {
     /// The address the gateway listens on (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Whether the port serves TLS (`wss://`).
+    pub fn serves_tls(&self) -> bool {
+        #[cfg(feature = "tls")]
+        return self.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        false
+    }
+
+    /// Loads the TLS certificate and key files again: connections accepted from now on get
+    /// the new certificate, open ones keep their session. A file that cannot be used leaves
+    /// the certificate in use and is reported. Without TLS, nothing happens.
+    pub fn reload_tls(&self) -> Result<(), Error> {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            return tls.reload().map_err(|reason| {
+                Error::Config(crate::error::ConfigError::new("tls_cert_file", reason))
+            });
+        }
+        Ok(())
     }
 
     /// A sum of every shard's counters as last published (at most one reactor pass old).
@@ -476,6 +500,15 @@ impl GatewayBuilder {
         self
     }
 
+    /// Serves TLS on the port with this certificate chain and private key (PEM files; feature
+    /// `tls`): clients connect with `wss://`. [`Gateway::reload_tls`] loads them again
+    /// [default: plain `ws://`].
+    pub fn tls(mut self, cert_file: impl Into<PathBuf>, key_file: impl Into<PathBuf>) -> Self {
+        self.cfg.tls_cert_file = Some(cert_file.into());
+        self.cfg.tls_key_file = Some(key_file.into());
+        self
+    }
+
     /// The Redis of [`Engine::Redis`](crate::Engine::Redis), as
     /// `redis://[user:password@]host:port[/db]` [default: unset; required with that engine,
     /// refused without it].
@@ -541,6 +574,12 @@ impl GatewayBuilder {
         }
         if let Some(v) = s.spool_dir {
             self.cfg.spool_dir = Some(v);
+        }
+        if let Some(v) = s.tls_cert_file {
+            self.cfg.tls_cert_file = Some(v);
+        }
+        if let Some(v) = s.tls_key_file {
+            self.cfg.tls_key_file = Some(v);
         }
         if let Some(v) = s.dead_letter_file {
             self.cfg.dead_letter_file = Some(v);
@@ -634,6 +673,14 @@ impl GatewayBuilder {
             key => (Verifier::new(key, cfg.jwt_leeway)?, None),
         };
         let verifier = verifier.with_claims(cfg.jwt_audience.as_deref(), cfg.jwt_issuer.as_deref());
+        #[cfg(feature = "tls")]
+        let tls = match (&cfg.tls_cert_file, &cfg.tls_key_file) {
+            (Some(cert), Some(key)) => Some(Arc::new(
+                crate::tls::ServerTls::open(cert, key)
+                    .map_err(|reason| ConfigError::new("tls_cert_file", reason))?,
+            )),
+            _ => None,
+        };
         raise_nofile(cfg.max_connections);
         let (listener, local_addr) = reactor::bind(cfg.bind).map_err(|source| Error::Bind {
             addr: cfg.bind,
@@ -689,6 +736,8 @@ impl GatewayBuilder {
             per_ip: Default::default(),
             peers: shards.clone(),
             verifier,
+            #[cfg(feature = "tls")]
+            tls: tls.clone(),
             registry,
             open: AtomicUsize::new(0),
             ingest: Box::new(ingest.clone()),
@@ -739,6 +788,8 @@ impl GatewayBuilder {
             threads,
             local_addr,
             _jwks: jwks,
+            #[cfg(feature = "tls")]
+            tls,
         })
     }
 }

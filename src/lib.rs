@@ -58,6 +58,8 @@ mod record;
 mod redis_engine;
 mod ring;
 mod spool;
+#[cfg(feature = "tls")]
+mod tls;
 
 /// The `floodgate` command line (used by the binary; not a stable API).
 #[cfg(feature = "cli")]

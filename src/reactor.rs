@@ -53,7 +53,7 @@ const HANDSHAKE_BASE: usize = 1 << 40;
 pub(crate) enum Cmd {
     /// An authenticated connection whose user lives on this shard.
     Adopt {
-        stream: TcpStream,
+        stream: Stream,
         kind: ConnKind,
         response: Vec<u8>,
         early: Vec<u8>,
@@ -134,6 +134,9 @@ pub(crate) fn disconnect(shards: &[ShardHandle], user: &[u8]) {
 pub(crate) struct Common {
     pub peers: Box<[ShardHandle]>,
     pub verifier: Verifier,
+    /// TLS on the port (`tls_cert_file`): each accepted connection starts a session.
+    #[cfg(feature = "tls")]
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
     pub registry: Arc<Registry>,
     /// Open connections across all shards (for `max_connections`).
     pub open: AtomicUsize,
@@ -147,7 +150,7 @@ pub(crate) struct Common {
 }
 
 struct Handshake {
-    stream: TcpStream,
+    stream: Stream,
     buf: Vec<u8>,
     deadline: Instant,
     /// The peer's address, for the per-address limits.
@@ -232,7 +235,7 @@ pub(crate) struct Shard {
     core: Core,
     /// Sockets by connection id, with whether WRITABLE interest is registered (only while a
     /// write is blocked, so writable edges do not wake the reactor for nothing).
-    sockets: Vec<Option<(TcpStream, bool, IpAddr)>>,
+    sockets: Vec<Option<(Stream, bool, IpAddr)>>,
     rings: Vec<Consumer>,
     listener: Option<TcpListener>,
     handshakes: Slab<Handshake>,
@@ -738,7 +741,7 @@ impl Shard {
         }
         self.pending_by_ip.clear();
         for (_, mut hs) in std::mem::take(&mut self.handshakes) {
-            let _ = self.poll.registry().deregister(&mut hs.stream);
+            let _ = self.poll.registry().deregister(hs.stream.tcp());
         }
         // Everything accepted into a ring is routed before the close frames are queued.
         let core = &mut self.core;
@@ -784,6 +787,9 @@ impl Shard {
                     {
                         continue;
                     }
+                    let Ok(stream) = wrap(&self.common, stream) else {
+                        continue;
+                    };
                     let key = entry.key();
                     entry.insert(Handshake {
                         stream,
@@ -880,7 +886,7 @@ impl Shard {
             }
         };
         let mut hs = self.take_handshake(key);
-        let _ = self.poll.registry().deregister(&mut hs.stream);
+        let _ = self.poll.registry().deregister(hs.stream.tcp());
         let req = match parsed {
             Ok(req) => req,
             Err(resp) => {
@@ -919,8 +925,20 @@ impl Shard {
             Decision::Ingest(endpoint) => {
                 // The ingest thread reads the request (and its body) again from the start, in
                 // blocking mode.
-                let stream = std::net::TcpStream::from(std::os::fd::OwnedFd::from(hs.stream));
-                self.common.ingest.take(stream, hs.buf, endpoint);
+                match hs.stream.into_plain() {
+                    Ok(tcp) => {
+                        let stream = std::net::TcpStream::from(std::os::fd::OwnedFd::from(tcp));
+                        self.common.ingest.take(stream, hs.buf, endpoint);
+                    }
+                    Err(mut tls) => {
+                        let resp = handshake::error(
+                            501,
+                            "Not Implemented",
+                            "the ingest endpoints are not served over TLS yet\n",
+                        );
+                        let _ = tls.write(&resp);
+                    }
+                }
                 return;
             }
             Decision::Health => {
@@ -1061,7 +1079,7 @@ impl Shard {
             .collect();
         for k in expired {
             let mut hs = self.take_handshake(k);
-            let _ = self.poll.registry().deregister(&mut hs.stream);
+            let _ = self.poll.registry().deregister(hs.stream.tcp());
             self.core.stats.rejected_bad_request += 1;
             let resp = handshake::error(408, "Request Timeout", "handshake timeout\n");
             self.refusals.refused(Some(hs.ip), "timeout", &resp);
@@ -1072,7 +1090,7 @@ impl Shard {
     #[allow(clippy::too_many_arguments)]
     fn adopt(
         &mut self,
-        mut stream: TcpStream,
+        mut stream: Stream,
         kind: ConnKind,
         response: &[u8],
         early: &[u8],
@@ -1106,7 +1124,7 @@ impl Shard {
         if self
             .poll
             .registry()
-            .register(&mut stream, Token(id), Interest::READABLE)
+            .register(stream.tcp(), Token(id), Interest::READABLE)
             .is_err()
         {
             self.core.remove(id);
@@ -1178,7 +1196,29 @@ impl Shard {
         loop {
             let out = self.core.conn(id).out();
             if out.is_empty() {
-                break;
+                // TLS: what rustls holds must go out too before WRITABLE interest is dropped.
+                match stream.flush_pending() {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if !*want_writable {
+                            *want_writable = true;
+                            let interest = Interest::READABLE | Interest::WRITABLE;
+                            if self
+                                .poll
+                                .registry()
+                                .reregister(stream.tcp(), Token(id), interest)
+                                .is_err()
+                            {
+                                self.dead.push(id);
+                            }
+                        }
+                        return;
+                    }
+                    Err(_) => {
+                        self.dead.push(id);
+                        return;
+                    }
+                }
             }
             match stream.write(out) {
                 Ok(n) => self.core.on_written(id, n),
@@ -1190,7 +1230,7 @@ impl Shard {
                         if self
                             .poll
                             .registry()
-                            .reregister(stream, Token(id), interest)
+                            .reregister(stream.tcp(), Token(id), interest)
                             .is_err()
                         {
                             self.dead.push(id);
@@ -1218,7 +1258,7 @@ impl Shard {
             if self
                 .poll
                 .registry()
-                .reregister(stream, Token(id), Interest::READABLE)
+                .reregister(stream.tcp(), Token(id), Interest::READABLE)
                 .is_err()
             {
                 self.dead.push(id);
@@ -1240,7 +1280,7 @@ impl Shard {
             let Some((mut stream, _, ip)) = self.sockets.get_mut(id).and_then(Option::take) else {
                 continue;
             };
-            let _ = self.poll.registry().deregister(&mut stream);
+            let _ = self.poll.registry().deregister(stream.tcp());
             if tracing::enabled!(tracing::Level::DEBUG) {
                 let c = self.core.conn(id);
                 if let Some(user) = c.user() {
@@ -1266,4 +1306,138 @@ pub(crate) fn bind(addr: SocketAddr) -> io::Result<(TcpListener, SocketAddr)> {
     let listener = TcpListener::bind(addr)?;
     let local = listener.local_addr()?;
     Ok((listener, local))
+}
+
+/// Wraps an accepted socket: in a TLS session when the port serves TLS.
+fn wrap(common: &Common, tcp: TcpStream) -> io::Result<Stream> {
+    #[cfg(feature = "tls")]
+    if let Some(tls) = &common.tls {
+        return Ok(Stream::Tls(Box::new(TlsStream {
+            session: tls.session()?,
+            tcp,
+        })));
+    }
+    let _ = common;
+    Ok(Stream::Plain(tcp))
+}
+
+/// A connection's socket, plain or under TLS (feature `tls`). Everything the reactor reads
+/// from or writes to a connection goes through it; the plain side is the socket's own calls.
+pub(crate) enum Stream {
+    Plain(TcpStream),
+    #[cfg(feature = "tls")]
+    Tls(Box<TlsStream>),
+}
+
+/// A socket and its rustls server session.
+#[cfg(feature = "tls")]
+pub(crate) struct TlsStream {
+    tcp: TcpStream,
+    session: rustls::ServerConnection,
+}
+
+impl Stream {
+    /// The socket, for registering with the poll.
+    fn tcp(&mut self) -> &mut TcpStream {
+        match self {
+            Stream::Plain(t) => t,
+            #[cfg(feature = "tls")]
+            Stream::Tls(t) => &mut t.tcp,
+        }
+    }
+
+    /// The plain socket, or the stream back when it is under TLS.
+    fn into_plain(self) -> Result<TcpStream, Stream> {
+        match self {
+            Stream::Plain(t) => Ok(t),
+            #[cfg(feature = "tls")]
+            other => Err(other),
+        }
+    }
+
+    /// Writes out what a TLS session holds (handshake records, encrypted data); `WouldBlock`
+    /// while some remains. Nothing to do on a plain socket.
+    fn flush_pending(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(_) => Ok(()),
+            #[cfg(feature = "tls")]
+            Stream::Tls(t) => t.flush_pending(),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(t) => t.read(buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(t) => t.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    /// Plain: one `write` call. TLS: takes what the session's buffer accepts (after writing out
+    /// what it held), encrypts it and writes as much as the socket takes; the rest goes out
+    /// through [`Stream::flush_pending`].
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(t) => t.write(buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(t) => t.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.flush_pending()
+    }
+}
+
+#[cfg(feature = "tls")]
+impl TlsStream {
+    fn flush_pending(&mut self) -> io::Result<()> {
+        while self.session.wants_write() {
+            if self.session.write_tls(&mut self.tcp)? == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+        }
+        Ok(())
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.session.reader().read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                Err(e) => return Err(e),
+            }
+            // No plaintext yet: take more records from the socket (`WouldBlock` goes up).
+            if self.session.read_tls(&mut self.tcp)? == 0 {
+                return Ok(0);
+            }
+            let processed = self.session.process_new_packets();
+            // Handshake replies, or the alert that says why the session failed.
+            match self.flush_pending() {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            processed.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        }
+    }
+
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.flush_pending()?;
+        let n = self.session.writer().write(buf)?;
+        match self.flush_pending() {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+        if n == 0 && !buf.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    }
 }

@@ -29,7 +29,7 @@ const LAYERS: &[&[&str]] = &[
     &["error"],
     &["config"],
     // JWKS: reading and refreshing key sets (under the file bounds of `config`).
-    &["jwks"],
+    &["jwks", "tls"],
     &["auth", "devsecret"],
     // The two sides of a ring, which do not know each other.
     &["emitter", "reactor"],

@@ -355,7 +355,11 @@ impl Serve {
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in lines.by_ref().map_while(Result::ok) {
-                if let Some(rest) = line.split("ws://").nth(1) {
+                let addr = line
+                    .split("listening on ")
+                    .nth(1)
+                    .and_then(|r| r.split("://").nth(1));
+                if let Some(rest) = addr {
                     if let Some(tx) = tx.take() {
                         let _ = tx.send(rest.split('/').next().unwrap_or_default().to_owned());
                     }

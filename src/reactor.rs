@@ -1200,17 +1200,8 @@ impl Shard {
                 match stream.flush_pending() {
                     Ok(()) => break,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        if !*want_writable {
-                            *want_writable = true;
-                            let interest = Interest::READABLE | Interest::WRITABLE;
-                            if self
-                                .poll
-                                .registry()
-                                .reregister(stream.tcp(), Token(id), interest)
-                                .is_err()
-                            {
-                                self.dead.push(id);
-                            }
+                        if !wait_writable(&self.poll, stream, want_writable, id) {
+                            self.dead.push(id);
                         }
                         return;
                     }
@@ -1224,17 +1215,8 @@ impl Shard {
                 Ok(n) => self.core.on_written(id, n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.core.on_write_blocked(id);
-                    if !*want_writable {
-                        *want_writable = true;
-                        let interest = Interest::READABLE | Interest::WRITABLE;
-                        if self
-                            .poll
-                            .registry()
-                            .reregister(stream.tcp(), Token(id), interest)
-                            .is_err()
-                        {
-                            self.dead.push(id);
-                        }
+                    if !wait_writable(&self.poll, stream, want_writable, id) {
+                        self.dead.push(id);
                     }
                     return;
                 }
@@ -1306,6 +1288,19 @@ pub(crate) fn bind(addr: SocketAddr) -> io::Result<(TcpListener, SocketAddr)> {
     let listener = TcpListener::bind(addr)?;
     let local = listener.local_addr()?;
     Ok((listener, local))
+}
+
+/// Registers WRITABLE interest for connection `id` unless `want` says it is registered (a
+/// blocked write waits for the socket); false when the poll refused.
+fn wait_writable(poll: &Poll, stream: &mut Stream, want: &mut bool, id: ConnId) -> bool {
+    if *want {
+        return true;
+    }
+    *want = true;
+    let interest = Interest::READABLE | Interest::WRITABLE;
+    poll.registry()
+        .reregister(stream.tcp(), Token(id), interest)
+        .is_ok()
 }
 
 /// Wraps an accepted socket: in a TLS session when the port serves TLS.

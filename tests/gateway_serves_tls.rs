@@ -45,6 +45,12 @@ fn connect(addr: SocketAddr, ca: &Path, user: &str) -> Result<TlsClient, String>
     Ok(ws)
 }
 
+fn emit_notes(em: &mut floodgate::Emitter, user: &str, n: u32) {
+    for i in 0..n {
+        util::emit_retrying(em, user, floodgate::Event::custom("note", &i));
+    }
+}
+
 fn read_seqs(ws: &mut TlsClient, n: usize) -> Vec<u64> {
     (0..n)
         .map(|_| match ws.read().unwrap() {
@@ -72,9 +78,7 @@ fn events_go_out_over_tls_and_a_reload_keeps_open_connections() {
     let mut em = gw.emitter();
 
     let mut old = connect(addr, &ca1, "alice").expect("a client trusting the first CA");
-    for i in 0..100 {
-        util::emit_retrying(&mut em, "alice", floodgate::Event::custom("note", &i));
-    }
+    emit_notes(&mut em, "alice", 100);
     assert_eq!(read_seqs(&mut old, 100), (1..=100).collect::<Vec<_>>());
 
     // A plain client gets no WebSocket from the TLS port.
@@ -91,9 +95,7 @@ fn events_go_out_over_tls_and_a_reload_keeps_open_connections() {
         "the old certificate is no longer served"
     );
     let mut new = connect(addr, &ca2, "alice").expect("a client trusting the second CA");
-    for i in 0..50 {
-        util::emit_retrying(&mut em, "alice", floodgate::Event::custom("note", &i));
-    }
+    emit_notes(&mut em, "alice", 50);
     assert_eq!(read_seqs(&mut old, 50), (101..=150).collect::<Vec<_>>());
     assert_eq!(read_seqs(&mut new, 50), (101..=150).collect::<Vec<_>>());
 

@@ -277,7 +277,7 @@ struct LoadArgs {
     /// publish: ingest connections, each with its own share of the rate.
     #[arg(long, default_value_t = 1)]
     publishers: usize,
-    /// publish: the ingest socket [default: --url's host with /api/ingest].
+    /// publish: the ingest socket [default: --url's scheme and host with /api/ingest].
     #[arg(long)]
     ingest_url: Option<String>,
     /// publish: the gateway's ingest_api_key.
@@ -698,8 +698,10 @@ fn load_options(a: LoadArgs) -> Result<floodgate_load::LoadOptions, String> {
     let url = UrlTemplate::parse(&a.url)?;
     let ingest_url = match (&a.ingest_url, a.scenario) {
         (Some(u), _) => Some(UrlTemplate::parse(u)?),
+        // The subscribers' host and scheme: a TLS gateway serves its ingest over TLS too.
         (None, Scenario::Publish) => Some(UrlTemplate::parse(&format!(
-            "ws://{}/api/ingest",
+            "{}://{}/api/ingest",
+            if url.tls { "wss" } else { "ws" },
             url.host
         ))?),
         (None, _) => None,

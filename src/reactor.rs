@@ -120,8 +120,8 @@ pub(crate) struct ReactorConfig {
 pub(crate) trait Handoff: Send + Sync {
     /// Checks a request's API key (`Authorization: Bearer <key>`).
     fn check_key(&self, bearer: Option<&str>) -> KeyCheck;
-    /// Takes over `stream` (in blocking mode), whose bytes read so far are `buf`.
-    fn take(&self, stream: std::net::TcpStream, buf: Vec<u8>, endpoint: Endpoint);
+    /// Takes over `stream`, whose bytes read so far (plaintext, under TLS) are `buf`.
+    fn take(&self, stream: Blocking, buf: Vec<u8>, endpoint: Endpoint);
 }
 
 /// Sends `user`'s home shard the order to close every connection of `user` (4002).
@@ -924,21 +924,10 @@ impl Shard {
             } => (kind, response, start),
             Decision::Ingest(endpoint) => {
                 // The ingest thread reads the request (and its body) again from the start, in
-                // blocking mode.
-                match hs.stream.into_plain() {
-                    Ok(tcp) => {
-                        let stream = std::net::TcpStream::from(std::os::fd::OwnedFd::from(tcp));
-                        self.common.ingest.take(stream, hs.buf, endpoint);
-                    }
-                    Err(mut tls) => {
-                        let resp = handshake::error(
-                            501,
-                            "Not Implemented",
-                            "the ingest endpoints are not served over TLS yet\n",
-                        );
-                        let _ = tls.write(&resp);
-                    }
-                }
+                // blocking mode; under TLS it carries on in the session the handshake began.
+                self.common
+                    .ingest
+                    .take(hs.stream.into_blocking(), hs.buf, endpoint);
                 return;
             }
             Decision::Health => {
@@ -1341,12 +1330,17 @@ impl Stream {
         }
     }
 
-    /// The plain socket, or the stream back when it is under TLS.
-    fn into_plain(self) -> Result<TcpStream, Stream> {
+    /// The same connection for a blocking thread (still in non-blocking mode: the thread
+    /// sets the mode it reads in).
+    fn into_blocking(self) -> Blocking {
+        let std = |tcp: TcpStream| std::net::TcpStream::from(std::os::fd::OwnedFd::from(tcp));
         match self {
-            Stream::Plain(t) => Ok(t),
+            Stream::Plain(t) => Blocking::Plain(std(t)),
             #[cfg(feature = "tls")]
-            other => Err(other),
+            Stream::Tls(t) => {
+                let TlsStream { tcp, session } = *t;
+                Blocking::Tls(Box::new(rustls::StreamOwned::new(session, std(tcp))))
+            }
         }
     }
 
@@ -1434,5 +1428,65 @@ impl TlsStream {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         Ok(n)
+    }
+}
+
+/// A connection the reactor hands to a blocking thread (the ingest endpoints' threads): the
+/// socket, and under TLS the session its handshake began, with any records it holds.
+pub(crate) enum Blocking {
+    /// A plain socket.
+    Plain(std::net::TcpStream),
+    /// A socket under its rustls session.
+    #[cfg(feature = "tls")]
+    Tls(Box<rustls::StreamOwned<rustls::ServerConnection, std::net::TcpStream>>),
+}
+
+impl Blocking {
+    /// The socket, for its options and for a clone that can shut it down from another thread.
+    pub(crate) fn socket(&self) -> &std::net::TcpStream {
+        match self {
+            Blocking::Plain(t) => t,
+            #[cfg(feature = "tls")]
+            Blocking::Tls(t) => &t.sock,
+        }
+    }
+
+    /// Ends the connection: under TLS a `close_notify` first (so the peer can tell the end
+    /// from a cut), then the socket is shut down both ways.
+    pub(crate) fn close(&mut self) {
+        #[cfg(feature = "tls")]
+        if let Blocking::Tls(t) = self {
+            t.conn.send_close_notify();
+            let _ = t.flush();
+        }
+        let _ = self.socket().shutdown(std::net::Shutdown::Both);
+    }
+}
+
+impl Read for Blocking {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Blocking::Plain(t) => t.read(buf),
+            #[cfg(feature = "tls")]
+            Blocking::Tls(t) => t.read(buf),
+        }
+    }
+}
+
+impl Write for Blocking {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Blocking::Plain(t) => t.write(buf),
+            #[cfg(feature = "tls")]
+            Blocking::Tls(t) => t.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Blocking::Plain(t) => t.flush(),
+            #[cfg(feature = "tls")]
+            Blocking::Tls(t) => t.flush(),
+        }
     }
 }

@@ -35,7 +35,7 @@ use crate::core::handshake::{self, Endpoint, KeyCheck};
 use crate::emitter::{Emitter, EmitterShared};
 use crate::error::EmitError;
 use crate::metrics::IngestCounters;
-use crate::reactor::{self, Handoff, ShardHandle};
+use crate::reactor::{self, Blocking, Handoff, ShardHandle};
 
 use self::batch::{BatchError, RateLimit, Rejection};
 
@@ -85,7 +85,7 @@ impl Handoff for Arc<Hub> {
         Hub::check_key(self, bearer)
     }
 
-    fn take(&self, stream: TcpStream, buf: Vec<u8>, endpoint: Endpoint) {
+    fn take(&self, stream: Blocking, buf: Vec<u8>, endpoint: Endpoint) {
         self.start(stream, buf, endpoint);
     }
 }
@@ -184,7 +184,7 @@ impl Hub {
     /// Takes over an accepted connection whose first request (already in `buf`, with anything
     /// after it) asked for `endpoint` with a valid key. Refuses with 503 at
     /// `ingest_max_connections` or while stopping.
-    pub(crate) fn start(self: &Arc<Self>, mut stream: TcpStream, buf: Vec<u8>, endpoint: Endpoint) {
+    pub(crate) fn start(self: &Arc<Self>, mut stream: Blocking, buf: Vec<u8>, endpoint: Endpoint) {
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         running.retain(|r| !r.thread.is_finished());
         let refuse = if self.closing.load(Ordering::Acquire) {
@@ -195,11 +195,15 @@ impl Hub {
             None
         };
         if let Some(why) = refuse {
-            let _ = stream.set_nonblocking(false);
+            // This runs on the reactor's thread: the short answer goes into the socket's
+            // buffer, and a peer that takes nothing cannot hold the reactor longer than this.
+            let _ = stream.socket().set_nonblocking(false);
+            let _ = stream.socket().set_write_timeout(Some(POLL));
             let _ = stream.write_all(&handshake::error(503, "Service Unavailable", why));
+            stream.close();
             return;
         }
-        let Ok(socket) = stream.try_clone() else {
+        let Ok(socket) = stream.socket().try_clone() else {
             return;
         };
         let hub = self.clone();
@@ -210,9 +214,10 @@ impl Hub {
             .spawn(move || {
                 // Relaxed: a gauge.
                 hub.counters().connections.fetch_add(1, Ordering::Relaxed);
-                let _ = stream.set_nonblocking(false);
-                let _ = stream.set_nodelay(true);
-                let _ = stream.set_read_timeout(Some(POLL));
+                let socket = stream.socket();
+                let _ = socket.set_nonblocking(false);
+                let _ = socket.set_nodelay(true);
+                let _ = socket.set_read_timeout(Some(POLL));
                 let mut conn = Conn {
                     emitter: hub.take_emitter(),
                     hub: &hub,
@@ -232,7 +237,7 @@ impl Hub {
                 });
                 // The hub keeps a clone of the socket (to shut it down at shutdown), so
                 // dropping ours would not close the connection: close it here.
-                let _ = stream.shutdown(std::net::Shutdown::Both);
+                stream.close();
                 if let Err(e) = ended {
                     tracing::debug!(error = %e, "ingest connection ended");
                 }
@@ -439,7 +444,7 @@ impl Conn<'_> {
     }
 
     /// `POST /api/publish`, request after request on one keep-alive connection.
-    fn serve_http(&mut self, stream: &mut TcpStream, mut buf: Vec<u8>) -> Ended {
+    fn serve_http(&mut self, stream: &mut Blocking, mut buf: Vec<u8>) -> Ended {
         let hub = self.hub;
         let mut idle_since = Instant::now();
         let mut chunk = vec![0u8; 64 * 1024];
@@ -463,7 +468,7 @@ impl Conn<'_> {
                     None => {}
                 }
             };
-            let respond = |stream: &mut TcpStream,
+            let respond = |stream: &mut Blocking,
                            status,
                            reason,
                            extra: &str,
@@ -536,7 +541,7 @@ impl Conn<'_> {
     }
 
     /// `/api/ingest`: a WebSocket of batches, each answered in order.
-    fn serve_socket(&mut self, stream: &mut TcpStream, buf: Vec<u8>) -> Ended {
+    fn serve_socket(&mut self, stream: &mut Blocking, buf: Vec<u8>) -> Ended {
         let hub = self.hub;
         let req = match handshake::parse(&buf) {
             Ok(Some(req)) => req,
@@ -625,7 +630,7 @@ enum Answer {
 
 /// Reads what is available; `None` after [`POLL`] without data. EOF (or a shutdown) ends the
 /// connection with an error.
-fn read_some(stream: &mut TcpStream, chunk: &mut [u8], hub: &Hub) -> io::Result<Option<usize>> {
+fn read_some(stream: &mut Blocking, chunk: &mut [u8], hub: &Hub) -> io::Result<Option<usize>> {
     match stream.read(chunk) {
         Ok(0) => Err(io::ErrorKind::UnexpectedEof.into()),
         Ok(n) => Ok(Some(n)),

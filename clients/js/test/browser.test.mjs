@@ -6,7 +6,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { mkdir, readFile } from "node:fs/promises";
 import path from "node:path";
-import { startGateway, startFrontEnd, publish, publishNumbered, eventually, sleep, token, launchChromium, HERE, REPO, OUT } from "./harness.mjs";
+import { startGateway, startFrontEnd, publish, publishNumbered, stressPage, eventually, token, launchChromium, HERE, REPO, OUT } from "./harness.mjs";
 
 const DIST = path.join(HERE, "../dist");
 
@@ -48,41 +48,24 @@ test("a page gets every event once and in order while its connection is cut and 
   const pageErrors = [];
   page.on("pageerror", (e) => pageErrors.push(e));
   await page.goto(`${fe.origin}/stress.html?user=${user}`);
-  const report = () => page.evaluate(() => window.report?.());
-  await eventually("the page to go live", async () => (await report())?.state === "live");
   const N = 4000;
-  let published = 0;
-  const publishing = (async () => {
-    for (; published < N; published += 100) {
-      await publishNumbered(gw.addr, user, published + 1, 100, { batch: 100, ackEvery: 250 });
-      await sleep(15);
-    }
-  })();
-  let cuts = 0;
-  let reloads = 0;
   // At least 3 reloads and 5 cuts, however fast the events go out.
-  while (published < N || reloads < 3 || cuts - reloads < 5) {
-    await sleep(60 + Math.random() * 80);
-    if (cuts % 4 === 3) {
-      await page.reload();
-      reloads++;
-    } else {
-      fe.cut();
-    }
-    cuts++;
-  }
-  await publishing;
-  await eventually(`all ${N} events`, async () => {
-    const r = await report();
-    return r?.last === N && r.state === "live";
+  const { report: r, reloads, cuts } = await stressPage(page, {
+    addr: gw.addr,
+    user,
+    n: N,
+    cut: () => fe.cut(),
+    reloadEvery: 4,
+    reloads: 3,
+    cuts: 5,
+    ackEvery: 250,
   });
-  const r = await report();
   await page.screenshot({ path: path.join(OUT, "stress.png") });
   assert.deepEqual(r.bad, [], "no event out of order or twice");
   assert.deepEqual(r.gaps, [], "no gap: the gateway's history held everything");
   assert.equal(r.count, N, "each event handled exactly once over all page loads");
   assert.equal(r.loads, reloads + 1);
-  assert.ok(reloads >= 2 && cuts - reloads >= 4, `${reloads} reloads and ${cuts - reloads} cuts`);
+  assert.ok(reloads >= 3 && cuts >= 5, `${reloads} reloads and ${cuts} cuts`);
   assert.deepEqual(pageErrors, []);
   await page.close();
 });

@@ -3,11 +3,12 @@
 // front-end server that serves files, hands out tokens and passes `/ws` upgrades through to
 // the gateway over TCP, so a test can cut every client connection at once (`cut()`) or refuse
 // new ones for a while (`down()` / `up()`).
-import { spawn } from "node:child_process";
+import { spawn, execFileSync } from "node:child_process";
 import { createHmac } from "node:crypto";
 import { createServer } from "node:http";
-import { connect } from "node:net";
-import { readFile } from "node:fs/promises";
+import { request as httpsRequest } from "node:https";
+import { connect, createServer as createTcpServer } from "node:net";
+import { readFile, writeFile } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
 import path from "node:path";
 
@@ -38,7 +39,7 @@ export function startGateway(args = [], env = {}) {
     child.stderr.setEncoding("utf8");
     child.stderr.on("data", (chunk) => {
       log += chunk;
-      const m = /ws:\/\/([0-9.]+:[0-9]+)\//.exec(log);
+      const m = /wss?:\/\/([0-9.]+:[0-9]+)\//.exec(log);
       if (m && timer) {
         clearTimeout(timer);
         resolve({
@@ -71,18 +72,97 @@ export function token(user, seconds = 3600) {
   return `${head}.${body}.${sig}`;
 }
 
-/** Publishes `events` (objects with `user`, `type`, ...) through `POST /api/publish`; checks all were accepted. */
-export async function publish(addr, events) {
-  const res = await fetch(`http://${addr}/api/publish`, {
-    method: "POST",
-    headers: { authorization: `Bearer ${INGEST_KEY}`, "content-type": "application/json" },
-    body: JSON.stringify(events),
-  });
-  const body = await res.json();
-  if (res.status !== 200 || body.accepted !== events.length) {
-    throw new Error(`publish: ${res.status} ${JSON.stringify(body).slice(0, 300)}`);
+/**
+ * Publishes `events` (objects with `user`, `type`, ...) through `POST /api/publish`; checks all
+ * were accepted. With `ca` (PEM text) it goes over https to a TLS gateway, trusting that CA only.
+ */
+export async function publish(addr, events, { ca } = {}) {
+  const json = JSON.stringify(events);
+  const headers = { authorization: `Bearer ${INGEST_KEY}`, "content-type": "application/json" };
+  let status;
+  let body;
+  if (ca) {
+    [status, body] = await new Promise((resolve, reject) => {
+      const req = httpsRequest(`https://${addr}/api/publish`, { method: "POST", headers, ca, agent: false }, (res) => {
+        let text = "";
+        res.setEncoding("utf8").on("data", (c) => (text += c));
+        res.on("end", () => resolve([res.statusCode, JSON.parse(text)]));
+      });
+      req.on("error", reject);
+      req.end(json);
+    });
+  } else {
+    const res = await fetch(`http://${addr}/api/publish`, { method: "POST", headers, body: json });
+    [status, body] = [res.status, await res.json()];
+  }
+  if (status !== 200 || body.accepted !== events.length) {
+    throw new Error(`publish: ${status} ${JSON.stringify(body).slice(0, 300)}`);
   }
   return body;
+}
+
+/**
+ * A CA of its own and a certificate it signs for 127.0.0.1, made by openssl in `dir`: paths
+ * `ca`, `cert`, `key`, and `spki`, the base64 SHA-256 of the certificate's public key (what
+ * Chromium's `--ignore-certificate-errors-spki-list` takes).
+ */
+export async function testCa(dir) {
+  const p = (f) => path.join(dir, f);
+  const openssl = (...args) => execFileSync("openssl", args, { stdio: ["pipe", "pipe", "ignore"] });
+  const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+  await writeFile(p("leaf.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n");
+  openssl("req", "-x509", "-days", "1", "-subj", "/CN=floodgate js test CA", ...ec, "-keyout", p("ca.key"), "-out", p("ca.pem"));
+  openssl("req", "-subj", "/CN=127.0.0.1", ...ec, "-keyout", p("key.pem"), "-out", p("leaf.csr"));
+  openssl("x509", "-req", "-days", "1", "-in", p("leaf.csr"), "-CA", p("ca.pem"), "-CAkey", p("ca.key"), "-CAcreateserial", "-extfile", p("leaf.ext"), "-out", p("cert.pem"));
+  const pub = openssl("x509", "-in", p("cert.pem"), "-pubkey", "-noout");
+  const der = execFileSync("openssl", ["pkey", "-pubin", "-outform", "der"], { input: pub });
+  const spki = execFileSync("openssl", ["dgst", "-sha256", "-binary"], { input: der }).toString("base64");
+  return { ca: p("ca.pem"), cert: p("cert.pem"), key: p("key.pem"), spki };
+}
+
+/** Pipes `socket` and `upstream` into each other, kept in `pairs` until either closes. */
+function joinPair(pairs, socket, upstream) {
+  const pair = { socket, upstream };
+  pairs.add(pair);
+  const drop = () => {
+    pairs.delete(pair);
+    socket.destroy();
+    upstream.destroy();
+  };
+  socket.on("error", drop).on("close", drop);
+  upstream.on("error", drop).on("close", drop);
+  socket.pipe(upstream);
+  upstream.pipe(socket);
+}
+
+/** Cuts every pair: a TCP reset to the client, the upstream closed (no close frame). */
+function cutPairs(pairs) {
+  for (const p of pairs) {
+    p.socket.resetAndDestroy?.() ?? p.socket.destroy();
+    p.upstream.destroy();
+  }
+  pairs.clear();
+}
+
+/**
+ * A TCP relay on 127.0.0.1:0 to `addr`: it passes bytes both ways without reading them (so
+ * TLS goes through it end to end) and can cut every connection with a reset (`cut()`).
+ */
+export async function startRelay(addr) {
+  const pairs = new Set();
+  const server = createTcpServer((socket) => {
+    joinPair(pairs, socket, connect(Number(addr.split(":")[1]), "127.0.0.1"));
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  return {
+    addr: `127.0.0.1:${server.address().port}`,
+    open: () => pairs.size,
+    cut: () => cutPairs(pairs),
+    async stop() {
+      this.cut();
+      await new Promise((r) => server.close(r));
+    },
+  };
 }
 
 /** `POST /api/disconnect` for `user`. */
@@ -144,21 +224,11 @@ export async function startFrontEnd(gatewayAddr, files = {}, tokenSeconds = 3600
   server.on("upgrade", (req, socket, head) => {
     if (refusing) return socket.destroy();
     const upstream = connect(Number(gatewayAddr.split(":")[1]), "127.0.0.1");
-    const pair = { socket, upstream };
-    pairs.add(pair);
-    const drop = () => {
-      pairs.delete(pair);
-      socket.destroy();
-      upstream.destroy();
-    };
-    socket.on("error", drop).on("close", drop);
-    upstream.on("error", drop).on("close", drop);
+    joinPair(pairs, socket, upstream);
     let headText = `${req.method} ${req.url} HTTP/1.1\r\n`;
     for (let i = 0; i < req.rawHeaders.length; i += 2) headText += `${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}\r\n`;
     upstream.write(headText + "\r\n");
     if (head.length) upstream.write(head);
-    socket.pipe(upstream);
-    upstream.pipe(socket);
   });
   await new Promise((r) => server.listen(0, "127.0.0.1", r));
   const { port } = server.address();
@@ -169,13 +239,7 @@ export async function startFrontEnd(gatewayAddr, files = {}, tokenSeconds = 3600
     open: () => pairs.size,
     tokensIssued: () => tokensIssued,
     /** Cuts every passed-through connection (a TCP reset on both sides, no close frame). */
-    cut() {
-      for (const p of pairs) {
-        p.socket.resetAndDestroy?.() ?? p.socket.destroy();
-        p.upstream.destroy();
-      }
-      pairs.clear();
-    },
+    cut: () => cutPairs(pairs),
     /** Refuses upgrades (and cuts the open ones) until `up()`. */
     down() {
       refusing = true;
@@ -209,19 +273,19 @@ export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 /** Where the browser tests put their screenshots. */
 export const OUT = path.join(REPO, "target/js-tests");
 
-/** Debian's Chromium (`CHROMIUM` overrides the path), headless, through playwright-core. */
-export async function launchChromium() {
+/** Debian's Chromium (`CHROMIUM` overrides the path), headless, through playwright-core, with `extraArgs`. */
+export async function launchChromium(extraArgs = []) {
   const { chromium } = await import("playwright-core");
   return chromium.launch({
     executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
     headless: true,
     // No background traffic: this machine's network is closed, and Chromium would keep trying.
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync", ...extraArgs],
   });
 }
 
 /** Publishes `n` events of `type` for `user`, `data.n` numbered from `first`, in batches (`pauseMs` apart). */
-export async function publishNumbered(addr, user, first, n, { batch = 100, ackEvery = 0, type = "tool_completed", pauseMs = 0 } = {}) {
+export async function publishNumbered(addr, user, first, n, { batch = 100, ackEvery = 0, type = "tool_completed", pauseMs = 0, ca } = {}) {
   for (let i = first; i < first + n; i += batch) {
     const evs = [];
     for (let k = i; k < Math.min(first + n, i + batch); k++) {
@@ -229,7 +293,45 @@ export async function publishNumbered(addr, user, first, n, { batch = 100, ackEv
       if (ackEvery && k % ackEvery === 0) ev.ack = true;
       evs.push(ev);
     }
-    await publish(addr, evs);
+    await publish(addr, evs, { ca });
     if (pauseMs) await sleep(pauseMs);
   }
+}
+
+/**
+ * Drives a page running page/stress.html: publishes `n` numbered events for `user` to the
+ * gateway at `addr` (batches of 100, 15 ms apart; `ackEvery` and `ca` as in publishNumbered)
+ * while cutting the page's connection (`cut()`) and reloading the page at random 60-140 ms
+ * intervals (every `reloadEvery`-th time a reload), until everything is published and at
+ * least `reloads` reloads and `cuts` cuts were made. Resolves, once the page is live with
+ * event `n`, with the page's report and the reloads and cuts made.
+ */
+export async function stressPage(page, { addr, user, n, cut, reloadEvery, reloads: minReloads, cuts: minCuts, ackEvery = 0, ca }) {
+  const report = () => page.evaluate(() => window.report?.());
+  await eventually("the page to go live", async () => (await report())?.state === "live");
+  let published = 0;
+  const publishing = (async () => {
+    for (; published < n; published += 100) {
+      await publishNumbered(addr, user, published + 1, 100, { batch: 100, ackEvery, ca });
+      await sleep(15);
+    }
+  })();
+  let done = 0;
+  let reloads = 0;
+  while (published < n || reloads < minReloads || done - reloads < minCuts) {
+    await sleep(60 + Math.random() * 80);
+    if (done % reloadEvery === reloadEvery - 1) {
+      await page.reload();
+      reloads++;
+    } else {
+      cut();
+    }
+    done++;
+  }
+  await publishing;
+  await eventually(`all ${n} events`, async () => {
+    const r = await report();
+    return r?.last === n && r.state === "live";
+  });
+  return { report: await report(), reloads, cuts: done - reloads };
 }

@@ -134,8 +134,12 @@ enum Command {
     ///
     /// Exit codes: 0 every threshold passed; 1 a threshold failed (without an `errors`
     /// threshold, any error fails the run); 2 usage or configuration error; 3 the generator
-    /// was overloaded (the rate asked for was not offered); 4 the run could not complete
-    /// (connections failed, the server went away, expected events stopped arriving).
+    /// was overloaded (the rate asked for was not offered) and no threshold failed; 4 the run
+    /// could not complete (connections failed, the server went away, expected events stopped
+    /// arriving). When several hold, the first of 4, 1, 3 is the exit code, and the report
+    /// names them all (`failed` in --json).
+    ///
+    /// `floodgate load <SCENARIO> --help` shows the options of one scenario.
     ///
     /// Examples:
     ///   floodgate load subscribe --url ws://127.0.0.1:8080/ws --connections 64 --jwt-secret $S --events 2000000 --seq-field /seq --gapless --latency-field /ts
@@ -143,7 +147,7 @@ enum Command {
     ///   floodgate load publish --url ws://127.0.0.1:8080/ws --connections 100 --jwt-secret $S --api-key $K --rate ramp:1000..100000/20s --duration 30s
     ///   floodgate load connect --url ws://127.0.0.1:8080/ws --connections 10000 --jwt-secret $S --rate 2000 --hold 5s
     #[command(verbatim_doc_comment)]
-    Load(Box<LoadArgs>),
+    Load(LoadCmd),
     /// Performance regression gate for CI: measure, compare with perf/baseline.json, print a
     /// markdown table, exit 1 on a regression beyond a metric's limit.
     ///
@@ -190,16 +194,84 @@ struct GateArgs {
 }
 
 #[derive(Args, Debug)]
-struct LoadArgs {
-    /// What to do: subscribe, echo, publish or connect.
-    #[arg(value_enum)]
-    scenario: floodgate_load::Scenario,
+struct LoadCmd {
+    #[command(subcommand)]
+    scenario: LoadScenario,
+}
+
+/// `floodgate load <SCENARIO>`: each scenario's own options beside the common ones.
+#[derive(clap::Subcommand, Debug)]
+enum LoadScenario {
+    /// Hold connections and measure the events they receive: rate, per-connection order, loss
+    /// and duplicates from a sequence field, latency from a timestamp field.
+    ///
+    /// Example:
+    ///   floodgate load subscribe --url ws://127.0.0.1:8080/ws --connections 64 --jwt-secret $S --events 2000000 --seq-field /seq --gapless --latency-field /ts
+    #[command(verbatim_doc_comment)]
+    Subscribe {
+        #[command(flatten)]
+        common: Box<LoadCommon>,
+        #[command(flatten)]
+        recv: RecvArgs,
+    },
+    /// Send messages at an open-loop rate and match each echoed reply by id; latency counts
+    /// from each message's intended send time.
+    ///
+    /// Example:
+    ///   floodgate load echo --url ws://127.0.0.1:8080/echo --connections 100 --rate 50000 --duration 30s --threshold 'p99<2ms'
+    #[command(verbatim_doc_comment)]
+    Echo {
+        #[command(flatten)]
+        common: Box<LoadCommon>,
+        #[command(flatten)]
+        gen: GenArgs,
+    },
+    /// Publish through a floodgate gateway's ingest socket at an open-loop rate while
+    /// subscribed connections (one user each) measure end-to-end latency and check that every
+    /// event arrives once, in order.
+    ///
+    /// Example:
+    ///   floodgate load publish --url ws://127.0.0.1:8080/ws --connections 100 --jwt-secret $S --api-key $K --rate ramp:1000..100000/20s --duration 30s
+    #[command(verbatim_doc_comment)]
+    Publish {
+        #[command(flatten)]
+        common: Box<LoadCommon>,
+        #[command(flatten)]
+        gen: GenArgs,
+        #[command(flatten)]
+        publish: PublishArgs,
+    },
+    /// Open connections at an open-loop rate, measure the handshake, and hold or churn them.
+    ///
+    /// Example:
+    ///   floodgate load connect --url ws://127.0.0.1:8080/ws --connections 10000 --jwt-secret $S --rate 2000 --hold 5s
+    #[command(verbatim_doc_comment)]
+    Connect {
+        #[command(flatten)]
+        common: Box<LoadCommon>,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+}
+
+/// The options every scenario takes.
+#[derive(Args, Debug)]
+struct LoadCommon {
     /// Where to connect: ws://host:port/path?query, or wss:// for TLS. The path and query may hold `{conn}` (the
     /// connection index), `{user}` (its user) and `{token}` (its token; otherwise tokens go in
     /// an `Authorization: Bearer` header). For publish: the gateway's /ws, where subscribers
     /// connect.
     #[arg(long)]
     url: String,
+    /// A header for every upgrade request, repeatable: 'NAME:VALUE'. The value may hold
+    /// `{conn}`, `{user}` and `{token}`; a header with `{token}` or an `Authorization` header
+    /// of your own replaces the `Authorization: Bearer` one.
+    #[arg(long = "header", value_name = "NAME:VALUE", value_parser = floodgate_load::Header::parse)]
+    headers: Vec<floodgate_load::Header>,
+    /// A subprotocol to offer (`Sec-WebSocket-Protocol`), repeatable; the server must choose
+    /// one of those offered, as browsers require.
+    #[arg(long = "subprotocol", value_name = "NAME")]
+    subprotocols: Vec<String>,
     /// Connections to open (for publish: subscribers, one user each).
     #[arg(long, default_value_t = 1)]
     connections: usize,
@@ -242,55 +314,13 @@ struct LoadArgs {
     /// (publish). With --duration too, whichever comes first.
     #[arg(long)]
     events: Option<u64>,
-    /// Open-loop rate, per second in total: a number (50000), a ramp
-    /// (ramp:1000..50000/30s) or steps (steps:10000,20000,40000/10s). echo: messages;
-    /// publish: events; connect: connections (default: back to back).
-    #[arg(long, value_parser = floodgate_load::RateProfile::parse)]
-    rate: Option<floodgate_load::RateProfile>,
-    /// A message that leaves later than this behind its schedule is late. The generator
-    /// counts as overloaded (exit 3) when more messages are late than one stall of 20 times
-    /// this (200 ms on the default) makes late at the peak rate, or when more than this much
-    /// of the schedule was never sent. One scheduler hiccup on a busy machine is forgiven; a
-    /// generator that cannot keep its rate falls further behind and is not.
-    #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration)]
-    max_lag: Duration,
-    /// JSON pointer to a sequence number in received frames (e.g. /seq): checked per
-    /// connection to be strictly increasing; frames without it are not counted as events.
-    #[arg(long, value_name = "POINTER", value_parser = floodgate_load::Pointer::parse)]
-    seq_field: Option<floodgate_load::Pointer>,
-    /// With --seq-field: the sequence must go up by exactly one; skipped numbers count as lost.
-    #[arg(long)]
-    gapless: bool,
-    /// JSON pointer to a timestamp in received frames (e.g. /ts) to measure latency from
-    /// (subscribe). The sender's clock must be this machine's, or synchronised with it.
-    #[arg(long, value_name = "POINTER", value_parser = floodgate_load::Pointer::parse)]
-    latency_field: Option<floodgate_load::Pointer>,
-    /// Unit of --latency-field since the Unix epoch.
-    #[arg(long, value_enum, default_value_t = floodgate_load::TsUnit::Auto)]
-    ts_unit: floodgate_load::TsUnit,
-    /// Bytes of each message (echo) or of each event (publish).
-    #[arg(long, default_value_t = 150)]
-    message_bytes: usize,
-    /// publish: events per ingest batch at most (events due at the same moment share one).
-    #[arg(long, default_value_t = 100)]
-    batch: usize,
-    /// publish: ingest connections, each with its own share of the rate.
-    #[arg(long, default_value_t = 1)]
-    publishers: usize,
-    /// publish: the ingest socket [default: --url's scheme and host with /api/ingest].
-    #[arg(long)]
-    ingest_url: Option<String>,
-    /// publish: the gateway's ingest_api_key.
-    #[arg(long, env = "FLOODGATE_INGEST_API_KEY", hide_env_values = true)]
-    api_key: Option<String>,
-    /// connect: hold each connection this long, then close it (churn); default: to the end.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    hold: Option<Duration>,
     /// Give up (exit 4) when nothing arrives for this long.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     idle_timeout: Duration,
     /// A pass/fail condition, repeatable: p50 .. p99.99, max, mean (latency with a unit:
-    /// 'p99<2ms'), rate (per second: 'rate>500000'), errors (a fraction: 'errors<0.001').
+    /// 'p99<2ms'), rate (per second: 'rate>500000'), errors (a fraction: 'errors<0.001'), or
+    /// any number of the --json report by its JSON pointer ('/generator/late<100',
+    /// '/uncorrected_latency_us/p99<5ms': names ending in _us take a unit).
     #[arg(long, value_name = "EXPR", value_parser = floodgate_load::Threshold::parse)]
     threshold: Vec<floodgate_load::Threshold>,
     /// Print one JSON object (schema floodgate.load/1) instead of the text summary.
@@ -309,6 +339,83 @@ struct LoadArgs {
     /// No progress line.
     #[arg(long)]
     quiet: bool,
+}
+
+/// What subscribe checks in the frames it receives.
+#[derive(Args, Debug)]
+struct RecvArgs {
+    /// JSON pointer to a sequence number in received frames (e.g. /seq): checked per
+    /// connection to be strictly increasing; frames without it are not counted as events.
+    #[arg(long, value_name = "POINTER", value_parser = floodgate_load::Pointer::parse)]
+    seq_field: Option<floodgate_load::Pointer>,
+    /// With --seq-field: the sequence must go up by exactly one; skipped numbers count as lost.
+    #[arg(long)]
+    gapless: bool,
+    /// JSON pointer to a timestamp in received frames (e.g. /ts) to measure latency from
+    /// (subscribe). The sender's clock must be this machine's, or synchronised with it.
+    #[arg(long, value_name = "POINTER", value_parser = floodgate_load::Pointer::parse)]
+    latency_field: Option<floodgate_load::Pointer>,
+    /// Unit of --latency-field since the Unix epoch.
+    #[arg(long, value_enum, default_value_t = floodgate_load::TsUnit::Auto)]
+    ts_unit: floodgate_load::TsUnit,
+}
+
+/// The open-loop generator of echo and publish.
+#[derive(Args, Debug)]
+struct GenArgs {
+    /// Open-loop rate, per second in total: a number (50000), a ramp
+    /// (ramp:1000..50000/30s) or steps (steps:10000,20000,40000/10s). echo: messages;
+    /// publish: events.
+    #[arg(long, value_parser = floodgate_load::RateProfile::parse)]
+    rate: floodgate_load::RateProfile,
+    #[command(flatten)]
+    lag: LagArgs,
+    /// Bytes of each message (echo) or of each event (publish).
+    #[arg(long, default_value_t = 150)]
+    message_bytes: usize,
+}
+
+/// When the generator counts as overloaded.
+#[derive(Args, Debug)]
+struct LagArgs {
+    /// A message that leaves later than this behind its schedule is late. The generator
+    /// counts as overloaded (exit 3) when more messages are late than one stall of 20 times
+    /// this (200 ms on the default) makes late at the peak rate, or when more than this much
+    /// of the schedule was never sent. One scheduler hiccup on a busy machine is forgiven; a
+    /// generator that cannot keep its rate falls further behind and is not.
+    #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration)]
+    max_lag: Duration,
+}
+
+/// The publish scenario's ingest side.
+#[derive(Args, Debug)]
+struct PublishArgs {
+    /// publish: events per ingest batch at most (events due at the same moment share one).
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// publish: ingest connections, each with its own share of the rate.
+    #[arg(long, default_value_t = 1)]
+    publishers: usize,
+    /// publish: the ingest socket [default: --url's scheme and host with /api/ingest].
+    #[arg(long)]
+    ingest_url: Option<String>,
+    /// publish: the gateway's ingest_api_key.
+    #[arg(long, env = "FLOODGATE_INGEST_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+}
+
+/// The connect scenario's schedule.
+#[derive(Args, Debug)]
+struct ConnectArgs {
+    /// Connections opened per second (open loop: ramp:.. and steps:.. as for echo); default:
+    /// back to back.
+    #[arg(long, value_parser = floodgate_load::RateProfile::parse)]
+    rate: Option<floodgate_load::RateProfile>,
+    #[command(flatten)]
+    lag: LagArgs,
+    /// connect: hold each connection this long, then close it (churn); default: to the end.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    hold: Option<Duration>,
 }
 
 #[derive(Args, Debug)]
@@ -528,7 +635,7 @@ pub fn main() -> ExitCode {
         Command::Serve(a) => serve(*a),
         Command::Token(a) => token(a),
         Command::Bench(a) => run_bench(a),
-        Command::Load(a) => return run_load(*a),
+        Command::Load(a) => return run_load(a),
         Command::PerfGate(a) => return run_gate(a),
     };
     match result {
@@ -693,18 +800,43 @@ fn run_bench(a: BenchArgs) -> Result<ExitCode, Error> {
     }
 }
 
-fn load_options(a: LoadArgs) -> Result<floodgate_load::LoadOptions, String> {
+/// The run's options, and whether to print JSON.
+fn load_options(cmd: LoadScenario) -> Result<(floodgate_load::LoadOptions, bool), String> {
     use floodgate_load::{LoadOptions, Scenario, Sources, Tokens, UrlTemplate};
+    let (scenario, a, recv, gen, publish, connect) = match cmd {
+        LoadScenario::Subscribe { common, recv } => {
+            (Scenario::Subscribe, common, Some(recv), None, None, None)
+        }
+        LoadScenario::Echo { common, gen } => (Scenario::Echo, common, None, Some(gen), None, None),
+        LoadScenario::Publish {
+            common,
+            gen,
+            publish,
+        } => (
+            Scenario::Publish,
+            common,
+            None,
+            Some(gen),
+            Some(publish),
+            None,
+        ),
+        LoadScenario::Connect { common, connect } => {
+            (Scenario::Connect, common, None, None, None, Some(connect))
+        }
+    };
     let url = UrlTemplate::parse(&a.url)?;
-    let ingest_url = match (&a.ingest_url, a.scenario) {
-        (Some(u), _) => Some(UrlTemplate::parse(u)?),
+    let ingest_url = match &publish {
+        Some(PublishArgs {
+            ingest_url: Some(u),
+            ..
+        }) => Some(UrlTemplate::parse(u)?),
         // The subscribers' host and scheme: a TLS gateway serves its ingest over TLS too.
-        (None, Scenario::Publish) => Some(UrlTemplate::parse(&format!(
+        Some(_) => Some(UrlTemplate::parse(&format!(
             "{}://{}/api/ingest",
             if url.tls { "wss" } else { "ws" },
             url.host
         ))?),
-        (None, _) => None,
+        None => None,
     };
     let tokens = match (&a.jwt_secret, &a.token_file) {
         (Some(s), _) => {
@@ -728,12 +860,15 @@ fn load_options(a: LoadArgs) -> Result<floodgate_load::LoadOptions, String> {
     } else {
         None
     };
-    let mut o = LoadOptions::new(a.scenario, url);
+    let a = *a;
+    let mut o = LoadOptions::new(scenario, url);
     o.tls = tls;
     o.connections = a.connections;
     o.connect_rate = a.connect_rate;
     o.user_prefix = a.user_prefix;
     o.tokens = tokens;
+    o.headers = a.headers;
+    o.subprotocols = a.subprotocols;
     o.sources = a
         .source_addr
         .as_deref()
@@ -745,18 +880,28 @@ fn load_options(a: LoadArgs) -> Result<floodgate_load::LoadOptions, String> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     o.duration = a.duration;
     o.events = a.events;
-    o.rate = a.rate;
-    o.max_lag = a.max_lag;
-    o.seq = a.seq_field;
-    o.gapless = a.gapless;
-    o.latency_field = a.latency_field;
-    o.ts_unit = a.ts_unit;
-    o.message_bytes = a.message_bytes;
-    o.batch = a.batch;
-    o.publishers = a.publishers;
+    if let Some(r) = recv {
+        o.seq = r.seq_field;
+        o.gapless = r.gapless;
+        o.latency_field = r.latency_field;
+        o.ts_unit = r.ts_unit;
+    }
+    if let Some(g) = gen {
+        o.rate = Some(g.rate);
+        o.max_lag = g.lag.max_lag;
+        o.message_bytes = g.message_bytes;
+    }
+    if let Some(p) = publish {
+        o.batch = p.batch;
+        o.publishers = p.publishers;
+        o.api_key = p.api_key;
+    }
     o.ingest_url = ingest_url;
-    o.api_key = a.api_key;
-    o.hold = a.hold;
+    if let Some(c) = connect {
+        o.rate = c.rate;
+        o.max_lag = c.lag.max_lag;
+        o.hold = c.hold;
+    }
     o.idle_timeout = a.idle_timeout;
     o.thresholds = a.threshold;
     o.progress = !a.quiet && !a.json;
@@ -764,12 +909,11 @@ fn load_options(a: LoadArgs) -> Result<floodgate_load::LoadOptions, String> {
     o.plot = a.plot;
     o.interval = a.interval;
     o.validate()?;
-    Ok(o)
+    Ok((o, a.json))
 }
 
-fn run_load(a: LoadArgs) -> ExitCode {
-    let json = a.json;
-    let opts = match load_options(a) {
+fn run_load(cmd: LoadCmd) -> ExitCode {
+    let (opts, json) = match load_options(cmd.scenario) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("floodgate load: {e}");

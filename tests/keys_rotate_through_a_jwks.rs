@@ -367,22 +367,10 @@ fn a_set_at_an_https_url_is_trusted_through_the_given_ca_and_only_through_it() {
     std::fs::create_dir_all(&site).unwrap();
     std::fs::write(site.join("jwks.json"), set(&[&a])).unwrap();
     let (ca, cert, key) = util::test_ca(&dir);
-    let script = format!(
-        "{}/tests/clients/https_file_server.py",
-        env!("CARGO_MANIFEST_DIR")
+    let (_server, port) = util::python_server(
+        "https_file_server.py",
+        &[site.as_os_str(), cert.as_os_str(), key.as_os_str()],
     );
-    let mut child = Command::new("python3")
-        .arg(&script)
-        .arg(&site)
-        .arg(&cert)
-        .arg(&key)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start the HTTPS server");
-    let stdout = child.stdout.take().unwrap();
-    let _server = util::KillOnDrop(child);
-    let port = util::read_line_starting(&mut BufReader::new(stdout), "port ");
     let url = format!("https://127.0.0.1:{port}/jwks.json");
     let serve = util::Serve::start(
         "",

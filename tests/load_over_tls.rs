@@ -3,8 +3,7 @@
 
 mod util;
 
-use std::io::BufReader;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 #[test]
 fn echo_over_wss_trusts_the_given_ca_and_only_it() {
@@ -13,20 +12,8 @@ fn echo_over_wss_trusts_the_given_ca_and_only_it() {
     }
     let dir = util::temp_dir("load-tls");
     let (ca, cert, key) = util::test_ca(&dir);
-    let script = format!(
-        "{}/tests/clients/tls_echo_server.py",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let mut child = Command::new("python3")
-        .arg(&script)
-        .arg(&cert)
-        .arg(&key)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the TLS server");
-    let stdout = child.stdout.take().unwrap();
-    let server = util::KillOnDrop(child);
-    let port = util::read_line_starting(&mut BufReader::new(stdout), "port ");
+    let (server, port) =
+        util::python_server("tls_echo_server.py", &[cert.as_os_str(), key.as_os_str()]);
     let url = format!("wss://127.0.0.1:{port}/");
     let run = |extra: &[&str]| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_floodgate"));

@@ -72,7 +72,7 @@ fn echo_passes_its_thresholds_and_reports_both_latencies() {
 }
 
 #[test]
-fn a_failed_threshold_exits_1_and_an_overloaded_generator_exits_3() {
+fn a_failed_threshold_exits_1_even_when_overloaded_and_overload_alone_exits_3() {
     let gw = util::builder().echo(true).build().unwrap();
     let url = format!("ws://{}/echo", gw.local_addr());
     let (code, json, out) = load(&[
@@ -93,28 +93,43 @@ fn a_failed_threshold_exits_1_and_an_overloaded_generator_exits_3() {
     assert_eq!(r["thresholds"][0]["passed"], false);
 
     // Five million messages a second on one connection: no generator keeps that schedule, and
-    // the run must say so rather than report a rate it did not offer.
-    let (code, json, out) = load(&[
-        "echo",
-        "--url",
-        &url,
-        "--rate",
-        "5000000",
-        "--duration",
-        "1s",
-        "--max-lag",
-        "1ms",
-        "--threshold",
-        "errors<1",
-        "--json",
-    ]);
+    // the run must say so rather than report a rate it did not offer. Every error allowed:
+    // the overload alone decides.
+    let overload = |threshold: &str| {
+        load(&[
+            "echo",
+            "--url",
+            &url,
+            "--rate",
+            "5000000",
+            "--duration",
+            "1s",
+            "--max-lag",
+            "1ms",
+            "--threshold",
+            threshold,
+            "--json",
+        ])
+    };
+    let (code, json, out) = overload("errors<=1");
     assert_eq!(code, 3, "{out}");
     let r = json.unwrap();
     assert_eq!(r["verdict"], "overloaded");
+    assert_eq!(r["failed"], serde_json::json!(["overloaded"]));
     assert_eq!(r["generator"]["overloaded"], true);
     assert!(
         r["generator"]["sent"].as_u64() < r["generator"]["scheduled"].as_u64(),
         "{r}"
+    );
+    // A threshold that fails in an overloaded run is not hidden by the overload: exit 1, and
+    // the report names both.
+    let (code, json, out) = overload("p50<1ns");
+    assert_eq!(code, 1, "{out}");
+    let r = json.unwrap();
+    assert_eq!(r["verdict"], "threshold_failed");
+    assert_eq!(
+        r["failed"],
+        serde_json::json!(["threshold_failed", "overloaded"])
     );
 }
 

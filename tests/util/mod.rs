@@ -435,6 +435,24 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// Starts `tests/clients/<script>` with `args` under python3: a server of the test's that
+/// prints `port N` when it listens. Returns it (killed when dropped) and its port.
+#[allow(dead_code)]
+pub fn python_server(script: &str, args: &[&std::ffi::OsStr]) -> (KillOnDrop, String) {
+    let path = format!("{}/tests/clients/{script}", env!("CARGO_MANIFEST_DIR"));
+    let mut child = std::process::Command::new("python3")
+        .arg(&path)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {script}: {e}"));
+    let stdout = child.stdout.take().unwrap();
+    let server = KillOnDrop(child);
+    let port = read_line_starting(&mut std::io::BufReader::new(stdout), "port ");
+    (server, port)
+}
+
 /// A CA made by openssl in `dir`, and a server certificate for 127.0.0.1 and localhost that
 /// it signs: `(ca.pem, cert.pem, key.pem)`.
 pub fn test_ca(

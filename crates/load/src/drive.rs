@@ -34,7 +34,23 @@ pub(crate) fn open_one(
         .map_err(|e| (ErrKind::HandshakeRefused, e))?;
     let target = url.target_for(conn, &user, token.as_deref());
     let mut headers = extra_headers.to_owned();
-    if let (Some(t), false) = (&token, url.has_token_slot()) {
+    for h in &opts.headers {
+        let mut value = h
+            .value
+            .replace("{conn}", &conn.to_string())
+            .replace("{user}", &user);
+        if let Some(t) = &token {
+            value = value.replace("{token}", t);
+        }
+        headers.push_str(&format!("{}: {value}\r\n", h.name));
+    }
+    if !opts.subprotocols.is_empty() {
+        headers.push_str(&format!(
+            "Sec-WebSocket-Protocol: {}\r\n",
+            opts.subprotocols.join(", ")
+        ));
+    }
+    if let (Some(t), false, false) = (&token, url.has_token_slot(), opts.headers_carry_auth()) {
         headers.push_str(&format!("Authorization: Bearer {t}\r\n"));
     }
     open(
@@ -49,15 +65,32 @@ pub(crate) fn open_one(
     .map_err(|e| {
         let refused = e
             .get_ref()
-            .and_then(|inner| inner.downcast_ref::<floodgate_wsclient::Refused>())
-            .is_some();
-        let kind = if refused || e.kind() == io::ErrorKind::InvalidData {
+            .and_then(|inner| inner.downcast_ref::<floodgate_wsclient::Refused>());
+        let kind = if refused.is_some() || e.kind() == io::ErrorKind::InvalidData {
             ErrKind::HandshakeRefused
         } else {
             ErrKind::ConnectFailed
         };
-        (kind, format!("{} {target}: {e}", url.addr))
+        let advice = refused.map_or("", |r| refusal_advice(r.status, token.is_some(), opts));
+        (kind, format!("{} {target}: {e}{advice}", url.addr))
     })
+}
+
+/// What to do about an upgrade refused with `status`, when it is about credentials.
+fn refusal_advice(status: u16, had_token: bool, opts: &LoadOptions) -> &'static str {
+    match status {
+        401 if !had_token && !opts.headers_carry_auth() => {
+            "; the server wants credentials: mint a token per connection with --jwt-secret \
+             (HS256, the server's secret), read tokens from --token-file, or send your own \
+             with --header 'Authorization: Bearer <token>'"
+        }
+        401 => {
+            "; the server refused the credentials sent: is --jwt-secret the server's key, \
+             and are the tokens of --token-file valid and unexpired?"
+        }
+        403 => "; forbidden: the server may check Origin (--header 'Origin: https://...')",
+        _ => "",
+    }
 }
 
 /// Opens connections `indices` of `url` at `--connect-rate`. Failures are counted; the first

@@ -150,6 +150,11 @@ pub struct LoadOptions {
     pub user_prefix: String,
     /// Where each connection's token comes from.
     pub tokens: Tokens,
+    /// Headers sent with each upgrade request (`--header`); values may hold `{conn}`,
+    /// `{user}` and `{token}`.
+    pub headers: Vec<Header>,
+    /// Subprotocols offered (`Sec-WebSocket-Protocol`); the server must choose one of them.
+    pub subprotocols: Vec<String>,
     /// Source addresses the connections are spread over.
     pub sources: Sources,
     /// TLS for `wss://` URLs.
@@ -213,6 +218,8 @@ impl LoadOptions {
             connect_rate: None,
             user_prefix: "u".into(),
             tokens: Tokens::None,
+            headers: Vec::new(),
+            subprotocols: Vec::new(),
             sources: Sources::default(),
             tls: None,
             threads: 1,
@@ -243,6 +250,14 @@ impl LoadOptions {
     /// The user of connection `i`.
     pub fn user(&self, i: usize) -> String {
         format!("{}{i}", self.user_prefix)
+    }
+
+    /// Whether a `--header` carries the token (`{token}` in its value) or is an
+    /// `Authorization` header of its own: then no `Authorization: Bearer` is added.
+    pub(crate) fn headers_carry_auth(&self) -> bool {
+        self.headers
+            .iter()
+            .any(|h| h.value.contains("{token}") || h.name.eq_ignore_ascii_case("authorization"))
     }
 
     /// Checks what clap cannot: combinations, and what each scenario needs.
@@ -312,6 +327,19 @@ impl LoadOptions {
         let wss = self.url.tls || self.ingest_url.as_ref().is_some_and(|u| u.tls);
         if wss && self.tls.is_none() {
             return Err("a wss:// URL needs a TLS configuration".into());
+        }
+        if let Some(p) = self.subprotocols.iter().find(|p| {
+            p.is_empty()
+                || !p
+                    .chars()
+                    .all(|c| c.is_ascii_graphic() && !"()<>@,;:\\\"/[]?={}".contains(c))
+        }) {
+            return Err(format!(
+                "--subprotocol `{p}` is not a protocol name (an HTTP token)"
+            ));
+        }
+        if self.headers_carry_auth() && self.url.has_token_slot() {
+            return Err("the token goes in the URL ({token}) and in a --header: choose one".into());
         }
         if self.interval < Duration::from_millis(100) {
             return Err("--interval must be at least 100ms".into());
@@ -638,5 +666,86 @@ mod tests {
         let counts: Vec<u64> = (0..3).map(|k| share_of(Some(10), 3, k)).collect();
         assert_eq!(counts, [4, 3, 3]);
         assert_eq!(share_of(None, 3, 0), u64::MAX);
+    }
+}
+
+/// A header sent with each upgrade request (`--header NAME:VALUE`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// The field name, as given.
+    pub name: String,
+    /// The value; `{conn}`, `{user}` and `{token}` are filled per connection.
+    pub value: String,
+}
+
+impl Header {
+    /// Parses `NAME:VALUE`. Refuses names that are not HTTP tokens, line breaks anywhere, and
+    /// the headers the WebSocket handshake sets itself.
+    pub fn parse(text: &str) -> Result<Header, String> {
+        let (name, value) = text
+            .split_once(':')
+            .ok_or_else(|| format!("--header `{text}` must be NAME:VALUE"))?;
+        let (name, value) = (name.trim(), value.trim());
+        let token_char = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+        if name.is_empty() || !name.chars().all(token_char) {
+            return Err(format!("--header `{text}`: `{name}` is not a header name"));
+        }
+        if value.contains(['\r', '\n', '\0']) {
+            return Err(format!(
+                "--header `{name}`: a value cannot hold a line break"
+            ));
+        }
+        const OWN: [&str; 6] = [
+            "host",
+            "upgrade",
+            "connection",
+            "sec-websocket-key",
+            "sec-websocket-version",
+            "sec-websocket-protocol",
+        ];
+        if OWN.iter().any(|o| name.eq_ignore_ascii_case(o)) {
+            return Err(format!(
+                "--header `{name}` is set by the handshake itself{}",
+                if name.eq_ignore_ascii_case("sec-websocket-protocol") {
+                    "; use --subprotocol"
+                } else {
+                    ""
+                }
+            ));
+        }
+        Ok(Header {
+            name: name.to_owned(),
+            value: value.to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod header_tests {
+    use super::Header;
+
+    #[test]
+    fn headers_parse_and_refuse_what_the_handshake_owns() {
+        let h = Header::parse(" X-Api-Key : key-{conn} ").unwrap();
+        assert_eq!(
+            (h.name.as_str(), h.value.as_str()),
+            ("X-Api-Key", "key-{conn}")
+        );
+        assert_eq!(
+            Header::parse("Origin:https://a.example").unwrap().value,
+            "https://a.example"
+        );
+        for (bad, says) in [
+            ("no-colon", "NAME:VALUE"),
+            ("Bad Name: x", "not a header name"),
+            (": x", "not a header name"),
+            ("X-A: one\r\nX-B: two", "line break"),
+            ("host: evil", "set by the handshake"),
+            ("Sec-WebSocket-Key: x", "set by the handshake"),
+            ("sec-websocket-protocol: a", "use --subprotocol"),
+        ] {
+            let e = Header::parse(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 }

@@ -12,7 +12,7 @@ use hdrhistogram::serialization::V2DeflateSerializer;
 use serde::Serialize;
 
 use super::record::{percentile_us, LatencyUs, Recorder};
-use super::threshold::{Measured, Metric};
+use super::threshold::{Measured, Metric, Unit};
 use super::{exit, ErrKind, Errors, LoadOptions, Scenario, Tick};
 
 /// The JSON schema name and version; later versions add members, never rename them.
@@ -218,7 +218,9 @@ impl HdrLog {
     }
 }
 
-/// How a run ended, in order of precedence.
+/// How a run ended. When several hold, the report's `verdict` is the first of: `run_failed`,
+/// `threshold_failed`, `overloaded` (a failed threshold is what a gate asked about, so an
+/// overload beside it does not hide it), and `failed` lists every one that holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
@@ -233,6 +235,16 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// As in the JSON report: `pass`, `threshold_failed`, `overloaded`, `run_failed`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::ThresholdFailed => "threshold_failed",
+            Verdict::Overloaded => "overloaded",
+            Verdict::RunFailed => "run_failed",
+        }
+    }
+
     /// The process exit code for this verdict (see [`exit`](crate::exit)).
     pub fn exit_code(self) -> u8 {
         match self {
@@ -293,8 +305,10 @@ fn stall_allowance(peak: f64, max_lag: Duration) -> u64 {
 #[derive(Debug, Clone, Serialize)]
 pub struct ThresholdResult {
     pub threshold: String,
-    /// The measured value (microseconds, per second or a fraction); `null` if not measured.
+    /// The measured value, in `unit`; `null` if not measured.
     pub value: Option<f64>,
+    /// `micros`, `per_sec`, `fraction` or `number`.
+    pub unit: Unit,
     pub passed: bool,
 }
 
@@ -344,6 +358,8 @@ pub struct LoadReport {
     pub incomplete: Option<String>,
     /// How the run ended.
     pub verdict: Verdict,
+    /// Every failed verdict that holds, `verdict` first (empty when it passed).
+    pub failed: Vec<Verdict>,
     /// The process exit code for `verdict`.
     pub exit_code: u8,
     /// Interval series (for the plot): seconds, rate, p99.
@@ -438,6 +454,7 @@ impl LoadReport {
                     threshold: t.text.clone(),
                     passed: value.is_some_and(|v| t.passes(v)),
                     value,
+                    unit: t.unit(),
                 }
             })
             .collect();
@@ -446,19 +463,11 @@ impl LoadReport {
             thresholds.push(ThresholdResult {
                 threshold: "errors=0 (default; set an errors threshold to allow some)".into(),
                 value: Some(errors_total as f64),
+                unit: Unit::Number,
                 passed: errors_total == 0,
             });
         }
-        let verdict = if o.incomplete.is_some() {
-            Verdict::RunFailed
-        } else if generator.as_ref().is_some_and(|g| g.overloaded) {
-            Verdict::Overloaded
-        } else if thresholds.iter().any(|t| !t.passed) {
-            Verdict::ThresholdFailed
-        } else {
-            Verdict::Pass
-        };
-        LoadReport {
+        let mut report = LoadReport {
             schema: SCHEMA,
             scenario: opts.scenario,
             url: format!("ws://{}{}", opts.url.host, opts.url.target),
@@ -479,11 +488,51 @@ impl LoadReport {
             error_rate,
             thresholds,
             incomplete: o.incomplete,
-            verdict,
-            exit_code: verdict.exit_code(),
+            verdict: Verdict::Pass,
+            failed: Vec::new(),
+            exit_code: exit::PASS,
             series: agg.series.clone(),
             hist: Some(agg.total.clone()),
+        };
+        report.check_report_pointers(opts);
+        report.decide();
+        report
+    }
+
+    /// Thresholds naming a number of the report by its JSON pointer, read from the report as
+    /// `--json` prints it.
+    fn check_report_pointers(&mut self, opts: &LoadOptions) {
+        if !opts
+            .thresholds
+            .iter()
+            .any(|t| matches!(t.metric, Metric::Report(_)))
+        {
+            return;
         }
+        let json = serde_json::to_value(&*self).expect("the report serializes");
+        for (t, r) in opts.thresholds.iter().zip(self.thresholds.iter_mut()) {
+            if let Metric::Report(pointer) = t.metric {
+                r.value = json.pointer(pointer).and_then(serde_json::Value::as_f64);
+                r.passed = r.value.is_some_and(|v| t.passes(v));
+            }
+        }
+    }
+
+    /// Sets `verdict`, `failed` and `exit_code` from what the run found.
+    fn decide(&mut self) {
+        let mut failed = Vec::new();
+        if self.incomplete.is_some() {
+            failed.push(Verdict::RunFailed);
+        }
+        if self.thresholds.iter().any(|t| !t.passed) {
+            failed.push(Verdict::ThresholdFailed);
+        }
+        if self.generator.as_ref().is_some_and(|g| g.overloaded) {
+            failed.push(Verdict::Overloaded);
+        }
+        self.verdict = failed.first().copied().unwrap_or(Verdict::Pass);
+        self.exit_code = self.verdict.exit_code();
+        self.failed = failed;
     }
 
     /// The human-readable summary.
@@ -583,10 +632,10 @@ impl LoadReport {
             );
         }
         for t in &self.thresholds {
-            let v = t.value.map_or("not measured".into(), |v| format!("{v:.3}"));
+            let v = t.value.map_or("not measured".into(), |v| t.unit.show(v));
             let _ = writeln!(
                 out,
-                "threshold      {:<28} {:>14}  {}",
+                "threshold      {:<32} measured {:<12} {}",
                 t.threshold,
                 v,
                 if t.passed { "pass" } else { "FAIL" }
@@ -595,10 +644,22 @@ impl LoadReport {
         if let Some(why) = &self.incomplete {
             let _ = writeln!(out, "incomplete     {why}");
         }
+        let also: Vec<String> = self
+            .failed
+            .iter()
+            .skip(1)
+            .map(|v| format!("{} (exit {})", v.name(), v.exit_code()))
+            .collect();
         let _ = writeln!(
             out,
-            "verdict        {:?} (exit {})",
-            self.verdict, self.exit_code
+            "verdict        {} (exit {}){}",
+            self.verdict.name(),
+            self.exit_code,
+            if also.is_empty() {
+                String::new()
+            } else {
+                format!("; also {}", also.join(", "))
+            }
         );
         out
     }
@@ -726,12 +787,46 @@ mod tests {
             "no errors threshold: any error fails"
         );
 
+        // Overloaded as well: the failed threshold still decides, and both are reported.
         opts.max_lag = Duration::from_nanos(500);
         let r = report_with(&opts, &agg, true, None);
+        assert_eq!((r.verdict, r.exit_code), (Verdict::ThresholdFailed, 1));
+        assert_eq!(r.failed, [Verdict::ThresholdFailed, Verdict::Overloaded]);
+        let text = r.to_text();
+        assert!(
+            text.contains("threshold_failed (exit 1); also overloaded (exit 3)"),
+            "{text}"
+        );
+        assert!(text.contains("measured"), "{text}");
+        // Overloaded alone: 3.
+        opts.thresholds = vec![Threshold::parse("errors<0.01").unwrap()];
+        let r = report_with(&opts, &agg, true, None);
+        assert_eq!((r.verdict, r.exit_code), (Verdict::Overloaded, 3));
+        // A threshold on a number of the report, by pointer, shown with its unit.
+        opts.max_lag = Duration::from_millis(10);
+        opts.thresholds = vec![
+            Threshold::parse("/generator/sent>=1000").unwrap(),
+            Threshold::parse("/uncorrected_latency_us/p99<200us").unwrap(),
+            Threshold::parse("p99<50ms").unwrap(),
+        ];
+        let r = report_with(&opts, &agg, true, None);
+        let got: Vec<_> = r.thresholds.iter().map(|t| (t.value, t.passed)).collect();
+        assert_eq!(got[0], (Some(1000.0), true));
+        assert!(!got[1].1, "{:?}", got[1]);
+        let text = r.to_text();
+        let line = |name: &str| {
+            text.lines()
+                .find(|l| l.contains(name))
+                .unwrap_or_else(|| panic!("{name}: {text}"))
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert_eq!(line("p99<50ms"), "threshold p99<50ms measured 500us pass");
+        assert!(line("/uncorrected").ends_with("us FAIL"), "{text}");
         assert_eq!(
-            (r.verdict, r.exit_code),
-            (Verdict::Overloaded, 3),
-            "overload outranks thresholds"
+            line("/generator/sent"),
+            "threshold /generator/sent>=1000 measured 1000 pass"
         );
         let r = report_with(&opts, &agg, true, Some("server went away".into()));
         assert_eq!((r.verdict, r.exit_code), (Verdict::RunFailed, 4));

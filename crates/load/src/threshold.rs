@@ -1,4 +1,5 @@
-//! Pass/fail thresholds on a load run: `p99<2ms`, `rate>500000`, `errors<0.001`.
+//! Pass/fail thresholds on a load run: `p99<2ms`, `rate>500000`, `errors<0.001`, or any number
+//! in the JSON report by its pointer: `/generator/late<100`, `/uncorrected_latency_us/p99<5ms`.
 
 use std::time::Duration;
 
@@ -16,6 +17,10 @@ pub enum Metric {
     Rate,
     /// Errors as a share of everything attempted (0.001 = 0.1 %).
     Errors,
+    /// Any number in the JSON report (`--json`), by its JSON pointer. A pointer ending in
+    /// `_us` or naming a field under one (`/latency_us/p99`) is a latency in microseconds and
+    /// takes a limit with a unit.
+    Report(&'static str),
 }
 
 /// A percentile times 1000, so it can be compared exactly (99.99 = 99_990).
@@ -76,6 +81,13 @@ impl Threshold {
             "mean" => Metric::Mean,
             "rate" => Metric::Rate,
             "errors" => Metric::Errors,
+            p if p.starts_with('/') => {
+                if p.len() > 200 || p.contains(char::is_whitespace) {
+                    return Err(format!("`{p}` is not a JSON pointer into the report"));
+                }
+                // Leaked once per threshold given on the command line: a handful of bytes.
+                Metric::Report(Box::leak(p.to_owned().into_boxed_str()))
+            }
             p if p.starts_with('p') => {
                 let v: f64 = p[1..]
                     .parse()
@@ -87,18 +99,19 @@ impl Threshold {
             }
             _ => {
                 return Err(format!(
-                    "unknown threshold metric `{name}`: use p50..p99.99, max, mean, rate or errors"
+                    "unknown threshold metric `{name}`: use p50..p99.99, max, mean, rate, errors, \
+                     or a JSON pointer into the report (/generator/late)"
                 ))
             }
         };
         let limit = match metric {
-            Metric::Percentile(_) | Metric::Max | Metric::Mean => {
+            _ if Unit::of(metric) == Unit::Micros => {
                 let d = humantime::parse_duration(value).map_err(|_| {
                     format!("`{value}` is not a latency with a unit (e.g. 2ms, 500us, 1s)")
                 })?;
                 duration_us(d)
             }
-            Metric::Rate | Metric::Errors => {
+            _ => {
                 let v: f64 = value
                     .replace('_', "")
                     .parse()
@@ -130,7 +143,13 @@ impl Threshold {
             Metric::Mean => Some(m.mean_us),
             Metric::Rate => Some(m.rate),
             Metric::Errors => Some(m.error_rate),
+            Metric::Report(_) => None,
         }
+    }
+
+    /// The unit of the measured value and the limit.
+    pub fn unit(&self) -> Unit {
+        Unit::of(self.metric)
     }
 
     /// Whether `value` passes.
@@ -162,6 +181,47 @@ impl Threshold {
 
 fn duration_us(d: Duration) -> f64 {
     d.as_nanos() as f64 / 1e3
+}
+
+/// What a threshold's numbers count, for showing them with their unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unit {
+    /// Microseconds, shown as `850us`, `12.40ms` or `1.20s`.
+    Micros,
+    /// Per second.
+    PerSec,
+    /// A fraction, shown as a percentage.
+    Fraction,
+    /// A count or any other number, shown as it is.
+    Number,
+}
+
+impl Unit {
+    fn of(metric: Metric) -> Unit {
+        match metric {
+            Metric::Percentile(_) | Metric::Max | Metric::Mean => Unit::Micros,
+            Metric::Rate => Unit::PerSec,
+            Metric::Errors => Unit::Fraction,
+            Metric::Report(p) if p.ends_with("_us") || p.contains("_us/") => Unit::Micros,
+            Metric::Report(p) if p.ends_with("_per_sec") => Unit::PerSec,
+            Metric::Report(p) if p.ends_with("_rate") => Unit::Fraction,
+            Metric::Report(_) => Unit::Number,
+        }
+    }
+
+    /// `v` with its unit: `12.40ms`, `512000/s`, `0.100%`, `17`.
+    pub fn show(self, v: f64) -> String {
+        match self {
+            Unit::Micros if v >= 1e6 => format!("{:.2}s", v / 1e6),
+            Unit::Micros if v >= 1e3 => format!("{:.2}ms", v / 1e3),
+            Unit::Micros => format!("{v:.0}us"),
+            Unit::PerSec => format!("{v:.0}/s"),
+            Unit::Fraction => format!("{:.3}%", v * 100.0),
+            Unit::Number if v.fract() == 0.0 && v.abs() < 1e15 => format!("{v:.0}"),
+            Unit::Number => format!("{v:.3}"),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -216,5 +276,27 @@ mod tests {
         assert!(check("errors<0.001"));
         assert!(check("max<10ms"));
         assert!(Threshold::parse("p90<1ms").unwrap().value(&m).is_none());
+    }
+
+    #[test]
+    fn report_pointers_and_units() {
+        let t = Threshold::parse("/generator/late<100").unwrap();
+        assert_eq!(t.metric, Metric::Report("/generator/late"));
+        assert_eq!((t.unit(), t.limit), (Unit::Number, 100.0));
+        let t = Threshold::parse("/uncorrected_latency_us/p99<=5ms").unwrap();
+        assert_eq!((t.unit(), t.limit), (Unit::Micros, 5000.0));
+        assert!(
+            Threshold::parse("/latency_us/p99<5").is_err(),
+            "a latency needs a unit"
+        );
+        assert_eq!(
+            Threshold::parse("/mb_per_sec>10").unwrap().unit(),
+            Unit::PerSec
+        );
+        assert_eq!(Unit::Micros.show(12402.687), "12.40ms");
+        assert_eq!(Unit::Micros.show(850.0), "850us");
+        assert_eq!(Unit::PerSec.show(512000.4), "512000/s");
+        assert_eq!(Unit::Fraction.show(0.001), "0.100%");
+        assert_eq!(Unit::Number.show(17.0), "17");
     }
 }

@@ -31,14 +31,48 @@ pub fn connect(
 }
 
 /// Why an upgrade failed, as the `io::Error` payload: the HTTP status the server answered with
-/// (0 when the response was not HTTP).
+/// (0 when the response was not HTTP) and the first line of the body that came with it.
 #[derive(Debug)]
-pub struct Refused(pub u16);
+pub struct Refused {
+    /// The status code.
+    pub status: u16,
+    /// The first line of the response body read with the head (at most 200 characters,
+    /// control characters dropped), often the server's reason; may be empty.
+    pub reason: String,
+}
 
 impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "upgrade refused: HTTP {}", self.0)
+        write!(f, "upgrade refused: HTTP {}", self.status)?;
+        if !self.reason.is_empty() {
+            write!(f, " ({})", self.reason)?;
+        }
+        Ok(())
     }
+}
+
+/// The first line of `body`, bounded and printable.
+fn first_line(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(400)]);
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("")
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(200)
+        .collect()
+}
+
+/// The subprotocols offered in `headers` (`Sec-WebSocket-Protocol: a, b`).
+fn offered_protocols(headers: &str) -> Vec<&str> {
+    headers
+        .split("\r\n")
+        .filter_map(|h| h.split_once(':'))
+        .filter(|(name, _)| name.trim().eq_ignore_ascii_case("sec-websocket-protocol"))
+        .flat_map(|(_, v)| v.split(',').map(str::trim))
+        .filter(|p| !p.is_empty())
+        .collect()
 }
 
 impl std::error::Error for Refused {}
@@ -93,8 +127,37 @@ pub fn upgrade_on(
                 if resp.code != Some(101) {
                     return Err(io::Error::new(
                         io::ErrorKind::ConnectionRefused,
-                        Refused(resp.code.unwrap_or(0)),
+                        Refused {
+                            status: resp.code.unwrap_or(0),
+                            reason: first_line(&buf[head..]),
+                        },
                     ));
+                }
+                // As browsers do: a subprotocol offered must be the one the server chose.
+                let offered = offered_protocols(extra_headers);
+                let chosen = resp
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("sec-websocket-protocol"))
+                    .map(|h| String::from_utf8_lossy(h.value).trim().to_owned());
+                match (&chosen, offered.is_empty()) {
+                    (None, true) => {}
+                    (Some(p), false) if offered.contains(&p.as_str()) => {}
+                    (None, false) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!(
+                                "the server chose none of the subprotocols offered ({})",
+                                offered.join(", ")
+                            ),
+                        ))
+                    }
+                    (Some(p), _) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("the server chose subprotocol `{p}`, which was not offered"),
+                        ))
+                    }
                 }
                 let expected = tungstenite::handshake::derive_accept_key(key.as_bytes());
                 let ok = resp.headers.iter().any(|h| {
@@ -476,5 +539,95 @@ mod masked_tests {
             }
             assert_eq!(body, payload);
         }
+    }
+
+    /// A server's side of one upgrade: answers the request written to it with `answer(key)`.
+    struct Server<F: Fn(&str) -> String> {
+        written: Vec<u8>,
+        answered: Option<Cursor<Vec<u8>>>,
+        answer: F,
+    }
+
+    impl<F: Fn(&str) -> String> Read for Server<F> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.answered.is_none() {
+                let req = String::from_utf8_lossy(&self.written).into_owned();
+                let key = req
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+                    .expect("a key")
+                    .trim()
+                    .to_owned();
+                self.answered = Some(Cursor::new((self.answer)(&key).into_bytes()));
+            }
+            self.answered.as_mut().unwrap().read(buf)
+        }
+    }
+
+    impl<F: Fn(&str) -> String> Write for Server<F> {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.written.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn upgrade_against(headers: &str, answer: impl Fn(&str) -> String) -> io::Result<Vec<u8>> {
+        let mut server = Server {
+            written: Vec::new(),
+            answered: None,
+            answer,
+        };
+        upgrade_on(&mut server, "x", "/", headers)
+    }
+
+    fn switching(key: &str, extra: &str) -> String {
+        let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+        format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {accept}\r\n{extra}\r\n"
+        )
+    }
+
+    #[test]
+    fn a_subprotocol_offered_must_be_the_one_chosen() {
+        let offer = "Sec-WebSocket-Protocol: a.v1, b.v1\r\n";
+        let chosen = |p: &'static str| {
+            move |k: &str| switching(k, &format!("Sec-WebSocket-Protocol: {p}\r\n"))
+        };
+        assert!(upgrade_against(offer, chosen("b.v1")).is_ok());
+        let e = upgrade_against(offer, chosen("c.v1"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("chose subprotocol `c.v1`, which was not offered"),
+            "{e}"
+        );
+        let e = upgrade_against(offer, |k| switching(k, ""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("chose none of the subprotocols offered (a.v1, b.v1)"),
+            "{e}"
+        );
+        let e = upgrade_against("", chosen("a.v1")).unwrap_err().to_string();
+        assert!(e.contains("not offered"), "{e}");
+        assert!(upgrade_against("", |k| switching(k, "")).is_ok());
+    }
+
+    #[test]
+    fn a_refusal_carries_the_first_line_of_its_body() {
+        let e = upgrade_against("", |_| {
+            "HTTP/1.1 401 Unauthorized\r\nContent-Length: 30\r\n\r\n\n  missing token\u{7}\nmore\n"
+                .into()
+        })
+        .unwrap_err();
+        let r = e.get_ref().unwrap().downcast_ref::<Refused>().unwrap();
+        assert_eq!((r.status, r.reason.as_str()), (401, "missing token"));
+        assert_eq!(e.to_string(), "upgrade refused: HTTP 401 (missing token)");
+        let e = upgrade_against("", |_| "HTTP/1.1 503 Busy\r\n\r\n".into()).unwrap_err();
+        assert_eq!(e.to_string(), "upgrade refused: HTTP 503");
     }
 }

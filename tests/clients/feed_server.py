@@ -1,0 +1,50 @@
+"""An independent WebSocket feed for floodgate's load tests (Python `websockets`; nobody here
+wrote its protocol handling).
+
+usage: feed_server.py KEY_PREFIX
+Listens on 127.0.0.1 (a free port) and prints `port N`. A client must send
+`X-Api-Key: <KEY_PREFIX><c>`, where c is the `c` query parameter (401 otherwise), and
+offer the subprotocol `feed.v1` (which the server then chooses; it chooses none of the
+others). Each connection then gets `n` (query parameter) frames `{"seq": i, "ts": <ns>}`,
+i = 1..n, and stays open until the client closes it.
+"""
+import asyncio
+import json
+import sys
+import time
+from http import HTTPStatus
+from urllib.parse import parse_qs, urlparse
+
+import websockets
+
+PREFIX = sys.argv[1]
+
+
+def query(path):
+    return {k: v[0] for k, v in parse_qs(urlparse(path).query).items()}
+
+
+def check_key(connection, request):
+    q = query(request.path)
+    if request.headers.get("X-Api-Key") != PREFIX + q.get("c", "?"):
+        return connection.respond(HTTPStatus.UNAUTHORIZED, "missing or wrong X-Api-Key\n")
+    return None
+
+
+async def feed(ws):
+    n = int(query(ws.request.path).get("n", "10"))
+    for i in range(1, n + 1):
+        await ws.send(json.dumps({"seq": i, "ts": time.time_ns()}))
+    await ws.wait_closed()
+
+
+async def main():
+    async with websockets.serve(
+        feed, "127.0.0.1", 0, process_request=check_key, subprotocols=["feed.v1"], compression=None
+    ) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        print(f"port {port}", flush=True)
+        await asyncio.Future()
+
+
+asyncio.run(main())

@@ -1,0 +1,179 @@
+//! `floodgate load` against servers with their own handshake rules: headers (templated per
+//! connection) and a subprotocol for an independent Python `websockets` feed, advice on a 401,
+//! and each scenario's own `--help`.
+
+mod util;
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+fn floodgate(args: &[&str]) -> Output {
+    util::output_within(
+        Command::new(env!("CARGO_BIN_EXE_floodgate")).args(args),
+        Duration::from_secs(60),
+    )
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn headers_and_a_subprotocol_open_an_independent_feed() {
+    if !util::python_websockets() {
+        return;
+    }
+    let (_server, port) = util::python_server("feed_server.py", &["key-".as_ref()]);
+    let url = format!("ws://127.0.0.1:{port}/feed?c={{conn}}&n=300");
+    let subscribe = |extra: &[&str]| {
+        let mut args = vec![
+            "load",
+            "subscribe",
+            "--url",
+            &url,
+            "--connections",
+            "4",
+            "--seq-field",
+            "/seq",
+            "--gapless",
+            "--latency-field",
+            "/ts",
+            "--events",
+            "1200",
+            "--duration",
+            "20s",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        floodgate(&args)
+    };
+
+    // The key is templated per connection ({conn}); the server checks each one.
+    let out = subscribe(&[
+        "--header",
+        "X-Api-Key: key-{conn}",
+        "--subprotocol",
+        "feed.v1",
+    ]);
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out)));
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    assert_eq!(report["events"], 1200, "{report}");
+    assert_eq!(report["errors_total"], 0, "{report}");
+
+    // Without the header: refused, and the error says what to send.
+    let out = subscribe(&["--subprotocol", "feed.v1"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains("HTTP 401 (missing or wrong X-Api-Key)") && t.contains("--header"),
+        "{t}"
+    );
+
+    // A subprotocol the server does not speak: this server refuses with 400 and says why,
+    // and the error shows its reason. (A server that answers 101 without choosing one fails
+    // the handshake too: floodgate-wsclient's unit tests.)
+    let out = subscribe(&[
+        "--header",
+        "X-Api-Key: key-{conn}",
+        "--subprotocol",
+        "feed.v2",
+    ]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(
+        text(&out).contains("HTTP 400 (Failed to open a WebSocket connection: invalid subprotocol"),
+        "{}",
+        text(&out)
+    );
+
+    // Headers the handshake sets itself are refused before anything connects.
+    let out = subscribe(&["--header", "Sec-WebSocket-Protocol: feed.v1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("use --subprotocol"), "{}", text(&out));
+}
+
+#[test]
+fn a_401_says_that_a_token_is_needed_and_how_to_pass_one() {
+    let gw = util::builder().build().unwrap();
+    let url = format!("ws://{}/ws", gw.local_addr());
+    let run = |extra: &[&str]| {
+        let mut args = vec!["load", "subscribe", "--url", &url, "--events", "1"];
+        args.extend_from_slice(extra);
+        floodgate(&args)
+    };
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    let t = text(&out);
+    for advice in [
+        "HTTP 401",
+        "--jwt-secret",
+        "--token-file",
+        "--header 'Authorization: Bearer",
+    ] {
+        assert!(t.contains(advice), "`{advice}` missing from: {t}");
+    }
+    // A token signed with another secret: the advice is about the key, not the lack of one.
+    let out = run(&[
+        "--jwt-secret",
+        "not-the-gateway-secret-not-the-gateway-secret",
+    ]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("refused the credentials"), "{t}");
+    gw.shutdown().unwrap();
+}
+
+#[test]
+fn each_scenario_has_its_own_help() {
+    let help = |scenario: &str| text(&floodgate(&["load", scenario, "--help"]));
+    let cases: [(&str, &[&str], &[&str]); 4] = [
+        (
+            "subscribe",
+            &["--seq-field", "--gapless"],
+            &["--api-key", "--rate", "--hold"],
+        ),
+        (
+            "echo",
+            &["--rate", "--max-lag", "--message-bytes"],
+            &["--seq-field", "--api-key"],
+        ),
+        (
+            "publish",
+            &["--rate", "--api-key", "--batch"],
+            &["--seq-field", "--hold"],
+        ),
+        (
+            "connect",
+            &["--rate", "--hold"],
+            &["--seq-field", "--api-key", "--message-bytes"],
+        ),
+    ];
+    for (scenario, has, lacks) in cases {
+        let h = help(scenario);
+        assert!(h.contains(&format!("floodgate load {scenario}")), "{h}");
+        for flag in has
+            .iter()
+            .chain(["--url", "--threshold", "--header"].iter())
+        {
+            assert!(h.contains(flag), "{scenario} --help lacks {flag}");
+        }
+        for flag in lacks {
+            assert!(!h.contains(flag), "{scenario} --help shows {flag}");
+        }
+    }
+    // The harness's own help lists the scenarios and says where each one's options are.
+    let h = text(&floodgate(&["load", "--help"]));
+    for s in [
+        "subscribe",
+        "echo",
+        "publish",
+        "connect",
+        "<SCENARIO> --help",
+    ] {
+        assert!(h.contains(s), "{s}: {h}");
+    }
+}

@@ -330,6 +330,15 @@ struct LoadCommon {
     /// interval, in nanoseconds), mergeable across runs with the HdrHistogram tools.
     #[arg(long, value_name = "FILE")]
     hdr_log: Option<PathBuf>,
+    /// Write one JSON object per interval as the run goes (schema floodgate.load.interval/1:
+    /// events, rate, sent, errors, p50/p99/max latency), to this file or, with `-`, to
+    /// standard output (before the --json report, if both go there).
+    #[arg(long, value_name = "FILE|-")]
+    intervals: Option<PathBuf>,
+    /// Write the thresholds, the generator's schedule and the run's completion as JUnit XML
+    /// test cases (for a CI system's test report), after the run.
+    #[arg(long, value_name = "FILE.xml")]
+    junit: Option<PathBuf>,
     /// Draw latency by percentile and throughput over time into this SVG file.
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
@@ -906,6 +915,8 @@ fn load_options(cmd: LoadScenario) -> Result<(floodgate_load::LoadOptions, bool)
     o.thresholds = a.threshold;
     o.progress = !a.quiet && !a.json;
     o.hdr_log = a.hdr_log;
+    o.intervals = a.intervals;
+    o.junit = a.junit;
     o.plot = a.plot;
     o.interval = a.interval;
     o.validate()?;

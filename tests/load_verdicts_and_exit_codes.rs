@@ -95,8 +95,12 @@ fn a_failed_threshold_exits_1_even_when_overloaded_and_overload_alone_exits_3() 
     // Five million messages a second on one connection: no generator keeps that schedule, and
     // the run must say so rather than report a rate it did not offer. Every error allowed:
     // the overload alone decides.
+    // A generator that far behind still stops on time: it flushes, reads and looks at the clock
+    // every 1024 messages, instead of staying in its send loop while it is behind (a 1 s run
+    // once took a minute). The bound is loose: a 1 s run plus the 2 s drain, on a slow machine.
     let overload = |threshold: &str| {
-        load(&[
+        let began = std::time::Instant::now();
+        let ran = load(&[
             "echo",
             "--url",
             &url,
@@ -109,7 +113,13 @@ fn a_failed_threshold_exits_1_even_when_overloaded_and_overload_alone_exits_3() 
             "--threshold",
             threshold,
             "--json",
-        ])
+        ]);
+        assert!(
+            began.elapsed() < Duration::from_secs(15),
+            "{:?}",
+            began.elapsed()
+        );
+        ran
     };
     let (code, json, out) = overload("errors<=1");
     assert_eq!(code, 3, "{out}");
@@ -378,4 +388,97 @@ fn connect_opens_holds_and_closes_connections_on_schedule() {
         "every held connection closed",
         || gw.metrics().stats.connections_open == 0,
     );
+}
+
+/// `--intervals` (JSON lines as the run goes) and `--junit` (XML a CI system reads, parsed
+/// here by Python's own XML parser).
+#[test]
+fn intervals_and_junit_are_written_for_ci() {
+    let gw = util::builder().echo(true).build().unwrap();
+    let url = format!("ws://{}/echo", gw.local_addr());
+    let dir = util::temp_dir("load-ci-outputs");
+    let (lines, junit) = (dir.join("intervals.jsonl"), dir.join("junit.xml"));
+    let (code, json, out) = load(&[
+        "echo",
+        "--url",
+        &url,
+        "--rate",
+        "1000",
+        "--duration",
+        "1300ms",
+        "--interval",
+        "250ms",
+        "--threshold",
+        "p99<5s",
+        "--threshold",
+        "rate>1000000",
+        "--intervals",
+        lines.to_str().unwrap(),
+        "--junit",
+        junit.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, 1, "{out}");
+    let r = json.unwrap();
+
+    let text = std::fs::read_to_string(&lines).unwrap();
+    let rows: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(rows.len() >= 5, "{text}");
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row["schema"], "floodgate.load.interval/1");
+        assert_eq!(row["index"], i as u64, "{text}");
+        assert_eq!(row["last"], i + 1 == rows.len(), "{text}");
+    }
+    let sum: u64 = rows.iter().map(|r| r["events"].as_u64().unwrap()).sum();
+    assert_eq!(
+        sum,
+        r["events"].as_u64().unwrap(),
+        "the intervals add up to the total"
+    );
+    // The last interval is cut short by the end of the run: its rate counts only the time it
+    // covered, so it is not a drop towards zero.
+    let last = rows.last().unwrap();
+    assert!(last["interval_sec"].as_f64().unwrap() <= 0.25);
+    if last["events"].as_u64().unwrap() > 20 {
+        assert!(last["events_per_sec"].as_f64().unwrap() > 500.0, "{last}");
+    }
+
+    let parsed = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sys, xml.etree.ElementTree as E\n\
+             r = E.parse(sys.argv[1]).getroot()\n\
+             s = r.find('testsuite')\n\
+             print(r.get('tests'), r.get('failures'))\n\
+             for c in s.findall('testcase'):\n\
+             \x20   f = c.find('failure')\n\
+             \x20   print(c.get('name'), '|', 'FAIL ' + f.get('message') if f is not None else 'ok')\n",
+        )
+        .arg(&junit)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&parsed.stdout);
+    assert!(
+        parsed.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&parsed.stderr)
+    );
+    let mut got = report.lines();
+    assert_eq!(got.next(), Some("5 1"), "{report}");
+    let cases: Vec<&str> = got.collect();
+    assert_eq!(cases[0], "threshold p99<5s | ok", "{report}");
+    assert!(
+        cases[1].starts_with("threshold rate>1000000 | FAIL measured ") && cases[1].ends_with("/s"),
+        "{report}"
+    );
+    assert!(
+        cases[2].starts_with("threshold errors=0 (default"),
+        "{report}"
+    );
+    assert_eq!(cases[3], "generator keeps 1000/s | ok", "{report}");
+    assert_eq!(cases[4], "the run completes | ok", "{report}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -214,12 +214,14 @@ impl<'a> Run<'a> {
         workers: usize,
         setup_errors: Errors,
     ) -> Result<Run<'a>, String> {
-        let agg = Aggregate::new(workers, opts.interval, opts.hdr_log.as_deref(), opts)?;
+        let mut agg = Aggregate::new(workers, opts.interval, opts.hdr_log.as_deref(), opts)?;
+        let start_ns = unix_ns();
+        agg.start_ns = start_ns;
         let (tx, rx) = crossbeam_channel::unbounded();
         Ok(Run {
             opts,
             control: Control::new(),
-            start_ns: unix_ns(),
+            start_ns,
             agg,
             tx,
             rx,

@@ -25,6 +25,10 @@ use crate::unix_ns;
 const MAX_IN_FLIGHT: usize = 1 << 16;
 /// After sending stops, how long replies are waited for.
 const DRAIN: Duration = Duration::from_secs(2);
+/// The most messages one pass of the loop sends before it flushes, reads replies and looks at
+/// the clock and the stop again: a generator far behind its schedule would otherwise stay in
+/// its send loop (and grow its buffers) for as long as it is behind.
+const PASS_MAX: usize = 1024;
 
 /// A message in flight: its id, when it was due, when it left.
 #[derive(Clone, Copy)]
@@ -106,12 +110,19 @@ impl Worker {
             let mut next_due = u64::MAX;
             if sending {
                 let mut touched = false;
+                let mut this_pass = 0;
                 while j < self.limit {
                     let due = start_ns + (self.profile.time_of(j) * 1e9) as u64;
                     if due > now {
                         next_due = due;
                         break;
                     }
+                    if this_pass == PASS_MAX {
+                        // Behind: come back at once, after flushing and reading.
+                        next_due = now;
+                        break;
+                    }
+                    this_pass += 1;
                     let k = (j % n as u64) as usize;
                     if !self.conns[k].closed {
                         message(&mut buf, j, due, self.bytes);
@@ -187,6 +198,7 @@ impl Worker {
                     Ok(end) => {
                         tick.bytes += end.bytes;
                         if end.closed {
+                            c.closed = true;
                             tick.errors.add(ErrKind::Closed, 1);
                         }
                     }

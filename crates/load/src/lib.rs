@@ -202,6 +202,10 @@ pub struct LoadOptions {
     pub progress: bool,
     /// Write an HdrHistogram interval log here.
     pub hdr_log: Option<PathBuf>,
+    /// Write one JSON object per closed interval here (`-`: standard output), as the run goes.
+    pub intervals: Option<PathBuf>,
+    /// Write the thresholds and verdicts as JUnit XML here, after the run.
+    pub junit: Option<PathBuf>,
     /// Write an SVG plot here.
     pub plot: Option<PathBuf>,
     /// Length of a reporting interval (progress, HDR log, plot).
@@ -242,6 +246,8 @@ impl LoadOptions {
             thresholds: Vec::new(),
             progress: false,
             hdr_log: None,
+            intervals: None,
+            junit: None,
             plot: None,
             interval: Duration::from_secs(1),
         }
@@ -597,6 +603,10 @@ pub fn run(opts: &LoadOptions) -> Result<LoadReport, RunError> {
     .map_err(RunError::Failed)?;
     if let Some(path) = &opts.plot {
         plot::draw(&report, path).map_err(RunError::Failed)?;
+    }
+    if let Some(path) = &opts.junit {
+        std::fs::write(path, report.to_junit())
+            .map_err(|e| RunError::Failed(format!("--junit `{}`: {e}", path.display())))?;
     }
     Ok(report)
 }

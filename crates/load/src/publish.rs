@@ -25,6 +25,9 @@ use crate::unix_ns;
 
 /// After publishing stops, how long a publisher waits for its last answers.
 const DRAIN: Duration = Duration::from_secs(5);
+/// The most batches one pass of the loop sends before it reads answers and looks at the clock
+/// and the stop again (a generator far behind would otherwise stay in its send loop).
+const PASS_MAX_BATCHES: usize = 64;
 
 /// What publishers report back when they finish.
 struct Totals {
@@ -124,7 +127,11 @@ impl Publisher {
             let mut next_due = u64::MAX;
             if sending {
                 // Everything due now, in batches of at most `batch`.
-                loop {
+                for pass in 0.. {
+                    if pass == PASS_MAX_BATCHES {
+                        next_due = now;
+                        break;
+                    }
                     buf.clear();
                     buf.extend_from_slice(b"{\"id\":");
                     buf.extend_from_slice(itoa::Buffer::new().format(batch_id).as_bytes());

@@ -18,6 +18,9 @@ use super::{exit, ErrKind, Errors, LoadOptions, Scenario, Tick};
 /// The JSON schema name and version; later versions add members, never rename them.
 pub const SCHEMA: &str = "floodgate.load/1";
 
+/// The schema of each `--intervals` line.
+pub const INTERVAL_SCHEMA: &str = "floodgate.load.interval/1";
+
 /// The most points the plot's series keeps; past it, neighbouring points are merged, so memory
 /// stays bounded however long the run.
 const MAX_POINTS: usize = 2048;
@@ -53,6 +56,10 @@ pub(crate) struct Aggregate {
     pub last_done_ns: u64,
     pub series: Vec<Point>,
     hdr: Option<HdrLog>,
+    /// `--intervals`: one JSON line per closed interval.
+    intervals: Option<Box<dyn Write + Send>>,
+    /// When interval 0 began (unix ns; 0 in unit tests, where intervals are not timed).
+    pub start_ns: u64,
     /// The last finished interval's rate and p99 (for the progress line).
     pub last_rate: f64,
     pub last_p99_us: f64,
@@ -66,6 +73,15 @@ impl Aggregate {
         opts: &LoadOptions,
     ) -> Result<Aggregate, String> {
         let hdr = hdr_log.map(|p| HdrLog::create(p, opts)).transpose()?;
+        let intervals: Option<Box<dyn Write + Send>> = match &opts.intervals {
+            None => None,
+            Some(p) if p.as_os_str() == "-" => Some(Box::new(std::io::stdout())),
+            Some(p) => {
+                Some(Box::new(BufWriter::new(File::create(p).map_err(|e| {
+                    format!("--intervals `{}`: {e}", p.display())
+                })?)))
+            }
+        };
         Ok(Aggregate {
             interval,
             progress: vec![Some(-1); workers],
@@ -80,6 +96,8 @@ impl Aggregate {
             last_done_ns: 0,
             series: Vec::new(),
             hdr,
+            intervals,
+            start_ns: 0,
             last_rate: 0.0,
             last_p99_us: 0.0,
         })
@@ -103,23 +121,39 @@ impl Aggregate {
             if floor.is_some_and(|f| k as i64 > f) {
                 break;
             }
+            // Every worker finished and this is the last interval left: the run's last.
+            let last = floor.is_none() && self.pending.len() == 1;
             let t = self.pending.remove(&k).expect("present");
-            self.close(t);
+            self.close(t, last);
         }
     }
 
     /// Closes whatever is left (every worker finished).
     pub(crate) fn finish(&mut self) {
         while let Some((_, t)) = self.pending.pop_first() {
-            self.close(t);
+            let last = self.pending.is_empty();
+            self.close(t, last);
         }
         if let Some(h) = &mut self.hdr {
             let _ = h.out.flush();
         }
+        if let Some(w) = &mut self.intervals {
+            let _ = w.flush();
+        }
     }
 
-    fn close(&mut self, t: Tick) {
-        let len = self.interval.as_secs_f64();
+    /// Closes interval `t`; `last` when it is the run's last, which ends early: its rate
+    /// counts up to its last completion, not over the whole interval (an empty last interval
+    /// is not drawn at all, rather than as a drop to zero).
+    fn close(&mut self, t: Tick, last: bool) {
+        let full = self.interval.as_secs_f64();
+        let begin = self.start_ns + t.index * self.interval.as_nanos() as u64;
+        let len = if last && self.start_ns > 0 && t.last_done_ns > begin {
+            ((t.last_done_ns - begin) as f64 / 1e9).min(full)
+        } else {
+            full
+        };
+        let drawn = !(last && t.done == 0 && t.index > 0);
         let p99 = if t.rec.corrected.is_empty() {
             0.0
         } else {
@@ -137,8 +171,33 @@ impl Aggregate {
         self.bytes += t.bytes;
         self.other_frames += t.other_frames;
         self.last_done_ns = self.last_done_ns.max(t.last_done_ns);
+        if let Some(w) = &mut self.intervals {
+            let latency = (!t.rec.corrected.is_empty()).then(|| {
+                serde_json::json!({
+                    "p50": percentile_us(&t.rec.corrected, 50_000),
+                    "p99": p99,
+                    "max": t.rec.corrected.max() as f64 / 1e3,
+                })
+            });
+            let line = serde_json::json!({
+                "schema": INTERVAL_SCHEMA,
+                "index": t.index,
+                "t_sec": t.index as f64 * full + len,
+                "interval_sec": len,
+                "events": t.done,
+                "events_per_sec": self.last_rate,
+                "sent": t.sent,
+                "errors": t.errors.total(),
+                "latency_us": latency,
+                "last": last,
+            });
+            let _ = writeln!(w, "{line}");
+        }
+        if !drawn {
+            return;
+        }
         self.series.push(Point {
-            t: (t.index + 1) as f64 * len,
+            t: t.index as f64 * full + len,
             rate: self.last_rate,
             p99_us: p99,
             len,
@@ -499,6 +558,84 @@ impl LoadReport {
         report
     }
 
+    /// JUnit XML (the format CI systems show as test results): one test case per threshold,
+    /// one for the generator keeping its schedule (generating scenarios) and one for the run
+    /// completing. A case that did not pass carries a `<failure>` saying what was measured.
+    pub fn to_junit(&self) -> String {
+        use std::fmt::Write;
+        let esc = |s: &str| {
+            s.replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+                .replace('"', "&quot;")
+        };
+        let mut cases: Vec<(String, Option<String>)> = self
+            .thresholds
+            .iter()
+            .map(|t| {
+                let measured = t.value.map_or("not measured".into(), |v| t.unit.show(v));
+                let failure = (!t.passed).then(|| format!("measured {measured}"));
+                (format!("threshold {}", t.threshold), failure)
+            })
+            .collect();
+        if let Some(g) = &self.generator {
+            let failure = g.overloaded.then(|| {
+                format!(
+                    "the generator was overloaded: {} of {} due sent, {} later than {}",
+                    g.sent,
+                    g.scheduled,
+                    g.late,
+                    Unit::Micros.show(g.max_lag_us)
+                )
+            });
+            cases.push((format!("generator keeps {}", g.rate), failure));
+        }
+        cases.push(("the run completes".into(), self.incomplete.clone()));
+        let scenario = self.scenario_name();
+        let failures = cases.iter().filter(|c| c.1.is_some()).count();
+        let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+        let _ = writeln!(
+            out,
+            "<testsuites name=\"floodgate load\" tests=\"{}\" failures=\"{failures}\" time=\"{:.3}\">",
+            cases.len(),
+            self.elapsed_sec
+        );
+        let _ = writeln!(
+            out,
+            "  <testsuite name=\"floodgate load {scenario} {}\" tests=\"{}\" failures=\"{failures}\" time=\"{:.3}\">",
+            esc(&self.url),
+            cases.len(),
+            self.elapsed_sec
+        );
+        for (name, failure) in &cases {
+            let _ = write!(
+                out,
+                "    <testcase classname=\"floodgate.load.{scenario}\" name=\"{}\"",
+                esc(name)
+            );
+            match failure {
+                None => out.push_str("/>\n"),
+                Some(why) => {
+                    let _ = writeln!(
+                        out,
+                        ">\n      <failure message=\"{}\"/>\n    </testcase>",
+                        esc(why)
+                    );
+                }
+            }
+        }
+        out.push_str("  </testsuite>\n</testsuites>\n");
+        out
+    }
+
+    /// `subscribe`, `echo`, `publish` or `connect`.
+    fn scenario_name(&self) -> String {
+        serde_json::to_value(self.scenario)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+
     /// Thresholds naming a number of the report by its JSON pointer, read from the report as
     /// `--json` prints it.
     fn check_report_pointers(&mut self, opts: &LoadOptions) {
@@ -547,10 +684,7 @@ impl LoadReport {
         let _ = writeln!(
             out,
             "floodgate load {}: {} connections to {} ({} threads)",
-            serde_json::to_value(self.scenario)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default(),
+            self.scenario_name(),
             self.connections,
             self.url,
             self.threads
@@ -708,6 +842,37 @@ mod tests {
         assert_eq!(a.series.len(), 3);
         assert_eq!(a.done, 21);
         assert_eq!(a.total.corrected.len(), 5);
+    }
+
+    #[test]
+    fn the_last_interval_counts_only_the_time_it_covered() {
+        let opts = LoadOptions::new(
+            Scenario::Subscribe,
+            UrlTemplate::parse("ws://127.0.0.1:1/").unwrap(),
+        );
+        let s = 1_000_000_000u64;
+        let mut a = Aggregate::new(1, Duration::from_secs(1), None, &opts).unwrap();
+        a.start_ns = 100 * s;
+        let mut t = tick(0, 0, 100, false);
+        t.last_done_ns = 100 * s + s - 1;
+        a.add(t);
+        // The run ended a quarter into interval 1, its last event then.
+        let mut t = tick(0, 1, 25, true);
+        t.last_done_ns = 101 * s + s / 4;
+        a.add(t);
+        a.finish();
+        let last = a.series.last().unwrap();
+        assert_eq!((last.t, last.len), (1.25, 0.25));
+        assert_eq!(last.rate, 100.0, "25 events in a quarter second, not a drop to 25/s");
+
+        // A last interval with nothing in it is not drawn.
+        let mut a = Aggregate::new(1, Duration::from_secs(1), None, &opts).unwrap();
+        a.start_ns = 100 * s;
+        a.add(tick(0, 0, 100, false));
+        a.add(tick(0, 1, 0, true));
+        a.finish();
+        assert_eq!(a.series.len(), 1);
+        assert_eq!(a.done, 100);
     }
 
     #[test]

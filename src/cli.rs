@@ -326,8 +326,11 @@ struct LoadCommon {
     /// Print one JSON object (schema floodgate.load/1) instead of the text summary.
     #[arg(long)]
     json: bool,
-    /// Write an HdrHistogram interval log (one corrected and one uncorrected histogram per
-    /// interval, in nanoseconds), mergeable across runs with the HdrHistogram tools.
+    /// Write an HdrHistogram interval log of the corrected latency (one histogram per interval,
+    /// in nanoseconds, untagged) to FILE and, for echo, publish and connect, the uncorrected
+    /// latency beside it (run.hlog -> run.uncorrected.hlog): each file reads as it is meant in
+    /// HdrHistogram's tools (HistogramLogProcessor, the Python and Go readers) and merges
+    /// across runs.
     #[arg(long, value_name = "FILE")]
     hdr_log: Option<PathBuf>,
     /// Write one JSON object per interval as the run goes (schema floodgate.load.interval/1:

@@ -332,7 +332,7 @@ fn publish_measures_end_to_end_through_the_ingest_socket() {
     assert_eq!(r["errors_total"], 0);
     assert!(r["latency_us"]["p99"].as_f64().unwrap() > 0.0);
     assert_eq!(gw.metrics().ingest.events_accepted, sent);
-    assert_hdr_log(&hlog);
+    assert_hdr_log(&hlog, sent, r["latency_us"]["p99"].as_f64().unwrap());
     let plot = std::fs::read_to_string(&svg).unwrap();
     assert!(
         plot.starts_with("<svg") && plot.contains("latency by percentile"),
@@ -342,20 +342,56 @@ fn publish_measures_end_to_end_through_the_ingest_socket() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-fn assert_hdr_log(path: &Path) {
-    use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
-    let bytes = std::fs::read(path).unwrap();
-    let mut tags = Vec::new();
-    for e in IntervalLogIterator::new(&bytes) {
-        if let LogEntry::Interval(h) = e.expect("a valid interval log") {
-            tags.push(h.tag().map(|t| t.as_str().to_owned()).unwrap_or_default());
-        }
+/// Reads the HDR logs with HdrHistogram's Python implementation (`hdrh`, an independent reader):
+/// the corrected file holds every event of the run, one untagged histogram per interval, and its
+/// p99 is the report's; the uncorrected file beside it holds as many.
+fn assert_hdr_log(path: &Path, events: u64, p99_us: f64) {
+    let uncorrected = path.with_file_name("run.uncorrected.hlog");
+    assert!(uncorrected.exists(), "{}", uncorrected.display());
+    if !util::python_module("hdrh") {
+        return;
     }
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sys\n\
+             from hdrh.histogram import HdrHistogram\n\
+             from hdrh.log import HistogramLogReader\n\
+             for f in sys.argv[1:]:\n\
+             \x20   total = HdrHistogram(1, 3600 * 10**9, 3)\n\
+             \x20   r = HistogramLogReader(f, total)\n\
+             \x20   n = 0\n\
+             \x20   while True:\n\
+             \x20       h = r.get_next_interval_histogram()\n\
+             \x20       if h is None: break\n\
+             \x20       total.add(h)\n\
+             \x20       n += 1\n\
+             \x20   print(n, total.get_total_count(), total.get_value_at_percentile(99))\n",
+        )
+        .arg(path)
+        .arg(&uncorrected)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
-        tags.len() >= 8,
-        "corrected and uncorrected per interval: {tags:?}"
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    assert!(tags.iter().any(|t| t == "uncorrected"));
+    let rows: Vec<Vec<f64>> = text
+        .lines()
+        .map(|l| l.split(' ').map(|v| v.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{text}");
+    for row in &rows {
+        assert!(row[0] >= 4.0, "an interval histogram per interval: {text}");
+        assert_eq!(row[1] as u64, events, "every event in each file: {text}");
+    }
+    let p99_ns = rows[0][2];
+    assert!(
+        (p99_ns / 1e3 - p99_us).abs() <= p99_us * 0.01 + 1.0,
+        "the corrected file's p99 ({p99_ns} ns) is the report's ({p99_us} us)"
+    );
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
+use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
 use hdrhistogram::serialization::V2DeflateSerializer;
 use serde::Serialize;
 
@@ -135,7 +135,7 @@ impl Aggregate {
             self.close(t, last);
         }
         if let Some(h) = &mut self.hdr {
-            let _ = h.out.flush();
+            h.flush();
         }
         if let Some(w) = &mut self.intervals {
             let _ = w.flush();
@@ -230,17 +230,36 @@ fn merge(into: &mut Tick, t: &Tick) {
     into.last_done_ns = into.last_done_ns.max(t.last_done_ns);
 }
 
-/// The HdrHistogram interval log (the format of HdrHistogram's `HistogramLogProcessor`, so
-/// logs of several runs merge with the standard tools). Values are nanoseconds; each interval
-/// has a `corrected` histogram and, for generating scenarios, an `uncorrected` one.
+/// The HdrHistogram interval logs (the format of HdrHistogram's `HistogramLogProcessor`, so
+/// logs of several runs merge with the standard tools). Values are nanoseconds. One histogram
+/// per file and no tags, so every reader reads each file as it is meant: `--hdr-log FILE` holds
+/// the corrected latency (from the intended send time, or the frame's timestamp), and for
+/// generating scenarios `FILE` with `.uncorrected` before its extension holds the latency from
+/// the actual send ([`uncorrected_path`]).
 struct HdrLog {
-    out: BufWriter<File>,
-    serializer: V2DeflateSerializer,
-    generating: bool,
+    corrected: OneLog,
+    uncorrected: Option<OneLog>,
 }
 
-impl HdrLog {
-    fn create(path: &Path, opts: &LoadOptions) -> Result<HdrLog, String> {
+/// One interval log file.
+struct OneLog {
+    out: BufWriter<File>,
+    serializer: V2DeflateSerializer,
+}
+
+/// Where the uncorrected histograms go beside `--hdr-log path`: `run.hlog` ->
+/// `run.uncorrected.hlog`, `run` -> `run.uncorrected`.
+pub fn uncorrected_path(path: &Path) -> std::path::PathBuf {
+    let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}.uncorrected.{}", ext.to_string_lossy()),
+        None => format!("{stem}.uncorrected"),
+    };
+    path.with_file_name(name)
+}
+
+impl OneLog {
+    fn create(path: &Path, what: &str, opts: &LoadOptions) -> Result<OneLog, String> {
         let file =
             File::create(path).map_err(|e| format!("--hdr-log `{}`: {e}", path.display()))?;
         let mut out = BufWriter::new(file);
@@ -248,31 +267,65 @@ impl HdrLog {
         let now = SystemTime::now();
         IntervalLogWriterBuilder::new()
             .add_comment(&format!(
-                "floodgate load {:?} {}: latency in nanoseconds; tags: corrected (from the \
-                 intended send time), uncorrected (from the actual send)",
+                "floodgate load {:?} {}: {what}, in nanoseconds",
                 opts.scenario, opts.url.host
             ))
             .with_start_time(now)
             .with_base_time(now)
             .begin_log_with(&mut out, &mut serializer)
             .map_err(|e| format!("--hdr-log `{}`: {e}", path.display()))?;
-        Ok(HdrLog {
-            out,
-            serializer,
-            generating: opts.scenario != Scenario::Subscribe,
-        })
+        Ok(OneLog { out, serializer })
     }
 
-    fn write(&mut self, t: &Tick, interval: Duration) {
-        let start = interval * t.index as u32;
+    fn write(&mut self, h: &hdrhistogram::Histogram<u64>, start: Duration, interval: Duration) {
         let Ok(mut w) =
             IntervalLogWriterBuilder::new().begin_log_with(&mut self.out, &mut self.serializer)
         else {
             return;
         };
-        let _ = w.write_histogram(&t.rec.corrected, start, interval, Tag::new("corrected"));
-        if self.generating {
-            let _ = w.write_histogram(&t.rec.uncorrected, start, interval, Tag::new("uncorrected"));
+        let _ = w.write_histogram(h, start, interval, None);
+    }
+}
+
+impl HdrLog {
+    fn create(path: &Path, opts: &LoadOptions) -> Result<HdrLog, String> {
+        let generating = opts.scenario != Scenario::Subscribe;
+        let corrected = OneLog::create(
+            path,
+            if generating {
+                "latency from each message's intended send time (corrected for coordinated omission)"
+            } else {
+                "latency from the timestamp each frame carries"
+            },
+            opts,
+        )?;
+        let uncorrected = generating
+            .then(|| {
+                OneLog::create(
+                    &uncorrected_path(path),
+                    "latency from each message's actual send (uncorrected)",
+                    opts,
+                )
+            })
+            .transpose()?;
+        Ok(HdrLog {
+            corrected,
+            uncorrected,
+        })
+    }
+
+    fn write(&mut self, t: &Tick, interval: Duration) {
+        let start = interval * t.index as u32;
+        self.corrected.write(&t.rec.corrected, start, interval);
+        if let Some(u) = &mut self.uncorrected {
+            u.write(&t.rec.uncorrected, start, interval);
+        }
+    }
+
+    fn flush(&mut self) {
+        let _ = self.corrected.out.flush();
+        if let Some(u) = &mut self.uncorrected {
+            let _ = u.out.flush();
         }
     }
 }
@@ -863,7 +916,10 @@ mod tests {
         a.finish();
         let last = a.series.last().unwrap();
         assert_eq!((last.t, last.len), (1.25, 0.25));
-        assert_eq!(last.rate, 100.0, "25 events in a quarter second, not a drop to 25/s");
+        assert_eq!(
+            last.rate, 100.0,
+            "25 events in a quarter second, not a drop to 25/s"
+        );
 
         // A last interval with nothing in it is not drawn.
         let mut a = Aggregate::new(1, Duration::from_secs(1), None, &opts).unwrap();
@@ -1082,16 +1138,32 @@ mod tests {
         }
         agg.finish();
         drop(agg);
-        let text = std::fs::read(&path).unwrap();
-        let mut seen = Vec::new();
-        for entry in hdrhistogram::serialization::interval_log::IntervalLogIterator::new(&text) {
-            if let hdrhistogram::serialization::interval_log::LogEntry::Interval(h) = entry.unwrap()
+        // One histogram per interval in each file, untagged, so every reader takes each file
+        // as it is meant.
+        let read = |p: &Path| {
+            let text = std::fs::read(p).unwrap();
+            let mut seen = Vec::new();
+            for entry in hdrhistogram::serialization::interval_log::IntervalLogIterator::new(&text)
             {
-                seen.push(h.tag().map(|t| t.as_str().to_owned()));
+                if let hdrhistogram::serialization::interval_log::LogEntry::Interval(h) =
+                    entry.unwrap()
+                {
+                    assert!(h.tag().is_none());
+                    seen.push(h.start_timestamp());
+                }
             }
-        }
-        assert_eq!(seen.len(), 6, "corrected and uncorrected for 3 intervals");
-        assert_eq!(seen[0].as_deref(), Some("corrected"));
+            seen
+        };
+        assert_eq!(read(&path).len(), 3, "the corrected histograms");
+        assert_eq!(
+            read(&dir.join("run.uncorrected.hlog")).len(),
+            3,
+            "the uncorrected ones"
+        );
+        assert_eq!(
+            uncorrected_path(Path::new("/x/run")),
+            Path::new("/x/run.uncorrected")
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -342,9 +342,12 @@ struct LoadCommon {
     /// test cases (for a CI system's test report), after the run.
     #[arg(long, value_name = "FILE.xml")]
     junit: Option<PathBuf>,
-    /// Draw latency by percentile and throughput over time into this SVG file.
-    #[arg(long, value_name = "FILE.svg")]
-    plot: Option<PathBuf>,
+    /// Draw the run into this file, SVG or (ending in .png) PNG, repeatable: a title with the
+    /// command, the target rate and the verdict; latency by percentile; latency per interval
+    /// (p50, p99, max: where a ramp breaks); throughput per interval. Legends say what the
+    /// latency counts from in this scenario.
+    #[arg(long, value_name = "FILE.svg|FILE.png")]
+    plot: Vec<PathBuf>,
     /// Length of a reporting interval (progress, HDR log, plot).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     interval: Duration,
@@ -926,14 +929,60 @@ fn load_options(cmd: LoadScenario) -> Result<(floodgate_load::LoadOptions, bool)
     Ok((o, a.json))
 }
 
+/// This process's command line as a shell would take it, with secrets masked: the values of
+/// `--jwt-secret` and `--api-key`, and of `--header`s that carry credentials.
+fn masked_command() -> String {
+    masked(std::env::args())
+}
+
+fn masked(args: impl Iterator<Item = String>) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut hide_next = false;
+    for (i, a) in args.enumerate() {
+        let shown = if i == 0 {
+            "floodgate".to_owned()
+        } else if hide_next {
+            hide_next = false;
+            "***".to_owned()
+        } else if let Some((flag, _)) = a
+            .split_once('=')
+            .filter(|(f, _)| matches!(*f, "--jwt-secret" | "--api-key"))
+        {
+            format!("{flag}=***")
+        } else if matches!(a.as_str(), "--jwt-secret" | "--api-key") {
+            hide_next = true;
+            a
+        } else if out.last().is_some_and(|p| p == "--header")
+            && ["authorization", "cookie", "key", "token", "secret"]
+                .iter()
+                .any(|s| a.to_ascii_lowercase().contains(s))
+        {
+            let name = a.split_once(':').map_or("", |(n, _)| n);
+            format!("{name}: ***")
+        } else {
+            a
+        };
+        let quoted = if shown.is_empty()
+            || shown.contains(|c: char| c.is_whitespace() || "'\"$&|;<>(){}*?!`\\".contains(c))
+        {
+            format!("'{}'", shown.replace('\'', "'\\''"))
+        } else {
+            shown
+        };
+        out.push(quoted);
+    }
+    out.join(" ")
+}
+
 fn run_load(cmd: LoadCmd) -> ExitCode {
-    let (opts, json) = match load_options(cmd.scenario) {
+    let (mut opts, json) = match load_options(cmd.scenario) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("floodgate load: {e}");
             return ExitCode::from(floodgate_load::exit::USAGE);
         }
     };
+    opts.command = masked_command();
     match floodgate_load::run(&opts) {
         Ok(report) => {
             if json {
@@ -1064,4 +1113,34 @@ fn gate(a: GateArgs) -> Result<ExitCode, String> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::masked;
+
+    #[test]
+    fn the_command_shown_masks_secrets() {
+        let args = [
+            "/usr/bin/floodgate",
+            "load",
+            "publish",
+            "--jwt-secret",
+            "s3cr3t",
+            "--api-key=k3y",
+            "--header",
+            "X-Api-Key: key-{conn}",
+            "--header",
+            "Origin: https://a.example",
+            "--threshold",
+            "p99<2ms",
+        ];
+        let shown = masked(args.iter().map(|s| s.to_string()));
+        assert_eq!(
+            shown,
+            "floodgate load publish --jwt-secret '***' '--api-key=***' --header 'X-Api-Key: ***' \
+             --header 'Origin: https://a.example' --threshold 'p99<2ms'"
+        );
+        assert!(!shown.contains("s3cr3t") && !shown.contains("k3y"));
+    }
 }

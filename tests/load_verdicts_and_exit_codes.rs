@@ -294,6 +294,7 @@ fn publish_measures_end_to_end_through_the_ingest_socket() {
     let dir = util::temp_dir("load-publish");
     let hlog = dir.join("run.hlog");
     let svg = dir.join("run.svg");
+    let png = dir.join("run.png");
     let (code, json, out) = load(&[
         "publish",
         "--url",
@@ -315,6 +316,8 @@ fn publish_measures_end_to_end_through_the_ingest_socket() {
         hlog.to_str().unwrap(),
         "--plot",
         svg.to_str().unwrap(),
+        "--plot",
+        png.to_str().unwrap(),
         "--interval",
         "250ms",
         "--json",
@@ -333,12 +336,32 @@ fn publish_measures_end_to_end_through_the_ingest_socket() {
     assert!(r["latency_us"]["p99"].as_f64().unwrap() > 0.0);
     assert_eq!(gw.metrics().ingest.events_accepted, sent);
     assert_hdr_log(&hlog, sent, r["latency_us"]["p99"].as_f64().unwrap());
+    // The SVG names the run (the command, secrets masked, the target rate and the verdict),
+    // and holds the three charts with legends saying what the latency counts from.
     let plot = std::fs::read_to_string(&svg).unwrap();
-    assert!(
-        plot.starts_with("<svg") && plot.contains("latency by percentile"),
-        "{}",
-        &plot[..200.min(plot.len())]
+    for part in [
+        "<svg",
+        "floodgate load publish: 8 connections to ws://",
+        "target rate ramp 1000/s to 4000/s over 1s",
+        "verdict pass (exit 0)",
+        "--api-key &apos;***&apos;",
+        "latency by percentile",
+        "from each event&apos;s intended publish time to its delivery",
+        "latency per interval",
+        "throughput per interval",
+    ] {
+        assert!(plot.contains(part), "`{part}` not in the SVG: {}", &plot[..600.min(plot.len())]);
+    }
+    assert!(!plot.contains(KEY) && !plot.contains(&secret()), "no secret in the plot");
+    // The PNG: a real PNG of the plot's size.
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+    let (w, h) = (
+        u32::from_be_bytes(bytes[16..20].try_into().unwrap()),
+        u32::from_be_bytes(bytes[20..24].try_into().unwrap()),
     );
+    assert_eq!((w, h), (1100, 1130));
+    assert!(bytes.len() > 50_000, "text and lines drawn: {} bytes", bytes.len());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

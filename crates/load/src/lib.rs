@@ -206,10 +206,12 @@ pub struct LoadOptions {
     pub intervals: Option<PathBuf>,
     /// Write the thresholds and verdicts as JUnit XML here, after the run.
     pub junit: Option<PathBuf>,
-    /// Write an SVG plot here.
-    pub plot: Option<PathBuf>,
+    /// Draw the run into these files (SVG, or PNG for `.png`).
+    pub plot: Vec<PathBuf>,
     /// Length of a reporting interval (progress, HDR log, plot).
     pub interval: Duration,
+    /// The command line, secrets masked, for the report and the plot's title.
+    pub command: String,
 }
 
 impl LoadOptions {
@@ -248,8 +250,9 @@ impl LoadOptions {
             hdr_log: None,
             intervals: None,
             junit: None,
-            plot: None,
+            plot: Vec::new(),
             interval: Duration::from_secs(1),
+            command: String::new(),
         }
     }
 
@@ -601,7 +604,7 @@ pub fn run(opts: &LoadOptions) -> Result<LoadReport, RunError> {
         Scenario::Connect => connect::run(opts),
     }
     .map_err(RunError::Failed)?;
-    if let Some(path) = &opts.plot {
+    for path in &opts.plot {
         plot::draw(&report, path).map_err(RunError::Failed)?;
     }
     if let Some(path) = &opts.junit {

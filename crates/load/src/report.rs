@@ -34,6 +34,10 @@ pub struct Point {
     pub rate: f64,
     /// Corrected p99 latency in the interval, in microseconds (0 without latency).
     pub p99_us: f64,
+    /// Corrected median latency in the interval, in microseconds (0 without latency).
+    pub p50_us: f64,
+    /// The largest corrected latency in the interval, in microseconds (0 without latency).
+    pub max_us: f64,
     /// Length of the interval in seconds.
     #[serde(skip)]
     pub len: f64,
@@ -196,10 +200,20 @@ impl Aggregate {
         if !drawn {
             return;
         }
+        let (p50, max) = if t.rec.corrected.is_empty() {
+            (0.0, 0.0)
+        } else {
+            (
+                percentile_us(&t.rec.corrected, 50_000),
+                t.rec.corrected.max() as f64 / 1e3,
+            )
+        };
         self.series.push(Point {
             t: t.index as f64 * full + len,
             rate: self.last_rate,
             p99_us: p99,
+            p50_us: p50,
+            max_us: max,
             len,
         });
         if self.series.len() > MAX_POINTS {
@@ -211,7 +225,10 @@ impl Aggregate {
                     Point {
                         t: c[c.len() - 1].t,
                         rate: c.iter().map(|p| p.rate * p.len).sum::<f64>() / len,
+                        // Merged points keep the worse of each.
                         p99_us: c.iter().map(|p| p.p99_us).fold(0.0, f64::max),
+                        p50_us: c.iter().map(|p| p.p50_us).fold(0.0, f64::max),
+                        max_us: c.iter().map(|p| p.max_us).fold(0.0, f64::max),
                         len,
                     }
                 })
@@ -429,6 +446,9 @@ pub struct ThresholdResult {
 pub struct LoadReport {
     /// The report's schema and version (`floodgate.load/1`).
     pub schema: &'static str,
+    /// The command that ran, with secrets (`--jwt-secret`, `--api-key`) masked; empty when
+    /// the run was not started from the command line.
+    pub command: String,
     /// What the run did.
     pub scenario: Scenario,
     /// Where the connections went.
@@ -581,6 +601,7 @@ impl LoadReport {
         }
         let mut report = LoadReport {
             schema: SCHEMA,
+            command: opts.command.clone(),
             scenario: opts.scenario,
             url: format!("ws://{}{}", opts.url.host, opts.url.target),
             connections: opts.connections,

@@ -106,6 +106,9 @@ where
 
 type Drawn = Result<(), Box<dyn std::error::Error>>;
 
+/// One of a series point's latencies.
+type PointValue = fn(&super::report::Point) -> f64;
+
 /// The command (cut to fit), the rate asked for and the verdict.
 fn title<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, r: &LoadReport) -> Drawn
 where
@@ -267,7 +270,7 @@ where
         .x_desc("seconds")
         .y_desc(unit)
         .draw()?;
-    let lines: [(&str, RGBColor, fn(&super::report::Point) -> f64); 3] = [
+    let lines: [(&str, RGBColor, PointValue); 3] = [
         ("max", RED, |p| p.max_us),
         ("p99", MAGENTA, |p| p.p99_us),
         ("p50", BLUE, |p| p.p50_us),

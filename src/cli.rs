@@ -272,6 +272,16 @@ struct LoadCommon {
     /// one of those offered, as browsers require.
     #[arg(long = "subprotocol", value_name = "NAME")]
     subprotocols: Vec<String>,
+    /// A text message each connection sends once it is up, before it is measured (a subscribe,
+    /// say), repeatable, sent in order. It may hold `{conn}`, `{user}`, `{token}`, `{seq}`
+    /// (its number on the connection, from 1), `{ts_ns}` and `{uuid}`.
+    #[arg(long = "send-on-open", value_name = "TEMPLATE")]
+    send_on_open: Vec<String>,
+    /// Hold each connection out of the measured phase until a reply containing this text
+    /// arrives (templated as --send-on-open; within the handshake timeout, 10 s). Frames
+    /// before it are not counted.
+    #[arg(long, value_name = "TEXT")]
+    await_reply: Option<String>,
     /// Connections to open (for publish: subscribers, one user each).
     #[arg(long, default_value_t = 1)]
     connections: usize,
@@ -884,6 +894,10 @@ fn load_options(cmd: LoadScenario) -> Result<(floodgate_load::LoadOptions, bool)
     o.tokens = tokens;
     o.headers = a.headers;
     o.subprotocols = a.subprotocols;
+    o.session = floodgate_load::Session {
+        on_open: a.send_on_open,
+        await_reply: a.await_reply,
+    };
     o.sources = a
         .source_addr
         .as_deref()

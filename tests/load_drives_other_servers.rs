@@ -1,6 +1,6 @@
 //! `floodgate load` against servers with their own handshake rules: headers (templated per
-//! connection) and a subprotocol for an independent Python `websockets` feed, advice on a 401,
-//! and each scenario's own `--help`.
+//! connection), a subprotocol and a subscribe message answered before the stream, for an
+//! independent Python `websockets` feed; advice on a 401; each scenario's own `--help`.
 
 mod util;
 
@@ -88,6 +88,68 @@ fn headers_and_a_subprotocol_open_an_independent_feed() {
         text(&out).contains("HTTP 400 (Failed to open a WebSocket connection: invalid subprotocol"),
         "{}",
         text(&out)
+    );
+
+    // A feed that streams only after a subscribe: sent once connected, its acknowledgement
+    // awaited before measuring. The welcome and the acknowledgement are not counted; the
+    // stream is, every event once and in order.
+    let sub_url = format!("ws://127.0.0.1:{port}/feed?c={{conn}}&n=300&sub=1");
+    let run_sub = |connections: &str, extra: &[&str]| {
+        let mut args = vec![
+            "load",
+            "subscribe",
+            "--url",
+            &sub_url,
+            "--connections",
+            connections,
+            "--header",
+            "X-Api-Key: key-{conn}",
+            "--subprotocol",
+            "feed.v1",
+            "--seq-field",
+            "/seq",
+            "--gapless",
+            "--events",
+            "1200",
+            "--duration",
+            "20s",
+            "--idle-timeout",
+            "2s",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        floodgate(&args)
+    };
+    // (Python's json.dumps puts a space after each colon.)
+    let out = run_sub(
+        "4",
+        &[
+            "--send-on-open",
+            r#"{"subscribe":"feed-{conn}-{uuid}"}"#,
+            "--await-reply",
+            r#""subscribed": "feed-{conn}-"#,
+        ],
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out)));
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    assert_eq!(report["events"], 1200, "{report}");
+    assert_eq!(
+        report["other_frames"], 0,
+        "the opening exchange is not counted: {report}"
+    );
+    assert_eq!(report["errors_total"], 0, "{report}");
+    // Without the subscribe nothing streams: the run cannot complete.
+    let out = run_sub("1", &[]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    // Awaiting a reply that never comes: the connection is refused, saying what was awaited
+    // and what came instead.
+    let out = run_sub("1", &["--await-reply", "never-said"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains("no reply containing `never-said`") && t.contains("welcome"),
+        "{t}"
     );
 
     // Headers the handshake sets itself are refused before anything connects.

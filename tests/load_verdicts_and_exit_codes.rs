@@ -350,9 +350,16 @@ fn publish_measures_end_to_end_through_the_ingest_socket() {
         "latency per interval",
         "throughput per interval",
     ] {
-        assert!(plot.contains(part), "`{part}` not in the SVG: {}", &plot[..600.min(plot.len())]);
+        assert!(
+            plot.contains(part),
+            "`{part}` not in the SVG: {}",
+            &plot[..600.min(plot.len())]
+        );
     }
-    assert!(!plot.contains(KEY) && !plot.contains(&secret()), "no secret in the plot");
+    assert!(
+        !plot.contains(KEY) && !plot.contains(&secret()),
+        "no secret in the plot"
+    );
     // The PNG: a real PNG of the plot's size.
     let bytes = std::fs::read(&png).unwrap();
     assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
@@ -361,7 +368,11 @@ fn publish_measures_end_to_end_through_the_ingest_socket() {
         u32::from_be_bytes(bytes[20..24].try_into().unwrap()),
     );
     assert_eq!((w, h), (1100, 1130));
-    assert!(bytes.len() > 50_000, "text and lines drawn: {} bytes", bytes.len());
+    assert!(
+        bytes.len() > 50_000,
+        "text and lines drawn: {} bytes",
+        bytes.len()
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -6,7 +6,9 @@ Listens on 127.0.0.1 (a free port) and prints `port N`. A client must send
 `X-Api-Key: <KEY_PREFIX><c>`, where c is the `c` query parameter (401 otherwise), and
 offer the subprotocol `feed.v1` (which the server then chooses; it chooses none of the
 others). Each connection then gets `n` (query parameter) frames `{"seq": i, "ts": <ns>}`,
-i = 1..n, and stays open until the client closes it.
+i = 1..n, and stays open until the client closes it. With `sub=1` in the query it first
+says `{"welcome": true}` and streams only after the client sent `{"subscribe": "<name>"}`,
+which it answers `{"subscribed": "<name>"}`; anything else is answered with an error.
 """
 import asyncio
 import json
@@ -32,7 +34,16 @@ def check_key(connection, request):
 
 
 async def feed(ws):
-    n = int(query(ws.request.path).get("n", "10"))
+    q = query(ws.request.path)
+    n = int(q.get("n", "10"))
+    if q.get("sub") == "1":
+        await ws.send(json.dumps({"welcome": True}))
+        while True:
+            msg = json.loads(await ws.recv())
+            if isinstance(msg, dict) and isinstance(msg.get("subscribe"), str):
+                await ws.send(json.dumps({"subscribed": msg["subscribe"]}))
+                break
+            await ws.send(json.dumps({"error": "subscribe first"}))
     for i in range(1, n + 1):
         await ws.send(json.dumps({"seq": i, "ts": time.time_ns()}))
     await ws.wait_closed()

@@ -53,7 +53,7 @@ pub(crate) fn open_one(
     if let (Some(t), false, false) = (&token, url.has_token_slot(), opts.headers_carry_auth()) {
         headers.push_str(&format!("Authorization: Bearer {t}\r\n"));
     }
-    open(
+    let opened = open(
         url,
         &opts.sources,
         conn,
@@ -73,7 +73,31 @@ pub(crate) fn open_one(
         };
         let advice = refused.map_or("", |r| refusal_advice(r.status, token.is_some(), opts));
         (kind, format!("{} {target}: {e}{advice}", url.addr))
-    })
+    })?;
+    if opts.session.is_empty() {
+        return Ok(opened);
+    }
+    // The opening exchange, blocking, each read bounded so the overall timeout is kept.
+    let (mut c, early) = opened;
+    let fail = |why: String| {
+        (
+            ErrKind::HandshakeRefused,
+            format!("{} {target}: {why}", url.addr),
+        )
+    };
+    c.set_read_timeout(Some(Duration::from_millis(100)))
+        .map_err(|e| fail(e.to_string()))?;
+    let vars = crate::session::Vars {
+        conn,
+        user: &user,
+        token: token.as_deref(),
+    };
+    let early = opts
+        .session
+        .open(&mut c, early, &vars, opts.handshake_timeout)
+        .map_err(fail)?;
+    c.set_read_timeout(None).map_err(|e| fail(e.to_string()))?;
+    Ok((c, early))
 }
 
 /// What to do about an upgrade refused with `status`, when it is about credentials.

@@ -23,6 +23,7 @@ mod publish;
 mod record;
 mod report;
 mod schedule;
+mod session;
 mod subscribe;
 mod threshold;
 mod tls;
@@ -38,6 +39,7 @@ pub use self::pointer::{f64_of, u64_of, Fields, Pointer};
 pub use self::record::{LatencyUs, Recorder};
 pub use self::report::{LoadReport, Verdict, STALL_GRACE};
 pub use self::schedule::RateProfile;
+pub use self::session::Session;
 pub use self::threshold::Threshold;
 pub use self::tls::client_config as tls_client_config;
 
@@ -155,6 +157,9 @@ pub struct LoadOptions {
     pub headers: Vec<Header>,
     /// Subprotocols offered (`Sec-WebSocket-Protocol`); the server must choose one of them.
     pub subprotocols: Vec<String>,
+    /// Messages each connection sends once up, and the reply it waits for before it is
+    /// measured.
+    pub session: Session,
     /// Source addresses the connections are spread over.
     pub sources: Sources,
     /// TLS for `wss://` URLs.
@@ -226,6 +231,7 @@ impl LoadOptions {
             tokens: Tokens::None,
             headers: Vec::new(),
             subprotocols: Vec::new(),
+            session: Session::default(),
             sources: Sources::default(),
             tls: None,
             threads: 1,

@@ -270,6 +270,26 @@ impl FrameReader {
         Ok((n, n < space))
     }
 
+    /// The next complete frame buffered, copied out, if there is one (for a session's opening
+    /// exchange, not the measured path).
+    pub fn next_frame(&mut self) -> io::Result<Option<(Kind, Vec<u8>)>> {
+        let Some((kind, at, len)) = server_header(&self.buf[self.start..self.end])? else {
+            return Ok(None);
+        };
+        let at = self.start + at;
+        if self.end - at < len {
+            return Ok(None);
+        }
+        let payload = self.buf[at..at + len].to_vec();
+        self.start = at + len;
+        Ok(Some((kind, payload)))
+    }
+
+    /// The bytes buffered and not yet taken as frames.
+    pub fn into_unread(self) -> Vec<u8> {
+        self.buf[self.start..self.end].to_vec()
+    }
+
     /// Calls `f` for every complete frame buffered. A masked or malformed server frame is an
     /// error (RFC 6455 5.1: servers never mask).
     pub fn frames(&mut self, mut f: impl FnMut(Kind, &[u8])) -> io::Result<()> {

@@ -1,0 +1,479 @@
+//! `floodgate load`: the command line of the load harness (one subcommand per scenario, and
+//! `run` for a file of named scenarios) and how its options become [`floodgate_load::LoadOptions`].
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+
+#[derive(Args, Debug)]
+pub(super) struct LoadCmd {
+    #[command(subcommand)]
+    scenario: LoadScenario,
+}
+
+/// `floodgate load <SCENARIO>`: each scenario's own options beside the common ones.
+#[derive(clap::Subcommand, Debug)]
+enum LoadScenario {
+    /// Hold connections and measure the events they receive: rate, per-connection order, loss
+    /// and duplicates from a sequence field, latency from a timestamp field.
+    ///
+    /// Example:
+    ///   floodgate load subscribe --url ws://127.0.0.1:8080/ws --connections 64 --jwt-secret $S --events 2000000 --seq-field /seq --gapless --latency-field /ts
+    #[command(verbatim_doc_comment)]
+    Subscribe {
+        #[command(flatten)]
+        common: Box<LoadCommon>,
+        #[command(flatten)]
+        recv: RecvArgs,
+    },
+    /// Send messages at an open-loop rate and match each echoed reply by id; latency counts
+    /// from each message's intended send time.
+    ///
+    /// Example:
+    ///   floodgate load echo --url ws://127.0.0.1:8080/echo --connections 100 --rate 50000 --duration 30s --threshold 'p99<2ms'
+    #[command(verbatim_doc_comment)]
+    Echo {
+        #[command(flatten)]
+        common: Box<LoadCommon>,
+        #[command(flatten)]
+        gen: GenArgs,
+    },
+    /// Publish through a floodgate gateway's ingest socket at an open-loop rate while
+    /// subscribed connections (one user each) measure end-to-end latency and check that every
+    /// event arrives once, in order.
+    ///
+    /// Example:
+    ///   floodgate load publish --url ws://127.0.0.1:8080/ws --connections 100 --jwt-secret $S --api-key $K --rate ramp:1000..100000/20s --duration 30s
+    #[command(verbatim_doc_comment)]
+    Publish {
+        #[command(flatten)]
+        common: Box<LoadCommon>,
+        #[command(flatten)]
+        gen: GenArgs,
+        #[command(flatten)]
+        publish: PublishArgs,
+    },
+    /// Open connections at an open-loop rate, measure the handshake, and hold or churn them.
+    ///
+    /// Example:
+    ///   floodgate load connect --url ws://127.0.0.1:8080/ws --connections 10000 --jwt-secret $S --rate 2000 --hold 5s
+    #[command(verbatim_doc_comment)]
+    Connect {
+        #[command(flatten)]
+        common: Box<LoadCommon>,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+}
+
+/// The options every scenario takes.
+#[derive(Args, Debug)]
+struct LoadCommon {
+    /// Where to connect: ws://host:port/path?query, or wss:// for TLS. The path and query may hold `{conn}` (the
+    /// connection index), `{user}` (its user) and `{token}` (its token; otherwise tokens go in
+    /// an `Authorization: Bearer` header). For publish: the gateway's /ws, where subscribers
+    /// connect.
+    #[arg(long)]
+    url: String,
+    /// A header for every upgrade request, repeatable: 'NAME:VALUE'. The value may hold
+    /// `{conn}`, `{user}` and `{token}`; a header with `{token}` or an `Authorization` header
+    /// of your own replaces the `Authorization: Bearer` one.
+    #[arg(long = "header", value_name = "NAME:VALUE", value_parser = floodgate_load::Header::parse)]
+    headers: Vec<floodgate_load::Header>,
+    /// A subprotocol to offer (`Sec-WebSocket-Protocol`), repeatable; the server must choose
+    /// one of those offered, as browsers require.
+    #[arg(long = "subprotocol", value_name = "NAME")]
+    subprotocols: Vec<String>,
+    /// A text message each connection sends once it is up, before it is measured (a subscribe,
+    /// say), repeatable, sent in order. It may hold `{conn}`, `{user}`, `{token}`, `{seq}`
+    /// (its number on the connection, from 1), `{ts_ns}` and `{uuid}`.
+    #[arg(long = "send-on-open", value_name = "TEMPLATE")]
+    send_on_open: Vec<String>,
+    /// Hold each connection out of the measured phase until a reply containing this text
+    /// arrives (templated as --send-on-open; within the handshake timeout, 10 s). Frames
+    /// before it are not counted.
+    #[arg(long, value_name = "TEXT")]
+    await_reply: Option<String>,
+    /// Connections to open (for publish: subscribers, one user each).
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
+    /// wss://: also trust the CA certificates in this PEM file (besides the Mozilla roots),
+    /// for a test server with its own CA.
+    #[arg(long, value_name = "PEM")]
+    ca_file: Option<PathBuf>,
+    /// Connections opened per second while setting up (subscribe, echo, publish); default: as
+    /// fast as they complete.
+    #[arg(long, value_name = "PER_SEC")]
+    connect_rate: Option<f64>,
+    /// `{user}` of connection i is this prefix followed by i.
+    #[arg(long, default_value = "u")]
+    user_prefix: String,
+    /// Mint each connection's token: an HS256 JWT with this secret and `sub` = its user.
+    #[arg(
+        long,
+        env = "FLOODGATE_JWT_HS256_SECRET",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    jwt_secret: Option<String>,
+    /// Lifetime of minted tokens.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    jwt_ttl: Duration,
+    /// Read tokens from this file, one per line; connection i takes line i mod lines.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Source addresses to spread connections over, each with its own ephemeral ports: a list
+    /// (127.0.0.2,127.0.0.3) or a range (127.0.0.1-127.0.0.8).
+    #[arg(long, value_name = "ADDRS")]
+    source_addr: Option<String>,
+    /// Worker threads (for publish: receiving threads); default: the number of cores.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Stop after this long (for publish: publish for this long, then wait for delivery).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Stop after this many events received (subscribe), replies (echo) or events published
+    /// (publish). With --duration too, whichever comes first.
+    #[arg(long)]
+    events: Option<u64>,
+    /// Give up (exit 4) when nothing arrives for this long.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
+    /// A pass/fail condition, repeatable: p50 .. p99.99, max, mean (latency with a unit:
+    /// 'p99<2ms'), rate (per second: 'rate>500000'), errors (a fraction: 'errors<0.001'), or
+    /// any number of the --json report by its JSON pointer ('/generator/late<100',
+    /// '/uncorrected_latency_us/p99<5ms': names ending in _us take a unit).
+    #[arg(long, value_name = "EXPR", value_parser = floodgate_load::Threshold::parse)]
+    threshold: Vec<floodgate_load::Threshold>,
+    /// Print one JSON object (schema floodgate.load/1) instead of the text summary.
+    #[arg(long)]
+    json: bool,
+    /// Write an HdrHistogram interval log of the corrected latency (one histogram per interval,
+    /// in nanoseconds, untagged) to FILE and, for echo, publish and connect, the uncorrected
+    /// latency beside it (run.hlog -> run.uncorrected.hlog): each file reads as it is meant in
+    /// HdrHistogram's tools (HistogramLogProcessor, the Python and Go readers) and merges
+    /// across runs.
+    #[arg(long, value_name = "FILE")]
+    hdr_log: Option<PathBuf>,
+    /// Write one JSON object per interval as the run goes (schema floodgate.load.interval/1:
+    /// events, rate, sent, errors, p50/p99/max latency), to this file or, with `-`, to
+    /// standard output (before the --json report, if both go there).
+    #[arg(long, value_name = "FILE|-")]
+    intervals: Option<PathBuf>,
+    /// Write the thresholds, the generator's schedule and the run's completion as JUnit XML
+    /// test cases (for a CI system's test report), after the run.
+    #[arg(long, value_name = "FILE.xml")]
+    junit: Option<PathBuf>,
+    /// Draw the run into this file, SVG or (ending in .png) PNG, repeatable: a title with the
+    /// command, the target rate and the verdict; latency by percentile; latency per interval
+    /// (p50, p99, max: where a ramp breaks); throughput per interval. Legends say what the
+    /// latency counts from in this scenario.
+    #[arg(long, value_name = "FILE.svg|FILE.png")]
+    plot: Vec<PathBuf>,
+    /// Length of a reporting interval (progress, HDR log, plot).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    interval: Duration,
+    /// No progress line.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// What subscribe checks in the frames it receives.
+#[derive(Args, Debug)]
+struct RecvArgs {
+    /// JSON pointer to a sequence number in received frames (e.g. /seq): checked per
+    /// connection to be strictly increasing; frames without it are not counted as events.
+    #[arg(long, value_name = "POINTER", value_parser = floodgate_load::Pointer::parse)]
+    seq_field: Option<floodgate_load::Pointer>,
+    /// With --seq-field: the sequence must go up by exactly one; skipped numbers count as lost.
+    #[arg(long)]
+    gapless: bool,
+    /// JSON pointer to a timestamp in received frames (e.g. /ts) to measure latency from
+    /// (subscribe). The sender's clock must be this machine's, or synchronised with it.
+    #[arg(long, value_name = "POINTER", value_parser = floodgate_load::Pointer::parse)]
+    latency_field: Option<floodgate_load::Pointer>,
+    /// Unit of --latency-field since the Unix epoch.
+    #[arg(long, value_enum, default_value_t = floodgate_load::TsUnit::Auto)]
+    ts_unit: floodgate_load::TsUnit,
+}
+
+/// The open-loop generator of echo and publish.
+#[derive(Args, Debug)]
+struct GenArgs {
+    /// Open-loop rate, per second in total: a number (50000), a ramp
+    /// (ramp:1000..50000/30s) or steps (steps:10000,20000,40000/10s). echo: messages;
+    /// publish: events.
+    #[arg(long, value_parser = floodgate_load::RateProfile::parse)]
+    rate: floodgate_load::RateProfile,
+    #[command(flatten)]
+    lag: LagArgs,
+    /// Bytes of each message (echo) or of each event (publish).
+    #[arg(long, default_value_t = 150)]
+    message_bytes: usize,
+}
+
+/// When the generator counts as overloaded.
+#[derive(Args, Debug)]
+struct LagArgs {
+    /// A message that leaves later than this behind its schedule is late. The generator
+    /// counts as overloaded (exit 3) when more messages are late than one stall of 20 times
+    /// this (200 ms on the default) makes late at the peak rate, or when more than this much
+    /// of the schedule was never sent. One scheduler hiccup on a busy machine is forgiven; a
+    /// generator that cannot keep its rate falls further behind and is not.
+    #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration)]
+    max_lag: Duration,
+}
+
+/// The publish scenario's ingest side.
+#[derive(Args, Debug)]
+struct PublishArgs {
+    /// publish: events per ingest batch at most (events due at the same moment share one).
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// publish: ingest connections, each with its own share of the rate.
+    #[arg(long, default_value_t = 1)]
+    publishers: usize,
+    /// publish: the ingest socket [default: --url's scheme and host with /api/ingest].
+    #[arg(long)]
+    ingest_url: Option<String>,
+    /// publish: the gateway's ingest_api_key.
+    #[arg(long, env = "FLOODGATE_INGEST_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+}
+
+/// The connect scenario's schedule.
+#[derive(Args, Debug)]
+struct ConnectArgs {
+    /// Connections opened per second (open loop: ramp:.. and steps:.. as for echo); default:
+    /// back to back.
+    #[arg(long, value_parser = floodgate_load::RateProfile::parse)]
+    rate: Option<floodgate_load::RateProfile>,
+    #[command(flatten)]
+    lag: LagArgs,
+    /// connect: hold each connection this long, then close it (churn); default: to the end.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    hold: Option<Duration>,
+}
+
+/// The run's options, and whether to print JSON.
+fn load_options(cmd: LoadScenario) -> Result<(floodgate_load::LoadOptions, bool), String> {
+    use floodgate_load::{LoadOptions, Scenario, Sources, Tokens, UrlTemplate};
+    let (scenario, a, recv, gen, publish, connect) = match cmd {
+        LoadScenario::Subscribe { common, recv } => {
+            (Scenario::Subscribe, common, Some(recv), None, None, None)
+        }
+        LoadScenario::Echo { common, gen } => (Scenario::Echo, common, None, Some(gen), None, None),
+        LoadScenario::Publish {
+            common,
+            gen,
+            publish,
+        } => (
+            Scenario::Publish,
+            common,
+            None,
+            Some(gen),
+            Some(publish),
+            None,
+        ),
+        LoadScenario::Connect { common, connect } => {
+            (Scenario::Connect, common, None, None, None, Some(connect))
+        }
+    };
+    let url = UrlTemplate::parse(&a.url)?;
+    let ingest_url = match &publish {
+        Some(PublishArgs {
+            ingest_url: Some(u),
+            ..
+        }) => Some(UrlTemplate::parse(u)?),
+        // The subscribers' host and scheme: a TLS gateway serves its ingest over TLS too.
+        Some(_) => Some(UrlTemplate::parse(&format!(
+            "{}://{}/api/ingest",
+            if url.tls { "wss" } else { "ws" },
+            url.host
+        ))?),
+        None => None,
+    };
+    let tokens = match (&a.jwt_secret, &a.token_file) {
+        (Some(s), _) => {
+            if s.len() < crate::config::MIN_HS256_SECRET {
+                return Err(format!(
+                    "--jwt-secret must be at least {} bytes",
+                    crate::config::MIN_HS256_SECRET
+                ));
+            }
+            Tokens::Mint {
+                secret: s.as_bytes().to_vec(),
+                ttl: a.jwt_ttl,
+            }
+        }
+        (None, Some(f)) => Tokens::from_file(f)?,
+        (None, None) => Tokens::None,
+    };
+    let wss = url.tls || ingest_url.as_ref().is_some_and(|u| u.tls);
+    let tls = if wss {
+        Some(floodgate_load::tls_client_config(a.ca_file.as_deref())?)
+    } else {
+        None
+    };
+    let a = *a;
+    let mut o = LoadOptions::new(scenario, url);
+    o.tls = tls;
+    o.connections = a.connections;
+    o.connect_rate = a.connect_rate;
+    o.user_prefix = a.user_prefix;
+    o.tokens = tokens;
+    o.headers = a.headers;
+    o.subprotocols = a.subprotocols;
+    o.session = floodgate_load::Session {
+        on_open: a.send_on_open,
+        await_reply: a.await_reply,
+    };
+    o.sources = a
+        .source_addr
+        .as_deref()
+        .map(Sources::parse)
+        .transpose()?
+        .unwrap_or_default();
+    o.threads = a
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    o.duration = a.duration;
+    o.events = a.events;
+    if let Some(r) = recv {
+        o.seq = r.seq_field;
+        o.gapless = r.gapless;
+        o.latency_field = r.latency_field;
+        o.ts_unit = r.ts_unit;
+    }
+    if let Some(g) = gen {
+        o.rate = Some(g.rate);
+        o.max_lag = g.lag.max_lag;
+        o.message_bytes = g.message_bytes;
+    }
+    if let Some(p) = publish {
+        o.batch = p.batch;
+        o.publishers = p.publishers;
+        o.api_key = p.api_key;
+    }
+    o.ingest_url = ingest_url;
+    if let Some(c) = connect {
+        o.rate = c.rate;
+        o.max_lag = c.lag.max_lag;
+        o.hold = c.hold;
+    }
+    o.idle_timeout = a.idle_timeout;
+    o.thresholds = a.threshold;
+    o.progress = !a.quiet && !a.json;
+    o.hdr_log = a.hdr_log;
+    o.intervals = a.intervals;
+    o.junit = a.junit;
+    o.plot = a.plot;
+    o.interval = a.interval;
+    o.validate()?;
+    Ok((o, a.json))
+}
+
+/// This process's command line as a shell would take it, with secrets masked: the values of
+/// `--jwt-secret` and `--api-key`, and of `--header`s that carry credentials.
+fn masked_command() -> String {
+    masked(std::env::args())
+}
+
+fn masked(args: impl Iterator<Item = String>) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut hide_next = false;
+    for (i, a) in args.enumerate() {
+        let shown = if i == 0 {
+            "floodgate".to_owned()
+        } else if hide_next {
+            hide_next = false;
+            "***".to_owned()
+        } else if let Some((flag, _)) = a
+            .split_once('=')
+            .filter(|(f, _)| matches!(*f, "--jwt-secret" | "--api-key"))
+        {
+            format!("{flag}=***")
+        } else if matches!(a.as_str(), "--jwt-secret" | "--api-key") {
+            hide_next = true;
+            a
+        } else if out.last().is_some_and(|p| p == "--header")
+            && ["authorization", "cookie", "key", "token", "secret"]
+                .iter()
+                .any(|s| a.to_ascii_lowercase().contains(s))
+        {
+            let name = a.split_once(':').map_or("", |(n, _)| n);
+            format!("{name}: ***")
+        } else {
+            a
+        };
+        let quoted = if shown.is_empty()
+            || shown.contains(|c: char| c.is_whitespace() || "'\"$&|;<>(){}*?!`\\".contains(c))
+        {
+            format!("'{}'", shown.replace('\'', "'\\''"))
+        } else {
+            shown
+        };
+        out.push(quoted);
+    }
+    out.join(" ")
+}
+
+pub(super) fn run_load(cmd: LoadCmd) -> ExitCode {
+    let (mut opts, json) = match load_options(cmd.scenario) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("floodgate load: {e}");
+            return ExitCode::from(floodgate_load::exit::USAGE);
+        }
+    };
+    opts.command = masked_command();
+    match floodgate_load::run(&opts) {
+        Ok(report) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&report).expect("report serializes")
+                );
+            } else {
+                print!("{}", report.to_text());
+            }
+            ExitCode::from(report.exit_code)
+        }
+        Err(e) => {
+            eprintln!("floodgate load: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::masked;
+
+    #[test]
+    fn the_command_shown_masks_secrets() {
+        let args = [
+            "/usr/bin/floodgate",
+            "load",
+            "publish",
+            "--jwt-secret",
+            "s3cr3t",
+            "--api-key=k3y",
+            "--header",
+            "X-Api-Key: key-{conn}",
+            "--header",
+            "Origin: https://a.example",
+            "--threshold",
+            "p99<2ms",
+        ];
+        let shown = masked(args.iter().map(|s| s.to_string()));
+        assert_eq!(
+            shown,
+            "floodgate load publish --jwt-secret '***' '--api-key=***' --header 'X-Api-Key: ***' \
+             --header 'Origin: https://a.example' --threshold 'p99<2ms'"
+        );
+        assert!(!shown.contains("s3cr3t") && !shown.contains("k3y"));
+    }
+}

@@ -239,3 +239,101 @@ fn each_scenario_has_its_own_help() {
         assert!(h.contains(s), "{s}: {h}");
     }
 }
+
+#[test]
+fn a_scenario_file_runs_named_scenarios_at_once() {
+    if !util::python_websockets() {
+        return;
+    }
+    let (_server, port) = util::python_server("feed_server.py", &["key-".as_ref()]);
+    let file = format!("{}/examples/load/feed.toml", env!("CARGO_MANIFEST_DIR"));
+    let run = |extra: &[&str]| {
+        util::output_within(
+            Command::new(env!("CARGO_BIN_EXE_floodgate"))
+                .args(["load", "run", &file, "--json"])
+                .args(extra)
+                .env("FEED_PORT", &port),
+            Duration::from_secs(60),
+        )
+    };
+    let out = run(&[]);
+    let r: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out)));
+    assert_eq!(out.status.code(), Some(0), "{r}");
+    assert_eq!(r["schema"], "floodgate.load.run/1");
+    let (sub, direct) = (&r["scenarios"]["subscribers"], &r["scenarios"]["direct"]);
+    assert_eq!(
+        (sub["events"].as_u64(), direct["events"].as_u64()),
+        (Some(1200), Some(1000)),
+        "{r}"
+    );
+    assert_eq!(sub["connections"], 4);
+    assert_eq!(direct["connections"], 2);
+    assert_eq!(sub["thresholds"][1]["threshold"], "/errors_total<1", "{r}");
+    assert_eq!(sub["thresholds"][1]["passed"], true, "{r}");
+
+    let out = run(&["--only", "direct"]);
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["scenarios"].as_object().unwrap().len(), 1, "{r}");
+}
+
+#[test]
+fn scenario_files_are_checked_before_anything_runs() {
+    let dir = util::temp_dir("load-run-files");
+    let examples = format!("{}/examples/load", env!("CARGO_MANIFEST_DIR"));
+    // Every example in the repository is a valid file (given its variables).
+    for entry in std::fs::read_dir(&examples).unwrap() {
+        let path = entry.unwrap().path();
+        let out = util::output_within(
+            Command::new(env!("CARGO_BIN_EXE_floodgate"))
+                .args(["load", "run", "--check"])
+                .arg(&path)
+                .env("FEED_PORT", "9")
+                .env(
+                    "CENTRIFUGO_SECRET",
+                    "a-centrifugo-secret-of-32-bytes-or-more",
+                )
+                .env("PUSHER_APP_KEY", "app-key"),
+            Duration::from_secs(20),
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}: {}",
+            path.display(),
+            text(&out)
+        );
+    }
+    let check = |toml: &str| {
+        let path = dir.join("s.toml");
+        std::fs::write(&path, toml).unwrap();
+        let out = util::output_within(
+            Command::new(env!("CARGO_BIN_EXE_floodgate"))
+                .args(["load", "run", "--check"])
+                .arg(&path)
+                .env_remove("NOT_SET_HERE"),
+            Duration::from_secs(20),
+        );
+        assert_eq!(out.status.code(), Some(2), "{toml}: {}", text(&out));
+        text(&out)
+    };
+    let cases = [
+        ("[scenarios.a]\nurl = \"ws://127.0.0.1:9/\"\n", "scenario `a`: needs `scenario`"),
+        (
+            "[scenarios.b]\nscenario = \"subscribe\"\nurl = \"ws://127.0.0.1:9/\"\nrate = 5\nevents = 1\n",
+            "scenario `b`:",
+        ),
+        (
+            "[scenarios.c]\nscenario = \"echo\"\nurl = \"ws://127.0.0.1:9/${NOT_SET_HERE}\"\n",
+            "${NOT_SET_HERE} is not set",
+        ),
+        ("[scenarios.d]\nscenario = \"run\"\n", "scenario `d`: needs `scenario`"),
+        ("[other]\n", "unknown table `other`"),
+        ("not toml at all [", "s.toml"),
+    ];
+    for (toml, says) in cases {
+        let t = check(toml);
+        assert!(t.contains(says), "{toml} -> {t}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -55,6 +55,26 @@ enum LoadScenario {
         #[command(flatten)]
         publish: PublishArgs,
     },
+    /// Run the named scenarios of a TOML file at once, each with its own connections,
+    /// schedule and thresholds (as k6's scenarios).
+    ///
+    /// Each `[scenarios.NAME]` table names its `scenario` (subscribe, echo, publish, connect)
+    /// and takes that scenario's options by their flag names (`connections = 64`,
+    /// `rate = "ramp:1000..5000/10s"`, `threshold = ["p99<5ms"]`, `gapless = true`). A string
+    /// may hold `${VAR}`, taken from the environment (keep secrets out of the file). The exit
+    /// code is the worst of the scenarios' (4, then 1, then 3).
+    ///
+    /// Example (examples/load/ holds more):
+    ///   [scenarios.feed]
+    ///   scenario = "subscribe"
+    ///   url = "ws://127.0.0.1:9000/feed?c={conn}"
+    ///   connections = 4
+    ///   send-on-open = ['{"subscribe":"room-{conn}"}']
+    ///   await-reply = '"subscribed"'
+    ///   seq-field = "/seq"
+    ///   events = 1200
+    #[command(verbatim_doc_comment)]
+    Run(RunArgs),
     /// Open connections at an open-loop rate, measure the handshake, and hold or churn them.
     ///
     /// Example:
@@ -66,6 +86,233 @@ enum LoadScenario {
         #[command(flatten)]
         connect: ConnectArgs,
     },
+}
+
+/// `floodgate load run FILE`.
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// The TOML file of scenarios (at most 1 MiB and 64 scenarios).
+    file: PathBuf,
+    /// Run only these scenarios (repeatable).
+    #[arg(long, value_name = "NAME")]
+    only: Vec<String>,
+    /// Check the file (every scenario's options, as the run would) and exit: 0 when it is
+    /// good, 2 with the reason.
+    #[arg(long)]
+    check: bool,
+    /// Print one JSON object, `{"schema":"floodgate.load.run/1","scenarios":{NAME: report}}`.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Parses one scenario's arguments as `floodgate load <scenario> ...` would.
+#[derive(clap::Parser, Debug)]
+#[command(name = "floodgate load")]
+struct OneScenario {
+    #[command(subcommand)]
+    scenario: LoadScenario,
+}
+
+/// The largest scenario file read, and the most scenarios in it.
+const MAX_RUN_FILE: u64 = 1 << 20;
+const MAX_SCENARIOS: usize = 64;
+
+/// A scenario table as the arguments of `floodgate load <scenario>`.
+fn scenario_args(name: &str, table: &toml::Table) -> Result<Vec<String>, String> {
+    let bad = |why: String| format!("scenario `{name}`: {why}");
+    let scenario = match table.get("scenario") {
+        Some(toml::Value::String(s)) if s != "run" => s.clone(),
+        _ => {
+            return Err(bad(
+                "needs `scenario` = \"subscribe\", \"echo\", \"publish\" or \"connect\"".into(),
+            ))
+        }
+    };
+    let mut args = vec!["floodgate load".to_owned(), scenario];
+    for (key, value) in table {
+        if key == "scenario" {
+            continue;
+        }
+        let flag = format!("--{}", key.replace('_', "-"));
+        let one = |v: &toml::Value| -> Result<Option<String>, String> {
+            Ok(match v {
+                toml::Value::String(s) => {
+                    Some(expand_env(s).map_err(|e| bad(format!("{key}: {e}")))?)
+                }
+                toml::Value::Integer(i) => Some(i.to_string()),
+                toml::Value::Float(f) => Some(f.to_string()),
+                toml::Value::Boolean(_) => None,
+                other => {
+                    return Err(bad(format!(
+                        "{key}: a {} is not an option value",
+                        other.type_str()
+                    )))
+                }
+            })
+        };
+        match value {
+            toml::Value::Boolean(true) => args.push(flag),
+            toml::Value::Boolean(false) => {}
+            toml::Value::Array(items) => {
+                for item in items {
+                    let v = one(item)?.ok_or_else(|| bad(format!("{key}: a list of booleans")))?;
+                    args.push(flag.clone());
+                    args.push(v);
+                }
+            }
+            v => {
+                args.push(flag);
+                args.push(one(v)?.expect("not a boolean"));
+            }
+        }
+    }
+    Ok(args)
+}
+
+/// `${VAR}` in `s`, from the environment; a variable not set is an error naming it.
+fn expand_env(s: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(at) = rest.find("${") {
+        out.push_str(&rest[..at]);
+        let end = rest[at..]
+            .find('}')
+            .ok_or_else(|| format!("`{s}`: `${{` without its `}}`"))?;
+        let var = &rest[at + 2..at + end];
+        let value = std::env::var(var).map_err(|_| format!("${{{var}}} is not set"))?;
+        out.push_str(&value);
+        rest = &rest[at + end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Reads the file and turns each scenario into its options, in the file's order.
+fn run_file_options(
+    a: &RunArgs,
+) -> Result<Vec<(String, floodgate_load::LoadOptions, bool)>, String> {
+    let bytes = crate::config::read_small_file(&a.file, MAX_RUN_FILE)
+        .map_err(|e| format!("{}: {e}", a.file.display()))?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| format!("{}: {e}", a.file.display()))?;
+    let doc: toml::Table = text
+        .parse()
+        .map_err(|e| format!("{}: {e}", a.file.display()))?;
+    for key in doc.keys() {
+        if key != "scenarios" {
+            return Err(format!(
+                "{}: unknown table `{key}` (only [scenarios.NAME])",
+                a.file.display()
+            ));
+        }
+    }
+    let Some(toml::Value::Table(scenarios)) = doc.get("scenarios") else {
+        return Err(format!("{}: no [scenarios.NAME] table", a.file.display()));
+    };
+    if scenarios.len() > MAX_SCENARIOS {
+        return Err(format!(
+            "{}: more than {MAX_SCENARIOS} scenarios",
+            a.file.display()
+        ));
+    }
+    for only in &a.only {
+        if !scenarios.contains_key(only) {
+            return Err(format!(
+                "--only {only}: no such scenario in {}",
+                a.file.display()
+            ));
+        }
+    }
+    let mut out = Vec::new();
+    for (name, table) in scenarios {
+        if !a.only.is_empty() && !a.only.contains(name) {
+            continue;
+        }
+        let toml::Value::Table(table) = table else {
+            return Err(format!("scenarios.{name} is not a table"));
+        };
+        let args = scenario_args(name, table)?;
+        let parsed = <OneScenario as clap::Parser>::try_parse_from(&args)
+            .map_err(|e| format!("scenario `{name}`: {}", e.to_string().trim_end()))?;
+        let (mut opts, json) =
+            load_options(parsed.scenario).map_err(|e| format!("scenario `{name}`: {e}"))?;
+        // Several runs share the terminal: no progress bars.
+        opts.progress = false;
+        opts.command = format!("floodgate load run {} ({name})", a.file.display());
+        out.push((name.clone(), opts, json));
+    }
+    Ok(out)
+}
+
+/// `floodgate load run FILE`: every scenario at once, each on threads of its own.
+fn run_file(a: RunArgs) -> ExitCode {
+    let scenarios = match run_file_options(&a) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("floodgate load run: {e}");
+            return ExitCode::from(floodgate_load::exit::USAGE);
+        }
+    };
+    if a.check {
+        eprintln!(
+            "floodgate load run: {} scenarios in {} are valid",
+            scenarios.len(),
+            a.file.display()
+        );
+        return ExitCode::SUCCESS;
+    }
+    let results: Vec<(
+        String,
+        Result<floodgate_load::LoadReport, floodgate_load::RunError>,
+    )> = std::thread::scope(|s| {
+        let running: Vec<_> = scenarios
+            .iter()
+            .map(|(name, opts, _)| (name.clone(), s.spawn(move || floodgate_load::run(opts))))
+            .collect();
+        running
+            .into_iter()
+            .map(|(name, h)| (name, h.join().expect("a scenario's run does not panic")))
+            .collect()
+    });
+    let codes: Vec<u8> = results
+        .iter()
+        .map(|(_, r)| match r {
+            Ok(report) => report.exit_code,
+            Err(e) => e.exit_code(),
+        })
+        .collect();
+    let worst = [
+        floodgate_load::exit::RUN_FAILED,
+        floodgate_load::exit::USAGE,
+        floodgate_load::exit::THRESHOLD_FAILED,
+        floodgate_load::exit::OVERLOADED,
+    ]
+    .into_iter()
+    .find(|c| codes.contains(c))
+    .unwrap_or(floodgate_load::exit::PASS);
+    if a.json {
+        let mut map = serde_json::Map::new();
+        for (name, r) in &results {
+            let v = match r {
+                Ok(report) => serde_json::to_value(report).expect("report serializes"),
+                Err(e) => serde_json::json!({"error": e.to_string(), "exit_code": e.exit_code()}),
+            };
+            map.insert(name.clone(), v);
+        }
+        println!(
+            "{}",
+            serde_json::json!({"schema": "floodgate.load.run/1", "scenarios": map, "exit_code": worst})
+        );
+    } else {
+        for (name, r) in &results {
+            println!("== scenario {name}");
+            match r {
+                Ok(report) => print!("{}", report.to_text()),
+                Err(e) => println!("failed to run: {e} (exit {})", e.exit_code()),
+            }
+        }
+        println!("== exit {worst} (the worst of the scenarios')");
+    }
+    ExitCode::from(worst)
 }
 
 /// The options every scenario takes.
@@ -280,6 +527,7 @@ fn load_options(cmd: LoadScenario) -> Result<(floodgate_load::LoadOptions, bool)
         LoadScenario::Connect { common, connect } => {
             (Scenario::Connect, common, None, None, None, Some(connect))
         }
+        LoadScenario::Run(_) => return Err("a scenario file cannot run another (`run`)".into()),
     };
     let url = UrlTemplate::parse(&a.url)?;
     let ingest_url = match &publish {
@@ -421,6 +669,9 @@ fn masked(args: impl Iterator<Item = String>) -> String {
 }
 
 pub(super) fn run_load(cmd: LoadCmd) -> ExitCode {
+    if let LoadScenario::Run(a) = cmd.scenario {
+        return run_file(a);
+    }
     let (mut opts, json) = match load_options(cmd.scenario) {
         Ok(o) => o,
         Err(e) => {

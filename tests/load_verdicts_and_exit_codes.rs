@@ -552,3 +552,40 @@ fn intervals_and_junit_are_written_for_ci() {
     assert_eq!(cases[4], "the run completes | ok", "{report}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A threshold marked `:abort` stops a run as soon as it fails past its delay: a 20 s echo
+/// whose p99 cannot be under 1 ns ends about half a second in, exit 1, saying which and when.
+#[test]
+fn an_abort_threshold_ends_the_run_early() {
+    let gw = util::builder().echo(true).build().unwrap();
+    let url = format!("ws://{}/echo", gw.local_addr());
+    let began = std::time::Instant::now();
+    let (code, json, out) = load(&[
+        "echo",
+        "--url",
+        &url,
+        "--rate",
+        "500",
+        "--duration",
+        "20s",
+        "--interval",
+        "250ms",
+        "--threshold",
+        "p99<1ns:abort=500ms",
+        "--json",
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        began.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        began.elapsed()
+    );
+    let r = json.unwrap();
+    assert_eq!(r["verdict"], "threshold_failed");
+    let why = r["aborted"].as_str().unwrap_or_default();
+    assert!(
+        why.starts_with("threshold p99<1ns:abort=500ms failed 0.5 s in"),
+        "{r}"
+    );
+    assert!(r["elapsed_sec"].as_f64().unwrap() < 5.0, "{r}");
+}

@@ -391,7 +391,9 @@ struct LoadCommon {
     /// A pass/fail condition, repeatable: p50 .. p99.99, max, mean (latency with a unit:
     /// 'p99<2ms'), rate (per second: 'rate>500000'), errors (a fraction: 'errors<0.001'), or
     /// any number of the --json report by its JSON pointer ('/generator/late<100',
-    /// '/uncorrected_latency_us/p99<5ms': names ending in _us take a unit).
+    /// '/uncorrected_latency_us/p99<5ms': names ending in _us take a unit). A suffix
+    /// `:abort` (or `:abort=10s`, not before 10 s into the run) stops the run as soon as the
+    /// threshold fails on what was measured so far, checked at every interval's end.
     #[arg(long, value_name = "EXPR", value_parser = floodgate_load::Threshold::parse)]
     threshold: Vec<floodgate_load::Threshold>,
     /// Print one JSON object (schema floodgate.load/1) instead of the text summary.

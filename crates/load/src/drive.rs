@@ -347,6 +347,11 @@ pub(crate) fn monitor(
             Err(RecvTimeoutError::Disconnected) => break,
             Err(RecvTimeoutError::Timeout) => {}
         }
+        // A threshold with `:abort` failed: stop now (the report says which and when).
+        if agg.aborted.is_some() && !control.stopped() {
+            end_ns = unix_ns();
+            control.stop();
+        }
         // Relaxed: progress counters only.
         let done = control.done.load(Ordering::Relaxed);
         if done != last_done {

@@ -64,6 +64,10 @@ pub(crate) struct Aggregate {
     intervals: Option<Box<dyn Write + Send>>,
     /// When interval 0 began (unix ns; 0 in unit tests, where intervals are not timed).
     pub start_ns: u64,
+    /// Thresholds that abort the run when they fail (checked as each interval closes).
+    abort_on: Vec<super::threshold::Threshold>,
+    /// Why the run was aborted, once a threshold with `:abort` failed.
+    pub aborted: Option<String>,
     /// The last finished interval's rate and p99 (for the progress line).
     pub last_rate: f64,
     pub last_p99_us: f64,
@@ -101,6 +105,13 @@ impl Aggregate {
             series: Vec::new(),
             hdr,
             intervals,
+            abort_on: opts
+                .thresholds
+                .iter()
+                .filter(|t| t.abort.is_some())
+                .cloned()
+                .collect(),
+            aborted: None,
             start_ns: 0,
             last_rate: 0.0,
             last_p99_us: 0.0,
@@ -175,6 +186,8 @@ impl Aggregate {
         self.bytes += t.bytes;
         self.other_frames += t.other_frames;
         self.last_done_ns = self.last_done_ns.max(t.last_done_ns);
+        let elapsed = t.index as f64 * full + len;
+        self.check_aborts(elapsed);
         if let Some(w) = &mut self.intervals {
             let latency = (!t.rec.corrected.is_empty()).then(|| {
                 serde_json::json!({
@@ -233,6 +246,39 @@ impl Aggregate {
                     }
                 })
                 .collect();
+        }
+    }
+}
+
+impl Aggregate {
+    /// Checks the `:abort` thresholds on the run so far, `elapsed` seconds in; the first that
+    /// fails (past its delay) sets `aborted`.
+    fn check_aborts(&mut self, elapsed: f64) {
+        if self.aborted.is_some() {
+            return;
+        }
+        let lat = &self.total.corrected;
+        let errors = self.errors.total();
+        for t in &self.abort_on {
+            if elapsed < t.abort.unwrap_or_default().as_secs_f64() {
+                continue;
+            }
+            let value = match t.metric {
+                Metric::Percentile(p) if !lat.is_empty() => Some(percentile_us(lat, p)),
+                Metric::Max if !lat.is_empty() => Some(lat.max() as f64 / 1e3),
+                Metric::Mean if !lat.is_empty() => Some(lat.mean() / 1e3),
+                Metric::Rate => Some(self.done as f64 / elapsed.max(1e-9)),
+                Metric::Errors => Some(errors as f64 / (self.done + errors).max(1) as f64),
+                _ => None,
+            };
+            if let Some(v) = value.filter(|v| !t.passes(*v)) {
+                self.aborted = Some(format!(
+                    "threshold {} failed {elapsed:.1} s in (measured {}): the run was stopped",
+                    t.text,
+                    t.unit().show(v)
+                ));
+                return;
+            }
         }
     }
 }
@@ -488,6 +534,8 @@ pub struct LoadReport {
     pub thresholds: Vec<ThresholdResult>,
     /// Why the run could not complete, if it could not.
     pub incomplete: Option<String>,
+    /// Which `:abort` threshold stopped the run early, and when.
+    pub aborted: Option<String>,
     /// How the run ended.
     pub verdict: Verdict,
     /// Every failed verdict that holds, `verdict` first (empty when it passed).
@@ -621,6 +669,7 @@ impl LoadReport {
             error_rate,
             thresholds,
             incomplete: o.incomplete,
+            aborted: agg.aborted.clone(),
             verdict: Verdict::Pass,
             failed: Vec::new(),
             exit_code: exit::PASS,
@@ -735,7 +784,7 @@ impl LoadReport {
         if self.incomplete.is_some() {
             failed.push(Verdict::RunFailed);
         }
-        if self.thresholds.iter().any(|t| !t.passed) {
+        if self.aborted.is_some() || self.thresholds.iter().any(|t| !t.passed) {
             failed.push(Verdict::ThresholdFailed);
         }
         if self.generator.as_ref().is_some_and(|g| g.overloaded) {
@@ -852,6 +901,9 @@ impl LoadReport {
         if let Some(why) = &self.incomplete {
             let _ = writeln!(out, "incomplete     {why}");
         }
+        if let Some(why) = &self.aborted {
+            let _ = writeln!(out, "aborted        {why}");
+        }
         let also: Vec<String> = self
             .failed
             .iter()
@@ -895,6 +947,36 @@ mod tests {
         t.last = last;
         t.rec.latency(1000 * (index + 1));
         t
+    }
+
+    #[test]
+    fn an_abort_threshold_stops_the_run_once_past_its_delay() {
+        let mut opts = LoadOptions::new(
+            Scenario::Subscribe,
+            UrlTemplate::parse("ws://127.0.0.1:1/").unwrap(),
+        );
+        // tick() records latencies of 1 us, 2 us, 3 us...: p99 passes 1.5 us in interval 1.
+        opts.thresholds = vec![
+            Threshold::parse("p99<1500ns:abort=3s").unwrap(),
+            Threshold::parse("rate>1000").unwrap(),
+        ];
+        let mut a = Aggregate::new(1, Duration::from_secs(1), None, &opts).unwrap();
+        a.add(tick(0, 0, 10, false));
+        a.add(tick(0, 1, 10, false));
+        assert_eq!(a.aborted, None, "failing since 2 s, but the delay is 3 s");
+        a.add(tick(0, 2, 10, false));
+        let why = a.aborted.clone().expect("aborted at 3 s");
+        assert!(
+            why.contains("p99<1500ns:abort=3s failed 3.0 s in (measured 3us)"),
+            "{why}"
+        );
+        // rate>1000 fails too, but it does not abort: only the one marked does.
+        a.finish();
+        let r = report_with(&opts, &a, true, None);
+        assert_eq!((r.verdict, r.exit_code), (Verdict::ThresholdFailed, 1));
+        assert!(r
+            .to_text()
+            .contains("aborted        threshold p99<1500ns:abort"));
     }
 
     #[test]

@@ -46,6 +46,10 @@ pub struct Threshold {
     pub op: Op,
     /// Microseconds for latencies, per second for rate, a fraction for errors.
     pub limit: f64,
+    /// `:abort` or `:abort=DELAY`: checked at the end of every interval once DELAY into the
+    /// run, and the run stops at the first failure (as k6's `abortOnFail` with
+    /// `delayAbortEval`). Not for report pointers, which exist only at the end.
+    pub abort: Option<Duration>,
 }
 
 /// The measured values a threshold can name.
@@ -63,7 +67,19 @@ impl Threshold {
     /// Parses `p99<2ms`, `p99.9<=500us`, `max<1s`, `mean<100us`, `rate>500000`,
     /// `errors<0.001`.
     pub fn parse(text: &str) -> Result<Threshold, String> {
-        let t = text.trim();
+        let (t, abort) = match text.trim().split_once(":abort") {
+            None => (text.trim(), None),
+            Some((t, "")) => (t.trim_end(), Some(Duration::ZERO)),
+            Some((t, rest)) => {
+                let delay = rest
+                    .strip_prefix('=')
+                    .and_then(|d| humantime::parse_duration(d.trim()).ok())
+                    .ok_or_else(|| {
+                        format!("threshold `{text}`: write `:abort` or `:abort=DELAY` (e.g. :abort=10s)")
+                    })?;
+                (t.trim_end(), Some(delay))
+            }
+        };
         let (at, op, len) = ["<=", ">=", "<", ">"]
             .iter()
             .find_map(|o| t.find(o).map(|i| (i, *o, o.len())))
@@ -122,11 +138,17 @@ impl Threshold {
                 v
             }
         };
+        if abort.is_some() && matches!(metric, Metric::Report(_)) {
+            return Err(format!(
+                "threshold `{text}`: a report pointer is known only at the end; it cannot abort"
+            ));
+        }
         Ok(Threshold {
-            text: t.to_owned(),
+            text: text.trim().to_owned(),
             metric,
             op,
             limit,
+            abort,
         })
     }
 
@@ -276,6 +298,19 @@ mod tests {
         assert!(check("errors<0.001"));
         assert!(check("max<10ms"));
         assert!(Threshold::parse("p90<1ms").unwrap().value(&m).is_none());
+    }
+
+    #[test]
+    fn abort_suffixes_parse() {
+        let t = Threshold::parse("p99<50ms:abort").unwrap();
+        assert_eq!((t.limit, t.abort), (50_000.0, Some(Duration::ZERO)));
+        assert_eq!(t.text, "p99<50ms:abort");
+        let t = Threshold::parse("errors<0.01:abort=10s").unwrap();
+        assert_eq!((t.limit, t.abort), (0.01, Some(Duration::from_secs(10))));
+        assert_eq!(Threshold::parse("rate>5").unwrap().abort, None);
+        assert!(Threshold::parse("p99<5ms:abort=soon").is_err());
+        assert!(Threshold::parse("p99<5ms:abortx").is_err());
+        assert!(Threshold::parse("/generator/late<5:abort").is_err());
     }
 
     #[test]

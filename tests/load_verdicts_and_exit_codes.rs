@@ -28,14 +28,20 @@ fn load(args: &[&str]) -> (i32, Option<Value>, String) {
     (code, json, format!("{stdout}\n{stderr}"))
 }
 
+/// A gateway with its echo endpoint on, and that endpoint's URL.
+fn echo_gateway() -> (floodgate::Gateway, String) {
+    let gw = util::builder().echo(true).build().unwrap();
+    let url = format!("ws://{}/echo", gw.local_addr());
+    (gw, url)
+}
+
 fn secret() -> String {
     String::from_utf8(util::SECRET.to_vec()).unwrap()
 }
 
 #[test]
 fn echo_passes_its_thresholds_and_reports_both_latencies() {
-    let gw = util::builder().echo(true).build().unwrap();
-    let url = format!("ws://{}/echo", gw.local_addr());
+    let (_gw, url) = echo_gateway();
     let (code, json, out) = load(&[
         "echo",
         "--url",
@@ -73,8 +79,7 @@ fn echo_passes_its_thresholds_and_reports_both_latencies() {
 
 #[test]
 fn a_failed_threshold_exits_1_even_when_overloaded_and_overload_alone_exits_3() {
-    let gw = util::builder().echo(true).build().unwrap();
-    let url = format!("ws://{}/echo", gw.local_addr());
+    let (_gw, url) = echo_gateway();
     let (code, json, out) = load(&[
         "echo",
         "--url",
@@ -464,8 +469,7 @@ fn connect_opens_holds_and_closes_connections_on_schedule() {
 /// here by Python's own XML parser).
 #[test]
 fn intervals_and_junit_are_written_for_ci() {
-    let gw = util::builder().echo(true).build().unwrap();
-    let url = format!("ws://{}/echo", gw.local_addr());
+    let (_gw, url) = echo_gateway();
     let dir = util::temp_dir("load-ci-outputs");
     let (lines, junit) = (dir.join("intervals.jsonl"), dir.join("junit.xml"));
     let (code, json, out) = load(&[
@@ -557,8 +561,7 @@ fn intervals_and_junit_are_written_for_ci() {
 /// whose p99 cannot be under 1 ns ends about half a second in, exit 1, saying which and when.
 #[test]
 fn an_abort_threshold_ends_the_run_early() {
-    let gw = util::builder().echo(true).build().unwrap();
-    let url = format!("ws://{}/echo", gw.local_addr());
+    let (_gw, url) = echo_gateway();
     let began = std::time::Instant::now();
     let (code, json, out) = load(&[
         "echo",

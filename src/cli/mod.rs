@@ -151,16 +151,19 @@ enum Command {
     ///   floodgate load connect --url ws://127.0.0.1:8080/ws --connections 10000 --jwt-secret $S --rate 2000 --hold 5s
     #[command(verbatim_doc_comment)]
     Load(LoadCmd),
-    /// Performance regression gate for CI: measure, compare with perf/baseline.json, print a
-    /// markdown table, exit 1 on a regression beyond a metric's limit.
+    /// Performance regression gate for CI, for any Rust repository: measure what
+    /// perf-gate.toml names, compare with the baseline it names, print a markdown table, exit
+    /// 1 on a regression beyond a metric's limit.
     ///
-    /// Suites: `instructions` (instructions per operation of the hot paths under valgrind's
-    /// callgrind: deterministic on shared runners; limit +3%), `criterion` (the ring, encode
-    /// and route benches; wall clock: reported against +25% but not gating) and `e2e`
-    /// (`floodgate bench` throughput of this binary over --baseline-bin, run alternately in
-    /// one job; limit -10%). Run from the
-    /// repository root (it builds benches with cargo). scripts/perf-gate builds the baseline
-    /// commit's binary and calls this.
+    /// Suites (each a table of perf-gate.toml; `floodgate perf-gate init` writes a starting
+    /// file): `instructions` (instructions per operation of a bench target under valgrind's
+    /// callgrind: deterministic on shared runners), `criterion` (criterion benches: wall
+    /// clock, reported and by default not gating) and `e2e` (a command run alternately with
+    /// this build's binary and --baseline-bin's; the ratio of a number in its JSON output).
+    /// Run it from the repository root.
+    ///
+    /// Adopting it: `floodgate perf-gate init`, edit perf-gate.toml, `floodgate perf-gate
+    /// --update-baseline` and commit both files; CI then runs `floodgate perf-gate`.
     ///
     /// Exit codes: 0 no regression; 1 a metric regressed beyond its limit; 2 usage or setup
     /// error (no valgrind, no baseline, a build failed).
@@ -169,31 +172,41 @@ enum Command {
 }
 
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 struct GateArgs {
-    /// The baseline file (versioned JSON, committed).
-    #[arg(long, default_value = "perf/baseline.json")]
-    baseline: PathBuf,
-    /// Suites to run (repeatable) [default: instructions and criterion, plus e2e when
-    /// --baseline-bin is given].
+    #[command(subcommand)]
+    action: Option<GateAction>,
+    /// What to measure (TOML; see `floodgate perf-gate init`).
+    #[arg(long, default_value = "perf-gate.toml", value_name = "FILE")]
+    config: PathBuf,
+    /// The baseline file [default: the config's `baseline`].
+    #[arg(long)]
+    baseline: Option<PathBuf>,
+    /// Suites to run (repeatable) [default: every suite the config has, e2e only with
+    /// --baseline-bin].
     #[arg(long, value_enum)]
     suite: Vec<floodgate_perf_gate::Suite>,
-    /// A floodgate binary built from the baseline commit, for the e2e suite.
+    /// A binary built from the baseline commit, for the e2e suite.
     #[arg(long, value_name = "PATH")]
     baseline_bin: Option<PathBuf>,
-    /// Runs of each binary in the e2e suite.
-    #[arg(long, default_value_t = 3)]
-    pairs: usize,
-    /// Where to write the markdown table (for a CI system to post).
-    #[arg(long, default_value = "target/perf-gate.md")]
-    report: PathBuf,
+    /// Where to write the markdown table [default: the config's `report`].
+    #[arg(long)]
+    report: Option<PathBuf>,
     /// Record this run's numbers as the new baseline (with the machine description and commit)
     /// instead of comparing.
     #[arg(long)]
     update_baseline: bool,
-    /// Cargo features for building the instructions harness (the self test uses
-    /// gate-selftest-slowdown).
+    /// Cargo features for building the instructions bench, besides the config's (the self
+    /// test uses gate-selftest-slowdown).
     #[arg(long)]
     features: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum GateAction {
+    /// Write a starting perf-gate.toml (its criterion benches found under benches/), unless
+    /// one exists.
+    Init,
 }
 
 #[derive(Args, Debug)]
@@ -591,53 +604,90 @@ fn run_gate(a: GateArgs) -> ExitCode {
 fn gate(a: GateArgs) -> Result<ExitCode, String> {
     use floodgate_perf_gate::{self as gate, Suite};
     let repo = std::env::current_dir().map_err(|e| e.to_string())?;
-    if !repo.join("benches/instructions.rs").exists() {
-        return Err(
-            "run it from the floodgate repository root (it builds benches/instructions.rs)".into(),
+    if let Some(GateAction::Init) = a.action {
+        if a.config.exists() {
+            return Err(format!("{} exists; not overwritten", a.config.display()));
+        }
+        std::fs::write(&a.config, gate::init_config(&repo))
+            .map_err(|e| format!("{}: {e}", a.config.display()))?;
+        eprintln!(
+            "floodgate perf-gate: wrote {}; edit it, then record a baseline with --update-baseline",
+            a.config.display()
         );
+        return Ok(ExitCode::SUCCESS);
     }
-    let suites = if a.suite.is_empty() {
-        let mut s = vec![Suite::Instructions, Suite::Criterion];
-        if a.baseline_bin.is_some() {
+    let cfg = gate::GateConfig::load(&a.config)?;
+    let baseline = a.baseline.clone().unwrap_or_else(|| cfg.baseline.clone());
+    let report = a.report.clone().unwrap_or_else(|| cfg.report.clone());
+    let suites: Vec<Suite> = if a.suite.is_empty() {
+        let mut s = Vec::new();
+        if cfg.instructions.is_some() {
+            s.push(Suite::Instructions);
+        }
+        if cfg.criterion.is_some() {
+            s.push(Suite::Criterion);
+        }
+        if cfg.e2e.is_some() && a.baseline_bin.is_some() {
             s.push(Suite::E2e);
         }
         s
     } else {
         a.suite.clone()
     };
-    let old = if a.update_baseline && !a.baseline.exists() {
+    let old = if a.update_baseline && !baseline.exists() {
         None
     } else {
-        Some(gate::Baseline::load(&a.baseline)?)
+        Some(gate::Baseline::load(&baseline)?)
     };
-    // A copy of this binary for the e2e suite, taken first: `cargo bench` in the criterion
-    // suite may rebuild target/release/floodgate underneath us.
-    let me = if suites.contains(&Suite::E2e) {
-        let copy = repo.join("target/perf-gate/current-floodgate");
-        if let Some(dir) = copy.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    // A copy of this build's binary for the e2e suite, taken first: `cargo bench` in the
+    // criterion suite may rebuild it underneath us.
+    let me = match (&cfg.e2e, suites.contains(&Suite::E2e)) {
+        (Some(e), true) => {
+            let copy = repo.join("target/perf-gate/current-bin");
+            if let Some(dir) = copy.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+            }
+            let exe = repo.join(&e.binary);
+            std::fs::copy(&exe, &copy).map_err(|e| {
+                format!(
+                    "[e2e] binary {}: {e} (build it before the gate)",
+                    exe.display()
+                )
+            })?;
+            Some(copy)
         }
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        std::fs::copy(&exe, &copy).map_err(|e| format!("copying {}: {e}", exe.display()))?;
-        Some(copy)
-    } else {
-        None
+        _ => None,
     };
     let mut now = std::collections::BTreeMap::new();
     for s in &suites {
         eprintln!("floodgate perf-gate: running the {s:?} suite");
+        let missing = |t: &str| format!("--suite {s:?}: {} has no [{t}] table", a.config.display());
         match s {
             Suite::Instructions => {
-                let harness = gate::build_harness(&repo, a.features.as_deref(), None)?;
-                now.extend(gate::instructions(&harness)?);
+                let i = cfg
+                    .instructions
+                    .as_ref()
+                    .ok_or_else(|| missing("instructions"))?;
+                let features = [i.features.as_deref(), a.features.as_deref()]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let features = (!features.is_empty()).then_some(features);
+                let harness = gate::build_harness(&repo, &i.bench, features.as_deref(), None)?;
+                now.extend(gate::instructions(&harness, &i.paths)?);
             }
-            Suite::Criterion => now.extend(gate::criterion(&repo)?),
+            Suite::Criterion => {
+                let c = cfg.criterion.as_ref().ok_or_else(|| missing("criterion"))?;
+                now.extend(gate::criterion(&repo, c)?);
+            }
             Suite::E2e => {
+                let e = cfg.e2e.as_ref().ok_or_else(|| missing("e2e"))?;
                 let base = a.baseline_bin.as_deref().ok_or(
-                    "the e2e suite needs --baseline-bin (scripts/perf-gate builds it from the baseline commit)",
+                    "the e2e suite needs --baseline-bin (a binary built from the baseline commit)",
                 )?;
-                let me = me.as_deref().expect("copied above");
-                now.extend(gate::e2e(me, base, a.pairs)?);
+                let me = me.as_deref().ok_or("no binary under test")?;
+                now.extend(gate::e2e(me, base, e)?);
             }
         }
     }
@@ -651,21 +701,26 @@ fn gate(a: GateArgs) -> Result<ExitCode, String> {
             .unwrap_or_default();
         // A ratio to the baseline build is 1 by definition in the baseline itself, whether or
         // not the e2e suite ran (a baseline without it would never gate it).
-        now.insert(
-            "e2e/bench_throughput_ratio".into(),
-            gate::Measured {
-                value: 1.0,
-                unit: "x baseline",
-                better: gate::Better::Higher,
-            },
-        );
-        let b = gate::updated(old.as_ref(), &now, &commit, here);
+        if let Some(e) = &cfg.e2e {
+            now.insert(
+                format!("e2e/{}", e.name),
+                gate::Measured {
+                    value: 1.0,
+                    unit: "x baseline",
+                    better: e.better,
+                },
+            );
+        }
+        let b = gate::updated(old.as_ref(), &now, &commit, here, &cfg);
         let text = serde_json::to_string_pretty(&b).expect("serializes") + "\n";
-        std::fs::write(&a.baseline, text).map_err(|e| format!("{}: {e}", a.baseline.display()))?;
+        if let Some(dir) = baseline.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        std::fs::write(&baseline, text).map_err(|e| format!("{}: {e}", baseline.display()))?;
         eprintln!(
             "floodgate perf-gate: recorded {} metrics in {}",
             now.len(),
-            a.baseline.display()
+            baseline.display()
         );
         return Ok(ExitCode::SUCCESS);
     }
@@ -674,16 +729,16 @@ fn gate(a: GateArgs) -> Result<ExitCode, String> {
     let mut notes = gate::machine_notes(&old, &here);
     notes.push(format!(
         "Baseline: {} (commit {}, recorded {}).",
-        a.baseline.display(),
+        baseline.display(),
         old.commit,
         old.recorded
     ));
     let md = gate::markdown(&rows, &notes);
     print!("{md}");
-    if let Some(dir) = a.report.parent() {
+    if let Some(dir) = report.parent().filter(|d| !d.as_os_str().is_empty()) {
         let _ = std::fs::create_dir_all(dir);
     }
-    std::fs::write(&a.report, &md).map_err(|e| format!("{}: {e}", a.report.display()))?;
+    std::fs::write(&report, &md).map_err(|e| format!("{}: {e}", report.display()))?;
     Ok(if gate::failed(&rows) {
         ExitCode::from(1)
     } else {

@@ -33,31 +33,6 @@ pub enum Suite {
     E2e,
 }
 
-impl Suite {
-    /// Whether this suite's metrics fail the gate (wall-clock figures on a shared machine do
-    /// not: they are reported).
-    fn gating(self) -> bool {
-        self != Suite::Criterion
-    }
-
-    /// The regression limit, in per cent, a new metric of this suite gets.
-    fn default_limit(self) -> f64 {
-        match self {
-            Suite::Instructions => 3.0,
-            Suite::Criterion => 25.0,
-            Suite::E2e => 10.0,
-        }
-    }
-
-    fn prefix(self) -> &'static str {
-        match self {
-            Suite::Instructions => "instructions/",
-            Suite::Criterion => "criterion/",
-            Suite::E2e => "e2e/",
-        }
-    }
-}
-
 /// Which way is better for a metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -294,24 +269,20 @@ pub fn markdown(rows: &[Row], notes: &[String]) -> String {
     out
 }
 
-/// A baseline holding `now`, keeping the limits of metrics `old` already had.
+/// A baseline holding `now`, keeping the limits of metrics `old` already had; a new metric
+/// gets its suite's limit from `cfg`.
 pub fn updated(
     old: Option<&Baseline>,
     now: &BTreeMap<String, Measured>,
     commit: &str,
     machine: BTreeMap<String, String>,
+    cfg: &GateConfig,
 ) -> Baseline {
     let mut metrics = old.map(|b| b.metrics.clone()).unwrap_or_default();
     for (name, m) in now {
-        let suite = [Suite::Instructions, Suite::Criterion, Suite::E2e]
-            .into_iter()
-            .find(|s| name.starts_with(s.prefix()))
-            .unwrap_or(Suite::Criterion);
         let (limit, gating) = metrics
             .get(name)
-            .map_or((suite.default_limit(), suite.gating()), |x| {
-                (x.limit_pct, x.gating)
-            });
+            .map_or_else(|| cfg.limit_of(name), |x| (x.limit_pct, x.gating));
         metrics.insert(
             name.clone(),
             Metric {
@@ -377,9 +348,231 @@ pub fn machine() -> BTreeMap<String, String> {
     m
 }
 
-/// Builds `benches/instructions.rs` (with `features`, into `target_dir`) and returns its path.
+/// `perf-gate.toml`: what the gate measures in a repository, so any Rust project can adopt it.
+/// Every table is optional; a suite without its table is not run.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GateConfig {
+    /// The baseline file, relative to the repository root.
+    #[serde(default = "default_baseline")]
+    pub baseline: PathBuf,
+    /// Where the markdown table is written.
+    #[serde(default = "default_report")]
+    pub report: PathBuf,
+    /// Instructions per operation under callgrind (deterministic on shared machines).
+    pub instructions: Option<InstructionsConfig>,
+    /// Criterion benches (wall clock).
+    pub criterion: Option<CriterionConfig>,
+    /// A command run alternately with this build's binary and the baseline's.
+    pub e2e: Option<E2eConfig>,
+}
+
+fn default_baseline() -> PathBuf {
+    "perf/baseline.json".into()
+}
+
+fn default_report() -> PathBuf {
+    "target/perf-gate.md".into()
+}
+
+/// `[instructions]`: a bench target (`harness = false`) run as `<exe> <path> <ops>`, once with
+/// 0 ops and once with `ops`; the difference divided by `ops` is the metric
+/// `instructions/<path>`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstructionsConfig {
+    /// The bench target's name (`cargo build --profile bench --bench <bench>`).
+    pub bench: String,
+    /// Cargo features to build it with.
+    #[serde(default)]
+    pub features: Option<String>,
+    /// Path name -> operations per measurement.
+    pub paths: BTreeMap<String, u64>,
+    /// A regression beyond this many per cent fails the gate.
+    #[serde(default = "three")]
+    pub limit_pct: f64,
+}
+
+/// `[criterion]`: criterion benches, their mean estimates as `criterion/<id>`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CriterionConfig {
+    /// Bench targets to run.
+    pub benches: Vec<String>,
+    /// Arguments after `--` (criterion's own: warm-up and measurement times).
+    #[serde(default = "criterion_args")]
+    pub args: Vec<String>,
+    /// The regression limit in per cent.
+    #[serde(default = "twenty_five")]
+    pub limit_pct: f64,
+    /// Whether a regression fails the gate (wall clock on shared runners: by default not).
+    #[serde(default)]
+    pub gating: bool,
+}
+
+/// `[e2e]`: `command` (its first word `{bin}`: this build's binary, then the baseline's) run
+/// `pairs` times each, alternately; the median of the number at `metric` (a JSON pointer into
+/// its standard output) over the baseline's is `e2e/<name>`, in `x baseline`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct E2eConfig {
+    /// The metric's name.
+    pub name: String,
+    /// This build's binary (built before the gate runs, e.g. `target/release/app`); the
+    /// baseline's is given with `--baseline-bin`.
+    pub binary: PathBuf,
+    /// The command; `{bin}` stands for the binary under test.
+    pub command: Vec<String>,
+    /// A JSON pointer into the command's output.
+    pub metric: String,
+    /// Which way is better.
+    pub better: Better,
+    /// Runs of each binary.
+    #[serde(default = "three_runs")]
+    pub pairs: usize,
+    /// The regression limit in per cent.
+    #[serde(default = "ten")]
+    pub limit_pct: f64,
+}
+
+fn three() -> f64 {
+    3.0
+}
+fn ten() -> f64 {
+    10.0
+}
+fn twenty_five() -> f64 {
+    25.0
+}
+fn three_runs() -> usize {
+    3
+}
+fn criterion_args() -> Vec<String> {
+    ["--warm-up-time", "1", "--measurement-time", "2", "--noplot"]
+        .map(String::from)
+        .to_vec()
+}
+
+/// The largest `perf-gate.toml` read.
+const MAX_CONFIG: u64 = 1 << 20;
+
+impl GateConfig {
+    /// Reads and checks `path`.
+    pub fn load(path: &Path) -> Result<GateConfig, String> {
+        let size = std::fs::metadata(path)
+            .map_err(|e| {
+                format!(
+                    "{}: {e} (`floodgate perf-gate init` writes one)",
+                    path.display()
+                )
+            })?
+            .len();
+        if size > MAX_CONFIG {
+            return Err(format!(
+                "{}: larger than {MAX_CONFIG} bytes",
+                path.display()
+            ));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let c: GateConfig =
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        if c.instructions.is_none() && c.criterion.is_none() && c.e2e.is_none() {
+            return Err(format!(
+                "{}: no suite: give [instructions], [criterion] or [e2e]",
+                path.display()
+            ));
+        }
+        if let Some(i) = &c.instructions {
+            if i.paths.is_empty() || i.paths.values().any(|&n| n == 0) {
+                return Err(format!(
+                    "{}: [instructions] paths needs at least one path with ops > 0",
+                    path.display()
+                ));
+            }
+        }
+        if let Some(e) = &c.e2e {
+            if e.command.first().map(String::as_str) != Some("{bin}") {
+                return Err(format!(
+                    "{}: [e2e] command must start with \"{{bin}}\"",
+                    path.display()
+                ));
+            }
+        }
+        Ok(c)
+    }
+
+    /// The limit and gating a new metric `name` gets.
+    pub fn limit_of(&self, name: &str) -> (f64, bool) {
+        if name.starts_with("instructions/") {
+            (
+                self.instructions.as_ref().map_or(3.0, |i| i.limit_pct),
+                true,
+            )
+        } else if name.starts_with("e2e/") {
+            (self.e2e.as_ref().map_or(10.0, |e| e.limit_pct), true)
+        } else {
+            self.criterion
+                .as_ref()
+                .map_or((25.0, false), |c| (c.limit_pct, c.gating))
+        }
+    }
+}
+
+/// A starting `perf-gate.toml` for the repository at `repo`: its criterion benches (files under
+/// `benches/` that name criterion) in `[criterion]`, and commented examples of the others.
+pub fn init_config(repo: &Path) -> String {
+    let mut benches: Vec<String> = std::fs::read_dir(repo.join("benches"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "rs"))
+        .filter(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains("criterion_main!")))
+        .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .collect();
+    benches.sort();
+    let criterion = if benches.is_empty() {
+        "# [criterion]\n# benches = [\"my_bench\"]       # criterion bench targets\n".to_owned()
+    } else {
+        format!(
+            "[criterion]\nbenches = [{}]\n# limit_pct = 25.0\n# gating = false    # wall clock on shared runners: reported, not gating\n",
+            benches
+                .iter()
+                .map(|b| format!("\"{b}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    format!(
+        "# floodgate perf-gate: what to measure, and how far each metric may move.\n\
+         # `floodgate perf-gate --update-baseline` records the baseline; `floodgate perf-gate`\n\
+         # compares with it and exits 1 on a regression beyond a limit.\n\
+         baseline = \"perf/baseline.json\"\n\
+         report = \"target/perf-gate.md\"\n\n\
+         # Instructions per operation under valgrind's callgrind: deterministic on shared CI\n\
+         # machines. A bench target with `harness = false` whose main takes `<path> <ops>` and\n\
+         # does `ops` operations of `path`.\n\
+         # [instructions]\n\
+         # bench = \"instructions\"\n\
+         # paths = {{ parse = 10000 }}\n\
+         # limit_pct = 3.0\n\n\
+         {criterion}\n\
+         # A command run alternately with this build's binary and a baseline build's\n\
+         # (--baseline-bin); the median ratio of the number at `metric` is the figure.\n\
+         # [e2e]\n\
+         # name = \"throughput_ratio\"\n\
+         # binary = \"target/release/my-app\"\n\
+         # command = [\"{{bin}}\", \"bench\", \"--json\"]\n\
+         # metric = \"/events_per_sec\"\n\
+         # better = \"higher\"\n\
+         # limit_pct = 10.0\n"
+    )
+}
+
+/// Builds bench target `bench` (with `features`, into `target_dir`) and returns its path.
 pub fn build_harness(
     repo: &Path,
+    bench: &str,
     features: Option<&str>,
     target_dir: Option<&Path>,
 ) -> Result<PathBuf, String> {
@@ -389,7 +582,7 @@ pub fn build_harness(
         "--profile",
         "bench",
         "--bench",
-        "instructions",
+        bench,
         "--message-format=json",
         "--quiet",
     ]);
@@ -402,25 +595,17 @@ pub fn build_harness(
     let out = cmd.output().map_err(|e| format!("cargo: {e}"))?;
     if !out.status.success() {
         return Err(format!(
-            "building benches/instructions.rs failed:\n{}",
+            "building bench `{bench}` failed:\n{}",
             String::from_utf8_lossy(&out.stderr)
         ));
     }
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == "instructions")
+        .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == bench)
         .find_map(|v| v["executable"].as_str().map(PathBuf::from))
-        .ok_or_else(|| "cargo did not report the instructions harness".into())
+        .ok_or_else(|| format!("cargo did not report bench `{bench}`'s executable"))
 }
-
-/// The hot paths the harness knows, and operations per measurement.
-pub const PATHS: [(&str, u64); 4] = [
-    ("ring", 20_000),
-    ("encode", 20_000),
-    ("route", 20_480),
-    ("client_parse", 20_480),
-];
 
 /// Instructions `harness path ops` executes under callgrind.
 fn callgrind_total(harness: &Path, path: &str, ops: u64) -> Result<u64, String> {
@@ -443,10 +628,13 @@ fn callgrind_total(harness: &Path, path: &str, ops: u64) -> Result<u64, String> 
         .ok_or_else(|| format!("no `Collected :` line in callgrind's output:\n{err}"))
 }
 
-/// Instructions per operation of every hot path: (count with N ops - count with 0) / N.
-pub fn instructions(harness: &Path) -> Result<BTreeMap<String, Measured>, String> {
+/// Instructions per operation of every path: (count with N ops - count with 0) / N.
+pub fn instructions(
+    harness: &Path,
+    paths: &BTreeMap<String, u64>,
+) -> Result<BTreeMap<String, Measured>, String> {
     let mut out = BTreeMap::new();
-    for (path, ops) in PATHS {
+    for (path, &ops) in paths {
         let base = callgrind_total(harness, path, 0)?;
         let full = callgrind_total(harness, path, ops)?;
         let per_op = full.saturating_sub(base) as f64 / ops as f64;
@@ -462,27 +650,17 @@ pub fn instructions(harness: &Path) -> Result<BTreeMap<String, Measured>, String
     Ok(out)
 }
 
-/// Runs the criterion benches (ring, encode, route) briefly and reads their mean estimates.
-pub fn criterion(repo: &Path) -> Result<BTreeMap<String, Measured>, String> {
+/// Runs the criterion benches of `cfg` and reads their mean estimates.
+pub fn criterion(repo: &Path, cfg: &CriterionConfig) -> Result<BTreeMap<String, Measured>, String> {
     let started = std::time::SystemTime::now();
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(repo)
-        .args([
-            "bench",
-            "--quiet",
-            "--bench",
-            "ring",
-            "--bench",
-            "encode",
-            "--bench",
-            "route",
-            "--",
-            "--warm-up-time",
-            "1",
-            "--measurement-time",
-            "2",
-            "--noplot",
-        ])
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(repo).args(["bench", "--quiet"]);
+    for b in &cfg.benches {
+        cmd.args(["--bench", b]);
+    }
+    let status = cmd
+        .arg("--")
+        .args(&cfg.args)
         .stdout(std::process::Stdio::null())
         .status()
         .map_err(|e| format!("cargo bench: {e}"))?;
@@ -540,40 +718,39 @@ pub fn criterion(repo: &Path) -> Result<BTreeMap<String, Measured>, String> {
     Ok(out)
 }
 
-/// `floodgate bench` throughput of `current` over `baseline`, median of `pairs` runs of each,
-/// run alternately.
+/// `cfg`'s command run with `current` and `baseline` alternately, `cfg.pairs` times each: the
+/// median of its metric for `current` over the median for `baseline`.
 pub fn e2e(
     current: &Path,
     baseline: &Path,
-    pairs: usize,
+    cfg: &E2eConfig,
 ) -> Result<BTreeMap<String, Measured>, String> {
     let run = |bin: &Path| -> Result<f64, String> {
         let out = Command::new(bin)
-            .args([
-                "bench",
-                "--json",
-                "--connections",
-                "64",
-                "--events",
-                "1000000",
-            ])
+            .args(&cfg.command[1..])
             .output()
             .map_err(|e| format!("{}: {e}", bin.display()))?;
         if !out.status.success() {
             return Err(format!(
-                "{} bench failed: {}",
+                "{} {} failed: {}",
                 bin.display(),
+                cfg.command[1..].join(" "),
                 String::from_utf8_lossy(&out.stderr)
             ));
         }
-        let v: serde_json::Value =
-            serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-        v["events_per_sec"]
-            .as_f64()
-            .ok_or_else(|| "no events_per_sec".into())
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| format!("[e2e] the command's output is not JSON: {e}"))?;
+        v.pointer(&cfg.metric)
+            .and_then(serde_json::Value::as_f64)
+            .ok_or_else(|| {
+                format!(
+                    "[e2e] no number at `{}` in the command's output",
+                    cfg.metric
+                )
+            })
     };
     let (mut now, mut base) = (Vec::new(), Vec::new());
-    for _ in 0..pairs.max(1) {
+    for _ in 0..cfg.pairs.max(1) {
         base.push(run(baseline)?);
         now.push(run(current)?);
     }
@@ -584,11 +761,11 @@ pub fn e2e(
     let ratio = median(&mut now) / median(&mut base);
     let mut out = BTreeMap::new();
     out.insert(
-        "e2e/bench_throughput_ratio".into(),
+        format!("e2e/{}", cfg.name),
         Measured {
             value: (ratio * 1000.0).round() / 1000.0,
             unit: "x baseline",
-            better: Better::Higher,
+            better: cfg.better,
         },
     );
     Ok(out)
@@ -713,6 +890,40 @@ mod tests {
     }
 
     #[test]
+    fn configs_are_checked_and_init_finds_criterion_benches() {
+        let dir = std::env::temp_dir().join(format!("fg-gate-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("benches")).unwrap();
+        let path = dir.join("perf-gate.toml");
+        let load = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            GateConfig::load(&path)
+        };
+        let c = load("[instructions]\nbench = \"i\"\npaths = { a = 10 }\n").unwrap();
+        assert_eq!(c.baseline, PathBuf::from("perf/baseline.json"));
+        assert_eq!(c.limit_of("instructions/a"), (3.0, true));
+        assert_eq!(c.limit_of("criterion/x"), (25.0, false));
+        for (bad, says) in [
+            ("", "no suite"),
+            ("[instructions]\nbench = \"i\"\npaths = {}\n", "at least one path"),
+            ("[criterion]\nbenches = []\nunknown = 1\n", "unknown"),
+            (
+                "[e2e]\nname = \"x\"\nbinary = \"b\"\ncommand = [\"b\"]\nmetric = \"/m\"\nbetter = \"higher\"\n",
+                "must start with",
+            ),
+        ] {
+            let e = load(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        std::fs::write(dir.join("benches/fast.rs"), "criterion_main!(b);").unwrap();
+        std::fs::write(dir.join("benches/plain.rs"), "fn main() {}").unwrap();
+        let init = init_config(&dir);
+        assert!(init.contains("benches = [\"fast\"]"), "{init}");
+        let parsed: GateConfig = toml::from_str(&init).unwrap();
+        assert_eq!(parsed.criterion.unwrap().benches, ["fast"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn an_updated_baseline_keeps_limits_and_records_new_metrics() {
         let b = baseline();
         let mut custom = b.clone();
@@ -729,6 +940,7 @@ mod tests {
             ]),
             "def",
             BTreeMap::from([("cpu".to_string(), "test".to_string())]),
+            &toml::from_str::<GateConfig>("[criterion]\nbenches = [\"ring\"]\n").unwrap(),
         );
         assert_eq!(u.metrics["instructions/route"].value, 900.0);
         assert_eq!(u.metrics["instructions/route"].limit_pct, 5.0);

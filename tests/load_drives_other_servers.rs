@@ -14,6 +14,14 @@ fn floodgate(args: &[&str]) -> Output {
     )
 }
 
+/// What the feed wants of every connection: its key, and the subprotocol it speaks.
+const FEED_AUTH: [&str; 4] = [
+    "--header",
+    "X-Api-Key: key-{conn}",
+    "--subprotocol",
+    "feed.v1",
+];
+
 fn text(out: &Output) -> String {
     format!(
         "{}{}",
@@ -102,10 +110,6 @@ fn headers_and_a_subprotocol_open_an_independent_feed() {
             &sub_url,
             "--connections",
             connections,
-            "--header",
-            "X-Api-Key: key-{conn}",
-            "--subprotocol",
-            "feed.v1",
             "--seq-field",
             "/seq",
             "--gapless",
@@ -117,6 +121,7 @@ fn headers_and_a_subprotocol_open_an_independent_feed() {
             "2s",
             "--json",
         ];
+        args.extend_from_slice(&FEED_AUTH);
         args.extend_from_slice(extra);
         floodgate(&args)
     };
@@ -150,6 +155,39 @@ fn headers_and_a_subprotocol_open_an_independent_feed() {
     assert!(
         t.contains("no reply containing `never-said`") && t.contains("welcome"),
         "{t}"
+    );
+
+    // Messages on a schedule while measured: each of 2 connections pings every 200 ms for 2 s;
+    // the feed answers each with a pong, a frame without /seq (so: an "other frame").
+    let ping_url = format!("ws://127.0.0.1:{port}/feed?c={{conn}}&n=10");
+    let out = floodgate(
+        &[
+            &["load", "subscribe", "--url", &ping_url][..],
+            &FEED_AUTH,
+            &[
+                "--connections",
+                "2",
+                "--seq-field",
+                "/seq",
+                "--duration",
+                "2s",
+                "--send-every",
+                "200ms",
+                "--send-message",
+                r#"{"ping":{seq}}"#,
+                "--json",
+            ],
+        ]
+        .concat(),
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out)));
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    assert_eq!(report["events"], 20, "{report}");
+    let pongs = report["other_frames"].as_u64().unwrap();
+    assert!(
+        (14..=22).contains(&pongs),
+        "about 10 pongs per connection: {report}"
     );
 
     // Headers the handshake sets itself are refused before anything connects.

@@ -446,6 +446,14 @@ struct RecvArgs {
     /// Unit of --latency-field since the Unix epoch.
     #[arg(long, value_enum, default_value_t = floodgate_load::TsUnit::Auto)]
     ts_unit: floodgate_load::TsUnit,
+    /// Each connection sends --send-message this often while it is measured (a heartbeat, a
+    /// client's own messages), the connections' first sends spread over one period.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    send_every: Option<Duration>,
+    /// The message --send-every sends (a template: `{conn}`, `{user}`, `{token}`, `{seq}`
+    /// counting from 1 per connection, `{ts_ns}`, `{uuid}`).
+    #[arg(long, value_name = "TEMPLATE")]
+    send_message: Option<String>,
 }
 
 /// The open-loop generator of echo and publish.
@@ -579,6 +587,7 @@ fn load_options(cmd: LoadScenario) -> Result<(floodgate_load::LoadOptions, bool)
     o.session = floodgate_load::Session {
         on_open: a.send_on_open,
         await_reply: a.await_reply,
+        every: None,
     };
     o.sources = a
         .source_addr
@@ -592,6 +601,12 @@ fn load_options(cmd: LoadScenario) -> Result<(floodgate_load::LoadOptions, bool)
     o.duration = a.duration;
     o.events = a.events;
     if let Some(r) = recv {
+        o.session.every = match (r.send_every, r.send_message) {
+            (Some(every), Some(m)) if every >= Duration::from_millis(1) => Some((every, m)),
+            (Some(_), Some(_)) => return Err("--send-every must be at least 1ms".into()),
+            (None, None) => None,
+            _ => return Err("--send-every and --send-message go together".into()),
+        };
         o.seq = r.seq_field;
         o.gapless = r.gapless;
         o.latency_field = r.latency_field;

@@ -6,7 +6,8 @@ Listens on 127.0.0.1 (a free port) and prints `port N`. A client must send
 `X-Api-Key: <KEY_PREFIX><c>`, where c is the `c` query parameter (401 otherwise), and
 offer the subprotocol `feed.v1` (which the server then chooses; it chooses none of the
 others). Each connection then gets `n` (query parameter) frames `{"seq": i, "ts": <ns>}`,
-i = 1..n, and stays open until the client closes it. With `sub=1` in the query it first
+i = 1..n, and stays open until the client closes it, answering each `{"ping": x}` it sends
+with `{"pong": x}`. With `sub=1` in the query it first
 says `{"welcome": true}` and streams only after the client sent `{"subscribe": "<name>"}`,
 which it answers `{"subscribed": "<name>"}`; anything else is answered with an error.
 """
@@ -46,7 +47,13 @@ async def feed(ws):
             await ws.send(json.dumps({"error": "subscribe first"}))
     for i in range(1, n + 1):
         await ws.send(json.dumps({"seq": i, "ts": time.time_ns()}))
-    await ws.wait_closed()
+    async for msg in ws:
+        try:
+            m = json.loads(msg)
+        except ValueError:
+            continue
+        if isinstance(m, dict) and "ping" in m:
+            await ws.send(json.dumps({"pong": m["ping"]}))
 
 
 async def main():

@@ -275,6 +275,7 @@ pub(super) fn run(opts: &LoadOptions) -> Result<LoadReport, String> {
         gapless: true,
         unit: TsUnit::Ns,
         target: None,
+        every: None,
     };
     let mut handles = spawn_receivers(subs, receivers, &cfg, 0, &run)?;
     let totals = Arc::new(Totals {

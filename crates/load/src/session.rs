@@ -1,4 +1,5 @@
-//! A connection's opening exchange, for servers that want messages before they stream:
+//! A connection's opening exchange, for servers that want messages before they stream (and
+//! the template of `--send-every`, which subscribe's workers send on their schedule):
 //! `--send-on-open` messages go out once the connection is up, and `--await-reply` holds the
 //! connection out of the measured phase until a reply containing the given text arrives (a
 //! subscribe acknowledgement, say). Frames before that reply are not counted; frames after it
@@ -13,16 +14,20 @@ use std::time::{Duration, Instant};
 
 use floodgate_wsclient::{client_frame, FrameReader, Kind};
 
-/// What a connection sends and waits for before it is measured.
+/// What a connection sends and waits for before it is measured, and sends while it is.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Session {
     /// Messages (templates) sent in order once connected.
     pub on_open: Vec<String>,
     /// Text (a template) a reply must contain before the connection counts as ready.
     pub await_reply: Option<String>,
+    /// A message (template) each connection sends every `Duration` while it is measured
+    /// (subscribe), the connections' first sends spread over one period.
+    pub every: Option<(Duration, String)>,
 }
 
 /// What a template's fields are filled with for one connection.
+#[derive(Clone)]
 pub(crate) struct Vars<'a> {
     pub conn: usize,
     pub user: &'a str,
@@ -30,7 +35,7 @@ pub(crate) struct Vars<'a> {
 }
 
 impl Session {
-    /// Whether there is anything to do.
+    /// Whether there is anything to do before measuring.
     pub fn is_empty(&self) -> bool {
         self.on_open.is_empty() && self.await_reply.is_none()
     }
@@ -205,6 +210,7 @@ mod tests {
         let s = Session {
             on_open: vec![r#"{"subscribe":"{user}"}"#.into()],
             await_reply: Some(r#""subscribed":"{user}""#.into()),
+            every: None,
         };
         let v = Vars {
             conn: 0,

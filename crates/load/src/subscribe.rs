@@ -24,6 +24,18 @@ pub(crate) struct RecvCfg {
     pub unit: TsUnit,
     /// Events expected in all: a connection the server closes after that is no error.
     pub target: Option<u64>,
+    /// `--send-every`: the period and the message (a template).
+    pub every: Option<(Duration, String)>,
+}
+
+/// One connection's periodic message (`--send-every`): its template's values and when it is
+/// next due.
+pub(crate) struct Periodic {
+    conn: usize,
+    user: String,
+    token: Option<String>,
+    seq: u64,
+    next_ns: u64,
 }
 
 /// Per-connection sequence state.
@@ -83,12 +95,14 @@ fn on_frame(cfg: &RecvCfg, state: &mut SeqState, p: &[u8], now_ns: u64, tick: &m
     }
 }
 
-/// A worker: receives on its connections until stopped or every connection closed.
+/// A worker: receives on its connections until stopped or every connection closed, and sends
+/// each its `--send-every` message when due (`periodic`, one per connection, or empty).
 pub(crate) fn receive_loop(
     mut conns: Vec<WsConn>,
     cfg: RecvCfg,
     mut ticker: Ticker,
     control: Arc<Control>,
+    mut periodic: Vec<Periodic>,
 ) -> std::io::Result<()> {
     let mut poll = Poll::new()?;
     for (i, c) in conns.iter_mut().enumerate() {
@@ -99,7 +113,7 @@ pub(crate) fn receive_loop(
     let n = conns.len();
     let mut open = n;
     // Reads connection `i` (all it has), counting what it got; true if it just closed.
-    let mut serve = |i: usize, ticker: &mut Ticker| -> bool {
+    let mut serve = |conns: &mut [WsConn], i: usize, ticker: &mut Ticker| -> bool {
         let c = &mut conns[i];
         if c.closed {
             return false;
@@ -140,15 +154,47 @@ pub(crate) fn receive_loop(
     // Frames that arrived before the worker started are read at once (edge-triggered: no
     // event would announce them).
     for i in 0..n {
-        open -= usize::from(serve(i, &mut ticker));
+        open -= usize::from(serve(&mut conns, i, &mut ticker));
     }
     while open > 0 && !control.stopped() {
         let now = unix_ns();
         ticker.advance(now);
-        let wait = ticker.next_boundary().saturating_sub(now).min(50_000_000);
+        let mut next_send = u64::MAX;
+        if let Some((every, template)) = &cfg.every {
+            for (c, p) in conns.iter_mut().zip(periodic.iter_mut()) {
+                if c.closed {
+                    continue;
+                }
+                if p.next_ns <= now {
+                    p.seq += 1;
+                    let vars = crate::session::Vars {
+                        conn: p.conn,
+                        user: &p.user,
+                        token: p.token.as_deref(),
+                    };
+                    c.queue_text(crate::session::fill(template, &vars, p.seq).as_bytes());
+                    if c.flush().is_err() {
+                        c.closed = true;
+                    }
+                    ticker.tick.sent += 1;
+                    // Relaxed: a progress counter.
+                    control.sent.fetch_add(1, Ordering::Relaxed);
+                    // Due again one period after it was due, not after it was sent: a late
+                    // pass does not drift the schedule.
+                    p.next_ns =
+                        p.next_ns.max(now - every.as_nanos() as u64) + every.as_nanos() as u64;
+                }
+                next_send = next_send.min(p.next_ns);
+            }
+        }
+        let wait = ticker
+            .next_boundary()
+            .min(next_send)
+            .saturating_sub(now)
+            .min(50_000_000);
         poll.poll(&mut events, Some(Duration::from_nanos(wait)))?;
         for ev in events.iter() {
-            open -= usize::from(serve(ev.token().0, &mut ticker));
+            open -= usize::from(serve(&mut conns, ev.token().0, &mut ticker));
         }
     }
     for c in conns.iter_mut() {
@@ -168,15 +214,33 @@ pub(crate) fn spawn_receivers(
     run: &Run<'_>,
 ) -> Result<Vec<drive::Worker>, String> {
     let parts = threads.clamp(1, conns.len().max(1));
-    let conns: Vec<WsConn> = conns.into_iter().map(|(_, c)| c).collect();
+    let n = conns.len().max(1) as u64;
     drive::deal(conns, parts)
         .into_iter()
         .enumerate()
-        .map(|(k, s)| {
+        .map(|(k, share)| {
+            // Each connection's first periodic send, spread over one period.
+            let periodic: Vec<Periodic> = match &cfg.every {
+                None => Vec::new(),
+                Some((every, _)) => share
+                    .iter()
+                    .map(|(i, _)| {
+                        let user = run.opts.user(*i);
+                        Ok(Periodic {
+                            conn: *i,
+                            token: run.opts.tokens.for_conn(*i, &user)?,
+                            user,
+                            seq: 0,
+                            next_ns: run.start_ns + every.as_nanos() as u64 * *i as u64 / n,
+                        })
+                    })
+                    .collect::<Result<_, String>>()?,
+            };
+            let conns: Vec<WsConn> = share.into_iter().map(|(_, c)| c).collect();
             let ticker = run.ticker(first_worker + k);
             let (cfg, control) = (cfg.clone(), run.control.clone());
             drive::spawn(format!("load-recv-{k}"), move || {
-                receive_loop(s, cfg, ticker, control)
+                receive_loop(conns, cfg, ticker, control, periodic)
             })
         })
         .collect()
@@ -191,6 +255,7 @@ pub(super) fn run(opts: &LoadOptions) -> Result<LoadReport, String> {
         gapless: opts.gapless,
         unit: opts.ts_unit,
         target: opts.events,
+        every: opts.session.every.clone(),
     };
     let handles = spawn_receivers(conns, workers, &cfg, 0, &run)?;
     let rule = StopRule::events_or_duration(opts, "events");
@@ -243,6 +308,7 @@ mod tests {
             gapless: true,
             unit: TsUnit::Ns,
             target: None,
+            every: None,
         };
         let mut t = Tick::new(0, 0);
         let mut s = SeqState { last: None };

@@ -331,7 +331,8 @@ fn scenario_files_are_checked_before_anything_runs() {
                     "CENTRIFUGO_SECRET",
                     "a-centrifugo-secret-of-32-bytes-or-more",
                 )
-                .env("PUSHER_APP_KEY", "app-key"),
+                .env("PUSHER_APP_KEY", "app-key")
+                .env("PUSHER_HOST", "127.0.0.1:6001"),
             Duration::from_secs(20),
         );
         assert_eq!(
@@ -373,5 +374,51 @@ fn scenario_files_are_checked_before_anything_runs() {
         let t = check(toml);
         assert!(t.contains(says), "{toml} -> {t}");
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// examples/load/pusher.toml's handshake (subscribe, then wait for subscription_succeeded)
+/// against a Pusher-protocol server the test starts, with 4 connections for 2 s instead of 200
+/// for 60 s: events arrive and the file's rate threshold passes; a wrong app key gets nothing.
+#[test]
+fn the_pusher_example_subscribes_to_a_pusher_protocol_server() {
+    if !util::python_websockets() {
+        return;
+    }
+    let (_server, port) = util::python_server("pusher_server.py", &["app-key".as_ref()]);
+    let example = std::fs::read_to_string(format!(
+        "{}/examples/load/pusher.toml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    assert!(example.contains("connections = 200") && example.contains("duration = \"60s\""));
+    let short = example
+        .replace("connections = 200", "connections = 4")
+        .replace("duration = \"60s\"", "duration = \"2s\"");
+    let dir = util::temp_dir("load-pusher");
+    let file = dir.join("pusher.toml");
+    std::fs::write(&file, short).unwrap();
+    let run = |key: &str| {
+        util::output_within(
+            Command::new(env!("CARGO_BIN_EXE_floodgate"))
+                .args(["load", "run", "--json"])
+                .arg(&file)
+                .env("PUSHER_HOST", format!("127.0.0.1:{port}"))
+                .env("PUSHER_APP_KEY", key),
+            Duration::from_secs(60),
+        )
+    };
+    let out = run("app-key");
+    let r: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out)));
+    assert_eq!(out.status.code(), Some(0), "{r}");
+    let channel = &r["scenarios"]["channel"];
+    assert_eq!(channel["connections"], 4, "{r}");
+    assert!(channel["events"].as_u64().unwrap() > 2000, "{r}");
+    assert_eq!(channel["errors_total"], 0, "{r}");
+    assert_eq!(channel["thresholds"][0]["passed"], true, "{r}");
+    // A key the server does not know: no subscription, so the run cannot start.
+    let out = run("other-key");
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     std::fs::remove_dir_all(&dir).unwrap();
 }
